@@ -1,0 +1,81 @@
+"""Any timm model as the image encoder; preprocessing comes from timm's own data config."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+import json
+from typing import Any
+
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from mmgpt.config import ConfigError, ImageEncoderConfig
+from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
+
+logger = logging.getLogger(__name__)
+
+
+@register_image_encoder("timm")
+class TimmImageEncoder(ImageEncoder):
+    """Grid or patch tokens from `forward_features`: CNN maps are flattened, ViT prefix tokens dropped."""
+
+    def __init__(self, cfg: ImageEncoderConfig, load_weights: bool = True) -> None:
+        super().__init__()
+        if not timm.is_model(cfg.name):
+            raise ConfigError(
+                f"model.image_encoder.name: '{cfg.name}' is not a timm model "
+                f"(see timm.list_models(); e.g. resnet18, vit_base_patch16_224, mmgpt_tiny_cnn)"
+            )
+        kwargs: dict[str, Any] = dict(cfg.kwargs)
+        pretrained = load_weights and (cfg.pretrained or bool(cfg.weights))
+        if load_weights and cfg.weights:
+            weights = Path(cfg.weights).expanduser()
+            if not weights.is_file():
+                raise ConfigError(f"model.image_encoder.weights: file not found: {weights}")
+            # timm loads a local file through the same path as hub weights, without pickle for .safetensors
+            kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
+        self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
+        self.num_prefix_tokens = 0 if cfg.keep_prefix_tokens else int(getattr(self.model, "num_prefix_tokens", 0))
+        self.output_dim = int(self.model.num_features)
+        self.data_config = resolve_data_config({}, model=self.model)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> I (B, image_len, d_image)."""
+        features = self.model.forward_features(pixel_values)
+        if features.ndim == 4:
+            # NCHW feature map of a CNN: each spatial cell is a token
+            return features.flatten(2).transpose(1, 2)
+        return features[:, self.num_prefix_tokens :]
+
+    def rebuild_kwargs(self) -> dict:
+        """Nothing beyond the config: timm rebuilds the architecture from the name."""
+        return {}
+
+    def image_transform(self) -> "TimmTransform":
+        """timm's deterministic eval transform for this model's data config."""
+        return TimmTransform(self.data_config)
+
+
+@register_transform("timm")
+class TimmTransform(ImageTransform):
+    """timm's eval transform (resize, center crop, normalise) from a data config."""
+
+    def __init__(self, data_config: dict) -> None:
+        self.data_config = {k: tuple(v) if isinstance(v, list) else v for k, v in data_config.items()}
+        self.transform = create_transform(**self.data_config, is_training=False)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """PIL RGB image -> (3, H, W) float tensor."""
+        return self.transform(image)
+
+    def save(self, folder: Path) -> None:
+        """Write the data config as JSON."""
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
+        (folder / "transform.json").write_text(json.dumps({"type": "timm", "data_config": config}, indent=2))
+
+    @classmethod
+    def load(cls, folder: Path) -> "TimmTransform":
+        """Read what `save` wrote."""
+        return cls(json.loads((folder / "transform.json").read_text())["data_config"])

@@ -1,0 +1,103 @@
+"""A small batch-normed CNN registered with timm, for training from scratch on small images.
+
+Registering it with timm means it is built, configured and preprocessed exactly like any
+other timm model: `timm.create_model("mmgpt_tiny_cnn")` and timm's data config.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import nn
+
+__all__ = ["TinyCNN"]
+
+
+def _conv_bn(in_chs: int, out_chs: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_chs),
+        nn.ReLU(inplace=True),
+    )
+
+
+class TinyCNN(nn.Module):
+    """Stem + stride-2 stages; a 64 px image becomes a (64 / 2**len(widths))^2 grid of tokens."""
+
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 48, 64, 96),
+        in_chans: int = 3,
+        num_classes: int = 0,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = widths[-1]
+        self.stem = _conv_bn(in_chans, widths[0], stride=1)
+        stages, prev = [], widths[0]
+        for width in widths:
+            stages.append(nn.Sequential(_conv_bn(prev, width, stride=2), _conv_bn(width, width, stride=1)))
+            prev = width
+        self.stages = nn.Sequential(*stages)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
+
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm interface)."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str = "avg") -> None:
+        """Replace the head (timm interface)."""
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> feature map (B, C, H / 16, W / 16)."""
+        return self.stages(self.stem(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pool the feature map and classify (timm interface)."""
+        x = self.head_drop(x.mean(dim=(2, 3)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> logits (B, num_classes), or pooled features when num_classes == 0."""
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs: Any) -> dict:
+    return {
+        "url": "",
+        "num_classes": 0,
+        "input_size": (3, 64, 64),
+        "pool_size": (4, 4),
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "first_conv": "stem.0",
+        "classifier": "head",
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({"mmgpt_tiny_cnn.untrained": _cfg(), "mmgpt_small_cnn.untrained": _cfg()})
+
+
+@register_model
+def mmgpt_tiny_cnn(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
+    """About 0.2M parameters; a 64 px image gives a 4x4 grid of 96-d tokens."""
+    kwargs.setdefault("widths", (32, 48, 64, 96))
+    return build_model_with_cfg(TinyCNN, "mmgpt_tiny_cnn", pretrained, **kwargs)
+
+
+@register_model
+def mmgpt_small_cnn(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
+    """About 1M parameters; a 64 px image gives a 4x4 grid of 192-d tokens."""
+    kwargs.setdefault("widths", (48, 96, 128, 192))
+    return build_model_with_cfg(TinyCNN, "mmgpt_small_cnn", pretrained, **kwargs)

@@ -1,0 +1,71 @@
+"""The fusion interface, its registry and the projections every fusion shares."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mmgpt.config import ConfigError, FusionConfig
+
+FUSIONS: dict[str, type["Fusion"]] = {}
+
+
+def register_fusion(name: str) -> Callable[[type["Fusion"]], type["Fusion"]]:
+    """Class decorator that adds a fusion to the registry under `name`."""
+
+    def add(cls: type[Fusion]) -> type[Fusion]:
+        if name in FUSIONS:
+            raise ValueError(f"fusion '{name}' is registered twice")
+        FUSIONS[name] = cls
+        cls.registry_name = name
+        return cls
+
+    return add
+
+
+def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int) -> "Fusion":
+    """Look up `cfg.name` in the registry and build it for the given input widths."""
+    if cfg.name not in FUSIONS:
+        raise ConfigError(f"unknown fusion '{cfg.name}'; available: {', '.join(sorted(FUSIONS))}")
+    if cfg.dim <= 0:
+        raise ConfigError(f"model.fusion.dim must be positive, got {cfg.dim}")
+    return FUSIONS[cfg.name](cfg, text_dim, image_dim)
+
+
+class Fusion(nn.Module):
+    """Base class: projects T and I to a common width `dim`; subclasses combine them."""
+
+    registry_name = ""
+
+    def __init__(self, cfg: FusionConfig, text_dim: int, image_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.dim = cfg.dim
+        self.text_proj = nn.Linear(text_dim, cfg.dim)
+        self.image_proj = nn.Linear(image_dim, cfg.dim)
+
+    def project(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lt, d_text), (B, Li, d_image) -> (B, Lt, dim), (B, Li, dim)."""
+        if text.shape[-1] != self.text_proj.in_features:
+            raise ValueError(
+                f"fusion '{self.registry_name}' expects text width {self.text_proj.in_features}, got {text.shape[-1]}"
+            )
+        if image.shape[-1] != self.image_proj.in_features:
+            raise ValueError(
+                f"fusion '{self.registry_name}' expects image width {self.image_proj.in_features}, got {image.shape[-1]}"
+            )
+        return self.text_proj(text), self.image_proj(image)
+
+    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """Combine projected T (B, Lt, dim) and I (B, Li, dim) into F (B, Lt, dim)."""
+        raise NotImplementedError
+
+    def forward(
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """T (B, Lt, d_text), T_mask (B, Lt), I (B, Li, d_image) -> F (B, Lt, dim), F_mask (B, Lt)."""
+        text, image = self.project(text, image)
+        fused = self.combine(text, text_mask, image)
+        # padded positions are zeroed so they can never leak into anything downstream
+        return fused * text_mask.unsqueeze(-1).to(fused.dtype), text_mask

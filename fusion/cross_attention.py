@@ -1,0 +1,56 @@
+"""Cross-attention: every text token attends to all image tokens, in a stack of layers."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmgpt.config import ConfigError, FusionConfig
+from mmgpt.fusion.base import Fusion, register_fusion
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm block: x + CrossAttn(x, image), then x + MLP(x)."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.norm_query = nn.LayerNorm(dim)
+        self.norm_image = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.norm_mlp = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, Lt, dim), (B, Li, dim) -> (B, Lt, dim)."""
+        image = self.norm_image(image)
+        attended, _ = self.attention(self.norm_query(text), image, image, need_weights=False)
+        text = text + attended
+        return text + self.mlp(self.norm_mlp(text))
+
+
+@register_fusion("cross_attention")
+class CrossAttention(Fusion):
+    """F = text tokens after `num_layers` rounds of attending to the image tokens.
+
+    Alignment: queries are the text tokens, keys/values the image tokens, so F has the
+    text length and the text mask; each text token is processed independently of the
+    others, which makes the result independent of how the batch is padded.
+    """
+
+    def __init__(self, cfg: FusionConfig, text_dim: int, image_dim: int) -> None:
+        super().__init__(cfg, text_dim, image_dim)
+        if cfg.num_layers < 1:
+            raise ConfigError(f"model.fusion.num_layers must be >= 1, got {cfg.num_layers}")
+        if cfg.num_heads < 1 or cfg.dim % cfg.num_heads:
+            raise ConfigError(
+                f"model.fusion.dim ({cfg.dim}) must be divisible by model.fusion.num_heads ({cfg.num_heads})"
+            )
+        self.layers = nn.ModuleList(
+            CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.dim)
+
+    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, Lt, dim), (B, Lt), (B, Li, dim) -> (B, Lt, dim)."""
+        for layer in self.layers:
+            text = layer(text, image)
+        return self.norm(text)

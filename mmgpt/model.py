@@ -1,0 +1,234 @@
+"""MMGPT: encode text -> encode image -> fuse -> generate.
+
+    prompt --text_encoder--> T (B, Lt, d_text) --+
+                                                  +--fusion g--> F (B, Lt, dim) --projector--> prefix --generator--> answer
+    image --image_encoder--> I (B, Li, d_image) -+
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from mmgpt.config import ConfigError, ModelConfig, from_dict, to_dict
+from mmgpt.encoders import build_image_encoder, build_text_encoder
+from mmgpt.fusion import build_fusion
+from mmgpt.generator import build_generator
+from mmgpt.processor import Processor
+from mmgpt.tokenizer import load_tokenizer, train_tokenizer
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def pad_left(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's valid positions to the right end: (B, L, D), (B, L) -> same shapes.
+
+    With the padding on the left, the answer (in training) and generated tokens (in
+    inference) follow the prefix directly, so both see identical positions.
+    """
+    order = torch.argsort(mask.to(torch.int8), dim=1, stable=True)
+    return x.gather(1, order.unsqueeze(-1).expand_as(x)), mask.gather(1, order)
+
+
+@dataclass
+class MMGPTOutput:
+    """Loss pieces and logits of one forward pass."""
+
+    loss: torch.Tensor  # mean over supervised answer tokens of the batch
+    loss_sum: torch.Tensor  # sum over supervised tokens, for exact averaging across ranks/micro-batches
+    num_tokens: torch.Tensor  # number of supervised tokens
+    per_example_loss: torch.Tensor  # (B,) mean token loss of each example
+    logits: torch.Tensor  # (B, La - 1, vocab): prediction of answer token t+1 at position t
+
+
+class MMGPT(nn.Module):
+    """A vision-language generator: F = g(T, I) is projected and used as the generator's prefix."""
+
+    def __init__(self, config: ModelConfig, processor: Processor, load_weights: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.processor = processor
+        self.generator = build_generator(config.generator, processor.tokenizer, load_weights=load_weights)
+        self.text_encoder = build_text_encoder(
+            config.text_encoder, self.generator, processor.tokenizer, load_weights=load_weights
+        )
+        self.image_encoder = build_image_encoder(config.image_encoder, load_weights=load_weights)
+        self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim, self.image_encoder.output_dim)
+        width = self.generator.get_input_embeddings().embedding_dim
+        # LLaVA-1.5's two-layer MLP projector
+        self.projector = nn.Sequential(nn.Linear(config.fusion.dim, width), nn.GELU(), nn.Linear(width, width))
+
+    @classmethod
+    def from_config(
+        cls, config: ModelConfig, train_texts: Iterable[str] | None = None, load_weights: bool = True
+    ) -> "MMGPT":
+        """Build a model and its processor; a from-scratch generator gets a tokenizer trained on `train_texts`."""
+        if config.generator.name:
+            tokenizer = load_tokenizer(config.generator.name)
+        elif train_texts is None:
+            raise ConfigError(
+                "model.generator has no 'name', so its tokenizer is trained from scratch: pass train_texts "
+                "(the training prompts and answers) or name a pretrained generator"
+            )
+        else:
+            tokenizer = train_tokenizer(train_texts, config.tokenizer)
+        processor = Processor(
+            tokenizer,
+            image_transform=None,
+            max_prompt_length=config.text_encoder.max_length,
+            max_answer_length=config.max_answer_length,
+        )
+        model = cls(config, processor, load_weights=load_weights)
+        # the encoders decide the preprocessing, so the processor is completed from them
+        processor.image_transform = model.image_encoder.image_transform()
+        processor.text_tokenizer = model.text_encoder.tokenizer
+        return model
+
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lt, width), prefix_mask (B, Lt), left-padded."""
+        text, text_mask = self.text_encoder(input_ids, attention_mask)
+        image = self.image_encoder(pixel_values)
+        fused, fused_mask = self.fusion(text, text_mask, image)
+        return pad_left(self.projector(fused), fused_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        answer_ids: torch.Tensor,
+        answer_mask: torch.Tensor,
+    ) -> MMGPTOutput:
+        """Teacher-forced answer loss; only answer tokens after bos are supervised."""
+        prefix, prefix_mask = self.encode(input_ids, attention_mask, pixel_values)
+        answer_embeds = self.generator.get_input_embeddings()(answer_ids)
+        inputs_embeds = torch.cat([prefix.to(answer_embeds.dtype), answer_embeds], dim=1)
+        mask = torch.cat([prefix_mask, answer_mask], dim=1)
+        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = self.generator(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            position_ids=position_ids,
+            use_cache=False,
+            logits_to_keep=answer_ids.shape[1],
+        )
+        logits = out.logits[:, :-1]
+        targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, -100)
+        token_loss = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        counts = (targets != -100).sum(dim=1)
+        loss_sum = token_loss.sum()
+        num_tokens = counts.sum()
+        return MMGPTOutput(
+            loss=loss_sum / num_tokens.clamp(min=1),
+            loss_sum=loss_sum,
+            num_tokens=num_tokens,
+            per_example_loss=token_loss.sum(dim=1) / counts.clamp(min=1),
+            logits=logits,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        max_new_tokens: int | None = None,
+        **generate_kwargs: Any,
+    ) -> torch.Tensor:
+        """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N)."""
+        prefix, prefix_mask = self.encode(input_ids, attention_mask, pixel_values)
+        tokenizer = self.processor.tokenizer
+        bos = torch.full((prefix.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=prefix.device)
+        bos_embeds = self.generator.get_input_embeddings()(bos)
+        inputs_embeds = torch.cat([prefix.to(bos_embeds.dtype), bos_embeds], dim=1)
+        mask = torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
+        generate_kwargs.setdefault("do_sample", False)
+        return self.generator.generate(
+            inputs_embeds=inputs_embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens or self.config.max_answer_length,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            **generate_kwargs,
+        )
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        """Parameter count (each shared tensor counted once)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write config.json, model.safetensors, tokenizer(s), image transform and component configs atomically."""
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            self.processor.save_pretrained(tmp)
+            # component configs let from_pretrained rebuild every part offline
+            self.generator.config.save_pretrained(tmp / "generator")
+            for part in ("text_encoder", "image_encoder"):
+                module = getattr(self, part)
+                if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
+                    module.model.config.save_pretrained(tmp / part)
+            old = folder.with_name(f".{folder.name}.old")
+            if folder.exists():
+                os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> "MMGPT":
+        """Load a model saved by save_pretrained (a local folder, or a hub repo id when online)."""
+        folder = resolve_model_path(folder)
+        data = json.loads((folder / CONFIG_NAME).read_text())
+        config = from_dict(ModelConfig, data["model"])
+        # rebuild every component from the saved configs, never from the hub
+        config.generator.name = str(folder / "generator")
+        for part in ("text_encoder", "image_encoder"):
+            if (folder / part / "config.json").is_file():
+                getattr(config, part).name = str(folder / part)
+        config.image_encoder.weights = ""
+        processor = Processor.from_pretrained(folder)
+        model = cls(config, processor, load_weights=False)
+        missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{folder / WEIGHTS_NAME} does not match the model in {folder / CONFIG_NAME}: "
+                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+            )
+        model.config = from_dict(ModelConfig, data["model"])
+        model.eval()
+        return model.to(device) if device is not None else model
+
+
+def resolve_model_path(name: str | Path) -> Path:
+    """A local model folder as is; otherwise download the hub repo (needs network)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not an mmgpt model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        return path
+    if path.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
+        raise FileNotFoundError(f"model folder not found: {path}")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(str(name)))

@@ -1,0 +1,150 @@
+"""One object that owns the tokenizer(s) and the image transform.
+
+Training, evaluation and answer() all go through `Processor`, so they preprocess identically.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from mmgpt.data.example import Example
+from mmgpt.encoders import ImageTransform, load_transform
+from mmgpt.tokenizer import ensure_special_tokens
+
+logger = logging.getLogger(__name__)
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad lists of token ids -> ids (B, L) and attention mask (B, L)."""
+    length = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[i, : len(seq)] = 1
+    return ids, mask
+
+
+class Processor:
+    """Tokenizes prompts and answers and turns images into pixel tensors for one model."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        image_transform: ImageTransform | None,
+        text_tokenizer: PreTrainedTokenizerBase | None = None,
+        max_prompt_length: int = 64,
+        max_answer_length: int = 48,
+        max_image_pixels: int = 89_478_485,
+    ) -> None:
+        ensure_special_tokens(tokenizer)
+        self.tokenizer = tokenizer
+        # None: the text encoder reads the generator's tokens
+        self.text_tokenizer = text_tokenizer
+        self.image_transform = image_transform
+        self.max_prompt_length = max_prompt_length
+        self.max_answer_length = max_answer_length
+        self.max_image_pixels = max_image_pixels
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of one prompt for the text encoder, truncated to its limit with a warning."""
+        if self.text_tokenizer is not None:
+            ids = self.text_tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        else:
+            # a leading bos keeps the prompt non-empty, so even an empty prompt yields one token of F
+            ids = [self.tokenizer.bos_token_id] + self.tokenizer.encode(prompt, add_special_tokens=False)
+        if len(ids) > self.max_prompt_length:
+            logger.warning(
+                "prompt of %d tokens truncated to the text encoder's limit of %d: %.60r...",
+                len(ids), self.max_prompt_length, prompt,
+            )
+            ids = ids[: self.max_prompt_length]
+        return ids
+
+    def answer_ids(self, answer: str) -> list[int]:
+        """bos + answer + eos, truncated (keeping eos) to max_answer_length."""
+        ids = self.tokenizer.encode(answer, add_special_tokens=False)[: self.max_answer_length - 2]
+        return [self.tokenizer.bos_token_id] + ids + [self.tokenizer.eos_token_id]
+
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Prompts -> input_ids, attention_mask (B, Lt), right-padded."""
+        pad_id = (self.text_tokenizer or self.tokenizer).pad_token_id
+        input_ids, attention_mask = pad_sequences([self.prompt_ids(p) for p in prompts], pad_id)
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def encode_answers(self, answers: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Answers -> answer_ids, answer_mask (B, La), right-padded."""
+        answer_ids, answer_mask = pad_sequences([self.answer_ids(a) for a in answers], self.tokenizer.pad_token_id)
+        return {"answer_ids": answer_ids, "answer_mask": answer_mask}
+
+    def image_tensor(self, image: Any) -> torch.Tensor:
+        """Any supported image input (path, bytes, PIL, numpy) -> (3, H, W); an already-processed tensor passes."""
+        if isinstance(image, torch.Tensor):
+            return image
+        from mmgpt.images import load_image
+
+        return self.image_transform(load_image(image, max_pixels=self.max_image_pixels))
+
+    def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
+        """Images -> pixel_values (B, 3, H, W)."""
+        return torch.stack([self.image_tensor(image) for image in images])
+
+    def __call__(
+        self, prompts: Sequence[str], images: Sequence[Any], answers: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Prompts, images (and answers, for training) -> a batch dict for MMGPT."""
+        if len(prompts) != len(images):
+            raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
+        batch = {**self.encode_prompts(prompts), "pixel_values": self.encode_images(images)}
+        if answers is not None:
+            batch.update(self.encode_answers(answers))
+        return batch
+
+    def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        """Collate Examples (images may be preprocessed tensors) into a training batch."""
+        return self([e.prompt for e in examples], [e.image for e in examples], [e.answer for e in examples])
+
+    def decode(self, token_ids: torch.Tensor | Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids (B, L) -> answer strings, stopping at eos."""
+        texts = []
+        for ids in token_ids:
+            ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+            if self.tokenizer.eos_token_id in ids:
+                ids = ids[: ids.index(self.tokenizer.eos_token_id)]
+            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True).strip())
+        return texts
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write tokenizer(s), image transform and limits into `folder`."""
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        if self.text_tokenizer is not None:
+            self.text_tokenizer.save_pretrained(folder / "text_tokenizer")
+        (folder / "image_transform").mkdir(parents=True, exist_ok=True)
+        self.image_transform.save(folder / "image_transform")
+        limits = {
+            "max_prompt_length": self.max_prompt_length,
+            "max_answer_length": self.max_answer_length,
+            "max_image_pixels": self.max_image_pixels,
+        }
+        (folder / "processor.json").write_text(json.dumps(limits, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "Processor":
+        """Restore what save_pretrained wrote."""
+        folder = Path(folder)
+        text_tokenizer = None
+        if (folder / "text_tokenizer").is_dir():
+            text_tokenizer = AutoTokenizer.from_pretrained(folder / "text_tokenizer")
+        limits = json.loads((folder / "processor.json").read_text())
+        return cls(
+            AutoTokenizer.from_pretrained(folder / "tokenizer"),
+            load_transform(folder / "image_transform"),
+            text_tokenizer=text_tokenizer,
+            **limits,
+        )
