@@ -23,11 +23,12 @@ def _conv_bn(in_chs: int, out_chs: int, stride: int) -> nn.Sequential:
 
 
 class TinyCNN(nn.Module):
-    """Stem + stride-2 stages; a 64 px image becomes a (64 / 2**len(widths))^2 grid of tokens."""
+    """A stride-2 stem and stride-2 stages: a 64 px image with three stages gives a 4x4 grid of tokens."""
 
     def __init__(
         self,
-        widths: tuple[int, ...] = (32, 48, 64, 96),
+        widths: tuple[int, ...] = (32, 64, 96),
+        stem_width: int = 24,
         in_chans: int = 3,
         num_classes: int = 0,
         global_pool: str = "avg",
@@ -38,8 +39,9 @@ class TinyCNN(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = widths[-1]
-        self.stem = _conv_bn(in_chans, widths[0], stride=1)
-        stages, prev = [], widths[0]
+        # a stride-2 stem: full-resolution convolutions would cost most of the compute
+        self.stem = _conv_bn(in_chans, stem_width, stride=2)
+        stages, prev = [], stem_width
         for width in widths:
             stages.append(nn.Sequential(_conv_bn(prev, width, stride=2), _conv_bn(width, width, stride=1)))
             prev = width
@@ -57,7 +59,7 @@ class TinyCNN(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> feature map (B, C, H / 16, W / 16)."""
+        """(B, 3, H, W) -> feature map (B, C, H / 2**(1 + len(widths)), W / ...)."""
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -92,12 +94,14 @@ default_cfgs = generate_default_cfgs({"mmgpt_tiny_cnn.untrained": _cfg(), "mmgpt
 @register_model
 def mmgpt_tiny_cnn(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
     """About 0.2M parameters; a 64 px image gives a 4x4 grid of 96-d tokens."""
-    kwargs.setdefault("widths", (32, 48, 64, 96))
+    kwargs.setdefault("widths", (32, 64, 96))
+    kwargs.setdefault("stem_width", 24)
     return build_model_with_cfg(TinyCNN, "mmgpt_tiny_cnn", pretrained, **kwargs)
 
 
 @register_model
 def mmgpt_small_cnn(pretrained: bool = False, **kwargs: Any) -> TinyCNN:
     """About 1M parameters; a 64 px image gives a 4x4 grid of 192-d tokens."""
-    kwargs.setdefault("widths", (48, 96, 128, 192))
+    kwargs.setdefault("widths", (64, 128, 192))
+    kwargs.setdefault("stem_width", 32)
     return build_model_with_cfg(TinyCNN, "mmgpt_small_cnn", pretrained, **kwargs)
