@@ -242,3 +242,4 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data = load_yaml(path) if path else {}
     data = apply_overrides(data, list(overrides or []))
     return from_dict(cls, data)
+

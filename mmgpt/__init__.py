@@ -1,0 +1,29 @@
+"""mmgpt: small vision-language generation models (text + image in, text out).
+
+    from mmgpt import answer
+    answer("What color is the shape?", "image.png")
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["MMGPT", "ModelConfig", "Processor", "answer", "stream_answer", "load_model"]
+
+_LAZY = {
+    "MMGPT": "mmgpt.model",
+    "ModelConfig": "mmgpt.config",
+    "Processor": "mmgpt.processor",
+    "answer": "mmgpt.inference",
+    "stream_answer": "mmgpt.inference",
+    "load_model": "mmgpt.inference",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # lazy, so that `import mmgpt.config` does not pull in torch and transformers
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mmgpt' has no attribute {name!r}")

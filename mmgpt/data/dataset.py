@@ -1,0 +1,143 @@
+"""Training-time dataset: checks each image once, skips and counts bad ones, optionally caches pixels."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from mmgpt.data.example import Example
+
+logger = logging.getLogger(__name__)
+
+
+class TooManyBadImages(RuntimeError):
+    """More of the training images are unusable than data.max_bad_fraction allows."""
+
+
+def image_key(image: Any) -> Any:
+    """A hashable identity for an image source (its path for files)."""
+    if isinstance(image, (str, Path)):
+        return str(image)
+    return id(image)
+
+
+@dataclass
+class ImageReport:
+    """Which images could not be used, and why."""
+
+    total: int = 0
+    bad: dict[str, str] = field(default_factory=dict)  # image key -> reason
+
+    @property
+    def num_bad(self) -> int:
+        """How many distinct images were skipped."""
+        return len(self.bad)
+
+    def summary(self) -> str:
+        """One line: counts per kind of problem."""
+        kinds = Counter(reason.split(":")[0] for reason in self.bad.values())
+        detail = ", ".join(f"{k}: {n}" for k, n in kinds.most_common()) or "none"
+        return f"{self.num_bad} of {self.total} images skipped ({detail})"
+
+
+def check_images(
+    examples: Sequence[Example],
+    image_tensor: Callable[[Any], torch.Tensor],
+    cache: bool,
+    max_bad_fraction: float,
+    progress: bool = True,
+    name: str = "",
+) -> tuple[list[Example], ImageReport]:
+    """Decode each distinct image once; drop examples whose image is bad.
+
+    With `cache`, the examples that are kept carry their preprocessed pixel tensor instead of
+    the source, so training never decodes an image twice. Every process runs the same check
+    on the same data, so all ranks keep identical example lists.
+    """
+    from mmgpt.images import ImageError
+
+    report = ImageReport()
+    tensors: dict[Any, torch.Tensor | None] = {}
+    sources = {}
+    for example in examples:
+        sources.setdefault(image_key(example.image), example.image)
+    report.total = len(sources)
+    for key, source in tqdm(sources.items(), desc=f"checking images {name}".strip(), disable=not progress):
+        try:
+            tensor = image_tensor(source)
+        except (ImageError, OSError, ValueError) as e:
+            report.bad[str(key)] = str(e) if str(e) else type(e).__name__
+            tensors[key] = None
+            continue
+        tensors[key] = tensor if cache else source
+    if report.num_bad:
+        logger.warning("%s: %s", name or "dataset", report.summary())
+        for key, reason in list(report.bad.items())[:5]:
+            logger.warning("  skipped %s", reason)
+    if report.total and report.num_bad / report.total > max_bad_fraction:
+        raise TooManyBadImages(
+            f"{name or 'dataset'}: {report.summary()}, more than data.max_bad_fraction={max_bad_fraction:g}; "
+            f"fix the data or raise the threshold. First problems: "
+            + "; ".join(list(report.bad.values())[:3])
+        )
+    kept = []
+    for example in examples:
+        value = tensors[image_key(example.image)]
+        if value is None:
+            continue
+        if cache:
+            example = Example(value, example.prompt, example.answer, example.task, example.id, example.source, example.meta)
+        kept.append(example)
+    return kept, report
+
+
+class RobustImages(Dataset):
+    """Wraps a dataset of Examples; an image that fails to load is replaced by the next example.
+
+    Replacement keeps every batch full, so all processes run the same number of steps; the
+    failure is reported in the batch (`bad_images`) to be counted by the training loop.
+    """
+
+    def __init__(self, dataset: Dataset, image_tensor: Callable[[Any], torch.Tensor], max_tries: int = 16) -> None:
+        self.dataset = dataset
+        self.image_tensor = image_tensor
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Forward the epoch to the underlying mixture."""
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+    def __getitem__(self, index: int) -> tuple[Example, list[str]]:
+        from mmgpt.images import ImageError
+
+        failures = []
+        for offset in range(self.max_tries):
+            example = self.dataset[(index + offset) % len(self.dataset)]
+            try:
+                pixels = self.image_tensor(example.image)
+            except (ImageError, OSError, ValueError) as e:
+                failures.append(str(e))
+                continue
+            return Example(pixels, example.prompt, example.answer, example.task, example.id, example.source), failures
+        raise RuntimeError(f"{self.max_tries} consecutive images failed to load near index {index}: {failures[-1]}")
+
+
+def make_collate(processor: Any) -> Callable[[list[tuple[Example, list[str]]]], dict[str, Any]]:
+    """Collate (Example, failures) pairs into a model batch plus the count of failed images."""
+
+    def collate(items: list[tuple[Example, list[str]]]) -> dict[str, Any]:
+        batch = processor.collate([example for example, _ in items])
+        batch["bad_images"] = torch.tensor(sum(len(f) for _, f in items))
+        return batch
+
+    return collate

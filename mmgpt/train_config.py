@@ -1,0 +1,104 @@
+"""Training config: data mixture, optimizer, schedule, precision; nested with the model config."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mmgpt.config import ConfigError, ModelConfig
+from mmgpt.data.formats import DatasetSpec
+
+
+def _default_train_data() -> list:
+    return [
+        DatasetSpec(format="easy_vqa", split="train", weight=3.0),
+        DatasetSpec(format="shapes_captions", split="train", weight=1.0),
+    ]
+
+
+def _default_eval_data() -> list:
+    return [
+        DatasetSpec(format="easy_vqa", split="test"),
+        DatasetSpec(format="shapes_captions", split="val"),
+    ]
+
+
+@dataclass
+class DataConfig:
+    """Datasets, their mixture, and how images are read."""
+
+    train: list[DatasetSpec] = field(default_factory=_default_train_data)
+    eval: list[DatasetSpec] = field(default_factory=_default_eval_data)
+    # samples per epoch drawn from the weighted mixture; 0 = the sum of the datasets' sizes
+    samples_per_epoch: int = 0
+    # decode and transform every image once and keep it in memory (small datasets)
+    cache_images: bool = True
+    # check every image once before training; bad ones are skipped and counted
+    check_images: bool = True
+    # stop with an error when more than this share of the training images is bad
+    max_bad_fraction: float = 0.01
+    num_workers: int = 0
+    # examples per eval set during periodic evaluation (0 = all); the final evaluation uses all
+    eval_max_examples: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if not self.train:
+            raise ConfigError("data.train is empty: name at least one dataset")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay, per-component learning rates."""
+
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    # the learning rate decays to lr * min_lr_ratio at the last step
+    min_lr_ratio: float = 0.02
+    grad_clip: float = 1.0
+    # per-component factors on lr: text_encoder, image_encoder, fusion, projector, generator
+    lr_multipliers: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ConfigError(f"optim.betas must have two values, got {self.betas}")
+        allowed = {"text_encoder", "image_encoder", "fusion", "projector", "generator"}
+        unknown = set(self.lr_multipliers) - allowed
+        if unknown:
+            raise ConfigError(f"optim.lr_multipliers: unknown component {sorted(unknown)}; available: {sorted(allowed)}")
+
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that varies between training runs; saved with each run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output_dir: str = "runs/default"
+    seed: int = 0
+    # per-process micro-batch; the global batch is batch_size * processes * grad_accum_steps
+    batch_size: int = 128
+    grad_accum_steps: int = 1
+    max_steps: int = 2000
+    eval_every: int = 500
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    # sample answers shown in the log at each evaluation
+    eval_show_examples: int = 3
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        for name in ("batch_size", "grad_accum_steps", "max_steps", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
