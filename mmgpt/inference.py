@@ -58,16 +58,17 @@ def load_model(model: str | Path | MMGPT | None = None, device: str | torch.devi
     return _CACHE[key]
 
 
-def _decoding_kwargs(
-    max_new_tokens: int | None,
-    num_beams: int,
-    do_sample: bool | None,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    no_repeat_ngram_size: int,
-    repetition_penalty: float,
+def decoding_kwargs(
+    max_new_tokens: int | None = None,
+    num_beams: int = 1,
+    do_sample: bool | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
 ) -> dict[str, Any]:
+    """Checked answer() decoding options -> keyword arguments of `generate`."""
     sample = do_sample if do_sample is not None else any(v is not None for v in (temperature, top_k, top_p))
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
@@ -137,7 +138,7 @@ def answer(
     """
     mm = load_model(model, device)
     texts, images, single = _as_lists(text, image)
-    kwargs = _decoding_kwargs(max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
+    kwargs = decoding_kwargs(max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
                               no_repeat_ngram_size, repetition_penalty)
     if seed is not None:
         torch.manual_seed(seed)
@@ -162,7 +163,7 @@ def stream_answer(
     if not isinstance(text, str):
         raise TypeError("stream_answer takes one text and one image")
     seed = decoding.pop("seed", None)
-    kwargs = _decoding_kwargs(
+    kwargs = decoding_kwargs(
         decoding.pop("max_new_tokens", None), decoding.pop("num_beams", 1), decoding.pop("do_sample", None),
         decoding.pop("temperature", None), decoding.pop("top_k", None), decoding.pop("top_p", None),
         decoding.pop("no_repeat_ngram_size", 0), decoding.pop("repetition_penalty", 1.0),

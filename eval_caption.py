@@ -1,0 +1,7 @@
+"""Caption evaluation: `python eval_caption.py --help` (the script lives in mmgpt/eval/caption.py)."""
+import sys
+
+from mmgpt.eval.caption import main
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

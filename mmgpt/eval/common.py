@@ -1,0 +1,154 @@
+"""What both evaluation scripts share: decoding options, the result record, the HTML report."""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """Decoding options shared by the CLI and the eval scripts."""
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's)")
+    group.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
+    group.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
+    group.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    group.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
+    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    group.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams of this size")
+    group.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeated tokens")
+
+
+def decoding_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding options of parsed args, as answer() keyword arguments."""
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "num_beams": args.num_beams,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "no_repeat_ngram_size": args.no_repeat_ngram_size,
+        "repetition_penalty": args.repetition_penalty,
+    }
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide the numbers."""
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _thumbnail(image: Any, size: int = 128) -> str:
+    """An <img> tag with the image embedded as base64 PNG, or a note when it cannot be read."""
+    try:
+        from mmgpt.images import load_image
+
+        picture = load_image(image)
+        picture.thumbnail((size, size))
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
+        return f'<img src="data:image/png;base64,{encoded}" width="{size}">'
+    except Exception as e:  # a report must not fail on one unreadable image
+        return f"<em>image unavailable: {html.escape(str(e))}</em>"
+
+
+def write_html_report(
+    path: str | Path, title: str, metrics: dict[str, Any], rows: Sequence[dict[str, Any]], per_section: int = 12
+) -> None:
+    """Self-contained HTML: metrics table, then the best and the worst examples (rows carry a 'score')."""
+    ordered = sorted(rows, key=lambda r: r["score"], reverse=True)
+    sections = [("Best examples", ordered[:per_section]), ("Worst examples", ordered[::-1][:per_section])]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#eee}</style>",
+        f"</head><body><h1>{html.escape(title)}</h1><h2>Metrics</h2><table>",
+    ]
+    for key, value in metrics.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else html.escape(json.dumps(value, default=str))
+        parts.append(f"<tr><th>{html.escape(str(key))}</th><td>{shown}</td></tr>")
+    parts.append("</table>")
+    for heading, chosen in sections:
+        parts.append(f"<h2>{heading}</h2><table><tr><th>image</th><th>prompt</th><th>references</th>"
+                     "<th>prediction</th><th>score</th></tr>")
+        for row in chosen:
+            references = "<br>".join(html.escape(r) for r in row["references"])
+            parts.append(
+                f"<tr><td>{_thumbnail(row['image'])}</td><td>{html.escape(row['prompt'])}</td>"
+                f"<td>{references}</td><td>{html.escape(row['prediction'])}</td><td>{row['score']:.3f}</td></tr>"
+            )
+        parts.append("</table>")
+    parts.append("</body></html>")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts), encoding="utf-8")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """--model, --batch-size, --max-examples and --out/--report/--predictions, shared by both scripts."""
+    parser.add_argument("--model", default=None, help="model folder or hub name (default: $MMGPT_MODEL or the main job's)")
+    parser.add_argument("--batch-size", type=int, default=64, help="examples per generation batch")
+    parser.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N (0 = all)")
+    parser.add_argument("--out", default=None, help="metrics JSON to write")
+    parser.add_argument("--report", default=None, help="HTML report to write (default: next to --out)")
+    parser.add_argument("--predictions", default=None, help="write the model's answers in the official results format")
+    add_decoding_args(parser)
+
+
+def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tuple[list[str], dict[str, Any], Any]:
+    """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator)."""
+    import torch
+    from accelerate import Accelerator
+
+    from mmgpt.evaluate import generate_answers
+    from mmgpt.inference import decoding_kwargs, default_model_path, load_model
+
+    accelerator = Accelerator()
+    model_name = args.model or str(default_model_path())
+    model = load_model(model_name, device=accelerator.device)
+    decoding = decoding_from_args(args)
+    seed = decoding.pop("seed")
+    if seed is not None:
+        torch.manual_seed(seed + accelerator.process_index)
+    kwargs = decoding_kwargs(**decoding)
+    predictions = generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, **kwargs)
+    info = {
+        "model": str(model_name),
+        "prompt_template": {"vqa": model.config.vqa_template, "caption": model.config.caption_prompt},
+        "decoding": {**kwargs, "seed": seed},
+        "processes": accelerator.num_processes,
+    }
+    return predictions, info, accelerator
+
+
+def default_outputs(args: argparse.Namespace, stem: str) -> tuple[Path, Path]:
+    """--out and --report, defaulting to <stem>.json / <stem>.html in the current folder."""
+    out = Path(args.out) if args.out else Path(f"{stem}.json")
+    report = Path(args.report) if args.report else out.with_suffix(".html")
+    return out, report

@@ -1,0 +1,113 @@
+"""VQA evaluation with the official VQA accuracy.
+
+Run a model (easy-VQA test by default, or any VQA v2-format set):
+    python eval_vqa.py [--model DIR] [--questions Q.json --annotations A.json --images DIR]
+Score an existing results file, no model needed:
+    python eval_vqa.py --results R.json --questions Q.json --annotations A.json --out metrics.json
+Shard across processes with `accelerate launch eval_vqa.py ...`; the numbers equal one process's.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from mmgpt.data.example import Example
+from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
+
+logger = logging.getLogger("mmgpt.eval_vqa")
+
+
+def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
+    """Examples -> official VQA questions and annotations JSON; a single answer counts as ten human answers."""
+    questions, annotations, ids = [], [], []
+    for index, e in enumerate(examples):
+        qid = e.id if isinstance(e.id, int) else index
+        ids.append(qid)
+        answers = e.meta.get("answers") or [e.answer] * 10
+        questions.append({"question_id": qid, "image_id": e.meta.get("image_id", index),
+                          "question": e.meta.get("question", e.prompt)})
+        annotations.append({
+            "question_id": qid, "image_id": e.meta.get("image_id", index),
+            "question_type": e.meta.get("question_type", ""), "answer_type": e.meta.get("answer_type", ""),
+            "multiple_choice_answer": e.answer,
+            "answers": [{"answer": a, "answer_id": i + 1, "answer_confidence": "yes"} for i, a in enumerate(answers)],
+        })
+    return {"questions": questions}, {"annotations": annotations}, ids
+
+
+def read_examples(args: argparse.Namespace) -> list[Example]:
+    """The evaluation set: VQA v2 files when given, else the built-in easy-VQA split."""
+    from mmgpt.data.formats import DatasetSpec, read_dataset
+
+    if args.questions:
+        spec = DatasetSpec(format="vqa_v2", path=args.questions, annotations=args.annotations or "",
+                           images=args.images or "", max_examples=args.max_examples, name="vqa")
+    else:
+        spec = DatasetSpec(format="easy_vqa", split=args.split, max_examples=args.max_examples, name="easy_vqa")
+    return read_dataset(spec)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", help="score this official results file [{question_id, answer}] instead of running a model")
+    parser.add_argument("--questions", help="official VQA questions JSON (default: easy-VQA)")
+    parser.add_argument("--annotations", help="official VQA annotations JSON")
+    parser.add_argument("--images", help="image folder of a VQA v2 set (COCO_<subtype>_<id>.jpg names)")
+    parser.add_argument("--split", default="test", choices=["train", "test"], help="easy-VQA split (default test)")
+    parser.add_argument("--export-official", help="write the questions/annotations used, in the official format, here")
+    add_model_args(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from mmgpt.eval.vqa_metrics import load_vqa_files, vqa_score
+
+    out, report = default_outputs(args, "eval_vqa")
+    examples: list[Example] = []
+    info: dict[str, Any] = {}
+    is_main = True
+    if args.results:
+        if not (args.questions and args.annotations):
+            parser.error("--results needs --questions and --annotations (the official files to score against)")
+        questions, annotations, results = load_vqa_files(args.results, args.questions, args.annotations)
+        info["results"] = args.results
+    else:
+        from mmgpt.eval.common import generate_for_eval
+
+        examples = read_examples(args)
+        if args.questions and not args.annotations:
+            parser.error("--questions without --annotations can be answered (--predictions) but not scored")
+        predictions, info, accelerator = generate_for_eval(args, examples)
+        is_main = accelerator.is_main_process
+        questions, annotations, ids = official_files(examples)
+        results = [{"question_id": qid, "answer": p} for qid, p in zip(ids, predictions)]
+        if is_main and args.predictions:
+            write_json(args.predictions, results)
+        if is_main and args.export_official:
+            write_json(f"{args.export_official}/questions.json", questions)
+            write_json(f"{args.export_official}/annotations.json", annotations)
+    if not is_main:
+        return {}
+    scores = vqa_score(questions, annotations, results)
+    per_question = scores.pop("perQuestion")
+    record = {"metrics": scores, "num_questions": len(results), **info,
+              "questions": args.questions or f"easy-vqa {args.split}", "versions": package_versions()}
+    write_json(out, record)
+    answers = {r["question_id"]: r["answer"] for r in results}
+    text = {q["question_id"]: q["question"] for q in questions["questions"]}
+    images = {e.id if isinstance(e.id, int) else i: e.image for i, e in enumerate(examples)}
+    rows = [{"image": images.get(a["question_id"]), "prompt": text.get(a["question_id"], ""),
+             "references": sorted({x["answer"] for x in a["answers"]}),
+             "prediction": answers.get(a["question_id"], ""), "score": per_question.get(a["question_id"], 0.0) / 100.0}
+            for a in annotations["annotations"] if a["question_id"] in answers]
+    write_html_report(report, "VQA evaluation", {"overall": scores["overall"], **info}, rows)
+    print(f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions")
+    for answer_type, value in sorted(scores["perAnswerType"].items()):
+        print(f"  {answer_type:>10}: {value:.2f}")
+    print(f"metrics: {out}\nreport:  {report}")
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
