@@ -1,0 +1,328 @@
+"""Dataset readers: one registered function per on-disk format, each turning a DatasetSpec into Examples.
+
+Formats (`DatasetSpec.format`):
+
+* ``easy_vqa`` - the installed `easy-vqa` package; split ``train`` or ``test``; path/images unused.
+* ``coco_captions`` - official ``captions_*.json`` (path) + image folder (images); one Example per caption.
+* ``shapes_captions`` - built-in synthetic captions (mmgpt.data.shapes); path = cache root folder
+  (default ``$MMGPT_CACHE/shapes`` or ``~/.cache/mmgpt/shapes``); split train/val/test.
+* ``vqa_v2`` - official questions JSON (path) + optional annotations JSON (annotations) + COCO image
+  folder (images). An image is looked up as ``COCO_{data_subtype}_{image_id:012d}.jpg`` (the official
+  name; ``data_subtype`` is read from the questions file, e.g. "val2014"), then ``{image_id:012d}.jpg``,
+  then ``{image_id}.jpg``; if none exists the official name is kept and `validate` reports it missing.
+  Without annotations (test-dev style) answers are "".
+* ``jsonl`` - one JSON object per line, either single-turn
+  ``{"image": path, "prompt": str, "answer": str, "task"?: str, "id"?: any, "meta"?: dict}`` or multi-turn
+  ``{"image": path, "conversations": [{"role": "user"|"assistant", "content": str}, ...], "id"?: any}``.
+  Each assistant turn becomes one "chat" Example prompted with the dialogue before it (`render_dialogue`).
+  Relative image paths resolve against `images` if given, else against the JSONL file's folder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mmgpt.data.example import TASKS, Example
+
+logger = logging.getLogger(__name__)
+
+Reader = Callable[["DatasetSpec", "PromptTemplates"], "list[Example]"]
+FORMATS: dict[str, Reader] = {}
+
+
+def register_format(name: str) -> Callable[[Reader], Reader]:
+    """Decorator adding a reader to FORMATS under `name`."""
+    def add(fn: Reader) -> Reader:
+        if name in FORMATS:
+            raise ValueError(f"dataset format {name!r} is already registered")
+        FORMATS[name] = fn
+        return fn
+    return add
+
+
+@dataclass
+class DatasetSpec:
+    """Where one dataset lives on disk and how much it counts in a mixture."""
+
+    format: str
+    path: str = ""
+    images: str = ""
+    annotations: str = ""
+    split: str = "train"
+    weight: float = 1.0
+    max_examples: int = 0
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"dataset field 'format': unknown format {self.format!r}; "
+                             f"available: {', '.join(sorted(FORMATS))}")
+        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(f"dataset {self.label!r} field 'weight' must be a finite number >= 0, got {self.weight!r}")
+        if not isinstance(self.max_examples, int) or self.max_examples < 0:
+            raise ValueError(f"dataset {self.label!r} field 'max_examples' must be an int >= 0 (0 = all), "
+                             f"got {self.max_examples!r}")
+        if not self.split:
+            raise ValueError(f"dataset {self.label!r} field 'split' must not be empty")
+
+    @property
+    def label(self) -> str:
+        """Name used in logs, errors and Example.source."""
+        return self.name or self.format
+
+
+@dataclass
+class PromptTemplates:
+    """Task templates turning raw questions into model prompts."""
+
+    vqa: str = "{question}"
+    caption: str = "Describe the image."
+
+    def __post_init__(self) -> None:
+        if "{question}" not in self.vqa:
+            raise ValueError(f"prompt template field 'vqa' must contain '{{question}}', got {self.vqa!r}")
+        try:
+            self.vqa.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt template field 'vqa' is not a valid format string ({e!r}): {self.vqa!r}") from None
+        if not self.caption.strip():
+            raise ValueError("prompt template field 'caption' must not be empty")
+
+
+def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> list[Example]:
+    """Read `spec` with its registered reader, keeping the first `max_examples` examples."""
+    examples = FORMATS[spec.format](spec, templates or PromptTemplates())
+    if spec.max_examples:
+        examples = examples[: spec.max_examples]
+    for ex in examples:
+        ex.source = ex.source or spec.label
+    logger.info("read %d examples from %s (%s, split %s)", len(examples), spec.label, spec.format, spec.split)
+    return examples
+
+
+def _require(spec: DatasetSpec, field: str, what: str, folder: bool = False) -> Path:
+    """The spec's `field` as an existing file (or folder), or an error naming field, path and expected content."""
+    value = getattr(spec, field)
+    if not value:
+        raise ValueError(f"{spec.format} dataset {spec.label!r}: field '{field}' is required ({what})")
+    path = Path(value).expanduser()
+    if not (path.is_dir() if folder else path.is_file()):
+        raise FileNotFoundError(f"{spec.format} dataset {spec.label!r}: {what} not found at {path} (field '{field}')")
+    return path
+
+
+def _load_json(path: Path, *keys: str) -> dict:
+    """A JSON object from `path` that must hold list fields `keys`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object at top level, got {type(data).__name__}")
+    for key in keys:
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{path}: missing list field '{key}'")
+    return data
+
+
+def _field(record: dict, key: str, where: str, types: type | tuple = str) -> Any:
+    """record[key], or a ValueError naming the location and the field."""
+    if key not in record:
+        raise ValueError(f"{where}: missing field '{key}'")
+    if not isinstance(record[key], types):
+        raise ValueError(f"{where}: field '{key}' has type {type(record[key]).__name__}")
+    return record[key]
+
+
+# Longest match wins; mirrors the official VQA "question_type" prefixes plus easy-vqa's templates.
+_QUESTION_TYPES = (
+    "what color is the", "what is the color of the", "what shape is", "what shape does the image contain",
+    "what is the", "what is", "what", "is there a", "is there not a", "is there", "is a", "is no", "is",
+    "does the image contain a", "does the image not contain a", "does the", "how many", "are there", "are",
+)
+
+
+def question_type(question: str) -> str:
+    """VQA-style question type: the longest known prefix of the question's words."""
+    words = question.lower().rstrip("?").split()
+    best = ""
+    for qtype in _QUESTION_TYPES:
+        parts = qtype.split()
+        if words[: len(parts)] == parts and len(qtype) > len(best):
+            best = qtype
+    return best or "none of the above"
+
+
+@register_format("easy_vqa")
+def read_easy_vqa(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """The easy-vqa package's train or test split."""
+    import easy_vqa
+
+    if spec.split not in ("train", "test"):
+        raise ValueError(f"easy_vqa dataset {spec.label!r}: field 'split' must be 'train' or 'test', got {spec.split!r}")
+    train = spec.split == "train"
+    questions, answers, image_ids = (easy_vqa.get_train_questions if train else easy_vqa.get_test_questions)()
+    paths = (easy_vqa.get_train_image_paths if train else easy_vqa.get_test_image_paths)()
+    n = spec.max_examples or len(questions)
+    return [
+        Example(image=paths[img], prompt=templates.vqa.format(question=q), answer=a, task="vqa",
+                id=f"{spec.split}-{i}", source=spec.label,
+                meta={"question": q, "question_type": question_type(q), "image_id": img,
+                      "answer_type": "yes/no" if a in ("yes", "no") else "other"})
+        for i, (q, a, img) in enumerate(zip(questions[:n], answers[:n], image_ids[:n]))
+    ]
+
+
+@register_format("coco_captions")
+def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Official COCO captions JSON: one caption Example per annotation, all captions kept as references."""
+    path = _require(spec, "path", "COCO captions JSON (captions_*.json)")
+    root = _require(spec, "images", "folder holding the COCO images", folder=True)
+    data = _load_json(path, "images", "annotations")
+    files: dict[Any, str] = {}
+    for i, img in enumerate(data["images"]):
+        where = f"{path} images[{i}]"
+        files[_field(img, "id", where, (int, str))] = _field(img, "file_name", where)
+    anns = data["annotations"][: spec.max_examples or None]
+    refs: dict[Any, list[str]] = defaultdict(list)
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path} annotations[{i}]"
+        refs[_field(ann, "image_id", where, (int, str))].append(_field(ann, "caption", where).strip())
+    out = []
+    for i, ann in enumerate(anns):
+        image_id = ann["image_id"]
+        if image_id not in files:
+            raise ValueError(f"{path} annotations[{i}]: field 'image_id' {image_id!r} is not in 'images'")
+        out.append(Example(image=str(root / files[image_id]), prompt=templates.caption, answer=ann["caption"].strip(),
+                           task="caption", id=ann.get("id", i), source=spec.label,
+                           meta={"image_id": image_id, "references": list(refs[image_id])}))
+    return out
+
+
+def default_cache_root() -> Path:
+    """Where built-in synthetic datasets are cached: $MMGPT_CACHE or ~/.cache/mmgpt."""
+    return Path(os.environ.get("MMGPT_CACHE") or "~/.cache/mmgpt").expanduser()
+
+
+@register_format("shapes_captions")
+def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Built-in synthetic shapes captions, generated on first use, read as COCO captions."""
+    from mmgpt.data.shapes import build_shapes_captions
+
+    root = Path(spec.path).expanduser() if spec.path else default_cache_root() / "shapes"
+    files = build_shapes_captions(root)
+    if spec.split not in files:
+        raise ValueError(f"shapes_captions dataset {spec.label!r}: field 'split' must be one of "
+                         f"{sorted(files)}, got {spec.split!r}")
+    captions = Path(files[spec.split])
+    coco = DatasetSpec(format="coco_captions", path=str(captions), images=str(captions.parent / "images" / spec.split),
+                       split=spec.split, max_examples=spec.max_examples, name=spec.label)
+    return read_coco_captions(coco, templates)
+
+
+def _vqa_image(root: Path, names: set[str], subtype: str, image_id: int) -> str:
+    """Image path by the official COCO name, else the fallbacks documented at the top of this module."""
+    candidates = [f"{image_id:012d}.jpg", f"{image_id}.jpg"]
+    if subtype:
+        candidates.insert(0, f"COCO_{subtype}_{image_id:012d}.jpg")
+    return str(root / next((c for c in candidates if c in names), candidates[0]))
+
+
+@register_format("vqa_v2")
+def read_vqa_v2(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Official VQA v2 questions (+ optional annotations) over COCO images."""
+    qpath = _require(spec, "path", "VQA v2 questions JSON (e.g. v2_OpenEnded_mscoco_val2014_questions.json)")
+    root = _require(spec, "images", "folder holding the COCO images", folder=True)
+    questions = _load_json(qpath, "questions")
+    subtype = str(questions.get("data_subtype", ""))
+    anns: dict[Any, dict] = {}
+    apath = None
+    if spec.annotations:
+        apath = _require(spec, "annotations", "VQA v2 annotations JSON (e.g. v2_mscoco_val2014_annotations.json)")
+        for i, ann in enumerate(_load_json(apath, "annotations")["annotations"]):
+            anns[_field(ann, "question_id", f"{apath} annotations[{i}]", (int, str))] = ann
+    # one directory listing instead of a stat per question (there are ~200k per split)
+    names = {e.name for e in os.scandir(root)}
+    out = []
+    for i, q in enumerate(questions["questions"][: spec.max_examples or None]):
+        where = f"{qpath} questions[{i}]"
+        qid, image_id = _field(q, "question_id", where, (int, str)), _field(q, "image_id", where, int)
+        text = _field(q, "question", where)
+        meta: dict[str, Any] = {"question": text, "image_id": image_id, "question_type": question_type(text)}
+        answer = ""
+        if apath is not None:
+            if qid not in anns:
+                raise ValueError(f"{apath}: no annotation for question_id {qid!r} (from {qpath})")
+            ann, awhere = anns[qid], f"{apath} annotation for question_id {qid!r}"
+            answer = _field(ann, "multiple_choice_answer", awhere)
+            meta["answers"] = [_field(a, "answer", awhere) for a in _field(ann, "answers", awhere, list)]
+            meta["question_type"] = ann.get("question_type", meta["question_type"])
+            meta["answer_type"] = ann.get("answer_type", "")
+        out.append(Example(image=_vqa_image(root, names, subtype, image_id), prompt=templates.vqa.format(question=text),
+                           answer=answer, task="vqa", id=qid, source=spec.label, meta=meta))
+    return out
+
+
+def render_dialogue(turns: list[tuple[str, str]]) -> str:
+    """Render (role, content) turns as "User: ...\\nAssistant: ...\\nUser: ..." - the chat prompt format."""
+    return "\n".join(f"{role.capitalize()}: {content}" for role, content in turns)
+
+
+def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: int) -> list[Example]:
+    """Examples from one parsed JSONL record (single- or multi-turn)."""
+    image_path = Path(_field(record, "image", where)).expanduser()
+    image = str(image_path if image_path.is_absolute() else base / image_path)
+    ex_id = record.get("id", f"line{line_no}")
+    if "conversations" not in record:
+        task = record.get("task", "vqa")
+        if task not in TASKS:
+            raise ValueError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
+        return [Example(image=image, prompt=_field(record, "prompt", where), answer=_field(record, "answer", where),
+                        task=task, id=ex_id, source=source, meta=dict(record.get("meta") or {}))]
+    turns: list[tuple[str, str]] = []
+    out = []
+    for t, turn in enumerate(_field(record, "conversations", where, list)):
+        twhere = f"{where}: conversations[{t}]"
+        if not isinstance(turn, dict):
+            raise ValueError(f"{twhere} must be an object with 'role' and 'content'")
+        role, content = _field(turn, "role", twhere), _field(turn, "content", twhere)
+        if role not in ("user", "assistant"):
+            raise ValueError(f"{twhere}: field 'role' must be 'user' or 'assistant', got {role!r}")
+        if role == "assistant":
+            if not turns or turns[-1][0] != "user":
+                raise ValueError(f"{twhere}: an assistant turn must follow a user turn")
+            out.append(Example(image=image, prompt=render_dialogue(turns), answer=content, task="chat",
+                               id=f"{ex_id}:{len(out)}", source=source, meta={"turn": len(out)}))
+        turns.append((role, content))
+    if not out:
+        raise ValueError(f"{where}: field 'conversations' has no assistant turn")
+    return out
+
+
+@register_format("jsonl")
+def read_jsonl(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Generic JSONL, single- or multi-turn (schema at the top of this module); templates are not applied."""
+    path = _require(spec, "path", "JSONL file with one example object per line")
+    base = Path(spec.images).expanduser() if spec.images else path.parent
+    out: list[Example] = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if spec.max_examples and len(out) >= spec.max_examples:
+                break
+            if not line.strip():
+                continue
+            where = f"{path} line {line_no}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
+    return out

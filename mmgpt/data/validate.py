@@ -1,0 +1,177 @@
+"""Check a dataset before training: missing/corrupt images, empty fields, over-long examples, duplicate ids.
+
+CLI::
+
+    python -m mmgpt.data.validate --format jsonl --path data.jsonl [--images DIR] [--annotations F]
+        [--split S] [--max-tokens N] [--max-prompt-tokens N] [--max-answer-tokens N] [--no-images]
+
+prints a table of problems and exits 1 when any is found (2 when the dataset cannot be read at all).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from tqdm import tqdm
+
+from mmgpt.data.example import Example
+
+logger = logging.getLogger(__name__)
+
+PROBLEMS = {
+    "missing_image": "image file does not exist",
+    "corrupt_image": "image cannot be read",
+    "empty_prompt": "empty prompt (non-caption task)",
+    "empty_answer": "empty answer",
+    "prompt_too_long": "prompt over its token budget",
+    "answer_too_long": "answer over its token budget",
+    "sequence_too_long": "prompt + answer over the token budget",
+    "duplicate_id": "id repeated within a source",
+}
+
+
+@dataclass
+class ValidationReport:
+    """Problem counts per kind plus a few sample messages of each."""
+
+    num_examples: int = 0
+    num_images: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROBLEMS, 0))
+    samples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in PROBLEMS})
+    max_samples: int = 5
+
+    def add(self, kind: str, message: str) -> None:
+        """Record one problem of `kind`, keeping its message if fewer than max_samples are kept."""
+        self.counts[kind] += 1
+        if len(self.samples[kind]) < self.max_samples:
+            self.samples[kind].append(message)
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not any(self.counts.values())
+
+    @property
+    def num_problems(self) -> int:
+        """Total problems over all kinds."""
+        return sum(self.counts.values())
+
+    def format(self) -> str:
+        """Human-readable table of counts followed by sample messages."""
+        lines = [f"checked {self.num_examples} examples, {self.num_images} distinct image files",
+                 f"{'problem':<18} {'count':>7}  meaning", "-" * 60]
+        lines += [f"{kind:<18} {self.counts[kind]:>7}  {PROBLEMS[kind]}" for kind in PROBLEMS]
+        for kind in PROBLEMS:
+            if self.samples[kind]:
+                more = self.counts[kind] - len(self.samples[kind])
+                lines.append(f"\n{kind}:")
+                lines += [f"  {m}" for m in self.samples[kind]]
+                if more:
+                    lines.append(f"  ... and {more} more")
+        lines.append("\nOK: no problems found" if self.ok else f"\nFAILED: {self.num_problems} problems found")
+        return "\n".join(lines)
+
+
+def _check_image(image: object) -> tuple[str, str] | None:
+    """(problem kind, reason) for one image, or None when it loads."""
+    from mmgpt.images import ImageError, load_image
+
+    if isinstance(image, (str, Path)) and not Path(image).expanduser().is_file():
+        return "missing_image", f"{image} does not exist"
+    try:
+        load_image(image)
+    except (ImageError, OSError, ValueError) as e:
+        return "corrupt_image", str(e)
+    return None
+
+
+def _is_blank(text: object) -> bool:
+    """True for non-strings and whitespace-only strings."""
+    return not isinstance(text, str) or not text.strip()
+
+
+def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None = None,
+                      max_answer_tokens: int | None = None, tokenize: Callable[[str], Sequence] | None = None,
+                      check_images: bool = True, progress: bool = True, max_total_tokens: int | None = None,
+                      max_samples: int = 5) -> ValidationReport:
+    """Check every example; lengths are in `tokenize` tokens, or whitespace words without one."""
+    def count(text: str) -> int:
+        return len(tokenize(text)) if tokenize else len(text.split())
+
+    unit = "tokens" if tokenize else "words"
+    report = ValidationReport(max_samples=max_samples)
+    image_cache: dict[str, tuple[str, str] | None] = {}
+    seen_ids: set[tuple[str, object]] = set()
+    show = progress and sys.stderr.isatty()
+    for ex in tqdm(examples, desc="validating", unit="ex", disable=not show):
+        report.num_examples += 1
+        who = f"[{ex.source or '?'}] id={ex.id!r}"
+        if check_images:
+            # many questions share one image: decode each file once (in-memory images are checked each time)
+            if isinstance(ex.image, (str, Path)):
+                key = str(ex.image)
+                if key not in image_cache:
+                    image_cache[key] = _check_image(ex.image)
+                problem = image_cache[key]
+            else:
+                problem = _check_image(ex.image)
+            if problem:
+                report.add(problem[0], f"{who}: {problem[1]}")
+        if ex.task != "caption" and _is_blank(ex.prompt):
+            report.add("empty_prompt", f"{who}: task {ex.task!r} has an empty prompt")
+        if _is_blank(ex.answer):
+            report.add("empty_answer", f"{who}: empty answer")
+        prompt_len = count(ex.prompt) if isinstance(ex.prompt, str) else 0
+        answer_len = count(ex.answer) if isinstance(ex.answer, str) else 0
+        for kind, length, budget in (("prompt_too_long", prompt_len, max_prompt_tokens),
+                                     ("answer_too_long", answer_len, max_answer_tokens),
+                                     ("sequence_too_long", prompt_len + answer_len, max_total_tokens)):
+            if budget is not None and length > budget:
+                report.add(kind, f"{who}: {length} {unit} > {budget}")
+        if ex.id is not None:
+            key_id = (ex.source, ex.id)
+            if key_id in seen_ids:
+                report.add("duplicate_id", f"{who}: duplicate id")
+            seen_ids.add(key_id)
+    report.num_images = len(image_cache)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point: read one dataset, validate it, print the report; 0 ok, 1 problems, 2 unreadable."""
+    from mmgpt.data.formats import FORMATS, DatasetSpec, read_dataset
+
+    parser = argparse.ArgumentParser(prog="python -m mmgpt.data.validate", description=__doc__.splitlines()[0])
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="dataset format")
+    parser.add_argument("--path", default="", help="annotation / questions / JSONL file (or cache root)")
+    parser.add_argument("--images", default="", help="image root folder")
+    parser.add_argument("--annotations", default="", help="second file, e.g. VQA v2 annotations")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--max-examples", type=int, default=0, help="check only the first N (0 = all)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="budget for prompt + answer")
+    parser.add_argument("--max-prompt-tokens", type=int, default=None)
+    parser.add_argument("--max-answer-tokens", type=int, default=None)
+    parser.add_argument("--no-images", action="store_true", help="skip opening images")
+    parser.add_argument("--samples", type=int, default=5, help="sample messages shown per problem kind")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
+                           split=args.split, max_examples=args.max_examples)
+        examples = read_dataset(spec)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = validate_examples(examples, max_prompt_tokens=args.max_prompt_tokens,
+                               max_answer_tokens=args.max_answer_tokens, max_total_tokens=args.max_tokens,
+                               check_images=not args.no_images, max_samples=args.samples)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""validate_examples finds bad images, empty fields, over-long and duplicate examples; the CLI's exit codes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmgpt.data.example import Example
+from mmgpt.data.validate import ValidationReport, main, validate_examples
+
+
+def _png(path: Path) -> str:
+    Image.new("RGB", (8, 8), "green").save(path)
+    return str(path)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, str]:
+    good = _png(tmp_path / "good.png")
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(Path(good).read_bytes()[:20])
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    return {"good": good, "corrupt": str(corrupt), "empty": str(empty), "text": str(text),
+            "missing": str(tmp_path / "missing.png")}
+
+
+def test_clean_examples_are_ok(images: dict[str, str]) -> None:
+    examples = [Example(images["good"], f"question {i}?", "yes", id=i, source="s") for i in range(5)]
+    report = validate_examples(examples, progress=False)
+    assert report.ok and report.num_problems == 0
+    assert report.num_examples == 5 and report.num_images == 1
+    assert "OK" in report.format()
+
+
+def test_finds_image_problems(images: dict[str, str]) -> None:
+    examples = [Example(images[k], "q?", "a", id=k) for k in ("good", "corrupt", "empty", "text", "missing")]
+    examples.append(Example(images["missing"], "q2?", "a", id="again"))
+    report = validate_examples(examples, progress=False)
+    assert not report.ok
+    assert report.counts["missing_image"] == 2
+    assert report.counts["corrupt_image"] == 3
+    assert report.num_images == 5
+    assert any("missing.png" in m for m in report.samples["missing_image"])
+    assert report.counts["empty_answer"] == 0
+    assert validate_examples(examples, check_images=False, progress=False).ok
+
+
+def test_images_are_opened_once_per_path(images: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmgpt.images
+
+    calls = []
+    real = mmgpt.images.load_image
+
+    def counting(image, *args, **kwargs):
+        calls.append(image)
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(mmgpt.images, "load_image", counting)
+    examples = [Example(images["good"], "q?", "a", id=i) for i in range(20)]
+    validate_examples(examples, progress=False)
+    assert len(calls) == 1
+
+
+def test_finds_empty_fields_and_duplicates(images: dict[str, str]) -> None:
+    examples = [
+        Example(images["good"], "", "a", task="vqa", id=1),
+        Example(images["good"], "", "A caption.", task="caption", id=2),
+        Example(images["good"], "q?", "  ", id=3),
+        Example(images["good"], "q?", "a", id=3),
+        Example(images["good"], "q?", "a", id=3, source="other"),
+        Example(images["good"], "q?", "a"),
+        Example(images["good"], "q?", "a"),
+    ]
+    report = validate_examples(examples, progress=False)
+    assert report.counts["empty_prompt"] == 1
+    assert report.counts["empty_answer"] == 1
+    # ids repeat only within a source; None ids are not compared
+    assert report.counts["duplicate_id"] == 1
+
+
+def test_length_budgets(images: dict[str, str]) -> None:
+    examples = [
+        Example(images["good"], "one two three four five", "a b", id="long_prompt"),
+        Example(images["good"], "q", "w " * 10, id="long_answer"),
+        Example(images["good"], "q", "a", id="fine"),
+    ]
+    report = validate_examples(examples, max_prompt_tokens=4, max_answer_tokens=5, check_images=False, progress=False)
+    assert report.counts["prompt_too_long"] == 1 and report.counts["answer_too_long"] == 1
+    assert "long_prompt" in report.samples["prompt_too_long"][0] and "words" in report.samples["prompt_too_long"][0]
+    report = validate_examples(examples, max_total_tokens=6, check_images=False, progress=False)
+    assert report.counts["sequence_too_long"] == 2
+    by_char = validate_examples(examples, max_prompt_tokens=4, tokenize=list, check_images=False, progress=False)
+    assert by_char.counts["prompt_too_long"] == 1 and "tokens" in by_char.samples["prompt_too_long"][0]
+
+
+def test_report_format_limits_samples() -> None:
+    report = ValidationReport(max_samples=2)
+    for i in range(5):
+        report.add("empty_answer", f"example {i}")
+    text = report.format()
+    assert "example 1" in text and "example 2" not in text and "3 more" in text
+    assert "empty_answer" in text and "FAILED: 5 problems" in text
+
+
+def test_cli_exit_codes(tmp_path: Path, images: dict[str, str], capsys: pytest.CaptureFixture) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"image": "good.png", "prompt": "What color?", "answer": "green"}) + "\n")
+    assert main(["--format", "jsonl", "--path", str(good)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in [
+        {"image": "good.png", "prompt": "What color?", "answer": ""},
+        {"image": "missing.png", "prompt": "What color?", "answer": "green"},
+        {"image": "good.png", "prompt": "a b c d e f g h", "answer": "green"},
+    ]) + "\n")
+    assert main(["--format", "jsonl", "--path", str(bad), "--max-tokens", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "missing_image" in out and "FAILED: 3 problems" in out
+    assert main(["--format", "jsonl", "--path", str(bad), "--no-images", "--images", str(tmp_path)]) == 1
+
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"image": "good.png"}\n')
+    assert main(["--format", "jsonl", "--path", str(malformed)]) == 2
+    assert "malformed.jsonl line 1: missing field 'prompt'" in capsys.readouterr().err
