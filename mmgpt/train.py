@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
                         num_workers=cfg.data.num_workers, drop_last=True,
                         pin_memory=torch.cuda.is_available(), persistent_workers=False)
 
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        # batch-norm statistics over the global batch, as one process would compute them
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.gradient_checkpointing:
         model.generator.gradient_checkpointing_enable()
     optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
                 state["history"]["eval"].append([step, eval_loss])
                 accelerator.log(metrics, step=step)
                 logger.info("step %d eval: %s", step, _fmt(metrics))
-            stop_now = _any_rank(accelerator, stop.requested)
+            stop_now = step == cfg.stop_at_step or (step % cfg.log_every == 0 and _any_rank(accelerator, stop.requested))
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
                 save_checkpoint(accelerator, output_dir, step, state, cfg.keep_checkpoints)
             if stop_now:
@@ -251,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.is_main_process:
         raw_model.save_pretrained(output_dir / "model")
         (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
+        (output_dir / "history.json").write_text(json.dumps(state["history"]))
         plot_losses(state["history"], output_dir / "loss.png")
         logger.info("final eval: %s", _fmt(metrics))
         for name, summary in checked_summary.items():

@@ -93,8 +93,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     compile: bool = False
-    # sample answers shown in the log at each evaluation
-    eval_show_examples: int = 3
+    # checkpoint and exit once this step is reached (0 = never): for time-limited jobs, resume later
+    stop_at_step: int = 0
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
