@@ -260,6 +260,14 @@ def test_shapes_captions_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         read_dataset(DatasetSpec(format="shapes_captions", split="test"))
 
 
+def test_shapes_captions_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("mmgpt.data.shapes")
+    monkeypatch.setenv("MMGPT_CACHE", str(tmp_path))
+    examples = read_dataset(DatasetSpec(format="shapes_captions", split="val", max_examples=20))
+    assert len(examples) == 20 and all(Path(e.image).is_file() for e in examples)
+    assert all(e.task == "caption" and e.answer and e.answer in e.meta["references"] for e in examples)
+
+
 # ---------------------------------------------------------------- Mixture
 
 
