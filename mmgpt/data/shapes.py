@@ -1,0 +1,227 @@
+"""Synthetic captioning data: scenes of one to three coloured shapes, five captions each, in COCO layout.
+
+No real captioning set can be downloaded in every environment, so this one is generated, seeded and
+cached: the same parameters always give byte-identical JSON and identical pixels.
+
+Layout under ``root/shapes-v1-s{seed}-{size}px-{train}-{val}-{test}/``: ``captions_{split}.json``
+(official COCO captions format; each image entry also carries its ``scene``, which COCO readers ignore),
+``images/{split}/{id:06d}.png`` and ``meta.json``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1  # bump whenever scenes, drawing or captions change: it is part of the cache key
+SPLITS = ("train", "val", "test")
+COLORS = {"red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (235, 205, 20), "green": (30, 160, 50),
+          "blue": (30, 70, 220), "purple": (130, 50, 180), "brown": (120, 70, 30), "black": (20, 20, 20)}
+BACKGROUNDS = {"white": (250, 250, 250), "cream": (245, 238, 215), "light gray": (215, 215, 215)}
+SHAPES = ("circle", "square", "rectangle", "triangle", "star")
+SIZES = {"small": 0.07, "medium": 0.11, "large": 0.155}  # radius / image side; large still fits a 3x3 cell
+LOCATIONS = {(0, 0): "in the top left corner", (0, 1): "at the top", (0, 2): "in the top right corner",
+             (1, 0): "on the left", (1, 1): "in the center", (1, 2): "on the right",
+             (2, 0): "in the bottom left corner", (2, 1): "at the bottom", (2, 2): "in the bottom right corner"}
+NUMBERS = {1: "one", 2: "two", 3: "three"}
+_SUPERSAMPLE = 4  # draw larger and box-downsample: smooth edges, exact colours inside shapes
+
+
+def sample_scene(rng: random.Random, image_size: int) -> dict[str, Any]:
+    """A random scene: background and 1-3 shapes of distinct colours, each in its own cell of a 3x3 grid."""
+    n = rng.choices((1, 2, 3), weights=(3, 4, 3))[0]
+    cell = image_size / 3
+    shapes = []
+    for (row, col), color in zip(rng.sample(sorted(LOCATIONS), n), rng.sample(sorted(COLORS), n)):
+        size = rng.choice(sorted(SIZES))
+        radius = SIZES[size] * image_size
+        slack = max(0.0, cell / 2 - radius * 1.1) * 0.8  # jitter that keeps the shape inside its cell
+        center = [round((col + 0.5) * cell + rng.uniform(-slack, slack), 2),
+                  round((row + 0.5) * cell + rng.uniform(-slack, slack), 2)]
+        shapes.append({"shape": rng.choice(SHAPES), "color": color, "size": size, "row": row, "col": col,
+                       "center": center, "radius": round(radius, 2)})
+    return {"background": rng.choice(sorted(BACKGROUNDS)), "striped": rng.random() < 0.3, "shapes": shapes}
+
+
+def scene_key(scene: dict[str, Any]) -> tuple:
+    """What a scene shows, ignoring jitter: splits never share a key."""
+    return (scene["background"], scene["striped"],
+            frozenset((o["shape"], o["color"], o["size"], o["row"], o["col"]) for o in scene["shapes"]))
+
+
+def render_scene(scene: dict[str, Any], image_size: int) -> Image.Image:
+    """Draw a scene as an image_size x image_size RGB image."""
+    s, n = _SUPERSAMPLE, image_size * _SUPERSAMPLE
+    bg = BACKGROUNDS[scene["background"]]
+    im = Image.new("RGB", (n, n), bg)
+    draw = ImageDraw.Draw(im)
+    if scene["striped"]:
+        faint = tuple(c - 14 for c in bg)
+        for x in range(-n, n, 8 * s):
+            draw.line([(x, 0), (x + n, n)], fill=faint, width=2 * s)
+    for o in scene["shapes"]:
+        x, y, r, fill = o["center"][0] * s, o["center"][1] * s, o["radius"] * s, COLORS[o["color"]]
+        if o["shape"] == "circle":
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=fill)
+        elif o["shape"] in ("square", "rectangle"):
+            w, h = (0.85 * r, 0.85 * r) if o["shape"] == "square" else (r, 0.55 * r)
+            draw.rectangle([x - w, y - h, x + w, y + h], fill=fill)
+        else:
+            corners, inner = (3, 1.0) if o["shape"] == "triangle" else (10, 0.45)
+            pts = [(x + r * (1 if i % 2 == 0 else inner) * math.cos(math.radians(-90 + 360 * i / corners)),
+                    y + r * (1 if i % 2 == 0 else inner) * math.sin(math.radians(-90 + 360 * i / corners)))
+                   for i in range(corners)]
+            draw.polygon(pts, fill=fill)
+    return im.reduce(s)
+
+
+def _a(words: str) -> str:
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def _np(o: dict, sizes: str = "some") -> str:
+    """Noun phrase; 'full' names every size, 'some' skips medium (as people do), 'none' names none."""
+    size = {"full": o["size"].replace("medium", "medium-sized"), "some": o["size"].replace("medium", ""),
+            "none": ""}[sizes]
+    return _a(" ".join(w for w in (size, o["color"], o["shape"]) if w))
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _relation(a: dict, b: dict) -> str:
+    if a["col"] != b["col"]:
+        return "to the left of" if a["col"] < b["col"] else "to the right of"
+    return "above" if a["row"] < b["row"] else "below"
+
+
+def _shape_counts(objs: list[dict]) -> str:
+    counts = Counter(o["shape"] for o in objs)  # keeps first-appearance order
+    return _join([_a(k) if c == 1 else f"{NUMBERS[c]} {k}s" for k, c in counts.items()])
+
+
+def describe_scene(scene: dict[str, Any], rng: random.Random, k: int = 5) -> list[str]:
+    """k different captions, each true of the scene, in varied COCO-like phrasing and casing."""
+    objs, bg = scene["shapes"], scene["background"]
+    o, n = objs[0], len(objs)
+    loc = lambda x: LOCATIONS[(x["row"], x["col"])]  # noqa: E731
+    if n == 1:
+        options = [f"{_np(o, 'full')} {loc(o)}", f"there is {_np(o, 'none')} on a {bg} background",
+                   f"a single {o['color']} {o['shape']}", f"{_np(o)} {loc(o)} of the image",
+                   f"an image with one {o['shape']}, which is {o['color']}",
+                   f"a {bg} background with {_np(o)} {loc(o)}", f"{o['color']} {o['shape']}",
+                   f"one {o['size']} {o['color']} shape: {_a(o['shape'])}"]
+    else:
+        a, b = rng.sample(objs, 2)
+        pair = f"{_np(objs[0], 'none')} {_relation(objs[0], objs[1])} {_np(objs[1], 'none')}"
+        options = [f"there is {_join([_np(x) for x in objs])}",
+                   f"{NUMBERS[n]} shapes: {pair}" + (f", and {_np(objs[2], 'none')} {loc(objs[2])}" if n == 3 else ""),
+                   _join([f"{_np(x)} {loc(x)}" for x in objs]),
+                   f"{NUMBERS[n]} shapes on a {bg} background: {_shape_counts(objs)}",
+                   f"{NUMBERS[n]} shapes, " + _join([f"one {x['color']}" for x in objs]),
+                   _join([_np(x, 'none') for x in reversed(objs)]),
+                   f"{_np(b)} {_relation(b, a)} {_np(a)}",
+                   f"a picture of {NUMBERS[n]} shapes including {_np(o, 'full')}"]
+    unique = list(dict.fromkeys(options))
+    captions = []
+    for text in rng.sample(unique, k):
+        style = rng.random()
+        if style < 0.8:  # mostly capitalised; sometimes no full stop, sometimes all lower case
+            text = text[0].upper() + text[1:]
+        captions.append(text if 0.65 <= style < 0.8 or style >= 0.92 else text + ".")
+    return captions
+
+
+def _sample_splits(seed: int, counts: dict[str, int], image_size: int) -> dict[str, list[dict]]:
+    taken: set = set()
+    scenes: dict[str, list[dict]] = {}
+    for split in ("test", "val", "train"):  # held-out splits first, so changing num_train leaves them alone
+        rng, own, out = random.Random(f"mmgpt-shapes-v{VERSION}-{seed}-{split}"), set(), []
+        while len(out) < counts[split]:
+            scene = sample_scene(rng, image_size)
+            if scene_key(scene) not in taken:  # a scene seen in another split would leak into evaluation
+                own.add(scene_key(scene))
+                out.append(scene)
+        taken |= own
+        scenes[split] = out
+    return scenes
+
+
+def _generate(folder: Path, params: dict[str, Any]) -> None:
+    size = params["image_size"]
+    counts = {split: params[f"num_{split}"] for split in SPLITS}
+    scenes = _sample_splits(params["seed"], counts, size)
+    image_id = 0
+    for split in SPLITS:
+        rng = random.Random(f"mmgpt-shapes-v{VERSION}-{params['seed']}-{split}-captions")
+        (folder / "images" / split).mkdir(parents=True)
+        images, annotations = [], []
+        for scene in scenes[split]:
+            image_id += 1
+            name = f"{image_id:06d}.png"
+            render_scene(scene, size).save(folder / "images" / split / name, format="PNG", compress_level=6)
+            images.append({"id": image_id, "file_name": name, "width": size, "height": size, "scene": scene})
+            for caption in describe_scene(scene, rng):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
+        info = {"description": f"mmgpt synthetic shapes captions, {split} split", "version": str(VERSION),
+                "contributor": "mmgpt.data.shapes", **params}
+        data = {"info": info, "licenses": [], "images": images, "annotations": annotations}
+        (folder / f"captions_{split}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    meta = {"generator": "mmgpt.data.shapes", "version": VERSION, "params": params, "counts": counts,
+            "pillow": Image.__version__}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")  # last: marks complete
+
+
+def _complete(folder: Path, params: dict[str, Any]) -> bool:
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return (meta.get("version") == VERSION and meta.get("params") == params
+                and all((folder / f"captions_{s}.json").is_file() for s in SPLITS)
+                and all(len(os.listdir(folder / "images" / s)) == params[f"num_{s}"] for s in SPLITS))
+    except (OSError, ValueError):
+        return False
+
+
+def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000, num_val: int = 500,
+                          num_test: int = 500, image_size: int = 64) -> dict[str, Path]:
+    """Generate (once; cached under root) the shapes captions set; returns {split: captions_{split}.json path}."""
+    params = {"seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
+              "image_size": image_size}
+    for key, value in params.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < (16 if key == "image_size" else 0):
+            raise ValueError(f"build_shapes_captions: {key} must be an int >= {16 if key == 'image_size' else 0}, "
+                             f"got {value!r}")
+    root = Path(root).expanduser()
+    folder = root / f"shapes-v{VERSION}-s{seed}-{image_size}px-{num_train}-{num_val}-{num_test}"
+    files = {split: folder / f"captions_{split}.json" for split in SPLITS}
+    if _complete(folder, params):
+        return files
+    root.mkdir(parents=True, exist_ok=True)
+    logger.info("generating shapes captions in %s (%d images)", folder, num_train + num_val + num_test)
+    # Built beside the target and renamed at once: an interrupted run leaves only a hidden temp folder.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=root))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        _generate(tmp, params)
+        if folder.exists() and not _complete(folder, params):
+            shutil.rmtree(folder)  # stale or damaged copy
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not _complete(folder, params):  # else another process finished the same set first
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return files

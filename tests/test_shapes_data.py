@@ -1,0 +1,213 @@
+"""Synthetic shapes captions: deterministic, cached, atomic, COCO layout, captions true of the pixels."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mmgpt.data.shapes as shapes
+from mmgpt.data.formats import DatasetSpec, PromptTemplates, read_coco_captions
+from mmgpt.data.shapes import COLORS, LOCATIONS, SHAPES, SPLITS, build_shapes_captions, scene_key
+
+SMALL = dict(num_train=24, num_val=8, num_test=8, image_size=64)
+COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
+SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b")
+
+
+def fingerprint(files: dict[str, Path]) -> str:
+    """Hash of every captions JSON's bytes and every image's decoded pixels."""
+    h = hashlib.sha256()
+    folder = files["train"].parent
+    for split in SPLITS:
+        h.update(files[split].read_bytes())
+        for png in sorted((folder / "images" / split).iterdir()):
+            with Image.open(png) as im:
+                h.update(png.name.encode() + np.asarray(im).tobytes())
+    h.update((folder / "meta.json").read_bytes())
+    return h.hexdigest()
+
+
+def load(files: dict[str, Path], split: str) -> dict:
+    return json.loads(files[split].read_text())
+
+
+def by_image(data: dict) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {img["id"]: [] for img in data["images"]}
+    for ann in data["annotations"]:
+        out[ann["image_id"]].append(ann["caption"])
+    return out
+
+
+def pixels(files: dict[str, Path], split: str, img: dict) -> np.ndarray:
+    with Image.open(files[split].parent / "images" / split / img["file_name"]) as im:
+        return np.asarray(im.convert("RGB")).astype(int)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> dict[str, Path]:
+    return build_shapes_captions(tmp_path_factory.mktemp("shapes"), seed=0, **SMALL)
+
+
+def test_same_seed_identical_other_seed_differs(built, tmp_path):
+    again = build_shapes_captions(tmp_path / "a", seed=0, **SMALL)
+    assert again["train"] != built["train"]  # really generated twice
+    assert fingerprint(again) == fingerprint(built)
+    assert all(again[s].read_bytes() == built[s].read_bytes() for s in SPLITS)
+    assert fingerprint(build_shapes_captions(tmp_path / "b", seed=1, **SMALL)) != fingerprint(built)
+
+
+def test_identical_under_another_hash_seed(built, tmp_path):
+    code = ("import sys, json; from mmgpt.data.shapes import build_shapes_captions; "
+            f"f = build_shapes_captions(sys.argv[1], seed=0, **{SMALL!r}); "
+            "print(json.dumps({k: str(v) for k, v in f.items()}))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    files = {k: Path(v) for k, v in json.loads(out).items()}
+    assert fingerprint(files) == fingerprint(built)
+
+
+def test_cache_reused_without_rewrite(built):
+    folder = built["train"].parent
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    assert build_shapes_captions(folder.parent, seed=0, **SMALL) == built
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+
+
+def test_different_params_get_their_own_folder(built):
+    root = built["train"].parent.parent
+    other = build_shapes_captions(root, seed=0, **{**SMALL, "num_train": 10})
+    assert other["train"].parent != built["train"].parent
+    assert other["train"].parent.name == "shapes-v1-s0-64px-10-8-8"
+    assert len(load(other, "train")["images"]) == 10
+    # Held-out splits are sampled first, so they do not depend on num_train.
+    assert [i["scene"] for i in load(other, "test")["images"]] == [i["scene"] for i in load(built, "test")["images"]]
+    meta = json.loads((built["train"].parent / "meta.json").read_text())
+    assert meta["version"] == shapes.VERSION and meta["params"] == {"seed": 0, **SMALL}
+
+
+def test_interrupted_generation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
+    real, calls = shapes.render_scene, []
+
+    def flaky(scene, size):
+        calls.append(1)
+        if len(calls) > 10:
+            raise KeyboardInterrupt
+        return real(scene, size)
+
+    monkeypatch.setattr(shapes, "render_scene", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        build_shapes_captions(tmp_path, seed=3, **SMALL)
+    assert list(tmp_path.iterdir()) == []  # no final folder, temp folder cleaned up
+    monkeypatch.setattr(shapes, "render_scene", real)
+    files = build_shapes_captions(tmp_path, seed=3, **SMALL)
+    assert all(f.is_file() for f in files.values())
+
+
+def test_damaged_cache_is_regenerated(tmp_path):
+    files = build_shapes_captions(tmp_path, seed=0, **SMALL)
+    victim = next((files["val"].parent / "images" / "val").iterdir())
+    victim.unlink()
+    files = build_shapes_captions(tmp_path, seed=0, **SMALL)
+    assert victim.is_file()
+    (files["train"].parent / "meta.json").unlink()
+    files = build_shapes_captions(tmp_path, seed=0, **SMALL)
+    assert (files["train"].parent / "meta.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == [files["train"].parent.name]
+
+
+@pytest.mark.parametrize("bad", [{"num_train": -1}, {"image_size": 8}, {"seed": 1.5}, {"num_val": True}])
+def test_bad_parameters(tmp_path, bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        build_shapes_captions(tmp_path, **{**SMALL, **bad})
+
+
+def test_coco_layout_and_reader(built):
+    ids: list[int] = []
+    for split in SPLITS:
+        data = load(built, split)
+        assert set(data) >= {"info", "images", "annotations"}
+        assert len(data["images"]) == SMALL[f"num_{split}"]
+        for img in data["images"]:
+            assert {"id", "file_name", "width", "height"} <= set(img)
+            assert (img["width"], img["height"]) == (64, 64)
+            with Image.open(built[split].parent / "images" / split / img["file_name"]) as im:
+                assert (im.size, im.mode) == ((64, 64), "RGB")
+        assert len({a["id"] for a in data["annotations"]}) == len(data["annotations"]) == 5 * len(data["images"])
+        ids += [img["id"] for img in data["images"]]
+        examples = read_coco_captions(
+            DatasetSpec(format="coco_captions", path=str(built[split]),
+                        images=str(built[split].parent / "images" / split), split=split), PromptTemplates())
+        assert len(examples) == 5 * len(data["images"]) and Path(examples[0].image).is_file()
+        assert len(examples[0].meta["references"]) == 5
+    assert len(ids) == len(set(ids))
+
+
+def test_five_distinct_captions_per_image(built):
+    for split in SPLITS:
+        for captions in by_image(load(built, split)).values():
+            assert len(captions) == 5
+            assert len({c.lower().rstrip(".") for c in captions}) == 5
+            assert all(c and c == c.strip() for c in captions)
+
+
+def test_splits_disjoint(built):
+    scenes = {s: [img["scene"] for img in load(built, s)["images"]] for s in SPLITS}
+    keys = {s: {scene_key(sc) for sc in scenes[s]} for s in SPLITS}
+    assert not keys["train"] & keys["val"] and not keys["train"] & keys["test"] and not keys["val"] & keys["test"]
+    files = {s: {img["file_name"] for img in load(built, s)["images"]} for s in SPLITS}
+    assert not files["train"] & files["val"] and not files["val"] & files["test"]
+
+
+def test_captions_true_of_the_pixels(built):
+    checked_relations = 0
+    for split in SPLITS:
+        data = load(built, split)
+        captions = by_image(data)
+        for img in data["images"]:
+            a = pixels(built, split, img)
+            drawn = {o["color"]: o for o in img["scene"]["shapes"]}
+            # The colour at each shape centre is exactly its palette colour...
+            for o in drawn.values():
+                x, y = (int(v) for v in o["center"])
+                assert tuple(a[y, x]) == COLORS[o["color"]], (img["file_name"], o)
+            # ...and the palette colours present in the image are exactly the drawn ones.
+            masks = {name: np.all(a == rgb, axis=-1) for name, rgb in COLORS.items()}
+            assert {name for name, m in masks.items() if m.sum() >= 4} == set(drawn), img["file_name"]
+            centroid = {name: (m.nonzero()[1].mean(), m.nonzero()[0].mean()) for name, m in masks.items() if m.any()}
+            words = [COLOR_RE.findall(c.lower()) for c in captions[img["id"]]]
+            assert set().union(*words) == set(drawn)  # no wrong colour, and every drawn colour named somewhere
+            shape_words = set().union(*(SHAPE_RE.findall(c.lower()) for c in captions[img["id"]]))
+            assert shape_words == {o["shape"] for o in drawn.values()}
+            for caption in captions[img["id"]]:
+                checked_relations += check_relations(caption.lower(), centroid)
+                check_location(caption.lower(), drawn, centroid)
+    assert checked_relations > 3
+
+
+def check_relations(caption: str, centroid: dict) -> int:
+    """'a red circle to the left of a blue star': compare the two colours' pixel centroids."""
+    n = 0
+    for c1, rel, c2 in re.findall(r"(\w+) \w+ (to the left of|to the right of|above|below) an? (?:\w+ )?(\w+) \w+",
+                                  caption):
+        (x1, y1), (x2, y2) = centroid[c1], centroid[c2]
+        assert {"to the left of": x1 < x2, "to the right of": x1 > x2, "above": y1 < y2, "below": y1 > y2}[rel], caption
+        n += 1
+    return n
+
+
+def check_location(caption: str, drawn: dict, centroid: dict) -> None:
+    """'a red circle in the top left corner': the colour's centroid lies in that cell of a 3x3 grid."""
+    cells = {phrase: cell for cell, phrase in LOCATIONS.items()}
+    for color, phrase in re.findall(r"(\w+) \w+ (" + "|".join(LOCATIONS.values()) + ")", caption):
+        if color in drawn:
+            x, y = centroid[color]
+            assert (int(y // (64 / 3)), int(x // (64 / 3))) == cells[phrase], caption
