@@ -1,0 +1,142 @@
+"""Smoke tests of bench/: each script's main() at the tiniest settings writes JSON with the expected keys.
+
+No timing is asserted (the numbers depend on the machine); only that the figures exist and are positive.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from bench import common, data_pipeline, generation, make_results, nanovlm_peer, train_throughput  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One results folder for the module, so make_results can read what the other tests wrote."""
+    return tmp_path_factory.mktemp("bench_results")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> None:
+    """One torch thread: tiny models gain nothing from two, and a busy machine makes two stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def read(path: str) -> dict:
+    data = json.loads(Path(path).read_text())
+    for key in ("device", "device_name", "date", "git_commit", "torch_version", "torch_threads"):
+        assert key in data["env"], key
+    return data
+
+
+def positive(record: dict, *keys: str) -> None:
+    for key in keys:
+        value = record[key]
+        assert isinstance(value, (int, float)) and value > 0, (key, value)
+
+
+def test_train_throughput_default(out_dir: Path) -> None:
+    result = train_throughput.main(["--batch-size", "4", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                                    "--out-dir", str(out_dir)])
+    data = read(result["path"])
+    assert data["benchmark"] == "train_throughput"
+    assert Path(result["path"]).name == "train_throughput-cpu.json"
+    (run,) = data["runs"]
+    positive(run, "samples_per_s", "tokens_per_s", "supervised_tokens_per_s", "step_time_s", "peak_memory_bytes",
+             "flops_per_step", "flops_per_step_counted", "achieved_tflops", "params_total")
+    assert run["mfu"] is None  # no MFU on CPU
+    assert run["config"] == "default" and run["batch_size"] == 4
+    assert set(run["flops_per_step_by_part"]) == {"text_encoder", "image_encoder", "fusion", "projector", "generator"}
+
+
+def test_train_throughput_gpu200m_tiny_all_fusions(out_dir: Path) -> None:
+    result = train_throughput.main(["--config", "gpu200m", "--tiny", "--fusion", "all", "--batch-size", "2",
+                                    "--steps", "1", "--warmup", "0", "--device", "cpu", "--no-count-flops",
+                                    "--out-dir", str(out_dir)])
+    data = read(result["path"])
+    assert [r["fusion"] for r in data["runs"]] == ["weighted_sum", "product", "cross_attention"]
+    for run in data["runs"]:
+        assert run["precision"] == "bf16" and run["config"] == "gpu200m-tiny"
+        assert run["flops_detail"]["parts"]["image_encoder"]["method"] == "analytic (ViT)"
+        positive(run, "samples_per_s", "tokens_per_s", "step_time_s", "flops_per_step")
+
+
+def test_generation(out_dir: Path) -> None:
+    result = generation.main(["--batch-sizes", "1", "2", "--new-tokens", "2", "3", "--repeats", "1", "--warmup", "0",
+                              "--device", "cpu", "--out-dir", str(out_dir)])
+    data = read(result["path"])
+    assert data["benchmark"] == "generation"
+    assert len(data["runs"]) == 4
+    for run in data["runs"]:
+        positive(run, *(f"{mode}_s" for mode in generation.MODES), *(f"{mode}_tokens_per_s" for mode in generation.MODES),
+                 "cache_speedup", "answer_over_bare")
+    ratios = data["ratios"]
+    assert ratios["cache_speedup"]["new_tokens"] == 3
+    assert set(ratios["cache_speedup"]["by_batch_size"]) == {"1", "2"}
+    positive(ratios["cache_speedup"], "min")
+    positive(ratios["batch_scaling"], "min")
+    positive(ratios["answer_over_bare"], "max")
+    assert set(data["answer_breakdown"]["stages_s"]) == {"preprocess", "encode", "decode_loop", "detokenize"}
+    assert data["cache_outputs_match"] is True  # fp32 greedy decoding: identical with and without the cache
+
+
+def test_data_pipeline(out_dir: Path) -> None:
+    pytest.importorskip("easy_vqa")
+    result = data_pipeline.main(["--batch-size", "4", "--batches", "2", "--workers", "0", "--max-examples", "8",
+                                 "--train-steps", "1", "--cache-steps", "1", "--device", "cpu", "--out-dir", str(out_dir)])
+    data = read(result["path"])
+    assert [(p["mode"], p["workers"]) for p in data["pipeline"]] == [("decode", 0), ("cached_pixels", 0)]
+    for row in data["pipeline"]:
+        positive(row, "images_per_s", "ratio_to_training")
+    positive(data, "training_samples_per_s")
+    positive(data["ratio"], "best_decode")
+    positive(data["feature_cache"], "step_with_encoder_s", "step_with_cached_features_s", "speedup",
+             "feature_bytes_per_image")
+
+
+def test_nanovlm_peer_needs_a_checkout(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="not a nanoVLM checkout"):
+        nanovlm_peer.main(["--nanovlm", str(tmp_path), "--tiny", "--device", "cpu", "--out-dir", str(tmp_path)])
+
+
+@pytest.mark.skipif(not os.environ.get("NANOVLM"), reason="set NANOVLM to a huggingface/nanoVLM checkout")
+def test_nanovlm_peer_tiny(out_dir: Path) -> None:
+    result = nanovlm_peer.main(["--nanovlm", os.environ["NANOVLM"], "--tiny", "--drop-padding-mask",
+                                "--batch-size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu",
+                                "--no-count-flops", "--out-dir", str(out_dir)])
+    data = read(result["path"])
+    positive(data["nanovlm"], "samples_per_s", "tokens_per_s", "step_time_s", "flops_per_step")
+    positive(data["mmgpt"], "samples_per_s")
+    positive(data, "samples_per_s_ratio_mmgpt_over_nanovlm")
+
+
+def test_make_results(out_dir: Path, tmp_path: Path) -> None:
+    if not list(out_dir.glob("*.json")):
+        pytest.skip("reads the JSON the other tests of this module write; run them together")
+    output = tmp_path / "RESULTS.md"
+    text = make_results.main(["--results-dir", str(out_dir), "--output", str(output)])
+    assert output.read_text() == text
+    assert "## Targets" in text and "## Training throughput" in text and "## Generation" in text
+    # the CPU run has no H100 result: MFU is "not measured"; the generation targets get a status
+    assert make_results.NOT_MEASURED in text
+    assert "could not render" not in text
+
+
+def test_flop_formula() -> None:
+    # nanoGPT / PaLM: forward 2N + 4*L*d*T per token
+    assert common.transformer_forward_flops(1000, 2, 8, [4]) == 2 * 1000 * 4 + 4 * 2 * 8 * 4 * 4
+    assert common.training_multiplier(True, False) == 3
+    assert common.training_multiplier(False, True) == 2
+    assert common.training_multiplier(False, False) == 1
