@@ -5,6 +5,7 @@ No timing is asserted (the numbers depend on the machine); only that the figures
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -32,6 +33,20 @@ def one_thread() -> None:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def keep_logging() -> None:
+    """The scripts' main() configures logging for a command line; give the other tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    names = ("mmgpt", "transformers", "accelerate", "timm", "bench")
+    levels = {name: logging.getLogger(name).level for name in names}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, value in levels.items():
+        logging.getLogger(name).setLevel(value)
 
 
 def read(path: str) -> dict:
