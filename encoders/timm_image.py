@@ -40,6 +40,11 @@ class TimmImageEncoder(ImageEncoder):
         self.num_prefix_tokens = 0 if cfg.keep_prefix_tokens else int(getattr(self.model, "num_prefix_tokens", 0))
         self.output_dim = int(self.model.num_features)
         self.data_config = resolve_data_config({}, model=self.model)
+        if "img_size" in kwargs:
+            # the pretrained config still names the checkpoint's size; the model was built for another
+            size = kwargs["img_size"]
+            size = (size, size) if isinstance(size, int) else tuple(size)
+            self.data_config["input_size"] = (3, *size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> I (B, image_len, d_image)."""

@@ -9,6 +9,6 @@ from __future__ import annotations
 from mmgpt.fusion.base import FUSIONS, Fusion, build_fusion, register_fusion
 
 # importing the modules fills the registry
-from mmgpt.fusion import cross_attention, product, weighted_sum  # noqa: E402,F401
+from mmgpt.fusion import concat, cross_attention, product, weighted_sum  # noqa: E402,F401
 
 __all__ = ["FUSIONS", "Fusion", "build_fusion", "register_fusion"]

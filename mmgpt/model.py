@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -102,6 +103,8 @@ class MMGPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lt, width), prefix_mask (B, Lt), left-padded."""
         text, text_mask = self.text_encoder(input_ids, attention_mask)
+        # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype
+        pixel_values = pixel_values.to(next(self.image_encoder.parameters()).dtype)
         image = self.image_encoder(pixel_values)
         fused, fused_mask = self.fusion(text, text_mask, image)
         return pad_left(self.projector(fused), fused_mask)
@@ -158,15 +161,18 @@ class MMGPT(nn.Module):
         inputs_embeds = torch.cat([prefix.to(bos_embeds.dtype), bos_embeds], dim=1)
         mask = torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
         generate_kwargs.setdefault("do_sample", False)
-        return self.generator.generate(
-            inputs_embeds=inputs_embeds,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens or self.config.max_answer_length,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            **generate_kwargs,
-        )
+        with warnings.catch_warnings():
+            # the prompt is embeddings, so penalties apply to generated tokens only, as intended
+            warnings.filterwarnings("ignore", message=r"Passing `(no_repeat_ngram_size|repetition_penalty)`")
+            return self.generator.generate(
+                inputs_embeds=inputs_embeds,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens or self.config.max_answer_length,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                bos_token_id=tokenizer.bos_token_id,
+                **generate_kwargs,
+            )
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count (each shared tensor counted once)."""

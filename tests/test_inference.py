@@ -84,22 +84,31 @@ def test_decoding_options(model_dir: Path, image_path: Path) -> None:
     first = answer("what color?", image_path, model=model_dir, temperature=1.5, top_k=20, top_p=0.95, seed=3)
     again = answer("what color?", image_path, model=model_dir, temperature=1.5, top_k=20, top_p=0.95, seed=3)
     assert first == again
-    limited = answer("what color?", image_path, model=model_dir, max_new_tokens=2)
-    assert len(load_model(model_dir).processor.tokenizer.encode(limited, add_special_tokens=False)) <= 2
-    penalised = answer("what color?", image_path, model=model_dir, no_repeat_ngram_size=1, repetition_penalty=1.3)
-    tokens = load_model(model_dir).processor.tokenizer.encode(penalised, add_special_tokens=False)
+    model = load_model(model_dir)
+    batch = model.processor(["what color?"], [image_path])
+    limited = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=2)
+    assert limited.shape[1] <= 2
+    tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=8,
+                            no_repeat_ngram_size=1)[0].tolist()
+    tokens = tokens[: tokens.index(model.processor.tokenizer.eos_token_id)] if model.processor.tokenizer.eos_token_id in tokens else tokens
     assert len(tokens) == len(set(tokens)), "no_repeat_ngram_size=1 must forbid any repeated token"
+    assert isinstance(answer("what color?", image_path, model=model_dir, repetition_penalty=1.3), str)
     assert greedy == "".join(stream_answer("what color is the shape?", image_path, model=model_dir)).strip()
     with pytest.raises(ValueError, match="temperature"):
         answer("q", image_path, model=model_dir, temperature=0)
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda d: d / "missing.png", "not found"),
-        (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", "empty"),
-        (lambda d: (d / "text.png").write_text("hello") or d / "text.png", "image"),
+        (lambda d: _write(d / "empty.png", b""), "empty"),
+        (lambda d: _write(d / "text.png", b"hello, not an image"), "image"),
     ],
 )
 def test_bad_image_input_names_the_problem(model_dir: Path, tmp_path: Path, make, message: str) -> None:
