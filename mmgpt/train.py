@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -107,7 +108,10 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_args(argv)
     output_dir = Path(cfg.output_dir)
     trackers = "tensorboard" if _has_tensorboard() else None
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=str(output_dir))
+    # several processes without a GPU: accelerate sets up CPU DDP (gloo) only when told cpu=True
+    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=str(output_dir),
+                              cpu=cpu_ddp, step_scheduler_with_optimizer=False)  # max_steps counts global steps
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
@@ -118,6 +122,9 @@ def main(argv: list[str] | None = None) -> dict:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     logger.info("run folder %s, %d process(es), device %s", output_dir, accelerator.num_processes, accelerator.device)
+    if accelerator.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        logger.warning("`accelerate launch --cpu --num_processes N` starts one process; for N CPU processes use "
+                       "`accelerate launch --multi_gpu --num_processes N train.py` (CPU DDP when there is no GPU)")
 
     templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
     train_sets = read_splits(cfg.data.train, templates)
@@ -174,8 +181,12 @@ def main(argv: list[str] | None = None) -> dict:
         """(epoch, batches consumed in epoch, batch) forever, resuming mid-epoch exactly."""
         epoch, skip = state["epoch"], state["batches_in_epoch"]
         while True:
-            dataset.set_epoch(epoch)
             iterator = accelerator.skip_first_batches(loader, skip) if skip else loader
+            # accelerate's loaders set the dataset's epoch from their own iteration count, which a
+            # resumed run's fresh loader would restart at 0
+            if hasattr(iterator, "set_epoch"):
+                iterator.set_epoch(epoch)
+            dataset.set_epoch(epoch)
             for position, batch in enumerate(iterator, start=skip + 1):
                 yield epoch, position, batch
             epoch, skip = epoch + 1, 0
