@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DataLoaderConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmgpt.config import apply_overrides, from_dict, load_yaml, to_dict
-from mmgpt.data.dataset import RobustImages, check_images, make_collate
+from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
 from mmgpt.data.formats import PromptTemplates, read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.evaluate import generate_answers, mean_loss, one_per_image, score
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
     # several processes without a GPU: accelerate sets up CPU DDP (gloo) only when told cpu=True
     cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=str(output_dir),
-                              cpu=cpu_ddp, step_scheduler_with_optimizer=False)  # max_steps counts global steps
+                              cpu=cpu_ddp, step_scheduler_with_optimizer=False,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # max_steps counts global steps
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
@@ -148,9 +149,12 @@ def main(argv: list[str] | None = None) -> dict:
     mixture = Mixture([(n, ex, w) for n, ex, w, _ in checked], num_samples=cfg.data.samples_per_epoch or None,
                       seed=cfg.seed)
     dataset = RobustImages(mixture, processor.image_tensor)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False, collate_fn=make_collate(processor),
-                        num_workers=cfg.data.num_workers, drop_last=True,
-                        pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    # batches are formed at the global size and split across processes, so N processes see exactly
+    # the batches one process would
+    batch_sampler = GroupedBatches(mixture, cfg.batch_size * accelerator.num_processes, seed=cfg.seed)
+    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=make_collate(processor),
+                        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False)
 
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         # batch-norm statistics over the global batch, as one process would compute them
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
             # resumed run's fresh loader would restart at 0
             if hasattr(iterator, "set_epoch"):
                 iterator.set_epoch(epoch)
-            dataset.set_epoch(epoch)
+            batch_sampler.set_epoch(epoch)
             for position, batch in enumerate(iterator, start=skip + 1):
                 yield epoch, position, batch
             epoch, skip = epoch + 1, 0

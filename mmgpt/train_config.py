@@ -50,13 +50,13 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warmup and cosine decay, per-component learning rates."""
 
-    lr: float = 3e-3
+    lr: float = 4e-4
     weight_decay: float = 0.01
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
     warmup_steps: int = 100
     # the learning rate decays to lr * min_lr_ratio at the last step
-    min_lr_ratio: float = 0.02
+    min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
     # per-component factors on lr: text_encoder, image_encoder, fusion, projector, generator
     lr_multipliers: dict = field(default_factory=dict)

@@ -1,0 +1,134 @@
+"""eval_vqa.py and eval_caption.py: scoring results files in the official layouts, and running a model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mmgpt.eval import caption as eval_caption
+from mmgpt.eval import vqa as eval_vqa
+
+
+def _vqa_files(folder: Path) -> tuple[Path, Path, Path]:
+    """Three questions in the official VQA layout, with hand-checkable accuracies."""
+    questions = {"data_subtype": "val2014", "questions": [
+        {"question_id": 1, "image_id": 10, "question": "What color is the bus?"},
+        {"question_id": 2, "image_id": 10, "question": "How many dogs?"},
+        {"question_id": 3, "image_id": 11, "question": "Is it raining?"},
+    ]}
+
+    def answers(*values: str) -> list[dict]:
+        return [{"answer": v, "answer_id": i + 1, "answer_confidence": "yes"} for i, v in enumerate(values)]
+
+    annotations = {"annotations": [
+        # 2 of 10 humans said "yellow": accuracy = mean over 10 leave-one-out subsets of min(matches/3, 1)
+        # = (8 * 2/3 + 2 * 1/3) / 10 = 0.6
+        {"question_id": 1, "image_id": 10, "question_type": "what color is the", "answer_type": "other",
+         "multiple_choice_answer": "red", "answers": answers(*(["red"] * 8 + ["yellow"] * 2))},
+        # "two" is normalised to "2" because the human answers differ
+        {"question_id": 2, "image_id": 10, "question_type": "how many", "answer_type": "number",
+         "multiple_choice_answer": "2", "answers": answers(*(["2"] * 9 + ["3"]))},
+        {"question_id": 3, "image_id": 11, "question_type": "is it", "answer_type": "yes/no",
+         "multiple_choice_answer": "no", "answers": answers(*(["no"] * 10))},
+    ]}
+    results = [{"question_id": 1, "answer": "yellow"}, {"question_id": 2, "answer": "two"},
+               {"question_id": 3, "answer": "yes"}]
+    paths = folder / "q.json", folder / "a.json", folder / "r.json"
+    for path, data in zip(paths, (questions, annotations, results)):
+        path.write_text(json.dumps(data))
+    return paths
+
+
+def test_vqa_scores_a_results_file_without_a_model(tmp_path: Path) -> None:
+    q, a, r = _vqa_files(tmp_path)
+    out = tmp_path / "metrics.json"
+    record = eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a), "--out", str(out)])
+    metrics = json.loads(out.read_text())["metrics"]
+    assert record["metrics"] == metrics
+    # (0.6 + 1.0 + 0.0) / 3 = 53.33
+    assert metrics["overall"] == pytest.approx(53.33)
+    assert metrics["perAnswerType"] == {"other": 60.0, "number": 100.0, "yes/no": 0.0}
+    assert (tmp_path / "metrics.html").read_text().count("<tr>") >= 4
+
+
+def test_vqa_rejects_results_missing_questions(tmp_path: Path) -> None:
+    q, a, r = _vqa_files(tmp_path)
+    r.write_text(json.dumps([{"question_id": 1, "answer": "red"}]))
+    with pytest.raises(ValueError, match="question"):
+        eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a),
+                       "--out", str(tmp_path / "m.json")])
+
+
+def test_caption_scores_a_results_file_without_a_model(tmp_path: Path) -> None:
+    annotations = {"images": [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "2.png"}],
+                   "annotations": [
+                       {"id": 1, "image_id": 1, "caption": "A red circle on the left."},
+                       {"id": 2, "image_id": 1, "caption": "a red circle"},
+                       {"id": 3, "image_id": 2, "caption": "Two blue squares."},
+                       {"id": 4, "image_id": 2, "caption": "two squares that are blue"}]}
+    results = [{"image_id": 1, "caption": "a red circle"}, {"image_id": 2, "caption": "a green triangle"}]
+    (tmp_path / "captions.json").write_text(json.dumps(annotations))
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "caption_metrics.json"
+    eval_caption.main(["--results", str(tmp_path / "results.json"), "--annotations", str(tmp_path / "captions.json"),
+                       "--out", str(out)])
+    record = json.loads(out.read_text())
+    metrics = record["metrics"]
+    assert set(metrics) >= {"Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "ROUGE_L", "CIDEr"}
+    # image 1 matches a reference exactly (ROUGE-L 1), image 2 shares no word with its references (0)
+    assert metrics["ROUGE_L"] == pytest.approx(0.5)
+    assert 0.0 < metrics["Bleu_1"] < 1.0
+    assert "METEOR" in record["unavailable"] or "METEOR" in metrics
+    assert (tmp_path / "caption_metrics.html").is_file()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mmgpt.config import FusionConfig, GeneratorConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+    from mmgpt.model import MMGPT
+
+    config = ModelConfig(
+        text_encoder=TextEncoderConfig(max_length=16),
+        image_encoder=ImageEncoderConfig(kwargs={"widths": [8, 16], "stem_width": 8}),
+        fusion=FusionConfig(name="product", dim=16),
+        generator=GeneratorConfig(hf_config={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
+                                             "n_positions": 64}),
+        max_answer_length=6,
+    )
+    model = MMGPT.from_config(config, train_texts=["what color is the shape?", "red", "blue circle", "yes no"] * 4)
+    folder = tmp_path_factory.mktemp("m") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_vqa_runs_a_model_on_easy_vqa(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "vqa.json"
+    predictions = tmp_path / "pred.json"
+    record = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "12", "--out", str(out),
+                            "--predictions", str(predictions), "--export-official", str(tmp_path / "official")])
+    assert record["num_questions"] == 12
+    assert 0.0 <= record["metrics"]["overall"] <= 100.0
+    assert record["decoding"]["num_beams"] == 1 and "torch" in record["versions"]
+    # the exported official files score the written predictions to the same number
+    again = eval_vqa.main(["--results", str(predictions), "--questions", str(tmp_path / "official" / "questions.json"),
+                           "--annotations", str(tmp_path / "official" / "annotations.json"),
+                           "--out", str(tmp_path / "again.json")])
+    assert again["metrics"] == record["metrics"]
+
+
+def test_caption_runs_a_model_on_a_coco_folder(tmp_path: Path, tiny_model: Path) -> None:
+    (tmp_path / "images").mkdir()
+    images, annotations = [], []
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 100, 200)).save(tmp_path / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png"})
+        annotations += [{"id": 10 * i + k, "image_id": i, "caption": f"caption {k} of image {i}"} for k in range(5)]
+    (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    out = tmp_path / "cap.json"
+    record = eval_caption.main(["--model", str(tiny_model), "--annotations", str(tmp_path / "captions.json"),
+                                "--images", str(tmp_path / "images"), "--out", str(out)])
+    assert record["num_images"] == 3
+    assert "CIDEr" in record["metrics"]
+    assert "data:image/png;base64" in (tmp_path / "cap.html").read_text()
