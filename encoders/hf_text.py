@@ -42,7 +42,15 @@ class HFTextEncoder(TextEncoder):
                     f"model.text_encoder.hf_config.vocab_size ({kwargs['vocab_size']}) is smaller than the "
                     f"tokenizer ({len(tokenizer)} tokens)"
                 )
-            self.model = AutoModel.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
+            model_type = kwargs.pop("model_type")
+            try:
+                config = AutoConfig.for_model(model_type, **kwargs)
+            except ValueError as e:
+                raise ConfigError(f"model.text_encoder.hf_config.model_type '{model_type}': {e}") from e
+            self.model = AutoModel.from_config(config)
+        if getattr(self.model, "pooler", None) is not None:
+            # only last_hidden_state is used: a pooler would get no gradient, which DDP rejects
+            self.model.pooler = None
         self.output_dim = int(self.model.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import timm
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPImageProcessor
@@ -15,12 +16,30 @@ from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_enc
 _CLASS_TOKEN_TYPES = ("clip_vision_model", "vit", "dinov2")
 
 
+def _drop_pooling_head(model: torch.nn.Module) -> None:
+    """Remove the parts that only make the pooled output: they would get no gradient, which DDP rejects."""
+    tower = getattr(model, "vision_model", model)
+    if getattr(tower, "use_head", False):
+        # SigLIP's attention-pooling head reads last_hidden_state but feeds only pooler_output
+        tower.use_head = False
+        del tower.head
+    if model.config.model_type == "clip_vision_model" and hasattr(tower, "post_layernorm"):
+        # CLIP applies post_layernorm to the pooled class token only, not to last_hidden_state
+        tower.post_layernorm = torch.nn.Identity()
+
+
 @register_image_encoder("hf")
 class HFVisionEncoder(ImageEncoder):
     """last_hidden_state of the vision tower; a leading class token is dropped unless kept."""
 
     def __init__(self, cfg: ImageEncoderConfig, load_weights: bool = True) -> None:
         super().__init__()
+        if cfg.name and timm.is_model(cfg.name) and not Path(cfg.name).expanduser().exists():
+            # name defaults to a timm model: switching only the type would send that name to the hub
+            raise ConfigError(
+                f"model.image_encoder.name '{cfg.name}' is a timm model, not a Hugging Face vision tower: for type "
+                "'hf' set it to a hub name or local folder, or to '' to build from kwargs (with kwargs.model_type)"
+            )
         if cfg.name:
             config = AutoConfig.from_pretrained(cfg.name)
             # a full CLIP/SigLIP checkpoint: take only its vision tower
@@ -33,7 +52,13 @@ class HFVisionEncoder(ImageEncoder):
                     "model.image_encoder.kwargs needs 'model_type' (e.g. clip_vision_model, siglip_vision_model) "
                     "to build a Hugging Face vision tower from scratch"
                 )
-            self.model = AutoModel.from_config(AutoConfig.for_model(kwargs.pop("model_type"), **kwargs))
+            model_type = kwargs.pop("model_type")
+            try:
+                config = AutoConfig.for_model(model_type, **kwargs)
+            except ValueError as e:
+                raise ConfigError(f"model.image_encoder.kwargs.model_type '{model_type}': {e}") from e
+            self.model = AutoModel.from_config(config)
+        _drop_pooling_head(self.model)
         self.name = cfg.name
         model_type = self.model.config.model_type
         self.drop_tokens = 0 if cfg.keep_prefix_tokens or model_type not in _CLASS_TOKEN_TYPES else 1

@@ -1,6 +1,7 @@
 """Any timm model as the image encoder; preprocessing comes from timm's own data config."""
 from __future__ import annotations
 
+import difflib
 import logging
 from pathlib import Path
 import json
@@ -24,9 +25,12 @@ class TimmImageEncoder(ImageEncoder):
     def __init__(self, cfg: ImageEncoderConfig, load_weights: bool = True) -> None:
         super().__init__()
         if not timm.is_model(cfg.name):
+            # timm has over a thousand models: list the nearest names rather than all of them
+            close = difflib.get_close_matches(cfg.name, timm.list_models(), n=5)
             raise ConfigError(
-                f"model.image_encoder.name: '{cfg.name}' is not a timm model "
-                f"(see timm.list_models(); e.g. resnet18, vit_base_patch16_224, mmgpt_tiny_cnn)"
+                f"model.image_encoder.name: '{cfg.name}' is not a timm model"
+                + (f"; closest: {', '.join(close)}" if close else "")
+                + " (see timm.list_models(); e.g. resnet18, vit_base_patch16_224, mmgpt_tiny_cnn)"
             )
         kwargs: dict[str, Any] = dict(cfg.kwargs)
         pretrained = load_weights and (cfg.pretrained or bool(cfg.weights))

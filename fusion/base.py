@@ -27,7 +27,7 @@ def register_fusion(name: str) -> Callable[[type["Fusion"]], type["Fusion"]]:
 def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int) -> "Fusion":
     """Look up `cfg.name` in the registry and build it for the given input widths."""
     if cfg.name not in FUSIONS:
-        raise ConfigError(f"unknown fusion '{cfg.name}'; available: {', '.join(sorted(FUSIONS))}")
+        raise ConfigError(f"model.fusion.name: unknown fusion '{cfg.name}'; available: {', '.join(sorted(FUSIONS))}")
     if cfg.dim <= 0:
         raise ConfigError(f"model.fusion.dim must be positive, got {cfg.dim}")
     return FUSIONS[cfg.name](cfg, text_dim, image_dim)

@@ -5,6 +5,7 @@ before any model is created, with the dotted name of the offending key.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -197,7 +198,15 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = text.split("=", 1)
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML, e.g. "a: b: c": plain text
+    # only [...] and {...} make lists and mappings: "Q: {question}" or "- x" is text, and "#1" is no comment
+    if isinstance(value, (dict, list)) and not raw.strip().startswith(("[", "{")):
+        value = raw
+    elif value is None and raw.strip() not in ("null", "Null", "NULL", "~"):
+        value = raw
     # YAML reads 3e-4 as a string; numbers written that way are still numbers
     if isinstance(value, str):
         try:
@@ -207,15 +216,20 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key=value` overrides to a nested dict (keys are validated later by from_dict)."""
+def apply_overrides(data: dict, overrides: list[str], defaults: dict | None = None) -> dict:
+    """Apply `key=value` overrides to a nested dict (keys are validated later by from_dict).
+
+    A section missing from `data` starts as its copy in `defaults` (e.g. `to_dict(cls())`), so
+    `generator.hf_config.hidden_size=48` changes one key of the default mapping instead of replacing it.
+    """
     for text in overrides:
         path, value = parse_override(text)
-        node = data
+        node, default = data, defaults
         for i, part in enumerate(path[:-1]):
+            default = default.get(part) if isinstance(default, dict) else None
             child = node.get(part)
             if child is None:
-                child = node[part] = {}
+                child = node[part] = copy.deepcopy(default) if isinstance(default, dict) else {}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {text!r}: '{'.'.join(path[: i + 1])}' is not a section")
             node = child
@@ -240,6 +254,6 @@ def load_yaml(path: str | Path) -> dict:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load `cls` from an optional YAML file plus `key=value` overrides."""
     data = load_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides or []))
+    data = apply_overrides(data, list(overrides or []), defaults=to_dict(cls()))
     return from_dict(cls, data)
 

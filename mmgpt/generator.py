@@ -37,9 +37,10 @@ def build_generator(
         except ValueError as e:
             raise ConfigError(f"model.generator.hf_config: {e}") from e
         model = AutoModelForCausalLM.from_config(config, **attn)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
         raise ConfigError(
-            f"generator vocabulary ({model.get_input_embeddings().num_embeddings}) is smaller than its tokenizer "
+            f"model.generator.name '{cfg.name}': generator vocabulary ({vocab}) is smaller than its tokenizer "
             f"({len(tokenizer)} tokens)"
         )
     return model

@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     )
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.name=product")
     args = parser.parse_args(argv)
-    data = apply_overrides(load_yaml(args.config), args.overrides)
+    data = apply_overrides(load_yaml(args.config), args.overrides, defaults=to_dict(TrainConfig()))
     return from_dict(TrainConfig, data), args
 
 

@@ -1,0 +1,141 @@
+"""Fusion modules on their own: shapes, masks, padding independence, gradients, and clear errors."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmgpt.config import ConfigError, FusionConfig
+from mmgpt.fusion import FUSIONS, build_fusion
+from tiny import FUSION_NAMES, one_thread  # noqa: F401 (autouse fixture)
+
+TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
+
+
+def make(name: str, **changes: object) -> torch.nn.Module:
+    torch.manual_seed(0)
+    cfg = FusionConfig(name=name, dim=DIM, num_heads=2)
+    for key, value in changes.items():
+        setattr(cfg, key, value)
+    return build_fusion(cfg, text_dim=TEXT_DIM, image_dim=IMAGE_DIM).eval()
+
+
+def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(2, 5, TEXT_DIM, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    image = torch.randn(2, 4, IMAGE_DIM, generator=g)
+    return text, mask, image
+
+
+def test_registry_holds_the_required_fusions() -> None:
+    assert {"weighted_sum", "product", "cross_attention", "concat"} <= set(FUSIONS)
+    for name, cls in FUSIONS.items():
+        assert cls.registry_name == name
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+def test_shapes_and_mask(name: str) -> None:
+    fusion = make(name)
+    text, mask, image = inputs()
+    fused, fused_mask = fusion(text, mask, image)
+    # concat puts the image tokens in front of the text; the others keep the text length and mask
+    length = 4 + 5 if name == "concat" else 5
+    assert fused.shape == (2, length, DIM)
+    assert fused_mask.shape == (2, length)
+    expected_mask = torch.cat([torch.ones(2, 4, dtype=mask.dtype), mask], 1) if name == "concat" else mask
+    assert torch.equal(fused_mask, expected_mask)
+    assert torch.isfinite(fused).all()
+    # padded positions are exactly zero, valid ones are not
+    assert (fused[fused_mask == 0] == 0).all()
+    assert (fused[fused_mask == 1].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+def test_valid_positions_ignore_padding_content_and_length(name: str) -> None:
+    fusion = make(name)
+    text, mask, image = inputs()
+    fused, fused_mask = fusion(text, mask, image)
+    # other values in the padding, plus two more padding positions
+    noisy = torch.where(mask.unsqueeze(-1) == 1, text, torch.randn_like(text) * 100)
+    longer = torch.cat([noisy, torch.randn(2, 2, TEXT_DIM)], dim=1)
+    longer_mask = torch.cat([mask, torch.zeros(2, 2, dtype=mask.dtype)], dim=1)
+    fused2, fused_mask2 = fusion(longer, longer_mask, image)
+    torch.testing.assert_close(fused2[fused_mask2 == 1], fused[fused_mask == 1], atol=1e-6, rtol=0)
+    # and each example alone, unpadded, gives its rows of the batch
+    alone, alone_mask = fusion(text[:1, :3], mask[:1, :3], image[:1])
+    torch.testing.assert_close(alone[alone_mask == 1], fused[:1][fused_mask[:1] == 1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+def test_output_depends_on_text_and_image(name: str) -> None:
+    fusion = make(name)
+    text, mask, image = inputs()
+    fused, fused_mask = fusion(text, mask, image)
+    other_image, _ = fusion(text, mask, image + torch.randn_like(image))
+    other_text, _ = fusion(text + torch.randn_like(text), mask, image)
+    valid = fused_mask == 1
+    assert (other_image - fused)[valid].abs().max() > 1e-3
+    assert (other_text - fused)[valid].abs().max() > 1e-3
+    if name != "concat":
+        # every text token sees the image (concat leaves that to the generator)
+        assert ((other_image - fused).abs().sum(-1)[valid] > 0).all()
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+def test_every_fusion_parameter_gets_a_gradient(name: str) -> None:
+    fusion = make(name, num_layers=2).train()
+    text, mask, image = inputs()
+    fused, fused_mask = fusion(text.requires_grad_(), mask, image.requires_grad_())
+    (fused * torch.randn_like(fused)).sum().backward()
+    dead = [n for n, p in fusion.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not dead, f"no gradient reaches: {dead}"
+    assert text.grad[mask == 1].abs().sum() > 0 and image.grad.abs().sum() > 0
+    # nothing flows back from padded text positions
+    assert (text.grad[mask == 0] == 0).all()
+
+
+def test_cross_attention_stacks_num_layers() -> None:
+    assert len(make("cross_attention", num_layers=3).layers) == 3
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+@pytest.mark.parametrize("which", ["text", "image"])
+def test_mismatched_input_width_names_fusion_and_widths(name: str, which: str) -> None:
+    fusion = make(name)
+    text, mask, image = inputs()
+    if which == "text":
+        text = torch.randn(2, 5, TEXT_DIM + 1)
+        message = f"fusion '{name}' expects text width {TEXT_DIM}, got {TEXT_DIM + 1}"
+    else:
+        image = torch.randn(2, 4, IMAGE_DIM - 3)
+        message = f"fusion '{name}' expects image width {IMAGE_DIM}, got {IMAGE_DIM - 3}"
+    with pytest.raises(ValueError) as info:
+        fusion(text, mask, image)
+    assert message in str(info.value)
+
+
+def test_unknown_fusion_names_the_key_and_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_fusion(FusionConfig(name="sum"), text_dim=4, image_dim=4)
+    message = str(info.value)
+    assert "model.fusion.name" in message and "'sum'" in message
+    assert "available: " + ", ".join(sorted(FUSIONS)) in message
+
+
+@pytest.mark.parametrize("dim, heads", [(10, 4), (8, 3), (8, 0)])
+def test_cross_attention_dim_must_be_divisible_by_heads(dim: int, heads: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_fusion(FusionConfig(name="cross_attention", dim=dim, num_heads=heads), text_dim=4, image_dim=4)
+    message = str(info.value)
+    assert f"model.fusion.dim ({dim})" in message and f"model.fusion.num_heads ({heads})" in message
+
+
+def test_cross_attention_needs_a_layer() -> None:
+    with pytest.raises(ConfigError, match=r"model\.fusion\.num_layers must be >= 1, got 0"):
+        build_fusion(FusionConfig(name="cross_attention", dim=8, num_heads=2, num_layers=0), 4, 4)
+
+
+@pytest.mark.parametrize("name", FUSION_NAMES)
+def test_fusion_dim_must_be_positive(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"model\.fusion\.dim must be positive, got 0"):
+        build_fusion(FusionConfig(name=name, dim=0), text_dim=4, image_dim=4)
