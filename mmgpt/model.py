@@ -104,7 +104,7 @@ class MMGPT(nn.Module):
         """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lt, width), prefix_mask (B, Lt), left-padded."""
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype
-        pixel_values = pixel_values.to(next(self.image_encoder.parameters()).dtype)
+        pixel_values = pixel_values.to(self.projector[0].weight.dtype)
         image = self.image_encoder(pixel_values)
         fused, fused_mask = self.fusion(text, text_mask, image)
         return pad_left(self.projector(fused), fused_mask)
