@@ -123,14 +123,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def git_commit() -> str:
-    """`git rev-parse --short HEAD` of the repository, or 'unknown'."""
+def git_commit(path: Path = REPO, unknown: str | None = "unknown") -> str | None:
+    """`git rev-parse --short HEAD` of the checkout at `path` (this repository), or `unknown`."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True,
                              timeout=10, check=True)
-        return out.stdout.strip() or "unknown"
+        return out.stdout.strip() or unknown
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return unknown
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -220,6 +220,56 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device, wa
             synchronize(device)
             timings[name].times_s.append(time.perf_counter() - start)
     return timings
+
+
+@dataclass
+class StepRun:
+    """What run_steps measured: the timed steps, their losses, the warm-up, peak memory and a profile."""
+
+    timing: Timing
+    losses: list[Any]
+    warmup_steps: int
+    warmup_s: float
+    peak_memory_bytes: int
+    profile: dict[str, Any] | None
+
+    def figures(self, batch_size: int) -> dict[str, Any]:
+        """The step count, step time and samples/s entries of a training benchmark's JSON."""
+        step_s = self.timing.median_s
+        return {
+            "steps": len(self.timing.times_s),
+            "warmup_steps": self.warmup_steps,
+            "step_time": self.timing.summary(),
+            "step_time_s": step_s,
+            "samples_per_s": batch_size / step_s,
+        }
+
+
+def run_steps(step: Callable[[Any], Any], batches: Sequence[Any], device: torch.device, warmup: int, steps: int,
+              profile: bool = False) -> StepRun:
+    """`warmup` untimed then `steps` timed training steps, cycling through `batches`; then peak memory, a profile.
+
+    Each timed step is synchronised on its own, so a step's time is its own work, not queued work of
+    the one before.
+    """
+    start = time.perf_counter()
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    synchronize(device)
+    warmup_s = time.perf_counter() - start
+    timing, losses = Timing(), []
+    for i in range(steps):
+        begin = time.perf_counter()
+        losses.append(step(batches[i % len(batches)]))
+        synchronize(device)
+        timing.times_s.append(time.perf_counter() - begin)
+    # read before profiling, whose extra steps are not part of the measurement
+    peak = peak_memory_bytes(device)
+    prof = None
+    if profile:
+        cycle = iter(range(10**9))
+        prof = profile_top_ops(lambda: step(batches[next(cycle) % len(batches)]), device, steps=2)
+    return StepRun(timing, losses, warmup, warmup_s, peak, prof)
 
 
 # ----------------------------------------------------------------------------- memory

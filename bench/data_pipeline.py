@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bench import common, train_throughput, workloads
+from bench import cli, common, train_throughput, workloads
 
 logger = logging.getLogger("bench.data_pipeline")
 
@@ -251,9 +251,8 @@ TABLE = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of this benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=workloads.CONFIGS, default="default")
-    parser.add_argument("--tiny", action="store_true", help="shrink the gpu200m config so it runs on a CPU")
+    parser = cli.new_parser(__doc__)
+    cli.add_workload_options(parser)
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's (128 / 64)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2], help="DataLoader worker counts")
     parser.add_argument("--batches", type=int, default=8, help="batches per pipeline measurement")
@@ -261,13 +260,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-steps", type=int, default=5, help="timed training steps for the consumption rate")
     parser.add_argument("--cache-steps", type=int, default=5, help="timed steps of each feature-caching variant")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (training and feature caching)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--out-dir", default=None, help="where the JSON goes (default bench/results)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    cli.add_run_options(parser)
     args = parser.parse_args(argv)
-    if args.tiny and args.config != "gpu200m":
-        parser.error("--tiny applies to --config gpu200m")
+    cli.check_workload_options(parser, args)
     if args.batches < 1 or args.train_steps < 1 or args.cache_steps < 1 or min(args.workers) < 0:
         parser.error("--batches, --train-steps and --cache-steps must be >= 1, --workers >= 0")
     return args
@@ -276,10 +271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables, write the JSON; returns it."""
     args = parse_args(argv)
-    common.setup_logging(args.verbose)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    device = cli.setup(args)
     result = measure(args.config, tiny=args.tiny, batch_size=args.batch_size, workers=sorted(set(args.workers)),
                      batches=args.batches, max_examples=args.max_examples, train_steps=args.train_steps,
                      cache_steps=args.cache_steps, device=device, seed=args.seed)
@@ -291,10 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{c['step_with_cached_features_s'] * 1e3:.1f} ms from cached features: {c['speedup']:.2f}x "
           f"({common.human_bytes(c['feature_bytes_per_image'])} per image, "
           f"{common.human_bytes(c['feature_cache_bytes_easy_vqa_train'])} for easy-VQA train)")
-    name = NAME if args.config == "default" else f"{NAME}-{result['config']}"
-    payload = {"args": vars(args), **result}
-    path = common.write_results(name, device, payload, args.out_dir, benchmark=NAME)
-    return {**payload, "path": str(path)}
+    return cli.write(NAME, cli.result_name(NAME, result["config"]), device, args, result)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench import common, workloads
+from bench import cli, common, workloads
 
 logger = logging.getLogger("bench.generation")
 
@@ -247,9 +247,8 @@ TABLE = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of this benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=workloads.CONFIGS, default="default")
-    parser.add_argument("--tiny", action="store_true", help="shrink the gpu200m config so it runs on a CPU")
+    parser = cli.new_parser(__doc__)
+    cli.add_workload_options(parser)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--new-tokens", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median reported)")
@@ -258,13 +257,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
                         help="bf16 autocast or fp32 (auto: bf16 on GPU, fp32 on CPU)")
     parser.add_argument("--profile", action="store_true", help="record top ops of decoding with and without cache")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--out-dir", default=None, help="where the JSON goes (default bench/results)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    cli.add_run_options(parser)
     args = parser.parse_args(argv)
-    if args.tiny and args.config != "gpu200m":
-        parser.error("--tiny applies to --config gpu200m")
+    cli.check_workload_options(parser, args)
     if min(args.batch_sizes) < 1 or min(args.new_tokens) < 1 or args.repeats < 1:
         parser.error("batch sizes, new tokens and repeats must be >= 1")
     return args
@@ -273,10 +268,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; returns it."""
     args = parse_args(argv)
-    common.setup_logging(args.verbose)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    device = cli.setup(args)
     result = measure(args.config, tiny=args.tiny, device=device, batch_sizes=sorted(set(args.batch_sizes)),
                      new_tokens=sorted(set(args.new_tokens)), repeats=args.repeats, warmup=args.warmup,
                      dtype=args.dtype, profile=args.profile, seed=args.seed)
@@ -291,10 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{result['cache_outputs_match']}")
     print("answer() stages at batch %d, %d tokens: %s" % (b["batch_size"], b["new_tokens"], ", ".join(
         f"{k} {v * 1e3:.1f} ms ({100 * b['shares'][k]:.0f}%)" for k, v in b["stages_s"].items())))
-    name = NAME if args.config == "default" else f"{NAME}-{result['config']}"
-    payload = {"args": vars(args), **result}
-    path = common.write_results(name, device, payload, args.out_dir, benchmark=NAME)
-    return {**payload, "path": str(path)}
+    return cli.write(NAME, cli.result_name(NAME, result["config"]), device, args, result)
 
 
 if __name__ == "__main__":

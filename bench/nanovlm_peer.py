@@ -38,7 +38,6 @@ import contextlib
 import dataclasses
 import logging
 import sys
-import time
 import types
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from bench import common, train_throughput, workloads
+from bench import cli, common, train_throughput, workloads
 
 logger = logging.getLogger("bench.nanovlm_peer")
 
@@ -256,25 +255,9 @@ def measure_nanovlm(path: Path, tiny: bool = False, batch_size: int = 64, steps:
 
         step, eager_step = make(forward), make(model)
         counted = common.counted_flops(lambda: eager_step(batches[0])) if count_flops else None
-        start = time.perf_counter()
-        for i in range(warmup):
-            step(batches[i % len(batches)])
-        common.synchronize(device)
-        compile_s = time.perf_counter() - start if compile else None
-        times, losses = [], []
-        for i in range(steps):
-            begin = time.perf_counter()
-            losses.append(step(batches[i % len(batches)]))
-            common.synchronize(device)
-            times.append(time.perf_counter() - begin)
-        peak = common.peak_memory_bytes(device)
-        prof = None
-        if profile:
-            cycle = iter(range(10**9))
-            prof = common.profile_top_ops(lambda: step(batches[next(cycle) % len(batches)]), device, steps=2)
+        run = common.run_steps(step, batches, device, warmup, steps, profile=profile)
         vlm_cfg = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else {}
-    timing = common.Timing(times)
-    step_s = timing.median_s
+    step_s = run.timing.median_s
     text_tokens = sum(len(p) + len(a) for t in texts for p, a in zip(t["prompts"], t["answers"])) / len(texts)
     lm_tokens = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
     supervised = sum(int((b["labels"] != -100).sum()) for b in batches) / len(batches)
@@ -282,7 +265,7 @@ def measure_nanovlm(path: Path, tiny: bool = False, batch_size: int = 64, steps:
     return {
         "config": "nanovlm-tiny" if tiny else "nanovlm-222m",
         "nanovlm_path": str(path),
-        "nanovlm_commit": _git_commit(path),
+        "nanovlm_commit": common.git_commit(path, unknown=None),
         "tokenizer": "nanoVLM get_tokenizer" if real_tokenizer else "stub (image_token_id only)",
         "padding_mask": not drop_padding_mask,
         "batch_size": batch_size,
@@ -292,38 +275,23 @@ def measure_nanovlm(path: Path, tiny: bool = False, batch_size: int = 64, steps:
         "image_tokens": image_tokens,
         "params_total": params,
         "params_by_part": {n: sum(p.numel() for p in getattr(model, n).parameters()) for n in LR},
-        "steps": steps,
-        "warmup_steps": warmup,
-        "step_time": timing.summary(),
-        "step_time_s": step_s,
-        "samples_per_s": batch_size / step_s,
+        **run.figures(batch_size),
         # prompt + answer tokens, the same count as mmgpt's tokens_per_s; lm_tokens adds the image tokens
         "tokens_per_s": text_tokens / step_s,
         "lm_tokens_per_s": lm_tokens / step_s,
         "supervised_tokens_per_s": supervised / step_s,
-        "peak_memory_bytes": peak,
+        "peak_memory_bytes": run.peak_memory_bytes,
         "peak_memory_kind": common.peak_memory_kind(device),
         "flops_per_step": flops["train_flops"],
         "flops_per_step_by_part": flops["parts"],
         "flops_per_step_counted": counted,
         "achieved_tflops": flops_per_s / 1e12,
         "mfu": common.mfu(flops_per_s, device),
-        "compile_warmup_s": compile_s,
-        "mean_loss": float(torch.stack(losses).float().mean()),
+        "compile_warmup_s": run.warmup_s if compile else None,
+        "mean_loss": float(torch.stack(run.losses).float().mean()),
         "vlm_config": {k: v for k, v in vlm_cfg.items() if k != "vlm_extra_tokens"},
-        "profile": prof,
+        "profile": run.profile,
     }
-
-
-def _git_commit(path: Path) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=path, capture_output=True, text=True,
-                             timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 TABLE = [
@@ -342,7 +310,7 @@ TABLE = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of this benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.new_parser(__doc__)
     parser.add_argument("--nanovlm", required=True, help="path to a local checkout of huggingface/nanoVLM")
     parser.add_argument("--tiny", action="store_true", help="shrink nanoVLM (and mmgpt's gpu200m) to run on a CPU")
     parser.add_argument("--batch-size", type=int, default=None, help="default 64 (8 with --tiny), as gpu200m")
@@ -359,10 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"fusion of the mmgpt run to compare with ({', '.join(workloads.FUSIONS)}), or 'none'")
     parser.add_argument("--no-count-flops", action="store_true")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--out-dir", default=None, help="where the JSON goes (default bench/results)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    cli.add_run_options(parser)
     args = parser.parse_args(argv)
     if args.mmgpt_fusion not in ("none", *workloads.FUSIONS):
         parser.error(f"--mmgpt-fusion must be one of {', '.join(workloads.FUSIONS)} or none")
@@ -372,12 +337,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure nanoVLM (and mmgpt alongside), print the table, write the JSON; returns it."""
     args = parse_args(argv)
-    common.setup_logging(args.verbose)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    device = cli.setup(args)
     batch_size = args.batch_size or (8 if args.tiny else 64)
-    warmup = args.warmup if args.warmup is not None else (10 if args.compile else 3)
+    warmup = cli.warmup_steps(args)
     peer = measure_nanovlm(Path(args.nanovlm).expanduser().resolve(), tiny=args.tiny, batch_size=batch_size,
                            steps=args.steps, warmup=warmup, device=device, precision=args.precision,
                            compile=args.compile, real_tokenizer=args.real_tokenizer,
@@ -391,18 +353,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                         compile=args.compile, profile=args.profile,
                                         count_flops=not args.no_count_flops, seed=args.seed)
         runs.append({"framework": "mmgpt", **mine})
-    rows = [{**r, "params_m": r["params_total"] / 1e6, "step_ms": r["step_time_s"] * 1e3,
-             "peak_mem": common.human_bytes(r["peak_memory_bytes"]),
-             "mfu_pct": None if r["mfu"] is None else 100 * r["mfu"]} for r in runs]
-    common.print_table(f"training throughput, nanoVLM vs mmgpt, on {common.device_name(device)}", rows, TABLE)
+    common.print_table(f"training throughput, nanoVLM vs mmgpt, on {common.device_name(device)}",
+                       train_throughput.table_rows(runs), TABLE)
     ratio = mine["samples_per_s"] / peer["samples_per_s"] if mine else None
     if ratio is not None:
         print(f"mmgpt ({args.mmgpt_fusion}) / nanoVLM samples/s: {ratio:.2f}x")
     name = NAME + ("-tiny" if args.tiny else "")
-    payload = {"args": vars(args), "nanovlm": peer, "mmgpt": mine,
-               "samples_per_s_ratio_mmgpt_over_nanovlm": ratio}
-    path = common.write_results(name, device, payload, args.out_dir, benchmark=NAME)
-    return {**payload, "path": str(path)}
+    return cli.write(NAME, name, device, args, {"nanovlm": peer, "mmgpt": mine,
+                                                "samples_per_s_ratio_mmgpt_over_nanovlm": ratio})
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from bench import common, workloads
+from bench import cli, common, workloads
 
 logger = logging.getLogger("bench.train_throughput")
 
@@ -108,31 +107,10 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
             # an extra, untimed step (eager: the counter cannot see inside compiled graphs)
             counted = common.counted_flops(lambda: eager_step(batches[0]))
 
-        compile_s = None
-        start = time.perf_counter()
-        for i in range(warmup):
-            step(batches[i % len(batches)])
-        common.synchronize(device)
-        if compile:
-            compile_s = time.perf_counter() - start
+        run = common.run_steps(step, batches, device, warmup, steps, profile=profile)
+        final_loss = float(torch.stack(run.losses).mean()) if run.losses else None
 
-        times = []
-        losses = []
-        for i in range(steps):
-            begin = time.perf_counter()
-            losses.append(step(batches[i % len(batches)]))
-            common.synchronize(device)
-            times.append(time.perf_counter() - begin)
-        peak = common.peak_memory_bytes(device)
-
-        prof = None
-        if profile:
-            cycle = iter(range(10**9))
-            prof = common.profile_top_ops(lambda: step(batches[next(cycle) % len(batches)]), device, steps=2)
-        final_loss = float(torch.stack(losses).mean()) if losses else None
-
-    timing = common.Timing(times)
-    step_s = timing.median_s
+    step_s = run.timing.median_s
     prompt_tokens = sum(int(b["attention_mask"].sum()) for b in batches) / len(batches)
     answer_tokens = sum(int(b["answer_mask"].sum()) for b in batches) / len(batches)
     supervised = sum(int(b["answer_mask"][:, 1:].sum()) for b in batches) / len(batches)
@@ -146,15 +124,11 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
         "image_size": list(workloads.image_size(raw)),
         "frozen": [k for k, v in frozen.items() if v],
         **info,
-        "steps": steps,
-        "warmup_steps": warmup,
-        "step_time": timing.summary(),
-        "step_time_s": step_s,
-        "samples_per_s": batch_size / step_s,
+        **run.figures(batch_size),
         # generator tokens: prompt (one prefix position each) + answer, padding excluded
         "tokens_per_s": (prompt_tokens + answer_tokens) / step_s,
         "supervised_tokens_per_s": supervised / step_s,
-        "peak_memory_bytes": peak,
+        "peak_memory_bytes": run.peak_memory_bytes,
         "peak_memory_kind": common.peak_memory_kind(device),
         "flops_per_step": flops["train_flops"],
         "flops_per_step_by_part": {k: v["train"] for k, v in flops["parts"].items()},
@@ -163,9 +137,9 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
         "achieved_tflops": flops_per_s / 1e12,
         "peak_tflops_bf16": (common.peak_flops(device) or 0) / 1e12 or None,
         "mfu": common.mfu(flops_per_s, device),
-        "compile_warmup_s": compile_s,
+        "compile_warmup_s": run.warmup_s if compile else None,
         "mean_loss_per_batch": final_loss,
-        "profile": prof,
+        "profile": run.profile,
     }
 
 
@@ -193,11 +167,8 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command line of this benchmark."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=workloads.CONFIGS, default="default")
-    parser.add_argument("--fusion", default=None,
-                        help=f"one of {', '.join(workloads.FUSIONS)}, or 'all' (default: the config's own)")
-    parser.add_argument("--tiny", action="store_true", help="shrink the gpu200m config so it runs on a CPU")
+    parser = cli.new_parser(__doc__)
+    cli.add_workload_options(parser, fusion=True)
     parser.add_argument("--batch-size", type=int, default=None, help="default: 128 (default), 64 (gpu200m)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; 10 with --compile)")
@@ -208,15 +179,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--freeze-image-encoder", action="store_true")
     parser.add_argument("--no-count-flops", action="store_true", help="skip the FlopCounterMode cross-check step")
     parser.add_argument("--profile", action="store_true", help="record the top ops of 2 profiled steps in the JSON")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
-    parser.add_argument("--out-dir", default=None, help="where the JSON goes (default bench/results)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    cli.add_run_options(parser)
     args = parser.parse_args(argv)
-    if args.fusion not in (None, "all", *workloads.FUSIONS):
-        parser.error(f"--fusion must be one of {', '.join(workloads.FUSIONS)} or all")
-    if args.tiny and args.config != "gpu200m":
-        parser.error("--tiny applies to --config gpu200m")
+    cli.check_workload_options(parser, args)
     if args.steps < 1:
         parser.error("--steps must be >= 1")
     return args
@@ -225,12 +190,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark for each requested fusion, print the table, write the JSON; returns it."""
     args = parse_args(argv)
-    common.setup_logging(args.verbose)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = common.resolve_device(args.device)
+    device = cli.setup(args)
     fusions = list(workloads.FUSIONS) if args.fusion == "all" else [args.fusion]
-    warmup = args.warmup if args.warmup is not None else (10 if args.compile else 3)
+    warmup = cli.warmup_steps(args)
     runs = []
     for fusion in fusions:
         runs.append(measure(args.config, fusion=fusion, tiny=args.tiny, batch_size=args.batch_size, steps=args.steps,
@@ -238,11 +200,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                             freeze_image_encoder=args.freeze_image_encoder, profile=args.profile,
                             count_flops=not args.no_count_flops, seed=args.seed))
     common.print_table(f"training throughput on {common.device_name(device)}", table_rows(runs), TABLE)
-    name = NAME if args.config == "default" else f"{NAME}-{runs[0]['config']}"
+    name = cli.result_name(NAME, runs[0]["config"])
     name += ("-compile" if args.compile else "") + ("-frozen" if args.freeze_image_encoder else "")
-    payload = {"args": vars(args), "runs": runs}
-    path = common.write_results(name, device, payload, args.out_dir, benchmark=NAME)
-    return {**payload, "path": str(path)}
+    return cli.write(NAME, name, device, args, {"runs": runs})
 
 
 if __name__ == "__main__":
