@@ -34,6 +34,7 @@ from mmgpt.training import (
     StopRequest,
     apply_freezing,
     build_optimizer,
+    cpu_processes,
     build_scheduler,
     plot_losses,
     resolve_resume,
@@ -108,10 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, args = parse_args(argv)
     output_dir = Path(cfg.output_dir)
     trackers = "tensorboard" if _has_tensorboard() else None
-    # several processes without a GPU: accelerate sets up CPU DDP (gloo) only when told cpu=True
-    cpu_ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=str(output_dir),
-                              cpu=cpu_ddp, step_scheduler_with_optimizer=False,
+                              cpu=cpu_processes(), step_scheduler_with_optimizer=False,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))  # max_steps counts global steps
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

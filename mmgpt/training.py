@@ -19,6 +19,15 @@ COMPONENTS = ("text_encoder", "image_encoder", "fusion", "projector", "generator
 STATE_NAME = "trainer_state.json"
 
 
+def cpu_processes() -> bool:
+    """True when launched as several processes on a machine without a GPU.
+
+    accelerate sets up CPU DDP (gloo) only when told cpu=True; without it each process would
+    silently run alone.
+    """
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
 def component_of(name: str) -> str:
     """Which component a parameter name belongs to (its first dotted part)."""
     return name.split(".", 1)[0]

@@ -132,3 +132,23 @@ def test_caption_runs_a_model_on_a_coco_folder(tmp_path: Path, tiny_model: Path)
     assert record["num_images"] == 3
     assert "CIDEr" in record["metrics"]
     assert "data:image/png;base64" in (tmp_path / "cap.html").read_text()
+
+
+def test_two_processes_give_the_same_numbers(tmp_path: Path, tiny_model: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    single = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "24", "--out", str(tmp_path / "one.json")])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(Path(__file__).resolve().parent.parent / "eval_vqa.py"), "--model", str(tiny_model),
+               "--max-examples", "24", "--out", str(tmp_path / "two.json"),
+               "--predictions", str(tmp_path / "two_predictions.json")]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    double = json.loads((tmp_path / "two.json").read_text())
+    assert double["processes"] == 2
+    assert double["metrics"] == single["metrics"]
+    assert len(json.loads((tmp_path / "two_predictions.json").read_text())) == 24

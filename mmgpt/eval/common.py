@@ -129,7 +129,9 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     from mmgpt.evaluate import generate_answers
     from mmgpt.inference import decoding_kwargs, default_model_path, load_model
 
-    accelerator = Accelerator()
+    from mmgpt.training import cpu_processes
+
+    accelerator = Accelerator(cpu=cpu_processes())
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
     decoding = decoding_from_args(args)
