@@ -202,3 +202,16 @@ def test_bad_config_key_names_the_key(tmp_path: Path, data: Path) -> None:
     config = tiny_config(tmp_path, data, tmp_path / "x")
     with pytest.raises(ValueError, match="optim.lrr"):
         main(["--config", str(config), "optim.lrr=1"])
+
+
+def test_sigterm_becomes_a_stop_request() -> None:
+    import signal
+
+    from mmgpt.training import StopRequest
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with StopRequest() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    assert signal.getsignal(signal.SIGTERM) is previous
