@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from mmgpt.eval.common import read_json as _read_json
 
 logger = logging.getLogger(__name__)
 
@@ -501,14 +502,6 @@ def score_captions(references: Mapping[Any, list[str]], predictions: Mapping[Any
     if "SPICE" in java:
         record("SPICE", *_spice(image_ids, refs, hyps))
     return metrics, per_image
-
-
-def _read_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_coco_annotations(path: str | os.PathLike) -> dict[Any, list[str]]:

@@ -53,6 +53,15 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; invalid JSON raises ValueError naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file then rename)."""
     path = Path(path)

@@ -19,6 +19,7 @@ import os
 import re
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Iterable, Mapping
+from mmgpt.eval.common import read_json as _read_json
 
 logger = logging.getLogger(__name__)
 
@@ -177,14 +178,6 @@ def vqa_score(questions: dict, annotations: dict, results: list[dict], n: int = 
 
     return {"overall": mean(accs), "perAnswerType": {k: mean(v) for k, v in by_atype.items()},
             "perQuestionType": {k: mean(v) for k, v in by_qtype.items()}, "perQuestion": per_question}
-
-
-def _read_json(path: str | os.PathLike) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 def load_vqa_files(results_path: str | os.PathLike, questions_path: str | os.PathLike,
