@@ -13,7 +13,6 @@ Quirks kept on purpose, since they change the numbers:
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
