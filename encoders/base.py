@@ -8,35 +8,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
+from mmgpt.registry import registrar
 
 TEXT_ENCODERS: dict[str, type["TextEncoder"]] = {}
 IMAGE_ENCODERS: dict[str, type["ImageEncoder"]] = {}
 TRANSFORMS: dict[str, type["ImageTransform"]] = {}
 
 
-def _registrar(registry: dict, kind: str) -> Callable[[str], Callable[[type], type]]:
-    def register(name: str) -> Callable[[type], type]:
-        def add(cls: type) -> type:
-            if name in registry:
-                raise ValueError(f"{kind} '{name}' is registered twice")
-            registry[name] = cls
-            return cls
-
-        return add
-
-    return register
-
-
-register_text_encoder = _registrar(TEXT_ENCODERS, "text encoder")
-register_image_encoder = _registrar(IMAGE_ENCODERS, "image encoder")
-register_transform = _registrar(TRANSFORMS, "image transform")
+register_text_encoder = registrar(TEXT_ENCODERS, "text encoder")
+register_image_encoder = registrar(IMAGE_ENCODERS, "image encoder")
+register_transform = registrar(TRANSFORMS, "image transform")
 
 
 def lookup(registry: dict, name: str, key: str) -> type:

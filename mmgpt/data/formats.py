@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mmgpt.data.example import TASKS, Example
+from mmgpt.registry import registrar
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +37,7 @@ Reader = Callable[["DatasetSpec", "PromptTemplates"], "list[Example]"]
 FORMATS: dict[str, Reader] = {}
 
 
-def register_format(name: str) -> Callable[[Reader], Reader]:
-    """Decorator adding a reader to FORMATS under `name`."""
-    def add(fn: Reader) -> Reader:
-        if name in FORMATS:
-            raise ValueError(f"dataset format {name!r} is already registered")
-        FORMATS[name] = fn
-        return fn
-    return add
+register_format = registrar(FORMATS, "dataset format")
 
 
 @dataclass
