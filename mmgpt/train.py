@@ -36,6 +36,7 @@ from mmgpt.training import (
     build_optimizer,
     cpu_processes,
     build_scheduler,
+    set_cpu_threads,
     plot_losses,
     resolve_resume,
     save_checkpoint,
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
         level=logging.INFO if accelerator.is_main_process else logging.WARNING,
     )
     set_seed(cfg.seed)
+    if accelerator.device.type == "cpu":
+        logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))
     resume_dir = resolve_resume(args.resume, output_dir) if args.resume else None
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)

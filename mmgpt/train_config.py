@@ -93,12 +93,17 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     compile: bool = False
+    # CPU threads per process when training on CPU; 0 = this machine's cores / local processes
+    # (`accelerate launch` exports OMP_NUM_THREADS=1 by default, which would leave cores idle)
+    cpu_threads: int = 0
     # checkpoint and exit once this step is reached (0 = never): for time-limited jobs, resume later
     stop_at_step: int = 0
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.cpu_threads < 0:
+            raise ConfigError(f"cpu_threads must be >= 0 (0 = automatic), got {self.cpu_threads}")
         for name in ("batch_size", "grad_accum_steps", "max_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

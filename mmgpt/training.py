@@ -28,6 +28,28 @@ def cpu_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads for CPU work; 0 = available cores / processes on this machine.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, so a one-process CPU run
+    would use one core of many; every CPU entry point calls this instead of trusting the variable.
+    Returns the thread count set.
+    """
+    if threads <= 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        threads = max(1, available_cores() // max(local, 1))
+    torch.set_num_threads(threads)
+    return threads
+
+
 def component_of(name: str) -> str:
     """Which component a parameter name belongs to (its first dotted part)."""
     return name.split(".", 1)[0]

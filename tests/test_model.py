@@ -260,3 +260,18 @@ def test_vocab_follows_the_trained_tokenizer() -> None:
     # every training text round-trips through the byte-level BPE
     for text in TEXTS[:5]:
         assert tokenizer.decode(tokenizer.encode(text, add_special_tokens=False)) == text
+
+
+def test_cached_token_ids_equal_fresh_ones_and_follow_the_tokenizer() -> None:
+    processor = build(tiny_config(text="bert")).processor
+    first = processor.encode_prompts(PROMPTS)
+    again = processor.encode_prompts(PROMPTS)
+    assert torch.equal(first["input_ids"], again["input_ids"])
+    assert processor.prompt_ids(PROMPTS[1]) == processor._tokenize_prompt(PROMPTS[1])
+    assert processor.answer_ids(ANSWERS[0]) == processor._tokenize_answer(ANSWERS[0])
+    # without a text tokenizer prompts are read with the generator's tokens: the cache must not keep the old ids
+    processor.text_tokenizer = None
+    assert processor.prompt_ids(PROMPTS[1])[0] == processor.tokenizer.bos_token_id
+    assert processor.prompt_ids(PROMPTS[1]) == processor._tokenize_prompt(PROMPTS[1])
+    processor.max_prompt_length = 3
+    assert len(processor.prompt_ids(PROMPTS[1])) == 3

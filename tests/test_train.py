@@ -215,3 +215,25 @@ def test_sigterm_becomes_a_stop_request() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_cpu_threads_default_to_the_cores_per_local_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmgpt.training import available_cores, set_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        # what `accelerate launch` exports by default must not decide the thread count
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        assert set_cpu_threads(0) == available_cores() == torch.get_num_threads()
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", str(available_cores() * 2))
+        assert set_cpu_threads(0) == 1 == torch.get_num_threads()
+        assert set_cpu_threads(3) == 3 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_negative_cpu_threads_is_refused(tmp_path: Path, data: Path) -> None:
+    config = tiny_config(tmp_path, data, tmp_path / "x")
+    with pytest.raises(ValueError, match="cpu_threads"):
+        main(["--config", str(config), "cpu_threads=-1"])

@@ -138,9 +138,11 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     from mmgpt.evaluate import generate_answers
     from mmgpt.inference import decoding_kwargs, default_model_path, load_model
 
-    from mmgpt.training import cpu_processes
+    from mmgpt.training import cpu_processes, set_cpu_threads
 
     accelerator = Accelerator(cpu=cpu_processes())
+    if accelerator.device.type == "cpu":
+        set_cpu_threads()
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
     decoding = decoding_from_args(args)
