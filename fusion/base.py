@@ -1,6 +1,7 @@
 """The fusion interface, its registry and the projections every fusion shares."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -55,7 +56,10 @@ class Fusion(nn.Module):
             raise ValueError(
                 f"fusion '{self.registry_name}' expects image width {self.image_proj.in_features}, got {image.shape[-1]}"
             )
-        return self.text_proj(text), self.image_proj(image)
+        image = self.image_proj(image)
+        if self.cfg.image_positions:
+            image = image + sincos_positions(image.shape[1], image.shape[2], image.device, image.dtype)
+        return self.text_proj(text), image
 
     def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Combine projected T (B, Lt, dim) and I (B, Li, dim) into F (B, Lt, dim)."""
@@ -69,3 +73,19 @@ class Fusion(nn.Module):
         fused = self.combine(text, text_mask, image)
         # padded positions are zeroed so they can never leak into anything downstream
         return fused * text_mask.unsqueeze(-1).to(fused.dtype), text_mask
+
+
+def sincos_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Fixed sin-cos position codes (length, dim): 2-D (row, column) for a square grid of tokens, else 1-D."""
+    side = math.isqrt(length)
+    if side * side == length and dim % 4 == 0:
+        rows, cols = torch.meshgrid(torch.arange(side, device=device), torch.arange(side, device=device), indexing="ij")
+        coordinates = [cols.flatten(), rows.flatten()]
+    elif dim % 2 == 0:
+        coordinates = [torch.arange(length, device=device)]
+    else:
+        raise ConfigError(f"model.fusion.image_positions needs an even model.fusion.dim, got {dim}")
+    half = dim // (2 * len(coordinates))
+    frequencies = 1.0 / 10000 ** (torch.arange(half, device=device, dtype=torch.float32) / half)
+    angles = [c.to(torch.float32)[:, None] * frequencies[None] for c in coordinates]
+    return torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1).to(dtype)

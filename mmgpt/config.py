@@ -64,6 +64,9 @@ class FusionConfig:
     num_layers: int = 1
     num_heads: int = 4
     dropout: float = 0.0
+    # add fixed 2-D sin-cos positions to the image tokens (a square grid; 1-D otherwise), so a fusion
+    # that treats them as a set (cross-attention, pooling) can still tell where things are
+    image_positions: bool = False
     freeze: bool = False
 
 

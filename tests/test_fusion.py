@@ -139,3 +139,28 @@ def test_cross_attention_needs_a_layer() -> None:
 def test_fusion_dim_must_be_positive(name: str) -> None:
     with pytest.raises(ConfigError, match=r"model\.fusion\.dim must be positive, got 0"):
         build_fusion(FusionConfig(name=name, dim=0), text_dim=4, image_dim=4)
+
+
+def test_image_positions_let_cross_attention_see_where_tokens_are() -> None:
+    text, mask, image = inputs()
+    swapped = image[:, [1, 0, 2, 3]]
+    # without positions the image tokens are a set: reordering them changes nothing
+    plain = make("cross_attention")
+    torch.testing.assert_close(plain(text, mask, image)[0], plain(text, mask, swapped)[0])
+    placed = make("cross_attention", image_positions=True)
+    assert not torch.allclose(placed(text, mask, image)[0], placed(text, mask, swapped)[0], atol=1e-4)
+
+
+def test_sincos_positions_are_distinct_and_bounded() -> None:
+    from mmgpt.fusion.base import sincos_positions
+
+    for length, dim in ((16, 8), (7, 6), (196, 128)):
+        codes = sincos_positions(length, dim, torch.device("cpu"), torch.float32)
+        assert codes.shape == (length, dim)
+        assert codes.abs().max() <= 1.0
+        assert torch.cdist(codes, codes).add(torch.eye(length)).min() > 1e-3, "two positions share a code"
+    grid = sincos_positions(16, 8, torch.device("cpu"), torch.float32)
+    # a square grid: tokens in one column share the column half of the code
+    assert torch.equal(grid[0, :4], grid[4, :4]) and not torch.equal(grid[0, 4:], grid[4, 4:])
+    with pytest.raises(ConfigError, match="image_positions"):
+        sincos_positions(5, 7, torch.device("cpu"), torch.float32)
