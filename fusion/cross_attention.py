@@ -11,11 +11,13 @@ from mmgpt.fusion.base import Fusion, register_fusion
 class CrossAttentionLayer(nn.Module):
     """Pre-norm block: x + CrossAttn(x, image), then x + MLP(x)."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float, null_token: bool = False) -> None:
         super().__init__()
         self.norm_query = nn.LayerNorm(dim)
         self.norm_image = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.attention = nn.MultiheadAttention(
+            dim, num_heads, dropout=dropout, batch_first=True, add_bias_kv=null_token
+        )
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
@@ -45,7 +47,7 @@ class CrossAttention(Fusion):
                 f"model.fusion.dim ({cfg.dim}) must be divisible by model.fusion.num_heads ({cfg.num_heads})"
             )
         self.layers = nn.ModuleList(
-            CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_layers)
+            CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.dropout, cfg.null_token) for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(cfg.dim)
 

@@ -67,6 +67,9 @@ class FusionConfig:
     # add fixed 2-D sin-cos positions to the image tokens (a square grid; 1-D otherwise), so a fusion
     # that treats them as a set (cross-attention, pooling) can still tell where things are
     image_positions: bool = False
+    # cross-attention: a learned key/value every text token can attend to. Softmax weights always sum
+    # to one, so without it a query cannot say "nothing in the image matches me" (yes/no questions)
+    null_token: bool = False
     freeze: bool = False
 
 
@@ -86,6 +89,9 @@ class GeneratorConfig:
             "num_key_value_heads": 4,
             "max_position_embeddings": 256,
             "tie_word_embeddings": True,
+            # transformers' 0.02 is tuned for widths in the thousands; at width 128 it shrinks every
+            # layer's output so much that the prefix barely reaches the answer (see configs/default.yaml)
+            "initializer_range": 0.12,
         }
     )
     attn_implementation: str = "sdpa"
