@@ -74,17 +74,24 @@ class MMGPT(nn.Module):
 
     @classmethod
     def from_config(
-        cls, config: ModelConfig, train_texts: Iterable[str] | None = None, load_weights: bool = True
+        cls,
+        config: ModelConfig,
+        train_texts: Iterable[str] | None = None,
+        load_weights: bool = True,
+        tokenizer: Any = None,
     ) -> "MMGPT":
-        """Build a model and its processor; a from-scratch generator gets a tokenizer trained on `train_texts`."""
-        if config.generator.name:
+        """Build a model and its processor.
+
+        The tokenizer is `tokenizer` when given, else the named generator's, else one trained on `train_texts`.
+        """
+        if tokenizer is None and config.generator.name:
             tokenizer = load_tokenizer(config.generator.name)
-        elif train_texts is None:
+        elif tokenizer is None and train_texts is None:
             raise ConfigError(
                 "model.generator has no 'name', so its tokenizer is trained from scratch: pass train_texts "
                 "(the training prompts and answers) or name a pretrained generator"
             )
-        else:
+        elif tokenizer is None:
             tokenizer = train_tokenizer(train_texts, config.tokenizer)
         processor = Processor(
             tokenizer,

@@ -27,7 +27,7 @@ from mmgpt.data.formats import PromptTemplates, read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.evaluate import generate_answers, mean_loss, one_per_image, score
 from mmgpt.model import MMGPT
-from mmgpt.processor import Processor
+from mmgpt.tokenizer import train_tokenizer
 from mmgpt.train_config import TrainConfig
 from mmgpt.training import (
     STATE_NAME,
@@ -73,24 +73,16 @@ def read_splits(specs: list, templates: PromptTemplates) -> list[tuple[str, list
 
 def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, resume_dir: Path | None) -> MMGPT:
     """Build the model; a from-scratch tokenizer is trained once (main process) and shared through disk."""
-    output_dir = Path(cfg.output_dir)
-    tokenizer_dir = output_dir / "tokenizer"
     if cfg.model.generator.name:
         return MMGPT.from_config(cfg.model)
+    tokenizer_dir = Path(cfg.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (resume_dir and tokenizer_dir.is_dir()):
         texts = [t for _, examples in train_sets for e in examples for t in (e.prompt, e.answer)]
-        model = MMGPT.from_config(cfg.model, train_texts=texts)
-        model.processor.tokenizer.save_pretrained(tokenizer_dir)
+        train_tokenizer(texts, cfg.model.tokenizer).save_pretrained(tokenizer_dir)
     accelerator.wait_for_everyone()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    processor = Processor(tokenizer, None, max_prompt_length=cfg.model.text_encoder.max_length,
-                          max_answer_length=cfg.model.max_answer_length)
-    model = MMGPT(cfg.model, processor)
-    processor.image_transform = model.image_encoder.image_transform()
-    processor.text_tokenizer = model.text_encoder.tokenizer
-    return model
+    return MMGPT.from_config(cfg.model, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))
 
 
 def evaluate(model: MMGPT, eval_sets: list, accelerator: Accelerator, max_examples: int) -> dict[str, float]:
@@ -150,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      progress=progress, name=name)[0]) for name, ex in eval_sets]
     mixture = Mixture([(n, ex, w) for n, ex, w, _ in checked], num_samples=cfg.data.samples_per_epoch or None,
                       seed=cfg.seed)
-    dataset = RobustImages(mixture, processor.image_tensor)
+    dataset = RobustImages(mixture, processor.image_tensor, seed=cfg.seed,
+                           augment={spec.label: spec.augment for spec in cfg.data.train})
     # batches are formed at the global size and split across processes, so N processes see exactly
     # the batches one process would
     batch_sampler = GroupedBatches(mixture, cfg.batch_size * accelerator.num_processes, seed=cfg.seed)

@@ -62,7 +62,8 @@ def tiny_config(folder: Path, data: Path, output: Path, **overrides) -> Path:
             "max_answer_length": 8,
         },
         "data": {
-            "train": [{"format": "jsonl", "path": str(data), "name": "train"}],
+            # augmented, so that exact resume and DDP equivalence cover the augmentation's randomness too
+            "train": [{"format": "jsonl", "path": str(data), "name": "train", "augment": ["hflip", "rot90"]}],
             "eval": [{"format": "jsonl", "path": str(data), "name": "eval", "max_examples": 8}],
             "eval_max_examples": 8,
         },

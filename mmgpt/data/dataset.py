@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from mmgpt.data.augment import augment
 from mmgpt.data.example import Example
 
 logger = logging.getLogger(__name__)
@@ -102,12 +103,16 @@ class RobustImages(Dataset):
 
     Replacement keeps every batch full, so all processes run the same number of steps; the
     failure is reported in the batch (`bad_images`) to be counted by the training loop.
+    `augment` maps a dataset name (Example.source) to the augmentations its images get.
     """
 
-    def __init__(self, dataset: Dataset, image_tensor: Callable[[Any], torch.Tensor], max_tries: int = 16) -> None:
+    def __init__(self, dataset: Dataset, image_tensor: Callable[[Any], torch.Tensor], max_tries: int = 16,
+                 augment: dict[str, list[str]] | None = None, seed: int = 0) -> None:
         self.dataset = dataset
         self.image_tensor = image_tensor
         self.max_tries = max_tries
+        self.augment = {name: ops for name, ops in (augment or {}).items() if ops}
+        self.seed = seed
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -128,6 +133,9 @@ class RobustImages(Dataset):
             except (ImageError, OSError, ValueError) as e:
                 failures.append(str(e))
                 continue
+            if example.source in self.augment:
+                pixels = augment(pixels, self.augment[example.source], self.seed, getattr(self.dataset, "epoch", 0),
+                                 index)
             return Example(pixels, example.prompt, example.answer, example.task, example.id, example.source), failures
         raise RuntimeError(f"{self.max_tries} consecutive images failed to load near index {index}: {failures[-1]}")
 

@@ -24,7 +24,7 @@ import logging
 import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,8 +52,13 @@ class DatasetSpec:
     weight: float = 1.0
     max_examples: int = 0
     name: str = ""
+    # training-time augmentations of this dataset's images (mmgpt.data.augment), e.g. [hflip, rot90]
+    augment: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from mmgpt.data.augment import check_augmentations
+
+        self.augment = check_augmentations(self.augment, f"dataset {self.label!r} field 'augment'")
         if self.format not in FORMATS:
             raise ValueError(f"dataset field 'format': unknown format {self.format!r}; "
                              f"available: {', '.join(sorted(FORMATS))}")

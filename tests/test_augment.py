@@ -1,0 +1,72 @@
+"""mmgpt.data.augment: label-preserving flips and rotations, reproducible per (seed, epoch, position)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmgpt.data.augment import augment, check_augmentations
+from mmgpt.data.dataset import RobustImages
+from mmgpt.data.example import Example
+from mmgpt.data.formats import DatasetSpec
+from mmgpt.data.mixture import Mixture
+
+
+def _image(height: int = 4, width: int = 4) -> torch.Tensor:
+    return torch.arange(3 * height * width, dtype=torch.float32).reshape(3, height, width)
+
+
+def _dihedral(pixels: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations and mirror images of a square image."""
+    rotations = [torch.rot90(pixels, k, dims=(-2, -1)) for k in range(4)]
+    return rotations + [r.flip(-1) for r in rotations]
+
+
+def test_flips_and_rotations_reach_every_symmetry_of_the_square_and_nothing_else() -> None:
+    pixels = _image()
+    variants = _dihedral(pixels)
+    seen = set()
+    for position in range(200):
+        out = augment(pixels, ["hflip", "rot90"], seed=0, epoch=0, position=position)
+        assert out.shape == pixels.shape
+        matches = [i for i, v in enumerate(variants) if torch.equal(out, v)]
+        assert len(matches) == 1, f"position {position}: not a rotation or mirror image of the input"
+        seen.add(matches[0])
+    assert seen == set(range(8))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_position() -> None:
+    pixels = _image()
+    first = [augment(pixels, ["hflip", "vflip", "rot90"], 3, 1, p) for p in range(32)]
+    again = [augment(pixels, ["hflip", "vflip", "rot90"], 3, 1, p) for p in range(32)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    other_epoch = [augment(pixels, ["hflip", "vflip", "rot90"], 3, 2, p) for p in range(32)]
+    assert not all(torch.equal(a, b) for a, b in zip(first, other_epoch))
+    assert augment(pixels, [], 3, 1, 0) is pixels
+
+
+def test_rot90_refuses_a_non_square_image() -> None:
+    with pytest.raises(ValueError, match="square"):
+        for position in range(16):
+            augment(_image(4, 6), ["rot90"], 0, 0, position)
+
+
+def test_unknown_augmentation_names_the_field_and_the_choices() -> None:
+    with pytest.raises(ValueError, match=r"field 'augment': unknown augmentation 'flip'; available: hflip, rot90, vflip"):
+        DatasetSpec(format="easy_vqa", augment=["flip"])
+    assert check_augmentations("hflip", "x") == ["hflip"]
+
+
+def test_only_the_named_dataset_is_augmented() -> None:
+    pixels = _image()
+    plain = [Example(pixels.clone(), "caption", "a", task="caption", source="captions") for _ in range(40)]
+    flipped = [Example(pixels.clone(), "q", "a", source="vqa") for _ in range(40)]
+    mixture = Mixture([("captions", plain, 1.0), ("vqa", flipped, 1.0)], seed=0)
+    dataset = RobustImages(mixture, lambda image: image, augment={"vqa": ["hflip", "rot90"], "captions": []})
+    changed = {"captions": 0, "vqa": 0}
+    for index in range(len(dataset)):
+        example, failures = dataset[index]
+        assert not failures
+        changed[example.source] += not torch.equal(example.image, pixels)
+    assert changed["captions"] == 0
+    # 7 of the 8 symmetries change the image
+    assert 20 < changed["vqa"] < 40
