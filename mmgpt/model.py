@@ -44,6 +44,32 @@ def pad_left(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return x.gather(1, order.unsqueeze(-1).expand_as(x)), mask.gather(1, order)
 
 
+def unique_images(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, 3, H, W) -> the distinct images (N, 3, H, W) and each row's index into them (B,), or None if all differ.
+
+    VQA batches often ask several questions about one image; encoding it once saves that work,
+    and the gradient of every question still reaches the encoder through the gather.
+    """
+    flat = pixel_values.flatten(1).float()
+    # a fixed projection tells images apart in one matmul; the exact comparison below catches collisions
+    probe = torch.linspace(0.5, 1.5, flat.shape[1], device=flat.device) ** 3
+    keys, inverse = torch.unique(flat @ probe, return_inverse=True)
+    if len(keys) == len(flat):
+        return pixel_values, None
+    first = _first_rows(inverse, len(keys))
+    if not torch.equal(flat[first][inverse], flat):
+        # two different images with one key: the exact row comparison is slower but certain
+        rows, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        first = _first_rows(inverse, len(rows))
+    return pixel_values[first], inverse
+
+
+def _first_rows(inverse: torch.Tensor, count: int) -> torch.Tensor:
+    """For each of `count` groups, the index of one row that belongs to it."""
+    first = torch.empty(count, dtype=torch.long, device=inverse.device)
+    return first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
+
+
 @dataclass
 class MMGPTOutput:
     """Loss pieces and logits of one forward pass."""
@@ -112,7 +138,10 @@ class MMGPT(nn.Module):
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype
         pixel_values = pixel_values.to(self.projector[0].weight.dtype)
-        image = self.image_encoder(pixel_values)
+        pixels, image_index = unique_images(pixel_values)
+        image = self.image_encoder(pixels)
+        if image_index is not None:
+            image = image[image_index]
         fused, fused_mask = self.fusion(text, text_mask, image)
         return pad_left(self.projector(fused), fused_mask)
 

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> dict:
                            augment={spec.label: spec.augment for spec in cfg.data.train})
     # batches are formed at the global size and split across processes, so N processes see exactly
     # the batches one process would
-    batch_sampler = GroupedBatches(mixture, cfg.batch_size * accelerator.num_processes, seed=cfg.seed)
+    batch_sampler = GroupedBatches(mixture, cfg.batch_size * accelerator.num_processes, seed=cfg.seed,
+                                   questions_per_image=cfg.data.questions_per_image)
     loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=make_collate(processor),
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=False)

@@ -36,12 +36,17 @@ class DataConfig:
     # stop with an error when more than this share of the training images is bad
     max_bad_fraction: float = 0.01
     num_workers: int = 0
+    # up to this many questions about one image sit together in a batch, and the image is encoded once
+    # for all of them (1 = draws in random order)
+    questions_per_image: int = 1
     # examples per eval set during periodic evaluation (0 = all); the final evaluation uses all
     eval_max_examples: int = 1000
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
+        if self.questions_per_image < 1:
+            raise ConfigError(f"data.questions_per_image must be >= 1, got {self.questions_per_image}")
         if not self.train:
             raise ConfigError("data.train is empty: name at least one dataset")
 

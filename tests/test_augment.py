@@ -26,7 +26,7 @@ def test_flips_and_rotations_reach_every_symmetry_of_the_square_and_nothing_else
     variants = _dihedral(pixels)
     seen = set()
     for position in range(200):
-        out = augment(pixels, ["hflip", "rot90"], seed=0, epoch=0, position=position)
+        out = augment(pixels, ["hflip", "rot90"], seed=0, epoch=0, key=position)
         assert out.shape == pixels.shape
         matches = [i for i, v in enumerate(variants) if torch.equal(out, v)]
         assert len(matches) == 1, f"position {position}: not a rotation or mirror image of the input"
@@ -70,3 +70,20 @@ def test_only_the_named_dataset_is_augmented() -> None:
     assert changed["captions"] == 0
     # 7 of the 8 symmetries change the image
     assert 20 < changed["vqa"] < 40
+
+
+def test_every_question_about_an_image_gets_the_same_draw_in_an_epoch() -> None:
+    images = [_image() + 100 * i for i in range(4)]
+    questions = [Example(images[i % 4], f"q{i}", "a", source="vqa") for i in range(64)]
+    mixture = Mixture([("vqa", questions, 1.0)], seed=0)
+    dataset = RobustImages(mixture, lambda image: image, augment={"vqa": ["hflip", "rot90"]})
+    draws: dict[int, set] = {}
+    for epoch in range(3):
+        mixture.set_epoch(epoch)
+        for index in range(len(dataset)):
+            example, _ = dataset[index]
+            source = int(example.image.min()) // 100
+            draws.setdefault((epoch, source), set()).add(tuple(example.image.flatten().tolist()))
+    assert all(len(d) == 1 for d in draws.values())
+    # and the draw changes between images and epochs
+    assert len({next(iter(d)) for d in draws.values()}) > 4

@@ -275,3 +275,51 @@ def test_cached_token_ids_equal_fresh_ones_and_follow_the_tokenizer() -> None:
     assert processor.prompt_ids(PROMPTS[1]) == processor._tokenize_prompt(PROMPTS[1])
     processor.max_prompt_length = 3
     assert len(processor.prompt_ids(PROMPTS[1])) == 3
+
+
+def test_unique_images_encodes_each_distinct_image_once() -> None:
+    from mmgpt.model import unique_images
+
+    images = torch.randn(3, 3, 8, 8)
+    batch = images[torch.tensor([0, 1, 0, 2, 1])]
+    distinct, index = unique_images(batch)
+    assert distinct.shape[0] == 3
+    assert torch.equal(distinct[index], batch)
+    same, none = unique_images(images)
+    assert none is None and same is images
+
+
+def test_unique_images_is_exact_when_two_images_share_a_key() -> None:
+    from mmgpt.model import unique_images
+
+    probe = torch.linspace(0.5, 1.5, 3 * 4 * 4) ** 3
+    # b - a is orthogonal to the projection, so both get the key 0
+    a, b = torch.zeros(3 * 4 * 4), torch.zeros(3 * 4 * 4)
+    b[0], b[1] = probe[1], -probe[0]
+    assert float(a @ probe) == float(b @ probe)
+    batch = torch.stack([a, b, a]).reshape(3, 3, 4, 4)
+    distinct, index = unique_images(batch)
+    assert distinct.shape[0] == 2
+    assert torch.equal(distinct[index], batch)
+
+
+def test_repeated_images_give_the_loss_and_gradients_of_encoding_each_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmgpt.model
+
+    model = build(tiny_config()).eval()
+    batch = make_batch(model, (PROMPTS * 2)[:4], (ANSWERS * 2)[:4])
+    batch["pixel_values"] = batch["pixel_values"][torch.tensor([0, 1, 0, 1])]
+
+    def loss_and_grads() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.image_encoder.parameters() if p.grad is not None]
+
+    shared_loss, shared_grads = loss_and_grads()
+    monkeypatch.setattr(mmgpt.model, "unique_images", lambda pixels: (pixels, None))
+    separate_loss, separate_grads = loss_and_grads()
+    torch.testing.assert_close(shared_loss, separate_loss)
+    assert len(shared_grads) == len(separate_grads) > 0
+    for a, b in zip(shared_grads, separate_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

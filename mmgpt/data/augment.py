@@ -2,8 +2,8 @@
 
 A dataset opts in with ``augment: [hflip, rot90]`` in its spec; only datasets whose answers do not
 depend on orientation should (easy-VQA's shapes and colours do not; captions that say "top left" do).
-The random choice for an example is a pure function of (seed, epoch, position in the epoch), so a
-resumed run and any number of processes see exactly the augmentations one uninterrupted process would.
+The random choice is a pure function of (seed, epoch, key), the key naming the image, so a resumed run
+and any number of processes see exactly the augmentations one uninterrupted process would.
 Operating on the cached (3, H, W) tensor keeps the cost to a copy: no image is decoded again.
 """
 from __future__ import annotations
@@ -50,12 +50,12 @@ def check_augmentations(names: Sequence[str], where: str) -> list[str]:
     return list(names)
 
 
-def augment(pixels: torch.Tensor, names: Sequence[str], seed: int, epoch: int, position: int) -> torch.Tensor:
-    """Apply `names` in order to one (3, H, W) tensor, with randomness fixed by (seed, epoch, position)."""
+def augment(pixels: torch.Tensor, names: Sequence[str], seed: int, epoch: int, key: int | str) -> torch.Tensor:
+    """Apply `names` in order to one (3, H, W) tensor, with randomness fixed by (seed, epoch, key)."""
     if not names:
         return pixels
     # string seeding goes through SHA-512: stable across processes and Python runs, unlike hash()
-    rng = random.Random(f"augment:{seed}:{epoch}:{position}")
+    rng = random.Random(f"augment:{seed}:{epoch}:{key}")
     for name in names:
         pixels = AUGMENTATIONS[name](pixels, rng)
     return pixels

@@ -103,7 +103,9 @@ class RobustImages(Dataset):
 
     Replacement keeps every batch full, so all processes run the same number of steps; the
     failure is reported in the batch (`bad_images`) to be counted by the training loop.
-    `augment` maps a dataset name (Example.source) to the augmentations its images get.
+    `augment` maps a dataset name (Example.source) to the augmentations its images get; every
+    question about one image gets the same draw within an epoch, so the image is still encoded once
+    per batch (`unique_images`).
     """
 
     def __init__(self, dataset: Dataset, image_tensor: Callable[[Any], torch.Tensor], max_tries: int = 16,
@@ -113,6 +115,12 @@ class RobustImages(Dataset):
         self.max_tries = max_tries
         self.augment = {name: ops for name, ops in (augment or {}).items() if ops}
         self.seed = seed
+        # images numbered in data order: the same on every process, unlike id() of a cached tensor
+        self._image_numbers: dict[Any, int] = {}
+        for name, examples in zip(getattr(dataset, "names", []), getattr(dataset, "datasets", [])):
+            if name in self.augment:
+                for example in examples:
+                    self._image_numbers.setdefault(image_key(example.image), len(self._image_numbers))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -134,8 +142,9 @@ class RobustImages(Dataset):
                 failures.append(str(e))
                 continue
             if example.source in self.augment:
-                pixels = augment(pixels, self.augment[example.source], self.seed, getattr(self.dataset, "epoch", 0),
-                                 index)
+                number = self._image_numbers.get(image_key(example.image))
+                key = f"image {number}" if number is not None else f"position {index}"
+                pixels = augment(pixels, self.augment[example.source], self.seed, getattr(self.dataset, "epoch", 0), key)
             return Example(pixels, example.prompt, example.answer, example.task, example.id, example.source), failures
         raise RuntimeError(f"{self.max_tries} consecutive images failed to load near index {index}: {failures[-1]}")
 
@@ -155,13 +164,18 @@ class GroupedBatches(torch.utils.data.Sampler):
     """Batches of mixture positions that all come from one dataset, in a seeded random order per epoch.
 
     Short VQA answers are then never padded to caption length, which roughly halves the cost of
-    a mixed VQA + captioning run. Deterministic for (seed, epoch), identical on every process.
+    a mixed VQA + captioning run. With `questions_per_image` k > 1, up to k draws that share an
+    image are placed next to each other, so a batch holds fewer distinct images and the model
+    encodes each once (`unique_images`). Deterministic for (seed, epoch), identical on every process.
     """
 
-    def __init__(self, mixture: Any, batch_size: int, seed: int = 0) -> None:
+    def __init__(self, mixture: Any, batch_size: int, seed: int = 0, questions_per_image: int = 1) -> None:
+        if questions_per_image < 1:
+            raise ValueError(f"data.questions_per_image must be >= 1, got {questions_per_image}")
         self.mixture = mixture
         self.batch_size = batch_size
         self.seed = seed
+        self.questions_per_image = questions_per_image
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -169,15 +183,33 @@ class GroupedBatches(torch.utils.data.Sampler):
         self.epoch = epoch
         self.mixture.set_epoch(epoch)
 
+    def _by_image(self, dataset: int, positions: list[int], generator: torch.Generator) -> list[int]:
+        """Positions regrouped into runs of up to k that share an image, the runs in random order."""
+        _, index = self.mixture.order()
+        examples = self.mixture.datasets[dataset]
+        open_runs: dict[Any, list[int]] = {}
+        runs = []
+        for position in positions:
+            key = image_key(examples[int(index[position])].image)
+            run = open_runs.setdefault(key, [])
+            run.append(position)
+            if len(run) == self.questions_per_image:
+                runs.append(open_runs.pop(key))
+        runs += list(open_runs.values())
+        return [p for i in torch.randperm(len(runs), generator=generator).tolist() for p in runs[i]]
+
     def _batches(self) -> list[list[int]]:
         which, _ = self.mixture.order()
+        generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
         batches = []
         for d in range(len(self.mixture.datasets)):
             positions = (which == d).nonzero().flatten().tolist()
+            if self.questions_per_image > 1:
+                positions = self._by_image(d, positions, generator)
             # the last partial batch of each dataset is dropped, as drop_last would
             batches += [positions[i : i + self.batch_size] for i in range(0, len(positions) - self.batch_size + 1,
                                                                           self.batch_size)]
-        order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch))
+        order = torch.randperm(len(batches), generator=generator)
         return [batches[i] for i in order.tolist()]
 
     def __iter__(self):
