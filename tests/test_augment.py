@@ -44,6 +44,26 @@ def test_augmentation_is_a_function_of_seed_epoch_and_position() -> None:
     assert augment(pixels, [], 3, 1, 0) is pixels
 
 
+def test_translate_shifts_the_content_and_fills_from_the_edge() -> None:
+    pixels = torch.zeros(3, 32, 32)
+    pixels[:, 10:14, 12:16] = 1.0
+    shifts = set()
+    for position in range(64):
+        out = augment(pixels, ["translate"], 0, 0, position)
+        assert out.shape == pixels.shape
+        # the square keeps its size and only moves, by at most 32 / 16 = 2 pixels
+        rows, cols = out[0].nonzero(as_tuple=True)
+        assert len(rows) == 16 and float(out.sum()) == float(pixels.sum())
+        dy, dx = int(rows.min()) - 10, int(cols.min()) - 12
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        shifts.add((dy, dx))
+    assert len(shifts) > 10
+    edge = torch.zeros(1, 16, 16)
+    edge[:, :, 0] = 5.0
+    filled = {float(augment(edge, ["translate"], 0, 0, p)[0, 0, 0]) for p in range(32)}
+    assert filled == {5.0, 0.0}
+
+
 def test_rot90_refuses_a_non_square_image() -> None:
     with pytest.raises(ValueError, match="square"):
         for position in range(16):
@@ -51,7 +71,7 @@ def test_rot90_refuses_a_non_square_image() -> None:
 
 
 def test_unknown_augmentation_names_the_field_and_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"field 'augment': unknown augmentation 'flip'; available: hflip, rot90, vflip"):
+    with pytest.raises(ValueError, match=r"field 'augment': unknown augmentation 'flip'; available: hflip, rot90, translate, vflip"):
         DatasetSpec(format="easy_vqa", augment=["flip"])
     assert check_augmentations("hflip", "x") == ["hflip"]
 

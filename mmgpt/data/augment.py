@@ -12,6 +12,7 @@ import random
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from mmgpt.registry import registrar
 
@@ -38,6 +39,19 @@ def rot90(pixels: torch.Tensor, rng: random.Random) -> torch.Tensor:
     if pixels.shape[-1] != pixels.shape[-2]:
         raise ValueError(f"augmentation 'rot90' needs square images, got {tuple(pixels.shape[-2:])}")
     return torch.rot90(pixels, rng.randrange(4), dims=(-2, -1))
+
+
+@register_augmentation("translate")
+def translate(pixels: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Shift by up to 1/16 of the size each way, filling from the nearest edge (plain backgrounds stay plain)."""
+    height, width = pixels.shape[-2:]
+    max_dy, max_dx = height // 16, width // 16
+    dy, dx = rng.randint(-max_dy, max_dy), rng.randint(-max_dx, max_dx)
+    if dy == dx == 0:
+        return pixels
+    padded = F.pad(pixels[None], (max_dx, max_dx, max_dy, max_dy), mode="replicate")[0]
+    top, left = max_dy - dy, max_dx - dx
+    return padded[..., top : top + height, left : left + width]
 
 
 def check_augmentations(names: Sequence[str], where: str) -> list[str]:
