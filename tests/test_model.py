@@ -289,18 +289,34 @@ def test_unique_images_encodes_each_distinct_image_once() -> None:
     assert none is None and same is images
 
 
-def test_unique_images_is_exact_when_two_images_share_a_key() -> None:
+def test_unique_images_is_exact_when_two_images_share_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmgpt.model
     from mmgpt.model import unique_images
 
-    probe = torch.linspace(0.5, 1.5, 3 * 4 * 4) ** 3
-    # b - a is orthogonal to the projection, so both get the key 0
-    a, b = torch.zeros(3 * 4 * 4), torch.zeros(3 * 4 * 4)
-    b[0], b[1] = probe[1], -probe[0]
-    assert float(a @ probe) == float(b @ probe)
-    batch = torch.stack([a, b, a]).reshape(3, 3, 4, 4)
+    a, b = torch.zeros(3, 4, 4), torch.ones(3, 4, 4)
+    batch = torch.stack([a, b, a, b, b])
+    real_unique = torch.unique
+
+    def colliding_unique(values: torch.Tensor, **kwargs):
+        # every key equal, as if the hash had collided
+        return real_unique(torch.zeros_like(values), **kwargs) if values.ndim == 1 else real_unique(values, **kwargs)
+
+    monkeypatch.setattr(mmgpt.model.torch, "unique", colliding_unique)
     distinct, index = unique_images(batch)
     assert distinct.shape[0] == 2
     assert torch.equal(distinct[index], batch)
+
+
+def test_unique_images_finds_equal_images_in_many_batches() -> None:
+    from mmgpt.model import unique_images
+
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        images = torch.randn(37, 3, 16, 16, generator=generator)
+        rows = torch.randint(0, 37, (128,), generator=generator)
+        distinct, index = unique_images(images[rows])
+        assert distinct.shape[0] == len(set(rows.tolist())), trial
+        assert torch.equal(distinct[index], images[rows])
 
 
 def test_repeated_images_give_the_loss_and_gradients_of_encoding_each_copy(monkeypatch: pytest.MonkeyPatch) -> None:
