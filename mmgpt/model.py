@@ -113,15 +113,16 @@ class MMGPT(nn.Module):
 
         The tokenizer is `tokenizer` when given, else the named generator's, else one trained on `train_texts`.
         """
-        if tokenizer is None and config.generator.name:
-            tokenizer = load_tokenizer(config.generator.name)
-        elif tokenizer is None and train_texts is None:
-            raise ConfigError(
-                "model.generator has no 'name', so its tokenizer is trained from scratch: pass train_texts "
-                "(the training prompts and answers) or name a pretrained generator"
-            )
-        elif tokenizer is None:
-            tokenizer = train_tokenizer(train_texts, config.tokenizer)
+        if tokenizer is None:
+            if config.generator.name:
+                tokenizer = load_tokenizer(config.generator.name)
+            elif train_texts is None:
+                raise ConfigError(
+                    "model.generator has no 'name', so its tokenizer is trained from scratch: pass train_texts "
+                    "(the training prompts and answers) or name a pretrained generator"
+                )
+            else:
+                tokenizer = train_tokenizer(train_texts, config.tokenizer)
         processor = Processor(
             tokenizer,
             image_transform=None,
