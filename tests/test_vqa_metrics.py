@@ -1,9 +1,11 @@
 """Official VQA accuracy: normalisation edge cases, leave-one-out arithmetic, upstream quirks, file errors."""
 import json
+from pathlib import Path
 
 import pytest
 
 from mmgpt.eval.vqa_metrics import _round, load_vqa_files, normalize_answer, single_answer_annotations, vqa_score
+from vqa_traps import trap_set
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -24,13 +26,13 @@ def test_normalize_answer(raw, expected):
     assert normalize_answer(raw) == expected
 
 
-def one_question(answers, prediction, ids=True, qtype="what is", atype="other"):
+def one_question(answers, prediction, ids=True, qtype="what is", atype="other", version="2017"):
     records = [{"answer": a, "answer_confidence": "yes", **({"answer_id": i + 1} if ids else {})}
                for i, a in enumerate(answers)]
     questions = {"questions": [{"question_id": 1, "image_id": 0, "question": "q?"}]}
     annotations = {"annotations": [{"question_id": 1, "image_id": 0, "question_type": qtype, "answer_type": atype,
                                     "multiple_choice_answer": answers[0], "answers": records}]}
-    return vqa_score(questions, annotations, [{"question_id": 1, "answer": prediction}])
+    return vqa_score(questions, annotations, [{"question_id": 1, "answer": prediction}], version=version)
 
 
 @pytest.mark.parametrize("matching, expected", [(0, 0.0), (1, 30.0), (2, 60.0), (3, 90.0), (4, 100.0)])
@@ -41,10 +43,45 @@ def test_leave_one_out_accuracy(matching, expected):
     assert one_question(answers, "cat")["overall"] == expected
 
 
-def test_normalisation_only_when_humans_disagree():
+def test_prediction_always_normalised_humans_only_by_punctuation():
+    # the 2017 evaluator (challenge server, LAVIS): the prediction is always normalised...
+    assert one_question(["yes"] * 10, "Yes")["overall"] == 100.0
+    assert one_question(["2"] * 10, "two")["overall"] == 100.0
     assert one_question(["yes"] * 9 + ["no"], "Yes!")["overall"] == 100.0
-    assert one_question(["yes"] * 10, "Yes")["overall"] == 0.0  # upstream compares raw strings here
-    assert one_question(["yes"] * 10, "  yes\t")["overall"] == 100.0  # only whitespace is cleaned
+    # ...the human answers get the punctuation step only, and only when they differ
+    assert one_question(["Yes"] * 10, "Yes")["overall"] == 0.0
+    assert one_question(["two"] * 5 + ["2"] * 5, "two")["overall"] == 100.0  # "two" -> "2" matches the five "2"
+    assert one_question(["yes!"] * 10, "yes!")["overall"] == 0.0  # identical humans stay raw
+    assert one_question(["yes!"] * 9 + ["no"], "yes")["overall"] == 0.0  # "yes!" -> "yes " (no strip)
+    assert one_question(["yes,"] * 9 + ["no"], "yes")["overall"] == 0.0
+    assert one_question(["t-shirt"] * 9 + ["no"], "t shirt")["overall"] == 100.0
+
+
+def test_version_2021_normalises_both_sides_only_when_humans_differ():
+    assert one_question(["yes"] * 10, "Yes", version="2021")["overall"] == 0.0
+    assert one_question(["yes"] * 10, "  yes\t", version="2021")["overall"] == 100.0
+    assert one_question(["Yes!"] * 9 + ["no"], "yes", version="2021")["overall"] == 100.0
+    with pytest.raises(ValueError, match="unknown VQA evaluator version '2019'; available: 2017, 2021"):
+        one_question(["yes"] * 10, "yes", version="2019")
+
+
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "vqa_official.json").read_text())
+
+
+@pytest.mark.parametrize("expected", OFFICIAL["sets"], ids=lambda e: f"seed{e['seed']}-{e['version']}")
+def test_equals_official_evaluator_on_trap_sets(expected):
+    questions, annotations, results = trap_set(expected["seed"], expected["num_questions"])
+    scores = vqa_score(questions, annotations, results, version=expected["version"])
+    assert scores["overall"] == expected["overall"]
+    assert scores["perAnswerType"] == expected["perAnswerType"]
+    assert scores["perQuestionType"] == expected["perQuestionType"]
+    if "perQuestion" in expected:
+        assert {str(k): v for k, v in scores["perQuestion"].items()} == expected["perQuestion"]
+
+
+def test_rounding_equals_python2_round():
+    for value, rounded in OFFICIAL["round"]:
+        assert _round(float(value), 2) == rounded, value
 
 
 def test_identical_answer_records_cancel_out():
@@ -76,7 +113,8 @@ def test_single_answer_annotations():
     assert [a["answer"] for a in answers] == ["red"] * 10
     assert len({a["answer_id"] for a in answers}) == 10
     assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "red"}])["overall"] == 100.0
-    assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "Red"}])["overall"] == 0.0
+    assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "The Red."}])["overall"] == 100.0
+    assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "reds"}])["overall"] == 0.0
     with pytest.raises(ValueError, match="has no 'answer'"):
         single_answer_annotations([{"question_id": 1}])
 

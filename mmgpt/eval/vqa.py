@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from mmgpt.data.example import Example
+from mmgpt.eval.vqa_metrics import VERSIONS, official_header
 from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
 
 logger = logging.getLogger("mmgpt.eval_vqa")
@@ -34,7 +35,7 @@ def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
             "multiple_choice_answer": e.answer,
             "answers": [{"answer": a, "answer_id": i + 1, "answer_confidence": "yes"} for i, a in enumerate(answers)],
         })
-    return {"questions": questions}, {"annotations": annotations}, ids
+    return official_header(questions=questions), official_header(annotations=annotations), ids
 
 
 def read_examples(args: argparse.Namespace) -> list[Example]:
@@ -57,6 +58,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--annotations", help="official VQA annotations JSON")
     parser.add_argument("--images", help="image folder of a VQA v2 set (COCO_<subtype>_<id>.jpg names)")
     parser.add_argument("--split", default="test", choices=["train", "test"], help="easy-VQA split (default test)")
+    parser.add_argument("--metric-version", default="2017", choices=VERSIONS,
+                        help="official evaluator version: 2017 (VQA v2 challenge server, LAVIS; default) or 2021 "
+                             "(GT-Vision-Lab/VQA after its 2021 change)")
     parser.add_argument("--export-official", help="write the questions/annotations used, in the official format, here")
     add_model_args(parser)
     args = parser.parse_args(argv)
@@ -89,9 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
             write_json(f"{args.export_official}/annotations.json", annotations)
     if not is_main:
         return {}
-    scores = vqa_score(questions, annotations, results)
+    scores = vqa_score(questions, annotations, results, version=args.metric_version)
     per_question = scores.pop("perQuestion")
-    record = {"metrics": scores, "num_questions": len(results), **info,
+    record = {"metrics": scores, "num_questions": len(results), "metric_version": args.metric_version, **info,
               "questions": args.questions or f"easy-vqa {args.split}", "versions": package_versions()}
     write_json(out, record)
     answers = {r["question_id"]: r["answer"] for r in results}

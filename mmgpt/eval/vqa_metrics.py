@@ -1,11 +1,21 @@
-"""The official VQA accuracy (GT-Vision-Lab/VQA, PythonEvaluationTools/vqaEvaluation/vqaEval.py) in plain Python.
+"""The official VQA accuracy (VQA v2 challenge evaluator, `vqaEval.py`) in plain Python.
 
 Accuracy of an answer = mean over the 10 leave-one-out subsets of the human answers of min(#matches / 3, 1).
+Two official versions exist and differ in what gets normalised; both are here, the first is the default:
+- "2017" (GT-Vision-Lab/VQA v2.0 release; the same code in Cloud-CV/VQA-Evaluation, which the challenge
+  server runs, and in LAVIS): the prediction is always cleaned (newline/tab -> space, strip) and normalised
+  (punctuation, then lower-case, number words, articles, contractions); the human answers are left as they
+  are, except that when they are not all identical each gets the punctuation step only (no whitespace
+  cleaning, no lower-casing, no digit/article step). So "Two" scores 100 against ten "2", and ten "Yes"
+  can never be matched.
+- "2021" (GT-Vision-Lab/VQA after its 2021 "processing answers" commit): both sides are whitespace-cleaned,
+  and both get both steps, but only when the human answers differ; when all ten agree the cleaned
+  prediction must equal them exactly.
 Quirks kept on purpose, since they change the numbers:
-- answers are normalised (punctuation, number words, articles, contractions) only for questions whose human
-  answers are not all identical; when all ten agree, the prediction must equal them exactly (after strip);
 - the period regex's look-behind is mistyped upstream, so only a following digit protects a period, and at
   most 32 periods are removed (re.UNICODE is passed where `count` goes);
+- a digit,digit comma anywhere, or a symbol next to a space, makes every listed symbol vanish instead of
+  turning into a space (the test reads the original text);
 - "leave one out" drops every answer record equal to the held-out one, so answer records need distinct
   answer_ids (ten identical records would score 0);
 - scores are on the 0-100 scale, rounded to `n` (default 2) decimals as upstream's Python 2 round() does:
@@ -67,6 +77,9 @@ def _round(value: float, n: int) -> float:
     return float(Decimal(value).quantize(Decimal(1).scaleb(-n), rounding=ROUND_HALF_UP))
 
 
+VERSIONS = ("2017", "2021")
+
+
 def _clean(answer: str) -> str:
     return answer.replace("\n", " ").replace("\t", " ").strip()
 
@@ -86,16 +99,29 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-    """The official answer normalisation (whitespace, punctuation, number words, articles, contractions)."""
+    """The official normalisation of a predicted answer (whitespace, punctuation, number words, articles, contractions)."""
     return _process_digit_article(_process_punctuation(_clean(answer)))
 
 
-def _question_accuracy(answers: list[dict], prediction: str) -> float:
-    gts = [dict(a, answer=_clean(a["answer"])) for a in answers]
-    prediction = _clean(prediction)
-    if len({a["answer"] for a in gts}) > 1:
-        gts = [dict(a, answer=_process_digit_article(_process_punctuation(a["answer"]))) for a in gts]
-        prediction = _process_digit_article(_process_punctuation(prediction))
+def _check_version(version: str) -> str:
+    if version not in VERSIONS:
+        raise ValueError(f"unknown VQA evaluator version {version!r}; available: {', '.join(VERSIONS)}")
+    return version
+
+
+def _question_accuracy(answers: list[dict], prediction: str, version: str = "2017") -> float:
+    """Leave-one-out accuracy of one prediction against the human answer records, as the chosen version does."""
+    if version == "2017":
+        gts = list(answers)
+        prediction = normalize_answer(prediction)
+        if len({a["answer"] for a in gts}) > 1:
+            gts = [dict(a, answer=_process_punctuation(a["answer"])) for a in gts]
+    else:
+        gts = [dict(a, answer=_clean(a["answer"])) for a in answers]
+        prediction = _clean(prediction)
+        if len({a["answer"] for a in gts}) > 1:
+            gts = [dict(a, answer=_process_digit_article(_process_punctuation(a["answer"]))) for a in gts]
+            prediction = _process_digit_article(_process_punctuation(prediction))
     accs = []
     for held_out in gts:
         # upstream compares whole answer records here, not positions
@@ -156,15 +182,16 @@ def _validate(questions: Any, annotations: Any, results: Any, names: tuple[str, 
     return anns, answers_by_qid
 
 
-def vqa_score(questions: dict, annotations: dict, results: list[dict], n: int = 2) -> dict:
+def vqa_score(questions: dict, annotations: dict, results: list[dict], n: int = 2, version: str = "2017") -> dict:
     """Official VQA accuracy: {"overall", "perAnswerType", "perQuestionType", "perQuestion"} on 0-100."""
+    _check_version(version)
     anns, answers = _validate(questions, annotations, results, ("questions", "annotations", "results"))
     accs: list[float] = []
     by_qtype: dict[str, list[float]] = {}
     by_atype: dict[str, list[float]] = {}
     per_question: dict[Any, float] = {}
     for qid, ann in anns.items():
-        acc = _question_accuracy(ann["answers"], answers[qid])
+        acc = _question_accuracy(ann["answers"], answers[qid], version)
         accs.append(acc)
         by_qtype.setdefault(ann["question_type"], []).append(acc)
         by_atype.setdefault(ann["answer_type"], []).append(acc)
@@ -192,8 +219,9 @@ def single_answer_annotations(records: Iterable[Mapping[str, Any]]) -> tuple[dic
 
     Each record needs "question_id" and "answer"; "image_id", "question", "question_type" and "answer_type"
     are copied when present. The ten copies get distinct answer_ids, so each one can be left out on its own.
-    Because the ten answers agree, the official metric does not normalise the prediction: an answer scores
-    100 only if it equals the reference exactly after stripping whitespace ("Yes" != "yes"), else 0.
+    Because the ten answers agree, the 2017 evaluator compares the normalised prediction with the raw
+    reference: "The Yes." scores 100 against "yes", while a reference the normalisation would change
+    ("Yes", "two", "a dog") can never be matched, which is why references should be stored normalised.
     """
     questions, annotations = [], []
     for i, rec in enumerate(records):
@@ -207,4 +235,10 @@ def single_answer_annotations(records: Iterable[Mapping[str, Any]]) -> tuple[dic
             "answer_type": rec.get("answer_type", ""), "multiple_choice_answer": rec["answer"],
             "answers": [{"answer": rec["answer"], "answer_confidence": "yes", "answer_id": k} for k in range(1, 11)],
         })
-    return {"questions": questions}, {"annotations": annotations}
+    return official_header(questions=questions), official_header(annotations=annotations)
+
+
+def official_header(**body: Any) -> dict:
+    """The top-level fields the official VQA API copies from a questions file (`loadRes` reads them), plus `body`."""
+    return {"info": {"description": "written by mmgpt"}, "task_type": "Open-Ended", "data_type": "mmgpt",
+            "data_subtype": "eval", "license": {"name": "see the dataset"}, **body}
