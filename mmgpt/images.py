@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
+import struct
+import threading
 import warnings
+import zlib
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit
+# mmgpt's own limit, checked against the header before anything is decoded; 40 MP is a 7300x5500 photo
+# (120 MB as RGB), well above any encoder's input, far below what a crafted file can claim
+DEFAULT_MAX_PIXELS = 40_000_000
 ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 _ALLOWED = "str, os.PathLike, bytes, PIL.Image.Image or numpy.ndarray"
 _WHITE = (255, 255, 255)
@@ -39,6 +45,8 @@ class UnsupportedImageType(ImageError, TypeError):
 
 def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Load any supported image input as an RGB PIL image, or raise ImageError."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be an int >= 1, got {max_pixels!r}")
     if isinstance(image, (str, os.PathLike)):
         return _load_file(os.fsdecode(image), max_pixels)
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -48,7 +56,7 @@ def load_image(image: ImageInput, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     if isinstance(image, Image.Image):
         _check_size(image.size, "<PIL.Image>", max_pixels)
         try:
-            image.load()  # a lazily opened image may still fail to decode
+            _load_strictly(image)  # a lazily opened image may still fail to decode
             image = ImageOps.exif_transpose(image)
         except Exception as e:
             raise ImageError("truncated or corrupt image", "<PIL.Image>", str(e)) from e
@@ -91,7 +99,9 @@ def _decode(fp: Any, source: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as im:
                 _check_size(im.size, source, max_pixels)  # header only: nothing decoded yet
-                im.load()  # force a full decode so truncation is caught here, not in training
+                if im.format == "PNG":
+                    _check_png_data(fp, source)
+                _load_strictly(im)  # force a full decode so truncation is caught here, not in training
                 im = ImageOps.exif_transpose(im)
     except ImageError:
         raise
@@ -102,6 +112,96 @@ def _decode(fp: Any, source: str, max_pixels: int) -> Image.Image:
     except Exception as e:  # decoders of untrusted bytes raise OSError, SyntaxError, struct.error, ...
         raise ImageError("truncated or corrupt image", source, f"{type(e).__name__}: {e}") from e
     return to_rgb(im, source)
+
+
+_strict_lock = threading.Lock()
+_strict_loads = 0
+_tolerance_saved = False
+
+
+def _load_strictly(im: Image.Image) -> None:
+    """im.load() with PIL's LOAD_TRUNCATED_IMAGES off, even if other code turned it on globally."""
+    global _strict_loads, _tolerance_saved
+    # PIL reads the flag from its module at decode time, so it can only be overridden there; the count
+    # keeps it off until the last concurrent load ends, then puts back what the other code chose
+    with _strict_lock:
+        if _strict_loads == 0:
+            _tolerance_saved = ImageFile.LOAD_TRUNCATED_IMAGES
+            if _tolerance_saved:
+                logger.warning("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; mmgpt turns it off while it decodes, "
+                               "so truncated images are still rejected")
+        _strict_loads += 1
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        im.load()
+    finally:
+        with _strict_lock:
+            _strict_loads -= 1
+            if _strict_loads == 0:
+                ImageFile.LOAD_TRUNCATED_IMAGES = _tolerance_saved
+
+
+# (x0, y0, dx, dy) of the seven Adam7 interlace passes
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+_INFLATE_STEP = 1 << 20
+
+
+def _png_raw_size(width: int, height: int, bit_depth: int, color_type: int, interlace: int) -> int:
+    """Bytes of filtered scanlines a complete PNG image stream inflates to."""
+    bits = bit_depth * _PNG_CHANNELS.get(color_type, 1)
+    passes = _ADAM7 if interlace else ((0, 0, 1, 1),)
+    total = 0
+    for x0, y0, dx, dy in passes:
+        w, h = math.ceil(max(width - x0, 0) / dx), math.ceil(max(height - y0, 0) / dy)
+        if w and h:
+            total += h * (1 + (w * bits + 7) // 8)
+    return total
+
+
+def _check_png_data(fp: Any, source: str) -> None:
+    """Raise ImageError unless the IDAT stream holds every scanline the header promises.
+
+    PIL accepts a zlib stream that ends early and fills the rest of the canvas with zeros, so a file of a
+    few hundred bytes can claim a huge canvas and decode; inflating to count (in bounded steps, never
+    holding the pixels) catches it before PIL allocates anything.
+    """
+    start = fp.tell()
+    try:
+        fp.seek(0)
+        data = fp.read(8 + 8 + 13)
+        width, height, bit_depth, color_type, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+        expected = _png_raw_size(width, height, bit_depth, color_type, interlace)
+        fp.seek(8)
+        inflater, produced, seen_idat = zlib.decompressobj(), 0, False
+        while produced < expected and not inflater.eof:
+            header = fp.read(8)
+            if len(header) < 8:
+                break
+            length, kind = struct.unpack(">I4s", header)
+            if kind != b"IDAT":
+                if seen_idat:
+                    break  # the image stream is one run of consecutive IDAT chunks
+                fp.seek(length + 4, os.SEEK_CUR)
+                continue
+            seen_idat = True
+            remaining = length
+            while remaining and produced < expected and not inflater.eof:
+                chunk = fp.read(min(remaining, _INFLATE_STEP))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                while chunk and produced < expected:
+                    produced += len(inflater.decompress(chunk, _INFLATE_STEP))
+                    chunk = inflater.unconsumed_tail
+            fp.seek(remaining + 4, os.SEEK_CUR)  # rest of the chunk (when enough was inflated) and its CRC
+    except (zlib.error, struct.error) as e:
+        raise ImageError("truncated or corrupt image", source, f"PNG pixel data: {e}") from e
+    finally:
+        fp.seek(start)
+    if produced < expected:
+        raise ImageError("truncated or corrupt image", source,
+                         f"PNG pixel data ends after {produced} of {expected} bytes for {width}x{height}")
 
 
 def to_rgb(im: Image.Image, source: str = "<PIL.Image>") -> Image.Image:

@@ -14,6 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mmgpt.data.example import Example
 from mmgpt.encoders import ImageTransform, load_transform
+from mmgpt.images import DEFAULT_MAX_PIXELS, load_image
 from mmgpt.tokenizer import ensure_special_tokens
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class Processor:
         text_tokenizer: PreTrainedTokenizerBase | None = None,
         max_prompt_length: int = 64,
         max_answer_length: int = 48,
-        max_image_pixels: int = 89_478_485,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         ensure_special_tokens(tokenizer)
         self._ids_cache: dict[tuple, list[int]] = {}
@@ -126,8 +127,6 @@ class Processor:
         """Any supported image input (path, bytes, PIL, numpy) -> (3, H, W); an already-processed tensor passes."""
         if isinstance(image, torch.Tensor):
             return image
-        from mmgpt.images import load_image
-
         return self.image_transform(load_image(image, max_pixels=self.max_image_pixels))
 
     def encode_images(self, images: Sequence[Any]) -> torch.Tensor:

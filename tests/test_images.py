@@ -250,3 +250,73 @@ def test_no_file_handles_leak(unusual, bad):
                 load_image(path)
             except ImageError:
                 pass
+
+
+def _png_stream_ending_early(width: int, height: int, rows: int) -> bytes:
+    """A valid PNG header for width x height RGB whose (complete, well-formed) zlib stream holds only `rows` rows."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    scanlines = zlib.compress(b"\x00" * (1 + 3 * width) * rows)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", scanlines) + chunk(b"IEND", b"")
+
+
+def test_png_whose_pixel_data_stops_early_is_truncated(tmp_path):
+    # PIL itself decodes this into a full 3000x3000 canvas of zeros
+    data = _png_stream_ending_early(3000, 3000, rows=10)
+    path = tmp_path / "short.png"
+    path.write_bytes(data)
+    for source, name in ((path, str(path)), (data, "<bytes>")):
+        with pytest.raises(ImageError, match="truncated") as info:
+            load_image(source)
+        assert info.value.source == name and "3000x3000" in str(info.value)
+    complete = _png_stream_ending_early(30, 20, rows=20)
+    assert load_image(complete).size == (30, 20)
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(_png_stream_ending_early(30, 20, rows=19))
+
+
+def test_default_pixel_limit_is_mmgpts_own_and_read_from_the_header(tmp_path):
+    import inspect
+
+    from mmgpt.images import DEFAULT_MAX_PIXELS
+    from mmgpt.processor import Processor
+
+    assert DEFAULT_MAX_PIXELS < Image.MAX_IMAGE_PIXELS
+    assert inspect.signature(Processor).parameters["max_image_pixels"].default == DEFAULT_MAX_PIXELS
+    side = int(DEFAULT_MAX_PIXELS**0.5)
+    over = png_with_header_size(tmp_path / "over.png", side + 1, side + 1)
+    with pytest.raises(ImageError, match=f"too many pixels.*max_pixels {DEFAULT_MAX_PIXELS}") as info:
+        load_image(over)
+    assert info.value.source == str(over)
+    # just under the limit the header passes and the missing data is what fails
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(png_with_header_size(tmp_path / "under.png", side, side))
+    with pytest.raises(ValueError, match="max_pixels must be an int >= 1"):
+        load_image(over, max_pixels=0)
+
+
+def test_truncated_files_fail_even_when_pil_tolerance_is_on_globally(bad, monkeypatch):
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    for kind in ("truncated_png", "truncated_jpg"):
+        with pytest.raises(ImageError, match="truncated") as info:
+            load_image(bad[kind])
+        assert info.value.source == str(bad[kind])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(Image.open(bad["truncated_jpg"]))
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the other code's choice is put back
+
+
+def test_importing_mmgpt_leaves_pil_globals_alone():
+    import importlib
+    import pkgutil
+
+    import mmgpt
+
+    for module in pkgutil.walk_packages(mmgpt.__path__, "mmgpt."):
+        importlib.import_module(module.name)
+    assert (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES) == (89_478_485, False)
