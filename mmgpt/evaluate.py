@@ -38,22 +38,35 @@ def generate_answers(
     batch_size: int = 64,
     accelerator: Any = None,
     progress: bool = True,
+    seed: int | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Greedy (or configured) answers for every example, in order; sharded across processes."""
+    """Greedy (or configured) answers for every example, in order; sharded across processes.
+
+    Sampling draws from a private generator seeded with `seed` (plus the process index), never from torch's
+    global RNG.
+    """
+    from mmgpt.inference import seeded_decoding
+
     processor = model.processor
     device = next(model.parameters()).device
     local = _shard(examples, accelerator)
     answers: list[str] = []
     show = progress and (accelerator is None or accelerator.is_main_process)
+    if seed is not None and accelerator is not None:
+        seed = (seed + accelerator.process_index) % 2**64
     was_training = model.training
     model.eval()
-    for start in tqdm(range(0, len(local), batch_size), desc="generating", disable=not show, leave=False):
-        chunk = local[start : start + batch_size]
-        batch = processor([e.prompt for e in chunk], [e.image for e in chunk])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **generate_kwargs)
-        answers.extend(processor.decode(tokens))
+    with seeded_decoding(generate_kwargs, seed, device) as kwargs:
+        for start in tqdm(range(0, len(local), batch_size), desc="generating", disable=not show, leave=False):
+            chunk = local[start : start + batch_size]
+            batch = processor([e.prompt for e in chunk], [e.image for e in chunk])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            if kwargs.get("max_new_tokens") == 0:  # generate would substitute the model's default length
+                answers.extend([""] * len(chunk))
+                continue
+            tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **kwargs)
+            answers.extend(processor.decode(tokens))
     model.train(was_training)
     return _unshard(answers, len(examples), accelerator)
 

@@ -132,25 +132,25 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tuple[list[str], dict[str, Any], Any]:
     """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator)."""
-    import torch
     from accelerate import Accelerator
 
     from mmgpt.evaluate import generate_answers
-    from mmgpt.inference import decoding_kwargs, default_model_path, load_model
+    from mmgpt.inference import check_seed, decoding_kwargs, default_model_path, load_model
 
     from mmgpt.training import cpu_processes, set_cpu_threads
 
+    decoding = decoding_from_args(args)  # checked before the (slow) model load
+    seed = check_seed(decoding.pop("seed"))
+    kwargs = decoding_kwargs(**decoding)
+    if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
+        raise ValueError(f"--batch-size must be an int >= 1, got {args.batch_size!r}")
     accelerator = Accelerator(cpu=cpu_processes())
     if accelerator.device.type == "cpu":
         set_cpu_threads()
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
-    decoding = decoding_from_args(args)
-    seed = decoding.pop("seed")
-    if seed is not None:
-        torch.manual_seed(seed + accelerator.process_index)
-    kwargs = decoding_kwargs(**decoding)
-    predictions = generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, **kwargs)
+    predictions = generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
+                                   **kwargs)
     info = {
         "model": str(model_name),
         "prompt_template": {"vqa": model.config.vqa_template, "caption": model.config.caption_prompt},

@@ -1,0 +1,208 @@
+"""Hostile and careless inputs at the API boundary: answer()/stream_answer() arguments, seeded sampling under
+threads, huge prompts, and the CLI / eval scripts' error handling and reports."""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mmgpt.inference import answer, stream_answer
+from mmgpt.model import MMGPT
+from tiny import build, tiny_config
+
+IMAGE = np.zeros((32, 32, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained model: near-uniform logits, so different random draws give different samples."""
+    folder = tmp_path_factory.mktemp("hostile") / "model"
+    build(tiny_config(max_answer_length=10)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture()
+def fresh_model(model_dir: Path) -> MMGPT:
+    """A private copy (not the load_model cache), so a test may patch it."""
+    return MMGPT.from_pretrained(model_dir).eval()
+
+
+def _call(function: Any, model: Any, **options: Any) -> Any:
+    """Call answer() or stream_answer() (consumed) with one question."""
+    result = function("what color?", IMAGE, model=model, **options)
+    return result if isinstance(result, str) else "".join(result)
+
+
+BAD_OPTIONS = [
+    ({"max_new_tokens": -1}, ValueError, r"max_new_tokens must be None \(.*\) or an int >= 0, got -1"),
+    ({"max_new_tokens": 2.0}, TypeError, r"max_new_tokens must be .*got float 2.0"),
+    ({"num_beams": 0}, ValueError, r"num_beams must be an int >= 1, got 0"),
+    ({"num_beams": 2.5}, TypeError, r"num_beams must be an int >= 1, got float 2.5"),
+    ({"temperature": float("inf")}, ValueError, r"temperature must be None \(1.0\) or a finite number > 0, got inf"),
+    ({"temperature": float("nan")}, ValueError, r"temperature must be .*finite.*got nan"),
+    ({"temperature": 0}, ValueError, r"temperature must be .*> 0, got 0"),
+    ({"temperature": "hot"}, TypeError, r"temperature must be .*got str 'hot'"),
+    ({"top_p": 1.5}, ValueError, r"top_p must be None \(no top-p filter\) or a number in \(0, 1\], got 1.5"),
+    ({"top_k": -1}, ValueError, r"top_k must be None \(no top-k filter\) or an int >= 0, got -1"),
+    ({"seed": 2**64}, ValueError, r"seed must be None \(unseeded\) or an int in \[0, 18446744073709551615\]"),
+    ({"seed": -1}, ValueError, r"seed must be .*got -1"),
+    ({"seed": "1"}, TypeError, r"seed must be .*got str '1'"),
+    ({"seed": True}, TypeError, r"seed must be .*got bool"),
+    ({"do_sample": "yes"}, TypeError, r"do_sample must be None .* or a bool"),
+    ({"no_repeat_ngram_size": -2}, ValueError, r"no_repeat_ngram_size must be an int >= 0, got -2"),
+    ({"repetition_penalty": 0.0}, ValueError, r"repetition_penalty must be a finite number > 0, got 0.0"),
+]
+
+
+@pytest.mark.parametrize("function", [answer, stream_answer], ids=["answer", "stream_answer"])
+@pytest.mark.parametrize("options, error, message", BAD_OPTIONS, ids=[str(o) for o, _, _ in BAD_OPTIONS])
+def test_bad_decoding_options_name_the_argument(function: Any, options: dict, error: type, message: str,
+                                                model_dir: Path) -> None:
+    with pytest.raises(error, match=message):
+        function("what color?", IMAGE, model=model_dir, **options)  # raised at the call, before any streaming
+
+
+@pytest.mark.parametrize("options", [{"batch_size": 0}, {"temperature": float("inf")}, {"seed": 2**70}])
+def test_arguments_are_checked_before_the_model_is_loaded(options: dict, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=next(iter(options))):
+        answer("what color?", IMAGE, model=tmp_path / "no_such_model", **options)
+
+
+@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-1, ValueError), (2.5, TypeError), (None, TypeError)])
+def test_batch_size_must_be_a_positive_int(batch_size: Any, error: type, model_dir: Path) -> None:
+    with pytest.raises(error, match=r"batch_size must be an int >= 1, got"):
+        answer(["what color?", "is there a circle?"], [IMAGE, IMAGE], model=model_dir, batch_size=batch_size)
+
+
+@pytest.mark.parametrize("text, kind", [(None, "NoneType"), (7, "int"), (b"what color?", "bytes"),
+                                        ({"q": 1}, "dict")])
+def test_text_of_the_wrong_type_is_a_type_error_naming_text(text: Any, kind: str, model_dir: Path) -> None:
+    with pytest.raises(TypeError, match=rf"text must be a str or a list/tuple of str, got {kind}"):
+        answer(text, IMAGE, model=model_dir)
+    with pytest.raises(TypeError, match=rf"text\[1\] must be a str, got {kind}"):
+        answer(["fine", text], [IMAGE, IMAGE], model=model_dir)
+    with pytest.raises(TypeError, match=rf"stream_answer takes one text \(a str\).*{kind}"):
+        stream_answer(text, IMAGE, model=model_dir)
+
+
+def test_lone_surrogate_is_rejected_before_the_tokenizer(fresh_model: MMGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    def tokenizer_must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the tokenizer saw the text")
+
+    monkeypatch.setattr(fresh_model.processor, "prompt_ids", tokenizer_must_not_run)
+    with pytest.raises(ValueError, match=r"text is not valid Unicode: lone surrogate '\\ud800' at index 4"):
+        answer("what\ud800?", IMAGE, model=fresh_model)
+    with pytest.raises(ValueError, match=r"text\[1\] is not valid Unicode"):
+        answer(["fine", "\udcff"], [IMAGE, IMAGE], model=fresh_model)
+    with pytest.raises(ValueError, match=r"text is not valid Unicode"):
+        stream_answer("what\ud800?", IMAGE, model=fresh_model)
+
+
+def test_max_new_tokens_zero_is_honoured_not_replaced(model_dir: Path) -> None:
+    sampled = {"seed": 1, "temperature": 1.0}
+    assert answer("what color?", IMAGE, model=model_dir, **sampled) != ""  # so "" below is the limit, not the model
+    assert answer("what color?", IMAGE, model=model_dir, max_new_tokens=0, **sampled) == ""
+    assert answer(["a", "b"], [IMAGE, IMAGE], model=model_dir, max_new_tokens=0, **sampled) == ["", ""]
+    assert list(stream_answer("what color?", IMAGE, model=model_dir, max_new_tokens=0, **sampled)) == []
+    with pytest.raises(ValueError, match="not found"):  # the images are still read and checked
+        answer("what color?", "no_such_image.png", model=model_dir, max_new_tokens=0)
+
+
+SAMPLING = {"temperature": 1.0}
+
+
+def _slow_generator_steps(model: MMGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sleep after each generator step, so concurrent calls interleave between sampled tokens."""
+    forward = model.generator.forward
+
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        out = forward(*args, **kwargs)
+        time.sleep(0.002)
+        return out
+
+    monkeypatch.setattr(model.generator, "forward", slow)
+
+
+@pytest.mark.parametrize("options", [SAMPLING, {"temperature": 0.8, "top_k": 20, "top_p": 0.9},
+                                     {**SAMPLING, "num_beams": 2}], ids=["sample", "top-k-p", "beam-sample"])
+def test_seeded_sampling_is_reproducible_under_threads(options: dict, fresh_model: MMGPT,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    questions = ["what color?", "is there a circle?"]
+    images = [IMAGE, np.full((32, 32, 3), 200, dtype=np.uint8)]
+    lone = {seed: answer(questions, images, model=fresh_model, seed=seed, **options) for seed in (1, 2)}
+    assert lone[1] != lone[2], "seeds 1 and 2 must sample differently, or this test proves nothing"
+    _slow_generator_steps(fresh_model, monkeypatch)
+    results: dict[int, list] = {}
+    stop = threading.Event()
+
+    def other_work() -> None:  # someone else drawing from torch's global RNG meanwhile
+        while not stop.is_set():
+            torch.rand(8)
+            time.sleep(0.0005)
+
+    def ask(index: int, seed: int) -> None:
+        results[index] = answer(questions, images, model=fresh_model, seed=seed, **options)
+
+    # beam sampling draws from a seeded copy of the global RNG, so only it must be spared outside draws
+    noise = threading.Thread(target=other_work if options.get("num_beams", 1) == 1 else stop.wait)
+    threads = [threading.Thread(target=ask, args=(i, 1 + i % 2)) for i in range(4)]
+    noise.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    noise.join()
+    assert [results[i] for i in range(4)] == [lone[1], lone[2], lone[1], lone[2]]
+
+
+@pytest.mark.parametrize("options", [SAMPLING, {**SAMPLING, "num_beams": 2}, {}], ids=["sample", "beam-sample",
+                                                                                     "greedy"])
+def test_seeded_call_leaves_the_global_rng_alone(options: dict, model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    unloaded = shutil.copytree(model_dir, tmp_path / "model")  # so the call also loads (builds) the model
+    torch.manual_seed(1234)
+    expected = torch.rand(4)
+    torch.manual_seed(1234)
+    answer("what color?", IMAGE, model=unloaded, seed=7, **options)
+    answer("what color?", IMAGE, model=unloaded, seed=7, **options)
+    assert torch.equal(torch.rand(4), expected)
+
+
+def test_unseeded_sampling_leaves_the_global_rng_alone_and_varies(model_dir: Path) -> None:
+    torch.manual_seed(99)
+    expected = torch.rand(4)
+    torch.manual_seed(99)
+    answers = {answer("what color?", IMAGE, model=model_dir, **SAMPLING) for _ in range(4)}
+    assert torch.equal(torch.rand(4), expected)
+    assert len(answers) > 1
+
+
+def test_seeded_stream_equals_seeded_answer(model_dir: Path) -> None:
+    for seed in (1, 2):
+        streamed = "".join(stream_answer("what color?", IMAGE, model=model_dir, seed=seed, **SAMPLING)).strip()
+        assert streamed == answer("what color?", IMAGE, model=model_dir, seed=seed, **SAMPLING)
+
+
+def test_eval_generation_is_seeded_privately(model_dir: Path) -> None:
+    from mmgpt.data.example import Example
+    from mmgpt.evaluate import generate_answers
+    from mmgpt.inference import decoding_kwargs, load_model
+
+    model = load_model(model_dir)
+    examples = [Example(image=IMAGE, prompt=f"question {i}", answer="", task="vqa", id=i) for i in range(3)]
+    kwargs = decoding_kwargs(temperature=1.0)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    first = generate_answers(model, examples, batch_size=2, progress=False, seed=11, **kwargs)
+    assert torch.equal(torch.rand(4), expected)
+    assert generate_answers(model, examples, batch_size=2, progress=False, seed=11, **kwargs) == first
+    assert generate_answers(model, examples, batch_size=2, progress=False, seed=12, **kwargs) != first
+    assert generate_answers(model, examples, progress=False, **decoding_kwargs(max_new_tokens=0)) == ["", "", ""]
