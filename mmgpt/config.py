@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -211,6 +212,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML, e.g. "a: b: c": plain text
+    except RecursionError as e:
+        raise ConfigError(f"override '{key.strip()}' nests too deeply to parse") from e
+    check_config_size(value, f"override '{key.strip()}'")
     # only [...] and {...} make lists and mappings: "Q: {question}" or "- x" is text, and "#1" is no comment
     if isinstance(value, (dict, list)) and not raw.strip().startswith(("[", "{")):
         value = raw
@@ -246,6 +250,92 @@ def apply_overrides(data: dict, overrides: list[str], defaults: dict | None = No
     return data
 
 
+# far above any real config (a transformers config with 21k ImageNet labels has ~45k values), far below
+# what a few nested YAML aliases can multiply a small file into
+MAX_CONFIG_VALUES = 200_000
+MAX_CONFIG_DEPTH = 32
+MAX_JSON_BYTES = 16 * 2**20
+
+
+def _key_path(keys: list) -> str:
+    """['model', 'kwargs', 3] -> 'model.kwargs[3]'; the top level when empty."""
+    text = ""
+    for key in keys:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return f"'{text}'" if text else "the top level"
+
+
+def _children(node: Any) -> list[tuple[Any, Any]]:
+    if isinstance(node, dict):
+        return list(node.items())
+    if isinstance(node, (list, tuple)):
+        return list(enumerate(node))
+    return []
+
+
+def check_config_size(data: Any, source: str) -> None:
+    """Refuse loaded config data that nests too deeply, contains itself, or is huge once aliases are expanded.
+
+    YAML aliases make one object appear many times, so a 1 KB file can stand for billions of values
+    that copying, printing or saving the config would expand. The count memoises each shared object
+    by id, so it costs one visit per distinct object and never expands anything itself.
+    """
+    if not isinstance(data, (dict, list, tuple)):
+        return
+    sizes: dict[int, int] = {}
+    # each frame: [node, its remaining children, values counted so far, key that led here]
+    stack: list[list] = [[data, iter(_children(data)), 1, None]]
+    on_path = {id(data)}
+    while stack:
+        frame = stack[-1]
+        for key, child in frame[1]:
+            # a mapping key counts as a value of its own
+            frame[2] += 1 if isinstance(frame[0], dict) else 0
+            if not isinstance(child, (dict, list, tuple)):
+                frame[2] += 1
+            elif id(child) in sizes:
+                frame[2] += sizes[id(child)]
+            elif id(child) in on_path:
+                keys = [f[3] for f in stack[1:]] + [key]
+                raise ConfigError(
+                    f"{source}: {_key_path(keys)} contains itself (a YAML alias inside its own anchor); "
+                    "write the value out instead"
+                )
+            elif len(stack) >= MAX_CONFIG_DEPTH:
+                keys = [f[3] for f in stack[1:]] + [key]
+                shown = _key_path(keys[:6])[:-1] + "...'" if len(keys) > 6 else _key_path(keys)
+                raise ConfigError(
+                    f"{source}: {shown} nests deeper than {MAX_CONFIG_DEPTH} levels; a config needs a few, "
+                    "so this is damaged or not a config"
+                )
+            else:
+                on_path.add(id(child))
+                stack.append([child, iter(_children(child)), 1, key])
+                break
+        else:
+            stack.pop()
+            on_path.discard(id(frame[0]))
+            sizes[id(frame[0])] = frame[2]
+            if stack:
+                stack[-1][2] += frame[2]
+    if sizes[id(data)] <= MAX_CONFIG_VALUES:
+        return
+    # name the key that holds the bulk: follow the largest over-limit mapping entry down
+    keys: list = []
+    node = data
+    while isinstance(node, dict):
+        over = [(sizes.get(id(v), 1), k, v) for k, v in node.items() if sizes.get(id(v), 1) > MAX_CONFIG_VALUES]
+        if not over:
+            break
+        _, key, node = max(over, key=lambda item: item[0])
+        keys.append(key)
+    raise ConfigError(
+        f"{source}: {_key_path(keys)} holds {sizes[id(node)]:,} values, counting each YAML alias (*name) at every "
+        f"use; the limit is {MAX_CONFIG_VALUES:,}. A config needs far fewer: remove the aliases that multiply "
+        "each other (or the bulk data)"
+    )
+
+
 def load_yaml(path: str | Path) -> dict:
     """Read a YAML config file into a dict, with an error that names the file."""
     path = Path(path)
@@ -255,8 +345,31 @@ def load_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"config file {path} nests too deeply to parse; a config needs a few levels") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    check_config_size(data, f"config file {path}")
+    return data
+
+
+def load_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """Read a JSON object file (e.g. a model folder's config.json), refusing damaged, huge or deeply nested ones."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ConfigError(f"{path} is {size:,} bytes; a config file is far smaller (the limit is {max_bytes:,})")
+    try:
+        data = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise ConfigError(f"{path} nests too deeply to parse; a config needs a few levels") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object ({{...}}) at the top level, got {type(data).__name__}")
+    check_config_size(data, str(path))
     return data
 
 
