@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,7 +21,31 @@ from mmgpt.tokenizer import ensure_special_tokens
 
 logger = logging.getLogger(__name__)
 
-IDS_CACHE_SIZE = 100_000
+IDS_CACHE_SIZE = 16_384  # token-id lists kept, least recently used dropped first
+# A generous bound on the characters one token covers: a text is cut to (limit + TOKEN_MARGIN) *
+# CHARS_PER_TOKEN characters before tokenizing, so a 10 MB prompt costs what a short one does. The cut can
+# only change the tokens next to it, and TOKEN_MARGIN of them lie beyond the limit, so the kept tokens are
+# exactly those of the whole text.
+CHARS_PER_TOKEN = 32
+TOKEN_MARGIN = 16
+
+
+def char_budget(max_tokens: int) -> int:
+    """Characters of a text that are tokenized at first when at most `max_tokens` tokens are kept."""
+    return (max_tokens + TOKEN_MARGIN) * CHARS_PER_TOKEN
+
+
+def head_token_ids(encode: Any, text: str, max_tokens: int) -> tuple[list[int], bool]:
+    """encode(text)[:max_tokens] without encoding all of a long text -> (ids, whether tokens were cut off)."""
+    budget = char_budget(max_tokens)
+    while True:
+        head = text[:budget]
+        ids = encode(head)
+        if len(head) == len(text) or len(ids) >= max_tokens + TOKEN_MARGIN:
+            break
+        # few tokens per character (long whitespace runs, marks a normalizer drops): look further
+        budget *= 4
+    return ids[:max_tokens], len(ids) > max_tokens
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,7 +72,8 @@ class Processor:
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         ensure_special_tokens(tokenizer)
-        self._ids_cache: dict[tuple, list[int]] = {}
+        self._ids_cache: OrderedDict[tuple, tuple[int, ...]] = OrderedDict()
+        self._ids_lock = threading.Lock()  # answer() may tokenize from several threads
         self.tokenizer = tokenizer
         # None: the text encoder reads the generator's tokens
         self.text_tokenizer = text_tokenizer
@@ -63,7 +90,7 @@ class Processor:
     @tokenizer.setter
     def tokenizer(self, value: PreTrainedTokenizerBase) -> None:
         self._tokenizer = value
-        self._ids_cache.clear()
+        self._clear_cache()
 
     @property
     def text_tokenizer(self) -> PreTrainedTokenizerBase | None:
@@ -73,7 +100,7 @@ class Processor:
     @text_tokenizer.setter
     def text_tokenizer(self, value: PreTrainedTokenizerBase | None) -> None:
         self._text_tokenizer = value
-        self._ids_cache.clear()
+        self._clear_cache()
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of one prompt for the text encoder, truncated to its limit with a warning."""
@@ -81,27 +108,51 @@ class Processor:
 
     def _cached(self, kind: str, text: str, tokenize: Any) -> list[int]:
         # VQA datasets repeat the same questions and answers many times: tokenizing each once
-        # saves ~5% of a CPU training step
+        # saves ~5% of a CPU training step. Texts longer than any budget are not kept: they are rare, and
+        # as keys they would hold megabytes each.
+        if len(text) > char_budget(max(self.max_prompt_length, self.max_answer_length)):
+            return tokenize(text)
         key = (kind, text, self.max_prompt_length, self.max_answer_length)
-        ids = self._ids_cache.get(key)
-        if ids is None:
-            if len(self._ids_cache) >= IDS_CACHE_SIZE:
-                self._ids_cache.clear()
-            ids = self._ids_cache[key] = tokenize(text)
+        with self._ids_lock:
+            ids = self._ids_cache.get(key)
+            if ids is not None:
+                self._ids_cache.move_to_end(key)
+                return list(ids)
+        ids = tokenize(text)
+        with self._ids_lock:
+            self._ids_cache[key] = tuple(ids)
+            if len(self._ids_cache) > IDS_CACHE_SIZE:
+                self._ids_cache.popitem(last=False)
         return ids
+
+    def _clear_cache(self) -> None:
+        with self._ids_lock:
+            self._ids_cache.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the lock and the cache (a copy starts with an empty one)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_ids_cache", "_ids_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled Processor with a fresh, empty cache."""
+        self.__dict__.update(state, _ids_cache=OrderedDict(), _ids_lock=threading.Lock())
 
     def _tokenize_prompt(self, prompt: str) -> list[int]:
         if self.text_tokenizer is not None:
-            ids = self.text_tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            encoder = self.text_tokenizer
+
+            def encode(text: str) -> list[int]:
+                return encoder(text, add_special_tokens=True)["input_ids"]
         else:
             # a leading bos keeps the prompt non-empty, so even an empty prompt yields one token of F
-            ids = [self.tokenizer.bos_token_id] + self.tokenizer.encode(prompt, add_special_tokens=False)
-        if len(ids) > self.max_prompt_length:
+            def encode(text: str) -> list[int]:
+                return [self.tokenizer.bos_token_id] + self.tokenizer.encode(text, add_special_tokens=False)
+        ids, truncated = head_token_ids(encode, prompt, self.max_prompt_length)
+        if truncated:
             logger.warning(
-                "prompt of %d tokens truncated to the text encoder's limit of %d: %.60r...",
-                len(ids), self.max_prompt_length, prompt,
+                "prompt of %d characters truncated to the text encoder's limit of %d tokens: %.60r...",
+                len(prompt), self.max_prompt_length, prompt,
             )
-            ids = ids[: self.max_prompt_length]
         return ids
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -109,7 +160,10 @@ class Processor:
         return self._cached("answer", answer, self._tokenize_answer)
 
     def _tokenize_answer(self, answer: str) -> list[int]:
-        ids = self.tokenizer.encode(answer, add_special_tokens=False)[: self.max_answer_length - 2]
+        def encode(text: str) -> list[int]:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+
+        ids, _ = head_token_ids(encode, answer, max(self.max_answer_length - 2, 0))
         return [self.tokenizer.bos_token_id] + ids + [self.tokenizer.eos_token_id]
 
     def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -206,3 +206,103 @@ def test_eval_generation_is_seeded_privately(model_dir: Path) -> None:
     assert generate_answers(model, examples, batch_size=2, progress=False, seed=11, **kwargs) == first
     assert generate_answers(model, examples, batch_size=2, progress=False, seed=12, **kwargs) != first
     assert generate_answers(model, examples, progress=False, **decoding_kwargs(max_new_tokens=0)) == ["", "", ""]
+
+
+def _tokenizer_inputs(processor: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the length of every text the processor's tokenizers are asked to encode."""
+    lengths: list[int] = []
+    for tokenizer in {id(t): t for t in (processor.tokenizer, processor.text_tokenizer) if t is not None}.values():
+        for method in ("encode", "__call__"):
+            original = getattr(type(tokenizer), method)
+
+            def spy(self: Any, text: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+                if isinstance(text, str):
+                    lengths.append(len(text))
+                return _original(self, text, *args, **kwargs)
+
+            monkeypatch.setattr(type(tokenizer), method, spy)
+    return lengths
+
+
+@pytest.mark.parametrize("text_encoder", ["lm_embeddings", "bert"])
+def test_huge_prompt_is_cut_before_tokenizing(text_encoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmgpt.processor import char_budget
+
+    processor = build(tiny_config(text=text_encoder)).processor
+    limit = processor.max_prompt_length
+    sentence = "is there a small green triangle on the left? "
+    reference = processor.prompt_ids(sentence * 200)  # short enough to have been tokenized whole before
+    lengths = _tokenizer_inputs(processor, monkeypatch)
+    huge = sentence * (2_000_000 // len(sentence))
+    started = time.perf_counter()
+    assert processor.prompt_ids(huge) == reference
+    assert time.perf_counter() - started < 1.0
+    assert max(lengths) <= char_budget(limit)
+    answer_ids = processor.answer_ids(huge)
+    assert len(answer_ids) == processor.max_answer_length and max(lengths) <= char_budget(limit)
+
+
+@pytest.mark.parametrize("text_encoder", ["lm_embeddings", "bert"])
+def test_cut_keeps_the_tokens_of_the_whole_text(text_encoder: str) -> None:
+    from mmgpt.processor import char_budget
+
+    processor = build(tiny_config(text=text_encoder)).processor
+    limit = processor.max_prompt_length
+    tokenizer = processor.text_tokenizer
+
+    def whole(text: str) -> list[int]:
+        if tokenizer is not None:
+            return tokenizer(text, add_special_tokens=True)["input_ids"][:limit]
+        return ([processor.tokenizer.bos_token_id] + processor.tokenizer.encode(text, add_special_tokens=False))[:limit]
+
+    rng = np.random.default_rng(0)
+    words = ["red", "blue", "circle", "is", "there", "a", "?", "triangle,", "x" * 40, "\u00e9t\u00e9", "\U0001f600"]
+    budget = char_budget(limit)
+    texts = [" ".join(rng.choice(words, size=n)) for n in (1, 5, 30, 200, 400, 2000)]
+    texts += [t[:budget - 1] for t in texts] + [t[: budget + 1] for t in texts]
+    # whitespace yields few (bert: no) tokens, so the first cut holds too few and the processor reads on
+    texts += ["red " + " " * (3 * budget) + "blue circle " * 100, "\n" * (5 * budget) + "what color"]
+    for text in texts:
+        assert processor.prompt_ids(text) == whole(text), repr(text[:40])
+
+
+def test_token_cache_is_a_bounded_lru_without_huge_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmgpt.processor as processor_module
+
+    monkeypatch.setattr(processor_module, "IDS_CACHE_SIZE", 8)
+    processor = build(tiny_config()).processor
+    lengths = _tokenizer_inputs(processor, monkeypatch)
+    processor.prompt_ids("what color is the shape?")
+    for i in range(6):
+        processor.prompt_ids(f"question {i}")
+    processor.prompt_ids("what color is the shape?")  # recently used: still cached, not tokenized again
+    assert len(lengths) == 7
+    for i in range(100):
+        processor.prompt_ids(f"another question {i}")
+        processor.answer_ids(f"answer {i}")
+    assert len(processor._ids_cache) == 8
+    huge = "what color is the shape? " * 40_000
+    processor.prompt_ids(huge)
+    processor.answer_ids(huge)
+    assert max(len(key[1]) for key in processor._ids_cache) < 100
+
+
+def test_processor_pickles_and_tokenizes_from_threads() -> None:
+    import pickle
+
+    processor = build(tiny_config()).processor
+    prompts = [f"is there a circle number {i}?" for i in range(200)]
+    expected = [processor.prompt_ids(p) for p in prompts]
+    copy = pickle.loads(pickle.dumps(processor))
+    assert [copy.prompt_ids(p) for p in prompts] == expected
+    results: dict[int, list] = {}
+
+    def work(index: int) -> None:
+        results[index] = [copy.prompt_ids(p) for p in prompts[index % 2 :: 1]]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(results[i] == expected[i % 2 :] for i in range(4))
