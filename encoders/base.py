@@ -6,7 +6,6 @@ encoder also supplies the image transform that training, evaluation and answer()
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
+from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig, load_json
 from mmgpt.registry import registrar
 
 TEXT_ENCODERS: dict[str, type["TextEncoder"]] = {}
@@ -82,8 +81,12 @@ def load_transform(folder: str | Path) -> ImageTransform:
     meta = folder / "transform.json"
     if not meta.is_file():
         raise FileNotFoundError(f"no image transform in {folder} (missing transform.json)")
-    kind = json.loads(meta.read_text())["type"]
-    return lookup(TRANSFORMS, kind, "image transform").load(folder)
+    kind = load_json(meta).get("type")
+    if not isinstance(kind, str):
+        raise ConfigError(
+            f"{meta} must name the transform's 'type' ({', '.join(sorted(TRANSFORMS))}), got {type(kind).__name__}"
+        )
+    return lookup(TRANSFORMS, kind, f"image transform type in {meta}").load(folder)
 
 
 def build_image_encoder(cfg: ImageEncoderConfig, load_weights: bool = True) -> ImageEncoder:

@@ -110,5 +110,5 @@ class HFImageTransform(ImageTransform):
 
     @classmethod
     def load(cls, folder: Path) -> "HFImageTransform":
-        """Read what `save` wrote."""
-        return cls(AutoImageProcessor.from_pretrained(folder))
+        """Read what `save` wrote, from `folder` alone."""
+        return cls(AutoImageProcessor.from_pretrained(folder, local_files_only=True))

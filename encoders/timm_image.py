@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from mmgpt.config import ConfigError, ImageEncoderConfig
+from mmgpt.config import ConfigError, ImageEncoderConfig, load_json
 from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,12 @@ class TimmImageEncoder(ImageEncoder):
                 + " (see timm.list_models(); e.g. resnet18, vit_base_patch16_224, mmgpt_tiny_cnn)"
             )
         kwargs: dict[str, Any] = dict(cfg.kwargs)
+        if "checkpoint_path" in kwargs:
+            # timm reads a checkpoint_path that is not .safetensors with torch.load, i.e. unpickles it
+            raise ConfigError(
+                "model.image_encoder.kwargs.checkpoint_path is not supported: put a .safetensors file in "
+                "model.image_encoder.weights instead"
+            )
         pretrained = load_weights and (cfg.pretrained or bool(cfg.weights))
         if load_weights and cfg.weights:
             weights = Path(cfg.weights).expanduser()
@@ -87,4 +93,10 @@ class TimmTransform(ImageTransform):
     @classmethod
     def load(cls, folder: Path) -> "TimmTransform":
         """Read what `save` wrote."""
-        return cls(json.loads((folder / "transform.json").read_text())["data_config"])
+        meta = folder / "transform.json"
+        data_config = load_json(meta).get("data_config")
+        if not isinstance(data_config, dict):
+            raise ConfigError(
+                f"{meta} must hold a 'data_config' mapping (timm's data config), got {type(data_config).__name__}"
+            )
+        return cls(data_config)

@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["MMGPT", "ModelConfig", "Processor", "answer", "stream_answer", "load_model"]
+__all__ = ["MMGPT", "ModelConfig", "ModelLoadError", "Processor", "answer", "stream_answer", "load_model"]
 
 _LAZY = {
     "MMGPT": "mmgpt.model",
+    "ModelLoadError": "mmgpt.model",
     "ModelConfig": "mmgpt.config",
     "Processor": "mmgpt.processor",
     "answer": "mmgpt.inference",

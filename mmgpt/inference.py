@@ -52,7 +52,7 @@ def default_model_path() -> Path:
 
 
 def load_model(model: str | Path | MMGPT | None = None, device: str | torch.device | None = None) -> MMGPT:
-    """An MMGPT from a folder or hub name (cached between calls), or the default trained model."""
+    """An MMGPT from a local folder or `hf://org/name` (cached between calls), or the default trained model."""
     if isinstance(model, MMGPT):
         return model
     path = str(model) if model is not None else str(default_model_path())

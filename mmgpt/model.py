@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -18,10 +19,11 @@ from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
 
-from mmgpt.config import ConfigError, ModelConfig, from_dict, to_dict
+from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
@@ -32,6 +34,14 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# the only way to ask for a hub model: a mistyped local path must never reach the network
+HUB_PREFIX = "hf://"
+# what a saved model holds (configs, weights, tokenizer files); a hub repo's pickles are never fetched
+HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
+
+
+class ModelLoadError(ValueError):
+    """A model folder is incomplete, damaged or not an mmgpt model; the message names the folder and the problem."""
 
 
 def pad_left(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -243,38 +253,123 @@ class MMGPT(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> "MMGPT":
-        """Load a model saved by save_pretrained (a local folder, or a hub repo id when online)."""
+        """Load a model saved by save_pretrained from its folder alone; `hf://org/name` downloads one first."""
         folder = resolve_model_path(folder)
-        data = json.loads((folder / CONFIG_NAME).read_text())
-        config = from_dict(ModelConfig, data["model"])
-        # rebuild every component from the saved configs, never from the hub
-        config.generator.name = str(folder / "generator")
-        for part in ("text_encoder", "image_encoder"):
-            if (folder / part / "config.json").is_file():
-                getattr(config, part).name = str(folder / part)
-        config.image_encoder.weights = ""
-        processor = Processor.from_pretrained(folder)
-        model = cls(config, processor, load_weights=False)
-        missing, unexpected = load_model(model, str(folder / WEIGHTS_NAME), strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME} does not match the model in {folder / CONFIG_NAME}: "
-                f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
-            )
-        model.config = from_dict(ModelConfig, data["model"])
+        try:
+            data = load_json(folder / CONFIG_NAME)
+            if "model" not in data:
+                keys = ", ".join(map(repr, list(data)[:5])) or "none"
+                raise ConfigError(
+                    f"{folder / CONFIG_NAME} has no 'model' key (it has {keys}), so it is not an mmgpt model "
+                    "config; save models with MMGPT.save_pretrained"
+                )
+            config = from_dict(ModelConfig, data["model"], prefix="model")
+            saved_config = from_dict(ModelConfig, data["model"], prefix="model")
+            _use_saved_parts(config, folder)
+        except (OSError, ConfigError) as e:
+            raise _load_error(folder, e) from e
+        try:
+            processor = Processor.from_pretrained(folder)
+            model = cls(config, processor, load_weights=False)
+        # the parts raise what their libraries raise; each becomes one message naming the folder
+        except (OSError, ValueError, TypeError, RecursionError) as e:
+            raise _load_error(folder, e) from e
+        _load_weights(model, folder / WEIGHTS_NAME, folder / CONFIG_NAME)
+        model.config = saved_config
         model.eval()
         return model.to(device) if device is not None else model
 
 
+def _load_error(folder: Path, error: BaseException) -> ModelLoadError:
+    """One line naming the folder and what is wrong with it (library messages span several lines)."""
+    if isinstance(error, ModelLoadError):
+        return error
+    return ModelLoadError(f"cannot load the model in {folder}: {' '.join(str(error).split())}")
+
+
+def _use_saved_parts(config: ModelConfig, folder: Path) -> None:
+    """Point every part that has a name at the config saved for it in `folder`, so nothing comes from the hub."""
+    for part in ("generator", "text_encoder", "image_encoder"):
+        saved = folder / part / CONFIG_NAME
+        cfg = getattr(config, part)
+        if saved.is_file():
+            # read here first: this check refuses damaged or huge files that transformers would choke on
+            load_json(saved)
+            cfg.name = str(saved.parent)
+        elif part == "generator" or (cfg.type == "hf" and cfg.name):
+            # type "hf" parts read their name as a hub repo or folder; a timm name is only an architecture
+            what = f"model.{part} names '{cfg.name}', but its saved config" if cfg.name else f"model.{part}'s config"
+            raise ModelLoadError(
+                f"cannot load the model in {folder}: {what} {saved} is missing; a saved model loads only from "
+                "its own folder, so save it again with save_pretrained"
+            )
+    if "/" in config.generator.attn_implementation:
+        raise ModelLoadError(
+            f"cannot load the model in {folder}: model.generator.attn_implementation "
+            f"'{config.generator.attn_implementation}' names a hub kernel, and a saved model loads offline; "
+            "set it to sdpa or eager in config.json"
+        )
+    config.image_encoder.weights = ""
+    config.image_encoder.pretrained = False
+
+
+def _load_weights(model: nn.Module, weights: Path, config_file: Path) -> None:
+    """Fill `model` from a safetensors file, refusing a damaged file or one written for another model."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(
+            f"{weights} is not a complete safetensors file ({e}): it is truncated, empty or in another format; "
+            "copy it again or save the model again with save_pretrained"
+        ) from e
+    state = model.state_dict()
+    wrong = [
+        f"'{key}' is {list(shape)} in the file but {list(state[key].shape)} in the model {config_file.name} describes"
+        for key, shape in shapes.items()
+        if key in state and tuple(state[key].shape) != shape
+    ]
+    if wrong:
+        more = f" (and {len(wrong) - 3} more)" if len(wrong) > 3 else ""
+        raise ModelLoadError(
+            f"{weights} does not fit {config_file}: {'; '.join(wrong[:3])}{more}; the two files come from "
+            "different models"
+        )
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, RuntimeError) as e:
+        raise ModelLoadError(f"{weights} cannot be read into the model of {config_file}: {e}") from e
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{weights} does not match the model in {config_file}: "
+            f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
+
+
 def resolve_model_path(name: str | Path) -> Path:
-    """A local model folder as is; otherwise download the hub repo (needs network)."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not an mmgpt model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
-        return path
-    if path.exists() or str(name).startswith((".", "/", "~")) or str(name).count("/") != 1:
-        raise FileNotFoundError(f"model folder not found: {path}")
+    """A local model folder as is; `hf://org/name` is downloaded from the hub; nothing else goes to the hub."""
+    text = str(name)
+    if text.startswith(HUB_PREFIX):
+        return resolve_model_path(_download(text[len(HUB_PREFIX) :]))
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model folder not found: {path} (a model on the Hugging Face hub is named {HUB_PREFIX}org/name)"
+        )
+    if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"{path} is not an mmgpt model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+    return path
+
+
+def _download(repo_id: str) -> Path:
+    """A hub model repo's files (configs, safetensors, tokenizers; no pickles), from the cache or the network."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ModelLoadError(f"hub model '{HUB_PREFIX}{repo_id}' must look like {HUB_PREFIX}org/name")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(str(name)))
+    logger.info("fetching %s%s from the Hugging Face hub", HUB_PREFIX, repo_id)
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    # hub errors are OSErrors (HTTP, offline cache misses) or ValueErrors (invalid names)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot download {HUB_PREFIX}{repo_id}: {' '.join(str(e).split())}") from e

@@ -1,0 +1,302 @@
+"""Loading models and configs safely: local folders only (hub models only as hf://org/name), one clear
+ModelLoadError for a damaged folder, and configs that nest too deeply or expand through YAML aliases refused."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+import torch
+from PIL import Image
+
+import mmgpt
+from mmgpt import cli
+from mmgpt.config import ConfigError, apply_overrides, load_config, load_yaml, parse_override
+from mmgpt.inference import load_model
+from mmgpt.model import MMGPT, ModelLoadError
+from mmgpt.train_config import TrainConfig
+from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
+
+PROMPTS = ["what color is the shape?", "is there a circle?"]
+ANSWERS = ["red", "no"]
+HUB_NAMES = {
+    "generator": "HuggingFaceTB/SmolLM2-135M",
+    "text_encoder": "google-bert/bert-base-uncased",
+    "image_encoder": "openai/clip-vit-base-patch32",
+}
+
+
+@pytest.fixture()
+def hub_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list]:
+    """Online as far as the hub libraries know, but every download or connection is recorded and refused."""
+    import huggingface_hub
+    import huggingface_hub._snapshot_download
+    import huggingface_hub.constants
+    import huggingface_hub.file_download
+    import transformers.utils.hub
+
+    calls: list = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        calls.append((args, kwargs))
+        raise OSError(f"hub request in a test: {args} {kwargs}")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    for module in (huggingface_hub, huggingface_hub.file_download, transformers.utils.hub):
+        monkeypatch.setattr(module, "hf_hub_download", refuse)
+    for module in (huggingface_hub, huggingface_hub._snapshot_download, transformers.utils.hub):
+        monkeypatch.setattr(module, "snapshot_download", refuse)
+    monkeypatch.setattr(huggingface_hub.HfApi, "hf_hub_download", refuse)
+    monkeypatch.setattr(huggingface_hub.HfApi, "snapshot_download", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    yield calls
+
+
+def saved_model(tmp_path: Path, text: str = "lm_embeddings", image: str = "cnn") -> tuple[MMGPT, Path]:
+    """A tiny model saved to tmp_path/model."""
+    model = build(tiny_config(text, image)).eval()
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def edit_config(folder: Path, change: Callable[[dict], Any]) -> None:
+    """Rewrite folder/config.json through `change`, which edits the 'model' mapping in place."""
+    data = json.loads((folder / "config.json").read_text())
+    change(data["model"])
+    (folder / "config.json").write_text(json.dumps(data))
+
+
+def name_hub_repos(model_config: dict) -> None:
+    """Make every part that reads a name from the hub name a real hub repo."""
+    model_config["generator"]["name"] = HUB_NAMES["generator"]
+    for part in ("text_encoder", "image_encoder"):
+        if model_config[part]["type"] == "hf":
+            model_config[part]["name"] = HUB_NAMES[part]
+
+
+def assert_same_weights_and_logits(model: MMGPT, loaded: MMGPT) -> None:
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert not [k for k in ours if not torch.equal(ours[k], theirs[k])]
+    batch = make_batch(model, PROMPTS, ANSWERS)
+    assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+
+
+# 1. local folders only; the hub only when asked for as hf://org/name
+
+
+@pytest.mark.parametrize("name", ["runs/defualt", "org/name", "runs/defualt/model"])
+def test_a_missing_path_is_not_sent_to_the_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list, name: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"model folder not found: {name} .*hf://org/name"):
+        MMGPT.from_pretrained(name)
+    with pytest.raises(FileNotFoundError, match=f"model folder not found: {name}"):
+        load_model(name, device="cpu")
+    assert hub_calls == []
+
+
+def test_the_cli_reports_a_missing_model_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    assert cli.main(["answer", "--model", "runs/defualt", "--image", "img.png", "q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model folder not found: runs/defualt" in err
+    assert hub_calls == []
+
+
+@pytest.mark.parametrize("text, image", [("lm_embeddings", "cnn"), ("bert", "clip")])
+def test_a_saved_folder_loads_from_itself_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list, text: str, image: str
+) -> None:
+    model, folder = saved_model(tmp_path, text, image)
+    edit_config(folder, name_hub_repos)
+    # a relative path of one '/' ("model/generator") is what a hub repo id looks like
+    monkeypatch.chdir(tmp_path)
+    assert_same_weights_and_logits(model, MMGPT.from_pretrained("model"))
+    parts = ["generator", *(["text_encoder"] if text == "bert" else []), *(["image_encoder"] if image == "clip" else [])]
+    for part in parts:
+        shutil.copytree(folder, tmp_path / part)
+        shutil.rmtree(tmp_path / part / part)
+        with pytest.raises(ModelLoadError, match=rf"in {part}: .*{part}/config.json is missing"):
+            MMGPT.from_pretrained(part)
+    assert hub_calls == []
+
+
+def test_hub_models_are_asked_for_as_hf_org_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+
+    model, folder = saved_model(tmp_path)
+    downloads: list = []
+
+    def fake_snapshot_download(repo_id: str, **kwargs: Any) -> str:
+        downloads.append((repo_id, kwargs))
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert_same_weights_and_logits(model, MMGPT.from_pretrained("hf://org/tiny-mmgpt"))
+    assert_same_weights_and_logits(model, load_model("hf://org/tiny-mmgpt2", device="cpu"))
+    assert [repo for repo, _ in downloads] == ["org/tiny-mmgpt", "org/tiny-mmgpt2"]
+    patterns = downloads[0][1]["allow_patterns"]
+    assert any(fnmatch("model.safetensors", p) for p in patterns)
+    assert not [name for name in ("pytorch_model.bin", "model.pt", "weights.pkl", "code.py")
+                if any(fnmatch(name, p) for p in patterns)]
+    for bad in ("hf://org", "hf://org/name/extra", "hf://"):
+        with pytest.raises(ModelLoadError, match="must look like hf://org/name"):
+            MMGPT.from_pretrained(bad)
+    assert len(downloads) == 2
+
+
+# 2. one ModelLoadError naming the folder and the problem
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+DAMAGES: dict[str, tuple[Callable[[Path], Any], str]] = {
+    "truncated weights": (lambda f: _truncate(f / "model.safetensors"), "model.safetensors is not a complete"),
+    "empty weights": (lambda f: (f / "model.safetensors").write_bytes(b""), "model.safetensors is not a complete"),
+    # the bytes of a pickle and of a torch.save zip: read as text, never unpickled
+    "pickle weights": (lambda f: (f / "model.safetensors").write_bytes(b"\x80\x04\x95" + bytes(64)),
+                       "model.safetensors is not a complete"),
+    "zip weights": (lambda f: (f / "model.safetensors").write_bytes(b"PK\x03\x04" + bytes(64)),
+                    "model.safetensors is not a complete"),
+    "wrong shapes": (lambda f: edit_config(f, lambda m: m["fusion"].update(dim=24)),
+                     r"does not fit .*config.json: 'fusion\..*' is \[16.*\] in the file but \[24"),
+    "no tokenizer": (lambda f: shutil.rmtree(f / "tokenizer"), "tokenizer holds no tokenizer"),
+    "no tokenizer files": (lambda f: [p.unlink() for p in (f / "tokenizer").iterdir()],
+                           "tokenizer holds no tokenizer"),
+    "damaged tokenizer": (lambda f: (f / "tokenizer" / "tokenizer.json").write_text('{"model": 3'),
+                          "the tokenizer in .*tokenizer cannot be read"),
+    "config not JSON": (lambda f: (f / "config.json").write_text("{model: nope"), "config.json is not valid JSON"),
+    "config a list": (lambda f: (f / "config.json").write_text("[1, 2]"),
+                      r"config.json must hold a JSON object .* got list"),
+    "config without model": (lambda f: (f / "config.json").write_text('{"fusion": {}}'),
+                             "config.json has no 'model' key"),
+    "model not a mapping": (lambda f: (f / "config.json").write_text('{"model": 3}'),
+                            "config section 'model' must be a mapping"),
+    "unknown key": (lambda f: edit_config(f, lambda m: m.update(fusoin={})), "unknown config key 'model.fusoin'"),
+    "no processor.json": (lambda f: (f / "processor.json").unlink(), "processor.json is missing"),
+    "bad processor.json": (lambda f: (f / "processor.json").write_text('{"max_prompt_length": "x"}'),
+                           "processor.json must map"),
+    "no transform type": (lambda f: (f / "image_transform" / "transform.json").write_text("{}"),
+                          "transform.json must name the transform's 'type' .*got NoneType"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_folder_gives_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list, damage: str
+) -> None:
+    _, folder = saved_model(tmp_path)
+    change, message = DAMAGES[damage]
+    change(folder)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError, match=message) as error:
+        MMGPT.from_pretrained("model")
+    assert "model" in str(error.value) and "\n" not in str(error.value)
+    assert hub_calls == []
+
+
+def test_the_cli_reports_a_damaged_model_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    _, folder = saved_model(tmp_path)
+    _truncate(folder / "model.safetensors")
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    assert cli.main(["answer", "--model", str(folder), "--image", str(tmp_path / "img.png"), "q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{folder}/model.safetensors is not a complete safetensors file" in err
+    assert mmgpt.ModelLoadError is ModelLoadError
+
+
+def test_a_saved_config_cannot_reach_outside_its_folder(tmp_path: Path, hub_calls: list) -> None:
+    _, folder = saved_model(tmp_path)
+    checkpoint = tmp_path / "elsewhere.pth"
+    checkpoint.write_bytes(b"\x80\x04\x95" + bytes(64))
+    edit_config(folder, lambda m: m["image_encoder"]["kwargs"].update(checkpoint_path=str(checkpoint)))
+    with pytest.raises(ModelLoadError, match="checkpoint_path is not supported"):
+        MMGPT.from_pretrained(folder)
+    edit_config(folder, lambda m: m["image_encoder"]["kwargs"].pop("checkpoint_path"))
+    edit_config(folder, lambda m: m["generator"].update(attn_implementation="kernels-community/flash-attn"))
+    with pytest.raises(ModelLoadError, match="names a hub kernel"):
+        MMGPT.from_pretrained(folder)
+    assert hub_calls == []
+
+
+# 3. free-form mappings: no alias bombs, no self-reference, no deep nesting
+
+
+def alias_bomb(key: str) -> str:
+    """A YAML file of about 1 KB whose `key` stands for 9**9 (387 million) strings once its aliases are expanded."""
+    *sections, leaf = key.split(".")
+    lines, indent = [], ""
+    for section in sections:
+        lines.append(f"{indent}{section}:")
+        indent += "  "
+    lines.append(f"{indent}{leaf}:")
+    indent += "  "
+    lines.append(f"{indent}l0: &l0 [" + ", ".join(["lol"] * 9) + "]")
+    for level in range(1, 9):
+        lines.append(f"{indent}l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    "key", ["model.generator.hf_config", "model.text_encoder.hf_config", "model.image_encoder.kwargs"]
+)
+def test_a_yaml_alias_bomb_is_refused_naming_the_file_and_key(tmp_path: Path, key: str) -> None:
+    text = alias_bomb(key)
+    assert len(text) < 1400
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    message = rf"config file {path}: '{key}\.l8' holds 43.,...,... values"
+    with pytest.raises(ConfigError, match=message):
+        load_yaml(path)
+    with pytest.raises(ConfigError, match=message):
+        load_config(TrainConfig, path)
+
+
+def test_a_yaml_override_bomb_and_a_self_referencing_alias_are_refused(tmp_path: Path) -> None:
+    anchors = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
+    anchors += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    override = "model.generator.hf_config={" + ", ".join(anchors) + "}"
+    with pytest.raises(ConfigError, match=r"override 'model.generator.hf_config': 'l8' holds"):
+        apply_overrides({}, [override])
+    path = tmp_path / "loop.yaml"
+    path.write_text("model:\n  image_encoder:\n    kwargs: &loop\n      again: [1, *loop]\n")
+    with pytest.raises(ConfigError, match=rf"{path}: 'model.image_encoder.kwargs.again\[1\]' contains itself"):
+        load_yaml(path)
+    # ordinary nesting and repeated small aliases stay allowed
+    key, value = parse_override("model.generator.hf_config={a: &a [1, 2], b: *a, c: {d: {e: 1}}}")
+    assert value == {"a": [1, 2], "b": [1, 2], "c": {"d": {"e": 1}}}
+
+
+def test_a_deep_or_huge_config_json_is_refused(tmp_path: Path, hub_calls: list) -> None:
+    model, folder = saved_model(tmp_path)
+    good = (folder / "config.json").read_text()
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ModelLoadError, match="config.json nests too deeply"):
+        MMGPT.from_pretrained(folder)
+    (folder / "config.json").write_text(good)
+    edit_config(folder, lambda m: m["generator"]["hf_config"].update(deep=json.loads("[" * 40 + "]" * 40)))
+    with pytest.raises(ModelLoadError, match=r"config.json: 'model.generator.hf_config.deep\[0\]\[0\].*' nests deeper"):
+        MMGPT.from_pretrained(folder)
+    (folder / "config.json").write_text(good)
+    edit_config(folder, lambda m: m["image_encoder"]["kwargs"].update(bulk=[0] * 300_000))
+    with pytest.raises(ModelLoadError, match=r"'model.image_encoder.kwargs.bulk' holds 300,001 values"):
+        MMGPT.from_pretrained(folder)
+    (folder / "config.json").write_text(good)
+    (folder / "generator" / "config.json").write_text("{\"a\": " * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(ModelLoadError, match="generator/config.json nests too deeply"):
+        MMGPT.from_pretrained(folder)
+    assert hub_calls == []
