@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from mmgpt.config import load_json
 from mmgpt.data.example import Example
 from mmgpt.encoders import ImageTransform, load_transform
 from mmgpt.images import DEFAULT_MAX_PIXELS, load_image
@@ -229,15 +230,35 @@ class Processor:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "Processor":
-        """Restore what save_pretrained wrote."""
+        """Restore what save_pretrained wrote, reading only `folder` (never the hub)."""
         folder = Path(folder)
+        limits = load_json(folder / "processor.json")
+        names = ("max_prompt_length", "max_answer_length", "max_image_pixels")
+        if set(limits) - set(names) or not all(type(v) is int and v > 0 for v in limits.values()):
+            raise ValueError(
+                f"{folder / 'processor.json'} must map {', '.join(names)} to positive integers, got "
+                f"{json.dumps(limits)[:200]}"
+            )
         text_tokenizer = None
         if (folder / "text_tokenizer").is_dir():
-            text_tokenizer = AutoTokenizer.from_pretrained(folder / "text_tokenizer")
-        limits = json.loads((folder / "processor.json").read_text())
+            text_tokenizer = load_saved_tokenizer(folder / "text_tokenizer")
         return cls(
-            AutoTokenizer.from_pretrained(folder / "tokenizer"),
+            load_saved_tokenizer(folder / "tokenizer"),
             load_transform(folder / "image_transform"),
             text_tokenizer=text_tokenizer,
             **limits,
         )
+
+
+def load_saved_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    """A tokenizer written by save_pretrained, read from `folder` alone."""
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        raise FileNotFoundError(
+            f"{folder} holds no tokenizer (tokenizer.json or tokenizer_config.json is missing); "
+            "save the model again with save_pretrained"
+        )
+    try:
+        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    # the tokenizers library raises a bare Exception for a damaged tokenizer.json
+    except Exception as e:
+        raise ValueError(f"the tokenizer in {folder} cannot be read: {e}") from e
