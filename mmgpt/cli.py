@@ -24,7 +24,8 @@ def _answer(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmgpt answer", description="Answer a question about an image.")
     parser.add_argument("question", help="the question; an empty string asks for a caption")
     parser.add_argument("--image", required=True, help="image file (png, jpg, ...)")
-    parser.add_argument("--model", default=None, help="model folder or hub name (default: $MMGPT_MODEL or the main job's)")
+    parser.add_argument("--model", default=None,
+                        help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_decoding_args(parser)
@@ -44,7 +45,8 @@ def _answer(argv: list[str]) -> int:
 def _caption(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmgpt caption", description="Caption images, one line per image.")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--model", default=None, help="model folder or hub name (default: $MMGPT_MODEL or the main job's)")
+    parser.add_argument("--model", default=None,
+                        help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     add_decoding_args(parser)

@@ -121,7 +121,8 @@ def write_html_report(
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --batch-size, --max-examples and --out/--report/--predictions, shared by both scripts."""
-    parser.add_argument("--model", default=None, help="model folder or hub name (default: $MMGPT_MODEL or the main job's)")
+    parser.add_argument("--model", default=None,
+                        help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per generation batch")
     parser.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N (0 = all)")
     parser.add_argument("--out", default=None, help="metrics JSON to write")
