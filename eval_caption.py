@@ -1,7 +1,8 @@
 """Caption evaluation: `python eval_caption.py --help` (the script lives in mmgpt/eval/caption.py)."""
 import sys
 
+from mmgpt.cli import run_reporting_errors
 from mmgpt.eval.caption import main
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(run_reporting_errors("eval_caption.py", lambda: 0 if main() is not None else 1))

@@ -1,7 +1,8 @@
 """VQA evaluation: `python eval_vqa.py --help` (the script lives in mmgpt/eval/vqa.py)."""
 import sys
 
+from mmgpt.cli import run_reporting_errors
 from mmgpt.eval.vqa import main
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    sys.exit(run_reporting_errors("eval_vqa.py", lambda: 0 if main() is not None else 1))

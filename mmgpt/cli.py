@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Callable
+
+from safetensors import SafetensorError
 
 from mmgpt.eval.common import add_decoding_args, decoding_from_args
 
@@ -20,6 +23,55 @@ commands:
 `mmgpt <command> --help` explains each command's options."""
 
 
+# What bad input raises (arguments, files, folders, devices): reported in one line with exit status 2.
+# Anything else is a bug in mmgpt and keeps its traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RecursionError, SafetensorError)
+
+
+def describe_error(error: BaseException) -> str:
+    """One line saying what went wrong; library messages without a hint of their kind get one."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, RecursionError):
+        return f"input nested too deeply to read ({message})"
+    if isinstance(error, UnicodeDecodeError):
+        return f"a file is not UTF-8 text ({message})"
+    if isinstance(error, SafetensorError):
+        return f"damaged safetensors file ({message})"
+    return message
+
+
+def run_reporting_errors(prog: str, run: Callable[[], int]) -> int:
+    """run() -> its status; an expected error becomes 'prog: error: ...' on stderr and status 2, Ctrl-C 130."""
+    try:
+        return run()
+    except EXPECTED_ERRORS as e:
+        print(f"{prog}: error: {describe_error(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a --device this machine does not have, before any model is loaded."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device}: not a device name (cpu, cuda, cuda:1, mps, ...)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device available")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"--device {device}: only {count} CUDA device(s) available (cuda:0 to cuda:{count - 1})")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: no MPS device available")
+
+
 def _answer(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="mmgpt answer", description="Answer a question about an image.")
     parser.add_argument("question", help="the question; an empty string asks for a caption")
@@ -30,6 +82,7 @@ def _answer(argv: list[str]) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_decoding_args(parser)
     args = parser.parse_args(argv)
+    check_device(args.device)
     from mmgpt.inference import answer, stream_answer
 
     decoding = decoding_from_args(args)
@@ -51,6 +104,7 @@ def _caption(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images per batch")
     add_decoding_args(parser)
     args = parser.parse_args(argv)
+    check_device(args.device)
     from mmgpt.inference import answer
 
     captions = answer([""] * len(args.images), list(args.images), model=args.model, device=args.device,
@@ -106,11 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mmgpt: unknown command '{command}'; available: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return COMMANDS[command](rest)
-    except (FileNotFoundError, ValueError, TypeError) as e:
-        print(f"mmgpt {command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(f"mmgpt {command}", lambda: COMMANDS[command](rest))
 
 
 if __name__ == "__main__":

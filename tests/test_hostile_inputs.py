@@ -306,3 +306,231 @@ def test_processor_pickles_and_tokenizes_from_threads() -> None:
     for thread in threads:
         thread.join()
     assert all(results[i] == expected[i % 2 :] for i in range(4))
+
+
+# --- the CLI and the eval scripts: one line and status 2 for what users get wrong ------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _one_error_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _library_errors() -> list[BaseException]:
+    from safetensors import SafetensorError
+
+    return [SafetensorError("Error while deserializing header: HeaderTooLarge"),
+            RecursionError("maximum recursion depth exceeded while decoding a JSON array"),
+            UnicodeDecodeError("utf-8", b"\xff\xfe", 0, 1, "invalid start byte"),
+            PermissionError(13, "Permission denied", "/data/model.safetensors"),
+            IsADirectoryError(21, "Is a directory", "/data/q.json")]
+
+
+@pytest.mark.parametrize("error", _library_errors(), ids=lambda e: type(e).__name__)
+def test_cli_reports_library_errors_in_one_line(error: BaseException, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    from mmgpt import cli
+
+    def command(argv: list[str]) -> int:
+        raise error
+
+    monkeypatch.setitem(cli.COMMANDS, "answer", command)
+    assert cli.main(["answer", "--image", "x.png", "q"]) == 2
+    _one_error_line(capsys.readouterr().err, "mmgpt answer: error:")
+
+
+def test_cli_interrupt_is_status_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from mmgpt import cli
+
+    def command(argv: list[str]) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "caption", command)
+    assert cli.main(["caption", "x.png"]) == 130
+    _one_error_line(capsys.readouterr().err, "interrupted")
+
+
+@pytest.mark.parametrize("device, message", [("cuda", "--device cuda: no CUDA device available"),
+                                             ("cuda:1", "--device cuda:1: no CUDA device available"),
+                                             ("gpu", "--device gpu: not a device name")])
+@pytest.mark.parametrize("command", ["answer", "caption"])
+def test_cli_device_without_gpu_fails_before_loading(command: str, device: str, message: str, model_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    import mmgpt.inference
+    from mmgpt import cli
+
+    def no_loading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(mmgpt.inference, "load_model", no_loading)
+    argv = ["answer", "--image", "x.png", "q"] if command == "answer" else ["caption", "x.png"]
+    assert cli.main([*argv, "--model", str(model_dir), "--device", device]) == 2
+    _one_error_line(capsys.readouterr().err, message)
+
+
+def test_cli_damaged_weights_are_one_line(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    from mmgpt import cli
+
+    broken = shutil.copytree(model_dir, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert cli.main(["answer", "--model", str(broken), "--image", "x.png", "q"]) == 2
+    _one_error_line(capsys.readouterr().err, "mmgpt answer: error:", "model.safetensors")
+
+
+def _deep_json(path: Path) -> Path:
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    return path
+
+
+def test_cli_deep_and_undecodable_json_name_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mmgpt import cli
+
+    deep = _deep_json(tmp_path / "deep.json")
+    assert cli.main(["eval-vqa", "--results", str(deep), "--questions", str(deep), "--annotations", str(deep),
+                     "--out", str(tmp_path / "m.json")]) == 2
+    _one_error_line(capsys.readouterr().err, str(deep), "nested too deeply")
+    from test_eval_scripts import _vqa_files
+
+    questions, annotations, _ = _vqa_files(tmp_path)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('[{"question_id": 1, "answer": "caf\u00e9"}]'.encode("latin-1"))
+    assert cli.main(["eval-vqa", "--results", str(latin1), "--questions", str(questions),
+                     "--annotations", str(annotations), "--out", str(tmp_path / "m.json")]) == 2
+    _one_error_line(capsys.readouterr().err, str(latin1), "UTF-8")
+
+
+def test_utf16_results_file_scores_like_utf8(tmp_path: Path) -> None:
+    import json
+
+    from mmgpt.eval import vqa as eval_vqa
+    from test_eval_scripts import _vqa_files
+
+    questions, annotations, results = _vqa_files(tmp_path)
+    utf16 = tmp_path / "results16.json"
+    utf16.write_text(results.read_text(), encoding="utf-16")
+    scores = [eval_vqa.main(["--results", str(r), "--questions", str(questions), "--annotations", str(annotations),
+                             "--out", str(tmp_path / f"{r.stem}.metrics.json")])["metrics"] for r in (results, utf16)]
+    assert scores[0] == scores[1]
+    assert json.loads((tmp_path / "results16.metrics.json").read_text())["metrics"] == scores[0]
+
+
+@pytest.mark.parametrize("script", ["eval_vqa.py", "eval_caption.py"])
+def test_eval_scripts_report_errors_in_one_line(script: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    deep = _deep_json(tmp_path / "deep.json")
+    args = (["--results", str(deep), "--questions", str(deep), "--annotations", str(deep)] if script == "eval_vqa.py"
+            else ["--results", str(deep), "--annotations", str(deep)])
+    proc = subprocess.run([sys.executable, str(ROOT / script), *args, "--out", str(tmp_path / "m.json")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    _one_error_line(proc.stderr, f"{script}: error:", str(deep), "nested too deeply")
+
+
+def test_report_with_a_lone_surrogate_is_written(tmp_path: Path) -> None:
+    import json
+
+    from mmgpt.eval import vqa as eval_vqa
+    from test_eval_scripts import _vqa_files
+
+    questions, annotations, results = _vqa_files(tmp_path)
+    records = json.loads(results.read_text())
+    records[0]["answer"] = "yel\udc80low"  # what a decoder with errors="surrogateescape" leaves behind
+    results.write_text(json.dumps(records))
+    out = tmp_path / "metrics.json"
+    eval_vqa.main(["--results", str(results), "--questions", str(questions), "--annotations", str(annotations),
+                   "--out", str(out)])
+    report = (tmp_path / "metrics.html").read_text(encoding="utf-8")
+    assert "yel\\udc80low" in report and report.rstrip().endswith("</html>")
+    assert json.loads(out.read_text())["num_questions"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "metrics.html", "metrics.json", "q.json",
+                                                          "r.json"]
+
+
+def test_a_failed_write_leaves_the_old_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from mmgpt.eval.common import write_html_report, write_json
+
+    report, metrics = tmp_path / "report.html", tmp_path / "metrics.json"
+    report.write_text("old report")
+    metrics.write_text("old metrics")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_html_report(report, "t", {"a": 1.0}, [])
+    with pytest.raises(OSError, match="No space left"):
+        write_json(metrics, {"a": 1})
+    assert report.read_text() == "old report" and metrics.read_text() == "old metrics"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.html"]
+
+
+def _caption_files(folder: Path, captioned: int) -> tuple[Path, Path]:
+    import json
+
+    annotations = {"images": [{"id": i, "file_name": f"{i}.png"} for i in range(1, 5)],
+                   "annotations": [{"id": i, "image_id": i, "caption": f"a red circle number {i}"}
+                                   for i in range(1, 5)]}
+    results = [{"image_id": i, "caption": "a red circle"} for i in range(1, captioned + 1)]
+    paths = folder / "captions.json", folder / "results.json"
+    paths[0].write_text(json.dumps(annotations))
+    paths[1].write_text(json.dumps(results))
+    return paths
+
+
+def test_caption_results_for_some_images_fail_loudly(tmp_path: Path) -> None:
+    from mmgpt.eval import caption as eval_caption
+
+    annotations, results = _caption_files(tmp_path, captioned=1)
+    argv = ["--results", str(results), "--annotations", str(annotations), "--out", str(tmp_path / "m.json")]
+    with pytest.raises(ValueError, match=r"no caption for 3 of the 4 images .*image_id 2, 3, 4.*--allow-partial"):
+        eval_caption.main(argv)
+    assert not (tmp_path / "m.json").exists()
+    record = eval_caption.main([*argv, "--allow-partial"])
+    assert record["num_images"] == 1 and record["images_without_result"] == 3
+    complete_annotations, complete = _caption_files(tmp_path, captioned=4)
+    assert eval_caption.main(["--results", str(complete), "--annotations", str(complete_annotations),
+                              "--out", str(tmp_path / "m.json")])["num_images"] == 4
+
+
+@pytest.mark.parametrize("meta, kind", [([1, 2], "list"), ("tags", "str"), (3, "int")])
+def test_jsonl_meta_that_is_not_an_object_names_file_and_line(meta: Any, kind: str, tmp_path: Path) -> None:
+    import json
+
+    from mmgpt.data.formats import DatasetSpec, read_dataset
+
+    good = {"image": "a.png", "prompt": "q", "answer": "a", "meta": {"k": 1}}
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(good) + "\n\n" + json.dumps({**good, "meta": meta}) + "\n")
+    with pytest.raises(ValueError, match=rf"{path} line 3: field 'meta' must be an object .*got {kind}"):
+        read_dataset(DatasetSpec(format="jsonl", path=str(path)))
+
+
+def test_jsonl_bad_bytes_and_deep_lines_name_their_line(tmp_path: Path) -> None:
+    import json
+
+    from mmgpt.data.formats import DatasetSpec, read_dataset
+
+    good = json.dumps({"image": "a.png", "prompt": "q", "answer": "a"}) + "\n"
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(good.encode() * 2 + b'{"image": "caf\xe9.png"}\n')
+    with pytest.raises(ValueError, match=rf"{path} line 3: not valid UTF-8"):
+        read_dataset(DatasetSpec(format="jsonl", path=str(path)))
+    path.write_text(good + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match=rf"{path} line 2: JSON nested too deeply"):
+        read_dataset(DatasetSpec(format="jsonl", path=str(path)))
+    path.write_text(good * 3, encoding="utf-16")
+    assert len(read_dataset(DatasetSpec(format="jsonl", path=str(path)))) == 3

@@ -26,7 +26,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mmgpt.data.example import TASKS, Example
 from mmgpt.registry import registrar
@@ -116,12 +116,25 @@ def _require(spec: DatasetSpec, field: str, what: str, folder: bool = False) -> 
     return path
 
 
+def read_json_file(path: str | os.PathLike) -> Any:
+    """Parse a JSON file (UTF-8, or UTF-16/32 with their byte patterns); damaged or absurdly nested JSON raises
+    ValueError naming the file."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data)  # from bytes, json detects UTF-8 (with or without BOM), UTF-16 and UTF-32
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON text ({e.encoding}: {e.reason} at byte {e.start}); "
+                         "save it as UTF-8") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to parse") from None
+
+
 def _load_json(path: Path, *keys: str) -> dict:
     """A JSON object from `path` that must hold list fields `keys`."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON: {e}") from None
+    data = read_json_file(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object at top level, got {type(data).__name__}")
     for key in keys:
@@ -282,8 +295,11 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
         task = record.get("task", "vqa")
         if task not in TASKS:
             raise ValueError(f"{where}: field 'task' must be one of {TASKS}, got {task!r}")
+        meta = record.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise ValueError(f"{where}: field 'meta' must be an object ({{...}}), got {type(meta).__name__}")
         return [Example(image=image, prompt=_field(record, "prompt", where), answer=_field(record, "answer", where),
-                        task=task, id=ex_id, source=source, meta=dict(record.get("meta") or {}))]
+                        task=task, id=ex_id, source=source, meta=dict(meta or {}))]
     turns: list[tuple[str, str]] = []
     out = []
     for t, turn in enumerate(_field(record, "conversations", where, list)):
@@ -304,24 +320,45 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
     return out
 
 
+def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a JSONL file in UTF-8 (UTF-16/32 recognised too); bad bytes name their line."""
+    with path.open("rb") as f:
+        encoding = json.detect_encoding(f.read(4))
+        f.seek(0)
+        if not encoding.startswith("utf-8"):  # rare: decode whole, as lines cannot be split on bytes
+            try:
+                text = f.read().decode(encoding)
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
+            yield from enumerate(text.split("\n"), start=1)
+            return
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                yield line_no, raw.decode(encoding if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path} line {line_no}: not valid UTF-8 ({e.reason} at column {e.start + 1}); "
+                                 "save the file as UTF-8") from None
+
+
 @register_format("jsonl")
 def read_jsonl(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """Generic JSONL, single- or multi-turn (schema at the top of this module); templates are not applied."""
     path = _require(spec, "path", "JSONL file with one example object per line")
     base = Path(spec.images).expanduser() if spec.images else path.parent
     out: list[Example] = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if spec.max_examples and len(out) >= spec.max_examples:
-                break
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
+    for line_no, line in _jsonl_lines(path):
+        if spec.max_examples and len(out) >= spec.max_examples:
+            break
+        if not line.strip():
+            continue
+        where = f"{path} line {line_no}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise ValueError(f"{where}: JSON nested too deeply to parse") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
     return out

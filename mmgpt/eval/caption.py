@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--annotations", help="COCO captions JSON (default: built-in shapes test split)")
     parser.add_argument("--images", help="image folder of the annotations' file_name entries")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="built-in split (default test)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="score a --results file that captions only some of the annotated images (default: refuse)")
     add_model_args(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -60,7 +62,17 @@ def main(argv: list[str] | None = None) -> dict:
         images = {e.meta["image_id"]: e.image for e in examples}
         if args.predictions:
             write_json(args.predictions, [{"image_id": k, "caption": v} for k, v in predictions.items()])
-    # as the COCO toolkit does, the images scored are those with a result
+    missing = [k for k in references if k not in predictions]
+    if missing and not args.allow_partial:
+        raise ValueError(
+            f"{args.results}: no caption for {len(missing)} of the {len(references)} images in {args.annotations} "
+            f"(e.g. image_id {', '.join(map(repr, missing[:5]))}); numbers over the rest would not be comparable. "
+            "Pass --allow-partial to score only the images with a result, as the COCO toolkit does"
+        )
+    if missing:
+        logger.warning("scoring %d of %d images: %d have no caption in %s (--allow-partial)",
+                       len(references) - len(missing), len(references), len(missing), args.results)
+        info["images_without_result"] = len(missing)
     references = {k: v for k, v in references.items() if k in predictions}
     metrics, per_image = score_captions(references, predictions)
     missing_java = sorted({"METEOR", "SPICE"} - set(available_java_metrics()))
@@ -80,4 +92,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    from mmgpt.cli import run_reporting_errors
+
+    sys.exit(run_reporting_errors("python -m mmgpt.eval.caption", lambda: 0 if main() is not None else 1))

@@ -8,9 +8,12 @@ import io
 import json
 import os
 import platform
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
+
+from mmgpt.data.formats import read_json_file
 
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
 
@@ -54,21 +57,34 @@ def package_versions() -> dict[str, str]:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; invalid JSON raises ValueError naming the file."""
+    """Parse a JSON file; invalid, undecodable or absurdly nested JSON raises ValueError naming the file."""
+    return read_json_file(path)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 to a temp file in the same folder, then os.replace it onto `path`.
+
+    A reader (or a crash) sees the old file or the new one, never a part; characters UTF-8 cannot hold
+    (lone surrogates from a broken decoder) are written as backslash escapes instead of failing the write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8", errors="backslashreplace")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _thumbnail(image: Any, size: int = 128) -> str:
@@ -114,9 +130,7 @@ def write_html_report(
             )
         parts.append("</table>")
     parts.append("</body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
+    write_text_atomic(path, "\n".join(parts))
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:

@@ -114,4 +114,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+    from mmgpt.cli import run_reporting_errors
+
+    sys.exit(run_reporting_errors("python -m mmgpt.eval.vqa", lambda: 0 if main() is not None else 1))
