@@ -156,8 +156,10 @@ _GLOBAL_RNG_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def seeded_decoding(kwargs: dict[str, Any], seed: int | None, device: torch.device) -> Iterator[dict[str, Any]]:
-    """The `generate` kwargs for decoding_kwargs() output, sampling reproducibly from `seed` without touching
-    torch's global RNG (None: a fresh random seed); yields them for the calls inside the block."""
+    """Yield `generate` kwargs that sample reproducibly from `seed` (None: fresh) without torch's global RNG.
+
+    `kwargs` is decoding_kwargs() output; the yielded kwargs serve every generate call inside the block.
+    """
     if not kwargs.get("do_sample"):
         yield kwargs
         return

@@ -117,8 +117,10 @@ def _require(spec: DatasetSpec, field: str, what: str, folder: bool = False) -> 
 
 
 def read_json_file(path: str | os.PathLike) -> Any:
-    """Parse a JSON file (UTF-8, or UTF-16/32 with their byte patterns); damaged or absurdly nested JSON raises
-    ValueError naming the file."""
+    """Parse a JSON file (UTF-8, UTF-16 or UTF-32); damaged, undecodable or absurdly nested JSON is a ValueError.
+
+    The message names the file.
+    """
     with open(path, "rb") as f:
         data = f.read()
     try:
