@@ -1,12 +1,16 @@
-"""COCO caption metrics: hand-computed cases, tokenizer cases, pinned official numbers, loader errors."""
+"""COCO caption metrics: hand-computed cases, tokenizer cases, official numbers on trap sets, loader errors."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from mmgpt.eval import caption_metrics as cm
 from mmgpt.eval.caption_metrics import (load_coco_annotations, load_coco_results, ptb_tokenize, ptb_tokenize_batch,
                                         score_captions)
+from caption_traps import trap_set
+
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "caption_official.json").read_text())
 
 
 @pytest.fixture(autouse=True)
@@ -32,6 +36,12 @@ def no_java_metrics(monkeypatch):
     ("It\u2019s a \u201cquoted\u201d caption \u2014 isn\u2019t it?", "it 's a quoted caption is n't it"),
     ("50% of $5", "50 % of $ 5"),
     ("", ""), ("   ", ""), ("...", ""), ("U.S.", "u.s."),
+    # the toolkit rstrip()s each printed line, so a Unicode space the lexer kept at the end of a URL goes
+    ("mail me at foo@bar.com\u3000", "mail me at foo@bar.com"), ("see www.example.com\u202f", "see www.example.com"),
+    ("a@b.org\x1f", "a@b.org"),
+    # letters and digits newer than the lexer's Unicode 6.2 are deleted; U+1885 was a letter in 6.2
+    ("the \u037fes sign", "the es sign"), ("\ua7aa\ua7ab", "\u0266"), ("\u1c90 word", "word"),
+    ("5\ua9f1 and \u0de7", "5 and"), ("\u1885x", "\u1885x"), ("\u08a0\u08a1", "\u08a0"),
 ])
 def test_ptb_tokenize_matches_stanford(text, expected):
     assert ptb_tokenize(text) == expected
@@ -125,6 +135,34 @@ def test_matches_official_toolkit_numbers():
     for image, value in PINNED_CIDER.items():
         assert per_image[image]["CIDEr"] == pytest.approx(value, abs=1e-12)
     assert per_image[44]["ROUGE_L"] == pytest.approx(0.6666666666666666, abs=1e-12)
+
+
+def trap_files(tmp_path, expected):
+    annotations, results = trap_set(expected["seed"], expected["num_images"], expected["id_style"],
+                                    expected["universal_reference"])
+    refs = load_coco_annotations(write(tmp_path, "captions.json", annotations))
+    return refs, load_coco_results(write(tmp_path, "results.json", results), refs)
+
+
+@pytest.mark.parametrize("expected", OFFICIAL["sets"], ids=lambda e: f"seed{e['seed']}-{e['num_images']}")
+def test_equals_official_toolkit_on_trap_sets(tmp_path, expected):
+    metrics, per_image = score_captions(*trap_files(tmp_path, expected))
+    assert metrics == {name: value for name, value in expected["corpus"].items() if name != "METEOR"}
+    if "per_image" in expected:
+        assert list(per_image) == expected["image_ids"]
+        for name, values in expected["per_image"].items():
+            if name != "METEOR":
+                assert [scores[name] for scores in per_image.values()] == values, name
+
+
+def test_meteor_equals_official_toolkit_where_java_runs(tmp_path, monkeypatch):
+    monkeypatch.undo()  # the real Java lookup
+    if "METEOR" not in cm.available_java_metrics():
+        pytest.skip("needs Java and pycocoevalcap's METEOR jar (installed package or $PYCOCOEVALCAP_DIR)")
+    expected = OFFICIAL["sets"][0]
+    metrics, per_image = score_captions(*trap_files(tmp_path, expected))
+    assert metrics["METEOR"] == expected["corpus"]["METEOR"]
+    assert [scores["METEOR"] for scores in per_image.values()] == expected["per_image"]["METEOR"]
 
 
 def test_score_captions_rejects_bad_input():

@@ -4,8 +4,14 @@ The numbers equal `COCOEvalCap.evaluate()` (which tokenizes with Stanford CoreNL
 The tokenizer is a rule-for-rule port of that release's PTBLexer (JFlex: longest match, trailing context
 counted in the match length, earlier rule wins ties, literals caseless, character classes case-sensitive),
 fed the same newline-joined stream, so even its cross-caption look-ahead ("U.S." before "The") carries over.
-Deliberate deviation: a caption holding \\r, \\x0b, \\x0c, U+2028 or U+2029 makes the Java tool emit extra
-lines and misalign every later caption; here those characters only separate tokens.
+Its letter and digit classes are the Unicode 6.2 ones JFlex compiled in, whatever Python's Unicode is, and each
+line is split after the toolkit's own rstrip().
+Deliberate deviations: a caption holding \\r, \\x0b, \\x0c, U+2028 or U+2029 makes the Java tool emit extra
+lines and misalign every later caption; here those characters only separate tokens. Tokens are lowercased by
+Python's str.lower(), which differs from the JVM's String.toLowerCase() in two corners that depend on the JVM,
+not on the toolkit: a capital sigma (U+03A3), whose final form the JDK decides by its own word boundaries (in
+"SIGMA-SIGMA" it makes the second one final, Python neither), and, inside URL, e-mail or SGML tokens, letters
+whose case mapping is newer than the JVM's Unicode (Java 17 keeps U+2C2F; Python 3.11 lowercases it).
 METEOR and SPICE need Java and the toolkit's jars; they are added when `available_java_metrics()` finds them.
 """
 from __future__ import annotations
@@ -34,16 +40,70 @@ PUNCTUATIONS = frozenset(["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB
                           ".", "?", "!", ",", ":", "-", "--", "...", ";"])
 
 
-def _class_body(prefix: str) -> str:
-    """Regex class body of the BMP code points whose Unicode category starts with `prefix`."""
-    out, start = [], None
-    for cp in range(0x10001):
-        ok = cp < 0x10000 and not 0xD800 <= cp <= 0xDFFF and unicodedata.category(chr(cp)).startswith(prefix)
-        if ok and start is None:
-            start = cp
-        elif not ok and start is not None:
-            out.append(f"\\u{start:04x}" + ("" if start == cp - 1 else f"-\\u{cp - 1:04x}"))
-            start = None
+# JFlex froze [:letter:] and [:digit:] into the 3.4.1 lexer with the Unicode of its Java (6.2), so what Unicode
+# added later (Greek yot, Latin Extended-D/E additions, Georgian Mtavruli, Cherokee small letters, new Lao, Tai
+# Laing digits, ...) is untokenizable there and deleted, while U+1885-1886, letters in 6.2 and marks since, are
+# word characters. Fixed BMP tables, not the running Python's unicodedata, whose version moves with Python.
+_LETTER_RANGES = (
+    "0041-005A 0061-007A 00AA 00B5 00BA 00C0-00D6 00D8-00F6 00F8-02C1 02C6-02D1 02E0-02E4 02EC 02EE 0370-0374 "
+    "0376-0377 037A-037D 0386 0388-038A 038C 038E-03A1 03A3-03F5 03F7-0481 048A-0527 0531-0556 0559 0561-0587 "
+    "05D0-05EA 05F0-05F2 0620-064A 066E-066F 0671-06D3 06D5 06E5-06E6 06EE-06EF 06FA-06FC 06FF 0710 0712-072F "
+    "074D-07A5 07B1 07CA-07EA 07F4-07F5 07FA 0800-0815 081A 0824 0828 0840-0858 08A0 08A2-08AC 0904-0939 093D "
+    "0950 0958-0961 0971-0977 0979-097F 0985-098C 098F-0990 0993-09A8 09AA-09B0 09B2 09B6-09B9 09BD 09CE "
+    "09DC-09DD 09DF-09E1 09F0-09F1 0A05-0A0A 0A0F-0A10 0A13-0A28 0A2A-0A30 0A32-0A33 0A35-0A36 0A38-0A39 "
+    "0A59-0A5C 0A5E 0A72-0A74 0A85-0A8D 0A8F-0A91 0A93-0AA8 0AAA-0AB0 0AB2-0AB3 0AB5-0AB9 0ABD 0AD0 0AE0-0AE1 "
+    "0B05-0B0C 0B0F-0B10 0B13-0B28 0B2A-0B30 0B32-0B33 0B35-0B39 0B3D 0B5C-0B5D 0B5F-0B61 0B71 0B83 0B85-0B8A "
+    "0B8E-0B90 0B92-0B95 0B99-0B9A 0B9C 0B9E-0B9F 0BA3-0BA4 0BA8-0BAA 0BAE-0BB9 0BD0 0C05-0C0C 0C0E-0C10 "
+    "0C12-0C28 0C2A-0C33 0C35-0C39 0C3D 0C58-0C59 0C60-0C61 0C85-0C8C 0C8E-0C90 0C92-0CA8 0CAA-0CB3 0CB5-0CB9 "
+    "0CBD 0CDE 0CE0-0CE1 0CF1-0CF2 0D05-0D0C 0D0E-0D10 0D12-0D3A 0D3D 0D4E 0D60-0D61 0D7A-0D7F 0D85-0D96 "
+    "0D9A-0DB1 0DB3-0DBB 0DBD 0DC0-0DC6 0E01-0E30 0E32-0E33 0E40-0E46 0E81-0E82 0E84 0E87-0E88 0E8A 0E8D "
+    "0E94-0E97 0E99-0E9F 0EA1-0EA3 0EA5 0EA7 0EAA-0EAB 0EAD-0EB0 0EB2-0EB3 0EBD 0EC0-0EC4 0EC6 0EDC-0EDF 0F00 "
+    "0F40-0F47 0F49-0F6C 0F88-0F8C 1000-102A 103F 1050-1055 105A-105D 1061 1065-1066 106E-1070 1075-1081 108E "
+    "10A0-10C5 10C7 10CD 10D0-10FA 10FC-1248 124A-124D 1250-1256 1258 125A-125D 1260-1288 128A-128D 1290-12B0 "
+    "12B2-12B5 12B8-12BE 12C0 12C2-12C5 12C8-12D6 12D8-1310 1312-1315 1318-135A 1380-138F 13A0-13F4 1401-166C "
+    "166F-167F 1681-169A 16A0-16EA 1700-170C 170E-1711 1720-1731 1740-1751 1760-176C 176E-1770 1780-17B3 17D7 "
+    "17DC 1820-1877 1880-18A8 18AA 18B0-18F5 1900-191C 1950-196D 1970-1974 1980-19AB 19C1-19C7 1A00-1A16 "
+    "1A20-1A54 1AA7 1B05-1B33 1B45-1B4B 1B83-1BA0 1BAE-1BAF 1BBA-1BE5 1C00-1C23 1C4D-1C4F 1C5A-1C7D 1CE9-1CEC "
+    "1CEE-1CF1 1CF5-1CF6 1D00-1DBF 1E00-1F15 1F18-1F1D 1F20-1F45 1F48-1F4D 1F50-1F57 1F59 1F5B 1F5D 1F5F-1F7D "
+    "1F80-1FB4 1FB6-1FBC 1FBE 1FC2-1FC4 1FC6-1FCC 1FD0-1FD3 1FD6-1FDB 1FE0-1FEC 1FF2-1FF4 1FF6-1FFC 2071 207F "
+    "2090-209C 2102 2107 210A-2113 2115 2119-211D 2124 2126 2128 212A-212D 212F-2139 213C-213F 2145-2149 214E "
+    "2183-2184 2C00-2C2E 2C30-2C5E 2C60-2CE4 2CEB-2CEE 2CF2-2CF3 2D00-2D25 2D27 2D2D 2D30-2D67 2D6F 2D80-2D96 "
+    "2DA0-2DA6 2DA8-2DAE 2DB0-2DB6 2DB8-2DBE 2DC0-2DC6 2DC8-2DCE 2DD0-2DD6 2DD8-2DDE 2E2F 3005-3006 3031-3035 "
+    "303B-303C 3041-3096 309D-309F 30A1-30FA 30FC-30FF 3105-312D 3131-318E 31A0-31BA 31F0-31FF 3400-4DB5 "
+    "4E00-9FCC A000-A48C A4D0-A4FD A500-A60C A610-A61F A62A-A62B A640-A66E A67F-A697 A6A0-A6E5 A717-A71F "
+    "A722-A788 A78B-A78E A790-A793 A7A0-A7AA A7F8-A801 A803-A805 A807-A80A A80C-A822 A840-A873 A882-A8B3 "
+    "A8F2-A8F7 A8FB A90A-A925 A930-A946 A960-A97C A984-A9B2 A9CF AA00-AA28 AA40-AA42 AA44-AA4B AA60-AA76 AA7A "
+    "AA80-AAAF AAB1 AAB5-AAB6 AAB9-AABD AAC0 AAC2 AADB-AADD AAE0-AAEA AAF2-AAF4 AB01-AB06 AB09-AB0E AB11-AB16 "
+    "AB20-AB26 AB28-AB2E ABC0-ABE2 AC00-D7A3 D7B0-D7C6 D7CB-D7FB F900-FA6D FA70-FAD9 FB00-FB06 FB13-FB17 FB1D "
+    "FB1F-FB28 FB2A-FB36 FB38-FB3C FB3E FB40-FB41 FB43-FB44 FB46-FBB1 FBD3-FD3D FD50-FD8F FD92-FDC7 FDF0-FDFB "
+    "FE70-FE74 FE76-FEFC FF21-FF3A FF41-FF5A FF66-FFBE FFC2-FFC7 FFCA-FFCF FFD2-FFD7 FFDA-FFDC")
+_DIGIT_RANGES = (
+    "0030-0039 0660-0669 06F0-06F9 07C0-07C9 0966-096F 09E6-09EF 0A66-0A6F 0AE6-0AEF 0B66-0B6F 0BE6-0BEF "
+    "0C66-0C6F 0CE6-0CEF 0D66-0D6F 0E50-0E59 0ED0-0ED9 0F20-0F29 1040-1049 1090-1099 17E0-17E9 1810-1819 "
+    "1946-194F 19D0-19D9 1A80-1A89 1A90-1A99 1B50-1B59 1BB0-1BB9 1C40-1C49 1C50-1C59 A620-A629 A8D0-A8D9 "
+    "A900-A909 A9D0-A9D9 AA50-AA59 ABF0-ABF9 FF10-FF19")
+
+
+def _code_points(ranges: str) -> list[int]:
+    """Code points of space-separated hex values and ranges ("0041-005A 00AA ...")."""
+    out: list[int] = []
+    for item in ranges.split():
+        first, _, last = item.partition("-")
+        out.extend(range(int(first, 16), int(last or first, 16) + 1))
+    return out
+
+
+def _class_body(code_points: Iterable[int]) -> str:
+    """Regex class body (ranges of \\uXXXX) matching exactly `code_points`."""
+    out: list[str] = []
+    cps = sorted(code_points)
+    i = 0
+    while i < len(cps):
+        j = i
+        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
+            j += 1
+        out.append(f"\\u{cps[i]:04x}" + ("" if i == j else f"-\\u{cps[j]:04x}"))
+        i = j + 1
     return "".join(out)
 
 
@@ -51,7 +111,11 @@ def _ci(alternatives: str) -> str:
     return f"(?i:{alternatives})"  # JFlex %caseless applies to literals only, so only literals get (?i:)
 
 
-_LET, _UPPER = _class_body("L"), _class_body("Lu")
+_LETTERS = _code_points(_LETTER_RANGES)
+_LET, _DIG = _class_body(_LETTERS), _class_body(_code_points(_DIGIT_RANGES))
+# only ABBREV1's look-ahead tests it, and both of that rule's outcomes tokenize alike once punctuation is removed
+_UPPER = _class_body(cp for cp in _LETTERS if unicodedata.category(chr(cp)) == "Lu")
+DIGIT = f"[{_DIG}]"
 _LET_EXTRA = (r"\u00AD\u0237-\u024F\u02C2-\u02C5\u02D2-\u02DF\u02E5-\u02FF\u0300-\u036F\u0370-\u037D\u0384\u0385"
               r"\u03CF\u03F6\u03FC-\u03FF\u0483-\u0487\u04CF\u04F6-\u04FF\u0510-\u0525\u055A-\u055F\u0591-\u05BD"
               r"\u05BF\u05C1\u05C2\u05C4\u05C5\u05C7\u0615-\u061A\u063B-\u063F\u064B-\u065E\u0670\u06D6-\u06EF"
@@ -61,7 +125,7 @@ _LET_EXTRA = (r"\u00AD\u0237-\u024F\u02C2-\u02C5\u02D2-\u02DF\u02E5-\u02FF\u0300
               r"\u0BC6-\u0BC8\u0BCA-\u0BCD\u0C01-\u0C03\u0C3E-\u0C56\u0D3E-\u0D44\u0D46-\u0D48\u0E30-\u0E3A"
               r"\u0E47-\u0E4E\u0EB1-\u0EBC\u0EC8-\u0ECD")
 LETTER = rf"(?:[{_LET}{_LET_EXTRA}]|&[aeiouAEIOU]{_ci('acute|grave|uml')};)"
-LD = rf"[{_LET}\d]"
+LD = rf"[{_LET}{_DIG}]"
 SP = r"[ \t\u00A0\u2000-\u200A\u3000]"
 NL = r"(?:\r\n|[\n\r\u2028\u2029\x0b\x0c\x85])"
 SPNL = rf"(?:{SP}|{NL})"
@@ -69,10 +133,10 @@ SGML = (r"<(?:[!?][A-Za-z\-][^>\r\n]*|[A-Za-z][A-Za-z0-9_:.\-]*(?:[ ]+(?:[A-Za-z
         r"(?:'[^']*'|\"[^\"]*\")|[A-Za-z][A-Za-z0-9_:.\-]*))*[ ]*/?|/[A-Za-z][A-Za-z0-9_:.\-]*)[ ]*>")
 APOS = rf"(?:['\u0092\u2019]|&{_ci('apos')};)"
 APOSX = rf"(?:{APOS}|[`\u0091\u2018\u201B])"
-WORD = rf"{LETTER}(?:{LETTER}|\d)*(?:[.!?]{LETTER}(?:{LETTER}|\d)*)*"
+WORD = rf"{LETTER}(?:{LETTER}|{DIGIT})*(?:[.!?]{LETTER}(?:{LETTER}|{DIGIT})*)*"
 REDAUX = rf"{APOS}(?:[msdMSD]|{_ci('re|ve|ll')})"
 SREDAUX = rf"{_ci('n')}{APOSX}{_ci('t')}"
-NUMBER = r"[\-+]?(?:\d*(?:[.:,\u00AD\u066B\u066C]\d+)+|\d+)"
+NUMBER = rf"[\-+]?(?:{DIGIT}*(?:[.:,\u00AD\u066B\u066C]{DIGIT}+)+|{DIGIT}+)"
 HYPHEN = r"[\-_\u058A\u2010\u2011]"
 THING = rf"(?:[dDoOlL]{APOSX}{LD})?{LD}+(?:{HYPHEN}(?:[dDoOlL]{APOSX}{LD})?{LD}+)*"
 ACRO_SPECIAL = [_ci(r"U\.S\.-(?:U\.K|U\.S\.S\.R)"), _ci("Canada|Sino|Korean|EU|Japan|non") + "-" + _ci(r"U\.S")]
@@ -135,10 +199,10 @@ _RULE_SPECS: list[tuple[list[str], str | None, str | None]] = [
      None, None),
     ([r"@[a-zA-Z_][a-zA-Z_0-9]*", rf"#{LETTER}+"], None, None),
     ([REDAUX], "[^A-Za-z]", "qR"), ([SREDAUX], "[^A-Za-z]", "qR"),
-    ([r"\d{1,2}[\-/]\d{1,2}[\-/]\d{2,4}"], None, None),
+    ([rf"{DIGIT}{{1,2}}[\-/]{DIGIT}{{1,2}}[\-/]{DIGIT}{{2,4}}"], None, None),
     ([NUMBER], None, "soft"),
     ([r"[\u207A\u207B\u208A\u208B]?(?:[\u2070\u00B9\u00B2\u00B3\u2074-\u2079]+|[\u2080-\u2089]+)"], None, None),
-    ([r"(?:\d{1,4}[- \u00A0])?\d{1,4}(?:\\?/|\u2044)\d{1,4}"], None, "nbsp"),
+    ([rf"(?:{DIGIT}{{1,4}}[- \u00A0])?{DIGIT}{{1,4}}(?:\\?/|\u2044){DIGIT}{{1,4}}"], None, "nbsp"),
     ([r"[\u00BC\u00BD\u00BE\u2153-\u215E]"], None, "frac"),
     ([_ci("-(?:RRB|LRB|RCB|LCB|RSB|LSB)-|C\\.D\\.s|pro-|anti-"), _ci("S(?:&|&amp;)P-500|S(?:&|&amp;)Ls"),
       _ci("Cap") + APOS + _ci("n"), _ci("c") + APOS + _ci("est")], None, "amp"),
@@ -146,7 +210,7 @@ _RULE_SPECS: list[tuple[list[str], str | None, str | None]] = [
     ([r"[A-Z]*\$|#"], None, None),
     (["[\u00A2\u00A3\u00A4\u00A5\u0080\u20A0\u20AC\u060B\u0E3F\u20A4\uFFE0\uFFE1\uFFE5\uFFE6]"], None, "cur"),
     ([a + r"\." for a in ACRO_ALTS], ACRONYM_NEXT, "acro"),
-    ([_ci(r"(?:ca|figs?|prop|nos?|art|bldg|pp|op)\.")], rf"{SPNL}?\d", None),
+    ([_ci(r"(?:ca|figs?|prop|nos?|art|bldg|pp|op)\.")], rf"{SPNL}?{DIGIT}", None),
     ([_ci(r"(?:pt[ey]|co)\.")], SP + _ci("ltd|lim"), None),
     ([ABBREV1], rf"{SPNL}(?:{SPNL}|[{_UPPER}]|{SGML})", "period"),
     ([ABBREV1], r"[\s\S]{2}", None),
@@ -155,9 +219,9 @@ _RULE_SPECS: list[tuple[list[str], str | None, str | None]] = [
     (ABBREV4_ALTS, SP, None),
     (ACRO_ALTS, SPNL, None),
     ([rf"{APOS}[0-9][0-9]"], SPNL, None),
-    ([rf"(?:{LETTER}|\d)+(?:\.(?:{LETTER}|\d)+)*\." + _ci("bat|bmp|c|class|cgi|cpp|dll|doc|docx|exe|gif|gz|h|htm"
-                                                        "|html|jar|java|jpeg|jpg|mov|mp3|pdf|php|pl|png|ppt|ps"
-                                                        "|py|sql|tar|txt|wav|x|xml|zip")], rf"{SPNL}|[.?!,]", None),
+    ([rf"(?:{LETTER}|{DIGIT})+(?:\.(?:{LETTER}|{DIGIT})+)*\."
+      + _ci("bat|bmp|c|class|cgi|cpp|dll|doc|docx|exe|gif|gz|h|htm|html|jar|java|jpeg|jpg|mov|mp3|pdf|php|pl|png"
+            "|ppt|ps|py|sql|tar|txt|wav|x|xml|zip")], rf"{SPNL}|[.?!,]", None),
     ([WORD + r"\."], INSENTP, "soft"),
     ([r"(?:\([0-9]{2,3}\)[ \u00A0]?|(?:\+\+?)?(?:[0-9]{2,4}[\- \u00A0])?[0-9]{2,4}[\- \u00A0])[0-9]{3,4}"
       r"[\- \u00A0]?[0-9]{3,5}", r"(?:(?:\+\+?)?[0-9]{2,4}\.)?[0-9]{2,4}\.[0-9]{3,4}\.[0-9]{3,5}"], None, "phone"),
@@ -284,7 +348,10 @@ def _ptb_lines(captions: list[str]) -> list[list[str]]:
 
 def ptb_tokenize_batch(captions: list[str]) -> list[str]:
     """Tokenize captions exactly as pycocoevalcap's PTBTokenizer does for one call (one newline-joined stream)."""
-    return [" ".join(t for t in line if t not in PUNCTUATIONS) for line in _ptb_lines(captions)]
+    # The toolkit splits the printed line after rstrip(), which also eats Unicode whitespace (U+3000, U+202F,
+    # \x1f, ...) that the lexer left at the end of a line's last token, e.g. inside an e-mail or URL token.
+    return [" ".join(t for t in " ".join(line).rstrip().split(" ") if t not in PUNCTUATIONS)
+            for line in _ptb_lines(captions)]
 
 
 def ptb_tokenize(text: str) -> str:
