@@ -8,6 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +25,58 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names it."""
 
 
+_BOUND = re.compile(r"(>=|>)\s*(\S+)")
+_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
+
+
+def _within(value: float, allowed: str) -> bool:
+    """Whether `value` lies in `allowed`: '>= 1', '> 0', '[0, 1)' or '[0, 1]' (a note in parentheses may follow)."""
+    if bound := _BOUND.fullmatch(allowed.split(" (")[0]):
+        low = float(bound.group(2))
+        return value >= low if bound.group(1) == ">=" else value > low
+    interval = _INTERVAL.fullmatch(allowed.split(" (")[0])
+    if interval is None:
+        raise ValueError(f"unreadable range {allowed!r}")
+    low, high = float(interval.group(2)), float(interval.group(3))
+    above = value >= low if interval.group(1) == "[" else value > low
+    below = value <= high if interval.group(4) == "]" else value < high
+    return above and below
+
+
+def check_range(key: str, value: Any, allowed: str, integer: bool = False) -> None:
+    """Raise ConfigError naming `key`, `value` and `allowed` unless value is a finite number (an int) in range."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if integer and not isinstance(value, int):
+        is_number = False
+    if is_number and math.isfinite(value) and _within(value, allowed):
+        return
+    if integer:
+        kind = "" if isinstance(value, int) and not isinstance(value, bool) else "an integer "
+    else:
+        kind = "a finite number "
+    where = f"in {allowed}" if allowed.startswith(("[", "(")) else allowed
+    raise ConfigError(f"{key} must be {kind}{where}, got {value!r}")
+
+
+def check_fields(section: Any, prefix: str, **allowed: str) -> None:
+    """check_range on each named field of a config dataclass; int-annotated fields must hold ints."""
+    hints = typing.get_type_hints(type(section))
+    for name, spec in allowed.items():
+        check_range(f"{prefix}{name}", getattr(section, name), spec, integer=hints[name] is int)
+
+
+def check_finite_values(key: str, data: Any) -> None:
+    """Raise ConfigError for a NaN or infinite float anywhere in a (nested) mapping or list, naming its key."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"{key} must be a finite number, got {data!r}")
+    if isinstance(data, dict):
+        for name, value in data.items():
+            check_finite_values(f"{key}.{name}", value)
+    elif isinstance(data, (list, tuple)):
+        for i, value in enumerate(data):
+            check_finite_values(f"{key}[{i}]", value)
+
+
 @dataclass
 class TextEncoderConfig:
     """Which text encoder turns the prompt into T of shape (batch, text_len, d_text)."""
@@ -35,6 +89,10 @@ class TextEncoderConfig:
     hf_config: dict = field(default_factory=dict)
     max_length: int = 64
     freeze: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.text_encoder.", max_length=">= 1")
+        check_finite_values("model.text_encoder.hf_config", self.hf_config)
 
 
 @dataclass
@@ -55,6 +113,9 @@ class ImageEncoderConfig:
     keep_prefix_tokens: bool = False
     freeze: bool = False
 
+    def __post_init__(self) -> None:
+        check_finite_values("model.image_encoder.kwargs", self.kwargs)
+
 
 @dataclass
 class FusionConfig:
@@ -72,6 +133,9 @@ class FusionConfig:
     # to one, so without it a query cannot say "nothing in the image matches me" (yes/no questions)
     null_token: bool = False
     freeze: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.fusion.", dim=">= 1", num_layers=">= 1", num_heads=">= 1", dropout="[0, 1)")
 
 
 @dataclass
@@ -100,6 +164,9 @@ class GeneratorConfig:
     # the projector that maps F to the generator's width
     freeze_projector: bool = False
 
+    def __post_init__(self) -> None:
+        check_finite_values("model.generator.hf_config", self.hf_config)
+
 
 @dataclass
 class TokenizerConfig:
@@ -108,6 +175,9 @@ class TokenizerConfig:
     vocab_size: int = 512
     min_frequency: int = 1
     lowercase: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.tokenizer.", vocab_size=">= 1", min_frequency=">= 0")
 
 
 @dataclass
@@ -125,8 +195,7 @@ class ModelConfig:
     vqa_template: str = "{question}"
 
     def __post_init__(self) -> None:
-        if self.max_answer_length < 2:
-            raise ConfigError(f"model.max_answer_length must be >= 2, got {self.max_answer_length}")
+        check_fields(self, "model.", max_answer_length=">= 2")
         if "{question}" not in self.vqa_template:
             raise ConfigError(f"model.vqa_template must contain '{{question}}', got {self.vqa_template!r}")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmgpt.config import ConfigError, ModelConfig
+from mmgpt.config import ConfigError, ModelConfig, check_fields, check_range
 from mmgpt.data.formats import DatasetSpec
 
 
@@ -43,10 +43,8 @@ class DataConfig:
     eval_max_examples: int = 1000
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ConfigError(f"data.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
-        if self.questions_per_image < 1:
-            raise ConfigError(f"data.questions_per_image must be >= 1, got {self.questions_per_image}")
+        check_fields(self, "data.", samples_per_epoch=">= 0 (0 = the datasets' total size)", max_bad_fraction="[0, 1]",
+                     num_workers=">= 0", questions_per_image=">= 1", eval_max_examples=">= 0 (0 = all)")
         if not self.train:
             raise ConfigError("data.train is empty: name at least one dataset")
 
@@ -67,12 +65,18 @@ class OptimConfig:
     lr_multipliers: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self, "optim.", lr="> 0", weight_decay=">= 0", eps="> 0", warmup_steps=">= 0",
+                     min_lr_ratio="[0, 1]", grad_clip=">= 0 (0 = no clipping)")
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {self.betas}")
+        for i, beta in enumerate(self.betas):
+            check_range(f"optim.betas[{i}]", beta, "[0, 1)")
         allowed = {"text_encoder", "image_encoder", "fusion", "projector", "generator"}
         unknown = set(self.lr_multipliers) - allowed
         if unknown:
             raise ConfigError(f"optim.lr_multipliers: unknown component {sorted(unknown)}; available: {sorted(allowed)}")
+        for component, multiplier in self.lr_multipliers.items():
+            check_range(f"optim.lr_multipliers.{component}", multiplier, ">= 0")
 
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
@@ -107,8 +111,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
-        if self.cpu_threads < 0:
-            raise ConfigError(f"cpu_threads must be >= 0 (0 = automatic), got {self.cpu_threads}")
-        for name in ("batch_size", "grad_accum_steps", "max_steps", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # numpy's seed, which accelerate's set_seed also sets, takes 0 .. 2**32 - 1 only
+        check_fields(self, "", seed=f"[0, {2**32 - 1}]", batch_size=">= 1", grad_accum_steps=">= 1",
+                     max_steps=">= 1", eval_every=">= 0 (0 = never)", save_every=">= 0 (0 = only when stopping)",
+                     keep_checkpoints=">= 1", log_every=">= 1", cpu_threads=">= 0 (0 = automatic)",
+                     stop_at_step=">= 0 (0 = never)")
