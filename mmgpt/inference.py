@@ -13,7 +13,7 @@ from typing import Any, Iterator, Sequence, Union
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from mmgpt.model import MMGPT
+from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +39,12 @@ def default_model_path() -> Path:
     """$MMGPT_MODEL, else ./runs/default/model, else the model the last default training run saved."""
     if os.environ.get("MMGPT_MODEL"):
         return Path(os.environ["MMGPT_MODEL"]).expanduser()
-    if (DEFAULT_RUN_MODEL / "config.json").is_file():
+    # saved_model_folder: a save killed between its two renames leaves the model aside, still loadable
+    if is_model_folder(saved_model_folder(DEFAULT_RUN_MODEL)):
         return DEFAULT_RUN_MODEL
     if _POINTER.is_file():
         recorded = Path(_POINTER.read_text().strip())
-        if (recorded / "config.json").is_file():
+        if is_model_folder(saved_model_folder(recorded)):
             return recorded
     raise FileNotFoundError(
         "no trained model found: pass model='path/to/model', set MMGPT_MODEL, or train the default one with "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
 from mmgpt.processor import Processor
+from mmgpt.saving import existing_copy, folder_lock, fsync_tree, remove_leftovers, swap_in
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,21 @@ def _first_rows(inverse: torch.Tensor, count: int) -> torch.Tensor:
     """For each of `count` groups, the index of one row that belongs to it."""
     first = torch.empty(count, dtype=torch.long, device=inverse.device)
     return first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a saved model's config and weights."""
+    return (folder / CONFIG_NAME).is_file() and (folder / WEIGHTS_NAME).is_file()
+
+
+def saved_model_folder(folder: Path) -> Path:
+    """`folder`, or its aside copy `.NAME.old` when a save was killed between its two renames (mmgpt.saving)."""
+    return existing_copy(folder, is_model_folder) or folder
+
+
+def _leftover_pattern(name: str) -> str:
+    """Names of save_pretrained's temp folders (mkdtemp's 8 characters) and trash folders for a folder `name`."""
+    return rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}|\.{re.escape(name)}(\.old)?\.trash-[0-9a-f]{{8}}"
 
 
 @dataclass
@@ -229,27 +244,35 @@ class MMGPT(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save_pretrained(self, folder: str | Path) -> None:
-        """Write config.json, model.safetensors, tokenizer(s), image transform and component configs atomically."""
+        """Write config.json, model.safetensors, tokenizer(s), image transform and component configs, crash-safely.
+
+        Everything goes to a temp folder that then replaces `folder` by renames (mmgpt.saving): a kill at
+        any instant leaves the previous model or the new one loadable, and the next save cleans up after it.
+        """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
-            (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
-            save_model(self, str(tmp / WEIGHTS_NAME))
-            self.processor.save_pretrained(tmp)
-            # component configs let from_pretrained rebuild every part offline
-            self.generator.config.save_pretrained(tmp / "generator")
-            for part in ("text_encoder", "image_encoder"):
-                module = getattr(self, part)
-                if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
-                    module.model.config.save_pretrained(tmp / part)
-            old = folder.with_name(f".{folder.name}.old")
-            if folder.exists():
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if folder.is_dir() and not folder.is_symlink() and any(folder.iterdir()) and not is_model_folder(folder):
+            raise FileExistsError(
+                f"{folder} is a folder but not a saved mmgpt model (no {CONFIG_NAME} and {WEIGHTS_NAME}), and saving "
+                "would replace it: save to a new folder, or empty this one first"
+            )
+        with folder_lock(folder.parent):
+            remove_leftovers(folder.parent, _leftover_pattern(folder.name))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+            try:
+                (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
+                save_model(self, str(tmp / WEIGHTS_NAME))
+                self.processor.save_pretrained(tmp)
+                # component configs let from_pretrained rebuild every part offline
+                self.generator.config.save_pretrained(tmp / "generator")
+                for part in ("text_encoder", "image_encoder"):
+                    module = getattr(self, part)
+                    if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
+                        module.model.config.save_pretrained(tmp / part)
+                fsync_tree(tmp)
+                swap_in(tmp, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> "MMGPT":
@@ -351,7 +374,7 @@ def resolve_model_path(name: str | Path) -> Path:
     text = str(name)
     if text.startswith(HUB_PREFIX):
         return resolve_model_path(_download(text[len(HUB_PREFIX) :]))
-    path = Path(text).expanduser()
+    path = saved_model_folder(Path(text).expanduser())
     if not path.exists():
         raise FileNotFoundError(
             f"model folder not found: {path} (a model on the Hugging Face hub is named {HUB_PREFIX}org/name)"

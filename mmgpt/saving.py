@@ -1,0 +1,110 @@
+"""Crash-safe folder saving: write a temp folder, swap it in with renames, clean what a crash left behind.
+
+A saved folder (a model, a checkpoint) is replaced in two renames, `folder -> .folder.old` then
+`temp -> folder`. rename(2) is atomic on POSIX, so at every instant either `folder` or, between the two
+renames, `.folder.old` holds a complete copy; readers fall back to `.folder.old` when `folder` is missing
+(`existing_copy`). Temp and half-deleted folders carry names that `remove_leftovers` recognises, so a
+kill at any point leaves nothing that blocks or confuses a later save.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import shutil
+from pathlib import Path
+from typing import Callable, Iterator
+
+ASIDE_SUFFIX = ".old"
+TRASH_MARK = ".trash-"
+
+
+def aside_path(folder: Path) -> Path:
+    """Where the previous copy of `folder` waits while the new one is renamed in: `.NAME.old`."""
+    return folder.with_name(f".{folder.name}{ASIDE_SUFFIX}")
+
+
+def existing_copy(folder: Path, is_complete: Callable[[Path], bool]) -> Path | None:
+    """`folder` if complete, else its aside copy if complete (a save was killed between its renames), else None."""
+    for candidate in (folder, aside_path(folder)):
+        if candidate.is_dir() and is_complete(candidate):
+            return candidate
+    return None
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under `folder` to disk, so a rename never publishes unwritten data."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True) + [folder]:
+        if path.is_symlink():
+            continue
+        _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # e.g. a folder on a platform that cannot open folders: nothing more to do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems do not support fsync on folders
+    finally:
+        os.close(fd)
+
+
+def swap_in(new: Path, folder: Path) -> None:
+    """Put the complete folder `new` at `folder`, keeping the previous copy loadable until the new one is there."""
+    aside = aside_path(folder)
+    if folder.exists():
+        # `folder` is complete, so an aside copy is a leftover of an earlier crash
+        discard(aside)
+        os.replace(folder, aside)
+    os.replace(new, folder)
+    _fsync(folder.parent)
+    discard(aside)
+
+
+def discard(path: Path) -> None:
+    """Delete a folder so that its name disappears at once (renamed to a trash name first, then removed)."""
+    if path.is_symlink():
+        path.unlink()
+        return
+    if not path.exists():
+        return
+    trash = path.with_name(f".{path.name.lstrip('.')}{TRASH_MARK}{secrets.token_hex(4)}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_leftovers(parent: Path, name_pattern: str) -> list[Path]:
+    """Delete the folders in `parent` whose names fully match `name_pattern` (temp and trash folders)."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    pattern = re.compile(name_pattern)
+    for path in parent.iterdir():
+        if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (a directory), so two savers never clean each other's temp folders.
+
+    flock is released by the kernel when the process dies, so a killed save never leaves it held.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: saves are not serialised
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,109 @@
+"""save_pretrained is crash-safe: kill -9 at any instant leaves a loadable model and never blocks the next save."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+import mmgpt.inference as inference
+from mmgpt.model import MMGPT
+from tiny import build, one_thread  # noqa: F401  (autouse fixture)
+from tiny import tiny_config
+
+
+def kill_at_random(work: Callable[[int], None], seconds: float, rng: random.Random) -> None:
+    """Run work(0), work(1), ... in a forked child and kill -9 it after a random time; the child must not fail."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        try:
+            for i in range(10**6):
+                work(i)
+        except BaseException:
+            os.write(write, traceback.format_exc().encode())
+        finally:
+            os._exit(3)
+    os.close(write)
+    time.sleep(rng.uniform(0, seconds))
+    os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        error = pipe.read().decode()
+    assert os.WIFSIGNALED(status) and not error, f"the saving child failed by itself:\n{error}"
+
+
+def mark_of(model: MMGPT) -> float:
+    """The value `marked` set."""
+    return float(model.projector[2].bias[0].detach())
+
+
+def marked(model: MMGPT, value: float) -> MMGPT:
+    """`model` with one weight set to `value`, so a loaded copy tells which save it came from."""
+    with torch.no_grad():
+        model.projector[2].bias[0] = value
+    return model
+
+
+def test_kill_9_at_any_point_of_save_pretrained_never_loses_the_model(tmp_path: Path) -> None:
+    model = build(tiny_config()).eval()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    folder = tmp_path / "model"
+    marked(model, -1.0).save_pretrained(folder)
+    last_saved, interrupted, rng = -1.0, 0, random.Random(0)
+    for round_ in range(40):
+        first = 1000.0 * (round_ + 1)
+        kill_at_random(lambda i: marked(model, first + i).save_pretrained(folder), 0.03, rng)
+        interrupted += any(p.name != "model" for p in tmp_path.iterdir())
+        # the previous model or a newer complete one, never a mixture and never nothing
+        loaded = MMGPT.from_pretrained(folder)
+        mark = mark_of(loaded)
+        assert mark == last_saved or first <= mark < first + 1000, (round_, mark)
+        for key, value in loaded.state_dict().items():
+            if key != "projector.2.bias":
+                assert torch.equal(value, reference[key]), key
+        # whatever the kill left behind, the next save works and cleans it up
+        last_saved = -float(round_ + 2)
+        marked(model, last_saved).save_pretrained(folder)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model"], round_
+        assert mark_of(MMGPT.from_pretrained(folder)) == last_saved
+    assert interrupted >= 5, "the kills should land inside saves"
+
+
+def test_a_model_left_aside_by_a_crash_loads_and_never_blocks_a_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build(tiny_config()).eval()
+    folder = tmp_path / "model"
+    marked(model, 1.0).save_pretrained(folder)
+    # killed between `model -> .model.old` and `temp -> model`: only the aside copy and a temp folder remain
+    os.replace(folder, tmp_path / ".model.old")
+    (tmp_path / ".model.k3j5h2g8").mkdir()
+    assert mark_of(MMGPT.from_pretrained(folder)) == 1.0
+    monkeypatch.delenv("MMGPT_MODEL", raising=False)
+    monkeypatch.setattr(inference, "DEFAULT_RUN_MODEL", folder)
+    assert inference.default_model_path() == folder
+    marked(model, 2.0).save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    # a stale aside next to a complete model (killed while deleting it) does not block the next save either
+    (tmp_path / ".model.old").mkdir()
+    (tmp_path / ".model.old" / "config.json").write_text("{}")
+    marked(model, 3.0).save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert mark_of(MMGPT.from_pretrained(folder)) == 3.0
+
+
+def test_saving_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    model = build(tiny_config()).eval()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a saved mmgpt model"):
+        model.save_pretrained(tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
