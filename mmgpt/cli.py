@@ -9,6 +9,7 @@ from typing import Callable
 from safetensors import SafetensorError
 
 from mmgpt.eval.common import add_decoding_args, decoding_from_args
+from mmgpt.logging_setup import configure_logging
 
 USAGE = """mmgpt <command> [options]
 
@@ -159,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"mmgpt: unknown command '{command}'; available: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # quiet for answer/caption; train, eval and validate raise it to INFO themselves
+    configure_logging(logging.WARNING)
     return run_reporting_errors(f"mmgpt {command}", lambda: COMMANDS[command](rest))
 
 

@@ -26,6 +26,7 @@ from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_
 from mmgpt.data.formats import PromptTemplates, read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.evaluate import generate_answers, mean_loss, one_per_image, score
+from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
 from mmgpt.tokenizer import train_tokenizer
 from mmgpt.train_config import TrainConfig
@@ -105,10 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=str(output_dir),
                               cpu=cpu_processes(), step_scheduler_with_optimizer=False,
                               dataloader_config=DataLoaderConfiguration(split_batches=True))  # max_steps counts global steps
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if accelerator.is_main_process else logging.WARNING,
-    )
+    configure_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(cfg.seed)
     if accelerator.device.type == "cpu":
         logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))

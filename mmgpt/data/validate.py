@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Sequence
 from tqdm import tqdm
 
 from mmgpt.data.example import Example
+from mmgpt.logging_setup import configure_logging
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-images", action="store_true", help="skip opening images")
     parser.add_argument("--samples", type=int, default=5, help="sample messages shown per problem kind")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     try:
         spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
                            split=args.split, max_examples=args.max_examples)

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
+from mmgpt.logging_setup import configure_logging
 
 logger = logging.getLogger("mmgpt.eval_caption")
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="score a --results file that captions only some of the annotated images (default: refuse)")
     add_model_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     from mmgpt.data.formats import DatasetSpec, read_dataset
     from mmgpt.eval.caption_metrics import available_java_metrics, load_coco_annotations, load_coco_results, score_captions
     from mmgpt.evaluate import one_per_image

@@ -16,6 +16,7 @@ from typing import Any
 from mmgpt.data.example import Example
 from mmgpt.eval.vqa_metrics import VERSIONS, official_header
 from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
+from mmgpt.logging_setup import configure_logging
 
 logger = logging.getLogger("mmgpt.eval_vqa")
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--export-official", help="write the questions/annotations used, in the official format, here")
     add_model_args(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(logging.INFO)
     from mmgpt.eval.vqa_metrics import load_vqa_files, vqa_score
 
     out, report = default_outputs(args, "eval_vqa")
