@@ -1,4 +1,4 @@
-"""Train an mmgpt model: `accelerate launch train.py [--config FILE] [--resume latest] [key=value ...]`.
+"""Train an mmgpt model: `accelerate launch train.py [--config FILE] [--resume latest | --overwrite] [key=value ...]`.
 
 The loop lives in mmgpt/train.py (so `mmgpt train` works from any install); this file is the
 entry point `accelerate launch` runs.

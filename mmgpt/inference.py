@@ -25,7 +25,9 @@ MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 
 
 def remember_default_model(path: str | Path) -> None:
-    """Record `path` as the model answer() uses when none is named."""
+    """Record `path` as the model answer() uses when none is named (training calls it for the main job only)."""
+    if not is_model_folder(Path(path)):
+        raise FileNotFoundError(f"{path} is not a saved mmgpt model folder, so it cannot become the default model")
     try:
         _POINTER.parent.mkdir(parents=True, exist_ok=True)
         tmp = _POINTER.with_suffix(".tmp")

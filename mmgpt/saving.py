@@ -4,17 +4,20 @@ A saved folder (a model, a checkpoint) is replaced in two renames, `folder -> .f
 `temp -> folder`. rename(2) is atomic on POSIX, so at every instant either `folder` or, between the two
 renames, `.folder.old` holds a complete copy; readers fall back to `.folder.old` when `folder` is missing
 (`existing_copy`). Temp and half-deleted folders carry names that `remove_leftovers` recognises, so a
-kill at any point leaves nothing that blocks or confuses a later save.
+kill at any point leaves nothing that blocks or confuses a later save. JSON files (metrics, trainer
+state) are written strict (NaN as null) through a temp file.
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import secrets
 import shutil
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 ASIDE_SUFFIX = ".old"
 TRASH_MARK = ".trash-"
@@ -108,3 +111,21 @@ def folder_lock(folder: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every NaN or infinite float replaced by None, so json.dumps writes strict JSON (null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, value: Any, indent: int | None = None) -> None:
+    """Write strict JSON (NaN and infinities as null) through a temp file, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(json_safe(value), indent=indent, allow_nan=False))
+    os.replace(tmp, path)

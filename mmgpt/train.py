@@ -1,7 +1,10 @@
-"""Train an mmgpt model: `accelerate launch train.py [--config FILE] [key=value ...]`.
+"""Train an mmgpt model: `accelerate launch train.py [--config FILE] [--resume latest | --overwrite] [key=value ...]`.
 
 With no arguments it trains configs/default.yaml: a tiny model from scratch on the built-in
 easy-VQA and synthetic captioning data, on whatever accelerate provides (one CPU up to many GPUs).
+A fresh run refuses an output_dir that already holds a run: continue it with --resume latest, pick
+another output_dir, or start over with --overwrite. Only a completed run of configs/default.yaml (the
+README's main job) becomes the model answer() uses by default.
 """
 from __future__ import annotations
 
@@ -30,21 +33,35 @@ from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
 from mmgpt.tokenizer import train_tokenizer
 from mmgpt.train_config import TrainConfig
-from mmgpt.training import (
+from mmgpt.checkpoints import (
     STATE_NAME,
+    check_output_dir,
+    checkpoint_dirs,
+    clear_run,
+    new_run_id,
+    resolve_resume,
+    save_checkpoint,
+)
+from mmgpt.saving import write_json
+from mmgpt.training import (
+    NonFiniteTraining,
     StopRequest,
     apply_freezing,
     build_optimizer,
-    cpu_processes,
     build_scheduler,
-    set_cpu_threads,
+    cpu_processes,
+    nonfinite_parameters,
     plot_losses,
-    resolve_resume,
-    save_checkpoint,
+    set_cpu_threads,
     set_train_mode,
 )
 
 logger = logging.getLogger("mmgpt.train")
+# keys that change neither the trained model nor its data: a run that differs from configs/default.yaml
+# only in these is still the README's main job
+NEUTRAL_KEYS = ("cpu_threads", "log_every", "stop_at_step", "save_every", "keep_checkpoints", "data.num_workers")
+
+
 def default_config_path() -> Path:
     """configs/default.yaml, installed as the package data of mmgpt.configs."""
     from importlib import resources
@@ -61,10 +78,36 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         default=None,
         help="continue a run exactly: 'latest' (newest checkpoint in output_dir), 'auto' (latest if any), or a path",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output_dir that holds an earlier run: delete its checkpoints, model and logs first",
+    )
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.name=product")
     args = parser.parse_args(argv)
+    if args.overwrite and args.resume:
+        parser.error("--overwrite starts over and --resume continues: pass one of them")
     data = apply_overrides(load_yaml(args.config), args.overrides, defaults=to_dict(TrainConfig()))
     return from_dict(TrainConfig, data), args
+
+
+def is_default_job(cfg: TrainConfig) -> bool:
+    """Whether `cfg` is the README's main job: configs/default.yaml, changed at most in NEUTRAL_KEYS."""
+    default = from_dict(TrainConfig, apply_overrides(load_yaml(default_config_path()), [],
+                                                     defaults=to_dict(TrainConfig())))
+
+    def essentials(config: TrainConfig) -> dict:
+        data = to_dict(config)
+        for key in NEUTRAL_KEYS:
+            *sections, name = key.split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            node.pop(name)
+        data["output_dir"] = str(Path(data["output_dir"]).resolve())
+        return data
+
+    return essentials(cfg) == essentials(default)
 
 
 def read_splits(specs: list, templates: PromptTemplates) -> list[tuple[str, list]]:
@@ -111,6 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     if accelerator.device.type == "cpu":
         logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))
     resume_dir = resolve_resume(args.resume, output_dir) if args.resume else None
+    # every rank checks before any rank writes, so all of them agree
+    check_output_dir(output_dir, resuming=resume_dir is not None, overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and args.overwrite:
+        for path in clear_run(output_dir):
+            logger.info("--overwrite: deleted %s", path)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -163,11 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
     if trackers:
         accelerator.init_trackers("mmgpt", config=_flat_scalars(to_dict(cfg)))
 
+    # only the main process writes checkpoints, so only its run id is ever recorded
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "history": {"train": [], "eval": []},
-             "bad_images_runtime": 0}
+             "bad_images_runtime": 0, "run_id": new_run_id(), "default_job": is_default_job(cfg),
+             "nonfinite_steps": 0}
     if resume_dir is not None:
         accelerator.load_state(str(resume_dir))
-        state = json.loads((resume_dir / STATE_NAME).read_text())
+        resumed = json.loads((resume_dir / STATE_NAME).read_text())
+        # checkpoints from before run ids have none: the resumed run stays id-less, and rotates them along
+        resumed.setdefault("run_id", None)
+        # a run that was the main job only in part (other settings before the resume) is not the main job
+        resumed["default_job"] = resumed.get("default_job", False) and state["default_job"]
+        state = {**state, **resumed}
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state["step"],
                     state["epoch"], state["batches_in_epoch"])
 
@@ -208,16 +265,24 @@ def main(argv: list[str] | None = None) -> dict:
             # examples give the same gradient as 1 process x N*B examples
             tokens = sum(b["answer_mask"][:, 1:].sum() for b in micro).to(torch.float32)
             global_tokens = accelerator.reduce(tokens, reduction="sum").clamp(min=1.0)
+            step_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+            step_tokens = torch.zeros((), device=accelerator.device, dtype=torch.float64)
             for i, batch in enumerate(micro):
                 sync = i == len(micro) - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                     out = forward(**batch)
                     accelerator.backward(out.loss_sum * accelerator.num_processes / global_tokens)
-                window_loss += out.loss_sum.detach().double()
-                window_tokens += out.num_tokens.double()
-            if cfg.optim.grad_clip > 0:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-            optimizer.step()
+                step_loss += out.loss_sum.detach().double()
+                step_tokens += out.num_tokens.double()
+            # max_norm=inf only measures the norm (the scale factor is clamped to exactly 1)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(),
+                                                    cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+            if _step_is_finite(accelerator, step_loss, grad_norm, cfg.mixed_precision):
+                optimizer.step()
+                window_loss += step_loss
+                window_tokens += step_tokens
+            else:
+                _nonfinite_step(cfg, state, output_dir, step_loss / step_tokens.clamp(min=1), grad_norm)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
@@ -227,10 +292,12 @@ def main(argv: list[str] | None = None) -> dict:
             step = state["step"]
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 totals = accelerator.reduce(torch.stack([window_loss, window_tokens]), reduction="sum")
-                loss = float(totals[0] / totals[1].clamp(min=1))
+                # no tokens: every step of the window was skipped as non-finite
+                loss = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
                 elapsed = time.perf_counter() - window_start
                 samples_per_s = window_steps * global_batch / elapsed
-                state["history"]["train"].append([step, loss])
+                if math.isfinite(loss):
+                    state["history"]["train"].append([step, loss])
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", samples_s=f"{samples_per_s:.0f}")
                 accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0],
                                  "train/samples_per_s": samples_per_s}, step=step)
@@ -246,6 +313,7 @@ def main(argv: list[str] | None = None) -> dict:
                 logger.info("step %d eval: %s", step, _fmt(metrics))
             stop_now = step == cfg.stop_at_step or (step % cfg.log_every == 0 and _any_rank(accelerator, stop.requested))
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
+                _check_weights(raw_model, step, output_dir)
                 save_checkpoint(accelerator, output_dir, step, state, cfg.keep_checkpoints)
             if stop_now:
                 logger.warning("stopped at step %d; continue with --resume latest", step)
@@ -253,28 +321,77 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.end_training()
                 return {"stopped_at_step": step}
     bar.close()
+    _check_weights(raw_model, state["step"], output_dir)
 
     bad_runtime = int(accelerator.reduce(torch.tensor(state["bad_images_runtime"], device=accelerator.device),
                                          reduction="sum"))
     metrics = evaluate(raw_model, eval_sets, accelerator, max_examples=0)
     checked_summary = {name: (report.summary() if report else "not checked") for name, _, _, report in checked}
     result = {"step": state["step"], "metrics": metrics, "bad_images": checked_summary,
-              "bad_images_during_training": bad_runtime}
+              "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state["nonfinite_steps"]}
     if accelerator.is_main_process:
         raw_model.save_pretrained(output_dir / "model")
-        (output_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-        (output_dir / "history.json").write_text(json.dumps(state["history"]))
+        write_json(output_dir / "metrics.json", result, indent=2)
+        write_json(output_dir / "history.json", state["history"])
         plot_losses(state["history"], output_dir / "loss.png")
         logger.info("final eval: %s", _fmt(metrics))
         for name, summary in checked_summary.items():
             logger.info("bad images in %s: %s", name, summary)
         if bad_runtime:
             logger.warning("%d images failed to load during training and were replaced", bad_runtime)
+        if state["nonfinite_steps"]:
+            logger.warning("%d step(s) had a NaN/inf loss or gradient and were skipped", state["nonfinite_steps"])
         logger.info("model saved to %s", output_dir / "model")
-        _remember_model(output_dir / "model")
+        if state["default_job"]:
+            _remember_model(output_dir / "model")
     accelerator.log(metrics, step=state["step"])
     accelerator.end_training()
     return result
+
+
+def _step_is_finite(accelerator: Accelerator, loss: torch.Tensor, grad_norm: torch.Tensor | None,
+                    mixed_precision: str) -> bool:
+    """True on every rank when no rank saw a NaN/inf loss or gradient norm in this step."""
+    bad = (~torch.isfinite(loss)).float()
+    # under fp16 an infinite gradient is the loss scaler's business: it skips that update and lowers its scale
+    if grad_norm is not None and mixed_precision != "fp16":
+        bad = bad + (~torch.isfinite(torch.as_tensor(grad_norm, device=loss.device))).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return not bool(bad > 0)
+
+
+def _nonfinite_step(cfg: TrainConfig, state: dict, output_dir: Path, loss: torch.Tensor,
+                    grad_norm: torch.Tensor | None) -> None:
+    """Count and skip a step with a NaN/inf loss or gradient (skip_nonfinite_steps), or stop the run naming it."""
+    step = state["step"] + 1
+    norm = "unknown" if grad_norm is None else f"{float(grad_norm):.4g}"
+    if cfg.skip_nonfinite_steps:
+        state["nonfinite_steps"] += 1
+        logger.warning("step %d: loss %.4g, gradient norm %s: update skipped (skip_nonfinite_steps)",
+                       step, float(loss), norm)
+        return
+    checkpoints = checkpoint_dirs(output_dir)
+    kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written yet"
+    # a checkpoint restores the optimizer's learning rates, so a lower optim.lr only helps a fresh start
+    raise NonFiniteTraining(
+        f"step {step}: the loss is {float(loss):.4g} and the gradient norm {norm}, so training diverged; nothing "
+        f"of this step was applied or saved, and {kept}. Start over (--overwrite) with a lower optim.lr or "
+        "optim.lr_multipliers and optim.grad_clip > 0, or skip such steps with skip_nonfinite_steps=true "
+        "(with --resume latest to continue from that checkpoint)"
+    )
+
+
+def _check_weights(model: MMGPT, step: int, output_dir: Path) -> None:
+    """Refuse to save weights that hold NaN/inf (the last good checkpoint stays the newest)."""
+    bad = nonfinite_parameters(model)
+    if bad:
+        checkpoints = checkpoint_dirs(output_dir)
+        kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was written"
+        raise NonFiniteTraining(
+            f"step {step}: {len(bad)} weight tensor(s) hold NaN or inf ({', '.join(bad[:3])}), so they were not "
+            f"saved; {kept}. Start over (--overwrite) with a lower optim.lr or optim.lr_multipliers"
+        )
 
 
 def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
@@ -307,7 +424,7 @@ def _flat_scalars(data: dict, prefix: str = "") -> dict:
 
 
 def _fmt(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if not math.isnan(v))
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if math.isfinite(v))
 
 
 def _remember_model(path: Path) -> None:

@@ -107,6 +107,9 @@ class TrainConfig:
     cpu_threads: int = 0
     # checkpoint and exit once this step is reached (0 = never): for time-limited jobs, resume later
     stop_at_step: int = 0
+    # a step whose loss or gradient norm is NaN/inf: false = stop with an error (the last checkpoint stays
+    # the last good one), true = skip its update and count it in metrics.json
+    skip_nonfinite_steps: bool = False
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in MIXED_PRECISION:

@@ -1,11 +1,11 @@
-"""Pieces of the training loop that are not the loop: optimizer, freezing, checkpoints, signals, plots."""
+"""Pieces of the training loop that are not the loop: optimizer, freezing, signals, NaN checks, plots.
+
+Checkpoints and the run folder live in mmgpt/checkpoints.py.
+"""
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("text_encoder", "image_encoder", "fusion", "projector", "generator")
-STATE_NAME = "trainer_state.json"
 
 
 def cpu_processes() -> bool:
@@ -139,48 +138,14 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if re.fullmatch(r"step_\d+", p.name) and (p / STATE_NAME).is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("_")[1]))
+class NonFiniteTraining(FloatingPointError):
+    """The loss, the gradients or the weights became NaN or infinite; the message names the step."""
 
 
-def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
-    """'latest' (or 'auto') -> newest checkpoint of output_dir; a path -> that checkpoint."""
-    if resume in ("latest", "auto"):
-        found = checkpoint_dirs(output_dir)
-        if not found and resume == "latest":
-            raise FileNotFoundError(f"--resume latest: no checkpoint in {Path(output_dir) / 'checkpoints'}")
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {STATE_NAME})")
-    return path
-
-
-def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
-    """accelerator.save_state into a temp folder, then rename: a checkpoint is complete or absent."""
-    root = Path(output_dir) / "checkpoints"
-    final = root / f"step_{step}"
-    tmp = root / f".tmp_step_{step}"
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_NAME).write_text(json.dumps(state))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        logger.info("saved checkpoint %s", final)
-    accelerator.wait_for_everyone()
-    return final
+def nonfinite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters and buffers that hold a NaN or an infinity."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    return [name for name, t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def plot_losses(history: dict[str, list], path: str | Path) -> bool:

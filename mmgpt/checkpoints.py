@@ -1,0 +1,151 @@
+"""A run's folder: checkpoints (complete or absent, rotated per run) and the checks that keep two runs apart.
+
+Every checkpoint's trainer_state.json records the id of the run that wrote it; rotation only ever
+removes checkpoints of the current run, and a fresh run refuses a folder that holds another one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from mmgpt.saving import ASIDE_SUFFIX, discard, fsync_tree, remove_leftovers, swap_in, write_json
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.json"
+# what save_checkpoint's temp and trash folders are called; a kill can leave any of them behind
+CHECKPOINT_LEFTOVERS = r"\.tmp_step_\d+|\.step_\d+(\.old)?\.trash-[0-9a-f]{8}"
+# what a run writes into output_dir besides config.yaml; --overwrite deletes these ("mmgpt" = TensorBoard logs)
+RUN_OUTPUTS = ("checkpoints", "model", "tokenizer", "mmgpt", "metrics.json", "history.json", "loss.png")
+
+
+class OutputDirInUse(ValueError):
+    """A fresh run was started in an output_dir that already holds another run's checkpoints or model."""
+
+
+def new_run_id() -> str:
+    """A fresh id for a training run; every checkpoint records it, and a resumed run keeps it."""
+    return uuid.uuid4().hex[:12]
+
+
+def _step_of(path: Path) -> int:
+    return int(re.search(r"step_(\d+)", path.name).group(1))
+
+
+def checkpoint_dirs(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of output_dir, oldest first (any run's; see run_id_of)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = {}
+    for path in root.iterdir():
+        match = re.fullmatch(r"\.?step_(\d+)(\.old)?", path.name)
+        if match and bool(match.group(2)) == path.name.startswith(".") and (path / STATE_NAME).is_file():
+            # a `.step_N.old` counts only while `step_N` is missing: a replacement was killed between its renames
+            if not match.group(2) or int(match.group(1)) not in found:
+                found[int(match.group(1))] = path
+    return [found[step] for step in sorted(found)]
+
+
+def run_id_of(checkpoint: Path) -> str | None:
+    """The id of the run that wrote `checkpoint` (None for checkpoints written before runs had ids)."""
+    try:
+        return json.loads((checkpoint / STATE_NAME).read_text()).get("run_id")
+    except (OSError, ValueError):
+        return None
+
+
+def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
+    """'latest' (or 'auto') -> newest checkpoint of output_dir; a path -> that checkpoint."""
+    if resume in ("latest", "auto"):
+        found = checkpoint_dirs(output_dir)
+        if not found and resume == "latest":
+            raise FileNotFoundError(f"--resume latest: no checkpoint in {Path(output_dir) / 'checkpoints'}")
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file():
+        raise FileNotFoundError(f"--resume {resume}: not a checkpoint folder (no {STATE_NAME})")
+    return path
+
+
+def previous_run(output_dir: str | Path) -> list[str]:
+    """What an earlier run left in output_dir that a fresh run would mix with: its checkpoints and final model."""
+    from mmgpt.model import is_model_folder, saved_model_folder
+
+    output_dir = Path(output_dir)
+    found = []
+    checkpoints = checkpoint_dirs(output_dir)
+    if checkpoints:
+        found.append(f"{len(checkpoints)} checkpoint(s), the newest {checkpoints[-1]}")
+    model = saved_model_folder(output_dir / "model")
+    if is_model_folder(model):
+        found.append(f"a finished model in {model}")
+    return found
+
+
+def check_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
+    """Refuse a fresh run in an output_dir that holds another run, unless it resumes that run or overwrites it."""
+    if resuming or overwrite:
+        return
+    found = previous_run(output_dir)
+    if found:
+        resume = "continue that run with --resume latest, " if checkpoint_dirs(output_dir) else ""
+        raise OutputDirInUse(
+            f"output_dir {output_dir} already holds a run ({'; '.join(found)}), and a fresh run there would mix "
+            f"with it: {resume}train into a new folder (e.g. output_dir=runs/new), or start over with --overwrite "
+            "(deletes its checkpoints, model and logs first)"
+        )
+
+
+def clear_run(output_dir: str | Path) -> list[Path]:
+    """Delete what an earlier run wrote into output_dir (RUN_OUTPUTS and the model's leftovers); returns what went."""
+    output_dir = Path(output_dir)
+    removed = []
+    for name in RUN_OUTPUTS + (f".model{ASIDE_SUFFIX}",):
+        path = output_dir / name
+        if path.is_dir() and not path.is_symlink():
+            discard(path)
+            removed.append(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+            removed.append(path)
+    removed += remove_leftovers(output_dir, r"\.(model|checkpoints|tokenizer|mmgpt)(\.old)?\.(trash-)?[0-9a-z_]{8}")
+    return removed
+
+
+def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
+    """accelerator.save_state into a temp folder, then renamed into place: a checkpoint is complete or absent.
+
+    Rotation keeps the newest `keep` checkpoints of this run (state["run_id"]) and never touches another
+    run's. A kill at any instant leaves the earlier checkpoints intact; the next save removes its leftovers.
+    """
+    root = Path(output_dir) / "checkpoints"
+    final = root / f"step_{step}"
+    tmp = root / f".tmp_step_{step}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(root, CHECKPOINT_LEFTOVERS)
+        for aside in root.glob(f".step_*{ASIDE_SUFFIX}"):
+            if (root / aside.name[1 : -len(ASIDE_SUFFIX)] / STATE_NAME).is_file():
+                discard(aside)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # the state file last: it is what marks a checkpoint complete
+        write_json(tmp / STATE_NAME, state)
+        fsync_tree(tmp)
+        swap_in(tmp, final)
+        # the newest `keep` of this run up to this step; a later step of this run (a resume from an older
+        # checkpoint) is left alone
+        older = [c for c in checkpoint_dirs(output_dir) if _step_of(c) < step and run_id_of(c) == state["run_id"]]
+        for old in older[: max(len(older) - (keep - 1), 0)]:
+            discard(old)
+        logger.info("saved checkpoint %s", final)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,232 @@
+"""Training runs: output folders, crash-safe checkpoints, NaN and inf guards, the default model."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import mmgpt.inference as inference
+from mmgpt.model import MMGPT
+from mmgpt.train import is_default_job, main, parse_args
+from mmgpt.checkpoints import STATE_NAME, OutputDirInUse, checkpoint_dirs, run_id_of, save_checkpoint
+from mmgpt.training import NonFiniteTraining
+from test_save_safety import kill_at_random
+from test_train import make_jsonl, tiny_config
+from tiny import one_thread  # noqa: F401  (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_jsonl(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Where answer()'s default model is recorded, private to each test."""
+    path = tmp_path / "cache" / "default_model.txt"
+    monkeypatch.setattr(inference, "_POINTER", path)
+    return path
+
+
+def state_of(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / STATE_NAME).read_text())
+
+
+# ----------------------------------------------------------------------------- 1. output folders
+
+
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
+    before = {p.name: run_id_of(p) for p in checkpoint_dirs(out)}
+    assert list(before) == ["step_2", "step_4"]
+    config = tiny_config(tmp_path, data, out, max_steps=2, save_every=1)
+    with pytest.raises(OutputDirInUse) as info:
+        main(["--config", str(config)])
+    message = str(info.value)
+    for expected in (str(out), "--resume latest", "--overwrite", "output_dir="):
+        assert expected in message, message
+    # nothing of the earlier run was touched
+    assert {p.name: run_id_of(p) for p in checkpoint_dirs(out)} == before
+    assert MMGPT.from_pretrained(out / "model").num_parameters() > 0
+
+
+def test_overwrite_clears_the_old_run_and_resume_latest_finds_the_new_one(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=3))])
+    old_ids = {run_id_of(p) for p in checkpoint_dirs(out)}
+    config = tiny_config(tmp_path, data, out, max_steps=4, save_every=1, keep_checkpoints=2, stop_at_step=2)
+    assert main(["--config", str(config), "--overwrite"]) == {"stopped_at_step": 2}
+    found = checkpoint_dirs(out)
+    # the new run keeps its own two newest checkpoints: nothing of the old run survives, nothing of the new is lost
+    assert [p.name for p in found] == ["step_1", "step_2"]
+    (new_id,) = {run_id_of(p) for p in found}
+    assert new_id not in old_ids
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    # the resumed run continues the new run (its id), and rotation then drops only its own old checkpoints
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=1, keep_checkpoints=2)),
+          "--resume", "latest"])
+    assert [(p.name, run_id_of(p)) for p in checkpoint_dirs(out)] == [("step_3", new_id), ("step_4", new_id)]
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(config), "--overwrite", "--resume", "latest"])
+
+
+def test_rotation_removes_only_checkpoints_of_this_run(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    layer = torch.nn.Linear(3, 2)
+    model, optimizer = accelerator.prepare(layer, torch.optim.AdamW(layer.parameters()))
+    foreign = tmp_path / "checkpoints" / "step_50"
+    foreign.mkdir(parents=True)
+    (foreign / STATE_NAME).write_text(json.dumps({"step": 50, "run_id": "another run"}))
+    for step in range(1, 5):
+        save_checkpoint(accelerator, tmp_path, step, {"step": step, "run_id": "this run"}, keep=2)
+    assert [p.name for p in checkpoint_dirs(tmp_path)] == ["step_3", "step_4", "step_50"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3", "step_4", "step_50"]
+
+
+# ----------------------------------------------------------------------------- 2. crash-safe checkpoints
+
+
+def test_kill_9_at_any_point_of_save_checkpoint_keeps_complete_checkpoints(tmp_path: Path) -> None:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    layer = torch.nn.Linear(8, 4)
+    model, optimizer = accelerator.prepare(layer, torch.optim.AdamW(layer.parameters()))
+    rng = random.Random(1)
+    root = tmp_path / "checkpoints"
+    save_checkpoint(accelerator, tmp_path, 999, {"step": 999, "run_id": "r"}, keep=2)
+    interrupted = 0
+    for round_ in range(30):
+        base = 1000 * (round_ + 1)
+        kill_at_random(lambda i: save_checkpoint(accelerator, tmp_path, base + i, {"step": base + i, "run_id": "r"},
+                                                 keep=2), 0.06, rng)
+        interrupted += any(not p.name.startswith("step_") for p in root.iterdir())
+        found = checkpoint_dirs(tmp_path)
+        # the checkpoint of the previous round, or newer complete ones
+        assert found and int(found[-1].name.split("_")[-1].split(".")[0]) >= base - 1, (round_, found)
+        for checkpoint in found:
+            assert state_of(checkpoint)["step"] == int(checkpoint.name.split("_")[-1].split(".")[0])
+            assert load_file(str(checkpoint / "model.safetensors")).keys() == {"weight", "bias"}
+            assert (checkpoint / "optimizer.bin").is_file()
+        accelerator.load_state(str(found[-1]))
+        save_checkpoint(accelerator, tmp_path, base + 999, {"step": base + 999, "run_id": "r"}, keep=2)
+        names = sorted(p.name for p in root.iterdir())
+        assert all(name.startswith("step_") for name in names) and len(names) <= 2, (round_, names)
+        assert checkpoint_dirs(tmp_path)[-1].name == f"step_{base + 999}"
+    assert interrupted >= 5, "the kills should land inside saves"
+
+
+# ----------------------------------------------------------------------------- 3. NaN and inf during training
+
+
+def poison_step(monkeypatch: pytest.MonkeyPatch, bad_steps: set[int]) -> None:
+    """Make the loss NaN on the given (1-based) optimizer steps of a one-micro-batch run."""
+    original = MMGPT.forward
+    calls = {"n": 0}
+
+    def forward(self: MMGPT, *args: object, **kwargs: object):
+        out = original(self, *args, **kwargs)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] in bad_steps:
+                out.loss_sum = out.loss_sum * math.nan
+        return out
+
+    monkeypatch.setattr(MMGPT, "forward", forward)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, pointer: Path
+) -> None:
+    poison_step(monkeypatch, {3})
+    monkeypatch.setattr("mmgpt.train.is_default_job", lambda cfg: True)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteTraining, match=r"step 3: the loss is nan .*step_2"):
+        main(["--config", str(tiny_config(tmp_path, data, out, max_steps=5, save_every=1))])
+    assert [p.name for p in checkpoint_dirs(out)] == ["step_1", "step_2"]
+    for checkpoint in checkpoint_dirs(out):
+        assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
+    assert not (out / "model").exists() and not (out / "metrics.json").exists()
+    assert not pointer.exists(), "a failed run never becomes the default model"
+
+
+def test_skip_nonfinite_steps_skips_and_counts_them(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    poison_step(monkeypatch, {2, 4})
+    out = tmp_path / "run"
+    result = main(["--config", str(tiny_config(tmp_path, data, out, max_steps=5)), "skip_nonfinite_steps=true"])
+    assert result["nonfinite_steps_skipped"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["nonfinite_steps_skipped"] == 2
+    history = json.loads((out / "history.json").read_text())["train"]
+    assert [step for step, _ in history] == [1, 3, 5] and all(math.isfinite(loss) for _, loss in history)
+    weights = load_file(str(out / "model" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_metrics_json_is_strict_json(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mmgpt.train.evaluate", lambda *args, **kwargs: {"eval/loss": math.nan, "eval/acc": 0.5})
+    out = tmp_path / "run"
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2))])
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"bare {constant} in strict JSON")
+
+    metrics = json.loads((out / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["metrics"] == {"eval/loss": None, "eval/acc": 0.5}
+
+
+def test_weights_that_became_nan_are_never_saved(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = torch.optim.AdamW.step
+
+    def step(self: torch.optim.AdamW, *args: object, **kwargs: object):
+        result = original(self, *args, **kwargs)
+        if self.state and min(s["step"] for s in self.state.values()) >= 2:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(math.inf)
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteTraining, match=r"step \d: \d+ weight tensor\(s\) hold NaN or inf"):
+        main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=1)),
+              "skip_nonfinite_steps=true"])
+    assert [p.name for p in checkpoint_dirs(out)] == ["step_1"]
+    assert not (out / "model").exists()
+
+
+# ----------------------------------------------------------------------------- 4. the default model
+
+
+def test_a_toy_run_does_not_become_the_default_model(tmp_path: Path, data: Path, pointer: Path) -> None:
+    main(["--config", str(tiny_config(tmp_path, data, tmp_path / "run", max_steps=2))])
+    assert not pointer.exists()
+
+
+def test_only_the_main_job_counts_as_the_default_run(tmp_path: Path, data: Path) -> None:
+    assert is_default_job(parse_args([])[0])
+    assert is_default_job(parse_args(["cpu_threads=1", "log_every=5", "data.num_workers=2", "stop_at_step=600"])[0])
+    assert is_default_job(parse_args([f"output_dir={Path('runs/default').resolve()}"])[0])
+    for override in ("optim.lr=1e-3", "max_steps=10", "output_dir=runs/other", "model.fusion.dim=64",
+                     "data.samples_per_epoch=100", "seed=1"):
+        assert not is_default_job(parse_args([override])[0]), override
+    assert not is_default_job(parse_args(["--config", str(tiny_config(tmp_path, data, tmp_path / "x"))])[0])
+
+
+def test_a_completed_main_job_records_its_model(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, pointer: Path
+) -> None:
+    monkeypatch.setattr("mmgpt.train.is_default_job", lambda cfg: True)
+    out = tmp_path / "run"
+    # stopped part-way: not completed, so not recorded
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=3, stop_at_step=2))])
+    assert not pointer.exists()
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=3)), "--resume", "latest"])
+    assert Path(pointer.read_text()) == (out / "model").resolve()
