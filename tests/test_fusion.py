@@ -122,12 +122,15 @@ def test_unknown_fusion_names_the_key_and_lists_the_available_ones() -> None:
     assert "available: " + ", ".join(sorted(FUSIONS)) in message
 
 
-@pytest.mark.parametrize("dim, heads", [(10, 4), (8, 3), (8, 0)])
+@pytest.mark.parametrize("dim, heads", [(10, 4), (8, 3)])
 def test_cross_attention_dim_must_be_divisible_by_heads(dim: int, heads: int) -> None:
     with pytest.raises(ConfigError) as info:
         build_fusion(FusionConfig(name="cross_attention", dim=dim, num_heads=heads), text_dim=4, image_dim=4)
     message = str(info.value)
     assert f"model.fusion.dim ({dim})" in message and f"model.fusion.num_heads ({heads})" in message
+    # zero heads is refused when the config is built, before any fusion sees it
+    with pytest.raises(ConfigError, match=r"model\.fusion\.num_heads must be >= 1, got 0"):
+        FusionConfig(name="cross_attention", dim=dim, num_heads=0)
 
 
 def test_cross_attention_needs_a_layer() -> None:
@@ -137,7 +140,8 @@ def test_cross_attention_needs_a_layer() -> None:
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_fusion_dim_must_be_positive(name: str) -> None:
-    with pytest.raises(ConfigError, match=r"model\.fusion\.dim must be positive, got 0"):
+    # refused when the config is built (FusionConfig), before build_fusion's own check
+    with pytest.raises(ConfigError, match=r"model\.fusion\.dim must be >= 1, got 0"):
         build_fusion(FusionConfig(name=name, dim=0), text_dim=4, image_dim=4)
 
 
