@@ -3,7 +3,10 @@
 The loop lives in mmgpt/train.py (so `mmgpt train` works from any install); this file is the
 entry point `accelerate launch` runs.
 """
+import sys
+
+from mmgpt.cli import run_reporting_errors
 from mmgpt.train import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_reporting_errors("train.py", lambda: main() and 0))

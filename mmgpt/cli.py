@@ -26,7 +26,9 @@ commands:
 
 # What bad input raises (arguments, files, folders, devices): reported in one line with exit status 2.
 # Anything else is a bug in mmgpt and keeps its traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RecursionError, SafetensorError)
+# FloatingPointError: training that turned non-finite stops with one (NonFiniteTraining)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RecursionError, SafetensorError,
+                                                    FloatingPointError)
 
 
 def describe_error(error: BaseException) -> str:

@@ -37,10 +37,12 @@ def remember_default_model(path: str | Path) -> None:
         logger.warning("could not record the default model in %s: %s", _POINTER, e)
 
 
-def default_model_path() -> Path:
-    """$MMGPT_MODEL, else ./runs/default/model, else the model the last default training run saved."""
-    if os.environ.get("MMGPT_MODEL"):
-        return Path(os.environ["MMGPT_MODEL"]).expanduser()
+def default_model_path() -> str | Path:
+    """$MMGPT_MODEL (a folder or hf://org/name), else ./runs/default/model, else the last default run's model."""
+    named = os.environ.get("MMGPT_MODEL")
+    if named:
+        # a Path would fold hf://org/name into hf:/org/name
+        return named if named.startswith("hf://") else Path(named).expanduser()
     # saved_model_folder: a save killed between its two renames leaves the model aside, still loadable
     if is_model_folder(saved_model_folder(DEFAULT_RUN_MODEL)):
         return DEFAULT_RUN_MODEL

@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     window_tokens = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     window_start, window_steps = time.perf_counter(), 0
     set_train_mode(raw_model, frozen)
-    with StopRequest() as stop:
+    # the bar closes on an error too, so the error message starts on a line of its own
+    with StopRequest() as stop, bar:
         while state["step"] < cfg.max_steps:
             micro = []
             for _ in range(cfg.grad_accum_steps):

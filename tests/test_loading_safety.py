@@ -154,6 +154,9 @@ def test_hub_models_are_asked_for_as_hf_org_name(tmp_path: Path, monkeypatch: py
         with pytest.raises(ModelLoadError, match="must look like hf://org/name"):
             MMGPT.from_pretrained(bad)
     assert len(downloads) == 2
+    monkeypatch.setenv("MMGPT_MODEL", "hf://org/tiny-mmgpt3")
+    assert_same_weights_and_logits(model, load_model(device="cpu"))
+    assert [repo for repo, _ in downloads][-1] == "org/tiny-mmgpt3"
 
 
 # 2. one ModelLoadError naming the folder and the problem

@@ -230,3 +230,28 @@ def test_a_completed_main_job_records_its_model(
     assert not pointer.exists()
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=3)), "--resume", "latest"])
     assert Path(pointer.read_text()) == (out / "model").resolve()
+
+
+def test_training_errors_are_one_line_with_status_2(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from mmgpt.cli import main as cli
+
+    poison_step(monkeypatch, {2})
+    config = tiny_config(tmp_path, data, tmp_path / "run", max_steps=4)
+    assert cli(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mmgpt train: error: step 2: the loss is nan"), "\n".join(err[-6:])
+    assert not any("Traceback" in line for line in err)
+
+
+def test_train_py_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "train.py"), "optim.lrr=1", f"output_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: unknown config key 'optim.lrr'")
+    assert "Traceback" not in done.stderr
