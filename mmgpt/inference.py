@@ -14,6 +14,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
+from mmgpt.saving import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,7 @@ def remember_default_model(path: str | Path) -> None:
     if not is_model_folder(Path(path)):
         raise FileNotFoundError(f"{path} is not a saved mmgpt model folder, so it cannot become the default model")
     try:
-        _POINTER.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _POINTER.with_suffix(".tmp")
-        tmp.write_text(str(Path(path).resolve()))
-        os.replace(tmp, _POINTER)
+        write_text_atomic(_POINTER, str(Path(path).resolve()))
     except OSError as e:
         logger.warning("could not record the default model in %s: %s", _POINTER, e)
 

@@ -124,8 +124,27 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write `text` as UTF-8 to a temp file in the same folder, then os.replace it onto `path`.
+
+    A reader (or a crash) sees the old file or the new one, never a part; characters UTF-8 cannot hold
+    (lone surrogates from a broken decoder) are written as backslash escapes instead of failing the write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = text.encode("utf-8", errors="backslashreplace")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # unique per writer
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def write_json(path: Path, value: Any, indent: int | None = None) -> None:
-    """Write strict JSON (NaN and infinities as null) through a temp file, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(value), indent=indent, allow_nan=False))
-    os.replace(tmp, path)
+    """Write strict JSON (NaN and infinities as null) atomically, so a reader never sees half a file."""
+    write_text_atomic(path, json.dumps(json_safe(value), indent=indent, allow_nan=False))

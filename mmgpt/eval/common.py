@@ -8,12 +8,12 @@ import io
 import json
 import os
 import platform
-import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 from mmgpt.data.formats import read_json_file
+from mmgpt.saving import write_text_atomic
 
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
 
@@ -61,29 +61,8 @@ def read_json(path: str | os.PathLike) -> Any:
     return read_json_file(path)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write `text` as UTF-8 to a temp file in the same folder, then os.replace it onto `path`.
-
-    A reader (or a crash) sees the old file or the new one, never a part; characters UTF-8 cannot hold
-    (lone surrogates from a broken decoder) are written as backslash escapes instead of failing the write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode("utf-8", errors="backslashreplace")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # unique per writer
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (temp file then rename)."""
+    """Write a report's JSON atomically (temp file then rename); values JSON lacks are written as strings."""
     write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
