@@ -139,7 +139,8 @@ def test_two_processes_give_the_same_numbers(tmp_path: Path, tiny_model: Path) -
     import subprocess
     import sys
 
-    single = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "24", "--out", str(tmp_path / "one.json")])
+    single = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "24", "--out", str(tmp_path / "one.json"),
+                            "--predictions", str(tmp_path / "one_predictions.json")])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -151,4 +152,6 @@ def test_two_processes_give_the_same_numbers(tmp_path: Path, tiny_model: Path) -
     double = json.loads((tmp_path / "two.json").read_text())
     assert double["processes"] == 2
     assert double["metrics"] == single["metrics"]
-    assert len(json.loads((tmp_path / "two_predictions.json").read_text())) == 24
+    # the same answers in the same order: each process's share is gathered back in place
+    assert json.loads((tmp_path / "two_predictions.json").read_text()) == json.loads(
+        (tmp_path / "one_predictions.json").read_text())

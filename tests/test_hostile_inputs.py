@@ -192,7 +192,7 @@ def test_seeded_stream_equals_seeded_answer(model_dir: Path) -> None:
 
 def test_eval_generation_is_seeded_privately(model_dir: Path) -> None:
     from mmgpt.data.example import Example
-    from mmgpt.evaluate import generate_answers
+    from mmgpt.eval.runner import generate_answers
     from mmgpt.inference import decoding_kwargs, load_model
 
     model = load_model(model_dir)

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from mmgpt.eval.vqa_metrics import _round, load_vqa_files, normalize_answer, single_answer_annotations, vqa_score
+from mmgpt.data.example import Example
+from mmgpt.eval.vqa import official_files
+from mmgpt.eval.vqa_metrics import _round, load_vqa_files, normalize_answer, vqa_score
 from vqa_traps import trap_set
 
 
@@ -106,23 +108,24 @@ def test_breakdowns_and_rounding():
     assert _round(0.125, 2) == 0.13 and _round(2.675, 2) == 2.67  # Python 2 round(): exact ties away from 0
 
 
-def test_single_answer_annotations():
-    questions, annotations = single_answer_annotations([{"question_id": 5, "answer": "red", "question": "color?"}])
+def test_official_files_count_a_single_answer_ten_times():
+    questions, annotations, ids = official_files([Example(image="x.png", prompt="color?", answer="red", id=5)])
+    assert ids == [5]
     assert questions["questions"][0] == {"question_id": 5, "image_id": 0, "question": "color?"}
+    for header in (questions, annotations):  # the fields the official VQA API copies from a questions file
+        assert {"info", "task_type", "data_type", "data_subtype", "license"} <= set(header)
     answers = annotations["annotations"][0]["answers"]
     assert [a["answer"] for a in answers] == ["red"] * 10
     assert len({a["answer_id"] for a in answers}) == 10
     assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "red"}])["overall"] == 100.0
     assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "The Red."}])["overall"] == 100.0
     assert vqa_score(questions, annotations, [{"question_id": 5, "answer": "reds"}])["overall"] == 0.0
-    with pytest.raises(ValueError, match="has no 'answer'"):
-        single_answer_annotations([{"question_id": 1}])
 
 
 @pytest.fixture
 def files(tmp_path):
-    questions, annotations = single_answer_annotations(
-        [{"question_id": q, "answer": "yes", "question": "q?", "question_type": "is", "answer_type": "yes/no"}
+    questions, annotations, _ = official_files(
+        [Example(image="x.png", prompt="q?", answer="yes", id=q, meta={"question_type": "is", "answer_type": "yes/no"})
          for q in (1, 2)])
     paths = {}
     for name, obj in [("q.json", questions), ("a.json", annotations),

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mmgpt.data.example import TASKS, Example
+from mmgpt.jsonfile import read_json_file
 from mmgpt.registry import registrar
 
 logger = logging.getLogger(__name__)
@@ -114,24 +115,6 @@ def _require(spec: DatasetSpec, field: str, what: str, folder: bool = False) -> 
     if not (path.is_dir() if folder else path.is_file()):
         raise FileNotFoundError(f"{spec.format} dataset {spec.label!r}: {what} not found at {path} (field '{field}')")
     return path
-
-
-def read_json_file(path: str | os.PathLike) -> Any:
-    """Parse a JSON file (UTF-8, UTF-16 or UTF-32); damaged, undecodable or absurdly nested JSON is a ValueError.
-
-    The message names the file.
-    """
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return json.loads(data)  # from bytes, json detects UTF-8 (with or without BOM), UTF-16 and UTF-32
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON text ({e.encoding}: {e.reason} at byte {e.start}); "
-                         "save it as UTF-8") from None
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply to parse") from None
 
 
 def _load_json(path: Path, *keys: str) -> dict:

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     configure_logging(logging.INFO)
     from mmgpt.data.formats import DatasetSpec, read_dataset
     from mmgpt.eval.caption_metrics import available_java_metrics, load_coco_annotations, load_coco_results, score_captions
-    from mmgpt.evaluate import one_per_image
+    from mmgpt.eval.runner import one_per_image
 
     out, report = default_outputs(args, "eval_caption")
     if args.annotations:

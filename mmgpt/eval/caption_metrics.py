@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from mmgpt.eval.common import read_json as _read_json
+
+from mmgpt.jsonfile import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -573,7 +574,7 @@ def score_captions(references: Mapping[Any, list[str]], predictions: Mapping[Any
 
 def load_coco_annotations(path: str | os.PathLike) -> dict[Any, list[str]]:
     """Official captions_*.json -> {image_id: [captions]} in the file's image order, as the COCO toolkit reads it."""
-    data = _read_json(path)
+    data = read_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: expected an object with an 'annotations' list (COCO captions format)")
     captions: dict[Any, list[str]] = {}
@@ -597,7 +598,7 @@ def load_coco_annotations(path: str | os.PathLike) -> dict[Any, list[str]]:
 def load_coco_results(path: str | os.PathLike, annotations: Mapping[Any, list[str]] | None = None
                       ) -> dict[Any, str]:
     """Results file [{image_id, caption}] -> {image_id: caption}; checked against `annotations` when given."""
-    data = _read_json(path)
+    data = read_json_file(path)
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty list of {{'image_id', 'caption'}} objects")
     results: dict[Any, str] = {}

@@ -6,13 +6,11 @@ import base64
 import html
 import io
 import json
-import os
 import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
-from mmgpt.data.formats import read_json_file
 from mmgpt.saving import write_text_atomic
 
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
@@ -54,11 +52,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Parse a JSON file; invalid, undecodable or absurdly nested JSON raises ValueError naming the file."""
-    return read_json_file(path)
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -128,10 +121,10 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator)."""
     from accelerate import Accelerator
 
-    from mmgpt.evaluate import generate_answers
+    from mmgpt.eval.runner import generate_answers
     from mmgpt.inference import check_seed, decoding_kwargs, default_model_path, load_model
 
-    from mmgpt.training import cpu_processes, set_cpu_threads
+    from mmgpt.training.devices import cpu_processes, set_cpu_threads
 
     decoding = decoding_from_args(args)  # checked before the (slow) model load
     seed = check_seed(decoding.pop("seed"))

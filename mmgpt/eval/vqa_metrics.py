@@ -27,8 +27,9 @@ import logging
 import os
 import re
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any, Iterable, Mapping
-from mmgpt.eval.common import read_json as _read_json
+from typing import Any
+
+from mmgpt.jsonfile import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -209,33 +210,9 @@ def vqa_score(questions: dict, annotations: dict, results: list[dict], n: int = 
 def load_vqa_files(results_path: str | os.PathLike, questions_path: str | os.PathLike,
                    annotations_path: str | os.PathLike) -> tuple[dict, dict, list[dict]]:
     """Read and check official VQA results, questions and annotations files: (questions, annotations, results)."""
-    questions, annotations, results = (_read_json(p) for p in (questions_path, annotations_path, results_path))
+    questions, annotations, results = (read_json_file(p) for p in (questions_path, annotations_path, results_path))
     _validate(questions, annotations, results, (str(questions_path), str(annotations_path), str(results_path)))
     return questions, annotations, results
-
-
-def single_answer_annotations(records: Iterable[Mapping[str, Any]]) -> tuple[dict, dict]:
-    """Official questions/annotations for one-answer data: each answer counts as ten identical human answers.
-
-    Each record needs "question_id" and "answer"; "image_id", "question", "question_type" and "answer_type"
-    are copied when present. The ten copies get distinct answer_ids, so each one can be left out on its own.
-    Because the ten answers agree, the 2017 evaluator compares the normalised prediction with the raw
-    reference: "The Yes." scores 100 against "yes", while a reference the normalisation would change
-    ("Yes", "two", "a dog") can never be matched, which is why references should be stored normalised.
-    """
-    questions, annotations = [], []
-    for i, rec in enumerate(records):
-        for field in ("question_id", "answer"):
-            if field not in rec:
-                raise ValueError(f"records[{i}] has no '{field}'")
-        qid, image_id = rec["question_id"], rec.get("image_id", i)
-        questions.append({"question_id": qid, "image_id": image_id, "question": rec.get("question", "")})
-        annotations.append({
-            "question_id": qid, "image_id": image_id, "question_type": rec.get("question_type", ""),
-            "answer_type": rec.get("answer_type", ""), "multiple_choice_answer": rec["answer"],
-            "answers": [{"answer": rec["answer"], "answer_confidence": "yes", "answer_id": k} for k in range(1, 11)],
-        })
-    return official_header(questions=questions), official_header(annotations=annotations)
 
 
 def official_header(**body: Any) -> dict:

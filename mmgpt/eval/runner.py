@@ -1,10 +1,12 @@
 """Batched, process-sharded generation and loss over Examples, shared by training and the eval scripts."""
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from mmgpt.data.example import Example
@@ -12,23 +14,21 @@ from mmgpt.data.example import Example
 logger = logging.getLogger(__name__)
 
 
-def _shard(items: Sequence[Any], accelerator: Any) -> list[Any]:
-    if accelerator is None or accelerator.num_processes == 1:
-        return list(items)
-    return list(items[accelerator.process_index :: accelerator.num_processes])
+@contextlib.contextmanager
+def _process_share(items: Sequence[Any], accelerator: Any) -> Iterator[list[Any]]:
+    """This process's contiguous share of `items` (all of them without an accelerator)."""
+    if accelerator is None:
+        yield list(items)
+        return
+    with accelerator.split_between_processes(list(items)) as local:
+        yield local
 
 
-def _unshard(local: list[Any], total: int, accelerator: Any) -> list[Any]:
-    """Inverse of _shard: interleave every rank's results back into the original order."""
+def _gather(local: list[Any], accelerator: Any) -> list[Any]:
+    """Every process's results, concatenated in process order: the order of the items before the split."""
     if accelerator is None or accelerator.num_processes == 1:
         return local
-    from accelerate.utils import gather_object
-
-    per_rank = gather_object([local])
-    merged = [None] * total
-    for rank, results in enumerate(per_rank):
-        merged[rank :: accelerator.num_processes] = results
-    return merged
+    return gather_object(local)
 
 
 @torch.no_grad()
@@ -50,14 +50,13 @@ def generate_answers(
 
     processor = model.processor
     device = next(model.parameters()).device
-    local = _shard(examples, accelerator)
     answers: list[str] = []
     show = progress and (accelerator is None or accelerator.is_main_process)
     if seed is not None and accelerator is not None:
         seed = (seed + accelerator.process_index) % 2**64
     was_training = model.training
     model.eval()
-    with seeded_decoding(generate_kwargs, seed, device) as kwargs:
+    with _process_share(examples, accelerator) as local, seeded_decoding(generate_kwargs, seed, device) as kwargs:
         for start in tqdm(range(0, len(local), batch_size), desc="generating", disable=not show, leave=False):
             chunk = local[start : start + batch_size]
             batch = processor([e.prompt for e in chunk], [e.image for e in chunk])
@@ -68,7 +67,7 @@ def generate_answers(
             tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **kwargs)
             answers.extend(processor.decode(tokens))
     model.train(was_training)
-    return _unshard(answers, len(examples), accelerator)
+    return _gather(answers, accelerator)
 
 
 @torch.no_grad()
@@ -79,11 +78,11 @@ def mean_loss(model: Any, examples: Sequence[Example], batch_size: int = 128, ac
     was_training = model.training
     model.eval()
     totals = torch.zeros(2, dtype=torch.float64, device=device)
-    local = _shard(examples, accelerator)
-    for start in range(0, len(local), batch_size):
-        batch = processor.collate(local[start : start + batch_size])
-        out = model(**{k: v.to(device) for k, v in batch.items()})
-        totals += torch.stack([out.loss_sum.double(), out.num_tokens.double()])
+    with _process_share(examples, accelerator) as local:
+        for start in range(0, len(local), batch_size):
+            batch = processor.collate(local[start : start + batch_size])
+            out = model(**{k: v.to(device) for k, v in batch.items()})
+            totals += torch.stack([out.loss_sum.double(), out.num_tokens.double()])
     model.train(was_training)
     if accelerator is not None and accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, reduction="sum")
