@@ -1,11 +1,24 @@
-"""Encoder interfaces and registries.
+"""Encoder interfaces and registries: what a new encoder implements.
 
-A text encoder maps (input_ids, attention_mask) of shape (B, Lt) to T (B, Lt, d_text) and
-its mask; an image encoder maps pixel_values (B, 3, H, W) to I (B, Li, d_image). Each image
-encoder also supplies the image transform that training, evaluation and answer() share.
+TextEncoder (register with `@register_text_encoder("name")`, built as `cls(cfg, generator=, tokenizer=,
+load_weights=)`):
+    forward(input_ids (B, Lt), attention_mask (B, Lt)) -> T (B, Lt, d_text), T_mask (B, Lt)
+    output_dim -> d_text
+    tokenizer: its own tokenizer, or None when it reads the generator's tokens
+
+ImageEncoder (register with `@register_image_encoder("name")`, built as `cls(cfg, load_weights=)`):
+    forward(pixel_values (B, 3, H, W)) -> I (B, Li, d_image)
+    output_dim -> d_image
+    image_transform() -> the ImageTransform that training, evaluation and answer() share
+
+ImageTransform (register with `@register_transform("name")`): PIL RGB image -> (3, H, W) tensor, with
+`save(folder)` / `load(folder)` so the preprocessing travels with a saved model.
+
+A subclass that misses one of these cannot be instantiated (TypeError naming the member).
 """
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +27,7 @@ from PIL import Image
 from torch import nn
 
 from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig, load_json
-from mmgpt.registry import registrar
+from mmgpt.registry import lookup, registrar
 
 TEXT_ENCODERS: dict[str, type["TextEncoder"]] = {}
 IMAGE_ENCODERS: dict[str, type["ImageEncoder"]] = {}
@@ -26,53 +39,54 @@ register_image_encoder = registrar(IMAGE_ENCODERS, "image encoder")
 register_transform = registrar(TRANSFORMS, "image transform")
 
 
-def lookup(registry: dict, name: str, key: str) -> type:
-    """registry[name], or an error naming the config key and the available names."""
-    if name not in registry:
-        raise ConfigError(f"unknown {key} '{name}'; available: {', '.join(sorted(registry))}")
-    return registry[name]
-
-
-class TextEncoder(nn.Module):
+class TextEncoder(nn.Module, abc.ABC):
     """(input_ids, attention_mask) (B, Lt) -> T (B, Lt, d_text), T_mask (B, Lt)."""
 
-    output_dim: int
     # a tokenizer of the encoder's own, or None when it reads the generator's tokens
     tokenizer: Any = None
 
-    def rebuild_kwargs(self) -> dict:
-        """Transformers config needed to rebuild this encoder offline (empty if none)."""
-        return {}
+    @property
+    @abc.abstractmethod
+    def output_dim(self) -> int:
+        """d_text, the width of T."""
+
+    @abc.abstractmethod
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Lt), (B, Lt) -> T (B, Lt, d_text), T_mask (B, Lt)."""
 
 
-class ImageEncoder(nn.Module):
+class ImageEncoder(nn.Module, abc.ABC):
     """pixel_values (B, 3, H, W) -> I (B, Li, d_image)."""
 
-    output_dim: int
+    @property
+    @abc.abstractmethod
+    def output_dim(self) -> int:
+        """d_image, the width of I."""
 
+    @abc.abstractmethod
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> I (B, Li, d_image)."""
+
+    @abc.abstractmethod
     def image_transform(self) -> "ImageTransform":
         """The eval-time preprocessing this encoder expects."""
-        raise NotImplementedError
-
-    def rebuild_kwargs(self) -> dict:
-        """Transformers config needed to rebuild this encoder offline (empty if none)."""
-        return {}
 
 
-class ImageTransform:
+class ImageTransform(abc.ABC):
     """PIL RGB image -> (3, H, W) tensor; saved next to the model so preprocessing travels with it."""
 
+    @abc.abstractmethod
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        raise NotImplementedError
+        """PIL RGB image -> (3, H, W) float tensor."""
 
+    @abc.abstractmethod
     def save(self, folder: Path) -> None:
         """Write this transform into `folder` (which must contain transform.json afterwards)."""
-        raise NotImplementedError
 
     @classmethod
+    @abc.abstractmethod
     def load(cls, folder: Path) -> "ImageTransform":
         """Read a transform written by `save`."""
-        raise NotImplementedError
 
 
 def load_transform(folder: str | Path) -> ImageTransform:

@@ -7,10 +7,11 @@ from pathlib import Path
 import timm
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, CLIPImageProcessor
+from transformers import AutoImageProcessor, AutoModel, CLIPImageProcessor
 
 from mmgpt.config import ConfigError, ImageEncoderConfig
 from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
+from mmgpt.hf_models import build_hf_model
 
 # towers with a class token in front of the patch tokens
 _CLASS_TOKEN_TYPES = ("clip_vision_model", "vit", "dinov2")
@@ -40,44 +41,38 @@ class HFVisionEncoder(ImageEncoder):
                 f"model.image_encoder.name '{cfg.name}' is a timm model, not a Hugging Face vision tower: for type "
                 "'hf' set it to a hub name or local folder, or to '' to build from kwargs (with kwargs.model_type)"
             )
-        if cfg.name:
-            config = AutoConfig.from_pretrained(cfg.name)
+        self.model = build_hf_model(
+            AutoModel,
+            cfg.name,
+            cfg.kwargs,
+            key="model.image_encoder.kwargs",
+            missing_model_type="model.image_encoder.kwargs needs 'model_type' (e.g. clip_vision_model, "
+            "siglip_vision_model) to build a Hugging Face vision tower from scratch",
+            load_weights=load_weights,
             # a full CLIP/SigLIP checkpoint: take only its vision tower
-            config = getattr(config, "vision_config", config)
-            self.model = AutoModel.from_pretrained(cfg.name, config=config) if load_weights else AutoModel.from_config(config)
-        else:
-            kwargs = dict(cfg.kwargs)
-            if "model_type" not in kwargs:
-                raise ConfigError(
-                    "model.image_encoder.kwargs needs 'model_type' (e.g. clip_vision_model, siglip_vision_model) "
-                    "to build a Hugging Face vision tower from scratch"
-                )
-            model_type = kwargs.pop("model_type")
-            try:
-                config = AutoConfig.for_model(model_type, **kwargs)
-            except ValueError as e:
-                raise ConfigError(f"model.image_encoder.kwargs.model_type '{model_type}': {e}") from e
-            self.model = AutoModel.from_config(config)
+            sub_config="vision_config",
+        )
         _drop_pooling_head(self.model)
         self.name = cfg.name
         model_type = self.model.config.model_type
         self.drop_tokens = 0 if cfg.keep_prefix_tokens or model_type not in _CLASS_TOKEN_TYPES else 1
-        self.output_dim = int(self.model.config.hidden_size)
+
+    @property
+    def output_dim(self) -> int:
+        """d_image: the tower's hidden size."""
+        return int(self.model.config.hidden_size)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> I (B, image_len, d_image)."""
         hidden = self.model(pixel_values=pixel_values).last_hidden_state
         return hidden[:, self.drop_tokens :]
 
-    def rebuild_kwargs(self) -> dict:
-        """The tower's transformers config, so a saved model rebuilds without the hub."""
-        return self.model.config.to_dict()
-
     def image_transform(self) -> "HFImageTransform":
         """The checkpoint's own image processor, or a plain resize-normalise one for a scratch tower."""
         if self.name:
             try:
-                return HFImageTransform(AutoImageProcessor.from_pretrained(self.name))
+                local = Path(self.name).is_dir()
+                return HFImageTransform(AutoImageProcessor.from_pretrained(self.name, local_files_only=local))
             except (OSError, ValueError):
                 pass
         size = int(self.model.config.image_size)

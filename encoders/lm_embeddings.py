@@ -18,7 +18,11 @@ class LMEmbeddings(TextEncoder):
         super().__init__()
         # held in a tuple so the shared embedding is not registered (and saved) twice
         self._generator = (generator,)
-        self.output_dim = int(generator.get_input_embeddings().embedding_dim)
+
+    @property
+    def output_dim(self) -> int:
+        """d_text: the generator's embedding width."""
+        return int(self._generator[0].get_input_embeddings().embedding_dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Lt), (B, Lt) -> T (B, Lt, d_generator), T_mask (B, Lt)."""

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 from pathlib import Path
-import json
 from typing import Any
 
 import timm
@@ -48,7 +48,6 @@ class TimmImageEncoder(ImageEncoder):
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
         self.num_prefix_tokens = 0 if cfg.keep_prefix_tokens else int(getattr(self.model, "num_prefix_tokens", 0))
-        self.output_dim = int(self.model.num_features)
         self.data_config = resolve_data_config({}, model=self.model)
         if "img_size" in kwargs:
             # the pretrained config still names the checkpoint's size; the model was built for another
@@ -64,9 +63,10 @@ class TimmImageEncoder(ImageEncoder):
             return features.flatten(2).transpose(1, 2)
         return features[:, self.num_prefix_tokens :]
 
-    def rebuild_kwargs(self) -> dict:
-        """Nothing beyond the config: timm rebuilds the architecture from the name."""
-        return {}
+    @property
+    def output_dim(self) -> int:
+        """d_image: the model's feature width."""
+        return int(self.model.num_features)
 
     def image_transform(self) -> "TimmTransform":
         """timm's deterministic eval transform for this model's data config."""

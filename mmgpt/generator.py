@@ -1,9 +1,10 @@
 """The causal transformer generator: any AutoModelForCausalLM by name, path or config."""
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from mmgpt.config import ConfigError, GeneratorConfig
+from mmgpt.hf_models import build_hf_model
 
 
 def build_generator(
@@ -11,32 +12,22 @@ def build_generator(
 ) -> PreTrainedModel:
     """Load a pretrained causal LM (name or folder) or build one from `cfg.hf_config`."""
     attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
-    if cfg.name:
-        if load_weights:
-            model = AutoModelForCausalLM.from_pretrained(cfg.name, **attn)
-        else:
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.name), **attn)
-    else:
-        kwargs = dict(cfg.hf_config)
-        if "model_type" not in kwargs:
-            raise ConfigError(
-                "model.generator needs a 'name' (hub name or local folder) or an hf_config with "
-                "'model_type' (gpt2, llama, qwen2, ...)"
-            )
-        kwargs.setdefault("vocab_size", len(tokenizer))
-        if kwargs["vocab_size"] < len(tokenizer):
-            raise ConfigError(
-                f"model.generator.hf_config.vocab_size ({kwargs['vocab_size']}) is smaller than the "
-                f"tokenizer ({len(tokenizer)} tokens)"
-            )
-        kwargs.update(
-            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-        )
-        try:
-            config = AutoConfig.for_model(kwargs.pop("model_type"), **kwargs)
-        except ValueError as e:
-            raise ConfigError(f"model.generator.hf_config: {e}") from e
-        model = AutoModelForCausalLM.from_config(config, **attn)
+    model = build_hf_model(
+        AutoModelForCausalLM,
+        cfg.name,
+        cfg.hf_config,
+        key="model.generator.hf_config",
+        missing_model_type="model.generator needs a 'name' (hub name or local folder) or an hf_config with "
+        "'model_type' (gpt2, llama, qwen2, ...)",
+        load_weights=load_weights,
+        tokenizer=tokenizer,
+        overrides={
+            "pad_token_id": tokenizer.pad_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        **attn,
+    )
     vocab = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > vocab:
         raise ConfigError(

@@ -8,7 +8,16 @@ import torch
 from PIL import Image
 
 from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
-from mmgpt.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, build_image_encoder, build_text_encoder, load_transform
+from mmgpt.encoders import (
+    IMAGE_ENCODERS,
+    TEXT_ENCODERS,
+    ImageEncoder,
+    ImageTransform,
+    TextEncoder,
+    build_image_encoder,
+    build_text_encoder,
+    load_transform,
+)
 from tiny import (
     IMAGE_SIZE,
     NUM_PATCHES,
@@ -214,3 +223,43 @@ def test_missing_timm_weights_file_names_the_key(tmp_path: Path) -> None:
 def test_build_text_encoder_rejects_unknown_type_before_building() -> None:
     with pytest.raises(ConfigError, match="available: hf, lm_embeddings"):
         build_text_encoder(TextEncoderConfig(type="t5"), generator=None, tokenizer=None)
+
+
+def _subclass(base: type, members: dict[str, object]) -> type:
+    """A subclass of `base` that defines only `members`."""
+    return type(f"Partial{base.__name__}", (base,), members)
+
+
+def _output_dim(self: object) -> int:
+    return 4
+
+
+def _text_forward(self: object, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple:
+    return input_ids, attention_mask
+
+
+def _image_forward(self: object, pixel_values: torch.Tensor) -> torch.Tensor:
+    return pixel_values
+
+
+TEXT_MEMBERS = {"output_dim": property(_output_dim), "forward": _text_forward}
+IMAGE_MEMBERS = {"output_dim": property(_output_dim), "forward": _image_forward, "image_transform": lambda self: None}
+
+
+@pytest.mark.parametrize("base, members", [(TextEncoder, TEXT_MEMBERS), (ImageEncoder, IMAGE_MEMBERS)])
+def test_an_encoder_missing_an_interface_member_cannot_be_built(base: type, members: dict[str, object]) -> None:
+    # with every member it builds and reports its width
+    assert _subclass(base, members)().output_dim == 4
+    for missing in members:
+        partial = _subclass(base, {k: v for k, v in members.items() if k != missing})
+        with pytest.raises(TypeError, match=f"abstract.*{missing}"):
+            partial()
+
+
+def test_an_image_transform_missing_save_or_load_cannot_be_built() -> None:
+    members = {"__call__": lambda self, image: image, "save": lambda self, folder: None,
+               "load": classmethod(lambda cls, folder: cls())}
+    assert isinstance(_subclass(ImageTransform, members).load(Path(".")), ImageTransform)
+    for missing in members:
+        with pytest.raises(TypeError, match=f"abstract.*{missing}"):
+            _subclass(ImageTransform, {k: v for k, v in members.items() if k != missing})()
