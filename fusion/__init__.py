@@ -1,9 +1,4 @@
-"""Fusion modules g: F, F_mask = g(T, T_mask, I).
-
-Shapes: T (batch, text_len, d_text), T_mask (batch, text_len), I (batch, image_len, d_image)
--> F (batch, fused_len, dim), F_mask (batch, fused_len). Adding a fusion is one file with
-a `@register_fusion("name")` class and one import line below.
-"""
+"""Fusion modules g: F, F_mask = g(T, T_mask, I); the interface a new fusion implements is in mmgpt.fusion.base."""
 from __future__ import annotations
 
 from mmgpt.fusion.base import FUSIONS, Fusion, build_fusion, register_fusion

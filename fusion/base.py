@@ -1,41 +1,42 @@
-"""The fusion interface, its registry and the projections every fusion shares."""
+"""The fusion interface, its registry and the projections every fusion shares.
+
+A fusion g maps T (B, Lt, d_text), T_mask (B, Lt) and I (B, Li, d_image) to F (B, Lf, dim) and
+F_mask (B, Lf): `forward(T, T_mask, I) -> (F, F_mask)`. `Fusion.forward` projects T and I to `dim`,
+calls the hooks below, and zeroes F at the padded positions of F_mask.
+
+A new fusion is one file with a `@register_fusion("name")` subclass of Fusion, built as
+`cls(cfg, text_dim, image_dim)`, that implements
+    combine(T (B, Lt, dim), T_mask (B, Lt), I (B, Li, dim)) -> F (B, Lf, dim)
+and, only when F is not aligned with the text (Lf != Lt), overrides the hook
+    fused_mask(T_mask (B, Lt), I (B, Li, dim)) -> F_mask (B, Lf)    (default: T_mask).
+A subclass without `combine` cannot be instantiated (TypeError naming it).
+"""
 from __future__ import annotations
 
+import abc
 import math
-from typing import Callable
 
 import torch
 from torch import nn
 
 from mmgpt.config import ConfigError, FusionConfig
+from mmgpt.registry import lookup, registrar
 
 FUSIONS: dict[str, type["Fusion"]] = {}
 
-
-def register_fusion(name: str) -> Callable[[type["Fusion"]], type["Fusion"]]:
-    """Class decorator that adds a fusion to the registry under `name`."""
-
-    def add(cls: type[Fusion]) -> type[Fusion]:
-        if name in FUSIONS:
-            raise ValueError(f"fusion '{name}' is registered twice")
-        FUSIONS[name] = cls
-        cls.registry_name = name
-        return cls
-
-    return add
+register_fusion = registrar(FUSIONS, "fusion", name_attribute="registry_name")
 
 
 def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int) -> "Fusion":
     """Look up `cfg.name` in the registry and build it for the given input widths."""
-    if cfg.name not in FUSIONS:
-        raise ConfigError(f"model.fusion.name: unknown fusion '{cfg.name}'; available: {', '.join(sorted(FUSIONS))}")
+    cls = lookup(FUSIONS, cfg.name, "model.fusion.name")
     if cfg.dim <= 0:
         raise ConfigError(f"model.fusion.dim must be positive, got {cfg.dim}")
-    return FUSIONS[cfg.name](cfg, text_dim, image_dim)
+    return cls(cfg, text_dim, image_dim)
 
 
-class Fusion(nn.Module):
-    """Base class: projects T and I to a common width `dim`; subclasses combine them."""
+class Fusion(nn.Module, abc.ABC):
+    """Base class: projects T and I to a common width `dim`; subclasses combine them (see the module docstring)."""
 
     registry_name = ""
 
@@ -61,18 +62,23 @@ class Fusion(nn.Module):
             image = image + sincos_positions(image.shape[1], image.shape[2], image.device, image.dtype)
         return self.text_proj(text), image
 
+    @abc.abstractmethod
     def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """Combine projected T (B, Lt, dim) and I (B, Li, dim) into F (B, Lt, dim)."""
-        raise NotImplementedError
+        """Combine projected T (B, Lt, dim) and I (B, Li, dim) into F (B, Lf, dim)."""
+
+    def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """F_mask (B, Lf) for T_mask (B, Lt) and projected I (B, Li, dim): the text mask, as F follows the text."""
+        return text_mask
 
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """T (B, Lt, d_text), T_mask (B, Lt), I (B, Li, d_image) -> F (B, Lt, dim), F_mask (B, Lt)."""
+        """T (B, Lt, d_text), T_mask (B, Lt), I (B, Li, d_image) -> F (B, Lf, dim), F_mask (B, Lf)."""
         text, image = self.project(text, image)
         fused = self.combine(text, text_mask, image)
+        mask = self.fused_mask(text_mask, image)
         # padded positions are zeroed so they can never leak into anything downstream
-        return fused * text_mask.unsqueeze(-1).to(fused.dtype), text_mask
+        return fused * mask.unsqueeze(-1).to(fused.dtype), mask
 
 
 def sincos_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

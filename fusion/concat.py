@@ -21,12 +21,11 @@ class Concat(Fusion):
         super().__init__(cfg, text_dim, image_dim)
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """T (B, Lt, d_text), T_mask (B, Lt), I (B, Li, d_image) -> F (B, Li + Lt, dim), F_mask (B, Li + Lt)."""
-        text, image = self.project(text, image)
-        fused = self.norm(torch.cat([image, text * text_mask.unsqueeze(-1).to(text.dtype)], dim=1))
+    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, Lt, dim), (B, Lt), (B, Li, dim) -> (B, Li + Lt, dim)."""
+        return self.norm(torch.cat([image, text * text_mask.unsqueeze(-1).to(text.dtype)], dim=1))
+
+    def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """(B, Lt), (B, Li, dim) -> (B, Li + Lt): every image token is valid."""
         image_mask = torch.ones(image.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
-        mask = torch.cat([image_mask, text_mask], dim=1)
-        return fused * mask.unsqueeze(-1).to(fused.dtype), mask
+        return torch.cat([image_mask, text_mask], dim=1)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmgpt.config import ConfigError, FusionConfig
-from mmgpt.fusion import FUSIONS, build_fusion
+from mmgpt.fusion import FUSIONS, Fusion, build_fusion
 from tiny import FUSION_NAMES, one_thread  # noqa: F401 (autouse fixture)
 
 TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
@@ -168,3 +168,26 @@ def test_sincos_positions_are_distinct_and_bounded() -> None:
     assert torch.equal(grid[0, :4], grid[4, :4]) and not torch.equal(grid[0, 4:], grid[4, 4:])
     with pytest.raises(ConfigError, match="image_positions"):
         sincos_positions(5, 7, torch.device("cpu"), torch.float32)
+
+
+def test_a_fusion_without_combine_cannot_be_built() -> None:
+    cfg = FusionConfig(name="partial", dim=DIM)
+    with pytest.raises(TypeError, match="abstract.*combine"):
+        type("NoCombine", (Fusion,), {})(cfg, TEXT_DIM, IMAGE_DIM)
+
+
+def test_the_fused_mask_hook_sets_the_mask_and_the_zeroed_positions() -> None:
+    # a new fusion that keeps only the image tokens, with every other one masked out
+    def combine(self: Fusion, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return image + 1.0
+
+    def fused_mask(self: Fusion, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([1, 0]).repeat(image.shape[0], image.shape[1] // 2)
+
+    text, mask, image = inputs()
+    hooked = type("EveryOtherImageToken", (Fusion,), {"combine": combine, "fused_mask": fused_mask})(
+        FusionConfig(dim=DIM), TEXT_DIM, IMAGE_DIM
+    )
+    fused, fused_mask_out = hooked(text, mask, image)
+    assert fused.shape == (2, 4, DIM) and torch.equal(fused_mask_out, torch.tensor([[1, 0, 1, 0]] * 2))
+    assert (fused[:, 1::2] == 0).all() and (fused[:, ::2] != 0).any()
