@@ -67,7 +67,7 @@ def random_images(n: int, size: tuple[int, int], seed: int = 0) -> list[Image.Im
 @torch.no_grad()
 def prefix_inputs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs_embeds and attention mask MMGPT.generate hands to the generator: prefix + bos."""
-    prefix, prefix_mask = model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
     bos_id = model.processor.tokenizer.bos_token_id
     bos = torch.full((prefix.shape[0], 1), bos_id, dtype=torch.long, device=prefix.device)
     bos_embeds = model.generator.get_input_embeddings()(bos)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as functional
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -160,10 +160,13 @@ class MMGPT(nn.Module):
         processor.text_tokenizer = model.text_encoder.tokenizer
         return model
 
-    def encode(
+    def prefix_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lt, width), prefix_mask (B, Lt), left-padded."""
+        """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
+
+        Encode text, encode image (each distinct image once), fuse, project; left-padded (`pad_left`).
+        """
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype
         pixel_values = pixel_values.to(self.projector[0].weight.dtype)
@@ -183,7 +186,7 @@ class MMGPT(nn.Module):
         answer_mask: torch.Tensor,
     ) -> MMGPTOutput:
         """Teacher-forced answer loss; only answer tokens after bos are supervised."""
-        prefix, prefix_mask = self.encode(input_ids, attention_mask, pixel_values)
+        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)
         answer_embeds = self.generator.get_input_embeddings()(answer_ids)
         inputs_embeds = torch.cat([prefix.to(answer_embeds.dtype), answer_embeds], dim=1)
         mask = torch.cat([prefix_mask, answer_mask], dim=1)
@@ -197,7 +200,9 @@ class MMGPT(nn.Module):
         )
         logits = out.logits[:, :-1]
         targets = answer_ids[:, 1:].masked_fill(answer_mask[:, 1:] == 0, -100)
-        token_loss = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        token_loss = functional.cross_entropy(
+            logits.float().transpose(1, 2), targets, ignore_index=-100, reduction="none"
+        )
         counts = (targets != -100).sum(dim=1)
         loss_sum = token_loss.sum()
         num_tokens = counts.sum()
@@ -219,7 +224,7 @@ class MMGPT(nn.Module):
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N)."""
-        prefix, prefix_mask = self.encode(input_ids, attention_mask, pixel_values)
+        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)
         tokenizer = self.processor.tokenizer
         bos = torch.full((prefix.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=prefix.device)
         bos_embeds = self.generator.get_input_embeddings()(bos)

@@ -111,7 +111,7 @@ def test_padding_changes_nothing_with_a_concat_prefix_longer_than_the_text() -> 
 
 def hand_loss(model: MMGPT, batch: dict[str, torch.Tensor]) -> tuple[list[float], list[int]]:
     """Per example: mean cross-entropy of answer tokens after bos, computed on an unpadded sequence."""
-    prefix, prefix_mask = model.encode(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
     embed = model.generator.get_input_embeddings()
     losses, counts = [], []
     for i in range(prefix.shape[0]):
