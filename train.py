@@ -1,12 +1,12 @@
 """Train an mmgpt model: `accelerate launch train.py [--config FILE] [--resume latest | --overwrite] [key=value ...]`.
 
-The loop lives in mmgpt/train.py (so `mmgpt train` works from any install); this file is the
+The loop lives in mmgpt/training/loop.py (so `mmgpt train` works from any install); this file is the
 entry point `accelerate launch` runs.
 """
 import sys
 
 from mmgpt.cli import run_reporting_errors
-from mmgpt.train import main
+from mmgpt.training.loop import main
 
 if __name__ == "__main__":
     sys.exit(run_reporting_errors("train.py", lambda: main() and 0))

@@ -129,7 +129,7 @@ class PrecomputedFeatures(nn.Module):
 def feature_cache_speedup(config: str, tiny: bool, batch_size: int | None, steps: int, device: torch.device,
                           seed: int = 0) -> dict[str, Any]:
     """Per-step time of training with a frozen image encoder run each step vs features computed once."""
-    from mmgpt.training import apply_freezing, build_optimizer, build_scheduler, set_train_mode
+    from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
 
     work = workloads.workload(config, tiny=tiny)
     work.model.image_encoder.freeze = True

@@ -1,6 +1,6 @@
 """Training throughput: samples/s, tokens/s, step time, peak memory and MFU of real mmgpt training steps.
 
-Each step is the training loop's own (mmgpt/train.py): an accelerate-prepared model and the
+Each step is the training loop's own (mmgpt/training/loop.py): an accelerate-prepared model and the
 optimizer from `build_optimizer` (fused AdamW on GPU) with the cosine schedule, `model(**batch)`,
 backward of `loss_sum / supervised tokens` (the loop's normalisation, one process), gradient
 clipping, optimizer and scheduler step. Batches are made by the model's processor from random
@@ -47,7 +47,7 @@ def fresh_accelerator(mixed_precision: str, device: torch.device) -> Any:
 
 def make_step(model: Any, forward: Callable[..., Any], optimizer: Any, scheduler: Any, accelerator: Any,
               grad_clip: float) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """One optimizer step exactly as mmgpt/train.py takes it (one process, no gradient accumulation)."""
+    """One optimizer step exactly as mmgpt/training/loop.py takes it (one process, no gradient accumulation)."""
 
     def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # the loop normalises by the supervised tokens of the global batch
@@ -69,7 +69,7 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
             compile: bool = False, freeze_image_encoder: bool = False, profile: bool = False,
             count_flops: bool = True, seed: int = 0) -> dict[str, Any]:
     """Build the workload, take `warmup` + `steps` training steps, and return the figures of the timed ones."""
-    from mmgpt.training import apply_freezing, build_optimizer, build_scheduler, set_train_mode
+    from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
 
     device = device or common.resolve_device("auto")
     work = workloads.workload(config, fusion=fusion, tiny=tiny)

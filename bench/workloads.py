@@ -23,7 +23,7 @@ import torch
 from mmgpt.config import ModelConfig, from_dict, load_yaml
 from mmgpt.data.example import Example
 from mmgpt.model import MMGPT
-from mmgpt.train_config import OptimConfig, TrainConfig
+from mmgpt.training.config import OptimConfig, TrainConfig
 
 CONFIGS = ("default", "gpu200m")
 FUSIONS = ("weighted_sum", "product", "cross_attention")
@@ -74,7 +74,7 @@ class Workload:
 
 def default_train_config() -> TrainConfig:
     """configs/default.yaml as a TrainConfig."""
-    from mmgpt.train import default_config_path
+    from mmgpt.training.config import default_config_path
 
     return from_dict(TrainConfig, load_yaml(default_config_path()))
 

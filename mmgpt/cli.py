@@ -118,7 +118,7 @@ def _caption(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from mmgpt.train import main
+    from mmgpt.training.loop import main
 
     main(argv)
     return 0

@@ -16,7 +16,7 @@ from mmgpt.config import (
     parse_override,
     to_dict,
 )
-from mmgpt.train_config import TrainConfig
+from mmgpt.training.config import TrainConfig
 
 DEFAULT_YAML = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -196,7 +196,7 @@ def test_override_into_a_default_mapping_keeps_its_other_keys(tmp_path: Path) ->
     config = load_config(ModelConfig, None, ["generator.hf_config.num_hidden_layers=3"])
     assert config.generator.hf_config == {**ModelConfig().generator.hf_config, "num_hidden_layers": 3}
     # the training command line does the same
-    from mmgpt.train import parse_args
+    from mmgpt.training.loop import parse_args
 
     path = write(tmp_path, {"output_dir": str(tmp_path / "run")})
     train, _ = parse_args(["--config", str(path), "model.generator.hf_config.num_hidden_layers=3", "optim.lr=1e-3"])

@@ -7,7 +7,7 @@ import typing
 import pytest
 
 from mmgpt.config import ConfigError, load_config
-from mmgpt.train_config import TrainConfig
+from mmgpt.training.config import TrainConfig
 
 
 def numeric_fields(cls: type, prefix: str = "") -> list[tuple[str, type]]:

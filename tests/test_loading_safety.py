@@ -18,7 +18,7 @@ from mmgpt import cli
 from mmgpt.config import ConfigError, apply_overrides, load_config, load_yaml, parse_override
 from mmgpt.inference import load_model
 from mmgpt.model import MMGPT, ModelLoadError
-from mmgpt.train_config import TrainConfig
+from mmgpt.training.config import TrainConfig
 from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 PROMPTS = ["what color is the shape?", "is there a circle?"]

@@ -12,9 +12,10 @@ from safetensors.torch import load_file
 
 import mmgpt.inference as inference
 from mmgpt.model import MMGPT
-from mmgpt.train import is_default_job, main, parse_args
-from mmgpt.checkpoints import STATE_NAME, OutputDirInUse, checkpoint_dirs, run_id_of, save_checkpoint
-from mmgpt.training import NonFiniteTraining
+from mmgpt.training.config import is_default_job
+from mmgpt.training.loop import main, parse_args
+from mmgpt.training.checkpoint import STATE_NAME, OutputDirInUse, checkpoint_dirs, run_id_of, save_checkpoint
+from mmgpt.training.nonfinite import NonFiniteTraining
 from test_save_safety import kill_at_random
 from test_train import make_jsonl, tiny_config
 from tiny import one_thread  # noqa: F401  (autouse fixture)
@@ -147,7 +148,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, pointer: Path
 ) -> None:
     poison_step(monkeypatch, {3})
-    monkeypatch.setattr("mmgpt.train.is_default_job", lambda cfg: True)
+    monkeypatch.setattr("mmgpt.training.loop.is_default_job", lambda cfg: True)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteTraining, match=r"step 3: the loss is nan .*step_2"):
         main(["--config", str(tiny_config(tmp_path, data, out, max_steps=5, save_every=1))])
@@ -172,7 +173,7 @@ def test_skip_nonfinite_steps_skips_and_counts_them(tmp_path: Path, data: Path, 
 
 
 def test_metrics_json_is_strict_json(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mmgpt.train.evaluate", lambda *args, **kwargs: {"eval/loss": math.nan, "eval/acc": 0.5})
+    monkeypatch.setattr("mmgpt.training.loop.evaluate", lambda *args, **kwargs: {"eval/loss": math.nan, "eval/acc": 0.5})
     out = tmp_path / "run"
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2))])
 
@@ -223,7 +224,7 @@ def test_only_the_main_job_counts_as_the_default_run(tmp_path: Path, data: Path)
 def test_a_completed_main_job_records_its_model(
     tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, pointer: Path
 ) -> None:
-    monkeypatch.setattr("mmgpt.train.is_default_job", lambda cfg: True)
+    monkeypatch.setattr("mmgpt.training.loop.is_default_job", lambda cfg: True)
     out = tmp_path / "run"
     # stopped part-way: not completed, so not recorded
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=3, stop_at_step=2))])

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mmgpt.data.dataset import TooManyBadImages
-from mmgpt.train import main
+from mmgpt.training.loop import main
 
 REPO = Path(__file__).resolve().parent.parent
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
@@ -208,7 +208,7 @@ def test_bad_config_key_names_the_key(tmp_path: Path, data: Path) -> None:
 def test_sigterm_becomes_a_stop_request() -> None:
     import signal
 
-    from mmgpt.training import StopRequest
+    from mmgpt.training.checkpoint import StopRequest
 
     previous = signal.getsignal(signal.SIGTERM)
     with StopRequest() as stop:
@@ -219,7 +219,7 @@ def test_sigterm_becomes_a_stop_request() -> None:
 
 
 def test_cpu_threads_default_to_the_cores_per_local_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmgpt.training import available_cores, set_cpu_threads
+    from mmgpt.training.devices import available_cores, set_cpu_threads
 
     before = torch.get_num_threads()
     try:

@@ -1,14 +1,17 @@
-"""A run's folder: checkpoints (complete or absent, rotated per run) and the checks that keep two runs apart.
+"""A run's folder: checkpoints (complete or absent, rotated per run), resuming, stopping on a signal.
 
-Every checkpoint's trainer_state.json records the id of the run that wrote it; rotation only ever
-removes checkpoints of the current run, and a fresh run refuses a folder that holds another one.
+Every checkpoint's trainer_state.json (a TrainState) records the id of the run that wrote it; rotation
+only ever removes checkpoints of the current run, and a fresh run refuses a folder that holds another one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
+import signal
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,62 @@ class OutputDirInUse(ValueError):
 def new_run_id() -> str:
     """A fresh id for a training run; every checkpoint records it, and a resumed run keeps it."""
     return uuid.uuid4().hex[:12]
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: saved as trainer_state.json (these keys, in this order) with every checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    # batches of `epoch` already consumed, so a resumed run skips exactly those
+    batches_in_epoch: int = 0
+    # {"train": [[step, loss], ...], "eval": [[step, loss], ...]}
+    history: dict[str, list] = field(default_factory=lambda: {"train": [], "eval": []})
+    bad_images_runtime: int = 0
+    # only the main process writes checkpoints, so only its id is ever recorded
+    run_id: str | None = field(default_factory=lambda: new_run_id())
+    default_job: bool = False
+    nonfinite_steps: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object written as trainer_state.json."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def resume(cls, checkpoint: Path, default_job: bool) -> "TrainState":
+        """The state saved in `checkpoint`; `default_job` says whether the resumed run's config is the main job."""
+        saved = json.loads((checkpoint / STATE_NAME).read_text())
+        # checkpoints from before run ids have none: the resumed run stays id-less, and rotates them along
+        saved.setdefault("run_id", None)
+        # a run that was the main job only in part (other settings before the resume) is not the main job
+        saved["default_job"] = saved.get("default_job", False) and default_job
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in names})
+
+
+class StopRequest:
+    """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then checkpoints and exits)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            # a second signal means "now"
+            raise KeyboardInterrupt
+        logger.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _step_of(path: Path) -> int:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mmgpt.config import ConfigError, ModelConfig, check_fields, check_range
+from mmgpt.config import (ConfigError, ModelConfig, apply_overrides, check_fields, check_range, from_dict, load_yaml,
+                          to_dict)
 from mmgpt.data.formats import DatasetSpec
 
 
@@ -119,3 +121,34 @@ class TrainConfig:
                      max_steps=">= 1", eval_every=">= 0 (0 = never)", save_every=">= 0 (0 = only when stopping)",
                      keep_checkpoints=">= 1", log_every=">= 1", cpu_threads=">= 0 (0 = automatic)",
                      stop_at_step=">= 0 (0 = never)")
+
+
+# keys that change neither the trained model nor its data: a run that differs from configs/default.yaml
+# only in these is still the README's main job
+NEUTRAL_KEYS = ("cpu_threads", "log_every", "stop_at_step", "save_every", "keep_checkpoints", "data.num_workers")
+
+
+def default_config_path() -> Path:
+    """configs/default.yaml, installed as the package data of mmgpt.configs."""
+    from importlib import resources
+
+    return Path(str(resources.files("mmgpt.configs") / "default.yaml"))
+
+
+def is_default_job(cfg: TrainConfig) -> bool:
+    """Whether `cfg` is the README's main job: configs/default.yaml, changed at most in NEUTRAL_KEYS."""
+    default = from_dict(TrainConfig, apply_overrides(load_yaml(default_config_path()), [],
+                                                     defaults=to_dict(TrainConfig())))
+
+    def essentials(config: TrainConfig) -> dict:
+        data = to_dict(config)
+        for key in NEUTRAL_KEYS:
+            *sections, name = key.split(".")
+            node = data
+            for section in sections:
+                node = node[section]
+            node.pop(name)
+        data["output_dir"] = str(Path(data["output_dir"]).resolve())
+        return data
+
+    return essentials(cfg) == essentials(default)

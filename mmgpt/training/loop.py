@@ -1,0 +1,484 @@
+"""Train an mmgpt model: `accelerate launch train.py [--config NAME|FILE] [--resume latest | --overwrite] [key=value ...]`.
+
+With no arguments it trains configs/default.yaml: a tiny model from scratch on the built-in
+easy-VQA and synthetic captioning data, on whatever accelerate provides (one CPU up to many GPUs).
+A fresh run refuses an output_dir that already holds a run: continue it with --resume latest, pick
+another output_dir, or start over with --overwrite. Only a completed run of configs/default.yaml (the
+README's main job) becomes the model answer() uses by default.
+
+`main` reads as build_run -> train -> finish.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mmgpt.config import apply_overrides, from_dict, load_yaml, to_dict
+from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
+from mmgpt.data.formats import PromptTemplates, read_dataset
+from mmgpt.data.mixture import Mixture
+from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
+from mmgpt.logging_setup import configure_logging
+from mmgpt.model import MMGPT
+from mmgpt.saving import write_json
+from mmgpt.tokenizer import train_tokenizer
+from mmgpt.training.checkpoint import (
+    StopRequest,
+    TrainState,
+    check_output_dir,
+    clear_run,
+    resolve_resume,
+    save_checkpoint,
+)
+from mmgpt.training.config import TrainConfig, default_config_path, is_default_job
+from mmgpt.training.devices import cpu_processes, set_cpu_threads
+from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
+from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
+
+logger = logging.getLogger("mmgpt.train")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Command line -> (validated TrainConfig, parsed arguments)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(default_config_path()), help="YAML config (default: configs/default.yaml)")
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="continue a run exactly: 'latest' (newest checkpoint in output_dir), 'auto' (latest if any), or a path",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an output_dir that holds an earlier run: delete its checkpoints, model and logs first",
+    )
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.name=product")
+    args = parser.parse_args(argv)
+    if args.overwrite and args.resume:
+        parser.error("--overwrite starts over and --resume continues: pass one of them")
+    data = apply_overrides(load_yaml(args.config), args.overrides, defaults=to_dict(TrainConfig()))
+    return from_dict(TrainConfig, data), args
+
+
+@dataclass
+class Run:
+    """Everything a training run builds before its first step, and the state it advances."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    # as accelerate prepared it (DDP-wrapped on several processes); `forward` is it or its torch.compile
+    model: nn.Module
+    raw_model: MMGPT
+    forward: Callable[..., Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loader: DataLoader
+    batch_sampler: GroupedBatches
+    frozen: dict[str, bool]
+    eval_sets: list[tuple[str, list]]
+    # (name, kept examples, weight, bad-image report or None) per training set
+    checked: list[tuple[str, list, float, Any]]
+    state: TrainState
+
+    @property
+    def output_dir(self) -> Path:
+        """The run folder (cfg.output_dir)."""
+        return Path(self.cfg.output_dir)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train, checkpoint, evaluate and save the final model; returns the final metrics."""
+    cfg, args = parse_args(argv)
+    run = build_run(cfg, args)
+    if not train(run):
+        run.accelerator.end_training()
+        return {"stopped_at_step": run.state.step}
+    return finish(run)
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def start_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The Accelerator, logging, seed and CPU threads of a run."""
+    trackers = "tensorboard" if _has_tensorboard() else None
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=cfg.output_dir,
+                              cpu=cpu_processes(), step_scheduler_with_optimizer=False,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # max_steps counts global steps
+    configure_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    set_seed(cfg.seed)
+    if accelerator.device.type == "cpu":
+        logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))
+    return accelerator
+
+
+def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: Accelerator) -> Path | None:
+    """Check (and with --overwrite clear) the run folder, write config.yaml; returns the checkpoint to resume."""
+    output_dir = Path(cfg.output_dir)
+    resume_dir = resolve_resume(args.resume, output_dir) if args.resume else None
+    # every rank checks before any rank writes, so all of them agree
+    check_output_dir(output_dir, resuming=resume_dir is not None, overwrite=args.overwrite)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and args.overwrite:
+        for path in clear_run(output_dir):
+            logger.info("--overwrite: deleted %s", path)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    logger.info("run folder %s, %d process(es), device %s", output_dir, accelerator.num_processes, accelerator.device)
+    if accelerator.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        logger.warning("`accelerate launch --cpu --num_processes N` starts one process; for N CPU processes use "
+                       "`accelerate launch --multi_gpu --num_processes N train.py` (CPU DDP when there is no GPU)")
+    return resume_dir
+
+
+def read_splits(specs: list, templates: PromptTemplates) -> list[tuple[str, list]]:
+    """Read every dataset spec -> [(name, examples)]."""
+    return [(spec.label, read_dataset(spec, templates)) for spec in specs]
+
+
+def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, resume_dir: Path | None) -> MMGPT:
+    """Build the model; a from-scratch tokenizer is trained once (main process) and shared through disk."""
+    if cfg.model.generator.name:
+        return MMGPT.from_config(cfg.model)
+    tokenizer_dir = Path(cfg.output_dir) / "tokenizer"
+    if accelerator.is_main_process and not (resume_dir and tokenizer_dir.is_dir()):
+        texts = [t for _, examples in train_sets for e in examples for t in (e.prompt, e.answer)]
+        train_tokenizer(texts, cfg.model.tokenizer).save_pretrained(tokenizer_dir)
+    accelerator.wait_for_everyone()
+    from transformers import AutoTokenizer
+
+    return MMGPT.from_config(cfg.model, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))
+
+
+def build_loader(cfg: TrainConfig, checked: list, processor: Any,
+                 accelerator: Accelerator) -> tuple[DataLoader, GroupedBatches]:
+    """The weighted mixture of the checked training sets as a DataLoader of global batches."""
+    mixture = Mixture([(n, ex, w) for n, ex, w, _ in checked], num_samples=cfg.data.samples_per_epoch or None,
+                      seed=cfg.seed)
+    dataset = RobustImages(mixture, processor.image_tensor, seed=cfg.seed,
+                           augment={spec.label: spec.augment for spec in cfg.data.train})
+    # batches are formed at the global size and split across processes, so N processes see exactly
+    # the batches one process would
+    batch_sampler = GroupedBatches(mixture, cfg.batch_size * accelerator.num_processes, seed=cfg.seed,
+                                   questions_per_image=cfg.data.questions_per_image)
+    loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=make_collate(processor),
+                        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=False)
+    return loader, batch_sampler
+
+
+def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
+    """Accelerator, run folder, data, model, optimizer and schedule, and the state (fresh or resumed)."""
+    accelerator = start_accelerator(cfg)
+    resume_dir = prepare_output_dir(cfg, args, accelerator)
+
+    templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    train_sets = read_splits(cfg.data.train, templates)
+    eval_sets = read_splits(cfg.data.eval, templates)
+    model = build_model(cfg, train_sets, accelerator, resume_dir)
+    processor = model.processor
+    frozen = apply_freezing(model)
+    logger.info("model: %.2fM parameters (%.2fM trainable)", model.num_parameters() / 1e6,
+                model.num_parameters(trainable_only=True) / 1e6)
+
+    # each distinct image is checked (and, small data, decoded) once; every rank does the same
+    progress = accelerator.is_main_process
+    checked = []
+    for (name, examples), spec in zip(train_sets, cfg.data.train):
+        kept, report = check_images(examples, processor.image_tensor, cfg.data.cache_images,
+                                    cfg.data.max_bad_fraction, progress=progress, name=name) \
+            if cfg.data.check_images else (examples, None)
+        checked.append((name, kept, spec.weight, report))
+    eval_sets = [(name, check_images(ex, processor.image_tensor, cfg.data.cache_images, 1.0,
+                                     progress=progress, name=name)[0]) for name, ex in eval_sets]
+    loader, batch_sampler = build_loader(cfg, checked, processor, accelerator)
+
+    if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        # batch-norm statistics over the global batch, as one process would compute them
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.gradient_checkpointing:
+        model.generator.gradient_checkpointing_enable()
+    optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if _has_tensorboard():
+        accelerator.init_trackers("mmgpt", config=_flat_scalars(to_dict(cfg)))
+
+    state = TrainState(default_job=is_default_job(cfg))
+    if resume_dir is not None:
+        accelerator.load_state(str(resume_dir))
+        state = TrainState.resume(resume_dir, default_job=state.default_job)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step,
+                    state.epoch, state.batches_in_epoch)
+    if len(loader) < cfg.grad_accum_steps:
+        raise ValueError(f"an epoch has {len(loader)} batches, fewer than grad_accum_steps={cfg.grad_accum_steps}")
+    return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=accelerator.unwrap_model(model),
+               forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
+               loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
+               state=state)
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def batch_stream(run: Run) -> Iterator[tuple[int, int, dict]]:
+    """(epoch, batches consumed in epoch, batch) forever, resuming mid-epoch exactly."""
+    epoch, skip = run.state.epoch, run.state.batches_in_epoch
+    while True:
+        iterator = run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
+        # accelerate's loaders set the dataset's epoch from their own iteration count, which a
+        # resumed run's fresh loader would restart at 0
+        if hasattr(iterator, "set_epoch"):
+            iterator.set_epoch(epoch)
+        run.batch_sampler.set_epoch(epoch)
+        for position, batch in enumerate(iterator, start=skip + 1):
+            yield epoch, position, batch
+        epoch, skip = epoch + 1, 0
+
+
+@dataclass
+class LossWindow:
+    """Loss and answer tokens summed since the last log line, with its start time and steps."""
+
+    loss: torch.Tensor
+    tokens: torch.Tensor
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+
+    @classmethod
+    def on(cls, device: torch.device) -> "LossWindow":
+        """An empty window with float64 sums on `device`."""
+        return cls(torch.zeros((), device=device, dtype=torch.float64),
+                   torch.zeros((), device=device, dtype=torch.float64))
+
+    def reset(self) -> None:
+        """Start the next window."""
+        self.loss.zero_()
+        self.tokens.zero_()
+        self.start, self.steps = time.perf_counter(), 0
+
+
+def next_micro_batches(run: Run, batches: Iterator[tuple[int, int, dict]]) -> list[dict]:
+    """The grad_accum_steps micro-batches of one optimizer step; advances the state's data position."""
+    micro = []
+    for _ in range(run.cfg.grad_accum_steps):
+        epoch, position, batch = next(batches)
+        run.state.bad_images_runtime += int(batch.pop("bad_images"))
+        micro.append(batch)
+    finished_epoch = position >= len(run.loader)
+    run.state.epoch, run.state.batches_in_epoch = (epoch + 1, 0) if finished_epoch else (epoch, position)
+    return micro
+
+
+def forward_backward(run: Run, micro: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Accumulate the gradients of one optimizer step -> (loss sum, answer tokens, gradient norm)."""
+    accelerator = run.accelerator
+    # normalise by the supervised tokens of the whole global batch, so N processes x B
+    # examples give the same gradient as 1 process x N*B examples
+    tokens = sum(b["answer_mask"][:, 1:].sum() for b in micro).to(torch.float32)
+    global_tokens = accelerator.reduce(tokens, reduction="sum").clamp(min=1.0)
+    step_loss = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    step_tokens = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    for i, batch in enumerate(micro):
+        sync = i == len(micro) - 1
+        with contextlib.nullcontext() if sync else accelerator.no_sync(run.model):
+            out = run.forward(**batch)
+            accelerator.backward(out.loss_sum * accelerator.num_processes / global_tokens)
+        step_loss += out.loss_sum.detach().double()
+        step_tokens += out.num_tokens.double()
+    # max_norm=inf only measures the norm (the scale factor is clamped to exactly 1)
+    grad_clip = run.cfg.optim.grad_clip
+    grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), grad_clip if grad_clip > 0 else math.inf)
+    return step_loss, step_tokens, grad_norm
+
+
+def log_window(run: Run, window: LossWindow, bar: tqdm) -> None:
+    """Record the mean training loss since the last log line (history, progress bar, trackers)."""
+    accelerator, step = run.accelerator, run.state.step
+    totals = accelerator.reduce(torch.stack([window.loss, window.tokens]), reduction="sum")
+    # no tokens: every step of the window was skipped as non-finite
+    loss = float(totals[0] / totals[1]) if totals[1] > 0 else math.nan
+    global_batch = run.cfg.batch_size * accelerator.num_processes * run.cfg.grad_accum_steps
+    samples_per_s = window.steps * global_batch / (time.perf_counter() - window.start)
+    if math.isfinite(loss):
+        run.state.history["train"].append([step, loss])
+    lr = run.scheduler.get_last_lr()[0]
+    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", samples_s=f"{samples_per_s:.0f}")
+    accelerator.log({"train/loss": loss, "train/lr": lr, "train/samples_per_s": samples_per_s}, step=step)
+    window.reset()
+
+
+def evaluate_during_training(run: Run) -> None:
+    """Periodic evaluation on the first data.eval_max_examples of each eval set; back to train mode after."""
+    metrics = evaluate(run.raw_model, run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
+    set_train_mode(run.raw_model, run.frozen)
+    eval_loss = sum(v for k, v in metrics.items() if k.endswith("/loss")) / max(len(run.eval_sets), 1)
+    run.state.history["eval"].append([run.state.step, eval_loss])
+    run.accelerator.log(metrics, step=run.state.step)
+    logger.info("step %d eval: %s", run.state.step, _fmt(metrics))
+
+
+def train(run: Run) -> bool:
+    """Optimizer steps up to max_steps with logging, evaluation and checkpoints; False when stopped early."""
+    cfg, state, accelerator = run.cfg, run.state, run.accelerator
+    batches = batch_stream(run)
+    window = LossWindow.on(accelerator.device)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="training")
+    set_train_mode(run.raw_model, run.frozen)
+    # the bar closes on an error too, so the error message starts on a line of its own
+    with StopRequest() as stop, bar:
+        while state.step < cfg.max_steps:
+            micro = next_micro_batches(run, batches)
+            step_loss, step_tokens, grad_norm = forward_backward(run, micro)
+            if step_is_finite(accelerator, step_loss, grad_norm, cfg.mixed_precision):
+                run.optimizer.step()
+                window.loss += step_loss
+                window.tokens += step_tokens
+            else:
+                skip_or_stop(cfg.skip_nonfinite_steps, state, run.output_dir,
+                             step_loss / step_tokens.clamp(min=1), grad_norm)
+            run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            window.steps += 1
+            bar.update(1)
+
+            step = state.step
+            if step % cfg.log_every == 0 or step == cfg.max_steps:
+                log_window(run, window, bar)
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
+                evaluate_during_training(run)
+            stop_now = step == cfg.stop_at_step or (step % cfg.log_every == 0 and _any_rank(accelerator, stop.requested))
+            if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
+                check_weights(run.raw_model, step, run.output_dir)
+                save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints)
+            if stop_now:
+                logger.warning("stopped at step %d; continue with --resume latest", step)
+                return False
+    return True
+
+
+# ----------------------------------------------------------------------------- finish
+
+
+def evaluate(model: MMGPT, eval_sets: list, accelerator: Accelerator, max_examples: int) -> dict[str, float]:
+    """Loss and task metrics on each held-out set (the first `max_examples` of each; 0 = all)."""
+    metrics: dict[str, float] = {}
+    for name, examples in eval_sets:
+        subset = examples[:max_examples] if max_examples else examples
+        metrics[f"{name}/loss"] = mean_loss(model, subset, accelerator=accelerator)
+        generation_set = one_per_image(subset)
+        predictions = generate_answers(model, generation_set, batch_size=256, accelerator=accelerator)
+        metrics.update({f"{name}/{k}": v for k, v in score(generation_set, predictions).items()})
+    return metrics
+
+
+def finish(run: Run) -> dict:
+    """Final evaluation on every example; the main process saves the model, metrics, history and loss curve."""
+    accelerator, state, output_dir = run.accelerator, run.state, run.output_dir
+    check_weights(run.raw_model, state.step, output_dir)
+    bad_runtime = int(accelerator.reduce(torch.tensor(state.bad_images_runtime, device=accelerator.device),
+                                         reduction="sum"))
+    metrics = evaluate(run.raw_model, run.eval_sets, accelerator, max_examples=0)
+    checked_summary = {name: (report.summary() if report else "not checked") for name, _, _, report in run.checked}
+    result = {"step": state.step, "metrics": metrics, "bad_images": checked_summary,
+              "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state.nonfinite_steps}
+    if accelerator.is_main_process:
+        run.raw_model.save_pretrained(output_dir / "model")
+        write_json(output_dir / "metrics.json", result, indent=2)
+        write_json(output_dir / "history.json", state.history)
+        plot_losses(state.history, output_dir / "loss.png")
+        logger.info("final eval: %s", _fmt(metrics))
+        for name, summary in checked_summary.items():
+            logger.info("bad images in %s: %s", name, summary)
+        if bad_runtime:
+            logger.warning("%d images failed to load during training and were replaced", bad_runtime)
+        if state.nonfinite_steps:
+            logger.warning("%d step(s) had a NaN/inf loss or gradient and were skipped", state.nonfinite_steps)
+        logger.info("model saved to %s", output_dir / "model")
+        if state.default_job:
+            from mmgpt.inference import remember_default_model
+
+            # the newest trained model of the main job, so answer() finds it without arguments
+            remember_default_model(output_dir / "model")
+    accelerator.log(metrics, step=state.step)
+    accelerator.end_training()
+    return result
+
+
+def plot_losses(history: dict[str, list], path: str | Path) -> bool:
+    """Write the training (and eval) loss curves as a PNG; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib not installed: no loss-curve PNG (pip install 'mmgpt[plot]')")
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if history.get("train"):
+        steps, losses = zip(*history["train"])
+        ax.plot(steps, losses, label="train loss")
+    if history.get("eval"):
+        steps, losses = zip(*history["eval"])
+        ax.plot(steps, losses, "o-", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / answer token)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
+    """True on every rank when any rank saw the flag, so all stop at the same step."""
+    if accelerator.num_processes == 1:
+        return flag
+    return bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), reduction="sum") > 0)
+
+
+def _has_tensorboard() -> bool:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _flat_scalars(data: dict, prefix: str = "") -> dict:
+    """Nested config -> {dotted key: scalar} for trackers that only take scalars."""
+    flat = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flat_scalars(value, f"{name}."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if math.isfinite(v))
