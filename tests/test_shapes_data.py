@@ -211,3 +211,16 @@ def check_location(caption: str, drawn: dict, centroid: dict) -> None:
         if color in drawn:
             x, y = centroid[color]
             assert (int(y // (64 / 3)), int(x // (64 / 3))) == cells[phrase], caption
+
+
+def test_what_a_killed_generation_left_is_removed_by_the_next(tmp_path):
+    files = build_shapes_captions(tmp_path, seed=0, **SMALL)
+    name = files["train"].parent.name
+    leftovers = [f".{name}.tmp-abcd_123", f".{name}.old", f".{name}.trash-0123abcd", f".{name}.old.trash-89abcdef"]
+    others = [f".{name}.tmp-short", "unrelated", f".other.tmp-abcd_123"]
+    for folder in leftovers + others:
+        (tmp_path / folder).mkdir()
+    (files["train"].parent / "meta.json").unlink()  # damaged: the next call generates again
+    files = build_shapes_captions(tmp_path, seed=0, **SMALL)
+    assert all(f.is_file() for f in files.values())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *others])

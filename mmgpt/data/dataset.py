@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -93,7 +93,7 @@ def check_images(
         if value is None:
             continue
         if cache:
-            example = Example(value, example.prompt, example.answer, example.task, example.id, example.source, example.meta)
+            example = replace(example, image=value)
         kept.append(example)
     return kept, report
 
@@ -145,7 +145,7 @@ class RobustImages(Dataset):
                 number = self._image_numbers.get(image_key(example.image))
                 key = f"image {number}" if number is not None else f"position {index}"
                 pixels = augment(pixels, self.augment[example.source], self.seed, getattr(self.dataset, "epoch", 0), key)
-            return Example(pixels, example.prompt, example.answer, example.task, example.id, example.source), failures
+            return replace(example, image=pixels), failures
         raise RuntimeError(f"{self.max_tries} consecutive images failed to load near index {index}: {failures[-1]}")
 
 

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
-from PIL import Image
+from mmgpt.images import ImageInput
 
-ImageSource = Union[str, Path, bytes, Image.Image, Any]
+if TYPE_CHECKING:  # readers and metrics use Examples without torch
+    import torch
+
+# what a reader gives (a path, bytes, an image), or the (3, H, W) pixels once a dataset has loaded it
+ImageSource = Union[ImageInput, "torch.Tensor"]
 
 TASKS = ("vqa", "caption", "chat")
 

@@ -21,7 +21,6 @@ import torch
 from torch.utils.data import Dataset
 
 from mmgpt.data.example import Example
-from mmgpt.data.formats import DatasetSpec, PromptTemplates, read_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -115,9 +114,3 @@ class Mixture(Dataset):
         which, index = self.order()
         return self.datasets[int(which[i])][int(index[i])]
 
-
-def build_mixture(specs: Sequence[DatasetSpec], templates: PromptTemplates | None = None,
-                  num_samples: int | None = None, seed: int = 0) -> Mixture:
-    """Read every spec (skipping weight-0 ones) and mix them by their weights."""
-    parts = [(s.label, read_dataset(s, templates) if s.weight > 0 else [], s.weight) for s in specs]
-    return Mixture(parts, num_samples=num_samples, seed=seed)

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+
+from mmgpt.saving import folder_lock, remove_leftovers, swap_in
 
 logger = logging.getLogger(__name__)
 
@@ -209,19 +212,23 @@ def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000
     if _complete(folder, params):
         return files
     root.mkdir(parents=True, exist_ok=True)
-    logger.info("generating shapes captions in %s (%d images)", folder, num_train + num_val + num_test)
-    # Built beside the target and renamed at once: an interrupted run leaves only a hidden temp folder.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=root))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
-        _generate(tmp, params)
-        if folder.exists() and not _complete(folder, params):
-            shutil.rmtree(folder)  # stale or damaged copy
+    # one generator per cache folder at a time: a second process waits, then finds the set complete
+    with folder_lock(root):
+        if _complete(folder, params):
+            return files
+        remove_leftovers(root, _leftover_pattern(folder.name))
+        logger.info("generating shapes captions in %s (%d images)", folder, num_train + num_val + num_test)
+        # built beside the target and swapped in by renames: an interrupted run leaves only a hidden temp folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=root))
         try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not _complete(folder, params):  # else another process finished the same set first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+            _generate(tmp, params)
+            swap_in(tmp, folder)  # replaces a stale or damaged copy
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return files
+
+
+def _leftover_pattern(name: str) -> str:
+    """Names of the temp, aside and trash folders that a killed generation of folder `name` can leave."""
+    return rf"\.{re.escape(name)}(\.tmp-[a-z0-9_]{{8}}|\.old|(\.old)?\.trash-[0-9a-f]{{8}})"
