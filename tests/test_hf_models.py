@@ -1,0 +1,86 @@
+"""mmgpt.hf_models.build_hf_model: local folders read from their own files, sub-configs, from-scratch configs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+from transformers import AutoConfig, AutoModel
+
+from mmgpt.config import ConfigError
+from mmgpt.hf_models import build_hf_model
+from tiny import BERT_CONFIG, hf_vision_kwargs, one_thread  # noqa: F401 (autouse fixture)
+
+KEY = "model.part.hf_config"
+MISSING = "model.part needs a 'name' or an hf_config with 'model_type'"
+
+
+def build(name: str = "", scratch: dict[str, Any] | None = None, **kwargs: Any) -> torch.nn.Module:
+    return build_hf_model(AutoModel, name, scratch or {}, key=KEY, missing_model_type=MISSING, **kwargs)
+
+
+def saved_bert(folder: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = dict(BERT_CONFIG)
+    model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), vocab_size=50, **config))
+    model.save_pretrained(folder)
+    return model
+
+
+@pytest.fixture()
+def from_pretrained_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """(what, local_files_only) of every AutoConfig / AutoModel.from_pretrained call."""
+    calls: list[tuple[str, Any]] = []
+    for cls in (transformers.AutoConfig, transformers.AutoModel):
+        original = cls.from_pretrained.__func__
+
+        def spy(owner: type, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append((owner.__name__, kwargs.get("local_files_only")))
+            return _original(owner, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(spy))
+    return calls
+
+
+def test_a_local_folder_is_read_with_local_files_only(tmp_path: Path, from_pretrained_calls: list) -> None:
+    saved = saved_bert(tmp_path / "bert")
+    loaded = build(str(tmp_path / "bert"))
+    assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), loaded.state_dict().values()))
+    assert from_pretrained_calls == [("AutoConfig", True), ("AutoModel", True)]
+    # without weights only the config is read, and the model is freshly built from it
+    from_pretrained_calls.clear()
+    rebuilt = build(str(tmp_path / "bert"), load_weights=False)
+    assert from_pretrained_calls == [("AutoConfig", True)]
+    assert rebuilt.config.hidden_size == BERT_CONFIG["hidden_size"]
+
+
+def test_sub_config_takes_one_tower_of_a_composite_checkpoint(tmp_path: Path) -> None:
+    vision = hf_vision_kwargs("clip_vision_model")
+    del vision["model_type"]
+    AutoConfig.for_model("clip", vision_config=vision, text_config={"hidden_size": 16}).save_pretrained(tmp_path)
+    tower = build(str(tmp_path), load_weights=False, sub_config="vision_config")
+    assert tower.config.model_type == "clip_vision_model" and tower.config.hidden_size == 32
+
+
+def test_from_scratch_defaults_fill_and_overrides_replace() -> None:
+    scratch = {**BERT_CONFIG, "pad_token_id": 3, "type_vocab_size": 1}
+    model = build(scratch=scratch, defaults={"pad_token_id": 1, "type_vocab_size": 4, "layer_norm_eps": 0.5},
+                  overrides={"type_vocab_size": 2})
+    assert (model.config.pad_token_id, model.config.type_vocab_size, model.config.layer_norm_eps) == (3, 2, 0.5)
+
+
+@pytest.mark.parametrize("scratch, vocab, message", [
+    ({"hidden_size": 8}, None, MISSING),
+    ({"model_type": "bertt"}, None, f"{KEY}.model_type 'bertt': "),
+    ({**BERT_CONFIG, "vocab_size": 7}, 9, f"{KEY}.vocab_size (7) is smaller than the tokenizer (9 tokens)"),
+])
+def test_from_scratch_errors_name_the_key(scratch: dict, vocab: int | None, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(scratch=scratch, tokenizer=list(range(vocab)) if vocab else None)
+    assert message in str(info.value)
+
+
+def test_the_tokenizer_sets_the_default_vocabulary() -> None:
+    assert build(scratch=dict(BERT_CONFIG), tokenizer=list(range(37))).config.vocab_size == 37
