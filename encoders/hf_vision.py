@@ -7,7 +7,7 @@ from pathlib import Path
 import timm
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, CLIPImageProcessor
+from transformers import AutoImageProcessor, AutoModel, BaseImageProcessor, CLIPImageProcessor
 
 from mmgpt.config import ConfigError, ImageEncoderConfig
 from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
@@ -91,7 +91,7 @@ class HFVisionEncoder(ImageEncoder):
 class HFImageTransform(ImageTransform):
     """A transformers image processor applied to one PIL image."""
 
-    def __init__(self, processor) -> None:
+    def __init__(self, processor: BaseImageProcessor) -> None:
         self.processor = processor
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
