@@ -1,12 +1,10 @@
-"""The models and synthetic data the benchmarks run: the default CPU config and a ~200M GPU config.
+"""The models and synthetic data the benchmarks run: the presets configs/default.yaml and configs/gpu200m.yaml.
 
 * ``default``: configs/default.yaml's model and optimizer (a 0.2M-parameter CNN at 64 px,
   cross-attention fusion, a 2-layer 128-wide Llama), batch 128, full precision.
-* ``gpu200m``: a ViT-B/16-sized timm encoder (``vit_base_patch16_224``, random init, 224 px,
-  86M parameters) and a SmolLM2-135M-sized Llama generator built from config (hidden 576, 30 layers,
-  9 heads, 3 KV heads, intermediate 1536, vocabulary 49152, tied embeddings), fusion width 576;
-  about 230M parameters with cross-attention fusion. bf16 autocast, batch 64. ``tiny=True`` shrinks
-  every part so the code path runs on a CPU in seconds.
+* ``gpu200m``: configs/gpu200m.yaml, a ViT-B/16-sized timm encoder and a SmolLM2-135M-shaped Llama
+  generator, about 230M parameters with cross-attention fusion; bf16, batch 64. ``tiny=True`` shrinks
+  every part (TINY_GPU200M) so the code path runs on a CPU in seconds.
 
 Prompts and answers imitate easy-VQA (short questions about one coloured shape, one-word answers);
 images are random tensors of the encoder's input size, so no data loading is timed.
@@ -23,7 +21,12 @@ import torch
 from mmgpt.config import ModelConfig, from_dict, load_yaml
 from mmgpt.data.example import Example
 from mmgpt.model import MMGPT
-from mmgpt.training.config import OptimConfig, TrainConfig
+from mmgpt.training.config import (
+    OptimConfig,
+    TrainConfig,
+    config_path,
+    load_train_config,
+)
 
 CONFIGS = ("default", "gpu200m")
 FUSIONS = ("weighted_sum", "product", "cross_attention")
@@ -31,20 +34,6 @@ FUSIONS = ("weighted_sum", "product", "cross_attention")
 SHAPES = ("circle", "rectangle", "triangle")
 COLORS = ("red", "green", "blue", "yellow", "black", "gray", "teal", "brown")
 
-# SmolLM2-135M's architecture (HuggingFaceTB/SmolLM2-135M config.json), built from scratch
-SMOLLM2_135M = {
-    "model_type": "llama",
-    "hidden_size": 576,
-    "intermediate_size": 1536,
-    "num_hidden_layers": 30,
-    "num_attention_heads": 9,
-    "num_key_value_heads": 3,
-    "vocab_size": 49152,
-    "max_position_embeddings": 2048,
-    "rms_norm_eps": 1e-5,
-    "rope_theta": 100000.0,
-    "tie_word_embeddings": True,
-}
 TINY_GENERATOR = {
     "model_type": "llama",
     "hidden_size": 64,
@@ -56,9 +45,12 @@ TINY_GENERATOR = {
     "max_position_embeddings": 256,
     "tie_word_embeddings": True,
 }
-# ViT-B/16 at 224 px, and a 2-block 64-wide ViT at 32 px for --tiny
+# a 2-block 64-wide ViT at 32 px instead of ViT-B/16 at 224 px, for --tiny
 VIT_TINY_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2,
                    "pretrained_cfg_overlay": {"input_size": [3, 32, 32], "crop_pct": 1.0}}
+# what --tiny changes in configs/gpu200m.yaml
+TINY_GPU200M = {"image_encoder": {"kwargs": VIT_TINY_KWARGS}, "fusion": {"dim": 64, "num_heads": 4},
+                "generator": {"hf_config": TINY_GENERATOR}}
 
 
 @dataclass
@@ -74,32 +66,20 @@ class Workload:
 
 def default_train_config() -> TrainConfig:
     """configs/default.yaml as a TrainConfig."""
-    from mmgpt.training.config import default_config_path
-
-    return from_dict(TrainConfig, load_yaml(default_config_path()))
+    return load_train_config("default")
 
 
 def workload(name: str, fusion: str | None = None, tiny: bool = False) -> Workload:
-    """The named benchmark config, optionally with another fusion and (gpu200m) shrunk for CPU."""
+    """The named preset (configs/NAME.yaml), optionally with another fusion and (gpu200m) shrunk for CPU."""
     if name not in CONFIGS:
         raise ValueError(f"unknown config {name!r}; available: {', '.join(CONFIGS)}")
-    base = default_train_config()
-    if name == "default":
-        model = copy.deepcopy(base.model)
-        result = Workload(name, model, base.optim, base.batch_size, base.mixed_precision)
-    else:
-        data = {
-            "text_encoder": {"type": "lm_embeddings", "max_length": 32},
-            "image_encoder": {"type": "timm", "name": "vit_base_patch16_224", "pretrained": False,
-                              "kwargs": dict(VIT_TINY_KWARGS) if tiny else {}},
-            "fusion": {"name": "cross_attention", "dim": 64 if tiny else 576, "num_layers": 2,
-                       "num_heads": 4 if tiny else 9},
-            "generator": {"hf_config": dict(TINY_GENERATOR if tiny else SMOLLM2_135M), "attn_implementation": "sdpa"},
-            "tokenizer": {"vocab_size": 512},
-            "max_answer_length": 32,
-        }
-        model = from_dict(ModelConfig, data)
-        result = Workload(f"{name}-tiny" if tiny else name, model, base.optim, 8 if tiny else 64, "bf16")
+    data = load_yaml(config_path(name))
+    if tiny:
+        for section, values in TINY_GPU200M.items():
+            data["model"][section].update(copy.deepcopy(values))
+    base = from_dict(TrainConfig, data)
+    result = Workload(f"{name}-tiny" if tiny else name, base.model, base.optim, 8 if tiny else base.batch_size,
+                      base.mixed_precision)
     if fusion:
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; available: {', '.join(FUSIONS)}")

@@ -87,7 +87,7 @@ class TextEncoderConfig:
     name: str = ""
     # transformers config for a from-scratch encoder, e.g. {"model_type": "bert", "hidden_size": 64}
     hf_config: dict = field(default_factory=dict)
-    max_length: int = 64
+    max_length: int = 32
     freeze: bool = False
 
     def __post_init__(self) -> None:
@@ -123,15 +123,16 @@ class FusionConfig:
 
     name: str = "cross_attention"
     dim: int = 128
-    num_layers: int = 1
+    num_layers: int = 2
     num_heads: int = 4
     dropout: float = 0.0
     # add fixed 2-D sin-cos positions to the image tokens (a square grid; 1-D otherwise), so a fusion
     # that treats them as a set (cross-attention, pooling) can still tell where things are
     image_positions: bool = False
     # cross-attention: a learned key/value every text token can attend to. Softmax weights always sum
-    # to one, so without it a query cannot say "nothing in the image matches me" (yes/no questions)
-    null_token: bool = False
+    # to one, so without it a query cannot say "nothing in the image matches me" (yes/no questions;
+    # +4 points there on the default run)
+    null_token: bool = True
     freeze: bool = False
 
     def __post_init__(self) -> None:
@@ -148,14 +149,15 @@ class GeneratorConfig:
         default_factory=lambda: {
             "model_type": "llama",
             "hidden_size": 128,
-            "intermediate_size": 256,
+            "intermediate_size": 384,
             "num_hidden_layers": 2,
             "num_attention_heads": 4,
             "num_key_value_heads": 4,
-            "max_position_embeddings": 256,
+            "max_position_embeddings": 128,
             "tie_word_embeddings": True,
             # transformers' 0.02 is tuned for widths in the thousands; at width 128 it shrinks every
-            # layer's output so much that the prefix barely reaches the answer (see configs/default.yaml)
+            # layer's output so much that the image barely reaches the answer and shape questions stay
+            # at chance (38% after 1,000 steps; 98.6% with 0.12)
             "initializer_range": 0.12,
         }
     )
@@ -189,7 +191,7 @@ class ModelConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    max_answer_length: int = 48
+    max_answer_length: int = 32
     # prompt used when answer() is given an empty prompt (captioning)
     caption_prompt: str = "Describe the image."
     vqa_template: str = "{question}"

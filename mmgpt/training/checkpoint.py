@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmgpt.saving import ASIDE_SUFFIX, discard, fsync_tree, remove_leftovers, swap_in, write_json
+from mmgpt.saving import (
+    ASIDE_SUFFIX,
+    discard,
+    fsync_tree,
+    remove_leftovers,
+    swap_in,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ class TrainState:
         return dataclasses.asdict(self)
 
     @classmethod
-    def resume(cls, checkpoint: Path, default_job: bool) -> "TrainState":
+    def resume(cls, checkpoint: Path, default_job: bool) -> TrainState:
         """The state saved in `checkpoint`; `default_job` says whether the resumed run's config is the main job."""
         saved = json.loads((checkpoint / STATE_NAME).read_text())
         # checkpoints from before run ids have none: the resumed run stays id-less, and rotates them along
@@ -74,7 +81,7 @@ class StopRequest:
         self.requested = False
         self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -86,7 +93,7 @@ class StopRequest:
         logger.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
         self.requested = True
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 

