@@ -8,16 +8,8 @@ import torch
 from PIL import Image
 
 from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
-from mmgpt.encoders import (
-    IMAGE_ENCODERS,
-    TEXT_ENCODERS,
-    ImageEncoder,
-    ImageTransform,
-    TextEncoder,
-    build_image_encoder,
-    build_text_encoder,
-    load_transform,
-)
+from mmgpt.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, build_image_encoder, build_text_encoder, load_transform
+from mmgpt.encoders.base import ImageEncoder, ImageTransform, TextEncoder
 from tiny import (
     IMAGE_SIZE,
     NUM_PATCHES,
