@@ -8,7 +8,7 @@ from typing import Callable
 
 from safetensors import SafetensorError
 
-from mmgpt.eval.common import add_decoding_args, decoding_from_args
+from mmgpt.decoding import add_decoding_args, decoding_from_args
 from mmgpt.logging_setup import configure_logging
 
 USAGE = """mmgpt <command> [options]

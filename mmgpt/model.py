@@ -21,8 +21,10 @@ import torch.nn.functional as functional
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import nn
+from transformers import GenerationConfig
 
 from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
+from mmgpt.decoding import default_generation_config, resolve_generation_config
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
 # the only way to ask for a hub model: a mistyped local path must never reach the network
 HUB_PREFIX = "hf://"
 # what a saved model holds (configs, weights, tokenizer files); a hub repo's pickles are never fetched
@@ -214,34 +217,45 @@ class MMGPT(nn.Module):
             logits=logits,
         )
 
+    @property
+    def generation_config(self) -> GenerationConfig:
+        """How generate() decodes by default: the saved generation_config.json, else greedy up to max_answer_length."""
+        saved = self.__dict__.get("_generation_config")
+        return saved if saved is not None else default_generation_config(self.config, self.processor.tokenizer)
+
+    @generation_config.setter
+    def generation_config(self, config: GenerationConfig) -> None:
+        self.__dict__["_generation_config"] = config
+
     @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
-        max_new_tokens: int | None = None,
+        generation_config: GenerationConfig | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N)."""
+        """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N).
+
+        `generation_config` and GenerationConfig fields given as keywords update self.generation_config
+        (mmgpt.decoding.resolve_generation_config); other keywords (`streamer`, ...) go to `generate`.
+        """
+        config, generate_kwargs = resolve_generation_config(self.generation_config, generation_config,
+                                                            **generate_kwargs)
+        if config.max_new_tokens == 0:
+            return torch.empty((input_ids.shape[0], 0), dtype=torch.long, device=input_ids.device)
         prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)
         tokenizer = self.processor.tokenizer
         bos = torch.full((prefix.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=prefix.device)
         bos_embeds = self.generator.get_input_embeddings()(bos)
         inputs_embeds = torch.cat([prefix.to(bos_embeds.dtype), bos_embeds], dim=1)
         mask = torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
-        generate_kwargs.setdefault("do_sample", False)
         with warnings.catch_warnings():
             # the prompt is embeddings, so penalties apply to generated tokens only, as intended
             warnings.filterwarnings("ignore", message=r"Passing `(no_repeat_ngram_size|repetition_penalty)`")
             return self.generator.generate(
-                inputs_embeds=inputs_embeds,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens or self.config.max_answer_length,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                bos_token_id=tokenizer.bos_token_id,
-                **generate_kwargs,
+                inputs_embeds=inputs_embeds, attention_mask=mask, generation_config=config, **generate_kwargs
             )
 
     def num_parameters(self, trainable_only: bool = False) -> int:
@@ -268,6 +282,7 @@ class MMGPT(nn.Module):
                 (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
                 save_model(self, str(tmp / WEIGHTS_NAME))
                 self.processor.save_pretrained(tmp)
+                self.generation_config.save_pretrained(tmp)
                 # component configs let from_pretrained rebuild every part offline
                 self.generator.config.save_pretrained(tmp / "generator")
                 for part in ("text_encoder", "image_encoder"):
@@ -304,6 +319,13 @@ class MMGPT(nn.Module):
             raise _load_error(folder, e) from e
         _load_weights(model, folder / WEIGHTS_NAME, folder / CONFIG_NAME)
         model.config = saved_config
+        # a folder saved before generation_config.json existed keeps the defaults it was saved with
+        if (folder / GENERATION_CONFIG_NAME).is_file():
+            try:
+                model.generation_config = GenerationConfig.from_dict(load_json(folder / GENERATION_CONFIG_NAME))
+                resolve_generation_config(model.generation_config)  # mmgpt's checks and transformers' validate()
+            except (OSError, ValueError, TypeError) as e:
+                raise _load_error(folder, e) from e
         model.eval()
         return model.to(device) if device is not None else model
 

@@ -111,6 +111,7 @@ def test_vqa_runs_a_model_on_easy_vqa(tmp_path: Path, tiny_model: Path) -> None:
     assert record["num_questions"] == 12
     assert 0.0 <= record["metrics"]["overall"] <= 100.0
     assert record["decoding"]["num_beams"] == 1 and "torch" in record["versions"]
+    assert record["decoding"]["max_new_tokens"] == 6, "the record holds the model's effective generation config"
     # the exported official files score the written predictions to the same number
     again = eval_vqa.main(["--results", str(predictions), "--questions", str(tmp_path / "official" / "questions.json"),
                            "--annotations", str(tmp_path / "official" / "annotations.json"),

@@ -193,11 +193,11 @@ def test_seeded_stream_equals_seeded_answer(model_dir: Path) -> None:
 def test_eval_generation_is_seeded_privately(model_dir: Path) -> None:
     from mmgpt.data.example import Example
     from mmgpt.eval.runner import generate_answers
-    from mmgpt.inference import decoding_kwargs, load_model
+    from mmgpt.inference import load_model
 
     model = load_model(model_dir)
     examples = [Example(image=IMAGE, prompt=f"question {i}", answer="", task="vqa", id=i) for i in range(3)]
-    kwargs = decoding_kwargs(temperature=1.0)
+    kwargs = {"temperature": 1.0}
     torch.manual_seed(5)
     expected = torch.rand(4)
     torch.manual_seed(5)
@@ -205,7 +205,7 @@ def test_eval_generation_is_seeded_privately(model_dir: Path) -> None:
     assert torch.equal(torch.rand(4), expected)
     assert generate_answers(model, examples, batch_size=2, progress=False, seed=11, **kwargs) == first
     assert generate_answers(model, examples, batch_size=2, progress=False, seed=12, **kwargs) != first
-    assert generate_answers(model, examples, progress=False, **decoding_kwargs(max_new_tokens=0)) == ["", "", ""]
+    assert generate_answers(model, examples, progress=False, max_new_tokens=0) == ["", "", ""]
 
 
 def _tokenizer_inputs(processor: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -572,20 +572,26 @@ def score_captions(references: Mapping[Any, list[str]], predictions: Mapping[Any
     return metrics, per_image
 
 
+def _check_caption_records(path: str | os.PathLike, records: list, name: str) -> None:
+    """Each record (of annotations or results) must be an object with a str caption and an int or str image_id."""
+    for i, record in enumerate(records):
+        for field in ("image_id", "caption"):
+            if not isinstance(record, dict) or field not in record:
+                raise ValueError(f"{path}: {name}[{i}] has no '{field}'")
+        if not isinstance(record["caption"], str):
+            raise ValueError(f"{path}: {name}[{i}].caption is not a string")
+        if not isinstance(record["image_id"], (int, str)):
+            raise ValueError(f"{path}: {name}[{i}].image_id must be an integer or a string")
+
+
 def load_coco_annotations(path: str | os.PathLike) -> dict[Any, list[str]]:
     """Official captions_*.json -> {image_id: [captions]} in the file's image order, as the COCO toolkit reads it."""
     data = read_json_file(path)
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path}: expected an object with an 'annotations' list (COCO captions format)")
+    _check_caption_records(path, data["annotations"], "annotations")
     captions: dict[Any, list[str]] = {}
-    for i, ann in enumerate(data["annotations"]):
-        for field in ("image_id", "caption"):
-            if not isinstance(ann, dict) or field not in ann:
-                raise ValueError(f"{path}: annotations[{i}] has no '{field}'")
-        if not isinstance(ann["caption"], str):
-            raise ValueError(f"{path}: annotations[{i}].caption is not a string")
-        if not isinstance(ann["image_id"], (int, str)):
-            raise ValueError(f"{path}: annotations[{i}].image_id must be an integer or a string")
+    for ann in data["annotations"]:
         captions.setdefault(ann["image_id"], []).append(ann["caption"])
     images = data.get("images", [])
     if not isinstance(images, list) or not all(isinstance(im, dict) and "id" in im for im in images):
@@ -601,15 +607,9 @@ def load_coco_results(path: str | os.PathLike, annotations: Mapping[Any, list[st
     data = read_json_file(path)
     if not isinstance(data, list) or not data:
         raise ValueError(f"{path}: expected a non-empty list of {{'image_id', 'caption'}} objects")
+    _check_caption_records(path, data, "results")
     results: dict[Any, str] = {}
     for i, res in enumerate(data):
-        for field in ("image_id", "caption"):
-            if not isinstance(res, dict) or field not in res:
-                raise ValueError(f"{path}: results[{i}] has no '{field}'")
-        if not isinstance(res["caption"], str):
-            raise ValueError(f"{path}: results[{i}].caption is not a string")
-        if not isinstance(res["image_id"], (int, str)):
-            raise ValueError(f"{path}: results[{i}].image_id must be an integer or a string")
         if res["image_id"] in results:  # the toolkit fails on these (one caption per image is asserted)
             raise ValueError(f"{path}: results[{i}]: duplicate image_id {res['image_id']!r}")
         results[res["image_id"]] = res["caption"]

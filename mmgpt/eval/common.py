@@ -1,4 +1,4 @@
-"""What both evaluation scripts share: decoding options, the result record, the HTML report."""
+"""What both evaluation scripts share: their options, the result record, the HTML report."""
 from __future__ import annotations
 
 import argparse
@@ -11,36 +11,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
+from mmgpt.decoding import add_decoding_args
 from mmgpt.saving import write_text_atomic
 
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
-
-
-def add_decoding_args(parser: argparse.ArgumentParser) -> None:
-    """Decoding options shared by the CLI and the eval scripts."""
-    group = parser.add_argument_group("decoding")
-    group.add_argument("--max-new-tokens", type=int, default=None, help="answer length limit (default: the model's)")
-    group.add_argument("--num-beams", type=int, default=1, help="beam search width (1 = greedy)")
-    group.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
-    group.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    group.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this mass")
-    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    group.add_argument("--no-repeat-ngram-size", type=int, default=0, help="forbid repeating n-grams of this size")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, help=">1 discourages repeated tokens")
-
-
-def decoding_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The decoding options of parsed args, as answer() keyword arguments."""
-    return {
-        "max_new_tokens": args.max_new_tokens,
-        "num_beams": args.num_beams,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "seed": args.seed,
-        "no_repeat_ngram_size": args.no_repeat_ngram_size,
-        "repetition_penalty": args.repetition_penalty,
-    }
 
 
 def package_versions() -> dict[str, str]:
@@ -121,14 +95,14 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator)."""
     from accelerate import Accelerator
 
+    from mmgpt.decoding import check_decoding_options, check_seed, decoding_from_args, resolve_generation_config, set_values
     from mmgpt.eval.runner import generate_answers
-    from mmgpt.inference import check_seed, decoding_kwargs, default_model_path, load_model
-
+    from mmgpt.inference import default_model_path, load_model
     from mmgpt.training.devices import cpu_processes, set_cpu_threads
 
     decoding = decoding_from_args(args)  # checked before the (slow) model load
     seed = check_seed(decoding.pop("seed"))
-    kwargs = decoding_kwargs(**decoding)
+    check_decoding_options(decoding)
     if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
         raise ValueError(f"--batch-size must be an int >= 1, got {args.batch_size!r}")
     accelerator = Accelerator(cpu=cpu_processes())
@@ -136,12 +110,13 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
         set_cpu_threads()
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
+    config, _ = resolve_generation_config(model.generation_config, **decoding)
     predictions = generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
-                                   **kwargs)
+                                   generation_config=config)
     info = {
         "model": str(model_name),
         "prompt_template": {"vqa": model.config.vqa_template, "caption": model.config.caption_prompt},
-        "decoding": {**kwargs, "seed": seed},
+        "decoding": {**set_values(config), "seed": seed},  # the effective generation config
         "processes": accelerator.num_processes,
     }
     return predictions, info, accelerator

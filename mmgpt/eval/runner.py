@@ -8,8 +8,11 @@ from typing import Any, Iterator, Sequence
 import torch
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from mmgpt.data.example import Example
+from mmgpt.decoding import resolve_generation_config
+from mmgpt.sampling import seeded_decoding
 
 logger = logging.getLogger(__name__)
 
@@ -39,15 +42,15 @@ def generate_answers(
     accelerator: Any = None,
     progress: bool = True,
     seed: int | None = None,
+    generation_config: GenerationConfig | None = None,
     **generate_kwargs: Any,
 ) -> list[str]:
-    """Greedy (or configured) answers for every example, in order; sharded across processes.
+    """Answers for every example, in order, sharded across processes; decoding as in MMGPT.generate.
 
     Sampling draws from a private generator seeded with `seed` (plus the process index), never from torch's
     global RNG.
     """
-    from mmgpt.inference import seeded_decoding
-
+    config, _ = resolve_generation_config(model.generation_config, generation_config, **generate_kwargs)
     processor = model.processor
     device = next(model.parameters()).device
     answers: list[str] = []
@@ -56,15 +59,13 @@ def generate_answers(
         seed = (seed + accelerator.process_index) % 2**64
     was_training = model.training
     model.eval()
-    with _process_share(examples, accelerator) as local, seeded_decoding(generate_kwargs, seed, device) as kwargs:
+    with _process_share(examples, accelerator) as local, seeded_decoding(config, seed, device) as (decoding, extra):
         for start in tqdm(range(0, len(local), batch_size), desc="generating", disable=not show, leave=False):
             chunk = local[start : start + batch_size]
             batch = processor([e.prompt for e in chunk], [e.image for e in chunk])
             batch = {k: v.to(device) for k, v in batch.items()}
-            if kwargs.get("max_new_tokens") == 0:  # generate would substitute the model's default length
-                answers.extend([""] * len(chunk))
-                continue
-            tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **kwargs)
+            tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                    generation_config=decoding, **extra)
             answers.extend(processor.decode(tokens))
     model.train(was_training)
     return _gather(answers, accelerator)

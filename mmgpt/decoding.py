@@ -1,0 +1,173 @@
+"""Decoding options as one `transformers.GenerationConfig`: mmgpt's checks, the merge onto a model's own, CLI flags.
+
+A model carries its `generation_config` (saved as generation_config.json). A call's `generation_config` and
+keyword overrides are merged onto it: what the call's config sets replaces the model's, the keywords replace
+both, and a keyword given as None leaves the value as it was. Each option in DECODING_OPTIONS is checked
+here with a message naming it and its allowed values; transformers' `GenerationConfig.validate()` checks
+the combination.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import math
+import numbers
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:  # transformers is imported when a config is built, so `mmgpt --help` stays quick
+    from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+    from mmgpt.config import ModelConfig
+
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
+SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
+
+
+def int_option(name: str, value: Any, minimum: int, maximum: int | None = None, none: str = "") -> int | None:
+    """`value` as an int in [minimum, maximum], None when `none` says what None means, else TypeError/ValueError."""
+    allowed = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
+    allowed = f"None ({none}) or {allowed}" if none else allowed
+    if value is None and none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return int(value)
+
+
+def real_option(name: str, value: Any, allowed: str, valid: Callable[[float], bool], none: str = "") -> float | None:
+    """`value` as a finite float accepted by `valid`, None when `none` says what None means."""
+    if value is None and none:
+        return None
+    allowed = f"None ({none}) or {allowed}" if none else allowed
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or not valid(value):
+        raise ValueError(f"{name} must be {allowed}, got {value}")
+    return float(value)
+
+
+def _bool_option(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be None (sample when temperature/top_k/top_p is given) or a bool, "
+                        f"got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_seed(seed: Any) -> int | None:
+    """None or an int a torch.Generator accepts, else TypeError/ValueError naming `seed`."""
+    return int_option("seed", seed, 0, MAX_SEED, none="unseeded")
+
+
+@dataclass(frozen=True)
+class DecodingOption:
+    """How one GenerationConfig field is checked and, when `flag_type` is set, offered as a command-line flag."""
+
+    check: Callable[[str, Any], Any]
+    flag_type: type | None = None
+    help: str = ""
+
+
+DECODING_OPTIONS: dict[str, DecodingOption] = {
+    "max_new_tokens": DecodingOption(lambda n, v: int_option(n, v, 0, none="the model's max_answer_length"), int,
+                                     "answer length limit (0 answers ''; default: the model's)"),
+    "num_beams": DecodingOption(lambda n, v: int_option(n, v, 1), int, "beam search width (1 = greedy)"),
+    "do_sample": DecodingOption(_bool_option),
+    "temperature": DecodingOption(lambda n, v: real_option(n, v, "a finite number > 0", lambda x: x > 0, none="1.0"),
+                                  float, "sample with this temperature"),
+    "top_k": DecodingOption(lambda n, v: int_option(n, v, 0, none="no top-k filter"), int,
+                            "sample from the k most likely tokens"),
+    "top_p": DecodingOption(lambda n, v: real_option(n, v, "a number in (0, 1]", lambda x: 0 < x <= 1,
+                                                     none="no top-p filter"),
+                            float, "sample from the smallest set with this mass"),
+    "no_repeat_ngram_size": DecodingOption(lambda n, v: int_option(n, v, 0), int,
+                                           "forbid repeating n-grams of this size"),
+    "repetition_penalty": DecodingOption(lambda n, v: real_option(n, v, "a finite number > 0", lambda x: x > 0),
+                                         float, ">1 discourages repeated tokens"),
+}
+
+
+@functools.cache
+def generation_fields() -> frozenset[str]:
+    """The names of transformers.GenerationConfig's fields."""
+    from transformers import GenerationConfig
+
+    return frozenset(GenerationConfig().to_dict())
+
+
+def check_decoding_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options that are set (not None), checked; a name that is no GenerationConfig field is a TypeError."""
+    checked = {}
+    for name, value in options.items():
+        if name not in generation_fields():
+            raise TypeError(f"unknown decoding option '{name}': decoding options are transformers.GenerationConfig "
+                            f"fields ({', '.join(DECODING_OPTIONS)}, ...)")
+        if value is not None:
+            checked[name] = DECODING_OPTIONS[name].check(name, value) if name in DECODING_OPTIONS else value
+    return checked
+
+
+def set_values(config: GenerationConfig) -> dict[str, Any]:
+    """The fields `config` sets (differing from a bare GenerationConfig): what it changes when merged, and records."""
+    return {k: v for k, v in config.to_diff_dict().items() if k != "transformers_version"}
+
+
+def resolve_generation_config(base: GenerationConfig, generation_config: GenerationConfig | None = None,
+                              **overrides: Any) -> tuple[GenerationConfig, dict[str, Any]]:
+    """Merge `generation_config` and keyword overrides onto `base`, checked -> (config, the other generate kwargs).
+
+    Keywords that are no GenerationConfig field (`streamer`, `logits_processor`) come back for `generate`.
+    As in answer() before GenerationConfig: temperature/top_k/top_p given as keywords sample unless
+    do_sample=False is given, and sampling with no top_k set has no top-k filter (transformers would use 50).
+    """
+    from transformers import GenerationConfig
+
+    if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+        raise TypeError(f"generation_config must be None or a transformers.GenerationConfig, "
+                        f"got {type(generation_config).__name__}")
+    options = check_decoding_options({k: v for k, v in overrides.items() if k in generation_fields()})
+    generate_kwargs = {k: v for k, v in overrides.items() if k not in generation_fields()}
+    if "do_sample" not in options and any(name in options for name in SAMPLING_OPTIONS):
+        options["do_sample"] = True
+    config = copy.deepcopy(base)
+    # setattr rather than update(): update() validates at once, and would refuse max_new_tokens=0
+    for name, value in {**(set_values(generation_config) if generation_config is not None else {}), **options}.items():
+        setattr(config, name, value)
+    if config.do_sample and config.top_k is None:
+        config.top_k = 0
+    for name, option in DECODING_OPTIONS.items():  # a config object's values get the same checks as keywords
+        if getattr(config, name, None) is not None:
+            setattr(config, name, option.check(name, getattr(config, name)))
+    probe = config
+    if config.max_new_tokens == 0:  # mmgpt answers "" there; transformers refuses 0 before any generation
+        probe = copy.deepcopy(config)
+        probe.max_new_tokens = None
+    probe.validate()
+    return config, generate_kwargs
+
+
+def default_generation_config(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """What a model decodes with unless told otherwise: greedy, up to its trained answer length, its special tokens."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(max_new_tokens=config.max_answer_length, do_sample=False, num_beams=1,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def add_decoding_args(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags (--max-new-tokens, --num-beams, ...: one per flagged option) and --seed."""
+    group = parser.add_argument_group("decoding (default: the model's generation_config.json)")
+    for name, option in DECODING_OPTIONS.items():
+        if option.flag_type is not None:
+            group.add_argument(f"--{name.replace('_', '-')}", type=option.flag_type, default=None, help=option.help)
+    group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+
+
+def decoding_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The decoding flags given on the command line, as answer() keyword arguments (seed included)."""
+    given = {name: getattr(args, name) for name, option in DECODING_OPTIONS.items() if option.flag_type is not None}
+    return {**{k: v for k, v in given.items() if v is not None}, "seed": args.seed}
