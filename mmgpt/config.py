@@ -183,6 +183,24 @@ class TokenizerConfig:
 
 
 @dataclass
+class PromptTemplates:
+    """Task templates turning raw questions into model prompts (built from ModelConfig.vqa_template and caption_prompt)."""
+
+    vqa: str = "{question}"
+    caption: str = "Describe the image."
+
+    def __post_init__(self) -> None:
+        if "{question}" not in self.vqa:
+            raise ValueError(f"prompt template field 'vqa' must contain '{{question}}', got {self.vqa!r}")
+        try:
+            self.vqa.format(question="")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"prompt template field 'vqa' is not a valid format string ({e!r}): {self.vqa!r}") from None
+        if not self.caption.strip():
+            raise ValueError("prompt template field 'caption' must not be empty")
+
+
+@dataclass
 class ModelConfig:
     """The whole model: text encoder, image encoder, fusion, generator."""
 

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
-from mmgpt.data.formats import (FORMATS, DatasetSpec, PromptTemplates, question_type, read_dataset,
-                                render_dialogue)
+from mmgpt.data.formats import FORMATS, question_type, read_dataset, render_dialogue
 from mmgpt.data.mixture import Mixture, apportion
+from mmgpt.training.config import DatasetSpec
 
 EASY_VQA_ANSWERS = {"circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow",
                     "triangle", "brown", "blue", "no"}

@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from mmgpt.config import PromptTemplates
 from mmgpt.data.example import TASKS, Example
 from mmgpt.jsonfile import read_json_file
 from mmgpt.registry import registrar
+
+if TYPE_CHECKING:
+    # the training config imports this module to check format names, so the spec is only a type hint here
+    from mmgpt.training.config import DatasetSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,60 +43,6 @@ FORMATS: dict[str, Reader] = {}
 
 
 register_format = registrar(FORMATS, "dataset format")
-
-
-@dataclass
-class DatasetSpec:
-    """Where one dataset lives on disk and how much it counts in a mixture."""
-
-    format: str
-    path: str = ""
-    images: str = ""
-    annotations: str = ""
-    split: str = "train"
-    weight: float = 1.0
-    max_examples: int = 0
-    name: str = ""
-    # training-time augmentations of this dataset's images (mmgpt.data.augment), e.g. [hflip, rot90]
-    augment: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        from mmgpt.data.augment import check_augmentations
-
-        self.augment = check_augmentations(self.augment, f"dataset {self.label!r} field 'augment'")
-        if self.format not in FORMATS:
-            raise ValueError(f"dataset field 'format': unknown format {self.format!r}; "
-                             f"available: {', '.join(sorted(FORMATS))}")
-        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
-            raise ValueError(f"dataset {self.label!r} field 'weight' must be a finite number >= 0, got {self.weight!r}")
-        if not isinstance(self.max_examples, int) or self.max_examples < 0:
-            raise ValueError(f"dataset {self.label!r} field 'max_examples' must be an int >= 0 (0 = all), "
-                             f"got {self.max_examples!r}")
-        if not self.split:
-            raise ValueError(f"dataset {self.label!r} field 'split' must not be empty")
-
-    @property
-    def label(self) -> str:
-        """Name used in logs, errors and Example.source."""
-        return self.name or self.format
-
-
-@dataclass
-class PromptTemplates:
-    """Task templates turning raw questions into model prompts."""
-
-    vqa: str = "{question}"
-    caption: str = "Describe the image."
-
-    def __post_init__(self) -> None:
-        if "{question}" not in self.vqa:
-            raise ValueError(f"prompt template field 'vqa' must contain '{{question}}', got {self.vqa!r}")
-        try:
-            self.vqa.format(question="")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"prompt template field 'vqa' is not a valid format string ({e!r}): {self.vqa!r}") from None
-        if not self.caption.strip():
-            raise ValueError("prompt template field 'caption' must not be empty")
 
 
 def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> list[Example]:
@@ -218,8 +168,8 @@ def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[
         raise ValueError(f"shapes_captions dataset {spec.label!r}: field 'split' must be one of "
                          f"{sorted(files)}, got {spec.split!r}")
     captions = Path(files[spec.split])
-    coco = DatasetSpec(format="coco_captions", path=str(captions), images=str(captions.parent / "images" / spec.split),
-                       split=spec.split, max_examples=spec.max_examples, name=spec.label)
+    coco = replace(spec, format="coco_captions", path=str(captions), images=str(captions.parent / "images" / spec.split),
+                   annotations="", weight=1.0, name=spec.label, augment=[])
     return read_coco_captions(coco, templates)
 
 

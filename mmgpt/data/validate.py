@@ -144,7 +144,8 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: read one dataset, validate it, print the report; 0 ok, 1 problems, 2 unreadable."""
-    from mmgpt.data.formats import FORMATS, DatasetSpec, read_dataset
+    from mmgpt.data.formats import FORMATS, read_dataset
+    from mmgpt.training.config import DatasetSpec
 
     parser = argparse.ArgumentParser(prog="python -m mmgpt.data.validate", description=__doc__.splitlines()[0])
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="dataset format")

@@ -41,7 +41,8 @@ def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
 
 def read_examples(args: argparse.Namespace) -> list[Example]:
     """The evaluation set: VQA v2 files when given, else the built-in easy-VQA split."""
-    from mmgpt.data.formats import DatasetSpec, read_dataset
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.training.config import DatasetSpec
 
     if args.questions:
         spec = DatasetSpec(format="vqa_v2", path=args.questions, annotations=args.annotations or "",

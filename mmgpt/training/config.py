@@ -1,6 +1,7 @@
 """Training config: data mixture, optimizer, schedule, precision; nested with the model config."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,42 @@ from mmgpt.config import (
     load_yaml,
     to_dict,
 )
-from mmgpt.data.formats import DatasetSpec
+from mmgpt.data.augment import check_augmentations
+from mmgpt.data.formats import FORMATS
+
+
+@dataclass
+class DatasetSpec:
+    """Where one dataset lives on disk and how much it counts in a mixture."""
+
+    format: str
+    path: str = ""
+    images: str = ""
+    annotations: str = ""
+    split: str = "train"
+    weight: float = 1.0
+    max_examples: int = 0
+    name: str = ""
+    # training-time augmentations of this dataset's images (mmgpt.data.augment), e.g. [hflip, rot90]
+    augment: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.augment = check_augmentations(self.augment, f"dataset {self.label!r} field 'augment'")
+        if self.format not in FORMATS:
+            raise ValueError(f"dataset field 'format': unknown format {self.format!r}; "
+                             f"available: {', '.join(sorted(FORMATS))}")
+        if not isinstance(self.weight, (int, float)) or not math.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(f"dataset {self.label!r} field 'weight' must be a finite number >= 0, got {self.weight!r}")
+        if not isinstance(self.max_examples, int) or self.max_examples < 0:
+            raise ValueError(f"dataset {self.label!r} field 'max_examples' must be an int >= 0 (0 = all), "
+                             f"got {self.max_examples!r}")
+        if not self.split:
+            raise ValueError(f"dataset {self.label!r} field 'split' must not be empty")
+
+    @property
+    def label(self) -> str:
+        """Name used in logs, errors and Example.source."""
+        return self.name or self.format
 
 
 def _default_train_data() -> list:

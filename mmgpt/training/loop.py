@@ -29,9 +29,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from mmgpt.config import to_dict
+from mmgpt.config import PromptTemplates, to_dict
 from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
-from mmgpt.data.formats import PromptTemplates, read_dataset
+from mmgpt.data.formats import read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.logging_setup import configure_logging
