@@ -508,7 +508,8 @@ def test_caption_results_for_some_images_fail_loudly(tmp_path: Path) -> None:
 def test_jsonl_meta_that_is_not_an_object_names_file_and_line(meta: Any, kind: str, tmp_path: Path) -> None:
     import json
 
-    from mmgpt.data.formats import DatasetSpec, read_dataset
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.training.config import DatasetSpec
 
     good = {"image": "a.png", "prompt": "q", "answer": "a", "meta": {"k": 1}}
     path = tmp_path / "data.jsonl"
@@ -520,7 +521,8 @@ def test_jsonl_meta_that_is_not_an_object_names_file_and_line(meta: Any, kind: s
 def test_jsonl_bad_bytes_and_deep_lines_name_their_line(tmp_path: Path) -> None:
     import json
 
-    from mmgpt.data.formats import DatasetSpec, read_dataset
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.training.config import DatasetSpec
 
     good = json.dumps({"image": "a.png", "prompt": "q", "answer": "a"}) + "\n"
     path = tmp_path / "data.jsonl"
