@@ -169,7 +169,7 @@ def feature_cache_speedup(config: str, tiny: bool, batch_size: int | None, steps
     full_s, cached_s = timings["full"].median_s, timings["cached"].median_s
     return {
         "config": work.name,
-        "fusion": work.model.fusion.name,
+        "fusion": work.model.fusion.type,
         "batch_size": batch_size,
         "precision": work.mixed_precision,
         "steps": steps,

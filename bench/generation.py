@@ -168,7 +168,7 @@ def measure(config: str = "default", tiny: bool = False, device: torch.device | 
             }
     return {
         "config": work.name,
-        "fusion": work.model.fusion.name,
+        "fusion": work.model.fusion.type,
         "dtype": dtype,
         **info,
         "image_size": list(size),

@@ -88,7 +88,7 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
         frozen = apply_freezing(model)
         info = workloads.describe(model)
         logger.info("%s (fusion %s): %.1fM parameters, batch %d, precision %s, device %s", work.name,
-                    work.model.fusion.name, info["params_total"] / 1e6, batch_size, precision, device)
+                    work.model.fusion.type, info["params_total"] / 1e6, batch_size, precision, device)
         common.reset_peak_memory(device)
         optimizer = build_optimizer(model, work.optim, fused=True if device.type == "cuda" else None)
         scheduler = build_scheduler(optimizer, work.optim, total_steps=warmup + steps + 100)
@@ -117,7 +117,7 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
     flops_per_s = flops["train_flops"] / step_s
     return {
         "config": work.name,
-        "fusion": work.model.fusion.name,
+        "fusion": work.model.fusion.type,
         "batch_size": batch_size,
         "precision": precision,
         "compile": compile,

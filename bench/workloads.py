@@ -50,7 +50,7 @@ VIT_TINY_KWARGS = {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2,
                    "pretrained_cfg_overlay": {"input_size": [3, 32, 32], "crop_pct": 1.0}}
 # what --tiny changes in configs/gpu200m.yaml
 TINY_GPU200M = {"image_encoder": {"kwargs": VIT_TINY_KWARGS}, "fusion": {"dim": 64, "num_heads": 4},
-                "generator": {"hf_config": TINY_GENERATOR}}
+                "generator": {"kwargs": TINY_GENERATOR}}
 
 
 @dataclass
@@ -83,7 +83,7 @@ def workload(name: str, fusion: str | None = None, tiny: bool = False) -> Worklo
     if fusion:
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; available: {', '.join(FUSIONS)}")
-        result.model.fusion.name = fusion
+        result.model.fusion.type = fusion
     return result
 
 

@@ -17,7 +17,7 @@ from mmgpt.hf_models import build_hf_model
 class HFTextEncoder(TextEncoder):
     """T = last_hidden_state of an AutoModel; by name/path it brings its own tokenizer.
 
-    Built from `hf_config` (from scratch) it reads the generator's tokenizer, whose size
+    Built from `kwargs` (from scratch) it reads the generator's tokenizer, whose size
     sets its vocabulary.
     """
 
@@ -26,9 +26,9 @@ class HFTextEncoder(TextEncoder):
         self.model = build_hf_model(
             AutoModel,
             cfg.name,
-            cfg.hf_config,
-            key="model.text_encoder.hf_config",
-            missing_model_type="model.text_encoder needs a 'name' (hub name or local folder) or an hf_config with "
+            cfg.kwargs,
+            key="model.text_encoder.kwargs",
+            missing_model_type="model.text_encoder needs a 'name' (hub name or local folder) or kwargs with "
             "'model_type' (e.g. bert) to build from scratch",
             load_weights=load_weights,
             tokenizer=tokenizer,

@@ -28,8 +28,8 @@ register_fusion = registrar(FUSIONS, "fusion", name_attribute="registry_name")
 
 
 def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int) -> "Fusion":
-    """Look up `cfg.name` in the registry and build it for the given input widths."""
-    cls = lookup(FUSIONS, cfg.name, "model.fusion.name")
+    """Look up `cfg.type` in the registry and build it for the given input widths."""
+    cls = lookup(FUSIONS, cfg.type, "model.fusion.type")
     if cfg.dim <= 0:
         raise ConfigError(f"model.fusion.dim must be positive, got {cfg.dim}")
     return cls(cfg, text_dim, image_dim)

@@ -12,9 +12,10 @@ import math
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
@@ -83,16 +84,17 @@ class TextEncoderConfig:
 
     # registry key in mmgpt.encoders.TEXT_ENCODERS
     type: str = "lm_embeddings"
-    # hub name or local folder of a Hugging Face encoder (type "hf"); empty = build from hf_config
+    # hub name or local folder of a Hugging Face encoder (type "hf"); empty = build from kwargs
     name: str = ""
-    # transformers config for a from-scratch encoder, e.g. {"model_type": "bert", "hidden_size": 64}
-    hf_config: dict = field(default_factory=dict)
+    # transformers config values: a from-scratch encoder, e.g. {"model_type": "bert", "hidden_size": 64},
+    # or changes to a named one's config
+    kwargs: dict = field(default_factory=dict)
     max_length: int = 32
     freeze: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "model.text_encoder.", max_length=">= 1")
-        check_finite_values("model.text_encoder.hf_config", self.hf_config)
+        check_finite_values("model.text_encoder.kwargs", self.kwargs)
 
 
 @dataclass
@@ -121,7 +123,8 @@ class ImageEncoderConfig:
 class FusionConfig:
     """Which fusion g combines T and I into F = g(T, I)."""
 
-    name: str = "cross_attention"
+    # registry key in mmgpt.fusion.FUSIONS
+    type: str = "cross_attention"
     dim: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -143,9 +146,10 @@ class FusionConfig:
 class GeneratorConfig:
     """The causal transformer that decodes the answer from the prefix F."""
 
-    # hub name or local folder of any AutoModelForCausalLM; empty = build from hf_config
+    # hub name or local folder of any AutoModelForCausalLM; empty = build from kwargs
     name: str = ""
-    hf_config: dict = field(
+    # transformers config values: a from-scratch model (with model_type), or changes to a named one's config
+    kwargs: dict = field(
         default_factory=lambda: {
             "model_type": "llama",
             "hidden_size": 128,
@@ -163,11 +167,28 @@ class GeneratorConfig:
     )
     attn_implementation: str = "sdpa"
     freeze: bool = False
-    # the projector that maps F to the generator's width
-    freeze_projector: bool = False
 
     def __post_init__(self) -> None:
-        check_finite_values("model.generator.hf_config", self.hf_config)
+        check_finite_values("model.generator.kwargs", self.kwargs)
+
+
+PROJECTORS = ("mlp", "linear")
+
+
+@dataclass
+class ProjectorConfig:
+    """The projector that maps F (B, Lf, fusion.dim) to the generator's width: the prefix (B, Lf, width)."""
+
+    # "mlp": LLaVA-1.5's Linear-GELU-Linear; "linear": one Linear
+    type: str = "mlp"
+    # width of the mlp's hidden layer; 0 = the generator's width
+    hidden_size: int = 0
+    freeze: bool = False
+
+    def __post_init__(self) -> None:
+        if self.type not in PROJECTORS:
+            raise ConfigError(f"unknown model.projector.type '{self.type}'; available: {', '.join(PROJECTORS)}")
+        check_fields(self, "model.projector.", hidden_size=">= 0 (0 = the generator's width)")
 
 
 @dataclass
@@ -202,11 +223,20 @@ class PromptTemplates:
 
 @dataclass
 class ModelConfig:
-    """The whole model: text encoder, image encoder, fusion, generator."""
+    """The whole model: text encoder, image encoder, fusion, projector, generator."""
+
+    # old spellings, still read (with a FutureWarning) so configs and model folders written before keep loading
+    RENAMED: ClassVar[dict[str, str]] = {
+        "fusion.name": "fusion.type",
+        "text_encoder.hf_config": "text_encoder.kwargs",
+        "generator.hf_config": "generator.kwargs",
+        "generator.freeze_projector": "projector.freeze",
+    }
 
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_answer_length: int = 32
@@ -265,10 +295,40 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _renamed_keys(cls: type, data: dict, prefix: str) -> dict:
+    """`data` with the old spellings in `cls.RENAMED` moved to their new keys, each with a FutureWarning."""
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        *old_sections, old_key = old.split(".")
+        node = data
+        for section in old_sections:
+            node = node.get(section) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or old_key not in node:
+            continue
+        where = f"{prefix}." if prefix else ""
+        *new_sections, new_key = new.split(".")
+        # copies along both paths, so the caller's dicts stay as they were
+        data = copy.copy(data)
+        parent = data
+        for section in old_sections:
+            parent[section] = parent = dict(parent[section])
+        value = parent.pop(old_key)
+        target = data
+        for section in new_sections:
+            child = target.get(section)
+            target[section] = target = dict(child) if isinstance(child, dict) else {}
+        if new_key in target:
+            raise ConfigError(f"config keys '{where}{old}' and '{where}{new}' are the same setting: keep only '{where}{new}'")
+        target[new_key] = value
+        warnings.warn(f"config key '{where}{old}' is now '{where}{new}'; the old spelling will stop working",
+                      FutureWarning, stacklevel=3)
+    return data
+
+
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass `cls` from a (nested) dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix or cls.__name__}' must be a mapping, got {data!r}")
+    data = _renamed_keys(cls, data, prefix)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -322,7 +382,7 @@ def apply_overrides(data: dict, overrides: list[str], defaults: dict | None = No
     """Apply `key=value` overrides to a nested dict (keys are validated later by from_dict).
 
     A section missing from `data` starts as its copy in `defaults` (e.g. `to_dict(cls())`), so
-    `generator.hf_config.hidden_size=48` changes one key of the default mapping instead of replacing it.
+    `generator.kwargs.hidden_size=48` changes one key of the default mapping instead of replacing it.
     """
     for text in overrides:
         path, value = parse_override(text)

@@ -10,14 +10,14 @@ from mmgpt.hf_models import build_hf_model
 def build_generator(
     cfg: GeneratorConfig, tokenizer: PreTrainedTokenizerBase, load_weights: bool = True
 ) -> PreTrainedModel:
-    """Load a pretrained causal LM (name or folder) or build one from `cfg.hf_config`."""
+    """Load a pretrained causal LM (name or folder) or build one from `cfg.kwargs`."""
     attn = {"attn_implementation": cfg.attn_implementation} if cfg.attn_implementation else {}
     model = build_hf_model(
         AutoModelForCausalLM,
         cfg.name,
-        cfg.hf_config,
-        key="model.generator.hf_config",
-        missing_model_type="model.generator needs a 'name' (hub name or local folder) or an hf_config with "
+        cfg.kwargs,
+        key="model.generator.kwargs",
+        missing_model_type="model.generator needs a 'name' (hub name or local folder) or kwargs with "
         "'model_type' (gpt2, llama, qwen2, ...)",
         load_weights=load_weights,
         tokenizer=tokenizer,

@@ -29,6 +29,7 @@ from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
 from mmgpt.processor import Processor
+from mmgpt.projector import build_projector
 from mmgpt.saving import existing_copy, folder_lock, fsync_tree, remove_leftovers, swap_in
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
@@ -126,8 +127,7 @@ class MMGPT(nn.Module):
         self.image_encoder = build_image_encoder(config.image_encoder, load_weights=load_weights)
         self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim, self.image_encoder.output_dim)
         width = self.generator.get_input_embeddings().embedding_dim
-        # LLaVA-1.5's two-layer MLP projector
-        self.projector = nn.Sequential(nn.Linear(config.fusion.dim, width), nn.GELU(), nn.Linear(width, width))
+        self.projector = build_projector(config.projector, config.fusion.dim, width)
 
     @classmethod
     def from_config(
@@ -172,7 +172,7 @@ class MMGPT(nn.Module):
         """
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype
-        pixel_values = pixel_values.to(self.projector[0].weight.dtype)
+        pixel_values = pixel_values.to(next(self.projector.parameters()).dtype)
         pixels, image_index = unique_images(pixel_values)
         image = self.image_encoder(pixels)
         if image_index is not None:

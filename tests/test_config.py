@@ -28,19 +28,19 @@ def write(tmp_path: Path, data: object) -> Path:
 
 
 def test_yaml_values_and_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, {"fusion": {"name": "product", "dim": 64}, "max_answer_length": 12,
-                            "generator": {"hf_config": {"model_type": "gpt2", "n_embd": 32}}})
+    path = write(tmp_path, {"fusion": {"type": "product", "dim": 64}, "max_answer_length": 12,
+                            "generator": {"kwargs": {"model_type": "gpt2", "n_embd": 32}}})
     config = load_config(ModelConfig, path)
-    assert config.fusion == FusionConfig(name="product", dim=64)
+    assert config.fusion == FusionConfig(type="product", dim=64)
     assert config.max_answer_length == 12
     # a dict-typed field is replaced as a whole, not merged into the default
-    assert config.generator.hf_config == {"model_type": "gpt2", "n_embd": 32}
+    assert config.generator.kwargs == {"model_type": "gpt2", "n_embd": 32}
     # untouched sections keep their defaults
     assert config.text_encoder == ModelConfig().text_encoder
 
 
 def test_overrides_are_dotted_and_typed(tmp_path: Path) -> None:
-    path = write(tmp_path, {"fusion": {"name": "product"}})
+    path = write(tmp_path, {"fusion": {"type": "product"}})
     config = load_config(ModelConfig, path, [
         "fusion.dim=96",                      # int
         "fusion.dropout=1e-1",                # float written with an exponent
@@ -49,8 +49,8 @@ def test_overrides_are_dotted_and_typed(tmp_path: Path) -> None:
         "image_encoder.name=vit_tiny_patch16_224",  # string
         "caption_prompt=Describe the image.",
         "image_encoder.kwargs.img_size=[48, 32]",  # into a dict field, as a list
-        "generator.hf_config.hidden_size=48",
-        "fusion.name=cross_attention",        # a later override wins over the file
+        "generator.kwargs.hidden_size=48",
+        "fusion.type=cross_attention",        # a later override wins over the file
     ])
     assert config.fusion.dim == 96 and type(config.fusion.dim) is int
     assert config.fusion.dropout == 0.1 and type(config.fusion.dropout) is float
@@ -58,9 +58,9 @@ def test_overrides_are_dotted_and_typed(tmp_path: Path) -> None:
     assert config.image_encoder.name == "vit_tiny_patch16_224"
     assert config.caption_prompt == "Describe the image."
     assert config.image_encoder.kwargs == {"img_size": [48, 32]}
-    assert config.generator.hf_config["hidden_size"] == 48
-    assert config.generator.hf_config["model_type"] == "llama", "other hf_config keys are kept"
-    assert config.fusion.name == "cross_attention"
+    assert config.generator.kwargs["hidden_size"] == 48
+    assert config.generator.kwargs["model_type"] == "llama", "other kwargs keys are kept"
+    assert config.fusion.type == "cross_attention"
 
 
 def test_train_config_overrides_floats_lists_and_nested_model_keys() -> None:
@@ -102,8 +102,8 @@ def test_string_overrides_that_look_like_yaml_stay_strings(value: str) -> None:
 
 
 def test_overrides_without_a_file_and_dotted_keys_create_sections() -> None:
-    data = apply_overrides({}, ["fusion.dim=8", "fusion.name=product", "seed=3"])
-    assert data == {"fusion": {"dim": 8, "name": "product"}, "seed": 3}
+    data = apply_overrides({}, ["fusion.dim=8", "fusion.type=product", "seed=3"])
+    assert data == {"fusion": {"dim": 8, "type": "product"}, "seed": 3}
 
 
 def test_unknown_key_names_the_dotted_key_and_available_keys(tmp_path: Path) -> None:
@@ -111,7 +111,7 @@ def test_unknown_key_names_the_dotted_key_and_available_keys(tmp_path: Path) -> 
         load_config(ModelConfig, None, ["fusion.nme=product"])
     message = str(info.value)
     assert "unknown config key 'fusion.nme'" in message
-    for name in ("name", "dim", "num_layers", "num_heads", "dropout", "freeze"):
+    for name in ("type", "dim", "num_layers", "num_heads", "dropout", "freeze"):
         assert name in message.split("available:")[1]
     with pytest.raises(ConfigError, match=r"unknown config key 'model\.text_encoder\.max_len'; available: .*max_len"):
         load_config(TrainConfig, None, ["model.text_encoder.max_len=8"])
@@ -129,7 +129,7 @@ def test_unknown_key_names_the_dotted_key_and_available_keys(tmp_path: Path) -> 
     ("fusion.dim=true", "config key 'fusion.dim' must be int, got True"),
     ("fusion.freeze=maybe", "config key 'fusion.freeze' must be bool, got 'maybe'"),
     ("fusion.dropout=high", "config key 'fusion.dropout' must be float, got 'high'"),
-    ("generator.hf_config=[1]", "config key 'generator.hf_config' must be a mapping"),
+    ("generator.kwargs=[1]", "config key 'generator.kwargs' must be a mapping"),
     ("fusion=3", "config key 'fusion' must be a mapping, got 3"),
     ("caption_prompt=[1, 2]", "config key 'caption_prompt' must be str"),
 ])
@@ -178,7 +178,7 @@ def test_yaml_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_config_round_trips_through_yaml(tmp_path: Path) -> None:
-    overrides = ["optim.lr=3e-4", "model.fusion.name=product", "model.image_encoder.kwargs.img_size=32"]
+    overrides = ["optim.lr=3e-4", "model.fusion.type=product", "model.image_encoder.kwargs.img_size=32"]
     config = load_config(TrainConfig, None, overrides)
     path = write(tmp_path, to_dict(config))
     assert load_config(TrainConfig, path) == config
@@ -192,13 +192,13 @@ def test_shipped_default_config_loads() -> None:
 
 
 def test_override_into_a_default_mapping_keeps_its_other_keys(tmp_path: Path) -> None:
-    # the file does not mention generator.hf_config, so the override edits the default mapping
-    config = load_config(ModelConfig, None, ["generator.hf_config.num_hidden_layers=3"])
-    assert config.generator.hf_config == {**ModelConfig().generator.hf_config, "num_hidden_layers": 3}
+    # the file does not mention generator.kwargs, so the override edits the default mapping
+    config = load_config(ModelConfig, None, ["generator.kwargs.num_hidden_layers=3"])
+    assert config.generator.kwargs == {**ModelConfig().generator.kwargs, "num_hidden_layers": 3}
     # the training command line does the same
     from mmgpt.training.loop import parse_args
 
     path = write(tmp_path, {"output_dir": str(tmp_path / "run")})
-    train, _ = parse_args(["--config", str(path), "model.generator.hf_config.num_hidden_layers=3", "optim.lr=1e-3"])
-    assert train.model.generator.hf_config == config.generator.hf_config
+    train, _ = parse_args(["--config", str(path), "model.generator.kwargs.num_hidden_layers=3", "optim.lr=1e-3"])
+    assert train.model.generator.kwargs == config.generator.kwargs
     assert train.optim.lr == 1e-3 and train.output_dir == str(tmp_path / "run")

@@ -45,8 +45,8 @@ def test_every_numeric_config_value_is_range_checked() -> None:
     ("model.fusion.dim=0", "model.fusion.dim must be >= 1, got 0"),
     ("model.fusion.dropout=1.0", "model.fusion.dropout must be a finite number in [0, 1), got 1.0"),
     ("optim.min_lr_ratio=2", "optim.min_lr_ratio must be a finite number in [0, 1], got 2.0"),
-    ("model.generator.hf_config.initializer_range=.nan",
-     "model.generator.hf_config.initializer_range must be a finite number, got nan"),
+    ("model.generator.kwargs.initializer_range=.nan",
+     "model.generator.kwargs.initializer_range must be a finite number, got nan"),
 ])
 def test_bad_numbers_name_the_key_the_value_and_the_range(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -154,10 +154,10 @@ def test_hf_encoders_have_no_parameters_outside_last_hidden_state() -> None:
 
 @pytest.mark.parametrize("field, value, message", [
     ("type", "clip", "unknown model.text_encoder.type 'clip'; available: " + ", ".join(sorted(TEXT_ENCODERS))),
-    ("hf_config", {"hidden_size": 8}, "model.text_encoder needs a 'name' (hub name or local folder) or an hf_config"),
-    ("hf_config", {"model_type": "bertt"}, "model.text_encoder.hf_config.model_type 'bertt'"),
-    ("hf_config", {"model_type": "bert", "vocab_size": 7},
-     "model.text_encoder.hf_config.vocab_size (7) is smaller than the tokenizer"),
+    ("kwargs", {"hidden_size": 8}, "model.text_encoder needs a 'name' (hub name or local folder) or kwargs"),
+    ("kwargs", {"model_type": "bertt"}, "model.text_encoder.kwargs.model_type 'bertt'"),
+    ("kwargs", {"model_type": "bert", "vocab_size": 7},
+     "model.text_encoder.kwargs.vocab_size (7) is smaller than the tokenizer"),
 ])
 def test_bad_text_encoder_config_names_the_key(field: str, value: object, message: str) -> None:
     config = tiny_config("bert")

@@ -92,8 +92,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = ModelConfig(
         text_encoder=TextEncoderConfig(max_length=16),
         image_encoder=ImageEncoderConfig(kwargs={"widths": [8, 16], "stem_width": 8}),
-        fusion=FusionConfig(name="product", dim=16),
-        generator=GeneratorConfig(hf_config={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
+        fusion=FusionConfig(type="product", dim=16),
+        generator=GeneratorConfig(kwargs={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
                                              "n_positions": 64}),
         max_answer_length=6,
     )

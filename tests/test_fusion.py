@@ -13,7 +13,7 @@ TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
 
 def make(name: str, **changes: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = FusionConfig(name=name, dim=DIM, num_heads=2)
+    cfg = FusionConfig(type=name, dim=DIM, num_heads=2)
     for key, value in changes.items():
         setattr(cfg, key, value)
     return build_fusion(cfg, text_dim=TEXT_DIM, image_dim=IMAGE_DIM).eval()
@@ -116,33 +116,33 @@ def test_mismatched_input_width_names_fusion_and_widths(name: str, which: str) -
 
 def test_unknown_fusion_names_the_key_and_lists_the_available_ones() -> None:
     with pytest.raises(ConfigError) as info:
-        build_fusion(FusionConfig(name="sum"), text_dim=4, image_dim=4)
+        build_fusion(FusionConfig(type="sum"), text_dim=4, image_dim=4)
     message = str(info.value)
-    assert "model.fusion.name" in message and "'sum'" in message
+    assert "model.fusion.type" in message and "'sum'" in message
     assert "available: " + ", ".join(sorted(FUSIONS)) in message
 
 
 @pytest.mark.parametrize("dim, heads", [(10, 4), (8, 3)])
 def test_cross_attention_dim_must_be_divisible_by_heads(dim: int, heads: int) -> None:
     with pytest.raises(ConfigError) as info:
-        build_fusion(FusionConfig(name="cross_attention", dim=dim, num_heads=heads), text_dim=4, image_dim=4)
+        build_fusion(FusionConfig(type="cross_attention", dim=dim, num_heads=heads), text_dim=4, image_dim=4)
     message = str(info.value)
     assert f"model.fusion.dim ({dim})" in message and f"model.fusion.num_heads ({heads})" in message
     # zero heads is refused when the config is built, before any fusion sees it
     with pytest.raises(ConfigError, match=r"model\.fusion\.num_heads must be >= 1, got 0"):
-        FusionConfig(name="cross_attention", dim=dim, num_heads=0)
+        FusionConfig(type="cross_attention", dim=dim, num_heads=0)
 
 
 def test_cross_attention_needs_a_layer() -> None:
     with pytest.raises(ConfigError, match=r"model\.fusion\.num_layers must be >= 1, got 0"):
-        build_fusion(FusionConfig(name="cross_attention", dim=8, num_heads=2, num_layers=0), 4, 4)
+        build_fusion(FusionConfig(type="cross_attention", dim=8, num_heads=2, num_layers=0), 4, 4)
 
 
 @pytest.mark.parametrize("name", FUSION_NAMES)
 def test_fusion_dim_must_be_positive(name: str) -> None:
     # refused when the config is built (FusionConfig), before build_fusion's own check
     with pytest.raises(ConfigError, match=r"model\.fusion\.dim must be >= 1, got 0"):
-        build_fusion(FusionConfig(name=name, dim=0), text_dim=4, image_dim=4)
+        build_fusion(FusionConfig(type=name, dim=0), text_dim=4, image_dim=4)
 
 
 def test_image_positions_let_cross_attention_see_where_tokens_are() -> None:
@@ -171,7 +171,7 @@ def test_sincos_positions_are_distinct_and_bounded() -> None:
 
 
 def test_a_fusion_without_combine_cannot_be_built() -> None:
-    cfg = FusionConfig(name="partial", dim=DIM)
+    cfg = FusionConfig(type="partial", dim=DIM)
     with pytest.raises(TypeError, match="abstract.*combine"):
         type("NoCombine", (Fusion,), {})(cfg, TEXT_DIM, IMAGE_DIM)
 

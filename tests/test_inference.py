@@ -26,8 +26,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = ModelConfig(
         text_encoder=TextEncoderConfig(max_length=12),
         image_encoder=ImageEncoderConfig(kwargs={"widths": [8, 16], "stem_width": 8}),
-        fusion=FusionConfig(name="cross_attention", dim=32, num_layers=1, num_heads=2, null_token=False),
-        generator=GeneratorConfig(hf_config={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
+        fusion=FusionConfig(type="cross_attention", dim=32, num_layers=1, num_heads=2, null_token=False),
+        generator=GeneratorConfig(kwargs={"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
                                              "num_hidden_layers": 1, "num_attention_heads": 2,
                                              "num_key_value_heads": 2, "max_position_embeddings": 64}),
         max_answer_length=10,

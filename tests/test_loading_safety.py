@@ -255,7 +255,7 @@ def alias_bomb(key: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "key", ["model.generator.hf_config", "model.text_encoder.hf_config", "model.image_encoder.kwargs"]
+    "key", ["model.generator.kwargs", "model.text_encoder.kwargs", "model.image_encoder.kwargs"]
 )
 def test_a_yaml_alias_bomb_is_refused_naming_the_file_and_key(tmp_path: Path, key: str) -> None:
     text = alias_bomb(key)
@@ -272,15 +272,15 @@ def test_a_yaml_alias_bomb_is_refused_naming_the_file_and_key(tmp_path: Path, ke
 def test_a_yaml_override_bomb_and_a_self_referencing_alias_are_refused(tmp_path: Path) -> None:
     anchors = ["l0: &l0 [" + ", ".join(["lol"] * 9) + "]"]
     anchors += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
-    override = "model.generator.hf_config={" + ", ".join(anchors) + "}"
-    with pytest.raises(ConfigError, match=r"override 'model.generator.hf_config': 'l8' holds"):
+    override = "model.generator.kwargs={" + ", ".join(anchors) + "}"
+    with pytest.raises(ConfigError, match=r"override 'model.generator.kwargs': 'l8' holds"):
         apply_overrides({}, [override])
     path = tmp_path / "loop.yaml"
     path.write_text("model:\n  image_encoder:\n    kwargs: &loop\n      again: [1, *loop]\n")
     with pytest.raises(ConfigError, match=rf"{path}: 'model.image_encoder.kwargs.again\[1\]' contains itself"):
         load_yaml(path)
     # ordinary nesting and repeated small aliases stay allowed
-    key, value = parse_override("model.generator.hf_config={a: &a [1, 2], b: *a, c: {d: {e: 1}}}")
+    key, value = parse_override("model.generator.kwargs={a: &a [1, 2], b: *a, c: {d: {e: 1}}}")
     assert value == {"a": [1, 2], "b": [1, 2], "c": {"d": {"e": 1}}}
 
 
@@ -291,8 +291,8 @@ def test_a_deep_or_huge_config_json_is_refused(tmp_path: Path, hub_calls: list) 
     with pytest.raises(ModelLoadError, match="config.json nests too deeply"):
         MMGPT.from_pretrained(folder)
     (folder / "config.json").write_text(good)
-    edit_config(folder, lambda m: m["generator"]["hf_config"].update(deep=json.loads("[" * 40 + "]" * 40)))
-    with pytest.raises(ModelLoadError, match=r"config.json: 'model.generator.hf_config.deep\[0\]\[0\].*' nests deeper"):
+    edit_config(folder, lambda m: m["generator"]["kwargs"].update(deep=json.loads("[" * 40 + "]" * 40)))
+    with pytest.raises(ModelLoadError, match=r"config.json: 'model.generator.kwargs.deep\[0\]\[0\].*' nests deeper"):
         MMGPT.from_pretrained(folder)
     (folder / "config.json").write_text(good)
     edit_config(folder, lambda m: m["image_encoder"]["kwargs"].update(bulk=[0] * 300_000))

@@ -221,17 +221,17 @@ def test_generate_returns_new_tokens_and_stops_at_max_new_tokens() -> None:
 
 def test_unknown_generator_model_type_names_the_key_and_the_known_types() -> None:
     config = tiny_config()
-    config.generator.hf_config["model_type"] = "not_a_model"
+    config.generator.kwargs["model_type"] = "not_a_model"
     with pytest.raises(ConfigError) as info:
         build(config)
     message = str(info.value)
-    assert "model.generator.hf_config" in message and "not_a_model" in message
+    assert "model.generator.kwargs" in message and "not_a_model" in message
     assert "llama" in message and "gpt2" in message and "qwen2" in message
 
 
 def test_generator_without_name_or_model_type_is_a_config_error() -> None:
     config = tiny_config()
-    del config.generator.hf_config["model_type"]
+    del config.generator.kwargs["model_type"]
     with pytest.raises(ConfigError, match=r"model\.generator needs a 'name'.*'model_type'"):
         build(config)
 
@@ -241,7 +241,7 @@ def test_generator_vocab_smaller_than_tokenizer_names_the_key_and_sizes() -> Non
     with pytest.raises(ConfigError) as info:
         build(config)
     message = str(info.value)
-    assert "model.generator.hf_config.vocab_size (10)" in message and "smaller than the tokenizer" in message
+    assert "model.generator.kwargs.vocab_size (10)" in message and "smaller than the tokenizer" in message
     tokenizer_size = len(build(tiny_config(generator="gpt2")).processor.tokenizer)
     assert f"({tokenizer_size} tokens)" in message
 

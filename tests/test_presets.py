@@ -10,7 +10,13 @@ import torch
 
 from mmgpt.config import ConfigError, from_dict, load_yaml, to_dict
 from mmgpt.model import MMGPT
-from mmgpt.training.config import TrainConfig, config_path, default_config_path, load_train_config, presets
+from mmgpt.training.config import (
+    TrainConfig,
+    config_path,
+    default_config_path,
+    load_train_config,
+    presets,
+)
 from mmgpt.training.loop import parse_args
 
 
@@ -39,9 +45,9 @@ def test_the_default_run_keeps_its_settings() -> None:
         ("max_steps",): 1200, ("batch_size",): 128, ("eval_every",): 600, ("save_every",): 600,
         ("model", "text_encoder", "max_length"): 32, ("model", "max_answer_length"): 32,
         ("model", "fusion", "num_layers"): 2, ("model", "fusion", "null_token"): True,
-        ("model", "generator", "hf_config", "intermediate_size"): 384,
-        ("model", "generator", "hf_config", "max_position_embeddings"): 128,
-        ("model", "generator", "hf_config", "initializer_range"): 0.12,
+        ("model", "generator", "kwargs", "intermediate_size"): 384,
+        ("model", "generator", "kwargs", "max_position_embeddings"): 128,
+        ("model", "generator", "kwargs", "initializer_range"): 0.12,
         ("optim", "lr"): 4e-4, ("optim", "warmup_steps"): 100,
     }
     for path, value in expected.items():

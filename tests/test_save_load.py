@@ -197,7 +197,7 @@ def test_pretrained_parts_load_from_local_folders(tmp_path: Path) -> None:
         text_encoder=TextEncoderConfig(type="hf", name=str(bert_dir), max_length=16),
         image_encoder=ImageEncoderConfig(type="timm", name="mmgpt_tiny_cnn", weights=str(weights),
                                          kwargs=dict(CNN_KWARGS)),
-        fusion=FusionConfig(name="cross_attention", dim=16, num_heads=2),
+        fusion=FusionConfig(type="cross_attention", dim=16, num_heads=2),
         generator=GeneratorConfig(name=str(lm_dir)),
         max_answer_length=8,
     )

@@ -82,7 +82,7 @@ def text_encoder_config(name: str) -> TextEncoderConfig:
     if name == "lm_embeddings":
         return TextEncoderConfig(type="lm_embeddings", max_length=24)
     if name == "bert":
-        return TextEncoderConfig(type="hf", hf_config=dict(BERT_CONFIG), max_length=24)
+        return TextEncoderConfig(type="hf", kwargs=dict(BERT_CONFIG), max_length=24)
     raise KeyError(name)
 
 
@@ -105,7 +105,7 @@ def image_encoder_config(name: str, **changes: Any) -> ImageEncoderConfig:
 
 def generator_config(name: str, **hf_changes: Any) -> GeneratorConfig:
     """A one-layer, 32-wide gpt2, llama or qwen2."""
-    return GeneratorConfig(hf_config={**GENERATOR_CONFIGS[name], **hf_changes})
+    return GeneratorConfig(kwargs={**GENERATOR_CONFIGS[name], **hf_changes})
 
 
 def tiny_config(
@@ -119,7 +119,7 @@ def tiny_config(
     return ModelConfig(
         text_encoder=text_encoder_config(text),
         image_encoder=image_encoder_config(image),
-        fusion=FusionConfig(name=fusion, dim=16, num_layers=1, num_heads=2),
+        fusion=FusionConfig(type=fusion, dim=16, num_layers=1, num_heads=2),
         generator=generator_config(generator),
         max_answer_length=max_answer_length,
     )

@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         action="store_true",
         help="start over in an output_dir that holds an earlier run: delete its checkpoints, model and logs first",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.name=product")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.type=product")
     args = parser.parse_args(argv)
     if args.overwrite and args.resume:
         parser.error("--overwrite starts over and --resume continues: pass one of them")

@@ -21,7 +21,7 @@ def apply_freezing(model: nn.Module) -> dict[str, bool]:
         "text_encoder": cfg.text_encoder.freeze,
         "image_encoder": cfg.image_encoder.freeze,
         "fusion": cfg.fusion.freeze,
-        "projector": cfg.generator.freeze_projector,
+        "projector": cfg.projector.freeze,
         "generator": cfg.generator.freeze,
     }
     for name, param in model.named_parameters():
