@@ -324,6 +324,36 @@ def _renamed_keys(cls: type, data: dict, prefix: str) -> dict:
     return data
 
 
+def upgrade_keys(cls: type, data: dict, prefix: str = "") -> dict:
+    """`data` for dataclass `cls` with the old spellings of every section (their RENAMED) moved to the new keys."""
+    data = _renamed_keys(cls, data, prefix)
+    hints = typing.get_type_hints(cls)
+    for section in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[section.name]) and isinstance(data.get(section.name), dict):
+            dotted = f"{prefix}.{section.name}" if prefix else section.name
+            upgraded = upgrade_keys(hints[section.name], data[section.name], dotted)
+            if upgraded is not data[section.name]:
+                data = {**data, section.name: upgraded}
+    return data
+
+
+def _renamed_path(cls: type, path: list[str]) -> list[str]:
+    """An override's key path with an old spelling (RENAMED by a section on the way) replaced by the new one."""
+    section, depth = cls, 0
+    while dataclasses.is_dataclass(section) and depth < len(path):
+        rest = path[depth:]
+        for old, new in getattr(section, "RENAMED", {}).items():
+            old_path = old.split(".")
+            if rest[: len(old_path)] == old_path:
+                where = ".".join(path[:depth] + [""])
+                warnings.warn(f"config key '{where}{old}' is now '{where}{new}'; the old spelling will stop working",
+                              FutureWarning, stacklevel=4)
+                return path[:depth] + new.split(".") + rest[len(old_path):]
+        section = typing.get_type_hints(section).get(path[depth])
+        depth += 1
+    return path
+
+
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
     """Build dataclass `cls` from a (nested) dict, rejecting unknown keys and wrong types."""
     if not isinstance(data, dict):
@@ -378,14 +408,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_overrides(data: dict, overrides: list[str], defaults: dict | None = None) -> dict:
+def apply_overrides(data: dict, overrides: list[str], defaults: dict | None = None, cls: type | None = None) -> dict:
     """Apply `key=value` overrides to a nested dict (keys are validated later by from_dict).
 
     A section missing from `data` starts as its copy in `defaults` (e.g. `to_dict(cls())`), so
     `generator.kwargs.hidden_size=48` changes one key of the default mapping instead of replacing it.
+    With the config dataclass `cls`, old key spellings in `data` and in the overrides become the new ones first.
     """
+    if cls is not None:
+        data = upgrade_keys(cls, data)
     for text in overrides:
         path, value = parse_override(text)
+        if cls is not None:
+            path = _renamed_path(cls, path)
         node, default = data, defaults
         for i, part in enumerate(path[:-1]):
             default = default.get(part) if isinstance(default, dict) else None
@@ -525,6 +560,6 @@ def load_json(path: str | Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Load `cls` from an optional YAML file plus `key=value` overrides."""
     data = load_yaml(path) if path else {}
-    data = apply_overrides(data, list(overrides or []), defaults=to_dict(cls()))
+    data = apply_overrides(data, list(overrides or []), defaults=to_dict(cls()), cls=cls)
     return from_dict(cls, data)
 

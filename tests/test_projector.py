@@ -19,6 +19,7 @@ from mmgpt.config import (
     to_dict,
 )
 from mmgpt.model import MMGPT
+from mmgpt.training.loop import parse_args
 from mmgpt.training.optim import apply_freezing
 
 
@@ -73,6 +74,15 @@ def test_old_key_spellings_are_read_with_a_warning(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_config(ModelConfig, path).fusion.type == "concat"
+    # an override in the old spelling edits the default mapping under its new key, as the new spelling would
+    with pytest.warns(FutureWarning, match="'model.generator.hf_config' is now 'model.generator.kwargs'"):
+        train, _ = parse_args(["--config", "default", "model.generator.hf_config.num_hidden_layers=3"])
+    assert train.model.generator.kwargs == {**ModelConfig().generator.kwargs, "num_hidden_layers": 3}
+    # an old spelling in the file and a new one on the command line meet under the new key
+    path.write_text("generator: {hf_config: {model_type: gpt2, n_embd: 32}}\n")
+    with pytest.warns(FutureWarning):
+        config = load_config(ModelConfig, path, ["generator.kwargs.n_layer=1"])
+    assert config.generator.kwargs == {"model_type": "gpt2", "n_embd": 32, "n_layer": 1}
     path.write_text("fusion: {name: concat, type: product}\n")
     with pytest.raises(ConfigError, match="'fusion.name' and 'fusion.type' are the same setting: keep only 'fusion.type'"):
         load_config(ModelConfig, path)

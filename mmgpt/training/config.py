@@ -205,7 +205,7 @@ def config_path(name_or_path: str | Path) -> Path:
 def load_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
     """A preset or YAML file, with `key=value` overrides, as a validated TrainConfig."""
     data = apply_overrides(load_yaml(config_path(name_or_path)), list(overrides or []),
-                           defaults=to_dict(TrainConfig()))
+                           defaults=to_dict(TrainConfig()), cls=TrainConfig)
     return from_dict(TrainConfig, data)
 
 
