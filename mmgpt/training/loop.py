@@ -5,8 +5,6 @@ easy-VQA and synthetic captioning data, on whatever accelerate provides (one CPU
 A fresh run refuses an output_dir that already holds a run: continue it with --resume latest, pick
 another output_dir, or start over with --overwrite. Only a completed run of configs/default.yaml (the
 README's main job) becomes the model answer() uses by default.
-
-`main` reads as build_run -> train -> finish.
 """
 from __future__ import annotations
 
@@ -113,7 +111,7 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train, checkpoint, evaluate and save the final model; returns the final metrics."""
+    """Train, checkpoint, evaluate and save the final model (build_run -> train -> finish); returns the final metrics."""
     cfg, args = parse_args(argv)
     run = build_run(cfg, args)
     if not train(run):
