@@ -29,9 +29,9 @@ from torch import nn
 from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig, load_json
 from mmgpt.registry import lookup, registrar
 
-TEXT_ENCODERS: dict[str, type["TextEncoder"]] = {}
-IMAGE_ENCODERS: dict[str, type["ImageEncoder"]] = {}
-TRANSFORMS: dict[str, type["ImageTransform"]] = {}
+TEXT_ENCODERS: dict[str, type[TextEncoder]] = {}
+IMAGE_ENCODERS: dict[str, type[ImageEncoder]] = {}
+TRANSFORMS: dict[str, type[ImageTransform]] = {}
 
 
 register_text_encoder = registrar(TEXT_ENCODERS, "text encoder")
@@ -68,7 +68,7 @@ class ImageEncoder(nn.Module, abc.ABC):
         """(B, 3, H, W) -> I (B, Li, d_image)."""
 
     @abc.abstractmethod
-    def image_transform(self) -> "ImageTransform":
+    def image_transform(self) -> ImageTransform:
         """The eval-time preprocessing this encoder expects."""
 
 
@@ -85,7 +85,7 @@ class ImageTransform(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def load(cls, folder: Path) -> "ImageTransform":
+    def load(cls, folder: Path) -> ImageTransform:
         """Read a transform written by `save`."""
 
 

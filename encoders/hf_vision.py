@@ -67,7 +67,7 @@ class HFVisionEncoder(ImageEncoder):
         hidden = self.model(pixel_values=pixel_values).last_hidden_state
         return hidden[:, self.drop_tokens :]
 
-    def image_transform(self) -> "HFImageTransform":
+    def image_transform(self) -> HFImageTransform:
         """The checkpoint's own image processor, or a plain resize-normalise one for a scratch tower."""
         if self.name:
             try:
@@ -104,6 +104,6 @@ class HFImageTransform(ImageTransform):
         (folder / "transform.json").write_text(json.dumps({"type": "hf"}))
 
     @classmethod
-    def load(cls, folder: Path) -> "HFImageTransform":
+    def load(cls, folder: Path) -> HFImageTransform:
         """Read what `save` wrote, from `folder` alone."""
         return cls(AutoImageProcessor.from_pretrained(folder, local_files_only=True))

@@ -68,7 +68,7 @@ class TimmImageEncoder(ImageEncoder):
         """d_image: the model's feature width."""
         return int(self.model.num_features)
 
-    def image_transform(self) -> "TimmTransform":
+    def image_transform(self) -> TimmTransform:
         """timm's deterministic eval transform for this model's data config."""
         return TimmTransform(self.data_config)
 
@@ -91,7 +91,7 @@ class TimmTransform(ImageTransform):
         (folder / "transform.json").write_text(json.dumps({"type": "timm", "data_config": config}, indent=2))
 
     @classmethod
-    def load(cls, folder: Path) -> "TimmTransform":
+    def load(cls, folder: Path) -> TimmTransform:
         """Read what `save` wrote."""
         meta = folder / "transform.json"
         data_config = load_json(meta).get("data_config")

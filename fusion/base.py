@@ -22,12 +22,12 @@ from torch import nn
 from mmgpt.config import ConfigError, FusionConfig
 from mmgpt.registry import lookup, registrar
 
-FUSIONS: dict[str, type["Fusion"]] = {}
+FUSIONS: dict[str, type[Fusion]] = {}
 
 register_fusion = registrar(FUSIONS, "fusion", name_attribute="registry_name")
 
 
-def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int) -> "Fusion":
+def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int) -> Fusion:
     """Look up `cfg.type` in the registry and build it for the given input widths."""
     cls = lookup(FUSIONS, cfg.type, "model.fusion.type")
     if cfg.dim <= 0:

@@ -13,8 +13,9 @@ import copy
 import functools
 import math
 import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # transformers is imported when a config is built, so `mmgpt --help` stays quick
     from transformers import GenerationConfig, PreTrainedTokenizerBase

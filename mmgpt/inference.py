@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence, Union
+from typing import Any, Union
 
 import torch
 from transformers import GenerationConfig

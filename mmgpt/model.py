@@ -12,9 +12,10 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as functional
@@ -136,7 +137,7 @@ class MMGPT(nn.Module):
         train_texts: Iterable[str] | None = None,
         load_weights: bool = True,
         tokenizer: Any = None,
-    ) -> "MMGPT":
+    ) -> MMGPT:
         """Build a model and its processor.
 
         The tokenizer is `tokenizer` when given, else the named generator's, else one trained on `train_texts`.
@@ -295,7 +296,7 @@ class MMGPT(nn.Module):
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> "MMGPT":
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> MMGPT:
         """Load a model saved by save_pretrained from its folder alone; `hf://org/name` downloads one first."""
         folder = resolve_model_path(folder)
         try:

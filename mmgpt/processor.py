@@ -8,8 +8,9 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -229,7 +230,7 @@ class Processor:
         (folder / "processor.json").write_text(json.dumps(limits, indent=2))
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path) -> "Processor":
+    def from_pretrained(cls, folder: str | Path) -> Processor:
         """Restore what save_pretrained wrote, reading only `folder` (never the hub)."""
         folder = Path(folder)
         limits = load_json(folder / "processor.json")

@@ -1,7 +1,8 @@
 """The one registration and look-up helper behind every name-keyed registry (encoders, fusions, dataset formats)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mmgpt.config import ConfigError
 

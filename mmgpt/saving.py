@@ -16,8 +16,9 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 ASIDE_SUFFIX = ".old"
 TRASH_MARK = ".trash-"

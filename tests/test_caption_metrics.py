@@ -4,11 +4,16 @@ import math
 from pathlib import Path
 
 import pytest
+from caption_traps import trap_set
 
 from mmgpt.eval import caption_metrics as cm
-from mmgpt.eval.caption_metrics import (load_coco_annotations, load_coco_results, ptb_tokenize, ptb_tokenize_batch,
-                                        score_captions)
-from caption_traps import trap_set
+from mmgpt.eval.caption_metrics import (
+    load_coco_annotations,
+    load_coco_results,
+    ptb_tokenize,
+    ptb_tokenize_batch,
+    score_captions,
+)
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "caption_official.json").read_text())
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 from transformers import GenerationConfig
 
 from mmgpt import cli
 from mmgpt.decoding import add_decoding_args, decoding_from_args, resolve_generation_config, set_values
 from mmgpt.inference import answer, stream_answer
 from mmgpt.model import GENERATION_CONFIG_NAME, MMGPT, ModelLoadError
-from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (one_thread: autouse fixture)
 
 IMAGE = np.full((32, 32, 3), 120, dtype=np.uint8)
 BASE = GenerationConfig(max_new_tokens=7, do_sample=False, num_beams=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)

@@ -6,10 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-
-from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
-from mmgpt.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, build_image_encoder, build_text_encoder, load_transform
-from mmgpt.encoders.base import ImageEncoder, ImageTransform, TextEncoder
 from tiny import (
     IMAGE_SIZE,
     NUM_PATCHES,
@@ -20,6 +16,10 @@ from tiny import (
     one_thread,  # noqa: F401 (autouse fixture)
     tiny_config,
 )
+
+from mmgpt.config import ConfigError, ImageEncoderConfig, TextEncoderConfig
+from mmgpt.encoders import IMAGE_ENCODERS, TEXT_ENCODERS, build_image_encoder, build_text_encoder, load_transform
+from mmgpt.encoders.base import ImageEncoder, ImageTransform, TextEncoder
 
 
 def encoder(name: str, seed: int = 0, **changes: object) -> torch.nn.Module:

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny import FUSION_NAMES, one_thread  # noqa: F401 (autouse fixture)
 
 from mmgpt.config import ConfigError, FusionConfig
 from mmgpt.fusion import FUSIONS, Fusion, build_fusion
-from tiny import FUSION_NAMES, one_thread  # noqa: F401 (autouse fixture)
 
 TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
 

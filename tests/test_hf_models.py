@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 import torch
 import transformers
+from tiny import BERT_CONFIG, hf_vision_kwargs, one_thread  # noqa: F401 (autouse fixture)
 from transformers import AutoConfig, AutoModel
 
 from mmgpt.config import ConfigError
 from mmgpt.hf_models import build_hf_model
-from tiny import BERT_CONFIG, hf_vision_kwargs, one_thread  # noqa: F401 (autouse fixture)
 
 KEY = "model.part.hf_config"
 MISSING = "model.part needs a 'name' or an hf_config with 'model_type'"

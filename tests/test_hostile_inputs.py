@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tiny import build, tiny_config
 
 from mmgpt.inference import answer, stream_answer
 from mmgpt.model import MMGPT
-from tiny import build, tiny_config
 
 IMAGE = np.zeros((32, 32, 3), dtype=np.uint8)
 
@@ -409,8 +409,9 @@ def test_cli_deep_and_undecodable_json_name_the_file(tmp_path: Path, capsys: pyt
 def test_utf16_results_file_scores_like_utf8(tmp_path: Path) -> None:
     import json
 
-    from mmgpt.eval import vqa as eval_vqa
     from test_eval_scripts import _vqa_files
+
+    from mmgpt.eval import vqa as eval_vqa
 
     questions, annotations, results = _vqa_files(tmp_path)
     utf16 = tmp_path / "results16.json"
@@ -438,8 +439,9 @@ def test_eval_scripts_report_errors_in_one_line(script: str, tmp_path: Path) -> 
 def test_report_with_a_lone_surrogate_is_written(tmp_path: Path) -> None:
     import json
 
-    from mmgpt.eval import vqa as eval_vqa
     from test_eval_scripts import _vqa_files
+
+    from mmgpt.eval import vqa as eval_vqa
 
     questions, annotations, results = _vqa_files(tmp_path)
     records = json.loads(results.read_text())

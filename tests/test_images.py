@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_images import make_bad_images, make_unusual_images, png_with_header_size
 from PIL import Image, ImageFile
 
-from bad_images import make_bad_images, make_unusual_images, png_with_header_size
 from mmgpt.images import ImageError, UnsupportedImageType, load_image
 
 BAD_PROBLEMS = {

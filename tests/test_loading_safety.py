@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+from collections.abc import Callable, Iterator
 from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
+from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 import mmgpt
 from mmgpt import cli
@@ -19,7 +21,6 @@ from mmgpt.config import ConfigError, apply_overrides, load_config, load_yaml, p
 from mmgpt.inference import load_model
 from mmgpt.model import MMGPT, ModelLoadError
 from mmgpt.training.config import TrainConfig
-from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 PROMPTS = ["what color is the shape?", "is there a circle?"]
 ANSWERS = ["red", "no"]

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from test_train import make_jsonl, tiny_config
+from tiny import one_thread  # noqa: F401  (autouse fixture)
 
 import mmgpt.inference as inference
 from mmgpt.cli import main as cli
 from mmgpt.logging_setup import configure_logging
-from test_train import make_jsonl, tiny_config
-from tiny import one_thread  # noqa: F401  (autouse fixture)
 
 
 @contextlib.contextmanager

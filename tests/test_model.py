@@ -6,9 +6,6 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-
-from mmgpt.config import ConfigError, ModelConfig
-from mmgpt.model import MMGPT
 from tiny import (
     FUSION_NAMES,
     GENERATORS,
@@ -22,6 +19,9 @@ from tiny import (
     select,
     tiny_config,
 )
+
+from mmgpt.config import ConfigError, ModelConfig
+from mmgpt.model import MMGPT
 
 PROMPTS = ["what color?", "is there a small green triangle on the left?", "Describe the image."]
 ANSWERS = ["a big red circle next to a blue square", "no", "a small green triangle"]

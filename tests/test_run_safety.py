@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
-import mmgpt.inference as inference
-from mmgpt.model import MMGPT
-from mmgpt.training.config import is_default_job
-from mmgpt.training.loop import main, parse_args
-from mmgpt.training.checkpoint import STATE_NAME, OutputDirInUse, checkpoint_dirs, run_id_of, save_checkpoint
-from mmgpt.training.nonfinite import NonFiniteTraining
 from test_save_safety import kill_at_random
 from test_train import make_jsonl, tiny_config
 from tiny import one_thread  # noqa: F401  (autouse fixture)
+
+import mmgpt.inference as inference
+from mmgpt.model import MMGPT
+from mmgpt.training.checkpoint import STATE_NAME, OutputDirInUse, checkpoint_dirs, run_id_of, save_checkpoint
+from mmgpt.training.config import is_default_job
+from mmgpt.training.loop import main, parse_args
+from mmgpt.training.nonfinite import NonFiniteTraining
 
 
 @pytest.fixture(scope="module")

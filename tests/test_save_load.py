@@ -7,6 +7,16 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from tiny import (
+    BERT_CONFIG,
+    CNN_KWARGS,
+    GENERATOR_CONFIGS,
+    TEXTS,
+    build,
+    make_batch,
+    one_thread,  # noqa: F401 (autouse fixture)
+    tiny_config,
+)
 
 import mmgpt.model
 from mmgpt.config import (
@@ -19,16 +29,6 @@ from mmgpt.config import (
     TokenizerConfig,
 )
 from mmgpt.model import MMGPT
-from tiny import (
-    BERT_CONFIG,
-    CNN_KWARGS,
-    GENERATOR_CONFIGS,
-    TEXTS,
-    build,
-    make_batch,
-    one_thread,  # noqa: F401 (autouse fixture)
-    tiny_config,
-)
 
 PROMPTS = ["what color is the shape?", "is there a small green triangle on the left?"]
 ANSWERS = ["a big red circle next to a blue square", "no"]

@@ -6,16 +6,15 @@ import random
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
+from tiny import build, one_thread, tiny_config  # noqa: F401  (autouse fixture)
 
 import mmgpt.inference as inference
 from mmgpt.model import MMGPT
-from tiny import build, one_thread  # noqa: F401  (autouse fixture)
-from tiny import tiny_config
 
 
 def kill_at_random(work: Callable[[int], None], seconds: float, rng: random.Random) -> None:

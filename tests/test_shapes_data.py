@@ -219,7 +219,7 @@ def test_what_a_killed_generation_left_is_removed_by_the_next(tmp_path):
     files = build_shapes_captions(tmp_path, seed=0, **SMALL)
     name = files["train"].parent.name
     leftovers = [f".{name}.tmp-abcd_123", f".{name}.old", f".{name}.trash-0123abcd", f".{name}.old.trash-89abcdef"]
-    others = [f".{name}.tmp-short", "unrelated", f".other.tmp-abcd_123"]
+    others = [f".{name}.tmp-short", "unrelated", ".other.tmp-abcd_123"]
     for folder in leftovers + others:
         (tmp_path / folder).mkdir()
     (files["train"].parent / "meta.json").unlink()  # damaged: the next call generates again

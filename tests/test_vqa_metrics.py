@@ -3,11 +3,11 @@ import json
 from pathlib import Path
 
 import pytest
+from vqa_traps import trap_set
 
 from mmgpt.data.example import Example
 from mmgpt.eval.vqa import official_files
 from mmgpt.eval.vqa_metrics import _round, load_vqa_files, normalize_answer, vqa_score
-from vqa_traps import trap_set
 
 
 @pytest.mark.parametrize("raw, expected", [

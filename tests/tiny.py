@@ -4,7 +4,8 @@ Every factory returns a fresh object, so a test that edits its config cannot lea
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 import torch

@@ -9,7 +9,7 @@ Operating on the cached (3, H, W) tensor keeps the cost to a copy: no image is d
 from __future__ import annotations
 
 import random
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

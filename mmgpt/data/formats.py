@@ -23,9 +23,10 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import TASKS, Example

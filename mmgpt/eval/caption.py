@@ -32,9 +32,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     from mmgpt.data.formats import read_dataset
-    from mmgpt.training.config import DatasetSpec
-    from mmgpt.eval.caption_metrics import available_java_metrics, load_coco_annotations, load_coco_results, score_captions
+    from mmgpt.eval.caption_metrics import (
+        available_java_metrics,
+        load_coco_annotations,
+        load_coco_results,
+        score_captions,
+    )
     from mmgpt.eval.runner import one_per_image
+    from mmgpt.training.config import DatasetSpec
 
     out, report = default_outputs(args, "eval_caption")
     if args.annotations:

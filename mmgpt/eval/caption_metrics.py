@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import logging
+import math
 import os
 import re
 import shutil
@@ -27,8 +27,9 @@ import subprocess
 import tempfile
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -171,7 +172,7 @@ QUOTES = [APOS, "''", (r"[`\u2018\u2019\u201A\u201B\u201C\u201D\u0091\u0092\u009
           r"\u00AB\u00BB]{1,2}")]
 INSENTP = r"[,;:\u3001]"
 URLCH = r"[^ \t\n\f\r\"<>|(){}"  # shared head of the URL/e-mail negated classes
-URLPATH = rf"/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){{}},-]"
+URLPATH = r"/[^ \t\n\f\r\"<>|()]+[^ \t\n\f\r\"<>|.!?(){},-]"
 EMAILPART = r"[^ \t\n\f\r\"<>|(){}.\u00A0]+"
 
 # The PTBLexer rules in source order: (alternatives, trailing context or None, action). Top-level
@@ -193,7 +194,7 @@ _RULE_SPECS: list[tuple[list[str], str | None, str | None]] = [
       _ci("'twas|nor'easter|c'mon|e'er|s'mores|ev'ry|li'l|nat'l"), _ci("O") + APOSX + _ci("o")], None, None),
     ([rf"[yY]{APOS}"], rf"[{_LET}]", None),
     ([_ci("https?") + rf"://{URLCH}]+[^ \t\n\f\r\"<>|.!?(){{}},-]"], None, None),
-    ([f"{host}{path}" for host in (_ci("www") + rf"\.(?:[^ \t\n\f\r\"<>|.!?(){{}},]+\.)+[a-zA-Z]{{2,4}}",
+    ([f"{host}{path}" for host in (_ci("www") + r"\.(?:[^ \t\n\f\r\"<>|.!?(){},]+\.)+[a-zA-Z]{2,4}",
                                    rf"(?:[^ \t\n\f\r\"`'<>|.!?(){{}},-_$]+\.)+{_ci('com|net|org|edu')}")
       for path in ("", URLPATH)], None, None),
     ([rf"(?:&{_ci('lt')};|<)?[a-zA-Z0-9]{URLCH}\u00A0]*@(?:{EMAILPART}\.)*{EMAILPART}(?:&{_ci('gt')};|>)?"],

@@ -7,9 +7,10 @@ import html
 import io
 import json
 import platform
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from mmgpt.decoding import add_decoding_args
 from mmgpt.saving import write_text_atomic
@@ -95,7 +96,13 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator)."""
     from accelerate import Accelerator
 
-    from mmgpt.decoding import check_decoding_options, check_seed, decoding_from_args, resolve_generation_config, set_values
+    from mmgpt.decoding import (
+        check_decoding_options,
+        check_seed,
+        decoding_from_args,
+        resolve_generation_config,
+        set_values,
+    )
     from mmgpt.eval.runner import generate_answers
     from mmgpt.inference import default_model_path, load_model
     from mmgpt.training.devices import cpu_processes, set_cpu_threads

@@ -14,8 +14,8 @@ import sys
 from typing import Any
 
 from mmgpt.data.example import Example
-from mmgpt.eval.vqa_metrics import VERSIONS, official_header
 from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
+from mmgpt.eval.vqa_metrics import VERSIONS, official_header
 from mmgpt.logging_setup import configure_logging
 
 logger = logging.getLogger("mmgpt.eval_vqa")
