@@ -99,7 +99,8 @@ def measure(config: str = "default", tiny: bool = False, device: torch.device | 
     model = workloads.build_model(work.model, seed=seed).eval().to(device)
     info = workloads.describe(model)
     logger.info("%s: %.1fM parameters, %s on %s", work.name, info["params_total"] / 1e6, dtype, device)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16"
+                else contextlib.nullcontext)
     size = workloads.image_size(model)
     max_batch = max(batch_sizes)
     images = random_images(max_batch, size, seed=seed)
@@ -115,15 +116,18 @@ def measure(config: str = "default", tiny: bool = False, device: torch.device | 
         with autocast():
             embeds, mask = prefix_inputs(model, batch)
         for n in new_tokens:
+            # the calls run within this iteration; default arguments bind this iteration's values explicitly
             calls: dict[str, Callable[[], Any]] = {
-                "generate": lambda: model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                                   max_new_tokens=n, min_new_tokens=n),
-                "generate_no_cache": lambda: model.generate(batch["input_ids"], batch["attention_mask"],
-                                                            batch["pixel_values"], max_new_tokens=n,
-                                                            min_new_tokens=n, use_cache=False),
-                "bare": lambda: bare_generate(model, embeds, mask, n),
-                "answer": lambda: answer(prompts[:batch_size], images[:batch_size], model=model, max_new_tokens=n,
-                                         batch_size=batch_size),
+                "generate": lambda batch=batch, n=n: model.generate(
+                    batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                    max_new_tokens=n, min_new_tokens=n),
+                "generate_no_cache": lambda batch=batch, n=n: model.generate(
+                    batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                    max_new_tokens=n, min_new_tokens=n, use_cache=False),
+                "bare": lambda embeds=embeds, mask=mask, n=n: bare_generate(model, embeds, mask, n),
+                "answer": lambda batch_size=batch_size, n=n: answer(
+                    prompts[:batch_size], images[:batch_size], model=model, max_new_tokens=n,
+                    batch_size=batch_size),
             }
             row: dict[str, Any] = {"batch_size": batch_size, "new_tokens": n}
             with forced_length(model, n), autocast():
@@ -282,8 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{r['batch_scaling']['small_batch']} tokens/s (min over lengths): {r['batch_scaling']['min']:.2f}x; "
           f"answer()/bare generate (max): {r['answer_over_bare']['max']:.3f}; cache and no-cache outputs match: "
           f"{result['cache_outputs_match']}")
-    print("answer() stages at batch %d, %d tokens: %s" % (b["batch_size"], b["new_tokens"], ", ".join(
-        f"{k} {v * 1e3:.1f} ms ({100 * b['shares'][k]:.0f}%)" for k, v in b["stages_s"].items())))
+    stages = ", ".join(f"{k} {v * 1e3:.1f} ms ({100 * b['shares'][k]:.0f}%)" for k, v in b["stages_s"].items())
+    print(f"answer() stages at batch {b['batch_size']:d}, {b['new_tokens']:d} tokens: {stages}")
     return cli.write(NAME, cli.result_name(NAME, result["config"]), device, args, result)
 
 

@@ -89,7 +89,8 @@ def section_train(data: dict[str, Any]) -> str:
     cols = [("config", "config", ""), ("fusion", "fusion", ""), ("batch_size", "batch", "d"),
             ("precision", "precision", ""), ("compile", "compile", ""), ("params_m", "params (M)", ".1f"),
             ("step_ms", "step (ms)", ".1f"), ("samples_per_s", "samples/s", ".1f"), ("tokens_per_s", "tokens/s", ".0f"),
-            ("peak", "peak memory", ""), ("gflop", "GFLOP/step (model)", ".3g"), ("counted", "GFLOP/step (counted)", ".3g"),
+            ("peak", "peak memory", ""), ("gflop", "GFLOP/step (model)", ".3g"),
+            ("counted", "GFLOP/step (counted)", ".3g"),
             ("achieved_tflops", "TFLOP/s", ".3g"), ("mfu_pct", "MFU %", ".1f")]
     text = md_table(rows, cols)
     profiled = [r for r in data["runs"] if r.get("profile")]
@@ -147,7 +148,8 @@ def section_peer(data: dict[str, Any]) -> str:
              "peak": common.human_bytes(r["peak_memory_bytes"]), "mfu_pct": pct(r.get("mfu"))} for r in runs]
     cols = [("framework", "framework", ""), ("config", "config", ""), ("batch_size", "batch", "d"),
             ("precision", "precision", ""), ("params_m", "params (M)", ".1f"), ("step_ms", "step (ms)", ".1f"),
-            ("samples_per_s", "samples/s", ".2f"), ("tokens_per_s", "text tokens/s", ".0f"), ("peak", "peak memory", ""),
+            ("samples_per_s", "samples/s", ".2f"), ("tokens_per_s", "text tokens/s", ".0f"),
+            ("peak", "peak memory", ""),
             ("mfu_pct", "MFU %", ".1f")]
     peer = data["nanovlm"]
     commit = peer.get('nanovlm_commit') or 'unknown (not a git checkout)'

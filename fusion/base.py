@@ -55,7 +55,8 @@ class Fusion(nn.Module, abc.ABC):
             )
         if image.shape[-1] != self.image_proj.in_features:
             raise ValueError(
-                f"fusion '{self.registry_name}' expects image width {self.image_proj.in_features}, got {image.shape[-1]}"
+                f"fusion '{self.registry_name}' expects image width {self.image_proj.in_features}, "
+                f"got {image.shape[-1]}"
             )
         image = self.image_proj(image)
         if self.cfg.image_positions:

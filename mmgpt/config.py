@@ -205,7 +205,10 @@ class TokenizerConfig:
 
 @dataclass
 class PromptTemplates:
-    """Task templates turning raw questions into model prompts (built from ModelConfig.vqa_template and caption_prompt)."""
+    """Task templates turning raw questions into model prompts.
+
+    Built from ModelConfig.vqa_template and caption_prompt.
+    """
 
     vqa: str = "{question}"
     caption: str = "Describe the image."
@@ -216,7 +219,9 @@ class PromptTemplates:
         try:
             self.vqa.format(question="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"prompt template field 'vqa' is not a valid format string ({e!r}): {self.vqa!r}") from None
+            raise ValueError(
+                f"prompt template field 'vqa' is not a valid format string ({e!r}): {self.vqa!r}"
+            ) from None
         if not self.caption.strip():
             raise ValueError("prompt template field 'caption' must not be empty")
 
@@ -317,7 +322,9 @@ def _renamed_keys(cls: type, data: dict, prefix: str) -> dict:
             child = target.get(section)
             target[section] = target = dict(child) if isinstance(child, dict) else {}
         if new_key in target:
-            raise ConfigError(f"config keys '{where}{old}' and '{where}{new}' are the same setting: keep only '{where}{new}'")
+            raise ConfigError(
+                f"config keys '{where}{old}' and '{where}{new}' are the same setting: keep only '{where}{new}'"
+            )
         target[new_key] = value
         warnings.warn(f"config key '{where}{old}' is now '{where}{new}'; the old spelling will stop working",
                       FutureWarning, stacklevel=3)

@@ -13,7 +13,7 @@ import struct
 import threading
 import warnings
 import zlib
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 # mmgpt's own limit, checked against the header before anything is decoded; 40 MP is a 7300x5500 photo
 # (120 MB as RGB), well above any encoder's input, far below what a crafted file can claim
 DEFAULT_MAX_PIXELS = 40_000_000
-ImageInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+ImageInput = str | os.PathLike | bytes | Image.Image | np.ndarray
 _ALLOWED = "str, os.PathLike, bytes, PIL.Image.Image or numpy.ndarray"
 _WHITE = (255, 255, 255)
 

@@ -6,7 +6,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from transformers import GenerationConfig
@@ -18,7 +18,7 @@ from mmgpt.saving import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-ImageInput = Union[str, os.PathLike, bytes, Any]
+ImageInput = str | os.PathLike | bytes | Any
 DEFAULT_RUN_MODEL = Path("runs") / "default" / "model"
 _POINTER = Path(os.environ.get("MMGPT_CACHE", Path.home() / ".cache" / "mmgpt")) / "default_model.txt"
 _CACHE: dict[tuple[str, str], MMGPT] = {}

@@ -1,8 +1,10 @@
 """MMGPT: encode text -> encode image -> fuse -> generate.
 
     prompt --text_encoder--> T (B, Lt, d_text) --+
-                                                  +--fusion g--> F (B, Lt, dim) --projector--> prefix --generator--> answer
+                                                  +--fusion g--> F (B, Lt, dim) --projector--> prefix
     image --image_encoder--> I (B, Li, d_image) -+
+
+    prefix --generator--> answer
 """
 from __future__ import annotations
 

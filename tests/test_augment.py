@@ -71,7 +71,8 @@ def test_rot90_refuses_a_non_square_image() -> None:
 
 
 def test_unknown_augmentation_names_the_field_and_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"field 'augment': unknown augmentation 'flip'; available: hflip, rot90, translate, vflip"):
+    with pytest.raises(ValueError, match=(r"field 'augment': unknown augmentation 'flip'; "
+                                          r"available: hflip, rot90, translate, vflip")):
         DatasetSpec(format="easy_vqa", augment=["flip"])
     assert check_augmentations("hflip", "x") == ["hflip"]
 

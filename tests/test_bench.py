@@ -95,8 +95,8 @@ def test_generation(out_dir: Path) -> None:
     assert data["benchmark"] == "generation"
     assert len(data["runs"]) == 4
     for run in data["runs"]:
-        positive(run, *(f"{mode}_s" for mode in generation.MODES), *(f"{mode}_tokens_per_s" for mode in generation.MODES),
-                 "cache_speedup", "answer_over_bare")
+        positive(run, *(f"{mode}_s" for mode in generation.MODES),
+                 *(f"{mode}_tokens_per_s" for mode in generation.MODES), "cache_speedup", "answer_over_bare")
     ratios = data["ratios"]
     assert ratios["cache_speedup"]["new_tokens"] == 3
     assert set(ratios["cache_speedup"]["by_batch_size"]) == {"1", "2"}
@@ -110,7 +110,8 @@ def test_generation(out_dir: Path) -> None:
 def test_data_pipeline(out_dir: Path) -> None:
     pytest.importorskip("easy_vqa")
     result = data_pipeline.main(["--batch-size", "4", "--batches", "2", "--workers", "0", "--max-examples", "8",
-                                 "--train-steps", "1", "--cache-steps", "1", "--device", "cpu", "--out-dir", str(out_dir)])
+                                 "--train-steps", "1", "--cache-steps", "1", "--device", "cpu",
+                                 "--out-dir", str(out_dir)])
     data = read(result["path"])
     assert [(p["mode"], p["workers"]) for p in data["pipeline"]] == [("decode", 0), ("cached_pixels", 0)]
     for row in data["pipeline"]:

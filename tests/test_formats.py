@@ -113,7 +113,8 @@ def _vqa_fixture(tmp_path: Path, with_annotations: bool = True) -> DatasetSpec:
 
     def ann(qid: int, image_id: int, qtype: str, atype: str, answers: list[str], mc: str) -> dict:
         return {"question_id": qid, "image_id": image_id, "question_type": qtype, "answer_type": atype,
-                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1} for i, a in enumerate(answers)],
+                "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                            for i, a in enumerate(answers)],
                 "multiple_choice_answer": mc}
 
     apath.write_text(json.dumps({"annotations": [

@@ -90,7 +90,8 @@ def test_decoding_options(model_dir: Path, image_path: Path) -> None:
     assert limited.shape[1] <= 2
     tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], max_new_tokens=8,
                             no_repeat_ngram_size=1)[0].tolist()
-    tokens = tokens[: tokens.index(model.processor.tokenizer.eos_token_id)] if model.processor.tokenizer.eos_token_id in tokens else tokens
+    eos = model.processor.tokenizer.eos_token_id
+    tokens = tokens[: tokens.index(eos)] if eos in tokens else tokens
     assert len(tokens) == len(set(tokens)), "no_repeat_ngram_size=1 must forbid any repeated token"
     assert isinstance(answer("what color?", image_path, model=model_dir, repetition_penalty=1.3), str)
     assert greedy == "".join(stream_answer("what color is the shape?", image_path, model=model_dir)).strip()

@@ -124,7 +124,8 @@ def test_a_saved_folder_loads_from_itself_alone(
     # a relative path of one '/' ("model/generator") is what a hub repo id looks like
     monkeypatch.chdir(tmp_path)
     assert_same_weights_and_logits(model, MMGPT.from_pretrained("model"))
-    parts = ["generator", *(["text_encoder"] if text == "bert" else []), *(["image_encoder"] if image == "clip" else [])]
+    parts = ["generator", *(["text_encoder"] if text == "bert" else []),
+             *(["image_encoder"] if image == "clip" else [])]
     for part in parts:
         shutil.copytree(folder, tmp_path / part)
         shutil.rmtree(tmp_path / part / part)

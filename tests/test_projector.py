@@ -58,7 +58,8 @@ def test_old_key_spellings_are_read_with_a_warning(tmp_path: Path) -> None:
     with pytest.warns(FutureWarning) as caught:
         config = from_dict(ModelConfig, json.loads(json.dumps(OLD_SPELLINGS)), prefix="model")
     messages = " | ".join(str(w.message) for w in caught)
-    for old, new in [("model.fusion.name", "model.fusion.type"), ("model.generator.hf_config", "model.generator.kwargs"),
+    for old, new in [("model.fusion.name", "model.fusion.type"),
+                     ("model.generator.hf_config", "model.generator.kwargs"),
                      ("model.generator.freeze_projector", "model.projector.freeze"),
                      ("model.text_encoder.hf_config", "model.text_encoder.kwargs")]:
         assert f"'{old}' is now '{new}'" in messages
@@ -84,7 +85,8 @@ def test_old_key_spellings_are_read_with_a_warning(tmp_path: Path) -> None:
         config = load_config(ModelConfig, path, ["generator.kwargs.n_layer=1"])
     assert config.generator.kwargs == {"model_type": "gpt2", "n_embd": 32, "n_layer": 1}
     path.write_text("fusion: {name: concat, type: product}\n")
-    with pytest.raises(ConfigError, match="'fusion.name' and 'fusion.type' are the same setting: keep only 'fusion.type'"):
+    with pytest.raises(ConfigError,
+                       match="'fusion.name' and 'fusion.type' are the same setting: keep only 'fusion.type'"):
         load_config(ModelConfig, path)
 
 

@@ -107,8 +107,8 @@ def test_kill_9_at_any_point_of_save_checkpoint_keeps_complete_checkpoints(tmp_p
     interrupted = 0
     for round_ in range(30):
         base = 1000 * (round_ + 1)
-        kill_at_random(lambda i: save_checkpoint(accelerator, tmp_path, base + i, {"step": base + i, "run_id": "r"},
-                                                 keep=2), 0.06, rng)
+        kill_at_random(lambda i, base=base: save_checkpoint(accelerator, tmp_path, base + i,
+                                                            {"step": base + i, "run_id": "r"}, keep=2), 0.06, rng)
         interrupted += any(not p.name.startswith("step_") for p in root.iterdir())
         found = checkpoint_dirs(tmp_path)
         # the checkpoint of the previous round, or newer complete ones
@@ -159,7 +159,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     assert not pointer.exists(), "a failed run never becomes the default model"
 
 
-def test_skip_nonfinite_steps_skips_and_counts_them(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_skip_nonfinite_steps_skips_and_counts_them(tmp_path: Path, data: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     poison_step(monkeypatch, {2, 4})
     out = tmp_path / "run"
     result = main(["--config", str(tiny_config(tmp_path, data, out, max_steps=5)), "skip_nonfinite_steps=true"])
@@ -173,7 +174,8 @@ def test_skip_nonfinite_steps_skips_and_counts_them(tmp_path: Path, data: Path, 
 
 
 def test_metrics_json_is_strict_json(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("mmgpt.training.loop.evaluate", lambda *args, **kwargs: {"eval/loss": math.nan, "eval/acc": 0.5})
+    monkeypatch.setattr("mmgpt.training.loop.evaluate",
+                        lambda *args, **kwargs: {"eval/loss": math.nan, "eval/acc": 0.5})
     out = tmp_path / "run"
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2))])
 

@@ -59,7 +59,7 @@ def test_kill_9_at_any_point_of_save_pretrained_never_loses_the_model(tmp_path: 
     last_saved, interrupted, rng = -1.0, 0, random.Random(0)
     for round_ in range(40):
         first = 1000.0 * (round_ + 1)
-        kill_at_random(lambda i: marked(model, first + i).save_pretrained(folder), 0.03, rng)
+        kill_at_random(lambda i, first=first: marked(model, first + i).save_pretrained(folder), 0.03, rng)
         interrupted += any(p.name != "model" for p in tmp_path.iterdir())
         # the previous model or a newer complete one, never a mixture and never nothing
         loaded = MMGPT.from_pretrained(folder)

@@ -80,7 +80,7 @@ def check_images(
         tensors[key] = tensor if cache else source
     if report.num_bad:
         logger.warning("%s: %s", name or "dataset", report.summary())
-        for key, reason in list(report.bad.items())[:5]:
+        for reason in list(report.bad.values())[:5]:
             logger.warning("  skipped %s", reason)
     if report.total and report.num_bad / report.total > max_bad_fraction:
         raise TooManyBadImages(
@@ -145,7 +145,8 @@ class RobustImages(Dataset):
             if example.source in self.augment:
                 number = self._image_numbers.get(image_key(example.image))
                 key = f"image {number}" if number is not None else f"position {index}"
-                pixels = augment(pixels, self.augment[example.source], self.seed, getattr(self.dataset, "epoch", 0), key)
+                epoch = getattr(self.dataset, "epoch", 0)
+                pixels = augment(pixels, self.augment[example.source], self.seed, epoch, key)
             return replace(example, image=pixels), failures
         raise RuntimeError(f"{self.max_tries} consecutive images failed to load near index {index}: {failures[-1]}")
 

@@ -113,7 +113,9 @@ def read_easy_vqa(spec: DatasetSpec, templates: PromptTemplates) -> list[Example
     import easy_vqa
 
     if spec.split not in ("train", "test"):
-        raise ValueError(f"easy_vqa dataset {spec.label!r}: field 'split' must be 'train' or 'test', got {spec.split!r}")
+        raise ValueError(
+            f"easy_vqa dataset {spec.label!r}: field 'split' must be 'train' or 'test', got {spec.split!r}"
+        )
     train = spec.split == "train"
     questions, answers, image_ids = (easy_vqa.get_train_questions if train else easy_vqa.get_test_questions)()
     paths = (easy_vqa.get_train_image_paths if train else easy_vqa.get_test_image_paths)()
@@ -169,7 +171,8 @@ def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[
         raise ValueError(f"shapes_captions dataset {spec.label!r}: field 'split' must be one of "
                          f"{sorted(files)}, got {spec.split!r}")
     captions = Path(files[spec.split])
-    coco = replace(spec, format="coco_captions", path=str(captions), images=str(captions.parent / "images" / spec.split),
+    coco = replace(spec, format="coco_captions", path=str(captions),
+                   images=str(captions.parent / "images" / spec.split),
                    annotations="", weight=1.0, name=spec.label, augment=[])
     return read_coco_captions(coco, templates)
 

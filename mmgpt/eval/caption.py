@@ -22,10 +22,12 @@ logger = logging.getLogger("mmgpt.eval_caption")
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", help="score this COCO results file [{image_id, caption}] instead of running a model")
+    parser.add_argument("--results",
+                        help="score this COCO results file [{image_id, caption}] instead of running a model")
     parser.add_argument("--annotations", help="COCO captions JSON (default: built-in shapes test split)")
     parser.add_argument("--images", help="image folder of the annotations' file_name entries")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"], help="built-in split (default test)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="built-in split (default test)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="score a --results file that captions only some of the annotated images (default: refuse)")
     add_model_args(parser)

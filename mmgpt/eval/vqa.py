@@ -55,7 +55,8 @@ def read_examples(args: argparse.Namespace) -> list[Example]:
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", help="score this official results file [{question_id, answer}] instead of running a model")
+    parser.add_argument("--results",
+                        help="score this official results file [{question_id, answer}] instead of running a model")
     parser.add_argument("--questions", help="official VQA questions JSON (default: easy-VQA)")
     parser.add_argument("--annotations", help="official VQA annotations JSON")
     parser.add_argument("--images", help="image folder of a VQA v2 set (COCO_<subtype>_<id>.jpg names)")

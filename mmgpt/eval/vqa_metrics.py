@@ -100,7 +100,10 @@ def _process_digit_article(text: str) -> str:
 
 
 def normalize_answer(answer: str) -> str:
-    """The official normalisation of a predicted answer (whitespace, punctuation, number words, articles, contractions)."""
+    """The official normalisation of a predicted answer.
+
+    Whitespace, punctuation, number words, articles, contractions.
+    """
     return _process_digit_article(_process_punctuation(_clean(answer)))
 
 

@@ -122,7 +122,9 @@ class OptimConfig:
         allowed = {"text_encoder", "image_encoder", "fusion", "projector", "generator"}
         unknown = set(self.lr_multipliers) - allowed
         if unknown:
-            raise ConfigError(f"optim.lr_multipliers: unknown component {sorted(unknown)}; available: {sorted(allowed)}")
+            raise ConfigError(
+                f"optim.lr_multipliers: unknown component {sorted(unknown)}; available: {sorted(allowed)}"
+            )
         for component, multiplier in self.lr_multipliers.items():
             check_range(f"optim.lr_multipliers.{component}", multiplier, ">= 0")
 

@@ -1,4 +1,6 @@
-"""Train an mmgpt model: `accelerate launch train.py [--config NAME|FILE] [--resume latest | --overwrite] [key=value ...]`.
+"""Train an mmgpt model:
+
+    accelerate launch train.py [--config NAME|FILE] [--resume latest | --overwrite] [key=value ...]
 
 With no arguments it trains configs/default.yaml: a tiny model from scratch on the built-in
 easy-VQA and synthetic captioning data, on whatever accelerate provides (one CPU up to many GPUs).
@@ -66,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
     """Command line -> (validated TrainConfig, parsed arguments)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="default",
-                        help=f"a preset ({', '.join(presets())}) or a YAML file (default: default, configs/default.yaml)")
+                        help=f"a preset ({', '.join(presets())}) or a YAML file "
+                             "(default: default, configs/default.yaml)")
     parser.add_argument(
         "--resume",
         default=None,
@@ -111,7 +114,10 @@ class Run:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train, checkpoint, evaluate and save the final model (build_run -> train -> finish); returns the final metrics."""
+    """Train, checkpoint, evaluate and save the final model (build_run -> train -> finish).
+
+    Returns the final metrics.
+    """
     cfg, args = parse_args(argv)
     run = build_run(cfg, args)
     if not train(run):
@@ -128,7 +134,8 @@ def start_accelerator(cfg: TrainConfig) -> Accelerator:
     trackers = "tensorboard" if _has_tensorboard() else None
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, log_with=trackers, project_dir=cfg.output_dir,
                               cpu=cpu_processes(), step_scheduler_with_optimizer=False,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # max_steps counts global steps
+                              # max_steps counts global steps
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     configure_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
     set_seed(cfg.seed)
     if accelerator.device.type == "cpu":
@@ -374,7 +381,9 @@ def train(run: Run) -> bool:
                 log_window(run, window, bar)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 evaluate_during_training(run)
-            stop_now = step == cfg.stop_at_step or (step % cfg.log_every == 0 and _any_rank(accelerator, stop.requested))
+            stop_now = step == cfg.stop_at_step or (
+                step % cfg.log_every == 0 and _any_rank(accelerator, stop.requested)
+            )
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
                 check_weights(run.raw_model, step, run.output_dir)
                 save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints)

@@ -1,4 +1,7 @@
-"""Guards against NaN and infinity: a diverged step stops the run (or is skipped), non-finite weights are never saved."""
+"""Guards against NaN and infinity.
+
+A diverged step stops the run (or is skipped), non-finite weights are never saved.
+"""
 from __future__ import annotations
 
 import logging
