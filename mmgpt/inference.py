@@ -12,13 +12,13 @@ import torch
 from transformers import GenerationConfig
 
 from mmgpt.decoding import check_decoding_options, check_seed, int_option, resolve_generation_config
+from mmgpt.images import ImageInput
 from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
 from mmgpt.sampling import seeded_decoding
 from mmgpt.saving import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
-ImageInput = str | os.PathLike | bytes | Any
 DEFAULT_RUN_MODEL = Path("runs") / "default" / "model"
 _POINTER = Path(os.environ.get("MMGPT_CACHE", Path.home() / ".cache" / "mmgpt")) / "default_model.txt"
 _CACHE: dict[tuple[str, str], MMGPT] = {}
