@@ -50,6 +50,30 @@ def head_token_ids(encode: Any, text: str, max_tokens: int) -> tuple[list[int], 
     return ids[:max_tokens], len(ids) > max_tokens
 
 
+def tail_token_ids(encode: Any, text: str, max_tokens: int) -> tuple[list[int], int, bool]:
+    """The leading special tokens of encode(text) plus its last tokens, max_tokens in all -> (ids, total, exact).
+
+    total is len(encode(text)) when exact, else a lower bound over max_tokens: a long text has only its end
+    encoded, so a 10 MB prompt costs what a short one does.
+    """
+    budget = char_budget(max_tokens)
+    while True:
+        tail = text[-budget:]
+        ids = encode(tail)
+        whole = len(tail) == len(text)
+        if whole or len(ids) >= max_tokens + TOKEN_MARGIN:
+            break
+        budget *= 4
+    if len(ids) <= max_tokens:
+        return ids, len(ids), whole
+    # what encode puts in front of any text (bos, [CLS]) stays in front; trailing ones ([SEP]) end the kept part
+    empty = encode("")
+    lead = 0
+    while lead < min(len(empty), len(ids), max_tokens) and ids[lead] == empty[lead]:
+        lead += 1
+    return ids[:lead] + ids[len(ids) - (max_tokens - lead):], len(ids), whole
+
+
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad lists of token ids -> ids (B, L) and attention mask (B, L)."""
     length = max(1, max(len(s) for s in sequences))
@@ -105,7 +129,7 @@ class Processor:
         self._clear_cache()
 
     def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of one prompt for the text encoder, truncated to its limit with a warning."""
+        """Token ids of one prompt for the text encoder; a long one keeps its leading special token and its end."""
         return self._cached("prompt", prompt, self._tokenize_prompt)
 
     def _cached(self, kind: str, text: str, tokenize: Any) -> list[int]:
@@ -139,7 +163,7 @@ class Processor:
         """Restore a pickled Processor with a fresh, empty cache."""
         self.__dict__.update(state, _ids_cache=OrderedDict(), _ids_lock=threading.Lock())
 
-    def _tokenize_prompt(self, prompt: str) -> list[int]:
+    def _prompt_encoder(self) -> Any:
         if self.text_tokenizer is not None:
             encoder = self.text_tokenizer
 
@@ -149,13 +173,26 @@ class Processor:
             # a leading bos keeps the prompt non-empty, so even an empty prompt yields one token of F
             def encode(text: str) -> list[int]:
                 return [self.tokenizer.bos_token_id] + self.tokenizer.encode(text, add_special_tokens=False)
-        ids, truncated = head_token_ids(encode, prompt, self.max_prompt_length)
-        if truncated:
+        return encode
+
+    def _tokenize_prompt(self, prompt: str) -> list[int]:
+        ids, total, exact = tail_token_ids(self._prompt_encoder(), prompt, self.max_prompt_length)
+        if total > self.max_prompt_length:
+            # the end of a dialogue holds the question being asked, so a long prompt loses its beginning
             logger.warning(
-                "prompt of %d characters truncated to the text encoder's limit of %d tokens: %.60r...",
-                len(prompt), self.max_prompt_length, prompt,
+                "prompt of %d characters truncated to the text encoder's limit of %d tokens: kept the last %d of "
+                "%s%d tokens: ...%.60r",
+                len(prompt), self.max_prompt_length, len(ids), "" if exact else "more than ", total, prompt[-60:],
             )
         return ids
+
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of `prompt` as the text encoder reads it (special tokens included), before truncation."""
+        return len(self._prompt_encoder()(prompt))
+
+    def answer_length(self, answer: str) -> int:
+        """Tokens of bos + `answer` + eos as the generator is trained on it, before truncation."""
+        return len(self.tokenizer.encode(answer, add_special_tokens=False)) + 2
 
     def answer_ids(self, answer: str) -> list[int]:
         """bos + answer + eos, truncated (keeping eos) to max_answer_length."""

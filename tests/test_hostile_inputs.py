@@ -249,9 +249,12 @@ def test_cut_keeps_the_tokens_of_the_whole_text(text_encoder: str) -> None:
     tokenizer = processor.text_tokenizer
 
     def whole(text: str) -> list[int]:
+        # left truncation: the leading special token, then the last tokens of the whole text
         if tokenizer is not None:
-            return tokenizer(text, add_special_tokens=True)["input_ids"][:limit]
-        return ([processor.tokenizer.bos_token_id] + processor.tokenizer.encode(text, add_special_tokens=False))[:limit]
+            ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+        else:
+            ids = [processor.tokenizer.bos_token_id] + processor.tokenizer.encode(text, add_special_tokens=False)
+        return ids if len(ids) <= limit else ids[:1] + ids[len(ids) - limit + 1:]
 
     rng = np.random.default_rng(0)
     words = ["red", "blue", "circle", "is", "there", "a", "?", "triangle,", "x" * 40, "\u00e9t\u00e9", "\U0001f600"]
