@@ -1,6 +1,7 @@
 """Training config: data mixture, optimizer, schedule, precision; nested with the model config."""
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from mmgpt.config import (
     check_range,
     from_dict,
     load_yaml,
+    parse_override,
     to_dict,
 )
 from mmgpt.data.augment import check_augmentations
@@ -204,11 +206,105 @@ def config_path(name_or_path: str | Path) -> Path:
     return _configs_folder() / f"{name_or_path}.yaml"
 
 
+# settings that change neither the model, nor the data order, nor the optimizer state: the only ones a
+# resumed run may change (output_dir only says where the run is). max_steps stretches the cosine schedule:
+# the learning rate follows the new schedule from the step the run stopped at
+RESUMABLE_KEYS = ("max_steps", "eval_every", "log_every", "save_every", "keep_checkpoints", "stop_at_step",
+                  "cpu_threads", "output_dir", "data.num_workers", "data.eval_max_examples")
+# dataset fields that name files: relative ones are read from the folder of the config file that sets them
+DATA_PATH_FIELDS = ("path", "images", "annotations")
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    """`base` with `top`'s keys over it; mappings merge key by key, anything else (lists too) is replaced."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _anchor_data_paths(data: dict, folder: Path) -> dict:
+    """`data` with the relative dataset paths of its data.train and data.eval made absolute against `folder`."""
+    section = data.get("data")
+    if not isinstance(section, dict):
+        return data
+    section = dict(section)
+    for split in ("train", "eval"):
+        specs = section.get(split)
+        if not isinstance(specs, list):
+            continue
+        anchored = []
+        for spec in specs:
+            if isinstance(spec, dict):
+                spec = dict(spec)
+                for name in DATA_PATH_FIELDS:
+                    value = spec.get(name)
+                    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                        spec[name] = str((folder / value).resolve())
+            anchored.append(spec)
+        section[split] = anchored
+    return {**data, "data": section}
+
+
+def resolve_yaml(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A preset or YAML file as one mapping: its `base:` chain merged under it, its data paths anchored.
+
+    `base:` names a preset or another YAML file (relative to this file's folder); the file's own keys
+    override the base's. output_dir is never inherited: a file that does not set it writes to runs/<its stem>.
+    """
+    path = config_path(name_or_path)
+    resolved = path.resolve()
+    if resolved in _chain:
+        cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(resolved):], resolved))
+        raise ConfigError(f"config 'base:' chain loops: {cycle}")
+    data = _anchor_data_paths(load_yaml(path), resolved.parent)
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"config file {path}: 'base' must name a preset or a YAML file, got {base!r}")
+        if base not in presets() or (resolved.parent / base).is_file():
+            # a file named by a relative path sits next to the file that names it
+            base = str(resolved.parent / Path(base).expanduser())
+        inherited = resolve_yaml(base, (*_chain, resolved))
+        inherited.pop("output_dir", None)
+        data = _deep_merge(inherited, data)
+    data.setdefault("output_dir", f"runs/{path.stem}")
+    return data
+
+
 def load_train_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """A preset or YAML file, with `key=value` overrides, as a validated TrainConfig."""
-    data = apply_overrides(load_yaml(config_path(name_or_path)), list(overrides or []),
-                           defaults=to_dict(TrainConfig()), cls=TrainConfig)
+    """A preset or YAML file (with its `base:` chain), with `key=value` overrides, as a validated TrainConfig."""
+    return config_from_data(resolve_yaml(name_or_path), overrides)
+
+
+def config_from_data(data: dict, overrides: list[str] | None = None) -> TrainConfig:
+    """A resolved config mapping with `key=value` overrides, as a validated TrainConfig."""
+    data = apply_overrides(data, list(overrides or []), defaults=to_dict(TrainConfig()), cls=TrainConfig)
     return from_dict(TrainConfig, data)
+
+
+def resumed_config(saved: Path, overrides: list[str]) -> TrainConfig:
+    """The config of a resumed run: the run's saved config.yaml, changed only by overrides of RESUMABLE_KEYS.
+
+    An override of any other key is refused unless it repeats the saved value: it would change the model,
+    the data order or the optimizer state the checkpoint holds.
+    """
+    data = load_yaml(saved)
+    cfg = config_from_data(copy.deepcopy(data))
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key in RESUMABLE_KEYS:
+            continue
+        if config_from_data(copy.deepcopy(data), [text]) != cfg:
+            raise ConfigError(
+                f"--resume: '{key}' cannot change when a run is resumed (it would change the model, the data "
+                f"order or the optimizer state of its checkpoints; the run's own settings are in {saved}); "
+                f"a resumed run may change only: {', '.join(RESUMABLE_KEYS)}. Start a new run for other settings"
+            )
+    return config_from_data(data, overrides)
 
 
 def is_default_job(cfg: TrainConfig) -> bool:

@@ -51,6 +51,7 @@ from mmgpt.training.config import (
     is_default_job,
     load_train_config,
     presets,
+    resumed_config,
 )
 from mmgpt.training.devices import cpu_processes, set_cpu_threads
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
@@ -80,11 +81,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Nam
         action="store_true",
         help="start over in an output_dir that holds an earlier run: delete its checkpoints, model and logs first",
     )
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (base: chain, overrides, a resumed run's own) as YAML and exit")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.type=product")
     args = parser.parse_args(argv)
     if args.overwrite and args.resume:
         parser.error("--overwrite starts over and --resume continues: pass one of them")
-    return load_train_config(args.config, args.overrides), args
+    cfg = load_train_config(args.config, args.overrides)
+    if args.resume:
+        # --config and the overrides only locate the run; it continues with the settings it was started with
+        checkpoint = resolve_resume(args.resume, cfg.output_dir)
+        saved = _saved_config(checkpoint, Path(cfg.output_dir)) if checkpoint is not None else None
+        if saved is not None:
+            cfg = resumed_config(saved, args.overrides)
+    return cfg, args
+
+
+def _saved_config(checkpoint: Path, output_dir: Path) -> Path | None:
+    """The config.yaml of the run that wrote `checkpoint` (in its run folder), or None for a run without one."""
+    for folder in (checkpoint.parent.parent, output_dir):
+        if (folder / "config.yaml").is_file():
+            return folder / "config.yaml"
+    logger.warning("no config.yaml next to %s: resuming with the config given on the command line", checkpoint)
+    return None
 
 
 @dataclass
@@ -119,6 +138,9 @@ def main(argv: list[str] | None = None) -> dict:
     Returns the final metrics.
     """
     cfg, args = parse_args(argv)
+    if args.print_config:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return {"config": to_dict(cfg)}
     run = build_run(cfg, args)
     if not train(run):
         run.accelerator.end_training()
