@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error("--results needs --annotations (the COCO captions file to score against)")
         references = load_coco_annotations(args.annotations)
         predictions = load_coco_results(args.results)
-        images: dict[Any, Any] = {}
-        if args.images:
-            images = {e.meta["image_id"]: e.image for e in one_per_image(read_dataset(spec))}
+        # the images and the prompt are shown only when the image folder is given
+        examples = one_per_image(read_dataset(spec)) if args.images else []
         info["results"] = args.results
     else:
         from mmgpt.eval.common import generate_for_eval
@@ -68,7 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
         info.update(run_info)
         references = {e.meta["image_id"]: list(e.meta["references"]) for e in examples}
         predictions = {e.meta["image_id"]: a for e, a in zip(examples, answers)}
-        images = {e.meta["image_id"]: e.image for e in examples}
         if args.predictions:
             write_json(args.predictions, [{"image_id": k, "caption": v} for k, v in predictions.items()])
     missing = [k for k in references if k not in predictions]
@@ -88,9 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"metrics": metrics, "unavailable": {m: "needs Java and the COCO toolkit's jar" for m in missing_java},
               "num_images": len(predictions), **info, "versions": package_versions()}
     write_json(out, record)
-    rows = [{"image": images.get(k), "prompt": "", "references": references[k], "prediction": predictions[k],
-             "score": per_image[k].get("CIDEr", 0.0)} for k in predictions]
-    write_html_report(report, "Caption evaluation", {**metrics, **info}, rows)
+    # every row is looked up by the one image_id, so its image, prompt, references and caption belong together
+    shown = {e.meta["image_id"]: e for e in examples}
+    rows = [{"image": shown[k].image if k in shown else None, "image_key": k,
+             "prompt": shown[k].prompt if k in shown else "", "references": references[k],
+             "prediction": predictions[k], "score": per_image[k].get("CIDEr", 0.0)} for k in predictions]
+    write_html_report(report, "Caption evaluation", metrics, rows, tables={"Run": info})
     print(f"caption metrics on {len(predictions)} images:")
     for name, value in metrics.items():
         print(f"  {name:>8}: {value:.4f}")

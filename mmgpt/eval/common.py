@@ -49,23 +49,51 @@ def _thumbnail(image: Any, size: int = 128) -> str:
         return f"<em>image unavailable: {html.escape(str(e))}</em>"
 
 
+def _distinct_images(rows: Sequence[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The first `count` rows whose images differ (rows of one image, e.g. several questions, show it once)."""
+    seen: set[str] = set()
+    chosen = []
+    for row in rows:
+        key = repr(row.get("image_key", row["image"]))
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(row)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def _table(parts: list[str], heading: str, values: dict[str, Any]) -> None:
+    parts.append(f"<h2>{html.escape(heading)}</h2><table>")
+    for key, value in values.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else html.escape(json.dumps(value, default=str))
+        parts.append(f"<tr><th>{html.escape(str(key))}</th><td>{shown}</td></tr>")
+    parts.append("</table>")
+
+
 def write_html_report(
-    path: str | Path, title: str, metrics: dict[str, Any], rows: Sequence[dict[str, Any]], per_section: int = 12
+    path: str | Path, title: str, metrics: dict[str, Any], rows: Sequence[dict[str, Any]], per_section: int = 12,
+    tables: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """Self-contained HTML: metrics table, then the best and the worst examples (rows carry a 'score')."""
+    """Self-contained HTML: metrics and extra `tables`, then the best and the worst examples (rows carry a 'score').
+
+    Each row pairs its own image, prompt, references and prediction; the best examples show distinct images
+    (by 'image_key', else 'image'), so one image asked many easy questions does not fill the section.
+    """
     ordered = sorted(rows, key=lambda r: r["score"], reverse=True)
-    sections = [("Best examples", ordered[:per_section]), ("Worst examples", ordered[::-1][:per_section])]
+    sections = [("Best examples", _distinct_images(ordered, per_section)),
+                ("Worst examples", ordered[::-1][:per_section])]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:top}th{background:#eee}</style>",
-        f"</head><body><h1>{html.escape(title)}</h1><h2>Metrics</h2><table>",
+        f"</head><body><h1>{html.escape(title)}</h1>",
     ]
-    for key, value in metrics.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else html.escape(json.dumps(value, default=str))
-        parts.append(f"<tr><th>{html.escape(str(key))}</th><td>{shown}</td></tr>")
-    parts.append("</table>")
+    _table(parts, "Metrics", metrics)
+    for heading, values in (tables or {}).items():
+        _table(parts, heading, values)
     for heading, chosen in sections:
         parts.append(f"<h2>{heading}</h2><table><tr><th>image</th><th>prompt</th><th>references</th>"
                      "<th>prediction</th><th>score</th></tr>")

@@ -24,8 +24,12 @@ logger = logging.getLogger("mmgpt.eval_vqa")
 def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
     """Examples -> official VQA questions and annotations JSON; a single answer counts as ten human answers."""
     questions, annotations, ids = [], [], []
+    # official question ids are unique ints: keep the examples' own when they are, else number them by position
+    # (mixing the two could give two questions one id, and scores and report rows would then pair wrongly)
+    own = [e.id for e in examples]
+    keep = all(isinstance(i, int) and not isinstance(i, bool) for i in own) and len(set(own)) == len(own)
     for index, e in enumerate(examples):
-        qid = e.id if isinstance(e.id, int) else index
+        qid = e.id if keep else index
         ids.append(qid)
         answers = e.meta.get("answers") or [e.answer] * 10
         questions.append({"question_id": qid, "image_id": e.meta.get("image_id", index),
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error("--results needs --questions and --annotations (the official files to score against)")
         questions, annotations, results = load_vqa_files(args.results, args.questions, args.annotations)
         info["results"] = args.results
+        if args.images:  # only to show the images in the report
+            examples = read_examples(args)
     else:
         from mmgpt.eval.common import generate_for_eval
 
@@ -103,12 +109,17 @@ def main(argv: list[str] | None = None) -> dict:
     write_json(out, record)
     answers = {r["question_id"]: r["answer"] for r in results}
     text = {q["question_id"]: q["question"] for q in questions["questions"]}
-    images = {e.id if isinstance(e.id, int) else i: e.image for i, e in enumerate(examples)}
-    rows = [{"image": images.get(a["question_id"]), "prompt": text.get(a["question_id"], ""),
-             "references": sorted({x["answer"] for x in a["answers"]}),
-             "prediction": answers.get(a["question_id"], ""), "score": per_question.get(a["question_id"], 0.0) / 100.0}
-            for a in annotations["annotations"] if a["question_id"] in answers]
-    write_html_report(report, "VQA evaluation", {"overall": scores["overall"], **info}, rows)
+    # the question ids are unique in the official files (checked when scoring), so one id pairs a row's parts
+    if args.results:
+        shown = {e.id: e for e in examples}  # the vqa_v2 reader keeps the file's question ids
+    else:
+        shown = {q["question_id"]: e for q, e in zip(questions["questions"], examples)}
+    rows = [{"image": shown[qid].image if qid in shown else None, "image_key": a["image_id"],
+             "prompt": text.get(qid, ""), "references": sorted({x["answer"] for x in a["answers"]}),
+             "prediction": answers[qid], "score": per_question.get(qid, 0.0) / 100.0}
+            for a in annotations["annotations"] if (qid := a["question_id"]) in answers]
+    write_html_report(report, "VQA evaluation", {"overall": scores["overall"]}, rows,
+                      tables={"Per answer type": dict(sorted(scores["perAnswerType"].items())), "Run": info})
     print(f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions")
     for answer_type, value in sorted(scores["perAnswerType"].items()):
         print(f"  {answer_type:>10}: {value:.2f}")
