@@ -128,3 +128,56 @@ def test_cli_exit_codes(tmp_path: Path, images: dict[str, str], capsys: pytest.C
     malformed.write_text('{"image": "good.png"}\n')
     assert main(["--format", "jsonl", "--path", str(malformed)]) == 2
     assert "malformed.jsonl line 1: missing field 'prompt'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny saved model with a from-scratch tokenizer, a VQA template and short length limits."""
+    from tiny import build, tiny_config
+
+    config = tiny_config()
+    config.vqa_template = "Question: {question} Answer:"
+    config.text_encoder.max_length = 16
+    config.max_answer_length = 6
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    build(config).save_pretrained(folder)
+    return folder
+
+
+def test_cli_counts_the_tokens_training_feeds(tmp_path: Path, images: dict[str, str], model_dir: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from mmgpt.processor import Processor
+
+    data = tmp_path / "data.jsonl"
+    prompt, answer = "what color is the shape?", "red"
+    data.write_text(json.dumps({"image": "good.png", "prompt": prompt, "answer": answer}) + "\n")
+    # 6 whitespace words fit a budget of 6, but bos + the prompt's tokens + bos + answer + eos do not
+    assert main(["--format", "jsonl", "--path", str(data), "--max-tokens", "6"]) == 0
+    assert "whitespace words, an estimate" in capsys.readouterr().out
+    processor = Processor.from_pretrained(model_dir)
+    fed = len(processor.prompt_ids(prompt)) + len(processor.answer_ids(answer))
+    for flag, value in (("--model", model_dir), ("--tokenizer", model_dir / "tokenizer")):
+        assert main(["--format", "jsonl", "--path", str(data), "--max-tokens", "6", flag, str(value)]) == 1
+        out = capsys.readouterr().out
+        assert f"{fed} tokens > 6" in out and "whitespace" not in out and "lengths in tokens" in out
+
+
+def test_cli_model_limits_are_the_default_budgets(tmp_path: Path, images: dict[str, str], model_dir: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"image": "good.png", "prompt": "what color is the shape?",
+                                "answer": "a big red circle next to a blue square"}) + "\n")
+    assert main(["--format", "jsonl", "--path", str(data)]) == 0
+    assert main(["--format", "jsonl", "--path", str(data), "--model", str(model_dir)]) == 1
+    out = capsys.readouterr().out
+    assert "\nanswer_too_long:\n" in out and "> 6" in out
+
+
+def test_counting_uses_the_model_templates_and_refuses_unknown_tokenizers(model_dir: Path, tmp_path: Path) -> None:
+    from mmgpt.data.validate import load_counting
+
+    processor, templates = load_counting(str(model_dir), None)
+    assert processor is not None and templates.vqa == "Question: {question} Answer:"
+    with pytest.raises(FileNotFoundError, match="hf://org/name"):
+        load_counting(None, str(tmp_path / "no-such-tokenizer"))
+    assert load_counting(None, None)[0] is None

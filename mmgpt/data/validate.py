@@ -2,10 +2,12 @@
 
 CLI::
 
-    python -m mmgpt.data.validate --format jsonl --path data.jsonl [--images DIR] [--annotations F]
-        [--split S] [--max-tokens N] [--max-prompt-tokens N] [--max-answer-tokens N] [--no-images]
+    mmgpt validate --format jsonl --path data.jsonl [--images DIR] [--annotations F] [--split S]
+        [--model PATH | --tokenizer NAME_OR_PATH] [--max-tokens N] [--max-prompt-tokens N]
+        [--max-answer-tokens N] [--no-images]
 
 prints a table of problems and exits 1 when any is found (2 when the dataset cannot be read at all).
+Lengths are the tokens training feeds the model (with --model or --tokenizer), else whitespace words.
 """
 from __future__ import annotations
 
@@ -15,11 +17,18 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
+from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
 from mmgpt.logging_setup import configure_logging
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from mmgpt.processor import Processor
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +53,8 @@ class ValidationReport:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PROBLEMS, 0))
     samples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in PROBLEMS})
     max_samples: int = 5
+    # what lengths are counted in, said in the report so a word count is never read as a token count
+    unit_note: str = ""
 
     def add(self, kind: str, message: str) -> None:
         """Record one problem of `kind`, keeping its message if fewer than max_samples are kept."""
@@ -63,8 +74,10 @@ class ValidationReport:
 
     def format(self) -> str:
         """Human-readable table of counts followed by sample messages."""
-        lines = [f"checked {self.num_examples} examples, {self.num_images} distinct image files",
-                 f"{'problem':<18} {'count':>7}  meaning", "-" * 60]
+        lines = [f"checked {self.num_examples} examples, {self.num_images} distinct image files"]
+        if self.unit_note:
+            lines.append(self.unit_note)
+        lines += [f"{'problem':<18} {'count':>7}  meaning", "-" * 60]
         lines += [f"{kind:<18} {self.counts[kind]:>7}  {PROBLEMS[kind]}" for kind in PROBLEMS]
         for kind in PROBLEMS:
             if self.samples[kind]:
@@ -98,13 +111,21 @@ def _is_blank(text: object) -> bool:
 def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None = None,
                       max_answer_tokens: int | None = None, tokenize: Callable[[str], Sequence] | None = None,
                       check_images: bool = True, progress: bool = True, max_total_tokens: int | None = None,
-                      max_samples: int = 5) -> ValidationReport:
-    """Check every example; lengths are in `tokenize` tokens, or whitespace words without one."""
-    def count(text: str) -> int:
+                      max_samples: int = 5, processor: Processor | None = None) -> ValidationReport:
+    """Check every example; lengths are the tokens `processor` feeds the model, `tokenize` tokens, or words."""
+    def count_words(text: str) -> int:
         return len(tokenize(text)) if tokenize else len(text.split())
 
-    unit = "tokens" if tokenize else "words"
+    count_prompt = processor.prompt_length if processor is not None else count_words
+    count_answer = processor.answer_length if processor is not None else count_words
+    unit = "tokens" if processor is not None or tokenize else "words"
     report = ValidationReport(max_samples=max_samples)
+    if processor is not None:
+        report.unit_note = ("lengths in tokens as training feeds them: prompt with its special tokens, "
+                            "bos + answer + eos")
+    elif tokenize is None:
+        report.unit_note = ("lengths in whitespace words, an estimate: pass --model or --tokenizer "
+                            "to count tokens")
     image_cache: dict[str, tuple[str, str] | None] = {}
     seen_ids: set[tuple[str, object]] = set()
     show = progress and sys.stderr.isatty()
@@ -126,8 +147,8 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
             report.add("empty_prompt", f"{who}: task {ex.task!r} has an empty prompt")
         if _is_blank(ex.answer):
             report.add("empty_answer", f"{who}: empty answer")
-        prompt_len = count(ex.prompt) if isinstance(ex.prompt, str) else 0
-        answer_len = count(ex.answer) if isinstance(ex.answer, str) else 0
+        prompt_len = count_prompt(ex.prompt) if isinstance(ex.prompt, str) else 0
+        answer_len = count_answer(ex.answer) if isinstance(ex.answer, str) else 0
         for kind, length, budget in (("prompt_too_long", prompt_len, max_prompt_tokens),
                                      ("answer_too_long", answer_len, max_answer_tokens),
                                      ("sequence_too_long", prompt_len + answer_len, max_total_tokens)):
@@ -142,18 +163,61 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """A tokenizer from a local folder, or from the hub when named hf://org/name (nothing else goes to the hub)."""
+    from transformers import AutoTokenizer
+
+    from mmgpt.model import HUB_PREFIX
+    from mmgpt.processor import load_saved_tokenizer
+
+    if name.startswith(HUB_PREFIX):
+        try:
+            return AutoTokenizer.from_pretrained(name[len(HUB_PREFIX):])
+        # the tokenizers library raises a bare Exception for a damaged tokenizer.json
+        except Exception as e:
+            raise ValueError(f"cannot load tokenizer {name}: {' '.join(str(e).split())}") from e
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"tokenizer folder not found: {folder} (a hub tokenizer is named {HUB_PREFIX}org/name)")
+    return load_saved_tokenizer(folder)
+
+
+def load_counting(model: str | None, tokenizer: str | None) -> tuple[Processor | None, PromptTemplates]:
+    """The processor and prompt templates training would use: a saved model's, a tokenizer's, or none."""
+    from mmgpt.config import ModelConfig, from_dict, load_json
+    from mmgpt.processor import Processor
+
+    if model:
+        from mmgpt.model import CONFIG_NAME, resolve_model_path
+
+        folder = resolve_model_path(model)
+        config = from_dict(ModelConfig, load_json(folder / CONFIG_NAME).get("model", {}), prefix="model")
+        return (Processor.from_pretrained(folder),
+                PromptTemplates(vqa=config.vqa_template, caption=config.caption_prompt))
+    if tokenizer:
+        return Processor(load_tokenizer(tokenizer), None), PromptTemplates()
+    return None, PromptTemplates()
+
+
+def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
     """CLI entry point: read one dataset, validate it, print the report; 0 ok, 1 problems, 2 unreadable."""
     from mmgpt.data.formats import FORMATS, read_dataset
     from mmgpt.training.config import DatasetSpec
 
-    parser = argparse.ArgumentParser(prog="python -m mmgpt.data.validate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="dataset format")
     parser.add_argument("--path", default="", help="annotation / questions / JSONL file (or cache root)")
     parser.add_argument("--images", default="", help="image root folder")
     parser.add_argument("--annotations", default="", help="second file, e.g. VQA v2 annotations")
     parser.add_argument("--split", default="train")
     parser.add_argument("--max-examples", type=int, default=0, help="check only the first N (0 = all)")
+    count = parser.add_mutually_exclusive_group()
+    count.add_argument("--model", default=None,
+                       help="count tokens with this saved model's tokenizer(s) and prompt templates "
+                            "(a folder, or hf://org/name); its length limits are the default budgets")
+    count.add_argument("--tokenizer", default=None,
+                       help="count tokens with this tokenizer (a local folder, or hf://org/name) and the default "
+                            "prompt templates")
     parser.add_argument("--max-tokens", type=int, default=None, help="budget for prompt + answer")
     parser.add_argument("--max-prompt-tokens", type=int, default=None)
     parser.add_argument("--max-answer-tokens", type=int, default=None)
@@ -162,18 +226,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     try:
+        processor, templates = load_counting(args.model, args.tokenizer)
         spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
                            split=args.split, max_examples=args.max_examples)
-        examples = read_dataset(spec)
+        examples = read_dataset(spec, templates)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    report = validate_examples(examples, max_prompt_tokens=args.max_prompt_tokens,
-                               max_answer_tokens=args.max_answer_tokens, max_total_tokens=args.max_tokens,
-                               check_images=not args.no_images, max_samples=args.samples)
+    max_prompt, max_answer = args.max_prompt_tokens, args.max_answer_tokens
+    if args.model:
+        # what the model would truncate is a problem even when no budget is named
+        max_prompt = processor.max_prompt_length if max_prompt is None else max_prompt
+        max_answer = processor.max_answer_length if max_answer is None else max_answer
+    report = validate_examples(examples, max_prompt_tokens=max_prompt, max_answer_tokens=max_answer,
+                               max_total_tokens=args.max_tokens, check_images=not args.no_images,
+                               max_samples=args.samples, processor=processor)
     print(report.format())
     return 0 if report.ok else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(prog="python -m mmgpt.data.validate"))
