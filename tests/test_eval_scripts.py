@@ -156,3 +156,35 @@ def test_two_processes_give_the_same_numbers(tmp_path: Path, tiny_model: Path) -
     # the same answers in the same order: each process's share is gathered back in place
     assert json.loads((tmp_path / "two_predictions.json").read_text()) == json.loads(
         (tmp_path / "one_predictions.json").read_text())
+
+
+def test_default_outputs_go_beside_the_model_not_into_it_or_the_current_folder(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    before = sorted(p.relative_to(tiny_model) for p in tiny_model.rglob("*"))
+    eval_vqa.main(["--model", str(tiny_model), "--max-examples", "4"])
+    expected = tiny_model.parent / "eval"  # the tiny model is saved as <run>/model
+    assert (expected / "eval_vqa.json").is_file() and (expected / "eval_vqa.html").is_file()
+    assert f"metrics: {expected / 'eval_vqa.json'}" in capsys.readouterr().out
+    assert not any(here.iterdir()), "nothing is written into the current folder"
+    assert sorted(p.relative_to(tiny_model) for p in tiny_model.rglob("*")) == before
+    # a results file is scored into its own folder; --out still wins
+    q, a, r = _vqa_files(tmp_path)
+    eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a)])
+    assert (tmp_path / "eval_vqa.json").is_file() and (tmp_path / "eval_vqa.html").is_file()
+    eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a),
+                   "--out", str(tmp_path / "x" / "m.json"), "--report", str(tmp_path / "y.html")])
+    assert (tmp_path / "x" / "m.json").is_file() and (tmp_path / "y.html").is_file()
+    assert not any(here.iterdir())
+
+
+def test_output_folder_for_other_model_names(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from mmgpt.eval.common import output_folder
+
+    assert output_folder(Namespace(results=None, model=str(tmp_path / "mine"))) == tmp_path / "mine-eval"
+    assert output_folder(Namespace(results=None, model="hf://org/name")) == Path("eval") / "org--name"

@@ -114,7 +114,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per generation batch")
     parser.add_argument("--max-examples", type=int, default=0, help="evaluate only the first N (0 = all)")
-    parser.add_argument("--out", default=None, help="metrics JSON to write")
+    parser.add_argument("--out", default=None,
+                        help="metrics JSON to write (default: beside the model, e.g. runs/default/eval/<script>.json)")
     parser.add_argument("--report", default=None, help="HTML report to write (default: next to --out)")
     parser.add_argument("--predictions", default=None, help="write the model's answers in the official results format")
     add_decoding_args(parser)
@@ -157,8 +158,26 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     return predictions, info, accelerator
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """Where the metrics JSON and the HTML report go by default: beside the model folder, never inside it.
+
+    A run's model `runs/NAME/model` gets `runs/NAME/eval/`; another model folder `DIR/NAME` gets
+    `DIR/NAME-eval/`; a hub model `hf://org/name` gets `eval/org--name/` here; scoring a results file
+    (no model) writes beside that file. The model folder is left as saved, since loading reads all of it.
+    """
+    if getattr(args, "results", None):
+        return Path(args.results).expanduser().parent
+    from mmgpt.inference import default_model_path
+
+    model = str(args.model or default_model_path())
+    if model.startswith("hf://"):
+        return Path("eval") / model[len("hf://"):].strip("/").replace("/", "--")
+    folder = Path(model).expanduser().absolute()
+    return folder.parent / "eval" if folder.name == "model" else folder.parent / f"{folder.name}-eval"
+
+
 def default_outputs(args: argparse.Namespace, stem: str) -> tuple[Path, Path]:
-    """--out and --report, defaulting to <stem>.json / <stem>.html in the current folder."""
-    out = Path(args.out) if args.out else Path(f"{stem}.json")
+    """--out and --report, defaulting to <stem>.json / <stem>.html in `output_folder` (the report beside --out)."""
+    out = Path(args.out) if args.out else output_folder(args) / f"{stem}.json"
     report = Path(args.report) if args.report else out.with_suffix(".html")
     return out, report
