@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +38,9 @@ def pointer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "cache" / "default_model.txt"
     monkeypatch.setattr(inference, "_POINTER", path)
     return path
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def state_of(checkpoint: Path) -> dict:
@@ -258,3 +267,61 @@ def test_train_py_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: unknown config key 'optim.lrr'")
     assert "Traceback" not in done.stderr
+
+
+
+def _started(command: list[str], log: Path) -> subprocess.Popen:
+    """`command` started with its stderr in `log`, returned once its progress bar passed step 3."""
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                env={k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "RANK"))})
+    deadline = time.monotonic() + 120
+    while not re.search(r"\| *([3-9]|\d\d+)/1000000 ", log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(log.read_text()[-3000:])
+        time.sleep(0.1)
+    return proc
+
+
+def _stopped(proc: subprocess.Popen, log: Path, signals: list[int]) -> None:
+    """Signal `signals` (pids), then require exit status 0 within 20 s and no traceback."""
+    for pid in signals:
+        os.kill(pid, signal.SIGTERM)
+    try:
+        returncode = proc.wait(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait()
+    text = log.read_text()
+    assert returncode == 0, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+
+
+def test_sigterm_checkpoints_within_a_step_and_the_run_resumes(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    # log_every far beyond the stop: the stop request must be seen at the next step, not at a log step
+    config = tiny_config(tmp_path, data, out, max_steps=10**6, log_every=10**6, save_every=0)
+    log = tmp_path / "stderr.txt"
+    proc = _started([sys.executable, str(ROOT / "train.py"), "--config", str(config), "cpu_threads=1"], log)
+    _stopped(proc, log, [proc.pid])
+    (checkpoint,) = checkpoint_dirs(out)
+    step = state_of(checkpoint)["step"]
+    assert step >= 3
+    result = main(["--config", str(config), "--resume", "latest", f"max_steps={step + 2}"])
+    assert result["step"] == step + 2 and (out / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks through /proc")
+def test_sigterm_to_both_ranks_of_a_two_process_run_stops_cleanly(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    config = tiny_config(tmp_path, data, out, max_steps=10**6, log_every=10**6, batch_size=4)
+    log = tmp_path / "stderr.txt"
+    proc = _started([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                     "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                     str(ROOT / "train.py"), "--config", str(config), "cpu_threads=1"], log)
+    ranks = [int(pid) for pid in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert len(ranks) == 2, ranks
+    _stopped(proc, log, ranks)
+    (checkpoint,) = checkpoint_dirs(out)
+    assert state_of(checkpoint)["step"] >= 3

@@ -238,3 +238,18 @@ def test_negative_cpu_threads_is_refused(tmp_path: Path, data: Path) -> None:
     config = tiny_config(tmp_path, data, tmp_path / "x")
     with pytest.raises(ValueError, match="cpu_threads"):
         main(["--config", str(config), "cpu_threads=-1"])
+
+
+def test_a_repeated_signal_is_the_same_stop_request_only_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    import mmgpt.training.checkpoint as checkpoint
+
+    with checkpoint.StopRequest() as stop:
+        # Ctrl-C under a multi-process launcher: the terminal's SIGINT, then the launcher's
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        monkeypatch.setattr(checkpoint, "REPEAT_GRACE_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)

@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import signal
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,16 @@ class TrainState:
         return cls(**{key: value for key, value in saved.items() if key in names})
 
 
+# a repeated stop signal sooner than this after the first is the same request
+REPEAT_GRACE_S = 2.0
+
+
 class StopRequest:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps (then checkpoints and exits)."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
@@ -88,10 +94,14 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
-            # a second signal means "now"
+            # Ctrl-C reaches each rank twice, from the terminal and forwarded by a multi-process launcher,
+            # within moments: only a later signal means "now"
+            if time.monotonic() - self._first < REPEAT_GRACE_S:
+                return
             raise KeyboardInterrupt
         logger.warning("received %s: saving a checkpoint after this step", signal.Signals(signum).name)
         self.requested = True
+        self._first = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():

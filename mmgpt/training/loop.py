@@ -403,9 +403,9 @@ def train(run: Run) -> bool:
                 log_window(run, window, bar)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 evaluate_during_training(run)
-            stop_now = step == cfg.stop_at_step or (
-                step % cfg.log_every == 0 and _any_rank(accelerator, stop.requested)
-            )
+            # every step, so a signal's checkpoint follows within one step (the launcher may already
+            # have returned the prompt); a plain bool on one process, one all-reduce on several
+            stop_now = _any_rank(accelerator, stop.requested) or step == cfg.stop_at_step
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
                 check_weights(run.raw_model, step, run.output_dir)
                 save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints)
