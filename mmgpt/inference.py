@@ -11,9 +11,11 @@ from typing import Any
 import torch
 from transformers import GenerationConfig
 
+from mmgpt.config import PromptTemplates
 from mmgpt.decoding import check_decoding_options, check_seed, int_option, resolve_generation_config
 from mmgpt.images import ImageInput
 from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
+from mmgpt.prompts import question_prompt
 from mmgpt.sampling import seeded_decoding
 from mmgpt.saving import write_text_atomic
 
@@ -108,11 +110,8 @@ def _load_quietly(model: str | Path | MMGPT | None, device: str | torch.device |
 
 def _prompts(model: MMGPT, texts: Sequence[str]) -> list[str]:
     """Apply the model's VQA template; an empty prompt asks for a caption."""
-    prompts = []
-    for text in texts:
-        text = text.strip()
-        prompts.append(model.config.caption_prompt if not text else model.config.vqa_template.format(question=text))
-    return prompts
+    templates = PromptTemplates(vqa=model.config.vqa_template, caption=model.config.caption_prompt)
+    return [question_prompt(text, templates) for text in texts]
 
 
 def _batch(model: MMGPT, texts: Sequence[str], images: Sequence[Any]) -> dict[str, torch.Tensor]:

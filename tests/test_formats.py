@@ -10,8 +10,9 @@ from PIL import Image
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
-from mmgpt.data.formats import FORMATS, question_type, read_dataset, render_dialogue
+from mmgpt.data.formats import FORMATS, question_type, read_dataset
 from mmgpt.data.mixture import Mixture, apportion
+from mmgpt.prompts import conversation_prompt
 from mmgpt.training.config import DatasetSpec
 
 EASY_VQA_ANSWERS = {"circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow",
@@ -187,7 +188,22 @@ def test_jsonl_multi_turn(tmp_path: Path) -> None:
     assert examples[0].prompt == "User: What shape?" and examples[0].answer == "A square."
     assert examples[1].prompt == "User: What shape?\nAssistant: A square.\nUser: What color?"
     assert examples[1].answer == "Red."
-    assert render_dialogue([("user", "hi")]) == "User: hi"
+    assert conversation_prompt([("user", "hi")]) == "User: hi"
+
+
+def test_jsonl_reader_and_conversation_prompt_agree(tmp_path: Path) -> None:
+    messages = [{"role": "user", "content": "What is this?"}, {"role": "assistant", "content": "A bus."},
+                {"role": "user", "content": "What color?  "}, {"role": "assistant", "content": "Yellow."},
+                {"role": "user", "content": "Is it\nmoving?"}, {"role": "assistant", "content": "No."}]
+    path = _write_jsonl(tmp_path / "chat.jsonl", [{"image": "x.png", "conversations": messages}])
+    examples = read_dataset(DatasetSpec(format="jsonl", path=str(path)))
+    assert [e.prompt for e in examples] == [conversation_prompt(messages[:k]) for k in (1, 3, 5)]
+    # the exact text the README documents for a two-turn conversation
+    assert examples[1].prompt == "User: What is this?\nAssistant: A bus.\nUser: What color?  "
+    with pytest.raises(ValueError, match="role must be one of"):
+        conversation_prompt([{"role": "system", "content": "x"}])
+    with pytest.raises(TypeError, match="content must be a str"):
+        conversation_prompt([{"role": "user", "content": 3}])
 
 
 @pytest.mark.parametrize("line, message", [

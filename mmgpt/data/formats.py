@@ -14,7 +14,8 @@ Formats (`DatasetSpec.format`):
 * ``jsonl`` - one JSON object per line, either single-turn
   ``{"image": path, "prompt": str, "answer": str, "task"?: str, "id"?: any, "meta"?: dict}`` or multi-turn
   ``{"image": path, "conversations": [{"role": "user"|"assistant", "content": str}, ...], "id"?: any}``.
-  Each assistant turn becomes one "chat" Example prompted with the dialogue before it (`render_dialogue`).
+  Each assistant turn becomes one "chat" Example prompted with the dialogue before it
+  (`mmgpt.prompts.conversation_prompt`: "User: ..." / "Assistant: ..." lines).
   Relative image paths resolve against `images` if given, else against the JSONL file's folder.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import TASKS, Example
 from mmgpt.jsonfile import read_json_file
+from mmgpt.prompts import conversation_prompt
 from mmgpt.registry import registrar
 
 if TYPE_CHECKING:
@@ -220,11 +222,6 @@ def read_vqa_v2(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     return out
 
 
-def render_dialogue(turns: list[tuple[str, str]]) -> str:
-    """Render (role, content) turns as "User: ...\\nAssistant: ...\\nUser: ..." - the chat prompt format."""
-    return "\n".join(f"{role.capitalize()}: {content}" for role, content in turns)
-
-
 def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: int) -> list[Example]:
     """Examples from one parsed JSONL record (single- or multi-turn)."""
     image_path = Path(_field(record, "image", where)).expanduser()
@@ -251,7 +248,7 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
         if role == "assistant":
             if not turns or turns[-1][0] != "user":
                 raise ValueError(f"{twhere}: an assistant turn must follow a user turn")
-            out.append(Example(image=image, prompt=render_dialogue(turns), answer=content, task="chat",
+            out.append(Example(image=image, prompt=conversation_prompt(turns), answer=content, task="chat",
                                id=f"{ex_id}:{len(out)}", source=source, meta={"turn": len(out)}))
         turns.append((role, content))
     if not out:

@@ -1,0 +1,48 @@
+"""The text a model is prompted with: one question through the templates, or a dialogue as User:/Assistant: lines.
+
+Training data (the dataset readers) and answer() build prompts here, so a model is asked in the format it
+was trained on. A dialogue ``[user "What is this?", assistant "A bus.", user "What color?"]`` becomes::
+
+    User: What is this?
+    Assistant: A bus.
+    User: What color?
+
+one ``Role: content`` line per message, joined by newlines, with nothing after the last one; the answer
+is the generator's output, not part of the prompt.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from mmgpt.config import PromptTemplates
+
+ROLES = ("user", "assistant")
+
+
+def question_prompt(question: str, templates: PromptTemplates) -> str:
+    """A single question through the VQA template; an empty (or blank) question asks for a caption."""
+    question = question.strip()
+    return templates.caption if not question else templates.vqa.format(question=question)
+
+
+def _role_content(message: Any, index: int) -> tuple[str, str]:
+    """(role, content) of a {"role", "content"} mapping or a (role, content) pair, checked."""
+    if isinstance(message, Mapping):
+        role, content = message.get("role"), message.get("content")
+    elif isinstance(message, (tuple, list)) and len(message) == 2:
+        role, content = message
+    else:
+        raise TypeError(f"messages[{index}] must be a {{'role', 'content'}} object or a (role, content) pair, "
+                        f"got {type(message).__name__}")
+    if role not in ROLES:
+        raise ValueError(f"messages[{index}]: role must be one of {ROLES}, got {role!r}")
+    if not isinstance(content, str):
+        raise TypeError(f"messages[{index}]: content must be a str, got {type(content).__name__}")
+    return role, content
+
+
+def conversation_prompt(messages: Sequence[Any]) -> str:
+    """The dialogue so far as "User: ...\\nAssistant: ...\\nUser: ...", the multi-turn prompt format."""
+    turns = [_role_content(message, i) for i, message in enumerate(messages)]
+    return "\n".join(f"{role.capitalize()}: {content}" for role, content in turns)
