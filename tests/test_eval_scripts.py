@@ -188,3 +188,19 @@ def test_output_folder_for_other_model_names(tmp_path: Path) -> None:
 
     assert output_folder(Namespace(results=None, model=str(tmp_path / "mine"))) == tmp_path / "mine-eval"
     assert output_folder(Namespace(results=None, model="hf://org/name")) == Path("eval") / "org--name"
+
+
+def test_a_cpu_launch_of_several_processes_that_runs_one_is_warned_about(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mmgpt.training.devices import warn_if_one_process_launched
+
+    for key in ("WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    assert not warn_if_one_process_launched(1, "x.py"), "a plain python run is not warned about"
+    # what accelerate's CPU launcher leaves for `accelerate launch --num_processes 4 eval_vqa.py`
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    assert not warn_if_one_process_launched(4, "x.py")
+    with caplog.at_level("WARNING"):
+        eval_vqa.main(["--model", str(tiny_model), "--max-examples", "2", "--out", str(tmp_path / "m.json")])
+    assert "--multi_gpu --num_processes N" in caplog.text

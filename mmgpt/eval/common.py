@@ -7,6 +7,7 @@ import html
 import io
 import json
 import platform
+import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -134,7 +135,7 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     )
     from mmgpt.eval.runner import generate_answers
     from mmgpt.inference import default_model_path, load_model
-    from mmgpt.training.devices import cpu_processes, set_cpu_threads
+    from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 
     decoding = decoding_from_args(args)  # checked before the (slow) model load
     seed = check_seed(decoding.pop("seed"))
@@ -142,6 +143,7 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
         raise ValueError(f"--batch-size must be an int >= 1, got {args.batch_size!r}")
     accelerator = Accelerator(cpu=cpu_processes())
+    warn_if_one_process_launched(accelerator.num_processes, Path(sys.argv[0]).name or "eval_vqa.py")
     if accelerator.device.type == "cpu":
         set_cpu_threads()
     model_name = args.model or str(default_model_path())

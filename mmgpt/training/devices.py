@@ -1,9 +1,12 @@
 """CPU processes and threads: what accelerate leaves for each entry point to set."""
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def cpu_processes() -> bool:
@@ -13,6 +16,20 @@ def cpu_processes() -> bool:
     silently run alone.
     """
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+
+
+def warn_if_one_process_launched(num_processes: int, script: str) -> bool:
+    """Warn (and return True) when `accelerate launch --num_processes N` started this script as one process.
+
+    Without a GPU, accelerate's launcher runs one plain process for `--cpu` or a bare `--num_processes N`
+    and says nothing; its tell is the rendezvous address it exports without a WORLD_SIZE.
+    """
+    if num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
+        logger.warning("`accelerate launch --num_processes N` without a GPU starts one process (accelerate's CPU "
+                       "launcher); for N CPU processes use `accelerate launch --multi_gpu --num_processes N %s` "
+                       "(CPU DDP when there is no GPU)", script)
+        return True
+    return False
 
 
 def available_cores() -> int:

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from mmgpt.training.config import (
     presets,
     resumed_config,
 )
-from mmgpt.training.devices import cpu_processes, set_cpu_threads
+from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
 from mmgpt.training.optim import (
     apply_freezing,
@@ -180,9 +179,7 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     logger.info("run folder %s, %d process(es), device %s", output_dir, accelerator.num_processes, accelerator.device)
-    if accelerator.num_processes == 1 and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ:
-        logger.warning("`accelerate launch --cpu --num_processes N` starts one process; for N CPU processes use "
-                       "`accelerate launch --multi_gpu --num_processes N train.py` (CPU DDP when there is no GPU)")
+    warn_if_one_process_launched(accelerator.num_processes, "train.py")
     return resume_dir
 
 
