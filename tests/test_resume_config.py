@@ -9,8 +9,8 @@ import yaml
 from test_train import make_jsonl, tiny_config
 from tiny import one_thread  # noqa: F401  (autouse fixture)
 
-from mmgpt.config import ConfigError
-from mmgpt.training.config import RESUMABLE_KEYS
+from mmgpt.config import ConfigError, to_dict
+from mmgpt.training.config import RESUMABLE_KEYS, TrainConfig, load_train_config
 from mmgpt.training.loop import main, parse_args
 
 
@@ -39,3 +39,63 @@ def test_resume_latest_continues_with_the_runs_own_config(tmp_path: Path, data: 
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["batch_size"], saved["max_steps"], saved["model"]["fusion"]["type"]) == (4, 6, "product")
     assert json.loads((out / "model" / "config.json").read_text())["model"]["fusion"]["type"] == "product"
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_chains_merge_deeply_and_the_files_keys_win(tmp_path: Path) -> None:
+    write(tmp_path / "shared" / "gpu.yaml", "base: gpu200m\nmodel:\n  fusion:\n    num_layers: 1\nmax_steps: 50\n")
+    mine = write(tmp_path / "mine.yaml", "base: shared/gpu.yaml\nmax_steps: 7\nmodel:\n  fusion:\n    num_heads: 3\n")
+    cfg = load_train_config(mine)
+    gpu = load_train_config("gpu200m")
+    assert (cfg.batch_size, cfg.mixed_precision, cfg.max_steps) == (gpu.batch_size, "bf16", 7)
+    # a section merges key by key down the chain: the preset's width, the middle file's layers, this file's heads
+    assert (cfg.model.fusion.dim, cfg.model.fusion.num_layers, cfg.model.fusion.num_heads) == (576, 1, 3)
+    assert cfg.model.image_encoder.name == gpu.model.image_encoder.name
+    assert load_train_config(write(tmp_path / "plain.yaml", "base: default\n")).model == TrainConfig().model
+    # a kwargs mapping is one model's settings: a file's own replaces its base's whole
+    gpt2 = write(tmp_path / "gpt2.yaml",
+                 "base: default\nmodel:\n  generator:\n    kwargs: {model_type: gpt2, n_embd: 32}\n")
+    assert load_train_config(gpt2).model.generator.kwargs == {"model_type": "gpt2", "n_embd": 32}
+
+
+def test_a_base_cycle_is_refused_naming_the_files(tmp_path: Path) -> None:
+    a = write(tmp_path / "a.yaml", "base: b.yaml\nbatch_size: 2\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match=r"loops: .*a\.yaml -> .*b\.yaml -> .*a\.yaml"):
+        load_train_config(a)
+    with pytest.raises(ConfigError, match="base"):
+        load_train_config(write(tmp_path / "bad.yaml", "base: [default]\n"))
+
+
+def test_data_paths_are_relative_to_the_config_that_names_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "base" / "common.yaml", "data:\n  eval:\n    - {format: jsonl, path: held_out.jsonl}\n")
+    mine = write(tmp_path / "project" / "run.yaml",
+                 "base: ../base/common.yaml\ndata:\n  train:\n"
+                 "    - {format: coco_captions, path: ann/train.json, images: img/, weight: 2.0}\n"
+                 f"    - {{format: jsonl, path: {tmp_path / 'elsewhere.jsonl'}}}\n")
+    monkeypatch.chdir(tmp_path / "base")
+    cfg = load_train_config(mine)
+    coco, absolute = cfg.data.train
+    assert Path(coco.path) == tmp_path / "project" / "ann" / "train.json"
+    assert Path(coco.images) == tmp_path / "project" / "img"
+    assert coco.annotations == "" and Path(absolute.path) == tmp_path / "elsewhere.jsonl"
+    assert Path(cfg.data.eval[0].path) == tmp_path / "base" / "held_out.jsonl"
+
+
+def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    from mmgpt.cli import main as cli
+
+    mine = write(tmp_path / "mine.yaml", f"base: default\noutput_dir: {tmp_path / 'run'}\nmax_steps: 9\n")
+    main(["--print-config", "--config", str(mine), "batch_size=3"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["max_steps"], printed["batch_size"]) == (9, 3) and "base" not in printed
+    assert printed["model"] == to_dict(TrainConfig())["model"]
+    assert cli(["train", "--print-config", "--config", str(mine)]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["max_steps"] == 9
+    assert not (tmp_path / "run").exists()

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from mmgpt.config import (
     load_yaml,
     parse_override,
     to_dict,
+    upgrade_keys,
 )
 from mmgpt.data.augment import check_augmentations
 from mmgpt.data.formats import FORMATS
@@ -215,12 +218,18 @@ RESUMABLE_KEYS = ("max_steps", "eval_every", "log_every", "save_every", "keep_ch
 DATA_PATH_FIELDS = ("path", "images", "annotations")
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
-    """`base` with `top`'s keys over it; mappings merge key by key, anything else (lists too) is replaced."""
+def _deep_merge(base: dict, top: dict, cls: type | None = None) -> dict:
+    """`base` with `top`'s keys over it: config sections merge key by key, any other value is replaced whole.
+
+    A free mapping such as a `kwargs` (one model's settings) or `optim.lr_multipliers` is one value, so a
+    file that sets it is not mixed with its base's (a gpt2 kwargs never gains llama's sizes).
+    """
+    hints = typing.get_type_hints(cls or TrainConfig)
     merged = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        section = hints.get(key)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and dataclasses.is_dataclass(section):
+            merged[key] = _deep_merge(merged[key], value, section)
         else:
             merged[key] = value
     return merged
@@ -260,7 +269,8 @@ def resolve_yaml(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dic
     if resolved in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain[_chain.index(resolved):], resolved))
         raise ConfigError(f"config 'base:' chain loops: {cycle}")
-    data = _anchor_data_paths(load_yaml(path), resolved.parent)
+    # old key spellings first, so a file and its base that spell one setting differently still merge
+    data = _anchor_data_paths(upgrade_keys(TrainConfig, load_yaml(path)), resolved.parent)
     base = data.pop("base", None)
     if base is not None:
         if not isinstance(base, str) or not base:
