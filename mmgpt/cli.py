@@ -120,26 +120,27 @@ def _caption(argv: list[str]) -> int:
 def _train(argv: list[str]) -> int:
     from mmgpt.training.loop import main
 
-    main(argv)
+    # prog: each command's --help and errors name it as typed, not as the bare `mmgpt`
+    main(argv, prog="mmgpt train")
     return 0
 
 
 def _eval_vqa(argv: list[str]) -> int:
     from mmgpt.eval.vqa import main
 
-    return 0 if main(argv) is not None else 1
+    return 0 if main(argv, prog="mmgpt eval-vqa") is not None else 1
 
 
 def _eval_caption(argv: list[str]) -> int:
     from mmgpt.eval.caption import main
 
-    return 0 if main(argv) is not None else 1
+    return 0 if main(argv, prog="mmgpt eval-caption") is not None else 1
 
 
 def _validate(argv: list[str]) -> int:
     from mmgpt.data.validate import main
 
-    return main(argv)
+    return main(argv, prog="mmgpt validate")
 
 
 COMMANDS = {

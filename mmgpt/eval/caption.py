@@ -19,9 +19,10 @@ from mmgpt.logging_setup import configure_logging
 logger = logging.getLogger("mmgpt.eval_caption")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results",
                         help="score this COCO results file [{image_id, caption}] instead of running a model")
     parser.add_argument("--annotations", help="COCO captions JSON (default: built-in shapes test split)")

@@ -56,9 +56,10 @@ def read_examples(args: argparse.Namespace) -> list[Example]:
     return read_dataset(spec)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results",
                         help="score this official results file [{question_id, answer}] instead of running a model")
     parser.add_argument("--questions", help="official VQA questions JSON (default: easy-VQA)")

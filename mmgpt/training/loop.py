@@ -64,9 +64,10 @@ from mmgpt.training.optim import (
 logger = logging.getLogger("mmgpt.train")
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, argparse.Namespace]:
-    """Command line -> (validated TrainConfig, parsed arguments)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[TrainConfig, argparse.Namespace]:
+    """Command line -> (validated TrainConfig, parsed arguments); `prog` names the command in usage and errors."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="default",
                         help=f"a preset ({', '.join(presets())}) or a YAML file "
                              "(default: default, configs/default.yaml)")
@@ -131,12 +132,12 @@ class Run:
         return Path(self.cfg.output_dir)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Train, checkpoint, evaluate and save the final model (build_run -> train -> finish).
 
     Returns the final metrics.
     """
-    cfg, args = parse_args(argv)
+    cfg, args = parse_args(argv, prog)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return {"config": to_dict(cfg)}
