@@ -33,7 +33,7 @@ from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
 from mmgpt.processor import Processor
 from mmgpt.projector import build_projector
-from mmgpt.saving import existing_copy, folder_lock, fsync_tree, remove_leftovers, swap_in
+from mmgpt.saving import existing_copy, folder_lock, fsync_tree, match_umask, remove_leftovers, swap_in
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -292,6 +292,7 @@ class MMGPT(nn.Module):
                     module = getattr(self, part)
                     if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
                         module.model.config.save_pretrained(tmp / part)
+                match_umask(tmp)
                 fsync_tree(tmp)
                 swap_in(tmp, folder)
             finally:

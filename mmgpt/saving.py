@@ -58,6 +58,33 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc allows (os.umask can only swap it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def match_umask(folder: Path) -> None:
+    """Give `folder` and everything in it a normal file's and folder's mode under the umask (0644/0755 with 022).
+
+    mkdtemp makes its folder 0700 and some writers make their files 0600 (a temp file renamed into place):
+    a saved model or checkpoint is meant to be shared like any file the user writes.
+    """
+    mask = current_umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def swap_in(new: Path, folder: Path) -> None:
     """Put the complete folder `new` at `folder`, keeping the previous copy loadable until the new one is there."""
     aside = aside_path(folder)

@@ -20,6 +20,7 @@ from mmgpt.saving import (
     ASIDE_SUFFIX,
     discard,
     fsync_tree,
+    match_umask,
     remove_leftovers,
     swap_in,
     write_json,
@@ -215,6 +216,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: 
     if accelerator.is_main_process:
         # the state file last: it is what marks a checkpoint complete
         write_json(tmp / STATE_NAME, state)
+        match_umask(tmp)  # safetensors' files arrive 0600
         fsync_tree(tmp)
         swap_in(tmp, final)
         # the newest `keep` of this run up to this step; a later step of this run (a resume from an older
