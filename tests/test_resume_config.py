@@ -99,3 +99,17 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path: Path
     assert cli(["train", "--print-config", "--config", str(mine)]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["max_steps"] == 9
     assert not (tmp_path / "run").exists()
+
+
+def test_each_config_writes_to_its_own_folder_by_default(tmp_path: Path) -> None:
+    assert load_train_config("default").output_dir == "runs/default"
+    for name in ("gpu200m", "nanovlm222m"):
+        assert load_train_config(name).output_dir == f"runs/{name}"
+    mine = write(tmp_path / "captions_small.yaml", "batch_size: 4\n")
+    assert load_train_config(mine).output_dir == "runs/captions_small"
+    # a base's folder is the base's own: inheriting it would mix two runs in one folder
+    child = write(tmp_path / "child.yaml", "base: gpu200m\n")
+    assert load_train_config(child).output_dir == "runs/child"
+    set_here = write(tmp_path / "named.yaml", "base: child.yaml\noutput_dir: /tmp/elsewhere\n")
+    assert load_train_config(set_here).output_dir == "/tmp/elsewhere"
+    assert load_train_config(mine, ["output_dir=runs/x"]).output_dir == "runs/x"
