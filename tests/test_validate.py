@@ -181,3 +181,7 @@ def test_counting_uses_the_model_templates_and_refuses_unknown_tokenizers(model_
     with pytest.raises(FileNotFoundError, match="hf://org/name"):
         load_counting(None, str(tmp_path / "no-such-tokenizer"))
     assert load_counting(None, None)[0] is None
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  vqa_template: 'Q: {question} A:'\n")
+    processor, templates = load_counting(None, str(model_dir / "tokenizer"), str(config))
+    assert processor is not None and templates.vqa == "Q: {question} A:"

@@ -3,8 +3,8 @@
 CLI::
 
     mmgpt validate --format jsonl --path data.jsonl [--images DIR] [--annotations F] [--split S]
-        [--model PATH | --tokenizer NAME_OR_PATH] [--max-tokens N] [--max-prompt-tokens N]
-        [--max-answer-tokens N] [--no-images]
+        [--model PATH | --tokenizer NAME_OR_PATH [--config PRESET_OR_YAML]] [--max-tokens N]
+        [--max-prompt-tokens N] [--max-answer-tokens N] [--no-images]
 
 prints a table of problems and exits 1 when any is found (2 when the dataset cannot be read at all).
 Lengths are the tokens training feeds the model (with --model or --tokenizer), else whitespace words.
@@ -182,11 +182,21 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return load_saved_tokenizer(folder)
 
 
-def load_counting(model: str | None, tokenizer: str | None) -> tuple[Processor | None, PromptTemplates]:
-    """The processor and prompt templates training would use: a saved model's, a tokenizer's, or none."""
+def load_counting(model: str | None, tokenizer: str | None,
+                  config: str | None = None) -> tuple[Processor | None, PromptTemplates]:
+    """The processor and prompt templates training would use: a saved model's, a tokenizer's, or none.
+
+    A training `config` (preset or YAML) gives the templates when no model is named.
+    """
     from mmgpt.config import ModelConfig, from_dict, load_json
     from mmgpt.processor import Processor
 
+    templates = PromptTemplates()
+    if config and not model:
+        from mmgpt.training.config import load_train_config
+
+        cfg = load_train_config(config)
+        templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
     if model:
         from mmgpt.model import CONFIG_NAME, resolve_model_path
 
@@ -195,8 +205,8 @@ def load_counting(model: str | None, tokenizer: str | None) -> tuple[Processor |
         return (Processor.from_pretrained(folder),
                 PromptTemplates(vqa=config.vqa_template, caption=config.caption_prompt))
     if tokenizer:
-        return Processor(load_tokenizer(tokenizer), None), PromptTemplates()
-    return None, PromptTemplates()
+        return Processor(load_tokenizer(tokenizer), None), templates
+    return None, templates
 
 
 def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
@@ -216,8 +226,11 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
                        help="count tokens with this saved model's tokenizer(s) and prompt templates "
                             "(a folder, or hf://org/name); its length limits are the default budgets")
     count.add_argument("--tokenizer", default=None,
-                       help="count tokens with this tokenizer (a local folder, or hf://org/name) and the default "
-                            "prompt templates")
+                       help="count tokens with this tokenizer (a local folder, or hf://org/name) and the prompt "
+                            "templates of --config")
+    parser.add_argument("--config", default=None,
+                        help="training preset or YAML whose prompt templates build the prompts (default: the "
+                             "defaults; --model uses its own)")
     parser.add_argument("--max-tokens", type=int, default=None, help="budget for prompt + answer")
     parser.add_argument("--max-prompt-tokens", type=int, default=None)
     parser.add_argument("--max-answer-tokens", type=int, default=None)
@@ -226,7 +239,9 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     try:
-        processor, templates = load_counting(args.model, args.tokenizer)
+        if args.model and args.config:
+            parser.error("--model carries its own prompt templates: pass --model or --config, not both")
+        processor, templates = load_counting(args.model, args.tokenizer, args.config)
         spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
                            split=args.split, max_examples=args.max_examples)
         examples = read_dataset(spec, templates)
