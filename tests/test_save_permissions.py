@@ -64,3 +64,56 @@ def test_checkpoint_files_and_folders_follow_the_umask(tmp_path: Path, umask_022
     accelerator.prepare(layer, torch.optim.AdamW(layer.parameters()))
     path = save_checkpoint(accelerator, tmp_path, 1, {"step": 1, "run_id": "r"}, keep=2)
     _assert_normal(path)
+
+
+def test_a_checkpoint_of_a_tied_model_saves_cleanly_and_resumes_exactly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from accelerate import Accelerator
+
+    from mmgpt.training.checkpoint import save_checkpoint, tied_aliases
+
+    accelerator = Accelerator()
+    model = build(tiny_config())
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=0.1))
+    assert tied_aliases(model) == {"generator.lm_head.weight"}, "the tiny generator ties its lm_head"
+    model(**_batch(model)).loss.backward()
+    optimizer.step()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    with caplog.at_level("WARNING"):
+        path = save_checkpoint(accelerator, tmp_path, 1, {"step": 1, "run_id": "r"}, keep=2)
+    assert "Removed shared tensor" not in caplog.text
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    accelerator.load_state(str(path))
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, saved[name]), name
+    generator = model.generator
+    assert generator.lm_head.weight is generator.get_input_embeddings().weight, "still tied after loading"
+
+
+def _batch(model: torch.nn.Module) -> dict:
+    from mmgpt.data.example import Example
+
+    examples = [Example(image=torch.zeros(3, 32, 32).numpy().transpose(1, 2, 0).astype("uint8"), prompt="what color?",
+                        answer="red", task="vqa")] * 2
+    return model.processor.collate(examples)
+
+
+def test_the_shipped_accelerate_config_silences_the_launcher_defaults_warning(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "hello.py"
+    script.write_text("print('ran')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+    env["HF_HOME"] = str(tmp_path / "hf")  # no `accelerate config` default file
+    base = [sys.executable, "-m", "accelerate.commands.launch"]
+    bare = subprocess.run([*base, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert "were not passed to `accelerate launch`" in bare.stderr + bare.stdout, "the warning this config avoids"
+    shipped = subprocess.run([*base, "--config_file", str(root / "configs" / "accelerate" / "cpu.yaml"), str(script)],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert shipped.returncode == 0 and "ran" in shipped.stdout
+    assert "were not passed" not in shipped.stderr + shipped.stdout, shipped.stderr

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,6 +195,26 @@ def clear_run(output_dir: str | Path) -> list[Path]:
     return removed
 
 
+def tied_aliases(model: Any) -> set[str]:
+    """State-dict names that are a second name of one Parameter (a tied lm_head): the module ties them on load."""
+    every = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return every - {name for name, _ in model.named_parameters()}
+
+
+def _drop_tied_aliases(accelerator: Any) -> Callable[[list, list, str], None]:
+    """A save_state pre-hook that leaves each model's tied aliases out of its weights.
+
+    safetensors cannot hold one storage twice, so accelerate would drop them anyway, with a warning on every
+    checkpoint; loading re-ties them, because the alias is the same Parameter in the model.
+    """
+    def hook(models: list, weights: list, output_dir: str) -> None:
+        for model, state in zip(models, weights):
+            for name in tied_aliases(accelerator.unwrap_model(model)):
+                state.pop(name, None)
+
+    return hook
+
+
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
     """accelerator.save_state into a temp folder, then renamed into place: a checkpoint is complete or absent.
 
@@ -211,7 +232,11 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: 
                 discard(aside)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    hook = accelerator.register_save_state_pre_hook(_drop_tied_aliases(accelerator))
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    finally:
+        hook.remove()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         # the state file last: it is what marks a checkpoint complete
