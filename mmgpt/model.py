@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
 from mmgpt.processor import Processor
 from mmgpt.projector import build_projector
-from mmgpt.saving import existing_copy, folder_lock, fsync_tree, match_umask, remove_leftovers, swap_in
+from mmgpt.saving import existing_copy, folder_lock, replacing_folder
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -98,11 +96,6 @@ def is_model_folder(folder: Path) -> bool:
 def saved_model_folder(folder: Path) -> Path:
     """`folder`, or its aside copy `.NAME.old` when a save was killed between its two renames (mmgpt.saving)."""
     return existing_copy(folder, is_model_folder) or folder
-
-
-def _leftover_pattern(name: str) -> str:
-    """Names of save_pretrained's temp folders (mkdtemp's 8 characters) and trash folders for a folder `name`."""
-    return rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}|\.{re.escape(name)}(\.old)?\.trash-[0-9a-f]{{8}}"
 
 
 @dataclass
@@ -278,25 +271,17 @@ class MMGPT(nn.Module):
                 f"{folder} is a folder but not a saved mmgpt model (no {CONFIG_NAME} and {WEIGHTS_NAME}), and saving "
                 "would replace it: save to a new folder, or empty this one first"
             )
-        with folder_lock(folder.parent):
-            remove_leftovers(folder.parent, _leftover_pattern(folder.name))
-            tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-            try:
-                (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
-                save_model(self, str(tmp / WEIGHTS_NAME))
-                self.processor.save_pretrained(tmp)
-                self.generation_config.save_pretrained(tmp)
-                # component configs let from_pretrained rebuild every part offline
-                self.generator.config.save_pretrained(tmp / "generator")
-                for part in ("text_encoder", "image_encoder"):
-                    module = getattr(self, part)
-                    if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
-                        module.model.config.save_pretrained(tmp / part)
-                match_umask(tmp)
-                fsync_tree(tmp)
-                swap_in(tmp, folder)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        with folder_lock(folder.parent), replacing_folder(folder) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            self.processor.save_pretrained(tmp)
+            self.generation_config.save_pretrained(tmp)
+            # component configs let from_pretrained rebuild every part offline
+            self.generator.config.save_pretrained(tmp / "generator")
+            for part in ("text_encoder", "image_encoder"):
+                module = getattr(self, part)
+                if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
+                    module.model.config.save_pretrained(tmp / part)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> MMGPT:

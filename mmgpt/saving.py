@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,32 @@ def remove_leftovers(parent: Path, name_pattern: str) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+def leftover_pattern(name: str) -> str:
+    """Names of the temp and trash folders that a killed `replacing_folder` of folder `name` can leave."""
+    # ".NAME.XXXXXXXX" is the temp name model folders had before the "tmp-" prefix
+    return rf"\.{re.escape(name)}\.(tmp-)?[a-z0-9_]{{8}}|\.{re.escape(name)}(\.old)?\.trash-[0-9a-f]{{8}}"
+
+
+@contextlib.contextmanager
+def replacing_folder(folder: Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside `folder`; when the block succeeds it replaces `folder` crash-safely.
+
+    Call it holding `folder_lock(folder.parent)`, so two writers never clean each other's temp folders.
+    What earlier killed writers left is removed first; the new copy gets the umask's permissions and is
+    flushed to disk before it is renamed in.
+    """
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(folder.parent, leftover_pattern(folder.name))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+    try:
+        yield tmp
+        match_umask(tmp)
+        fsync_tree(tmp)
+        swap_in(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -14,16 +14,13 @@ import logging
 import math
 import os
 import random
-import re
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
 
-from mmgpt.saving import folder_lock, remove_leftovers, swap_in
+from mmgpt.saving import folder_lock, replacing_folder
 
 logger = logging.getLogger(__name__)
 
@@ -216,19 +213,10 @@ def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000
     with folder_lock(root):
         if _complete(folder, params):
             return files
-        remove_leftovers(root, _leftover_pattern(folder.name))
         logger.info("generating shapes captions in %s (%d images)", folder, num_train + num_val + num_test)
         # built beside the target and swapped in by renames: an interrupted run leaves only a hidden temp folder
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=root))
-        try:
-            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        with replacing_folder(folder) as tmp:  # replaces a stale or damaged copy
             _generate(tmp, params)
-            swap_in(tmp, folder)  # replaces a stale or damaged copy
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
     return files
 
 
-def _leftover_pattern(name: str) -> str:
-    """Names of the temp, aside and trash folders that a killed generation of folder `name` can leave."""
-    return rf"\.{re.escape(name)}(\.tmp-[a-z0-9_]{{8}}|\.old|(\.old)?\.trash-[0-9a-f]{{8}})"
