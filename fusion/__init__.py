@@ -2,7 +2,18 @@
 from __future__ import annotations
 
 # importing the modules fills the registry
-from mmgpt.fusion import concat, cross_attention, product, weighted_sum  # noqa: E402,F401
+from mmgpt.fusion import (  # noqa: F401
+    block,
+    concat,
+    cross_attention,
+    film,
+    gated_cross_attention,
+    mfb,
+    mlb,
+    mutan,
+    product,
+    weighted_sum,
+)
 from mmgpt.fusion.base import FUSIONS, Fusion, build_fusion, register_fusion
 
 __all__ = ["FUSIONS", "Fusion", "build_fusion", "register_fusion"]

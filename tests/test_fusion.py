@@ -11,12 +11,23 @@ from mmgpt.fusion import FUSIONS, Fusion, build_fusion
 TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
 
 
-def make(name: str, **changes: object) -> torch.nn.Module:
+def make(name: str, open_gates: bool = True, **changes: object) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = FusionConfig(type=name, dim=DIM, num_heads=2)
     for key, value in changes.items():
         setattr(cfg, key, value)
-    return build_fusion(cfg, text_dim=TEXT_DIM, image_dim=IMAGE_DIM).eval()
+    fusion = build_fusion(cfg, text_dim=TEXT_DIM, image_dim=IMAGE_DIM).eval()
+    if open_gates:
+        open_fusion_gates(fusion)
+    return fusion
+
+
+def open_fusion_gates(fusion: torch.nn.Module) -> None:
+    """Set Flamingo-style gates (0 at initialisation, which shuts the image out) to a trained-like 0.5."""
+    with torch.no_grad():
+        for name, parameter in fusion.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)
 
 
 def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -28,7 +39,8 @@ def inputs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def test_registry_holds_the_required_fusions() -> None:
-    assert {"weighted_sum", "product", "cross_attention", "concat"} <= set(FUSIONS)
+    assert {"weighted_sum", "product", "cross_attention", "concat", "mlb", "mfb", "mutan", "block", "film",
+            "gated_cross_attention"} <= set(FUSIONS)
     for name, cls in FUSIONS.items():
         assert cls.registry_name == name
 
@@ -191,3 +203,40 @@ def test_the_fused_mask_hook_sets_the_mask_and_the_zeroed_positions() -> None:
     fused, fused_mask_out = hooked(text, mask, image)
     assert fused.shape == (2, 4, DIM) and torch.equal(fused_mask_out, torch.tensor([[1, 0, 1, 0]] * 2))
     assert (fused[:, 1::2] == 0).all() and (fused[:, ::2] != 0).any()
+
+
+def test_gated_cross_attention_starts_as_the_text_alone() -> None:
+    fusion = make("gated_cross_attention", open_gates=False, num_layers=2)
+    text, mask, image = inputs()
+    fused, fused_mask = fusion(text, mask, image)
+    # every gate is 0: F is LayerNorm(projected text) whatever the image, so a generator sees its text input
+    expected = fusion.norm(fusion.text_proj(text)) * mask.unsqueeze(-1)
+    torch.testing.assert_close(fused, expected)
+    torch.testing.assert_close(fusion(text, mask, image * 5 + 1)[0], fused)
+    gates = {n: p.item() for n, p in fusion.named_parameters() if n.endswith("_gate")}
+    assert len(gates) == 4 and set(gates.values()) == {0.0}
+    # only the gates learn at first, and a step on them lets the image in
+    fusion.train()
+    (fusion(text, mask, image)[0] * torch.randn_like(fused)).sum().backward()
+    assert all(fusion.get_parameter(n).grad.abs() > 0 for n in gates)
+    assert not fusion.layers[0].attention.in_proj_weight.grad.any()
+    open_fusion_gates(fusion)
+    assert not torch.allclose(fusion(text, mask, image)[0], fused, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["block", "film", "gated_cross_attention"])
+def test_blocks_and_heads_must_divide_the_dim(name: str) -> None:
+    message = r"model\.fusion\.dim \(10\) must be divisible by model\.fusion\.num_heads \(4\)"
+    with pytest.raises(ConfigError, match=message):
+        build_fusion(FusionConfig(type=name, dim=10, num_heads=4), text_dim=4, image_dim=4)
+
+
+def test_film_modulation_follows_the_question_not_its_padding() -> None:
+    fusion = make("film")
+    text, mask, image = inputs()
+    fused = fusion(text, mask, image)[0]
+    # another question changes the modulation of the image, hence what a fixed text token pools from it
+    other = text.clone()
+    other[:, 1:] = torch.randn_like(other[:, 1:])
+    changed = fusion(other, mask, image)[0]
+    assert (changed[:, 0] - fused[:, 0]).abs().max() > 1e-3

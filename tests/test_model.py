@@ -40,6 +40,10 @@ def test_every_component_is_in_the_grid() -> None:
 @pytest.mark.parametrize("text, image, fusion, generator", COMBINATIONS)
 def test_forward_backward_reaches_every_trainable_parameter(text: str, image: str, fusion: str, generator: str) -> None:
     model = build(tiny_config(text, image, fusion, generator))
+    with torch.no_grad():  # Flamingo-style gates start at 0, which leaves what they gate without a gradient
+        for name, parameter in model.fusion.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)
     model.train()
     batch = make_batch(model, PROMPTS[:2], ANSWERS[:2])
     out = model(**batch)
