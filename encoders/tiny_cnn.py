@@ -23,12 +23,17 @@ def _conv_bn(in_chs: int, out_chs: int, stride: int) -> nn.Sequential:
 
 
 class TinyCNN(nn.Module):
-    """A stride-2 stem and stride-2 stages: a 64 px image with three stages gives a 4x4 grid of tokens."""
+    """A stem and stride-2 stages: a 64 px image through a stride-2 stem and three stages gives a 4x4 grid.
+
+    ``stem_stride=1`` keeps the stem at full resolution (shapes a few pixels wide keep their edges);
+    add a stage to keep the same grid.
+    """
 
     def __init__(
         self,
         widths: tuple[int, ...] = (32, 64, 96),
         stem_width: int = 24,
+        stem_stride: int = 2,
         in_chans: int = 3,
         num_classes: int = 0,
         global_pool: str = "avg",
@@ -39,8 +44,9 @@ class TinyCNN(nn.Module):
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = widths[-1]
-        # a stride-2 stem: full-resolution convolutions would cost most of the compute
-        self.stem = _conv_bn(in_chans, stem_width, stride=2)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"TinyCNN: stem_stride must be 1 or 2, got {stem_stride!r}")
+        self.stem = _conv_bn(in_chans, stem_width, stride=stem_stride)
         stages, prev = [], stem_width
         for width in widths:
             stages.append(nn.Sequential(_conv_bn(prev, width, stride=2), _conv_bn(width, width, stride=1)))
@@ -59,7 +65,7 @@ class TinyCNN(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> feature map (B, C, H / 2**(1 + len(widths)), W / ...)."""
+        """(B, 3, H, W) -> feature map (B, C, H / (stem_stride * 2**len(widths)), W / ...)."""
         return self.stages(self.stem(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

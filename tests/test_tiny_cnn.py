@@ -1,0 +1,31 @@
+"""encoders.tiny_cnn: the timm-registered CNN's grid size and its full-resolution stem."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+import encoders.tiny_cnn  # noqa: F401  (registers the models with timm)
+
+
+@pytest.mark.parametrize(("kwargs", "grid"), [
+    ({}, 4),
+    ({"stem_stride": 1}, 8),
+    ({"stem_stride": 1, "stem_width": 8, "widths": (8, 16, 32, 48)}, 4),
+])
+def test_feature_grid_follows_the_stem_stride_and_stage_count(kwargs: dict, grid: int) -> None:
+    model = timm.create_model("mmgpt_tiny_cnn", **kwargs).eval()
+    features = model.forward_features(torch.randn(2, 3, 64, 64))
+    assert features.shape == (2, model.num_features, grid, grid)
+
+
+def test_full_resolution_stem_keeps_the_image_size() -> None:
+    image = torch.randn(1, 3, 64, 64)
+    for stride, size in ((2, 32), (1, 64)):
+        model = timm.create_model("mmgpt_tiny_cnn", stem_stride=stride).eval()
+        assert model.stem(image).shape[-2:] == (size, size)
+
+
+def test_bad_stem_stride_is_an_error_naming_the_allowed_values() -> None:
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
+        timm.create_model("mmgpt_tiny_cnn", stem_stride=3)
