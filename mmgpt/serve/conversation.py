@@ -1,0 +1,84 @@
+"""OpenAI chat messages -> the model's prompt and its one image, through the prompt functions training uses.
+
+One user question becomes what answer() asks (the model's VQA template, mmgpt.inference); a dialogue
+becomes what a JSONL `conversations` record trains on (mmgpt.prompts.conversation_prompt). Image parts
+are taken out of the text; each request carries exactly one image, since the model reads one.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mmgpt import prompts
+from mmgpt.inference import _prompts
+from mmgpt.model import MMGPT
+from mmgpt.serve.images import FetchLimits, image_bytes
+from mmgpt.serve.schemas import APIError, Message
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What one request asks: the model's prompt text, the image's bytes and where it came from."""
+
+    prompt: str
+    image: bytes
+    image_param: str
+
+
+def _parts(message: Message, index: int, limits: FetchLimits) -> tuple[str, list[tuple[bytes, str]]]:
+    """(the message's text, its images as (bytes, param)) from a string or a list of text/image_url parts."""
+    where = f"messages[{index}].content"
+    if message.content is None:
+        raise APIError(400, f"{where} is missing", param=where)
+    if isinstance(message.content, str):
+        return message.content, []
+    texts, images = [], []
+    for j, part in enumerate(message.content):
+        param = f"{where}[{j}]"
+        if not isinstance(part, dict) or "type" not in part:
+            raise APIError(400, f"{param} must be an object with a 'type' (text or image_url)", param=param)
+        if part["type"] == "text":
+            if not isinstance(part.get("text"), str):
+                raise APIError(400, f"{param}.text must be a string", param=f"{param}.text")
+            texts.append(part["text"])
+        elif part["type"] == "image_url":
+            image_url = part.get("image_url")
+            if isinstance(image_url, str):
+                raise APIError(400, f"{param}.image_url must be an object {{\"url\": \"data:image/png;base64,...\"}}, "
+                                    f"not a bare string", param=f"{param}.image_url")
+            if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
+                raise APIError(400, f"{param}.image_url must be an object with a string 'url'",
+                               param=f"{param}.image_url")
+            images.append((image_bytes(image_url["url"], limits, f"{param}.image_url"), f"{param}.image_url"))
+        else:
+            raise APIError(400, f"{param}.type must be 'text' or 'image_url', got {part['type']!r}",
+                           param=f"{param}.type")
+    return "\n".join(texts), images
+
+
+def conversation(model: MMGPT, messages: Sequence[Message], limits: FetchLimits) -> Conversation:
+    """The prompt and single image of a request's messages; APIError(400) names what is wrong."""
+    turns: list[tuple[str, str]] = []
+    images: list[tuple[bytes, str]] = []
+    for i, message in enumerate(messages):
+        text, found = _parts(message, i, limits)
+        images.extend(found)
+        if message.role not in prompts.ROLES:
+            logger.info("messages[%d]: the model's prompt format has no %r role; that message is left out",
+                        i, message.role)
+            continue
+        turns.append((message.role, text))
+    if len(images) != 1:
+        raise APIError(400, f"a request must carry exactly one image (an image_url content part); got {len(images)}",
+                       param="messages", code="one_image_required")
+    if not turns or turns[-1][0] != "user":
+        raise APIError(400, "the last message (of role user or assistant) must be a user message", param="messages")
+    if len(turns) == 1:
+        prompt = _prompts(model, [turns[0][1]])[0]
+    else:
+        prompt = prompts.conversation_prompt(turns)
+    return Conversation(prompt=prompt, image=images[0][0], image_param=images[0][1])
+

@@ -1,0 +1,257 @@
+"""The one thread that owns the model: it gathers queued requests into batches and decodes them.
+
+Requests that arrive within `max_wait_ms` of the first waiting one, and that decode with the same
+GenerationConfig, are decoded in one `MMGPT.generate` call of up to `max_batch_size` rows, exactly as
+answer() decodes a batch (same processor, same generate, same seeded sampling). A seeded sampling
+request is decoded on its own, so its answer depends on its seed and nothing else. Each step's tokens
+reach the requests through a stopping criterion, which also ends rows that hit a stop string or whose
+client went away.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from mmgpt.decoding import set_values
+from mmgpt.model import MMGPT
+from mmgpt.sampling import seeded_decoding
+from mmgpt.serve.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_UNIQUE = itertools.count()
+Event = tuple[Any, ...]
+
+
+class QueueFull(Exception):
+    """More requests are waiting than the server's --max-queue."""
+
+
+@dataclass
+class Choice:
+    """One finished answer: text, why it ended ('stop' or 'length') and the tokens it took."""
+
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass
+class Job:
+    """One chat completion request waiting for, or in, a batch; `emit` is called from the worker thread.
+
+    Events: ("first",) at its first token, ("delta", choice, text) when streaming, then
+    ("done", [Choice], prompt_tokens) or ("error", message).
+    """
+
+    prompt: str
+    pixels: torch.Tensor  # (3, H, W), preprocessed
+    config: GenerationConfig
+    emit: Callable[[Event], None]
+    n: int = 1
+    seed: int | None = None
+    stops: list[str] = field(default_factory=list)
+    stream: bool = False
+    arrival: float = field(default_factory=time.monotonic)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        self.key = json.dumps(set_values(self.config), sort_keys=True, default=str)
+        if self.config.do_sample and self.seed is not None:
+            self.key += f"#seeded-{next(_UNIQUE)}"
+
+
+class _Row:
+    """Decoding state of one choice of one job."""
+
+    def __init__(self, job: Job, choice: int) -> None:
+        self.job, self.choice = job, choice
+        self.ids: list[int] = []
+        self.tokens = 0
+        self.done = False
+        self.stopped = False  # ended by eos or a stop string
+        self.sent = ""
+
+
+class _Steps(StoppingCriteria):
+    """Sees each step's new tokens (the last column): streams text, ends rows at stop strings and cancellations."""
+
+    def __init__(self, rows: list[_Row], model: MMGPT) -> None:
+        self.rows, self.model = rows, model
+        self.eos = model.processor.tokenizer.eos_token_id
+        self.first = True
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        """input_ids (B, generated so far) -> (B,) True where a row is to end."""
+        newest = input_ids[:, -1].tolist()
+        if self.first:
+            self.first = False
+            for row in self.rows:
+                if row.choice == 0:
+                    row.job.emit(("first",))
+        for row, token in zip(self.rows, newest):
+            if row.done:
+                continue
+            row.tokens += 1
+            if token == self.eos:
+                row.done = row.stopped = True
+                continue
+            row.ids.append(token)
+            if row.job.stops or row.job.stream:
+                self._text(row)
+            if row.job.cancelled.is_set():
+                row.done = True
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def _text(self, row: _Row) -> None:
+        text = self.model.processor.decode([row.ids])[0]
+        cut = stop_index(text, row.job.stops)
+        if cut is not None:
+            text, row.done, row.stopped = text[:cut], True, True
+        elif row.job.stops:
+            # a stop string may be starting at the end: keep its length back until it is decided
+            text = text[: max(0, len(text) - max(len(s) for s in row.job.stops) + 1)]
+        if text.endswith("\ufffd"):  # a character split across tokens
+            text = text[:-1]
+        if row.job.stream and len(text) > len(row.sent) and text.startswith(row.sent):
+            row.job.emit(("delta", row.choice, text[len(row.sent):]))
+            row.sent = text
+
+
+def stop_index(text: str, stops: list[str]) -> int | None:
+    """Where the first of `stops` begins in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+class Worker:
+    """Owns the model; `submit` queues a Job from any thread, a background thread decodes batches."""
+
+    def __init__(self, model: MMGPT, metrics: Metrics, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 max_queue: int = 256) -> None:
+        self.model, self.metrics = model, metrics
+        self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self.device = next(model.parameters()).device
+        self._pending: list[Job] = []
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mmgpt-serve-worker", daemon=True)
+
+    def start(self) -> None:
+        """Start decoding in the background."""
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Decode what is queued, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def queued(self) -> int:
+        """Requests waiting for a batch."""
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`, or raise QueueFull when max_queue requests already wait."""
+        with self._cond:
+            if self._stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests are waiting (--max-queue {self.max_queue})")
+            self._pending.append(job)
+            self.metrics.queue_depth.set(len(self._pending))
+            self._cond.notify_all()
+
+    def _take(self) -> list[Job] | None:
+        """Jobs sharing the first waiting job's settings, once it waited max_wait or the batch is full."""
+        with self._cond:
+            while not self._pending:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            first = self._pending[0]
+            while not self._stopping:
+                rows = sum(j.n for j in self._pending if j.key == first.key)
+                left = first.arrival + self.max_wait - time.monotonic()
+                if rows >= self.max_batch_size or left <= 0:
+                    break
+                self._cond.wait(left)
+            taken, rows = [], 0
+            for job in self._pending:
+                if job.key == first.key and (not taken or rows + job.n <= self.max_batch_size):
+                    taken.append(job)
+                    rows += job.n
+            self._pending = [j for j in self._pending if all(j is not t for t in taken)]
+            self.metrics.queue_depth.set(len(self._pending))
+        live = [job for job in taken if not job.cancelled.is_set()]
+        if len(live) < len(taken):
+            logger.info("dropped %d request(s) whose client went away before decoding", len(taken) - len(live))
+        return live
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
+            if not jobs:
+                continue
+            try:
+                self._decode(jobs)
+            except Exception as e:  # a failed batch fails its requests, not the server
+                logger.exception("decoding a batch of %d request(s) failed", len(jobs))
+                for job in jobs:
+                    job.emit(("error", f"decoding failed: {type(e).__name__}: {e}"))
+
+    @torch.inference_mode()
+    def _decode(self, jobs: list[Job]) -> None:
+        rows = [_Row(job, choice) for job in jobs for choice in range(job.n)]
+        processor = self.model.processor
+        batch = processor([row.job.prompt for row in rows], [row.job.pixels for row in rows])
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        self.metrics.batch_size.observe(len(rows))
+        prefix_lengths: list[torch.Tensor] = []
+        # the fusion's output mask is the prefix's (pad_left only moves it): its row sums are the prompt positions
+        hook = self.model.fusion.register_forward_hook(lambda _m, _i, out: prefix_lengths.append(out[1].sum(1)))
+        config, seed = jobs[0].config, jobs[0].seed
+        steps = _Steps(rows, self.model)
+        try:
+            with seeded_decoding(config, seed, self.device) as (decoding, extra):
+                tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                             generation_config=decoding,
+                                             stopping_criteria=StoppingCriteriaList([steps]), **extra)
+        finally:
+            hook.remove()
+        texts = processor.decode(tokens)
+        if prefix_lengths:
+            lengths = prefix_lengths[0].tolist()
+        else:  # max_new_tokens=0: generate returns before encoding
+            lengths = self.model.prefix_embeds(batch["input_ids"], batch["attention_mask"],
+                                               batch["pixel_values"])[1].sum(1).tolist()
+        results: dict[int, list[Choice]] = {}
+        for row, text in zip(rows, texts):
+            cut = stop_index(text, row.job.stops)
+            if cut is not None:
+                text, row.stopped = text[:cut], True
+            if row.job.stream and len(text) > len(row.sent):
+                if text.startswith(row.sent):
+                    row.job.emit(("delta", row.choice, text[len(row.sent):]))
+                else:
+                    logger.warning("streamed text %r is not a prefix of the answer %r", row.sent, text)
+            results.setdefault(id(row.job), []).append(
+                Choice(text, "stop" if row.stopped else "length", row.tokens))
+            self.metrics.generated_tokens.inc(row.tokens)
+        offset = 0
+        for job in jobs:
+            self.metrics.prompt_tokens.inc(int(lengths[offset]))
+            job.emit(("done", results[id(job)], int(lengths[offset])))
+            offset += job.n
