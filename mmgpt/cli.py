@@ -1,4 +1,4 @@
-"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate."""
+"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate, serve."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,7 @@ commands:
   eval-vqa      VQA accuracy of a model, or of a results file
   eval-caption  COCO caption metrics of a model, or of a results file
   validate      check a dataset before training
+  serve         serve a model on the OpenAI Chat Completions API
 
 `mmgpt <command> --help` explains each command's options."""
 
@@ -143,6 +144,12 @@ def _validate(argv: list[str]) -> int:
     return main(argv, prog="mmgpt validate")
 
 
+def _serve(argv: list[str]) -> int:
+    from mmgpt.serve.app import main
+
+    return main(argv, prog="mmgpt serve")
+
+
 COMMANDS = {
     "answer": _answer,
     "caption": _caption,
@@ -150,6 +157,7 @@ COMMANDS = {
     "eval-vqa": _eval_vqa,
     "eval-caption": _eval_caption,
     "validate": _validate,
+    "serve": _serve,
 }
 
 
