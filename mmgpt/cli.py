@@ -1,4 +1,4 @@
-"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate, serve."""
+"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate, compare-fusions, explain, serve."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +21,8 @@ commands:
   eval-caption  COCO caption metrics of a model, or of a results file
   validate      check a dataset before training
   serve         serve a model on the OpenAI Chat Completions API
+  compare-fusions  train every fusion alike and report them side by side
+  explain       answer with a map over the image for each answer token
 
 `mmgpt <command> --help` explains each command's options."""
 
@@ -144,6 +146,19 @@ def _validate(argv: list[str]) -> int:
     return main(argv, prog="mmgpt validate")
 
 
+def _compare_fusions(argv: list[str]) -> int:
+    from mmgpt.compare import main
+
+    main(argv, prog="mmgpt compare-fusions")
+    return 0
+
+
+def _explain(argv: list[str]) -> int:
+    from mmgpt.explain import main
+
+    return main(argv, prog="mmgpt explain")
+
+
 def _serve(argv: list[str]) -> int:
     from mmgpt.serve.app import main
 
@@ -158,6 +173,8 @@ COMMANDS = {
     "eval-caption": _eval_caption,
     "validate": _validate,
     "serve": _serve,
+    "compare-fusions": _compare_fusions,
+    "explain": _explain,
 }
 
 

@@ -125,6 +125,8 @@ class Run:
     # (name, kept examples, weight, bad-image report or None) per training set
     checked: list[tuple[str, list, float, Any]]
     state: TrainState
+    # wall time spent in periodic evaluation, so a step time can leave it out (mmgpt.compare)
+    eval_seconds: float = 0.0
 
     @property
     def output_dir(self) -> Path:
@@ -363,7 +365,9 @@ def log_window(run: Run, window: LossWindow, bar: tqdm) -> None:
 
 def evaluate_during_training(run: Run) -> None:
     """Periodic evaluation on the first data.eval_max_examples of each eval set; back to train mode after."""
+    start = time.perf_counter()
     metrics = evaluate(run.raw_model, run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
+    run.eval_seconds += time.perf_counter() - start
     set_train_mode(run.raw_model, run.frozen)
     eval_loss = sum(v for k, v in metrics.items() if k.endswith("/loss")) / max(len(run.eval_sets), 1)
     run.state.history["eval"].append([run.state.step, eval_loss])

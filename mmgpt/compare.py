@@ -1,0 +1,303 @@
+"""Compare fusions: train each on the same data, budget and seeds, evaluate, and report side by side.
+
+    mmgpt compare-fusions [--config default] [--fusions all] [--steps N] [--seeds 0 1 2] [--out DIR] [key=value ...]
+
+Every (fusion, seed) pair is an ordinary training run (mmgpt.training.loop: build_run -> train -> finish) in
+DIR/runs/FUSION-seedS, with only model.fusion.type, seed, max_steps and the run folder changed; the
+key=value overrides apply to every run alike. A run with checkpoints resumes (--resume latest semantics);
+a run with its DIR/runs/FUSION-seedS/compare.json is finished and is not redone. DIR/report.md,
+report.json, report.html and the PNG plots are rewritten from every finished run's record at the end.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from mmgpt.jsonfile import read_json_file
+from mmgpt.saving import write_json
+
+logger = logging.getLogger("mmgpt.compare")
+
+RECORD_NAME = "compare.json"
+# metrics taken from the final evaluation, by the suffix of their "set/metric" key, in table order
+FINAL_METRICS = {"vqa_exact_match": "VQA EM", "caption_Bleu_4": "BLEU-4", "caption_CIDEr": "CIDEr"}
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """The compare-fusions command line; --fusions all means every registered fusion."""
+    from mmgpt.fusion import FUSIONS
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="default", help="the preset or YAML every run starts from")
+    parser.add_argument("--fusions", nargs="+", default=["all"],
+                        help=f"fusions to compare, or 'all' ({', '.join(sorted(FUSIONS))})")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps of every run (default 300)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every fusion")
+    parser.add_argument("--eval-points", type=int, default=4,
+                        help="periodic evaluations per run, the points of the eval curves (default 4)")
+    parser.add_argument("--out", default="runs/compare-fusions", help="folder of the runs and the report")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. batch_size=64")
+    args = parser.parse_args(argv)
+    fusions = sorted(FUSIONS) if args.fusions == ["all"] else args.fusions
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown:
+        parser.error(f"unknown fusion(s) {', '.join(unknown)}; available: all, {', '.join(sorted(FUSIONS))}")
+    if args.steps < 1 or args.eval_points < 1:
+        parser.error(f"--steps and --eval-points must be >= 1, got {args.steps} and {args.eval_points}")
+    owned = [o for o in args.overrides if o.split("=", 1)[0] in ("model.fusion.type", "seed", "max_steps",
+                                                                  "output_dir")]
+    if owned:
+        parser.error(f"{', '.join(owned)}: set by compare-fusions itself (use --fusions, --seeds, --steps, --out)")
+    args.fusions = list(dict.fromkeys(fusions))
+    args.seeds = list(dict.fromkeys(args.seeds))
+    return args
+
+
+def run_folder(out: Path, fusion: str, seed: int) -> Path:
+    """The run folder of one (fusion, seed) pair."""
+    return out / "runs" / f"{fusion}-seed{seed}"
+
+
+def train_argv(args: argparse.Namespace, fusion: str, seed: int) -> list[str]:
+    """The training command line of one run: resume its checkpoints, else start over in its folder."""
+    from mmgpt.training.checkpoint import checkpoint_dirs, previous_run
+
+    folder = run_folder(Path(args.out), fusion, seed)
+    every = max(args.steps // args.eval_points, 1)
+    overrides = [*args.overrides, f"output_dir={folder}", f"seed={seed}", f"max_steps={args.steps}",
+                 f"model.fusion.type={fusion}", f"eval_every={every}", f"save_every={every}"]
+    if checkpoint_dirs(folder):
+        mode = ["--resume", "latest"]
+    elif previous_run(folder):
+        # a finished model without its record: killed between saving and recording, so train it again
+        mode = ["--overwrite"]
+    else:
+        mode = []
+    return ["--config", args.config, *mode, *overrides]
+
+
+def per_question_type(model: Any, eval_sets: list[tuple[str, list]]) -> dict[str, dict[str, float]]:
+    """Exact match (official answer normalisation) per question type of each VQA eval set, with the counts."""
+    from mmgpt.eval.runner import generate_answers
+    from mmgpt.eval.vqa_metrics import normalize_answer
+
+    result: dict[str, dict[str, float]] = {}
+    for name, examples in eval_sets:
+        vqa = [e for e in examples if e.task != "caption" and e.meta.get("question_type")]
+        if not vqa:
+            continue
+        predictions = generate_answers(model, vqa, batch_size=256)
+        hits: dict[str, list[bool]] = defaultdict(list)
+        for example, prediction in zip(vqa, predictions):
+            hits[example.meta["question_type"]].append(normalize_answer(prediction) == normalize_answer(example.answer))
+        result[name] = {kind: 100.0 * sum(h) / len(h) for kind, h in sorted(hits.items())}
+    return result
+
+
+def train_one(args: argparse.Namespace, fusion: str, seed: int) -> dict[str, Any] | None:
+    """Train (or resume) one run and write its record; the saved record when it is already finished."""
+    from mmgpt.training.loop import build_run, finish, train
+    from mmgpt.training.loop import parse_args as parse_train_args
+
+    folder = run_folder(Path(args.out), fusion, seed)
+    if (folder / RECORD_NAME).is_file():
+        logger.info("%s seed %d: finished earlier (%s)", fusion, seed, folder / RECORD_NAME)
+        return read_json_file(folder / RECORD_NAME)
+    argv = train_argv(args, fusion, seed)
+    logger.info("%s seed %d: training in %s (%s)", fusion, seed, folder, " ".join(argv))
+    cfg, train_args = parse_train_args(argv)
+    run = build_run(cfg, train_args)
+    first_step, start = run.state.step, time.perf_counter()
+    if not train(run):
+        run.accelerator.end_training()
+        logger.warning("%s seed %d stopped at step %d; run compare-fusions again to resume", fusion, seed,
+                       run.state.step)
+        return None
+    seconds = time.perf_counter() - start - run.eval_seconds
+    result = finish(run)
+    model = run.raw_model
+    record = {
+        "fusion": fusion, "seed": seed, "steps": run.state.step, "folder": str(folder),
+        "parameters": model.num_parameters(), "fusion_parameters": sum(p.numel() for p in model.fusion.parameters()),
+        # the steps of this process only: a resumed run's earlier steps ran elsewhere
+        "seconds_per_step": seconds / max(run.state.step - first_step, 1), "resumed_from_step": first_step,
+        "metrics": result["metrics"], "per_question_type": per_question_type(model, run.eval_sets),
+        "eval_curve": run.state.history.get("eval", []),
+    }
+    write_json(folder / RECORD_NAME, record, indent=2)
+    return record
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value) of finite values; n counts them."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": statistics.fmean(finite), "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "n": len(finite)}
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per fusion: each column's mean and std over seeds, and the mean eval curve."""
+    by_fusion: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        by_fusion[record["fusion"]].append(record)
+    summary = {}
+    for fusion, runs in by_fusion.items():
+        columns: dict[str, list[float]] = defaultdict(list)
+        for run in runs:
+            columns["parameters"].append(run["parameters"])
+            columns["fusion_parameters"].append(run["fusion_parameters"])
+            columns["seconds_per_step"].append(run["seconds_per_step"])
+            for key, value in run["metrics"].items():
+                if key.rsplit("/", 1)[-1] in FINAL_METRICS:
+                    columns[key].append(value)
+            for name, types in run["per_question_type"].items():
+                for kind, value in types.items():
+                    columns[f"{name}/type/{kind}"].append(value)
+        curve: dict[int, list[float]] = defaultdict(list)
+        for run in runs:
+            for step, loss in run["eval_curve"]:
+                curve[int(step)].append(loss)
+        summary[fusion] = {"seeds": sorted(r["seed"] for r in runs),
+                           "columns": {k: mean_std(v) for k, v in columns.items()},
+                           "eval_curve": [[s, statistics.fmean(v)] for s, v in sorted(curve.items())]}
+    return summary
+
+
+def table_columns(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(column key, heading) of the report table, in order: size, speed, final metrics, question types."""
+    keys = {k for s in summary.values() for k in s["columns"]}
+    columns = [("parameters", "params"), ("fusion_parameters", "fusion params"), ("seconds_per_step", "s/step")]
+    for suffix, heading in FINAL_METRICS.items():
+        columns += [(k, f"{heading} ({k.split('/')[0]})" if len(keys) > 1 else heading)
+                    for k in sorted(keys) if k.endswith("/" + suffix)]
+    columns += [(k, k.rsplit("/", 1)[-1]) for k in sorted(keys) if "/type/" in k]
+    return columns
+
+
+def _cell(value: dict[str, float], key: str) -> str:
+    if value["n"] == 0:
+        return "-"
+    if "parameters" in key:
+        return f"{value['mean'] / 1e3:.1f}k"
+    digits = 3 if key == "seconds_per_step" or "caption_" in key else 1
+    return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, dict[str, Any]]) -> str:
+    """The comparison as a Markdown table, best VQA exact match first."""
+    columns = table_columns(summary)
+    lines = ["| fusion | seeds | " + " | ".join(h for _, h in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for fusion, item in sorted(summary.items(), key=lambda kv: -_sort_key(kv[1])):
+        cells = [_cell(item["columns"].get(k, {"n": 0}), k) for k, _ in columns]
+        lines.append(f"| {fusion} | {len(item['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _sort_key(item: dict[str, Any]) -> float:
+    values = [v["mean"] for k, v in item["columns"].items() if k.endswith("/vqa_exact_match") and v["n"]]
+    return values[0] if values else -math.inf
+
+
+def plot(summary: dict[str, dict[str, Any]], out: Path) -> list[str]:
+    """eval_curves.png (every fusion's mean eval loss over steps) and vqa.png (exact match ± std); their names."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.info("matplotlib not installed: no plots (pip install 'mmgpt[plot]')")
+        return []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for fusion, item in sorted(summary.items()):
+        if item["eval_curve"]:
+            steps, losses = zip(*item["eval_curve"])
+            ax.plot(steps, losses, "o-", label=fusion)
+    ax.set(xlabel="optimizer step", ylabel="eval loss (nats / answer token, mean over seeds)", yscale="log")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "eval_curves.png", dpi=100)
+    plt.close(fig)
+    names = ["eval_curves.png"]
+    ranked = sorted(summary.items(), key=lambda kv: -_sort_key(kv[1]))
+    scores = [next((v for k, v in item["columns"].items() if k.endswith("/vqa_exact_match")), None)
+              for _, item in ranked]
+    if any(s is not None for s in scores):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar([f for f, _ in ranked], [s["mean"] if s else 0 for s in scores],
+               yerr=[s["std"] if s else 0 for s in scores], capsize=3)
+        ax.set(ylabel="easy-VQA exact match (%)")
+        ax.tick_params(axis="x", rotation=45)
+        fig.tight_layout()
+        fig.savefig(out / "vqa.png", dpi=100)
+        plt.close(fig)
+        names.append("vqa.png")
+    return names
+
+
+def html_report(summary: dict[str, dict[str, Any]], heading: str, waiting: str, plots: list[str]) -> str:
+    """The report as one HTML page: the table and the plots beside it."""
+    import html
+
+    lines = markdown_table(summary).splitlines()
+    rows = [[html.escape(c.strip()) for c in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
+    table = "<table><tr>" + "".join(f"<th>{c}</th>" for c in rows[0]) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows[1:]) + "</table>"
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+             "padding:4px 8px}th{background:#eee}img{max-width:100%}")
+    images = "".join(f"<p><img src='{html.escape(n)}' alt='{html.escape(n)}'></p>" for n in plots)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Fusion comparison</title><style>{style}"
+            f"</style></head><body><h1>Fusion comparison</h1><p>{html.escape(heading)}</p>{table}"
+            f"<p>{html.escape(waiting)}</p>{images}</body></html>")
+
+
+def write_report(args: argparse.Namespace, records: list[dict[str, Any]], pending: list[str]) -> dict[str, Any]:
+    """report.json, report.md, report.html and the plots in --out, from every finished run's record."""
+    from mmgpt.saving import write_text_atomic
+
+    out = Path(args.out)
+    summary = summarise(records)
+    plots = plot(summary, out)
+    report = {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fusions": args.fusions,
+              "overrides": args.overrides, "pending": pending, "summary": summary, "runs": records}
+    write_json(out / "report.json", report, indent=2)
+    heading = (f"config `{args.config}`, {args.steps} steps, seeds {args.seeds}, overrides "
+               f"`{' '.join(args.overrides) or 'none'}`; mean ± std over seeds; s/step leaves out the periodic "
+               "evaluation; VQA columns are exact match (%), question-type columns are on the VQA set.")
+    waiting = f"Not finished yet (run the command again to resume): {', '.join(pending)}" if pending else ""
+    text = ["# Fusion comparison", heading, markdown_table(summary), waiting, *[f"![{n}]({n})" for n in plots]]
+    write_text_atomic(out / "report.md", "\n\n".join(t for t in text if t) + "\n")
+    write_text_atomic(out / "report.html", html_report(summary, heading, waiting, plots))
+    return report
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+    """Train every missing run, then write the report; returns the report record."""
+    from mmgpt.logging_setup import configure_logging
+
+    args = parse_args(argv, prog)
+    configure_logging(logging.INFO)
+    records, pending = [], []
+    for fusion in args.fusions:
+        for seed in args.seeds:
+            record = train_one(args, fusion, seed)
+            if record is None:
+                pending.append(f"{fusion}-seed{seed}")
+            else:
+                records.append(record)
+    report = write_report(args, records, pending)
+    print(markdown_table(report["summary"]))
+    print(f"report: {Path(args.out) / 'report.md'} (and report.html, report.json)")
+    return report
