@@ -121,8 +121,8 @@ class _Steps(StoppingCriteria):
         elif row.job.stops:
             # a stop string may be starting at the end: keep its length back until it is decided
             text = text[: max(0, len(text) - max(len(s) for s in row.job.stops) + 1)]
-        if text.endswith("\ufffd"):  # a character split across tokens
-            text = text[:-1]
+        # a character split across tokens decodes as U+FFFD until its last byte arrives
+        text = text.rstrip("\ufffd")
         if row.job.stream and len(text) > len(row.sent) and text.startswith(row.sent):
             row.job.emit(("delta", row.choice, text[len(row.sent):]))
             row.sent = text

@@ -1,0 +1,387 @@
+"""`mmgpt serve` through the official openai client and raw HTTP, on a tiny model, 127.0.0.1 only, bounded."""
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import io
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+from tiny import generator_config, one_thread, tiny_config  # noqa: F401 - one_thread is an autouse fixture
+
+from mmgpt import cli
+from mmgpt.inference import answer, load_model
+from mmgpt.model import MMGPT
+from mmgpt.prompts import conversation_prompt
+from mmgpt.serve.app import ServerSettings, create_app, served_name
+
+TEXTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?", "red", "blue", "green",
+         "yes", "no", "a small green triangle", "a big red circle next to a blue square"] * 3
+QUESTION = "what color is the shape?"
+NAME = "tiny"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny untrained model, saved: its answers are arbitrary but deterministic.
+
+    The embeddings (tied to the output layer) of tokens shorter than three characters are zeroed, so it
+    answers in whole words of TEXTS (splittable for the stop test, readable in the browser) and, for some
+    inputs, ends on eos before its 12-token limit.
+    """
+    torch.manual_seed(3)
+    config = tiny_config(max_answer_length=12)
+    config.generator = generator_config("llama", initializer_range=0.5)
+    model = MMGPT.from_config(config, train_texts=TEXTS)
+    tokenizer = model.processor.tokenizer
+    keep = torch.zeros(len(tokenizer), dtype=torch.bool)
+    keep[[i for i in tokenizer.get_vocab().values() if len(tokenizer.decode([i]).strip()) >= 3]] = True
+    keep[tokenizer.eos_token_id] = True
+    with torch.no_grad():
+        model.generator.get_input_embeddings().weight[~keep] = 0
+    folder = tmp_path_factory.mktemp("serve-model") / NAME
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model(model_dir: Path) -> MMGPT:
+    return load_model(model_dir, "cpu")
+
+
+def png(color: tuple[int, int, int], size: int = 32, box: int = 0) -> bytes:
+    """A PNG of one colour, with a white square of `box` px (so images differ in more than colour)."""
+    image = Image.new("RGB", (size, size), color)
+    if box:
+        image.paste((255, 255, 255), (2, 2, 2 + box, 2 + box))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def data_url(data: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode()
+
+
+def user(text: str, image: bytes | None) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if image is not None:
+        content.append({"type": "image_url", "image_url": {"url": data_url(image)}})
+    return [{"role": "user", "content": content}]
+
+
+@contextlib.contextmanager
+def running_server(model: MMGPT, **settings: Any) -> Iterator[str]:
+    """The app on a free 127.0.0.1 port in a thread -> its base URL; stopped (and its worker) on exit."""
+    app = create_app(model, ServerSettings(model_name=NAME, **settings))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        assert not thread.is_alive()
+
+
+def client(url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(model: MMGPT) -> Iterator[str]:
+    with running_server(model, max_wait_ms=20, max_body_mb=0.5) as url:
+        yield url
+
+
+def prefix_length(model: MMGPT, prompt: str, image: bytes) -> int:
+    """What model.prefix_embeds makes of one request, without padding: its prompt positions."""
+    batch = model.processor([prompt], [image])
+    with torch.no_grad():
+        return int(model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])[1].sum())
+
+
+def generated(model: MMGPT, prompt: str, image: bytes) -> list[int]:
+    """The tokens model.generate makes for one request, up to and with its eos."""
+    batch = model.processor([prompt], [image])
+    tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])[0].tolist()
+    eos = model.processor.tokenizer.eos_token_id
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def metric(url: str, name: str) -> dict[str, float]:
+    """Samples of one metric from /metrics: {labels: value}."""
+    text = httpx.get(f"{url}/metrics").text
+    return {m.group(1) or "": float(m.group(2)) for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
+
+
+def test_models_list_and_health(server: str) -> None:
+    models = client(server).models.list()
+    assert [m.id for m in models.data] == [NAME]
+    assert client(server).models.retrieve(NAME).id == NAME
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_answer_equals_answer_and_usage_counts_the_prefix(server: str, model: MMGPT) -> None:
+    image = png((200, 30, 30))
+    reply = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image))
+    expected = answer(QUESTION, image, model=model)
+    assert reply.object == "chat.completion" and reply.id.startswith("chatcmpl-")
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content == expected
+    prompt = model.config.vqa_template.format(question=QUESTION)
+    assert reply.usage.prompt_tokens == prefix_length(model, prompt, image)
+    assert reply.usage.completion_tokens == len(generated(model, prompt, image))
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+
+
+def test_max_completion_tokens_ends_with_length(server: str, model: MMGPT) -> None:
+    image = png((30, 30, 200))
+    full = answer(QUESTION, image, model=model)
+    assert len(model.processor.tokenizer.encode(full, add_special_tokens=False)) > 2, full
+    reply = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image),
+                                                   max_completion_tokens=2)
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 2
+    assert reply.choices[0].message.content == answer(QUESTION, image, model=model, max_new_tokens=2)
+    legacy = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image), max_tokens=2)
+    assert legacy.choices[0].message.content == reply.choices[0].message.content
+
+
+def test_streaming_equals_non_streaming_with_usage_chunk(server: str, model: MMGPT) -> None:
+    image = png((30, 160, 30))
+    whole = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image))
+    chunks = list(client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image), stream=True,
+                                                         stream_options={"include_usage": True}))
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert len({c.id for c in chunks}) == 1
+    pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert sum(bool(p) for p in pieces) >= 2  # it did stream, piece by piece
+    assert "".join(pieces) == whole.choices[0].message.content == answer(QUESTION, image, model=model)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage == whole.usage
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stream_without_usage_ends_with_done(server: str) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((10, 10, 10))), "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in response.iter_lines() if line]
+    assert events[-1] == "data: [DONE]"
+    assert all('"usage"' not in e for e in events)
+
+
+def test_n_with_sampling_and_seed_is_reproducible(server: str) -> None:
+    image = png((120, 60, 200))
+    ask = dict(model=NAME, messages=user(QUESTION, image), n=2, temperature=1.0, seed=7)
+    first = client(server).chat.completions.create(**ask)
+    again = client(server).chat.completions.create(**ask)
+    other = client(server).chat.completions.create(**{**ask, "seed": 8})
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1]
+    assert texts == [c.message.content for c in again.choices]
+    assert texts != [c.message.content for c in other.choices]
+    assert first.usage.completion_tokens >= 2
+
+
+def test_multi_turn_is_the_training_conversation_prompt(server: str, model: MMGPT) -> None:
+    image = png((200, 200, 30))
+    messages = [{"role": "system", "content": "You answer briefly."}, *user(QUESTION, image),
+                {"role": "assistant", "content": "red"}, {"role": "user", "content": "is there a circle?"}]
+    reply = client(server).chat.completions.create(model=NAME, messages=messages)
+    prompt = conversation_prompt([("user", QUESTION), ("assistant", "red"), ("user", "is there a circle?")])
+    batch = model.processor([prompt], [image])
+    expected = model.processor.decode(model.generate(batch["input_ids"], batch["attention_mask"],
+                                                     batch["pixel_values"]))[0]
+    assert reply.choices[0].message.content == expected
+    assert reply.usage.prompt_tokens == prefix_length(model, prompt, image)
+
+
+def test_stop_string_cuts_the_answer(server: str, model: MMGPT) -> None:
+    image = png((90, 90, 90))
+    full = answer(QUESTION, image, model=model)
+    stop = full.split()[1] if len(full.split()) > 1 else full[1:3]
+    reply = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image), stop=[stop])
+    assert reply.choices[0].message.content == full[: full.index(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+    streamed = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image), stop=stop,
+                                                      stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == full[: full.index(stop)]
+
+
+def post(url: str, body: Any = None, content: bytes | None = None, **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}/v1/chat/completions", json=body if content is None else None, content=content,
+                      headers=headers, timeout=20)
+
+
+def bad_requests() -> list[tuple[str, dict[str, Any] | bytes, int, str]]:
+    """(case, body, status, a word its message must hold)."""
+    image = png((1, 2, 3))
+    good = {"model": NAME, "messages": user(QUESTION, image)}
+    part = good["messages"][0]["content"]
+    return [
+        ("malformed JSON", b'{"model": "tiny", "messages": [', 400, "JSON"),
+        ("not an object", b"[1, 2]", 400, "object"),
+        ("no messages", {"model": NAME}, 422, "messages"),
+        ("bad role", {**good, "messages": [{"role": "robot", "content": "hi"}]}, 422, "role"),
+        ("n = 0", {**good, "n": 0}, 422, "n"),
+        ("temperature 5", {**good, "temperature": 5}, 422, "temperature"),
+        ("bad base64", {**good, "messages": [{"role": "user", "content": [
+            part[0], {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@not base64@@"}}]}]},
+         400, "base64"),
+        ("not an image", {**good, "messages": [{"role": "user", "content": [
+            part[0], {"type": "image_url", "image_url": {"url": data_url(b"GIF89a but not really")}}]}]},
+         400, "image"),
+        ("bare string image_url", {**good, "messages": [{"role": "user", "content": [
+            part[0], {"type": "image_url", "image_url": data_url(image)}]}]}, 400, "bare string"),
+        ("no image", {**good, "messages": [{"role": "user", "content": QUESTION}]}, 400, "exactly one image"),
+        ("two images", {**good, "messages": [{"role": "user", "content": [*part, part[1]]}]}, 400,
+         "exactly one image"),
+        ("http image refused", {**good, "messages": [{"role": "user", "content": [
+            part[0], {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/x.png"}}]}]}, 400,
+         "--allow-image-urls"),
+        ("unknown part type", {**good, "messages": [{"role": "user", "content": [
+            part[1], {"type": "audio", "audio": {}}]}]}, 400, "type"),
+        ("ends with assistant", {**good, "messages": [*good["messages"], {"role": "assistant", "content": "x"}]},
+         400, "last message"),
+        ("wrong model", {**good, "model": "gpt-4o"}, 404, "gpt-4o"),
+        ("body too large", {**good, "padding": "x" * 600_000}, 413, "limit"),
+    ]
+
+
+@pytest.mark.parametrize("case, body, status, word", bad_requests(), ids=[c[0] for c in bad_requests()])
+def test_bad_requests_get_their_status_and_the_server_keeps_serving(server: str, case: str, body: Any,
+                                                                    status: int, word: str) -> None:
+    response = post(server, content=body) if isinstance(body, bytes) else post(server, body)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert word.lower() in error["message"].lower(), error
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    assert post(server, {"model": NAME, "messages": user(QUESTION, png((5, 5, 5)))}).status_code == 200
+
+
+def test_client_errors_through_openai(server: str) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client(server).chat.completions.create(model="nope", messages=user(QUESTION, png((1, 1, 1))))
+    with pytest.raises(openai.BadRequestError, match="exactly one image"):
+        client(server).chat.completions.create(model=NAME, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_unknown_fields_are_ignored_with_a_log_line(server: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="mmgpt.serve.app"):
+        response = post(server, {"model": NAME, "messages": user(QUESTION, png((7, 7, 7))), "frequency_penalty": 0.5,
+                                 "logit_bias": {}})
+    assert response.status_code == 200
+    assert "frequency_penalty, logit_bias" in caplog.text
+
+
+def test_api_key(model: MMGPT) -> None:
+    with running_server(model, api_key="sesame") as url:
+        body = {"model": NAME, "messages": user(QUESTION, png((3, 3, 3)))}
+        assert post(url, body).status_code == 401
+        assert post(url, body, Authorization="Bearer wrong").json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(openai.AuthenticationError):
+            client(url, "wrong").models.list()
+        assert client(url, "sesame").chat.completions.create(**body).choices[0].message.content
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_sixteen_concurrent_clients_get_answer_one_at_a_time(model: MMGPT) -> None:
+    asks = [(q, png(c, box=b)) for q, c, b in zip(
+        [QUESTION, "is there a circle?", "how many shapes are there?", ""] * 4,
+        [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)] * 4, [0] * 4 + [4] * 4 + [8] * 4 + [12] * 4)]
+    expected = [answer(q, image, model=model) for q, image in asks]
+    with running_server(model, max_wait_ms=100, max_batch_size=16) as url:
+        api = client(url)
+
+        def ask(i: int) -> str:
+            return api.chat.completions.create(model=NAME, messages=user(*asks[i]), temperature=0).choices[0]\
+                .message.content
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            got = list(pool.map(ask, range(16)))
+        assert got == expected
+        buckets = metric(url, "mmgpt_batch_size_bucket")
+        count = metric(url, "mmgpt_batch_size_count")[""]
+        assert buckets['{le="1.0"}'] < count  # some batch held more than one request
+        assert metric(url, "mmgpt_batch_size_sum")[""] == 16
+        assert metric(url, "mmgpt_requests_total")['{path="/v1/chat/completions",status="200"}'] == 16
+        assert metric(url, "mmgpt_request_latency_seconds_count")[""] == 16
+        assert metric(url, "mmgpt_time_to_first_token_seconds_count")[""] == 16
+        assert metric(url, "mmgpt_generated_tokens_total")[""] > 16
+        assert metric(url, "mmgpt_queue_depth")[""] == 0
+
+
+def test_queue_limit_gives_429(model: MMGPT) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((50, 50, 50)))}
+    # the first request waits max_wait_ms for company: two fill the queue, the third is turned away
+    with running_server(model, max_wait_ms=1500, max_queue=2) as url:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            waiting = [pool.submit(post, url, body) for _ in range(2)]
+            deadline = time.monotonic() + 5
+            while httpx.get(f"{url}/health").json()["queued"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            refused = post(url, body)
+            assert refused.status_code == 429 and refused.json()["error"]["type"] == "rate_limit_error"
+            assert [f.result().status_code for f in waiting] == [200, 200]
+        assert post(url, body).status_code == 200
+
+
+def test_timeout_gives_504_and_a_gone_client_is_not_decoded(model: MMGPT) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((60, 60, 60)))}
+    with running_server(model, max_wait_ms=800, timeout_s=0.3) as url:
+        response = post(url, body)
+        assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
+        time.sleep(0.8)  # its batch came due: it was dropped, not decoded
+        assert metric(url, "mmgpt_batch_size_count")[""] == 0
+    with running_server(model, max_wait_ms=800) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/chat/completions", json=body, timeout=0.3)
+        time.sleep(0.8)
+        assert metric(url, "mmgpt_batch_size_count")[""] == 0
+        assert post(url, body).status_code == 200
+        assert metric(url, "mmgpt_batch_size_count")[""] == 1
+
+
+def test_a_stream_the_client_closes_stops(model: MMGPT) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((70, 70, 70))), "stream": True, "max_tokens": 40}
+    with running_server(model) as url:
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            next(response.iter_lines())
+        assert post(url, {**body, "stream": False}).status_code == 200
+
+
+def test_served_name() -> None:
+    assert served_name("runs/default/model") == "default"
+    assert served_name("/tmp/some/tiny") == "tiny"
+    assert served_name("hf://org/name") == "org/name"
+
+
+def test_cli_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--max-batch-size", "0"]) == 2
+    assert "mmgpt serve: error: --max-batch-size must be >= 1, got 0" in capsys.readouterr().err
+    assert cli.main(["serve", "--model", "/nonexistent/model", "--port", "0"]) == 2
+    assert "mmgpt serve: error:" in capsys.readouterr().err
