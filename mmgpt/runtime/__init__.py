@@ -1,0 +1,217 @@
+"""Answer questions from an exported folder (`mmgpt export`) with numpy, onnxruntime, tokenizers and pillow only.
+
+    from mmgpt.runtime import OnnxVLM
+    vlm = OnnxVLM("exported")
+    vlm.answer("what shape is in the image?", "image.png")
+
+Nothing here imports torch or transformers: prompts come from mmgpt.prompts, token limits from
+mmgpt.truncation, image loading from mmgpt.images, the image transform is timm's eval transform redone
+in numpy (mmgpt.runtime.image), and decoding is greedy with the KV cache kept as numpy arrays.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from mmgpt.config import PromptTemplates
+from mmgpt.images import ImageInput, load_image
+from mmgpt.prompts import question_prompt
+from mmgpt.runtime.image import ImageTransform
+from mmgpt.runtime.manifest import (
+    DECODER_GRAPH,
+    EMBED_GRAPH,
+    PREFIX_GRAPH,
+    ExportFolderError,
+    is_export_folder,
+    read_manifest,
+)
+from mmgpt.truncation import tail_token_ids
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ExportFolderError", "OnnxVLM", "is_export_folder"]
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' clean_up_tokenization: no space before punctuation and English contractions."""
+    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                          (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(before, after)
+    return text
+
+
+class OnnxVLM:
+    """An exported mmgpt model: prefix, embedding and decoder graphs in onnxruntime sessions."""
+
+    def __init__(self, folder: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
+                 threads: int | None = None) -> None:
+        import onnxruntime
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder).expanduser()
+        self.manifest = manifest = read_manifest(self.folder)
+        try:
+            self.tokenizer = Tokenizer.from_file(str(self.folder / manifest["files"]["tokenizer"]))
+            text_file = manifest["files"].get("text_tokenizer")
+            self.text_tokenizer = Tokenizer.from_file(str(self.folder / text_file)) if text_file else None
+            self.image_transform = ImageTransform.load(self.folder / "image_transform")
+        except (OSError, ValueError, KeyError) as e:
+            raise ExportFolderError(f"cannot load the export in {self.folder}: {' '.join(str(e).split())}") from e
+        # the tokenizers library raises a bare Exception for a damaged tokenizer.json
+        except Exception as e:
+            raise ExportFolderError(f"the tokenizer in {self.folder} cannot be read: {e}") from e
+        self.tokens = manifest["tokens"]
+        self.limits = manifest["limits"]
+        self.generation = manifest["generation"]
+        self.templates = PromptTemplates(vqa=manifest["prompts"]["vqa_template"],
+                                         caption=manifest["prompts"]["caption_prompt"])
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.prefix_session, self.embed_session, self.decoder_session = (
+                onnxruntime.InferenceSession(str(self.folder / name), options, providers=list(providers))
+                for name in (PREFIX_GRAPH, EMBED_GRAPH, DECODER_GRAPH)
+            )
+        except Exception as e:  # onnxruntime's errors are its own classes, not OSError/ValueError
+            raise ExportFolderError(f"onnxruntime cannot load the graphs in {self.folder}: {e}") from e
+        decoder = manifest["decoder"]
+        self.num_layers, self.kv_heads, self.head_dim = (decoder["num_layers"], decoder["num_key_value_heads"],
+                                                         decoder["head_dim"])
+        self.past_names = [f"past_{kind}_{i}" for i in range(self.num_layers) for kind in ("key", "value")]
+
+    # ---- preprocessing, as mmgpt.processor.Processor does it ----
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of one templated prompt for the text encoder, truncated to the end as the Processor does."""
+        if self.text_tokenizer is not None:
+            encoder = self.text_tokenizer
+
+            def encode(text: str) -> list[int]:
+                return encoder.encode(text, add_special_tokens=True).ids
+        else:
+            bos = self.tokens["bos_token_id"]
+
+            def encode(text: str) -> list[int]:
+                return [bos] + self.tokenizer.encode(text, add_special_tokens=False).ids
+        ids, total, _ = tail_token_ids(encode, prompt, self.limits["max_prompt_length"])
+        if total > self.limits["max_prompt_length"]:
+            logger.warning("prompt of %d characters truncated to the text encoder's limit of %d tokens",
+                           len(prompt), self.limits["max_prompt_length"])
+        return ids
+
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Prompts -> input_ids, attention_mask (B, Lt) int64, right-padded."""
+        sequences = [self.prompt_ids(p) for p in prompts]
+        length = max(1, max(len(s) for s in sequences))
+        input_ids = np.full((len(sequences), length), self.tokens["text_pad_token_id"], dtype=np.int64)
+        attention_mask = np.zeros((len(sequences), length), dtype=np.int64)
+        for i, ids in enumerate(sequences):
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def encode_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """Images (path, bytes, PIL, numpy) -> pixel_values (B, 3, H, W) float32."""
+        return np.stack([self.image_transform(load_image(image, max_pixels=self.limits["max_image_pixels"]))
+                         for image in images]).astype(np.float32)
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        """The model's VQA template applied to each question; an empty one asks for a caption."""
+        return [question_prompt(text, self.templates) for text in texts]
+
+    # ---- the graphs ----
+    def prefix(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+               pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The prefix graph: -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf), left-padded."""
+        embeds, mask = self.prefix_session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask,
+                                                      "pixel_values": pixel_values})
+        return embeds, mask
+
+    def embed(self, input_ids: np.ndarray) -> np.ndarray:
+        """The generator's token embeddings: (B, L) -> (B, L, width)."""
+        return self.embed_session.run(None, {"input_ids": input_ids.astype(np.int64)})[0]
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        """A KV cache of length 0 for `batch` rows: the first decoder step."""
+        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=np.float32) for _ in self.past_names]
+
+    def decode_step(self, inputs_embeds: np.ndarray, attention_mask: np.ndarray, past: list[np.ndarray]
+                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder step: -> next-token logits (B, vocab) and the grown cache."""
+        length = inputs_embeds.shape[1]
+        position_ids = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)[:, -length:].astype(np.int64)
+        outputs = self.decoder_session.run(None, {"inputs_embeds": inputs_embeds.astype(np.float32),
+                                                  "attention_mask": attention_mask.astype(np.int64),
+                                                  "position_ids": position_ids,
+                                                  **dict(zip(self.past_names, past))})
+        return outputs[0][:, -1], outputs[1:]
+
+    def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray,
+                 max_new_tokens: int | None = None) -> np.ndarray:
+        """Greedy decoding with the KV cache -> new token ids (B, N), pad after eos, as MMGPT.generate."""
+        limit = self.generation["max_new_tokens"] if max_new_tokens is None else max_new_tokens
+        batch = input_ids.shape[0]
+        if limit == 0:
+            return np.zeros((batch, 0), dtype=np.int64)
+        prefix, prefix_mask = self.prefix(input_ids, attention_mask, pixel_values)
+        bos = np.full((batch, 1), self.tokens["bos_token_id"], dtype=np.int64)
+        inputs_embeds = np.concatenate([prefix, self.embed(bos)], axis=1)
+        mask = np.concatenate([prefix_mask.astype(np.int64), np.ones((batch, 1), dtype=np.int64)], axis=1)
+        eos = np.asarray(self.generation["eos_token_id"], dtype=np.int64)
+        pad = self.generation["pad_token_id"]
+        finished = np.zeros(batch, dtype=bool)
+        past, tokens = self.empty_past(batch), []
+        for _ in range(limit):
+            logits, past = self.decode_step(inputs_embeds, mask, past)
+            next_tokens = np.where(finished, pad, logits.argmax(axis=-1)).astype(np.int64)
+            tokens.append(next_tokens)
+            finished |= np.isin(next_tokens, eos)
+            if finished.all():
+                break
+            inputs_embeds = self.embed(next_tokens[:, None])
+            mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+        return np.stack(tokens, axis=1)
+
+    def decode(self, token_ids: np.ndarray) -> list[str]:
+        """Generated ids (B, N) -> answer strings, stopping at eos, as Processor.decode."""
+        eos = self.tokens["eos_token_id"]
+        texts = []
+        for ids in token_ids.tolist():
+            if eos in ids:
+                ids = ids[: ids.index(eos)]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if self.tokens.get("clean_up_tokenization_spaces"):
+                text = clean_up_tokenization(text)
+            texts.append(text.strip())
+        return texts
+
+    def answer(self, text: str | Sequence[str], image: ImageInput | Sequence[ImageInput], *,
+               batch_size: int = 64, max_new_tokens: int | None = None) -> str | list[str]:
+        """Answer a question about an image (or equal-length lists of both, batched); "" asks for a caption."""
+        single = isinstance(text, str)
+        texts, images = ([text], [image]) if single else (list(text), list(image))
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("text must be a str or a list of str")
+        if len(texts) != len(images):
+            raise ValueError(f"got {len(texts)} texts but {len(images)} images")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                           or max_new_tokens < 0):
+            raise ValueError(f"max_new_tokens must be None (the export's generation config) or an int >= 0, "
+                             f"got {max_new_tokens!r}")
+        answers: list[str] = []
+        for start in range(0, len(texts), batch_size):
+            batch = self.encode_prompts(self.prompts(texts[start : start + batch_size]))
+            pixels = self.encode_images(images[start : start + batch_size])
+            tokens = self.generate(batch["input_ids"], batch["attention_mask"], pixels, max_new_tokens)
+            answers.extend(self.decode(tokens))
+        return answers[0] if single else answers
+
+    def __repr__(self) -> str:
+        return f"OnnxVLM({str(self.folder)!r})"
+
