@@ -26,6 +26,17 @@ def test_full_resolution_stem_keeps_the_image_size() -> None:
         assert model.stem(image).shape[-2:] == (size, size)
 
 
+def test_fullres_variant_is_the_tiny_cnn_with_a_full_resolution_stem_and_one_more_stage() -> None:
+    torch.manual_seed(0)
+    variant = timm.create_model("mmgpt_tiny_cnn_fullres").eval()
+    torch.manual_seed(0)
+    spelled_out = timm.create_model("mmgpt_tiny_cnn", stem_stride=1, stem_width=16, widths=(16, 32, 64, 96)).eval()
+    image = torch.randn(2, 3, 64, 64)
+    assert variant.stem(image).shape == (2, 16, 64, 64)
+    assert torch.equal(variant.forward_features(image), spelled_out.forward_features(image))
+    assert variant.forward_features(image).shape == (2, 96, 4, 4)
+
+
 def test_bad_stem_stride_is_an_error_naming_the_allowed_values() -> None:
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
         timm.create_model("mmgpt_tiny_cnn", stem_stride=3)
