@@ -1,0 +1,60 @@
+"""The README's marked examples: found, run verbatim (with a tiny model standing in for the trained one), rewritten."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import readme_examples
+from tests.tiny import build, tiny_config
+
+README = Path(readme_examples.REPO, "README.md")
+
+
+def test_readme_marks_its_answer_examples() -> None:
+    lines = README.read_text(encoding="utf-8").split("\n")
+    examples = readme_examples.find_examples(lines)
+    kinds = [(e.kind, e.slow) for e in examples]
+    assert ("python", False) in kinds and ("console", False) in kinds and ("console", True) in kinds
+    for e in examples:
+        if e.kind == "console":
+            assert any(line.startswith("$ ") for line in lines[e.start + 1 : e.end])
+
+
+def test_readme_examples_run_verbatim(tmp_path: Path) -> None:
+    model = build(tiny_config())
+    model.save_pretrained(tmp_path / "model")
+    env = {**os.environ, "MMGPT_MODEL": str(tmp_path / "model")}
+    text = README.read_text(encoding="utf-8")
+    new = readme_examples.render(text, skip_slow=True, env=env)
+    # the tiny model answers something else than the trained one, but every command ran and printed
+    new_lines = new.split("\n")
+    for e in readme_examples.find_examples(new_lines):
+        if e.kind == "console" and not e.slow:
+            body = new_lines[e.start + 1 : e.end]
+            assert "0.png\t" in "\n".join(body)
+            assert not any(str(readme_examples.REPO) in line for line in body)
+        if e.kind == "python":
+            assert len(new_lines[e.output_start + 1 : e.output_end]) == 2
+
+
+def test_render_replaces_stale_output_and_keeps_the_rest(tmp_path: Path) -> None:
+    text = ("intro\n<!-- readme-example -->\n```console\n$ X=hi\n$ echo $X\nstale\n$ echo two; echo lines\n```\n"
+            "<!-- readme-example -->\n```python\nprint(6 * 7)\n```\n\n```text\nold\n```\nend")
+    new = readme_examples.render(text)
+    assert new == ("intro\n<!-- readme-example -->\n```console\n$ X=hi\n$ echo $X\nhi\n$ echo two; echo lines\ntwo\n"
+                   "lines\n```\n<!-- readme-example -->\n```python\nprint(6 * 7)\n```\n\n```text\n42\n```\nend")
+    readme = tmp_path / "README.md"
+    readme.write_text(new)
+    assert readme_examples.main(["--readme", str(readme), "--check"]) == 0
+    readme.write_text(text)
+    assert readme_examples.main(["--readme", str(readme), "--check"]) == 1
+
+
+def test_a_failing_example_names_its_command() -> None:
+    text = "<!-- readme-example -->\n```console\n$ echo ok\n$ false\n```"
+    with pytest.raises(readme_examples.ExampleError, match="`false` exited with status 1"):
+        readme_examples.render(text)
+    with pytest.raises(readme_examples.ExampleError, match="followed by a ```text block"):
+        readme_examples.render("<!-- readme-example -->\n```python\nprint(1)\n```\nno output block")
