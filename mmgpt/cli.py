@@ -1,4 +1,5 @@
-"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate, compare-fusions, explain, serve."""
+"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate, compare-fusions, explain,
+serve, export."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +21,7 @@ commands:
   eval-vqa      VQA accuracy of a model, or of a results file
   eval-caption  COCO caption metrics of a model, or of a results file
   validate      check a dataset before training
+  export        export a model to ONNX for torch-free runtimes (mmgpt.runtime)
   serve         serve a model on the OpenAI Chat Completions API
   compare-fusions  train every fusion alike and report them side by side
   explain       answer with a map over the image for each answer token
@@ -83,7 +85,8 @@ def _answer(argv: list[str]) -> int:
     parser.add_argument("question", help="the question; an empty string asks for a caption")
     parser.add_argument("--image", required=True, help="image file (png, jpg, ...)")
     parser.add_argument("--model", default=None,
-                        help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
+                        help="model folder, a folder written by `mmgpt export` (run without torch), or hf://org/name "
+                        "for a hub model (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     add_decoding_args(parser)
@@ -165,6 +168,12 @@ def _serve(argv: list[str]) -> int:
     return main(argv, prog="mmgpt serve")
 
 
+def _export(argv: list[str]) -> int:
+    from mmgpt.export import main
+
+    return main(argv, prog="mmgpt export")
+
+
 COMMANDS = {
     "answer": _answer,
     "caption": _caption,
@@ -175,6 +184,7 @@ COMMANDS = {
     "serve": _serve,
     "compare-fusions": _compare_fusions,
     "explain": _explain,
+    "export": _export,
 }
 
 

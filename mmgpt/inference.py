@@ -12,7 +12,7 @@ import torch
 from transformers import GenerationConfig
 
 from mmgpt.config import PromptTemplates
-from mmgpt.decoding import check_decoding_options, check_seed, int_option, resolve_generation_config
+from mmgpt.decoding import check_decoding_options, check_seed, int_option, resolve_generation_config, set_values
 from mmgpt.images import ImageInput
 from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
 from mmgpt.prompts import question_prompt
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_RUN_MODEL = Path("runs") / "default" / "model"
 _POINTER = Path(os.environ.get("MMGPT_CACHE", Path.home() / ".cache" / "mmgpt")) / "default_model.txt"
 _CACHE: dict[tuple[str, str], MMGPT] = {}
+_EXPORTS: dict[str, Any] = {}  # mmgpt.runtime.OnnxVLM of each exported folder used
 
 
 def remember_default_model(path: str | Path) -> None:
@@ -65,6 +66,33 @@ def load_model(model: str | Path | MMGPT | None = None, device: str | torch.devi
     if key not in _CACHE:
         _CACHE[key] = MMGPT.from_pretrained(path, device=device)
     return _CACHE[key]
+
+
+def _is_export(model: Any) -> bool:
+    """Whether `model` names a folder written by `mmgpt export` (it has manifest.json), run by mmgpt.runtime."""
+    from mmgpt.runtime.manifest import is_export_folder
+
+    return isinstance(model, (str, os.PathLike)) and not str(model).startswith("hf://") and is_export_folder(model)
+
+
+def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], batch_size: int,
+                      device: str | torch.device | None, generation_config: GenerationConfig | None,
+                      options: dict[str, Any]) -> list[str]:
+    """answer() through mmgpt.runtime: greedy on the CPU, max_new_tokens the only decoding option it takes."""
+    from mmgpt.runtime import OnnxVLM
+
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"device {device!r}: an exported ONNX model ({folder}) runs on the cpu only")
+    given = {**(set_values(generation_config) if generation_config is not None else {}),
+             **{k: v for k, v in options.items() if v is not None}}
+    unsupported = sorted(set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"})
+    if unsupported:
+        raise ValueError(f"{', '.join(unsupported)}: an exported ONNX model ({folder}) decodes greedily and takes "
+                         "only max_new_tokens; use the saved torch model for other decoding options")
+    key = str(Path(folder).expanduser().resolve())
+    if key not in _EXPORTS:
+        _EXPORTS[key] = OnnxVLM(folder)
+    return _EXPORTS[key].answer(texts, images, batch_size=batch_size, max_new_tokens=given.get("max_new_tokens"))
 
 
 def _check_text(text: Any, name: str) -> str:
@@ -139,6 +167,9 @@ def answer(
     with `seed` for sampling, ...). `max_new_tokens=0` answers "" (the images are still read and checked).
     """
     texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs)
+    if _is_export(model):
+        answers = _exported_answers(model, texts, images, batch_size, device, generation_config, generate_kwargs)
+        return answers[0] if single else answers
     mm = _load_quietly(model, device)
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     answers: list[str] = []
@@ -168,6 +199,10 @@ def stream_answer(
     if not isinstance(text, str):
         raise TypeError(f"stream_answer takes one text (a str) and one image, got text of type {type(text).__name__}")
     texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs)
+    if _is_export(model):
+        # the runtime decodes a whole batch at once: the answer comes as one piece
+        piece = _exported_answers(model, texts, images, 1, device, generation_config, generate_kwargs)[0]
+        return iter([piece] if piece else [])
     mm = _load_quietly(model, device)
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     if (config.num_beams or 1) > 1:
