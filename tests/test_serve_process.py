@@ -22,7 +22,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir: Path) -> None:
+def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir: Path) -> None:  # noqa: F811
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -58,13 +58,13 @@ async function ask(event) {
     model: modelId,
     stream: true,
     stream_options: { include_usage: true },
-    max_tokens: Number($("max-tokens").value) || 32,
     temperature: Number($("temperature").value) || 0,
     messages: [{ role: "user", content: [
       { type: "text", text: $("question").value },
       { type: "image_url", image_url: { url: imageUrl } },
     ] }],
   };
+  if ($("max-tokens").value !== "") request.max_tokens = Number($("max-tokens").value);
   if ($("seed").value !== "") request.seed = Number($("seed").value);
   $("send").disabled = true;
   answer.className = "streaming";

@@ -1,0 +1,63 @@
+"""The playground page in a real headless chromium: choose an image, ask, and the streamed answer appears."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from test_serve import NAME, model, model_dir, png, running_server  # noqa: F401 - fixtures
+
+from mmgpt.inference import answer
+from mmgpt.model import MMGPT
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1100,720")
+
+
+@pytest.fixture()
+def browser(tmp_path: Path) -> webdriver.Chrome:
+    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_playground_streams_the_answer(model: MMGPT, browser: webdriver.Chrome, tmp_path: Path) -> None:  # noqa: F811
+    image = tmp_path / "shape.png"
+    image.write_bytes(png((200, 30, 30), size=64, box=20))
+    question = "what color is the shape?"
+    expected = answer(question, image, model=model)
+    with running_server(model) as url:
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 15)
+        wait.until(lambda d: d.find_element(By.ID, "model").text == f"model: {NAME}")
+        assert browser.find_element(By.ID, "send").get_attribute("disabled") is not None  # no image yet
+        browser.find_element(By.ID, "image").send_keys(str(image))
+        wait.until(lambda d: d.find_element(By.ID, "send").get_attribute("disabled") is None)
+        browser.find_element(By.ID, "question").send_keys(question)
+        browser.find_element(By.ID, "send").click()
+        wait.until(lambda d: "finish:" in d.find_element(By.ID, "stats").text)
+        shown = browser.find_element(By.ID, "answer")
+        assert shown.text == expected
+        assert "streaming" not in (shown.get_attribute("class") or "")
+        assert "prompt +" in browser.find_element(By.ID, "stats").text
+        assert browser.execute_script("return document.getElementById('preview').naturalWidth") == 64
+        browser.save_screenshot("/tmp/mmgpt-playground.png")
+        # the page and its script and style come from the server itself (no CDN)
+        sources = browser.execute_script(
+            "return [...document.querySelectorAll('script[src], link[href]')].map(e => e.src || e.href)")
+        assert sources and all(s.startswith(url) for s in sources)
