@@ -1,0 +1,165 @@
+"""mmgpt export: ONNX graphs equal to the eager model (prefix, logits at every KV-cache step, greedy answers)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import TEXTS, build, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
+
+from mmgpt import cli
+from mmgpt.export import ExportError, export_onnx
+from mmgpt.inference import _prompts, answer, stream_answer
+from mmgpt.model import MMGPT
+from mmgpt.runtime import OnnxVLM
+
+TOLERANCE = 1e-4
+QUESTIONS = 36
+
+
+def diverse_model(generator: str = "llama", seed: int = 0) -> MMGPT:
+    """A tiny model whose weights are spread out, so greedy answers differ from question to question."""
+    model = build(tiny_config(generator=generator), seed=seed).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
+def questions_and_images(n: int, seed: int = 0) -> tuple[list[str], list[Image.Image]]:
+    """n questions of 0-3 phrases (the empty one asks for a caption) and images of random sizes and shapes."""
+    rng = np.random.default_rng(seed)
+    phrases = sorted(set(TEXTS))
+    texts = [" ".join(rng.choice(phrases, int(rng.integers(0, 4)))) for _ in range(n)]
+    images = [Image.fromarray(rng.integers(0, 256, (int(rng.integers(12, 70)), int(rng.integers(12, 70)), 3),
+                                           dtype=np.uint8)) for _ in range(n)]
+    return texts, images
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[MMGPT, Path]:
+    """A diverse tiny llama model and its export with the default exporter (dynamo)."""
+    torch.set_num_threads(1)
+    model = diverse_model()
+    folder = export_onnx(model, tmp_path_factory.mktemp("export") / "onnx")
+    return model, folder
+
+
+def test_manifest_names_the_graphs_and_their_check(exported: tuple[MMGPT, Path]) -> None:
+    model, folder = exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (manifest["format"], manifest["format_version"], manifest["opset"], manifest["dtype"]) == \
+        ("mmgpt-onnx", 1, 18, "float32")
+    assert set(manifest["graphs"]) == {"prefix", "embed_tokens", "decoder"}
+    for graph in manifest["graphs"].values():
+        assert graph["exporter"] == "torch.onnx.export(dynamo=True)"
+        assert graph["max_abs_diff_vs_eager"] <= TOLERANCE
+        assert (folder / graph["file"]).is_file()
+    decoder = manifest["graphs"]["decoder"]
+    assert [i["name"] for i in decoder["inputs"]][:5] == [
+        "inputs_embeds", "attention_mask", "position_ids", "past_key_0", "past_value_0"]
+    assert decoder["inputs"][3]["shape"] == ["batch", 1, "past_length", 16]  # 1 kv head of 32 / 2 heads
+    assert manifest["generation"]["max_new_tokens"] == model.config.max_answer_length
+    for name in ("tokenizer/tokenizer.json", "image_transform/transform.json", "generation_config.json"):
+        assert (folder / name).is_file()
+
+
+def test_prefix_pixels_and_step_logits_match_eager(exported: tuple[MMGPT, Path]) -> None:
+    model, folder = exported
+    vlm = OnnxVLM(folder)
+    texts, images = questions_and_images(8, seed=1)
+    batch = model.processor(_prompts(model, texts), images)
+    ids = vlm.encode_prompts(vlm.prompts(texts))
+    pixels = vlm.encode_images(images)
+    assert np.array_equal(ids["input_ids"], batch["input_ids"].numpy())
+    assert np.array_equal(ids["attention_mask"], batch["attention_mask"].numpy())
+    assert np.abs(pixels - batch["pixel_values"].numpy()).max() <= 1e-6
+    with torch.no_grad():
+        prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    got, got_mask = vlm.prefix(ids["input_ids"], ids["attention_mask"], pixels)
+    assert np.array_equal(got_mask, prefix_mask.numpy()) and got_mask.min() == 0  # rows are left-padded
+    assert np.abs(got - prefix.numpy()).max() <= TOLERANCE
+    # six KV-cache steps of the runtime against the eager generator on the whole sequence, without a cache
+    tokens = np.full((8, 1), model.processor.tokenizer.bos_token_id)
+    embeds, mask = np.concatenate([got, vlm.embed(tokens)], axis=1), np.concatenate([got_mask, np.ones((8, 1))], 1)
+    past, worst = vlm.empty_past(8), 0.0
+    for _ in range(6):
+        logits, past = vlm.decode_step(embeds, mask, past)
+        with torch.no_grad():
+            full = torch.cat([prefix, model.generator.get_input_embeddings()(torch.as_tensor(tokens))], dim=1)
+            torch_mask = torch.as_tensor(mask, dtype=torch.long)
+            eager = model.generator(inputs_embeds=full, attention_mask=torch_mask,
+                                    position_ids=(torch_mask.cumsum(1) - 1).clamp(min=0), use_cache=False).logits
+        worst = max(worst, float(np.abs(logits - eager[:, -1].numpy()).max()))
+        next_tokens = logits.argmax(-1)[:, None]
+        tokens = np.concatenate([tokens, next_tokens], axis=1)
+        embeds, mask = vlm.embed(next_tokens), np.concatenate([mask, np.ones((8, 1))], axis=1)
+    assert past[0].shape == (8, 1, got.shape[1] + 6, 16)
+    assert worst <= TOLERANCE
+
+
+def test_greedy_tokens_and_answers_equal_eager(exported: tuple[MMGPT, Path]) -> None:
+    model, folder = exported
+    vlm = OnnxVLM(folder)
+    texts, images = questions_and_images(QUESTIONS)
+    batch = model.processor(_prompts(model, texts), images)
+    ids = vlm.encode_prompts(vlm.prompts(texts))
+    expected = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).numpy()
+    assert np.array_equal(vlm.generate(ids["input_ids"], ids["attention_mask"], vlm.encode_images(images)), expected)
+    eager = answer(texts, images, model=model, batch_size=8)
+    assert len(set(eager)) > QUESTIONS // 2  # the check means something only if the answers differ
+    assert vlm.answer(texts, images, batch_size=8) == eager
+    assert vlm.answer(texts[:6], images[:6], batch_size=1) == eager[:6]
+    assert vlm.answer(texts[0], images[0]) == eager[0]
+
+
+def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path]) -> None:
+    model, folder = exported
+    texts, images = questions_and_images(4, seed=2)
+    assert answer(texts, images, model=str(folder)) == answer(texts, images, model=model)
+    assert answer(texts[0], images[0], model=folder, max_new_tokens=2) == \
+        answer(texts[0], images[0], model=model, max_new_tokens=2)
+    assert answer(texts[0], images[0], model=folder, max_new_tokens=0) == ""
+    assert "".join(stream_answer(texts[1], images[1], model=folder)) == answer(texts[1], images[1], model=model)
+    with pytest.raises(ValueError, match="num_beams: an exported ONNX model .* decodes greedily"):
+        answer(texts[0], images[0], model=folder, num_beams=2)
+    with pytest.raises(ValueError, match="runs on the cpu only"):
+        answer(texts[0], images[0], model=folder, device="cuda")
+
+
+def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = diverse_model(generator="gpt2", seed=3)
+    model.save_pretrained(tmp_path / "model")
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(tmp_path / "model"), str(out), "--format", "onnx", "--exporter", "torchscript"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source_model"] == str(tmp_path / "model")
+    assert {g["exporter"] for g in manifest["graphs"].values()} == {"torch.onnx.export(dynamo=False)"}
+    texts, images = questions_and_images(2, seed=4)
+    images[0].save(tmp_path / "image.png")
+    assert cli.main(["answer", texts[0], "--image", str(tmp_path / "image.png"), "--model", str(out)]) == 0
+    assert capsys.readouterr().out == answer(texts[0], str(tmp_path / "image.png"), model=model) + "\n"
+    # exporting again replaces the export; a folder that is something else is refused
+    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript"]) == 0
+    assert cli.main(["export", str(tmp_path / "model"), str(tmp_path / "model"), "--exporter", "torchscript"]) == 2
+    assert "is a folder but not an mmgpt export" in capsys.readouterr().err
+
+
+def test_parts_the_runtime_cannot_reproduce_are_refused(tmp_path: Path) -> None:
+    clip = build(tiny_config(image="clip"))
+    with pytest.raises(ExportError, match="model.image_encoder cannot be exported: .*timm image transforms only"):
+        export_onnx(clip, tmp_path / "clip")
+    model = build(tiny_config())
+    config = model.generation_config
+    config.num_beams = 3
+    model.generation_config = config
+    with pytest.raises(ExportError, match="num_beams=3, but the ONNX runtime decodes greedily"):
+        export_onnx(model, tmp_path / "beams")
+    with pytest.raises(ValueError, match="exporter must be one of auto, dynamo, torchscript"):
+        export_onnx(model, tmp_path / "x", exporter="tflite")
+    assert not (tmp_path / "clip").exists() and not (tmp_path / "beams").exists()
