@@ -1,0 +1,116 @@
+"""mmgpt.runtime without torch: a subprocess where importing torch or transformers fails answers like eager."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import build, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
+
+from mmgpt import cli
+from mmgpt.encoders.timm_image import TimmTransform
+from mmgpt.export import export_onnx
+from mmgpt.inference import answer
+from mmgpt.runtime import ExportFolderError, OnnxVLM
+from mmgpt.runtime.image import ImageTransform
+
+REPO = Path(__file__).resolve().parent.parent
+# run first in the subprocess: any import of torch or transformers (or their submodules) raises ImportError
+BLOCK_TORCH = """
+import sys
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} is blocked: the runtime must not import it")
+        return None
+sys.meta_path.insert(0, BlockTorch())
+"""
+RUN = """
+import json
+from mmgpt.runtime import OnnxVLM
+texts, images = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+answers = OnnxVLM(sys.argv[1]).answer(texts, images, batch_size=2)
+assert not any(m.split(".")[0] in ("torch", "transformers") for m in sys.modules)
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple:
+    """A tiny qwen2 model with spread-out weights, exported with the (quicker) TorchScript exporter."""
+    model = build(tiny_config(generator="qwen2"), seed=5).eval()
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    folder = export_onnx(model, tmp_path_factory.mktemp("export") / "onnx", exporter="torchscript")
+    return model, folder
+
+
+def test_runtime_answers_in_a_process_without_torch(exported: tuple, tmp_path: Path) -> None:
+    model, folder = exported
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(40, 24), (32, 32), (17, 51)]):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    texts = ["what color is the shape?", "", "is there a circle? how many shapes are there?"]
+    result = subprocess.run([sys.executable, "-c", BLOCK_TORCH + RUN, str(folder), json.dumps(texts),
+                             json.dumps(paths)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = json.loads(result.stdout)
+    assert answers == answer(texts, paths, model=model)
+    assert len(set(answers)) == 3
+    # the blocker does block: the torch-backed Processor cannot be imported there
+    blocked = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import mmgpt.processor"], capture_output=True,
+                             text=True, cwd=REPO, timeout=60)
+    assert blocked.returncode != 0 and "torch is blocked" in blocked.stderr
+
+
+@pytest.mark.parametrize("data_config", [
+    {"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
+     "crop_mode": "center"},
+    {"input_size": [3, 32, 32], "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+     "std": [0.229, 0.224, 0.225], "crop_pct": 0.875},
+    {"input_size": [3, 24, 40], "interpolation": "lanczos", "mean": [0.1, 0.2, 0.3], "std": [0.3, 0.2, 0.1],
+     "crop_pct": 0.9, "crop_mode": "squash"},
+])
+def test_image_transform_equals_timms(data_config: dict) -> None:
+    timm_transform, numpy_transform = TimmTransform(data_config), ImageTransform(data_config)
+    rng = np.random.default_rng(1)
+    for width, height in [(64, 64), (7, 5), (100, 37), (31, 200), (28, 28), (64, 80)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        expected = timm_transform(image).numpy()
+        got = numpy_transform(image)
+        assert got.dtype == np.float32 and got.shape == expected.shape == (3, *data_config["input_size"][1:])
+        assert np.abs(got - expected).max() <= 1e-6
+
+
+def test_folders_that_are_not_exports_are_refused(exported: tuple, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    _, folder = exported
+    with pytest.raises(ExportFolderError, match=r"is not an exported mmgpt model: it has no manifest.json"):
+        OnnxVLM(tmp_path)
+    copy = tmp_path / "future"
+    copy.mkdir()
+    for file in folder.iterdir():
+        if file.is_file():
+            (copy / file.name).write_bytes(file.read_bytes())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
+    with pytest.raises(ExportFolderError, match=r"format_version 99 is not one this mmgpt reads \(1\)"):
+        OnnxVLM(copy)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert cli.main(["answer", "what?", "--image", str(image), "--model", str(copy)]) == 2
+    assert "format_version 99 is not one this mmgpt reads" in capsys.readouterr().err
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    (copy / "decoder.onnx").unlink()
+    with pytest.raises(ExportFolderError, match="the decoder graph decoder.onnx named in manifest.json is missing"):
+        OnnxVLM(copy)
