@@ -5,7 +5,12 @@
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+# transformers imports torchao when it is installed, and torchao registers enums with torch's pytree, which
+# torch >= 2.14 warns about at import: a note about torchao's code, printed by every command, so filtered
+logging.getLogger("torch.utils._pytree").addFilter(lambda record: "is an Enum subclass" not in record.getMessage())
 
 __version__ = "0.1.0"
 __all__ = ["MMGPT", "ModelConfig", "ModelLoadError", "Processor", "answer", "stream_answer", "load_model"]

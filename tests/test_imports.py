@@ -147,3 +147,11 @@ def test_metric_modules_import_nothing_of_the_runner_model_or_inference(metric_m
     assert [name for name in NOT_FOR_METRICS if name in loaded] == []
     # function-level imports too, which only a call would load
     assert reachable(import_graph(mmgpt_files), metric_module).isdisjoint(NOT_FOR_METRICS)
+
+
+def test_importing_the_inference_and_training_code_prints_nothing() -> None:
+    # torchao (pulled in by transformers when installed) made torch warn on every command's import
+    proc = subprocess.run([sys.executable, "-c", "import mmgpt.inference, mmgpt.training.loop"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "" and proc.stdout == ""
