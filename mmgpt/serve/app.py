@@ -60,7 +60,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     from mmgpt.images import ImageError
     from mmgpt.serve.conversation import conversation
     from mmgpt.serve.images import FetchLimits
-    from mmgpt.serve.metrics import Metrics
+    from mmgpt.serve.metrics import Metrics, RequestCounter
     from mmgpt.serve.schemas import APIError, ChatCompletionRequest
     from mmgpt.serve.worker import Job, QueueFull, Worker
 
@@ -96,17 +96,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
         logger.exception("unexpected error")
         return JSONResponse(APIError(500, f"internal error: {type(error).__name__}").body(), status_code=500)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        try:
-            response = await call_next(request)
-        except Exception:
-            metrics.requests.labels(request.url.path, "500").inc()
-            raise
-        path = request.url.path if request.url.path in ("/v1/chat/completions", "/v1/models", "/health",
-                                                         "/metrics", "/") else "other"
-        metrics.requests.labels(path, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestCounter, metrics=metrics)
 
     def check_key(request: Request) -> None:
         if settings.api_key is None:
@@ -221,13 +211,18 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             raise APIError(429, f"server busy: {e}; retry later", code="queue_full", type="rate_limit_error") from None
         deadline = arrival + settings.timeout_s
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
-        if chat.stream:
-            first = await next_event(request, job, events, deadline)
-            include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
-            return StreamingResponse(stream(job, events, first, reply, include_usage, deadline),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        while (event := await next_event(request, job, events, deadline))[0] != "done":
-            pass
+        gone = asyncio.ensure_future(disconnected(request))
+        try:
+            if chat.stream:
+                # until the first token the client may still get a 504; StreamingResponse watches it after that
+                first = await next_event(gone, job, events, deadline)
+                include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+                return StreamingResponse(stream(job, events, first, reply, include_usage, deadline),
+                                         media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            while (event := await next_event(gone, job, events, deadline))[0] != "done":
+                pass
+        finally:
+            gone.cancel()
         _, choices, prompt_tokens = event
         metrics.latency.observe(time.monotonic() - arrival)
         completion = sum(c.completion_tokens for c in choices)
@@ -239,15 +234,13 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
                       "total_tokens": prompt_tokens + completion},
         })
 
-    async def next_event(request: Request, job: Job, events: asyncio.Queue, deadline: float) -> tuple:
-        """The job's next event; the client leaving cancels the job, the deadline gives 504, an error 500."""
+    async def next_event(gone: asyncio.Future, job: Job, events: asyncio.Queue, deadline: float) -> tuple:
+        """The job's next event; the client leaving (`gone`) cancels the job, the deadline gives 504, an error 500."""
         get = asyncio.ensure_future(events.get())
-        gone = asyncio.ensure_future(disconnected(request))
         try:
             done, _ = await asyncio.wait({get, gone}, timeout=max(0.0, deadline - time.monotonic()),
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
-            gone.cancel()
             if not get.done():
                 get.cancel()
         if get not in done:

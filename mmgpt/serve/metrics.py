@@ -1,6 +1,8 @@
 """The server's Prometheus metrics, in a registry of its own (several apps in one process keep apart)."""
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -26,3 +28,30 @@ class Metrics:
                                         registry=self.registry)
         self.prompt_tokens = Counter("mmgpt_prompt_tokens", "prefix positions (fused text and image) read",
                                      registry=self.registry)
+
+
+class RequestCounter:
+    """ASGI middleware counting responses by path and status (plain ASGI: BaseHTTPMiddleware costs a task group)."""
+
+    PATHS = ("/v1/chat/completions", "/v1/models", "/health", "/metrics", "/")
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Pass the request on; count its response status (500 when it raised before answering)."""
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = "500"
+
+        async def record(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = str(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            path = scope["path"] if scope["path"] in self.PATHS else "other"
+            self.metrics.requests.labels(path, status).inc()

@@ -1,0 +1,314 @@
+"""Serving: requests/s, latency and time to first token of `mmgpt serve` under load, batching on and off.
+
+A server (`python -m mmgpt.serve`, its own process, 127.0.0.1) is started on the trained default model
+for each batching setting: dynamic batching (``--max-batch-size 32 --max-wait-ms 5``) and none
+(``--max-batch-size 1``). Clients (asyncio, httpx, streaming requests as the playground and OpenAI's
+clients send them) keep `concurrency` requests in flight (1, 8, 32) over a fixed set of easy-VQA-style
+images and questions, greedy; each reports requests/s, p50/p95/p99 latency (request sent to
+``data: [DONE]``) and time to first token (to the first content delta).
+
+Baseline for concurrency 1: ``answer()`` called directly in this process on the same inputs,
+round-robin with the server's requests (one answer(), one request, ...) so load from other processes
+hits both alike. Where the concurrency-1 target is missed, the server's own latency histogram
+(/metrics) splits the overhead into time inside the server and time on the wire and in the client.
+
+Targets: at concurrency 32 batching gives >= 5x the requests/s of no batching; at concurrency 1 the
+p50 latency is within 15% of answer()'s.
+
+    python -m bench.serve                      # runs/default/model, CPU
+    python -m bench.serve --model PATH --requests 64
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import logging
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import base64
+
+import httpx
+import torch
+from PIL import Image, ImageDraw
+
+from bench import cli, common
+
+logger = logging.getLogger("bench.serve")
+
+NAME = "serve"
+MODES = {"batching": ["--max-batch-size", "32", "--max-wait-ms", "5"], "no_batching": ["--max-batch-size", "1"]}
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
+          "teal": (30, 160, 160), "brown": (140, 90, 40), "gray": (128, 128, 128), "black": (20, 20, 20)}
+QUESTIONS = ("What color is the shape?", "What shape is in the image?", "Is there a circle in the image?",
+             "Is the shape blue?")
+
+
+def inputs(count: int, seed: int) -> list[tuple[str, bytes]]:
+    """(question, PNG bytes) pairs: one shape of a random colour, kind, size and place on white."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        image = Image.new("RGB", (64, 64), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        size, x, y = rng.randint(16, 40), rng.randint(0, 20), rng.randint(0, 20)
+        color = rng.choice(list(COLORS.values()))
+        shape = rng.choice(("circle", "rectangle", "triangle"))
+        if shape == "circle":
+            draw.ellipse((x, y, x + size, y + size), fill=color)
+        elif shape == "rectangle":
+            draw.rectangle((x, y, x + size, y + size), fill=color)
+        else:
+            draw.polygon([(x, y + size), (x + size, y + size), (x + size // 2, y)], fill=color)
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        out.append((rng.choice(QUESTIONS), buffer.getvalue()))
+    return out
+
+
+def body(model: str, question: str, image: bytes) -> dict[str, Any]:
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    return {"model": model, "stream": True, "temperature": 0, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]}]}
+
+
+async def one_request(client: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str, Any]:
+    """Send one streaming request -> {latency_s, ttft_s, text}."""
+    start = time.perf_counter()
+    first, text = None, []
+    async with client.stream("POST", "/v1/chat/completions", json=payload) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            for choice in chunk["choices"]:
+                if choice["delta"].get("content"):
+                    first = first if first is not None else time.perf_counter()
+                    text.append(choice["delta"]["content"])
+    end = time.perf_counter()
+    return {"latency_s": end - start, "ttft_s": (first if first is not None else end) - start, "text": "".join(text)}
+
+
+async def load(url: str, model: str, asks: list[tuple[str, bytes]], concurrency: int) -> dict[str, Any]:
+    """Keep `concurrency` requests in flight until every ask is answered -> rates, percentiles, answers."""
+    queue: asyncio.Queue = asyncio.Queue()
+    for i, ask in enumerate(asks):
+        queue.put_nowait((i, ask))
+    results: list[dict[str, Any] | None] = [None] * len(asks)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=300) as client:
+        async def run() -> None:
+            while not queue.empty():
+                i, (question, image) = queue.get_nowait()
+                results[i] = await one_request(client, body(model, question, image))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(run() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return summarize(results, wall, concurrency)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    """p50, p95, p99 (linear interpolation) and the mean."""
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        k = (len(ordered) - 1) * q
+        low = int(k)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+    return {"p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "mean": statistics.fmean(ordered)}
+
+
+def summarize(results: list[dict[str, Any]], wall: float, concurrency: int) -> dict[str, Any]:
+    return {"concurrency": concurrency, "requests": len(results), "wall_s": wall,
+            "requests_per_s": len(results) / wall,
+            "latency_s": percentiles([r["latency_s"] for r in results]),
+            "ttft_s": percentiles([r["ttft_s"] for r in results]),
+            "answers": [r["text"] for r in results]}
+
+
+def server_metrics(url: str) -> dict[str, float]:
+    """Sums and counts of the server's latency and batch-size histograms."""
+    text = httpx.get(f"{url}/metrics").text
+    out = {}
+    for name in ("mmgpt_request_latency_seconds", "mmgpt_batch_size", "mmgpt_time_to_first_token_seconds"):
+        for stat in ("sum", "count"):
+            match = re.search(rf"^{name}_{stat} (\S+)$", text, re.M)
+            out[f"{name}_{stat}"] = float(match.group(1)) if match else 0.0
+    return out
+
+
+def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    process = subprocess.Popen([sys.executable, "-m", "mmgpt.serve", "--model", model, "--model-name", "bench",
+                                "--port", str(port), "--device", "cpu", *MODES[mode]], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"the {mode} server exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"the {mode} server did not start within 120 s")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            time.sleep(0.2)
+
+
+def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Concurrency 1, alternating answer() in this process with one server request on the same input."""
+    from mmgpt.inference import answer
+
+    direct, served, texts = [], [], []
+    for question, image in asks:
+        start = time.perf_counter()
+        texts.append(answer(question, image, model=mm))
+        direct.append(time.perf_counter() - start)
+        served.append(asyncio.run(load(url, "bench", [(question, image)], 1)))
+    return {"answer_latency_s": percentiles(direct), "answers": texts,
+            "server_latency_s": percentiles([s["latency_s"]["p50"] for s in served]),
+            "server_ttft_s": percentiles([s["ttft_s"]["p50"] for s in served]),
+            "server_answers": [s["answers"][0] for s in served]}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = cli.new_parser(__doc__)
+    parser.add_argument("--model", default="runs/default/model", help="saved model folder")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level (c=1: a third)")
+    parser.add_argument("--warmup", type=int, default=8, help="untimed requests per server")
+    parser.add_argument("--device", default="cpu", choices=["cpu"], help="the server runs on CPU here")
+    cli.add_run_options(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    device = cli.setup(args)
+    from mmgpt.inference import load_model
+
+    mm = load_model(args.model, "cpu")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    baseline: dict[str, Any] = {}
+    server_side: dict[str, dict[str, float]] = {}
+    for mode in MODES:
+        process, url = start_server(args.model, mode, args.threads)
+        try:
+            asyncio.run(load(url, "bench", inputs(args.warmup, args.seed + 99), min(8, args.warmup)))
+            runs[mode] = []
+            for concurrency in args.concurrency:
+                count = args.requests if concurrency > 1 else max(8, args.requests // 3)
+                asks = inputs(count, args.seed + concurrency)
+                if concurrency == 1 and mode == "batching":
+                    before = server_metrics(url)
+                    baseline = baseline_round_robin(url, mm, asks)
+                    after = server_metrics(url)
+                    server_side = {k: after[k] - before.get(k, 0.0) for k in after}
+                before = server_metrics(url)
+                result = asyncio.run(load(url, "bench", asks, concurrency))
+                after = server_metrics(url)
+                result["server_batch_mean"] = ((after["mmgpt_batch_size_sum"] - before["mmgpt_batch_size_sum"])
+                                               / max(after["mmgpt_batch_size_count"] - before["mmgpt_batch_size_count"],
+                                                     1))
+                logger.info("%s c=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms, ttft p50 %.1f ms", mode, concurrency,
+                            result["requests_per_s"], 1e3 * result["latency_s"]["p50"],
+                            1e3 * result["latency_s"]["p99"], 1e3 * result["ttft_s"]["p50"])
+                runs[mode].append(result)
+        finally:
+            process.terminate()
+            process.wait(30)
+    payload = {"model": args.model, "runs": runs, "baseline_c1": baseline, "server_side_c1": server_side,
+               "targets": targets(runs, baseline, server_side)}
+    written = cli.write(NAME, NAME, device, args, payload)
+    print(section({**json.loads(Path(written["path"]).read_text()), "path": written["path"]}))
+    if args.out_dir is None:
+        write_section({**json.loads(Path(written["path"]).read_text()), "path": written["path"]})
+    return written
+
+
+def targets(runs: dict[str, list[dict[str, Any]]], baseline: dict[str, Any],
+            server_side: dict[str, float]) -> dict[str, Any]:
+    """The two targets, measured: batching speedup at the highest concurrency, c=1 p50 over answer()'s."""
+    top = {mode: max(rs, key=lambda r: r["concurrency"]) for mode, rs in runs.items()}
+    speedup = top["batching"]["requests_per_s"] / top["no_batching"]["requests_per_s"]
+    ratio = baseline["server_latency_s"]["p50"] / baseline["answer_latency_s"]["p50"]
+    inside = server_side["mmgpt_request_latency_seconds_sum"] / max(server_side["mmgpt_request_latency_seconds_count"],
+                                                                    1)
+    return {
+        "batching_speedup": {"concurrency": top["batching"]["concurrency"], "value": speedup, "target": 5.0,
+                             "met": speedup >= 5.0},
+        "c1_latency_over_answer": {"value": ratio, "target": 1.15, "met": ratio <= 1.15,
+                                   "answer_p50_ms": 1e3 * baseline["answer_latency_s"]["p50"],
+                                   "server_p50_ms": 1e3 * baseline["server_latency_s"]["p50"],
+                                   "inside_server_mean_ms": 1e3 * inside},
+        "answers_equal_answer": baseline["answers"] == baseline["server_answers"],
+    }
+
+
+def section(data: dict[str, Any]) -> str:
+    """The markdown section for bench/RESULTS.md."""
+    env = data["env"]
+    threads = data["args"].get("threads") or "default"
+    lines = ["## Serving", "",
+             f"`{Path(data['path']).name}`: {env['device_name']}, {env['date']}, commit `{env['git_commit'][:7]}`, "
+             f"model `{data['model']}`, greedy streaming requests, torch threads {threads}",
+             "", "| mode | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
+                 "| mean batch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, results in data["runs"].items():
+        for r in results:
+            lat, ttft = r["latency_s"], r["ttft_s"]
+            lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | "
+                         f"{1e3 * lat['p50']:.1f} | {1e3 * lat['p95']:.1f} | {1e3 * lat['p99']:.1f} | "
+                         f"{1e3 * ttft['p50']:.1f} | {1e3 * ttft['p99']:.1f} | {r['server_batch_mean']:.1f} |")
+    t = data["targets"]
+    speed, c1 = t["batching_speedup"], t["c1_latency_over_answer"]
+    lines += ["", "| target | measured | status |", "|---|---|---|",
+              f"| batching >= 5x the req/s of no batching at concurrency {speed['concurrency']} | "
+              f"{speed['value']:.2f}x | {'met' if speed['met'] else '**missed**'} |",
+              f"| concurrency-1 p50 latency within 15% of answer() | {c1['value']:.3f}x "
+              f"(server {c1['server_p50_ms']:.1f} ms vs answer() {c1['answer_p50_ms']:.1f} ms; "
+              f"{c1['inside_server_mean_ms']:.1f} ms of it inside the server) | "
+              f"{'met' if c1['met'] else '**missed**'} |",
+              "", f"Server answers equal answer()'s on the concurrency-1 inputs: {t['answers_equal_answer']}.", ""]
+    return "\n".join(lines)
+
+
+def write_section(data: dict[str, Any], results_md: Path = common.REPO / "bench" / "RESULTS.md") -> None:
+    """Put (or replace) the Serving section at the end of bench/RESULTS.md."""
+    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
+    start, end = "<!-- serve:start -->", "<!-- serve:end -->"
+    block = f"{start}\n{section(data)}\n{end}\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    results_md.write_text(text)
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    main()
