@@ -5,7 +5,8 @@
 Every (fusion, seed) pair is an ordinary training run (mmgpt.training.loop: build_run -> train -> finish) in
 DIR/runs/FUSION-seedS, with only model.fusion.type, seed, max_steps and the run folder changed; the
 key=value overrides apply to every run alike. A run with checkpoints resumes (--resume latest semantics);
-a run with its DIR/runs/FUSION-seedS/compare.json is finished and is not redone. DIR/report.md,
+a run with its DIR/runs/FUSION-seedS/compare.json is finished and is not redone. A stop request (Ctrl-C,
+SIGTERM) checkpoints the current run and ends the comparison; the next call resumes it. DIR/report.md,
 report.json, report.html and the PNG plots are rewritten from every finished run's record at the end.
 """
 from __future__ import annotations
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
     records, pending = [], []
     for fusion in args.fusions:
         for seed in args.seeds:
-            record = train_one(args, fusion, seed)
+            # a stopped run (Ctrl-C, SIGTERM, stop_at_step) stops the comparison: the rest waits for the next call
+            record = None if pending else train_one(args, fusion, seed)
             if record is None:
                 pending.append(f"{fusion}-seed{seed}")
             else:

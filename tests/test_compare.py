@@ -44,22 +44,23 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     out = tmp_path / "cmp"
     argv = ["--config", str(config), "--fusions", "mlb", "film", "--steps", "4", "--seeds", "0",
             "--eval-points", "2", "--out", str(out)]
-    # stopped at step 2 as a kill would leave it: a checkpoint, no record, both listed as pending
+    # stopped at step 2 as a stop request leaves it: a checkpoint, no record; the comparison ends there
     stopped = compare.main([*argv, "stop_at_step=2"])
     assert stopped["runs"] == [] and stopped["pending"] == ["mlb-seed0", "film-seed0"]
     assert "Not finished yet" in (out / "report.md").read_text()
-    for fusion in ("mlb", "film"):
-        assert (out / "runs" / f"{fusion}-seed0" / "checkpoints" / "step_2").is_dir()
-        saved = yaml.safe_load((out / "runs" / f"{fusion}-seed0" / "config.yaml").read_text())
-        # only the fusion differs between the runs
-        assert saved["model"]["fusion"]["type"] == fusion and saved["max_steps"] == 4
+    assert (out / "runs" / "mlb-seed0" / "checkpoints" / "step_2").is_dir()
+    assert not (out / "runs" / "film-seed0").exists()
 
     report = compare.main(argv)
     assert report["pending"] == []
     records = {r["fusion"]: r for r in report["runs"]}
     assert set(records) == {"mlb", "film"}
-    for record in records.values():
-        assert record["steps"] == 4 and record["resumed_from_step"] == 2
+    assert records["mlb"]["resumed_from_step"] == 2 and records["film"]["resumed_from_step"] == 0
+    for fusion, record in records.items():
+        assert record["steps"] == 4
+        saved = yaml.safe_load((out / "runs" / f"{fusion}-seed0" / "config.yaml").read_text())
+        # only the fusion differs between the runs
+        assert saved["model"]["fusion"]["type"] == fusion and saved["max_steps"] == 4
         assert record["parameters"] > record["fusion_parameters"] > 0 and record["seconds_per_step"] > 0
         assert 0.0 <= record["metrics"]["easy_vqa_test/vqa_exact_match"] <= 100.0
         # question types of easy-VQA, each an exact match in percent

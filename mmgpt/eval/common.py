@@ -75,9 +75,11 @@ def _table(parts: list[str], heading: str, values: dict[str, Any]) -> None:
 
 def write_html_report(
     path: str | Path, title: str, metrics: dict[str, Any], rows: Sequence[dict[str, Any]], per_section: int = 12,
-    tables: dict[str, dict[str, Any]] | None = None,
+    tables: dict[str, dict[str, Any]] | None = None, extra_html: str = "",
 ) -> None:
     """Self-contained HTML: metrics and extra `tables`, then the best and the worst examples (rows carry a 'score').
+
+    `extra_html` (a trusted fragment, e.g. mmgpt.explain's maps) goes after the examples.
 
     Each row pairs its own image, prompt, references and prediction; the best examples show distinct images
     (by 'image_key', else 'image'), so one image asked many easy questions does not fill the section.
@@ -105,6 +107,7 @@ def write_html_report(
                 f"<td>{references}</td><td>{html.escape(row['prediction'])}</td><td>{row['score']:.3f}</td></tr>"
             )
         parts.append("</table>")
+    parts.append(extra_html)
     parts.append("</body></html>")
     write_text_atomic(path, "\n".join(parts))
 

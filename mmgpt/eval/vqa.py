@@ -56,6 +56,20 @@ def read_examples(args: argparse.Namespace) -> list[Example]:
     return read_dataset(spec)
 
 
+def explained(args: argparse.Namespace, examples: list[Example]) -> str:
+    """The report section of --explain K: the model's answer to each of the first K questions with its maps."""
+    if args.explain <= 0 or not examples or args.results:
+        return ""
+    from mmgpt.explain import explain, explanation_html
+    from mmgpt.inference import default_model_path
+
+    parts = [f"<h2>Explained answers (first {min(args.explain, len(examples))})</h2>"]
+    for example in examples[: args.explain]:
+        question = example.meta.get("question", example.prompt)
+        parts.append(explanation_html(explain(args.model or default_model_path(), example.image, question)))
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
@@ -70,6 +84,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
                         help="official evaluator version: 2017 (VQA v2 challenge server, LAVIS; default) or 2021 "
                              "(GT-Vision-Lab/VQA after its 2021 change)")
     parser.add_argument("--export-official", help="write the questions/annotations used, in the official format, here")
+    parser.add_argument("--explain", type=int, default=0, metavar="K",
+                        help="add per-answer-token maps over the image for the first K questions (mmgpt.explain)")
     add_model_args(parser)
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
@@ -120,7 +136,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
              "prediction": answers[qid], "score": per_question.get(qid, 0.0) / 100.0}
             for a in annotations["annotations"] if (qid := a["question_id"]) in answers]
     write_html_report(report, "VQA evaluation", {"overall": scores["overall"]}, rows,
-                      tables={"Per answer type": dict(sorted(scores["perAnswerType"].items())), "Run": info})
+                      tables={"Per answer type": dict(sorted(scores["perAnswerType"].items())), "Run": info},
+                      extra_html=explained(args, examples))
     print(f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions")
     for answer_type, value in sorted(scores["perAnswerType"].items()):
         print(f"  {answer_type:>10}: {value:.2f}")

@@ -1,0 +1,356 @@
+"""Explain an answer: for each answer token, a map over the image of what it drew on.
+
+    mmgpt explain --model M --image IMG "question" [--out DIR]
+
+The method follows the fusion (mmgpt.fusion):
+* attention-based fusions (cross_attention, gated_cross_attention, film's pooling): the fusion's text -> image
+  attention weights, mean over heads; each answer token weighs the text positions by the generator's attention
+  from that token to them (mean over heads and generator layers), so the map is a mixture of the text tokens'
+  image distributions. The map is the mean over fusion layers, and each layer's map is kept too.
+* concat: the generator's attention from the answer token to the image positions of its prefix (mean over
+  heads and layers; each layer kept).
+* pooled fusions (weighted_sum, product, mlb, mfb, mutan, block): Grad-CAM on the image encoder's last feature
+  grid I (B, Li, D): ReLU(sum_c w_c I[:, c]) with w_c the mean gradient of the token's log-probability.
+Every map is non-negative and sums to 1 over the grid (a null-token column of the attention is left out).
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import logging
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmgpt.images import ImageInput, load_image
+from mmgpt.model import MMGPT
+from mmgpt.prompts import PromptTemplates, question_prompt
+
+logger = logging.getLogger("mmgpt.explain")
+
+ATTENTION_FUSIONS = ("cross_attention", "gated_cross_attention", "film")
+GENERATOR_ATTENTION_FUSIONS = ("concat",)
+
+
+@dataclass
+class Explanation:
+    """An answer with, per answer token, a (rows, cols) map over the image grid that sums to 1."""
+
+    question: str
+    answer: str
+    tokens: list[str]
+    method: str
+    maps: torch.Tensor  # (N tokens, rows, cols)
+    image: Any  # the PIL image the maps lie over
+    layer_maps: torch.Tensor | None = None  # (N tokens, layers, rows, cols), where the method has layers
+    token_ids: list[int] = field(default_factory=list)
+
+
+def method_for(model: MMGPT) -> str:
+    """'fusion attention', 'generator attention' or 'grad-cam', by the model's fusion type."""
+    fusion = model.config.fusion.type
+    if fusion in ATTENTION_FUSIONS:
+        return "fusion attention"
+    if fusion in GENERATOR_ATTENTION_FUSIONS:
+        return "generator attention"
+    return "grad-cam"
+
+
+def normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Clamp to >= 0 and scale each map (last axis) to sum 1; an all-zero map becomes uniform."""
+    maps = maps.clamp(min=0).double()
+    total = maps.sum(dim=-1, keepdim=True)
+    uniform = torch.full_like(maps, 1.0 / maps.shape[-1])
+    return torch.where(total > 0, maps / total.clamp(min=1e-30), uniform).float()
+
+
+def grid_shape(length: int) -> tuple[int, int]:
+    """(rows, cols) of Li image tokens: a square grid, else one row."""
+    side = math.isqrt(length)
+    return (side, side) if side * side == length else (1, length)
+
+
+@contextmanager
+def recorded_attention(modules: Sequence[nn.MultiheadAttention]) -> Iterator[list[torch.Tensor]]:
+    """Within the block, every forward of `modules` also returns per-head weights, appended (B, H, Lq, Lk)."""
+    weights: list[torch.Tensor] = []
+
+    def ask(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+    def keep(module: nn.Module, args: tuple, kwargs: dict, output: tuple) -> None:
+        weights.append(output[1].detach())
+
+    handles = [h for m in modules for h in (m.register_forward_pre_hook(ask, with_kwargs=True),
+                                            m.register_forward_hook(keep, with_kwargs=True))]
+    try:
+        yield weights
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def eager_attention(generator: nn.Module) -> Iterator[None]:
+    """The generator with eager attention, which returns its weights (sdpa does not), restored afterwards."""
+    before = generator.config._attn_implementation
+    generator.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        generator.set_attn_implementation(before)
+
+
+def _batch(model: MMGPT, question: str, image: Any) -> dict:
+    """A processor batch of one question about one image, on the model's device."""
+    templates = PromptTemplates(vqa=model.config.vqa_template, caption=model.config.caption_prompt)
+    batch = model.processor([question_prompt(question, templates)], [image])
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _answer_ids(model: MMGPT, batch: dict, max_new_tokens: int | None) -> list[int]:
+    """Greedy answer token ids, without eos and padding."""
+    options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
+    ids = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **options)[0].tolist()
+    tokenizer = model.processor.tokenizer
+    stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    kept = []
+    for token in ids:
+        if token in stop:
+            break
+        kept.append(token)
+    return kept
+
+
+def _teacher_forced(model: MMGPT, batch: dict, answer: list[int]) -> tuple[torch.Tensor, int, Any]:
+    """Run prefix + [bos] + answer through the generator -> (log-probs of the answer tokens (N,), prefix length,
+    generator output with attentions)."""
+    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    tokenizer = model.processor.tokenizer
+    ids = torch.tensor([[tokenizer.bos_token_id, *answer]], device=prefix.device)
+    embeds = torch.cat([prefix, model.generator.get_input_embeddings()(ids)], dim=1)
+    mask = torch.cat([prefix_mask, torch.ones_like(ids)], dim=1)
+    out = model.generator(inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                          use_cache=False, output_attentions=True)
+    start = prefix.shape[1]
+    logits = out.logits[0, start : start + len(answer)].float()
+    log_probs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
+    return log_probs, start, out
+
+
+def explain(
+    model: str | Path | MMGPT | None, image: ImageInput, question: str, max_new_tokens: int | None = None,
+    answer: str | None = None,
+) -> Explanation:
+    """Answer `question` about `image` (greedy, or the given `answer`) and map every answer token over the image."""
+    from mmgpt.inference import load_model
+
+    model = load_model(model)
+    model.eval()
+    picture = load_image(image)
+    batch = _batch(model, question, picture)
+    if answer is None:
+        answer_ids = _answer_ids(model, batch, max_new_tokens)
+    else:
+        answer_ids = model.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    method = method_for(model)
+    layer_maps = None
+    grid: list[torch.Tensor] = []  # keeps the image encoder output for Grad-CAM
+
+    def keep_grid(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # a leaf in place of the encoder output: its gradient is Grad-CAM's, and nothing flows into the encoder
+        leaf = output.detach().requires_grad_()
+        grid.append(leaf)
+        return leaf
+
+    attention_modules = [m for m in model.fusion.modules() if isinstance(m, nn.MultiheadAttention)]
+    hook = model.image_encoder.register_forward_hook(keep_grid)
+    try:
+        with eager_attention(model.generator), recorded_attention(attention_modules) as fusion_weights, \
+                torch.set_grad_enabled(method == "grad-cam"):
+            log_probs, start, out = _teacher_forced(model, batch, answer_ids)
+            # rows of generator attention from the position that predicts each answer token
+            generator = torch.stack([a[0].float().mean(dim=0) for a in out.attentions])
+            generator = generator[:, start : start + len(answer_ids), :start]  # (layers, N, prefix)
+            if method == "grad-cam":
+                maps = _grad_cam(grid[0], log_probs)
+            elif method == "generator attention":
+                # concat puts the Li image tokens first in the prefix
+                layer_maps = normalise(generator[..., : grid[0].shape[1]]).transpose(0, 1)  # (N, layers, Li)
+                maps = normalise(layer_maps.mean(dim=1))
+            else:
+                layer_maps = _fusion_attention_maps(fusion_weights, generator, grid[0].shape[1])
+                maps = normalise(layer_maps.mean(dim=1))
+    finally:
+        hook.remove()
+    shape = grid_shape(maps.shape[-1])
+    pieces = [model.processor.tokenizer.decode([t]) for t in answer_ids]
+    return Explanation(
+        question=question, answer=model.processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+        tokens=pieces, method=method, maps=maps.reshape(len(answer_ids), *shape).detach().cpu(), image=picture,
+        layer_maps=None if layer_maps is None else layer_maps.reshape(*layer_maps.shape[:2], *shape).detach().cpu(),
+        token_ids=answer_ids,
+    )
+
+
+def _grad_cam(features: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """(1, Li, D) image features and (N,) token log-probs -> (N, Li) Grad-CAM maps."""
+    maps = []
+    for log_prob in log_probs:
+        # autograd.grad, not backward: the model's own .grad fields stay untouched
+        gradient = torch.autograd.grad(log_prob, features, retain_graph=True)[0][0]  # (Li, D)
+        maps.append(torch.relu(features[0].detach() @ gradient.mean(dim=0)))
+    return normalise(torch.stack(maps)) if maps else torch.zeros(0, features.shape[1])
+
+
+def _fusion_attention_maps(weights: list[torch.Tensor], generator: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """Fusion weights [(1, H, Lt, Li(+null))] per layer and generator attention (layers, N, prefix) ->
+    (N, fusion layers, Li): each text token's image distribution weighed by the answer token's attention to it."""
+    # the prefix of these fusions is the text, left-padded: a batch of one has no padding
+    text_weights = normalise(generator.mean(dim=0))  # (N, Lt)
+    maps = []
+    for layer in weights:
+        per_text = normalise(layer[0].float().mean(dim=0)[:, :image_tokens])  # (Lt, Li): null column left out
+        maps.append(normalise(text_weights @ per_text))
+    return torch.stack(maps, dim=1)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def token_png(explanation: Explanation, index: int) -> bytes:
+    """A PNG of token `index`'s map upsampled over the image, then each layer's map when there are layers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = [("mean over layers" if explanation.layer_maps is not None else explanation.method,
+               explanation.maps[index])]
+    if explanation.layer_maps is not None and explanation.layer_maps.shape[1] > 1:
+        panels += [(f"layer {i}", m) for i, m in enumerate(explanation.layer_maps[index])]
+    picture = np.asarray(explanation.image.convert("RGB"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+    for ax, (title, heat) in zip(axes[0], panels):
+        ax.imshow(picture)
+        # the grid stretched over the whole picture: each cell lies on the patch of the image it encodes
+        ax.imshow(heat.numpy(), cmap="jet", alpha=0.5, extent=(0, picture.shape[1], picture.shape[0], 0),
+                  interpolation="bilinear")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.suptitle(f"{explanation.tokens[index]!r} ({explanation.method})", fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def image_png(image: Any) -> bytes:
+    """The image itself as PNG bytes."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def explanation_html(explanation: Explanation, sources: Sequence[str] | None = None) -> str:
+    """An HTML fragment: image, question, answer and one map per token (embedded, or at `sources`)."""
+    if sources is None:
+        sources = [_data_uri(token_png(explanation, i)) for i in range(len(explanation.tokens))]
+    maps = "".join(f"<figure><img src='{html.escape(s)}' alt='map for {html.escape(t)}'>"
+                   f"<figcaption>{html.escape(t)}</figcaption></figure>" for s, t in zip(sources, explanation.tokens))
+    return (f"<div class='explanation'><img style='width:192px;image-rendering:pixelated' "
+            f"src='{_data_uri(image_png(explanation.image))}' "
+            f"alt='image'><p><b>Q:</b> {html.escape(explanation.question)}<br><b>A:</b> "
+            f"{html.escape(explanation.answer)} <i>({html.escape(explanation.method)})</i></p>"
+            f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{maps}</div></div>")
+
+
+STYLE = "body{font-family:sans-serif;margin:2em}figure{margin:0}"
+
+
+def save_explanation(explanation: Explanation, out: str | Path) -> list[Path]:
+    """Write token_NN.png per answer token and index.html into `out`; returns the written paths."""
+    from mmgpt.saving import write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, token in enumerate(explanation.tokens):
+        safe = re.sub(r"[^A-Za-z0-9]+", "_", token).strip("_") or "token"
+        path = out / f"token_{i:02d}_{safe}.png"
+        path.write_bytes(token_png(explanation, i))
+        written.append(path)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(explanation.question)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>Explanation</h1>"
+            f"{explanation_html(explanation, [p.name for p in written])}</body></html>")
+    write_text_atomic(out / "index.html", page)
+    return [*written, out / "index.html"]
+
+
+def faithfulness(model: MMGPT, examples: Sequence[Any]) -> dict[str, float]:
+    """Mean |change| of the answer's log-probability when the most- vs the least-mapped grid cell is masked.
+
+    Each example's greedy answer is explained, its map summed over tokens; masking sets that cell's pixels
+    to 0 (the image transform's mean colour). A faithful map gives most > least.
+    """
+    most, least = [], []
+    for example in examples:
+        explanation = explain(model, example.image, example.meta.get("question", example.prompt))
+        if not explanation.token_ids:
+            continue
+        total = explanation.maps.sum(dim=0)
+        base = _answer_log_prob(model, example, explanation, None)
+        most.append(abs(base - _answer_log_prob(model, example, explanation, int(total.argmax()))))
+        least.append(abs(base - _answer_log_prob(model, example, explanation, int(total.argmin()))))
+    return {"most": sum(most) / max(len(most), 1), "least": sum(least) / max(len(least), 1),
+            "examples": len(most)}
+
+
+@torch.no_grad()
+def _answer_log_prob(model: MMGPT, example: Any, explanation: Explanation, cell: int | None) -> float:
+    batch = _batch(model, explanation.question, explanation.image)
+    if cell is not None:
+        rows, cols = explanation.maps.shape[1:]
+        height, width = batch["pixel_values"].shape[-2:]
+        r, c = divmod(cell, cols)
+        top, bottom = r * height // rows, (r + 1) * height // rows
+        left, right = c * width // cols, (c + 1) * width // cols
+        batch["pixel_values"][..., top:bottom, left:right] = 0.0
+    return float(_teacher_forced(model, batch, explanation.token_ids)[0].sum())
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """The explain command: print the answer and where the maps were written."""
+    from mmgpt.logging_setup import configure_logging
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("question", help="the question about the image")
+    parser.add_argument("--image", required=True, help="the image file")
+    parser.add_argument("--model", default=None,
+                        help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
+    parser.add_argument("--out", default="explain", help="folder for token_NN.png and index.html (default: explain)")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: the model's)")
+    args = parser.parse_args(argv)
+    configure_logging(logging.WARNING)
+    explanation = explain(args.model, args.image, args.question, args.max_new_tokens)
+    written = save_explanation(explanation, args.out)
+    print(explanation.answer)
+    print(f"{explanation.method} maps: {len(written) - 1} PNG(s) and {written[-1]}")
+    return 0

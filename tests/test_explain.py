@@ -1,0 +1,113 @@
+"""mmgpt.explain on tiny models: every fusion's method gives per-token maps that are distributions over the grid."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tiny import build, one_thread, tiny_config  # noqa: F401 (autouse fixture)
+
+from mmgpt import explain as explaining
+from mmgpt.fusion import FUSIONS
+
+METHODS = {"cross_attention": "fusion attention", "gated_cross_attention": "fusion attention",
+           "film": "fusion attention", "concat": "generator attention"}
+
+
+def picture() -> Image.Image:
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    image.paste((220, 30, 30), (2, 18, 14, 30))
+    return image
+
+
+def tiny_model(fusion: str) -> torch.nn.Module:
+    model = build(tiny_config(fusion=fusion)).eval()
+    with torch.no_grad():  # open Flamingo-style gates, else the image cannot reach the answer at all
+        for name, parameter in model.fusion.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)
+    return model
+
+
+@pytest.mark.parametrize("fusion", sorted(FUSIONS))
+def test_every_fusion_gives_a_distribution_per_answer_token(fusion: str) -> None:
+    model = tiny_model(fusion)
+    result = explaining.explain(model, picture(), "what color is the shape?", answer="a small green triangle")
+    assert result.method == METHODS.get(fusion, "grad-cam")
+    count = len(result.token_ids)
+    assert count >= 2 and len(result.tokens) == count
+    # the tiny image encoders give a 4x4 grid of tokens for 32 px images
+    assert result.maps.shape == (count, 4, 4)
+    assert (result.maps >= 0).all()
+    torch.testing.assert_close(result.maps.sum(dim=(1, 2)), torch.ones(count))
+    # not a constant: the map says something about the image
+    assert result.maps.flatten(1).std(dim=1).max() > 1e-6
+    if result.method == "grad-cam":
+        assert result.layer_maps is None
+    else:
+        layers = 1 if fusion != "concat" else len(model.generator.model.layers)
+        assert result.layer_maps.shape == (count, layers, 4, 4)
+        torch.testing.assert_close(result.layer_maps.sum(dim=(2, 3)), torch.ones(count, layers))
+    # no parameter gradients were left behind by Grad-CAM
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_attention_maps_are_the_fusion_weights_mixed_by_the_generator() -> None:
+    model = tiny_model("cross_attention")
+    layer = model.fusion.layers[0]
+    batch = explaining._batch(model, "what color is the shape?", picture())
+    result = explaining.explain(model, picture(), "what color is the shape?", answer="red")
+    # recompute the fusion's attention by hand: text queries over the normalised image tokens (+ the null key)
+    with torch.no_grad():
+        text, _ = model.text_encoder(batch["input_ids"], batch["attention_mask"])
+        text, image = model.fusion.project(text, model.image_encoder(batch["pixel_values"]))
+        _, weights = layer.attention(layer.norm_query(text), layer.norm_image(image), layer.norm_image(image))
+    per_text = weights[0, :, :16] / weights[0, :, :16].sum(-1, keepdim=True)
+    map_ = result.maps[0].flatten()
+    # the token's map is a convex mixture of the text tokens' image distributions
+    mixture = torch.linalg.lstsq(per_text.T, map_[:, None]).solution[:, 0]
+    torch.testing.assert_close(per_text.T @ mixture, map_, atol=1e-4, rtol=0)
+    assert result.answer == "red"
+
+
+def test_greedy_answer_png_and_html(tmp_path: Path) -> None:
+    model = tiny_model("product")
+    result = explaining.explain(model, picture(), "is there a circle?", max_new_tokens=3, answer=None)
+    assert len(result.token_ids) <= 3
+    result = explaining.explain(model, picture(), "is there a circle?", answer="no")
+    written = explaining.save_explanation(result, tmp_path / "out")
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert len(pngs) == len(result.tokens) and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "is there a circle?" in page and "<b>A:</b> no " in page
+    assert all(p.name in page for p in pngs)
+
+
+def test_command_line_writes_the_maps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model = tiny_model("concat")
+    model.save_pretrained(tmp_path / "model")
+    picture().save(tmp_path / "red.png")
+    from mmgpt.cli import main
+
+    code = main(["explain", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "red.png"),
+                 "--max-new-tokens", "2", "--out", str(tmp_path / "maps"), "what color is the shape?"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "generator attention maps" in out and (tmp_path / "maps" / "index.html").is_file()
+    missing = main(["explain", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "none.png"), "q"])
+    assert missing == 2 and "none.png" in capsys.readouterr().err
+
+
+def test_eval_vqa_explain_adds_maps_to_its_report(tmp_path: Path) -> None:
+    from mmgpt.eval import vqa as eval_vqa
+
+    tiny_model("cross_attention").save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval.json"
+    eval_vqa.main(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(out), "--explain", "2"])
+    page = out.with_suffix(".html").read_text()
+    assert "Explained answers (first 2)" in page
+    assert page.count("class='explanation'") == 2 and "fusion attention" in page
+    plain = tmp_path / "plain.json"
+    eval_vqa.main(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(plain)])
+    assert "Explained answers" not in plain.with_suffix(".html").read_text()
