@@ -4,9 +4,10 @@ Exports the model (the default exporter: dynamo, with TorchScript as fallback), 
 test questions both ways: identical greedy answers (count and rate), exact-match accuracy of each,
 max abs difference of the prefix embeddings, of the first decoder step's logits and of the logits at
 every KV-cache step along the greedy path (against the eager generator on the whole sequence, no
-cache), and batch-1 latency of each. Writes bench/results/export_parity-cpu.json.
+cache), and batch-1 latency of each (torch and onnxruntime both with --threads threads, default 1).
+Writes bench/results/export_parity-cpu.json.
 
-    python -m bench.export_parity                                  # runs/default/model, 1000 questions
+    python -m bench.export_parity                                  # runs/default/model, all 9673 test questions
     python -m bench.export_parity --model PATH --questions 200
 """
 from __future__ import annotations
@@ -94,16 +95,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--exporter", default="auto", choices=("auto", "dynamo", "torchscript"))
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--latency-questions", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and onnxruntime alike")
     parser.add_argument("--out", default=None, help="results folder (default: bench/results)")
     args = parser.parse_args(argv)
     setup_logging()
+    torch.set_num_threads(args.threads)
     model = MMGPT.from_pretrained(args.model, device="cpu")
     texts, images, truth = test_questions(args.questions)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         folder = export_onnx(args.model, Path(tmp) / "onnx", exporter=args.exporter)
         export_seconds = time.perf_counter() - start
-        vlm = OnnxVLM(folder)
+        vlm = OnnxVLM(folder, threads=args.threads)
         manifest = vlm.manifest
         start = time.perf_counter()
         eager = answer(texts, images, model=model, batch_size=args.batch_size)
