@@ -73,6 +73,21 @@ def test_runtime_answers_in_a_process_without_torch(exported: tuple, tmp_path: P
     assert blocked.returncode != 0 and "torch is blocked" in blocked.stderr
 
 
+def test_hf_text_encoder_and_truncated_prompts(tmp_path: Path) -> None:
+    """A BERT text encoder, and a prompt longer than its limit (the runtime keeps its end, as the Processor)."""
+    model = build(tiny_config(text="bert"), seed=7).eval()
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    vlm = OnnxVLM(export_onnx(model, tmp_path / "bert", exporter="torchscript"))
+    texts = ["what color is the shape?", "", "is there a circle? " * 20, "how many shapes are there?"]
+    images = [Image.new("RGB", (9 + 5 * i, 30), (40 * i, 90, 200)) for i in range(4)]
+    batch = model.processor(vlm.prompts(texts), images)
+    assert np.array_equal(vlm.encode_prompts(vlm.prompts(texts))["input_ids"], batch["input_ids"].numpy())
+    assert vlm.answer(texts, images) == answer(texts, images, model=model)
+
+
 @pytest.mark.parametrize("data_config", [
     {"input_size": [3, 64, 64], "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0,
      "crop_mode": "center"},

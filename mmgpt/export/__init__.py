@@ -59,7 +59,11 @@ class ExportError(ValueError):
 
 
 def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "auto", opset: int = OPSET) -> Path:
-    """Export `model` (a folder or an MMGPT) to the folder `out` -> `out`; see the module docstring."""
+    """Export `model` (a folder or an MMGPT, which is cast to float32 in place) to the folder `out` -> `out`.
+
+    Each graph is checked against the eager model on example inputs (max abs difference <= TOLERANCE, recorded
+    in the manifest); see the module docstring for the folder's contents.
+    """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     out = Path(out).expanduser()

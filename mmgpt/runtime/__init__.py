@@ -57,7 +57,7 @@ class OnnxVLM:
             self.tokenizer = Tokenizer.from_file(str(self.folder / manifest["files"]["tokenizer"]))
             text_file = manifest["files"].get("text_tokenizer")
             self.text_tokenizer = Tokenizer.from_file(str(self.folder / text_file)) if text_file else None
-            self.image_transform = ImageTransform.load(self.folder / "image_transform")
+            self.image_transform = ImageTransform.load((self.folder / manifest["files"]["image_transform"]).parent)
         except (OSError, ValueError, KeyError) as e:
             raise ExportFolderError(f"cannot load the export in {self.folder}: {' '.join(str(e).split())}") from e
         # the tokenizers library raises a bare Exception for a damaged tokenizer.json
