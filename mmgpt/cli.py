@@ -22,6 +22,8 @@ commands:
   eval-caption  COCO caption metrics of a model, or of a results file
   validate      check a dataset before training
   export        export a model to ONNX for torch-free runtimes (mmgpt.runtime)
+  quantize      int8-quantise a model's linear layers (torchao)
+  prune         remove MLP channels of a model's generator (structured pruning)
   serve         serve a model on the OpenAI Chat Completions API
   compare-fusions  train every fusion alike and report them side by side
   explain       answer with a map over the image for each answer token
@@ -174,6 +176,18 @@ def _export(argv: list[str]) -> int:
     return main(argv, prog="mmgpt export")
 
 
+def _quantize(argv: list[str]) -> int:
+    from mmgpt.compress.quantize import main
+
+    return main(argv, prog="mmgpt quantize")
+
+
+def _prune(argv: list[str]) -> int:
+    from mmgpt.compress.prune import main
+
+    return main(argv, prog="mmgpt prune")
+
+
 COMMANDS = {
     "answer": _answer,
     "caption": _caption,
@@ -185,6 +199,8 @@ COMMANDS = {
     "compare-fusions": _compare_fusions,
     "explain": _explain,
     "export": _export,
+    "quantize": _quantize,
+    "prune": _prune,
 }
 
 

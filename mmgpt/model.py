@@ -306,7 +306,17 @@ class MMGPT(nn.Module):
         # the parts raise what their libraries raise; each becomes one message naming the folder
         except (OSError, ValueError, TypeError, RecursionError) as e:
             raise _load_error(folder, e) from e
-        _load_weights(model, folder / WEIGHTS_NAME, folder / CONFIG_NAME)
+        compression = data.get("compression") or {}
+        if compression.get("method") == "int8":
+            # mmgpt quantize: the same quantisation is applied first, then the int8 tensors load into it
+            from mmgpt.compress.quantize import load_quantized_weights
+
+            try:
+                load_quantized_weights(model, folder / WEIGHTS_NAME, compression)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise _load_error(folder, e) from e
+        else:
+            _load_weights(model, folder / WEIGHTS_NAME, folder / CONFIG_NAME)
         model.config = saved_config
         # a folder saved before generation_config.json existed keeps the defaults it was saved with
         if (folder / GENERATION_CONFIG_NAME).is_file():
