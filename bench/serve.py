@@ -155,6 +155,60 @@ def server_metrics(url: str) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# what each stack of the GIL-holding thread was doing, first match wins
+PROFILE_CATEGORIES = (
+    ("model: MMGPT.generate (encoders, HF decoding loop)", "MMGPT.generate"),
+    ("model: batch collation (processor)", "Processor.__call__"),
+    ("worker: streaming text and stop checks", "_Steps"),
+    ("image: decode and transform (Processor.image_tensor)", "Processor.image_tensor"),
+    ("request: JSON parse and validation", "parse ("),
+    ("request: messages to prompt (conversation)", "conversation ("),
+    ("response: SSE chunks (stream)", "stream ("),
+    ("HTTP: uvicorn / starlette / fastapi", "uvicorn"),
+    ("HTTP: uvicorn / starlette / fastapi", "starlette"),
+    ("HTTP: uvicorn / starlette / fastapi", "fastapi"),
+    ("asyncio event loop", "asyncio"),
+)
+
+
+def start_profile(pid: int, out: str) -> subprocess.Popen | None:
+    """py-spy sampling the server's GIL holder for 10 s (None when py-spy is not installed)."""
+    import shutil
+
+    if shutil.which("py-spy") is None:
+        logger.warning("--profile needs py-spy (pip install py-spy); no profile taken")
+        return None
+    spy = subprocess.Popen(["py-spy", "record", "--gil", "-f", "raw", "-r", "250", "-d", "10", "-o", out,
+                            "--pid", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # py-spy attaches
+    return spy
+
+
+def gil_profile(path: str) -> dict[str, Any]:
+    """Shares of GIL-holding samples by category, and the top functions by own samples."""
+    categories: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        name = next((label for label, key in PROFILE_CATEGORIES if any(key in f for f in frames)), "other")
+        categories[name] = categories.get(name, 0) + int(count)
+        leaf = frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1].split("/")[-1]
+        own[leaf] = own.get(leaf, 0) + int(count)
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:12]
+    return {"samples": total, "categories": {k: v / max(total, 1) for k, v in
+                                             sorted(categories.items(), key=lambda kv: -kv[1])},
+            "top_self": [{"function": k, "share": v / max(total, 1)} for k, v in top]}
+
+
 def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess.Popen, str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -179,19 +233,27 @@ def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess
 
 
 def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]]) -> dict[str, Any]:
-    """Concurrency 1, alternating answer() in this process with one server request on the same input."""
+    """Concurrency 1, alternating answer() in this process with one server request on the same input.
+
+    The server's requests share one kept-alive connection, as a client's do.
+    """
     from mmgpt.inference import answer
 
-    direct, served, texts = [], [], []
-    for question, image in asks:
-        start = time.perf_counter()
-        texts.append(answer(question, image, model=mm))
-        direct.append(time.perf_counter() - start)
-        served.append(asyncio.run(load(url, "bench", [(question, image)], 1)))
-    return {"answer_latency_s": percentiles(direct), "answers": texts,
-            "server_latency_s": percentiles([s["latency_s"]["p50"] for s in served]),
-            "server_ttft_s": percentiles([s["ttft_s"]["p50"] for s in served]),
-            "server_answers": [s["answers"][0] for s in served]}
+    async def run() -> dict[str, Any]:
+        direct, served, texts, served_texts, ttft = [], [], [], [], []
+        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+            for question, image in asks:
+                start = time.perf_counter()
+                texts.append(answer(question, image, model=mm))
+                direct.append(time.perf_counter() - start)
+                result = await one_request(client, body("bench", question, image))
+                served.append(result["latency_s"])
+                ttft.append(result["ttft_s"])
+                served_texts.append(result["text"])
+        return {"answer_latency_s": percentiles(direct), "answers": texts, "server_latency_s": percentiles(served),
+                "server_ttft_s": percentiles(ttft), "server_answers": served_texts}
+
+    return asyncio.run(run())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -200,6 +262,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level (c=1: a third)")
     parser.add_argument("--warmup", type=int, default=8, help="untimed requests per server")
+    parser.add_argument("--profile", action="store_true",
+                        help="py-spy the server (what holds the GIL) during the batching run at the top concurrency")
+    parser.add_argument("--profile-out", default="/tmp/mmgpt-serve-py-spy.txt", help="py-spy's raw stacks")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="the server runs on CPU here")
     cli.add_run_options(parser)
     return parser.parse_args(argv)
@@ -227,15 +292,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     baseline = baseline_round_robin(url, mm, asks)
                     after = server_metrics(url)
                     server_side = {k: after[k] - before.get(k, 0.0) for k in after}
+                spy = start_profile(process.pid, args.profile_out) if args.profile and (
+                    mode, concurrency) == ("batching", max(args.concurrency)) else None
                 before = server_metrics(url)
+                cpu_before = (cpu_seconds(process.pid), sum(os.times()[:2]))
                 result = asyncio.run(load(url, "bench", asks, concurrency))
                 after = server_metrics(url)
+                # where the 2 cores went: the server process (event loop + model) vs this client
+                result["server_cpu_s"] = cpu_seconds(process.pid) - cpu_before[0]
+                result["client_cpu_s"] = sum(os.times()[:2]) - cpu_before[1]
                 result["server_batch_mean"] = ((after["mmgpt_batch_size_sum"] - before["mmgpt_batch_size_sum"])
                                                / max(after["mmgpt_batch_size_count"] - before["mmgpt_batch_size_count"],
                                                      1))
                 logger.info("%s c=%d: %.1f req/s, p50 %.1f ms, p99 %.1f ms, ttft p50 %.1f ms", mode, concurrency,
                             result["requests_per_s"], 1e3 * result["latency_s"]["p50"],
                             1e3 * result["latency_s"]["p99"], 1e3 * result["ttft_s"]["p50"])
+                if spy is not None:
+                    spy.wait(60)
+                    result["gil_profile"] = gil_profile(args.profile_out)
                 runs[mode].append(result)
         finally:
             process.terminate()
@@ -276,14 +350,15 @@ def section(data: dict[str, Any]) -> str:
              f"`{Path(data['path']).name}`: {env['device_name']}, {env['date']}, commit `{env['git_commit'][:7]}`, "
              f"model `{data['model']}`, greedy streaming requests, torch threads {threads}",
              "", "| mode | concurrency | requests | req/s | p50 ms | p95 ms | p99 ms | TTFT p50 ms | TTFT p99 ms "
-                 "| mean batch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+                 "| mean batch | server CPU s | client CPU s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, results in data["runs"].items():
         for r in results:
             lat, ttft = r["latency_s"], r["ttft_s"]
             lines.append(f"| {mode} | {r['concurrency']} | {r['requests']} | {r['requests_per_s']:.1f} | "
                          f"{1e3 * lat['p50']:.1f} | {1e3 * lat['p95']:.1f} | {1e3 * lat['p99']:.1f} | "
-                         f"{1e3 * ttft['p50']:.1f} | {1e3 * ttft['p99']:.1f} | {r['server_batch_mean']:.1f} |")
+                         f"{1e3 * ttft['p50']:.1f} | {1e3 * ttft['p99']:.1f} | {r['server_batch_mean']:.1f} | "
+                         f"{r['server_cpu_s']:.1f} | {r['client_cpu_s']:.1f} |")
     t = data["targets"]
     speed, c1 = t["batching_speedup"], t["c1_latency_over_answer"]
     lines += ["", "| target | measured | status |", "|---|---|---|",
@@ -294,6 +369,16 @@ def section(data: dict[str, Any]) -> str:
               f"{c1['inside_server_mean_ms']:.1f} ms of it inside the server) | "
               f"{'met' if c1['met'] else '**missed**'} |",
               "", f"Server answers equal answer()'s on the concurrency-1 inputs: {t['answers_equal_answer']}.", ""]
+    for mode, results in data["runs"].items():
+        for r in results:
+            if "gil_profile" in r:
+                profile = r["gil_profile"]
+                lines += [f"Profile ({mode}, concurrency {r['concurrency']}; py-spy --gil, {profile['samples']} "
+                          "samples of the thread holding the GIL in the server):", "",
+                          "| where | share |", "|---|---|"]
+                lines += [f"| {k} | {100 * v:.1f}% |" for k, v in profile["categories"].items()]
+                lines += ["", "Top functions by own samples: " + ", ".join(
+                    f"`{f['function']}` {100 * f['share']:.1f}%" for f in profile["top_self"][:6]) + ".", ""]
     return "\n".join(lines)
 
 

@@ -181,9 +181,8 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
         except (TypeError, ValueError) as e:
             raise APIError(400, f"decoding options: {e}") from None
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Response:
-        arrival = time.monotonic()
+    async def admit(request: Request, arrival: float) -> tuple[ChatCompletionRequest, Job, asyncio.Queue]:
+        """Read, check and preprocess a request and queue its job -> (request, job, the queue of its events)."""
         check_key(request)
         chat = parse(await read_body(request))
         if chat.model != settings.model_name:
@@ -209,6 +208,13 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             worker.submit(job)
         except QueueFull as e:
             raise APIError(429, f"server busy: {e}; retry later", code="queue_full", type="rate_limit_error") from None
+        return chat, job, events
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        arrival = time.monotonic()
+        with worker.arriving(arrival):
+            chat, job, events = await admit(request, arrival)
         deadline = arrival + settings.timeout_s
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
         gone = asyncio.ensure_future(disconnected(request))

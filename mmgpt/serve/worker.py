@@ -9,12 +9,13 @@ client went away.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from mmgpt.serve.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 _UNIQUE = itertools.count()
+LATE_WAIT_S = 0.05  # at most this long past max_wait for requests that arrived in time but are still being read
 Event = tuple[Any, ...]
 
 
@@ -143,6 +145,8 @@ class Worker:
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.device = next(model.parameters()).device
         self._pending: list[Job] = []
+        # arrival times of requests still being read and preprocessed (not yet submitted)
+        self._arriving: dict[int, float] = {}
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="mmgpt-serve-worker", daemon=True)
@@ -164,6 +168,19 @@ class Worker:
         with self._cond:
             return len(self._pending)
 
+    @contextlib.contextmanager
+    def arriving(self, arrival: float) -> Iterator[None]:
+        """Mark a request as arrived while it is read and preprocessed: a batch due meanwhile waits for it."""
+        key = next(_UNIQUE)
+        with self._cond:
+            self._arriving[key] = arrival
+        try:
+            yield
+        finally:
+            with self._cond:
+                del self._arriving[key]
+                self._cond.notify_all()
+
     def submit(self, job: Job) -> None:
         """Queue `job`, or raise QueueFull when max_queue requests already wait."""
         with self._cond:
@@ -183,11 +200,19 @@ class Worker:
                     return None
                 self._cond.wait()
             first = self._pending[0]
+            due = first.arrival + self.max_wait
             while not self._stopping:
                 rows = sum(j.n for j in self._pending if j.key == first.key)
-                left = first.arrival + self.max_wait - time.monotonic()
-                if rows >= self.max_batch_size or left <= 0:
+                left = due - time.monotonic()
+                if rows >= self.max_batch_size:
                     break
+                if left <= 0:
+                    # requests that arrived in the window but are still being preprocessed (the event loop
+                    # shares the GIL with decoding, so that can lag) join this batch; a bounded extra wait
+                    late = any(t <= due for t in self._arriving.values())
+                    if not late or -left > self.max_wait + LATE_WAIT_S:
+                        break
+                    left = LATE_WAIT_S
                 self._cond.wait(left)
             taken, rows = [], 0
             for job in self._pending:
