@@ -124,9 +124,11 @@ def _example_inputs(mm: MMGPT) -> dict[str, Any]:
     attention_mask = torch.ones(2, 5, dtype=torch.long)
     attention_mask[1, 3:] = 0
     input_ids[1, 3:] = pad
-    probe = generator(inputs_embeds=torch.zeros(1, 1, width), use_cache=True).past_key_values.layers[0].keys
-    kv_heads, head_dim = int(probe.shape[1]), int(probe.shape[3])
-    layers = len(generator(inputs_embeds=torch.zeros(1, 1, width), use_cache=True).past_key_values.layers)
+    # the cache of one step tells the per-layer key/value shape, whatever the architecture names it
+    output = generator(inputs_embeds=torch.zeros(1, 1, width), use_cache=True)
+    cache = output.cache if "cache" in output else output.past_key_values
+    keys = cache.layers[0].keys
+    kv_heads, head_dim, layers = int(keys.shape[1]), int(keys.shape[3]), len(cache.layers)
     past_length, length = 3, 2
     decoder_mask = torch.ones(2, past_length + length, dtype=torch.long)
     decoder_mask[1, :2] = 0

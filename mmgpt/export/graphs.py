@@ -79,6 +79,6 @@ class DecoderGraph(nn.Module):
         out = self.generator(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
                              use_cache=True, logits_to_keep=1, **{self.cache_argument: cache})
         presents: list[torch.Tensor] = []
-        for layer in out.past_key_values.layers:
+        for layer in getattr(out, self.cache_argument).layers:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
