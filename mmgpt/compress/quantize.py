@@ -54,7 +54,8 @@ def _quantisable(model: nn.Module) -> set[str]:
     embedding = model.generator.get_input_embeddings().weight
     names = set()
     for name, module in model.named_modules():
-        if (isinstance(module, nn.Linear) and name.split(".", 1)[0] in PARTS
+        # exactly nn.Linear: nn.MultiheadAttention's out_proj subclass is read as a plain weight, not called
+        if (type(module) is nn.Linear and name.split(".", 1)[0] in PARTS
                 and module.weight is not embedding and module.weight.shape[0] >= 16 and module.weight.shape[1] >= 16):
             names.add(name)
     return names

@@ -134,6 +134,19 @@ class OptimConfig:
             check_range(f"optim.lr_multipliers.{component}", multiplier, ">= 0")
 
 
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher model folder (mmgpt.training.distill); off when teacher is ''."""
+
+    teacher: str = ""
+    # loss = (1 - alpha) * CE + alpha * temperature^2 * KL(teacher || student), over answer tokens
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "distill.", alpha="[0, 1]", temperature="> 0")
+
+
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
 
@@ -144,6 +157,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    # a model folder whose config and weights are the starting point (the model section then comes from it)
+    init_from: str = ""
     output_dir: str = "runs/default"
     seed: int = 0
     # per-process micro-batch; the global batch is batch_size * processes * grad_accum_steps
@@ -165,8 +181,12 @@ class TrainConfig:
     # a step whose loss or gradient norm is NaN/inf: false = stop with an error (the last checkpoint stays
     # the last good one), true = skip its update and count it in metrics.json
     skip_nonfinite_steps: bool = False
+    # dtype of the weights of frozen parts ("bf16" halves their memory; trained parts stay float32)
+    frozen_dtype: str = "no"
 
     def __post_init__(self) -> None:
+        if self.frozen_dtype not in ("no", "bf16"):
+            raise ConfigError(f"frozen_dtype must be one of ('no', 'bf16'), got {self.frozen_dtype!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
         # numpy's seed, which accelerate's set_seed also sets, takes 0 .. 2**32 - 1 only
@@ -293,7 +313,43 @@ def load_train_config(name_or_path: str | Path, overrides: list[str] | None = No
 def config_from_data(data: dict, overrides: list[str] | None = None) -> TrainConfig:
     """A resolved config mapping with `key=value` overrides, as a validated TrainConfig."""
     data = apply_overrides(data, list(overrides or []), defaults=to_dict(TrainConfig()), cls=TrainConfig)
+    if data.get("init_from"):
+        data = _model_from_folder(data, list(overrides or []))
     return from_dict(TrainConfig, data)
+
+
+def _model_from_folder(data: dict, overrides: list[str]) -> dict:
+    """`data` with its model section replaced by the init_from folder's; model overrides must agree with it."""
+    from mmgpt.config import load_json
+
+    folder = Path(str(data["init_from"])).expanduser()
+    config_file = folder / "config.json"
+    if not config_file.is_file() or not (folder / "model.safetensors").is_file():
+        raise ConfigError(f"init_from: {folder} is not a model folder (needs config.json and model.safetensors)")
+    saved = load_json(config_file)
+    if "model" not in saved:
+        raise ConfigError(f"init_from: {config_file} has no 'model' key, so it is not an mmgpt model config")
+    if (saved.get("compression") or {}).get("method") == "int8":
+        raise ConfigError(f"init_from: {folder} is int8-quantised and cannot be trained; start from its fp32 source")
+    reference = to_dict(from_dict(ModelConfig, copy.deepcopy(saved["model"]), prefix="model"))
+    for text in overrides:
+        path, _ = parse_override(text)
+        # freezing and LoRA change what trains, not the model, so a later stage may set them
+        if path[0] != "model" or path[-1] == "freeze" or "lora" in path:
+            continue
+        changed = apply_overrides({"model": copy.deepcopy(reference)}, [text], cls=TrainConfig)["model"]
+        if to_dict(from_dict(ModelConfig, changed, prefix="model")) != reference:
+            raise ConfigError(f"override '{'.'.join(path)}' conflicts with init_from: the model comes from "
+                              f"{config_file}; drop the override or start from another folder")
+    model = reference
+    # what trains may also be set by the later stage's own file (its base: chain included)
+    for part, section in (data.get("model") or {}).items():
+        if isinstance(section, dict) and isinstance(model.get(part), dict):
+            model[part].update({k: copy.deepcopy(v) for k, v in section.items() if k in ("freeze", "lora")})
+    for text in overrides:
+        if parse_override(text)[0][0] == "model":
+            model = apply_overrides({"model": model}, [text], cls=TrainConfig)["model"]
+    return {**data, "model": model}
 
 
 def resumed_config(saved: Path, overrides: list[str]) -> TrainConfig:

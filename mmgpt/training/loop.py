@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
+from mmgpt import lora
 from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
 from mmgpt.saving import write_json
@@ -53,6 +55,8 @@ from mmgpt.training.config import (
     resumed_config,
 )
 from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
+from mmgpt.training.distill import distill_loss_sum, load_teacher
+from mmgpt.training.memory import cast_frozen, enable_gradient_checkpointing
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
 from mmgpt.training.optim import (
     apply_freezing,
@@ -83,6 +87,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[
     )
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (base: chain, overrides, a resumed run's own) as YAML and exit")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the model on the meta device (no weights; a hub name's config.json is still "
+                             "fetched), print parameters per part, trainable share and estimated memory, and exit")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.type=product")
     args = parser.parse_args(argv)
     if args.overwrite and args.resume:
@@ -127,6 +134,8 @@ class Run:
     state: TrainState
     # wall time spent in periodic evaluation, so a step time can leave it out (mmgpt.compare)
     eval_seconds: float = 0.0
+    # distill.teacher's frozen model (mmgpt.training.distill), or None
+    teacher: MMGPT | None = None
 
     @property
     def output_dir(self) -> Path:
@@ -143,6 +152,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return {"config": to_dict(cfg)}
+    if args.dry_run:
+        from mmgpt.dry_run import dry_run, format_report
+
+        report = dry_run(cfg)
+        print(format_report(report), end="")
+        return report
     run = build_run(cfg, args)
     if not train(run):
         run.accelerator.end_training()
@@ -192,7 +207,13 @@ def read_splits(specs: list, templates: PromptTemplates) -> list[tuple[str, list
 
 
 def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, resume_dir: Path | None) -> MMGPT:
-    """Build the model; a from-scratch tokenizer is trained once (main process) and shared through disk."""
+    """Build the model (init_from: loaded from that folder); a from-scratch tokenizer is trained once and shared."""
+    if cfg.init_from:
+        model = MMGPT.from_pretrained(cfg.init_from)
+        # the same model as the folder's (config_from_data checked it); freezing may differ
+        model.config = copy.deepcopy(cfg.model)
+        lora.add_adapters(model, cfg.model)
+        return model
     if cfg.model.generator.name:
         return MMGPT.from_config(cfg.model)
     tokenizer_dir = Path(cfg.output_dir) / "tokenizer"
@@ -252,7 +273,9 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         # batch-norm statistics over the global batch, as one process would compute them
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.gradient_checkpointing:
-        model.generator.gradient_checkpointing_enable()
+        logger.info("gradient checkpointing in: %s", ", ".join(enable_gradient_checkpointing(model)) or "none")
+    if cast := cast_frozen(model, frozen, cfg.frozen_dtype):
+        logger.info("frozen parts in bf16: %s", ", ".join(cast))
     optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -267,10 +290,12 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
                     state.epoch, state.batches_in_epoch)
     if len(loader) < cfg.grad_accum_steps:
         raise ValueError(f"an epoch has {len(loader)} batches, fewer than grad_accum_steps={cfg.grad_accum_steps}")
-    return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=accelerator.unwrap_model(model),
+    raw_model = accelerator.unwrap_model(model)
+    teacher = load_teacher(cfg.distill.teacher, raw_model, accelerator.device) if cfg.distill.teacher else None
+    return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=raw_model,
                forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
                loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
-               state=state)
+               state=state, teacher=teacher)
 
 
 # ----------------------------------------------------------------------------- loop
@@ -338,7 +363,10 @@ def forward_backward(run: Run, micro: list[dict]) -> tuple[torch.Tensor, torch.T
         sync = i == len(micro) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(run.model):
             out = run.forward(**batch)
-            accelerator.backward(out.loss_sum * accelerator.num_processes / global_tokens)
+            # with a teacher the objective is the distillation loss; the logged loss stays the answer CE
+            loss_sum = out.loss_sum if run.teacher is None else distill_loss_sum(out, run.teacher, batch,
+                                                                                 run.cfg.distill)
+            accelerator.backward(loss_sum * accelerator.num_processes / global_tokens)
         step_loss += out.loss_sum.detach().double()
         step_tokens += out.num_tokens.double()
     # max_norm=inf only measures the norm (the scale factor is clamped to exactly 1)

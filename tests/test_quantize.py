@@ -1,0 +1,88 @@
+"""mmgpt quantize: int8 folders round-trip, shrink the quantised layers, and answer like fp32."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
+
+from mmgpt import cli
+from mmgpt.compress.quantize import quantize
+from mmgpt.model import MMGPT
+
+PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?",
+           "is there a small green triangle on the left?"] * 4
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("quantize")
+    config = tiny_config(generator="llama")
+    # wide enough that the fusion, projector and generator linears are all quantised
+    config.fusion.dim = 32
+    torch.manual_seed(0)
+    model = build(config)
+    model.save_pretrained(root / "fp32")
+    assert cli.main(["quantize", str(root / "fp32"), str(root / "q8")]) == 0
+    return root / "fp32", root / "q8"
+
+
+def test_quantized_folder_loads_with_int8_weights_and_records_how_it_was_made(folders: tuple[Path, Path]) -> None:
+    fp32, q8 = folders
+    model = MMGPT.from_pretrained(q8)
+    linear = model.generator.model.layers[0].mlp.up_proj
+    assert type(linear.weight).__name__ == "Int8Tensor"
+    assert type(model.projector[0].weight).__name__ == "Int8Tensor"
+    # the tied output embedding stays the input embedding's tensor
+    assert model.generator.lm_head.weight is model.generator.get_input_embeddings().weight
+    record = json.loads((q8 / "config.json").read_text())["compression"]
+    assert record["method"] == "int8" and record["source"] == str(fp32.resolve()) and record["date"]
+    assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in q8.rglob("*"))
+
+
+def test_int8_layers_take_under_0_3_of_their_fp32_bytes(folders: tuple[Path, Path]) -> None:
+    fp32, q8 = folders
+    layers = json.loads((q8 / "config.json").read_text())["compression"]["layers"]
+    with safe_open(str(fp32 / "model.safetensors"), "pt") as f:
+        before = sum(f.get_tensor(f"{name}.weight").numel() * 4 for name in layers)
+    with safe_open(str(q8 / "model.safetensors"), "pt") as f:
+        after = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                    if any(k.startswith(f"{name}._weight_") for name in layers))
+    assert after / before <= 0.3, after / before
+
+
+def test_int8_greedy_tokens_agree_with_fp32(folders: tuple[Path, Path]) -> None:
+    fp32, q8 = (MMGPT.from_pretrained(folder) for folder in folders)
+    batch = make_batch(fp32, PROMPTS)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    a = fp32.generate(**inputs, max_new_tokens=6)
+    b = q8.generate(**inputs, max_new_tokens=6)
+    # stated rate: at least 90% of greedy tokens identical on a random-weight tiny model
+    agree = (a == b).float().mean().item()
+    assert agree >= 0.9, agree
+    logits_a = fp32.prefix_embeds(**inputs)[0]
+    logits_b = q8.prefix_embeds(**inputs)[0]
+    assert (logits_a - logits_b).abs().max() < 0.05 * logits_a.abs().max()
+
+
+def test_answer_and_the_cli_read_a_quantized_folder(folders: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    from PIL import Image
+
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(image)
+    assert cli.main(["answer", "--model", str(folders[1]), "--image", str(image), "what color is the shape?"]) == 0
+    from mmgpt.inference import answer
+
+    expected = answer("what color is the shape?", str(image), model=MMGPT.from_pretrained(folders[1]))
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_refusals(folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["quantize", str(folders[1]), str(tmp_path / "again")]) == 2
+    assert "already quantised" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown quantisation method 'int4'"):
+        quantize(folders[0], tmp_path / "x", method="int4")
