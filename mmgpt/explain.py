@@ -132,7 +132,8 @@ def _answer_ids(model: MMGPT, batch: dict, max_new_tokens: int | None) -> list[i
     return kept
 
 
-def _teacher_forced(model: MMGPT, batch: dict, answer: list[int]) -> tuple[torch.Tensor, int, Any]:
+def _teacher_forced(model: MMGPT, batch: dict, answer: list[int], attentions: bool = True
+                    ) -> tuple[torch.Tensor, int, Any]:
     """Run prefix + [bos] + answer through the generator -> (log-probs of the answer tokens (N,), prefix length,
     generator output with attentions)."""
     prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
@@ -141,7 +142,7 @@ def _teacher_forced(model: MMGPT, batch: dict, answer: list[int]) -> tuple[torch
     embeds = torch.cat([prefix, model.generator.get_input_embeddings()(ids)], dim=1)
     mask = torch.cat([prefix_mask, torch.ones_like(ids)], dim=1)
     out = model.generator(inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                          use_cache=False, output_attentions=True)
+                          use_cache=False, output_attentions=attentions)
     start = prefix.shape[1]
     logits = out.logits[0, start : start + len(answer)].float()
     log_probs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
@@ -230,7 +231,10 @@ def _fusion_attention_maps(weights: list[torch.Tensor], generator: torch.Tensor,
 
 def token_png(explanation: Explanation, index: int) -> bytes:
     """A PNG of token `index`'s map upsampled over the image, then each layer's map when there are layers."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise OSError("the maps are drawn with matplotlib, which is not installed: pip install 'mmgpt[plot]'") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -332,7 +336,7 @@ def _answer_log_prob(model: MMGPT, example: Any, explanation: Explanation, cell:
         top, bottom = r * height // rows, (r + 1) * height // rows
         left, right = c * width // cols, (c + 1) * width // cols
         batch["pixel_values"][..., top:bottom, left:right] = 0.0
-    return float(_teacher_forced(model, batch, explanation.token_ids)[0].sum())
+    return float(_teacher_forced(model, batch, explanation.token_ids, attentions=False)[0].sum())
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
