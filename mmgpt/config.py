@@ -79,6 +79,25 @@ def check_finite_values(key: str, data: Any) -> None:
 
 
 @dataclass
+class LoraConfig:
+    """LoRA adapters (through peft) on one Hugging Face part; r = 0 means none (the part trains fully or is frozen)."""
+
+    r: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # module names to adapt, or "auto": the attention projections of the part's architecture (mmgpt.lora)
+    target_modules: Any = "auto"
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.*.lora.", r=">= 0 (0 = no adapters)", alpha="> 0", dropout="[0, 1)")
+        names = self.target_modules
+        if not (isinstance(names, str) and names) and not (
+            isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+        ):
+            raise ConfigError(f"lora.target_modules must be 'auto' or a list of module names, got {names!r}")
+
+
+@dataclass
 class TextEncoderConfig:
     """Which text encoder turns the prompt into T of shape (batch, text_len, d_text)."""
 
@@ -91,6 +110,8 @@ class TextEncoderConfig:
     kwargs: dict = field(default_factory=dict)
     max_length: int = 32
     freeze: bool = False
+    # type "hf" only
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         check_fields(self, "model.text_encoder.", max_length=">= 1")
@@ -114,6 +135,8 @@ class ImageEncoderConfig:
     # keep ViT class/register tokens in I (dropped by default: they are not patches)
     keep_prefix_tokens: bool = False
     freeze: bool = False
+    # type "hf" only
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         check_finite_values("model.image_encoder.kwargs", self.kwargs)
@@ -167,6 +190,7 @@ class GeneratorConfig:
     )
     attn_implementation: str = "sdpa"
     freeze: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         check_finite_values("model.generator.kwargs", self.kwargs)
@@ -248,6 +272,10 @@ class ModelConfig:
     # prompt used when answer() is given an empty prompt (captioning)
     caption_prompt: str = "Describe the image."
     vqa_template: str = "{question}"
+    # prompts go through the generator tokenizer's chat template when it has one (instruct models)
+    chat_template: bool = True
+    # the system message of chat-template prompts; empty = the template's own default, if any
+    system_prompt: str = ""
 
     def __post_init__(self) -> None:
         check_fields(self, "model.", max_answer_length=">= 2")

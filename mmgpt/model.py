@@ -20,15 +20,17 @@ from typing import Any
 import torch
 import torch.nn.functional as functional
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 from transformers import GenerationConfig
 
+from mmgpt import lora
 from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
 from mmgpt.decoding import default_generation_config, resolve_generation_config
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
+from mmgpt.model_card import write_model_card
 from mmgpt.processor import Processor
 from mmgpt.projector import build_projector
 from mmgpt.saving import existing_copy, folder_lock, replacing_folder
@@ -124,6 +126,7 @@ class MMGPT(nn.Module):
         self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim, self.image_encoder.output_dim)
         width = self.generator.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, config.fusion.dim, width)
+        lora.add_adapters(self, config)
 
     @classmethod
     def from_config(
@@ -152,6 +155,8 @@ class MMGPT(nn.Module):
             image_transform=None,
             max_prompt_length=config.text_encoder.max_length,
             max_answer_length=config.max_answer_length,
+            chat_template=config.chat_template,
+            system_prompt=config.system_prompt,
         )
         model = cls(config, processor, load_weights=load_weights)
         # the encoders decide the preprocessing, so the processor is completed from them
@@ -167,14 +172,17 @@ class MMGPT(nn.Module):
         Encode text, encode image (each distinct image once), fuse, project; left-padded (`pad_left`).
         """
         text, text_mask = self.text_encoder(input_ids, attention_mask)
-        # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype
-        pixel_values = pixel_values.to(next(self.projector.parameters()).dtype)
+        # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype, and
+        # frozen parts may be kept in another dtype than the trained ones (TrainConfig.frozen_dtype)
+        dtype = next(self.projector.parameters()).dtype
+        pixel_values = pixel_values.to(_dtype(self.image_encoder, dtype))
         pixels, image_index = unique_images(pixel_values)
         image = self.image_encoder(pixels)
         if image_index is not None:
             image = image[image_index]
-        fused, fused_mask = self.fusion(text, text_mask, image)
-        return pad_left(self.projector(fused), fused_mask)
+        fusion_dtype = _dtype(self.fusion, dtype)
+        fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype))
+        return pad_left(self.projector(fused.to(dtype)), fused_mask)
 
     def forward(
         self,
@@ -258,8 +266,13 @@ class MMGPT(nn.Module):
         """Parameter count (each shared tensor counted once)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write config.json, model.safetensors, tokenizer(s), image transform and component configs, crash-safely.
+    def save_pretrained(self, folder: str | Path, merge_lora: bool = True, metrics: dict | None = None,
+                        datasets: list[str] | None = None) -> None:
+        """Write config.json, model.safetensors, tokenizer(s), image transform, component configs and README.md.
+
+        LoRA adapters are merged into their layers (a plain model, loadable without peft), or with
+        `merge_lora=False` written alone to adapter_model.safetensors, their base weights named by
+        adapter_config.json. `metrics` (the final evaluation) and `datasets` go into the model card.
 
         Everything goes to a temp folder that then replaces `folder` by renames (mmgpt.saving): a kill at
         any instant leaves the previous model or the new one loadable, and the next save cleans up after it.
@@ -271,9 +284,18 @@ class MMGPT(nn.Module):
                 f"{folder} is a folder but not a saved mmgpt model (no {CONFIG_NAME} and {WEIGHTS_NAME}), and saving "
                 "would replace it: save to a new folder, or empty this one first"
             )
+        adapters = lora.has_adapters(self)
+        config = lora.merged_config(self.config) if adapters and merge_lora else self.config
+        if adapters and not merge_lora:
+            lora.base_names(self, config)  # refused before anything is written
         with folder_lock(folder.parent), replacing_folder(folder) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(self.config)}, indent=2))
-            save_model(self, str(tmp / WEIGHTS_NAME))
+            (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(config)}, indent=2))
+            if not adapters:
+                save_model(self, str(tmp / WEIGHTS_NAME))
+            elif merge_lora:
+                save_file(lora.merged_state_dict(self), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            else:
+                lora.save_adapter_folder(self, config, tmp, WEIGHTS_NAME)
             self.processor.save_pretrained(tmp)
             self.generation_config.save_pretrained(tmp)
             # component configs let from_pretrained rebuild every part offline
@@ -282,6 +304,7 @@ class MMGPT(nn.Module):
                 module = getattr(self, part)
                 if getattr(module, "model", None) is not None and hasattr(module.model, "config"):
                     module.model.config.save_pretrained(tmp / part)
+            write_model_card(tmp, config, self, metrics=metrics, datasets=datasets)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, device: str | torch.device | None = None) -> MMGPT:
@@ -315,6 +338,12 @@ class MMGPT(nn.Module):
                 load_quantized_weights(model, folder / WEIGHTS_NAME, compression)
             except (OSError, ValueError, RuntimeError) as e:
                 raise _load_error(folder, e) from e
+        elif lora.is_adapter_folder(folder):
+            try:
+                lora.load_adapter_folder(model, folder, saved_config, WEIGHTS_NAME,
+                                         lambda part: _pretrained_part(model, saved_config, part))
+            except (OSError, ValueError, SafetensorError) as e:
+                raise _load_error(folder, e) from e
         else:
             _load_weights(model, folder / WEIGHTS_NAME, folder / CONFIG_NAME)
         model.config = saved_config
@@ -327,6 +356,20 @@ class MMGPT(nn.Module):
                 raise _load_error(folder, e) from e
         model.eval()
         return model.to(device) if device is not None else model
+
+
+def _dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of a module's first floating-point parameter; `default` when it has none."""
+    return next((p.dtype for p in module.parameters() if p.is_floating_point()), default)
+
+
+def _pretrained_part(model: MMGPT, config: ModelConfig, part: str) -> nn.Module:
+    """One part built with its pretrained weights from its hub name or folder (an adapter-only folder's base)."""
+    if part == "generator":
+        return build_generator(config.generator, model.processor.tokenizer)
+    if part == "text_encoder":
+        return build_text_encoder(config.text_encoder, model.generator, model.processor.tokenizer)
+    return build_image_encoder(config.image_encoder)
 
 
 def _load_error(folder: Path, error: BaseException) -> ModelLoadError:

@@ -19,6 +19,7 @@ from mmgpt.config import load_json
 from mmgpt.data.example import Example
 from mmgpt.encoders import ImageTransform, load_transform
 from mmgpt.images import DEFAULT_MAX_PIXELS, load_image
+from mmgpt.prompts import chat_prompt
 from mmgpt.tokenizer import ensure_special_tokens
 from mmgpt.truncation import char_budget, head_token_ids, tail_token_ids
 
@@ -49,8 +50,13 @@ class Processor:
         max_prompt_length: int = 64,
         max_answer_length: int = 48,
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        chat_template: bool = False,
+        system_prompt: str = "",
     ) -> None:
         ensure_special_tokens(tokenizer)
+        # prompts through the generator tokenizer's chat template, when it has one (mmgpt.prompts.chat_prompt)
+        self.chat_template = chat_template
+        self.system_prompt = system_prompt
         self._ids_cache: OrderedDict[tuple, tuple[int, ...]] = OrderedDict()
         self._ids_lock = threading.Lock()  # answer() may tokenize from several threads
         self.tokenizer = tokenizer
@@ -91,7 +97,8 @@ class Processor:
         # as keys they would hold megabytes each.
         if len(text) > char_budget(max(self.max_prompt_length, self.max_answer_length)):
             return tokenize(text)
-        key = (kind, text, self.max_prompt_length, self.max_answer_length)
+        key = (kind, text, self.max_prompt_length, self.max_answer_length, self.uses_chat_template,
+               self.system_prompt)
         with self._ids_lock:
             ids = self._ids_cache.get(key)
             if ids is not None:
@@ -116,8 +123,20 @@ class Processor:
         """Restore a pickled Processor with a fresh, empty cache."""
         self.__dict__.update(state, _ids_cache=OrderedDict(), _ids_lock=threading.Lock())
 
+    @property
+    def uses_chat_template(self) -> bool:
+        """Whether prompts go through the chat template: asked for, the tokenizer has one, and the generator's
+        tokens are what the text encoder reads."""
+        return self.chat_template and self.text_tokenizer is None and bool(getattr(self.tokenizer, "chat_template",
+                                                                                   None))
+
     def _prompt_encoder(self) -> Any:
-        if self.text_tokenizer is not None:
+        if self.uses_chat_template:
+            # the template brings its own special tokens (bos, turn markers); the prompt is never empty
+            def encode(text: str) -> list[int]:
+                rendered = chat_prompt(text, self.tokenizer, self.system_prompt)
+                return self.tokenizer.encode(rendered, add_special_tokens=False)
+        elif self.text_tokenizer is not None:
             encoder = self.text_tokenizer
 
             def encode(text: str) -> list[int]:
@@ -216,6 +235,8 @@ class Processor:
             "max_prompt_length": self.max_prompt_length,
             "max_answer_length": self.max_answer_length,
             "max_image_pixels": self.max_image_pixels,
+            "chat_template": self.chat_template,
+            "system_prompt": self.system_prompt,
         }
         (folder / "processor.json").write_text(json.dumps(limits, indent=2))
 
@@ -224,6 +245,11 @@ class Processor:
         """Restore what save_pretrained wrote, reading only `folder` (never the hub)."""
         folder = Path(folder)
         limits = load_json(folder / "processor.json")
+        # a folder saved before chat templates were used prompts without them
+        chat = {"chat_template": limits.pop("chat_template", False), "system_prompt": limits.pop("system_prompt", "")}
+        if not isinstance(chat["chat_template"], bool) or not isinstance(chat["system_prompt"], str):
+            raise ValueError(f"{folder / 'processor.json'}: chat_template must be true/false and system_prompt a "
+                             f"string, got {chat}")
         names = ("max_prompt_length", "max_answer_length", "max_image_pixels")
         if set(limits) - set(names) or not all(type(v) is int and v > 0 for v in limits.values()):
             raise ValueError(
@@ -238,6 +264,7 @@ class Processor:
             load_transform(folder / "image_transform"),
             text_tokenizer=text_tokenizer,
             **limits,
+            **chat,
         )
 
 

@@ -9,6 +9,10 @@ was trained on. A dialogue ``[user "What is this?", assistant "A bus.", user "Wh
 
 one ``Role: content`` line per message, joined by newlines, with nothing after the last one; the answer
 is the generator's output, not part of the prompt.
+
+When the generator's tokenizer has a chat template (instruct models), the Processor turns such a prompt
+back into messages (`prompt_messages`) and renders them with the template (`chat_prompt`), so training,
+answer(), evaluation and the server all prompt an instruct model in its own format.
 """
 from __future__ import annotations
 
@@ -46,3 +50,26 @@ def conversation_prompt(messages: Sequence[Any]) -> str:
     """The dialogue so far as "User: ...\\nAssistant: ...\\nUser: ...", the multi-turn prompt format."""
     turns = [_role_content(message, i) for i, message in enumerate(messages)]
     return "\n".join(f"{role.capitalize()}: {content}" for role, content in turns)
+
+
+def prompt_messages(prompt: str, system_prompt: str = "") -> list[dict[str, str]]:
+    """A prompt as chat messages: "User: ..."/"Assistant: ..." lines as turns, anything else one user turn."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    prefixes = {f"{role.capitalize()}: ": role for role in ROLES}
+    if not prompt.startswith("User: "):
+        return messages + [{"role": "user", "content": prompt}]
+    turns: list[dict[str, str]] = []
+    for line in prompt.split("\n"):
+        role = next((r for p, r in prefixes.items() if line.startswith(p)), None)
+        if role is None:
+            # a line break inside one message
+            turns[-1]["content"] += "\n" + line
+        else:
+            turns.append({"role": role, "content": line[len("User: ") if role == "user" else len("Assistant: "):]})
+    return messages + turns
+
+
+def chat_prompt(prompt: str, tokenizer: Any, system_prompt: str = "") -> str:
+    """The prompt rendered by the tokenizer's chat template, ending with the assistant's turn opened."""
+    return tokenizer.apply_chat_template(prompt_messages(prompt, system_prompt), tokenize=False,
+                                         add_generation_prompt=True)

@@ -24,8 +24,12 @@ def apply_freezing(model: nn.Module) -> dict[str, bool]:
         "projector": cfg.projector.freeze,
         "generator": cfg.generator.freeze,
     }
+    adapted = {part for part in frozen if getattr(getattr(cfg, part), "lora", None) and getattr(cfg, part).lora.r > 0}
     for name, param in model.named_parameters():
-        param.requires_grad_(not frozen[component_of(name)])
+        component = component_of(name)
+        # a part with LoRA adapters trains only them; its base weights stay as loaded
+        trains = not frozen[component] and (component not in adapted or ".lora_" in name)
+        param.requires_grad_(trains)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("every component is frozen: nothing to train")
     return frozen
