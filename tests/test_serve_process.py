@@ -1,19 +1,21 @@
-"""`python -m mmgpt.serve` as its own process: it answers, and SIGTERM finishes the request in flight, then exits 0."""
+"""The `mmgpt serve` entry point (what `python -m mmgpt.serve` runs): it answers, and SIGTERM finishes the
+request in flight, then returns exit status 0. Run in this process's main thread, where uvicorn takes signals."""
 from __future__ import annotations
 
 import concurrent.futures
 import os
 import signal
 import socket
-import subprocess
-import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 from test_serve import NAME, QUESTION, model_dir, png, user  # noqa: F401 - model_dir is a fixture
 
 from mmgpt.inference import answer
+from mmgpt.serve import app
 
 
 def free_port() -> int:
@@ -22,39 +24,51 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir: Path) -> None:  # noqa: F811
+def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir: Path,  # noqa: F811
+                                                         caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # the first request waits --max-wait-ms for company: SIGTERM arrives while it is queued
-    process = subprocess.Popen([sys.executable, "-m", "mmgpt.serve", "--model", str(model_dir), "--port", str(port),
-                                "--max-wait-ms", "1500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    try:
-        deadline = time.monotonic() + 60
+    image = png((200, 30, 30))
+    outcome: dict[str, object] = {}
+
+    def client() -> None:
+        """Wait for the server, queue a request, send SIGTERM while it waits, collect the reply."""
+        deadline = time.monotonic() + 30
         while True:
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "server did not start within 60 s"
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.1)
-        image = png((200, 30, 30))
-        body = {"model": NAME, "messages": user(QUESTION, image)}
+                if time.monotonic() > deadline:
+                    os.kill(os.getpid(), signal.SIGTERM)  # stop the server the test waits on
+                    return
+                time.sleep(0.05)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pending = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=30)
-            while httpx.get(f"{url}/health", timeout=5).json()["queued"] < 1:
-                assert time.monotonic() < deadline and not pending.done()
+            pending = pool.submit(httpx.post, f"{url}/v1/chat/completions",
+                                  json={"model": NAME, "messages": user(QUESTION, image)}, timeout=30)
+            while httpx.get(f"{url}/health", timeout=5).json()["queued"] < 1 and not pending.done():
                 time.sleep(0.02)
-            process.send_signal(signal.SIGTERM)
-            response = pending.result()
-        assert response.status_code == 200
-        assert response.json()["choices"][0]["message"]["content"] == answer(QUESTION, image, model=model_dir)
-        output, _ = process.communicate(timeout=30)
-        assert process.returncode == 0, output
-        assert "Shutting down" in output and "stopped by SIGTERM" in output
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
+            outcome["queued_when_stopped"] = not pending.done()
+            os.kill(os.getpid(), signal.SIGTERM)
+            outcome["response"] = pending.result()
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            outcome["after"] = "still serving"
+        except httpx.TransportError:
+            outcome["after"] = "closed"
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=client, daemon=True)
+    thread.start()
+    # the first request waits --max-wait-ms for company: SIGTERM arrives while it is queued
+    with caplog.at_level("INFO", logger="mmgpt.serve.app"):
+        status = app.main(["--model", str(model_dir), "--port", str(port), "--max-wait-ms", "1000"])
+    thread.join(30)
+    assert status == 0
+    assert outcome["queued_when_stopped"] is True
+    response = outcome["response"]
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == answer(QUESTION, image, model=model_dir)
+    assert outcome["after"] == "closed"
+    assert "stopped by SIGTERM" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -366,10 +366,13 @@ def serve(args: argparse.Namespace) -> int:
                               api_key=args.api_key, allow_image_urls=args.allow_image_urls)
     app = create_app(model, settings)
     # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a clean exit 0
-    signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM"))
+    previous = signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM"))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
                                            timeout_graceful_shutdown=settings.timeout_s))
-    server.run()
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 
