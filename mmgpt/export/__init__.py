@@ -99,7 +99,7 @@ def _check_exportable(mm: MMGPT) -> dict[str, Any]:
             check_transform_config(json.loads((Path(folder) / "transform.json").read_text()), "the image transform")
         except ValueError as e:
             raise ExportError(f"model.image_encoder cannot be exported: {e}") from e
-    if getattr(mm.processor, "chat_template", False):
+    if getattr(mm.processor, "uses_chat_template", False):
         raise ExportError("the model's prompts go through its tokenizer's chat template, which the ONNX runtime does "
                           "not render (it needs transformers); export a model trained without chat_template")
     config = mm.generation_config
