@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from tiny import TEXTS, build, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
+import mmgpt.export
 from mmgpt import cli
 from mmgpt.export import ExportError, export_onnx
 from mmgpt.inference import _prompts, answer, stream_answer
@@ -131,7 +132,8 @@ def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path]) -> None:
         answer(texts[0], images[0], model=folder, device="cuda")
 
 
-def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
     model = diverse_model(generator="gpt2", seed=3)
     model.save_pretrained(tmp_path / "model")
     out = tmp_path / "exported"
@@ -144,8 +146,19 @@ def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture) -
     images[0].save(tmp_path / "image.png")
     assert cli.main(["answer", texts[0], "--image", str(tmp_path / "image.png"), "--model", str(out)]) == 0
     assert capsys.readouterr().out == answer(texts[0], str(tmp_path / "image.png"), model=model) + "\n"
-    # exporting again replaces the export; a folder that is something else is refused
+    # exporting again replaces the export; a failed export leaves the previous one as it was
     assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def fail(*args: object) -> float:
+        raise ExportError("decoder.onnx differs from the eager model")
+
+    monkeypatch.setattr(mmgpt.export, "_check_graph", fail)
+    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript"]) == 2
+    assert "differs from the eager model" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "image.png", "model"]  # no temp folder left
+    # a folder that is something else is refused
     assert cli.main(["export", str(tmp_path / "model"), str(tmp_path / "model"), "--exporter", "torchscript"]) == 2
     assert "is a folder but not an mmgpt export" in capsys.readouterr().err
 
