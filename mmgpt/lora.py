@@ -72,8 +72,10 @@ def add_adapters(model: nn.Module, config: ModelConfig) -> None:
                               f"not type '{getattr(config, part).type}'; set {key}.r=0")
         import peft
 
+        # GPT-2's Conv1D stores its weight transposed
         peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                      target_modules=target_modules(module, cfg, key))
+                                      target_modules=target_modules(module, cfg, key),
+                                      fan_in_fan_out=module.config.model_type == "gpt2")
         try:
             peft.inject_adapter_in_model(peft_config, module)
         except ValueError as e:

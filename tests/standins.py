@@ -50,7 +50,8 @@ def causal_lm(kind: str, folder: Path, seed: int = 0, chat_template: bool = True
         tokenizer.eos_token = "<|im_end|>"
     tokenizer.save_pretrained(folder)
     kwargs = dict(GENERATOR_CONFIGS[kind])
-    config = CONFIG_MAPPING[kwargs.pop("model_type")](**kwargs, vocab_size=len(tokenizer),
+    # a few spare rows, as real checkpoints have (and an AutoTokenizer of another class may add a token)
+    config = CONFIG_MAPPING[kwargs.pop("model_type")](**kwargs, vocab_size=len(tokenizer) + 8,
                                                       pad_token_id=tokenizer.pad_token_id,
                                                       bos_token_id=tokenizer.bos_token_id,
                                                       eos_token_id=tokenizer.eos_token_id)

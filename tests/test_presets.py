@@ -61,9 +61,16 @@ def test_the_default_run_keeps_its_settings() -> None:
 
 
 def test_every_preset_parses_into_a_valid_config() -> None:
-    assert presets() == ["default", "gpu200m", "nanovlm222m"]
+    assert presets() == ["default", "gpu200m", "llava", "llava_lora", "nanovlm222m", "nanovlm222m_sft", "qwen2",
+                         "qwen2_lora"]
+    stage_two = {"llava_lora": "llava", "nanovlm222m_sft": "nanovlm222m", "qwen2_lora": "qwen2"}
     for name in presets():
-        assert isinstance(load_train_config(name), TrainConfig), name
+        # a second stage starts from the first stage's model, which a fresh clone does not have yet
+        overrides = ["init_from="] if name in stage_two else []
+        assert isinstance(load_train_config(name, overrides), TrainConfig), name
+    for second, first in stage_two.items():
+        assert load_yaml(config_path(second))["init_from"] == f"runs/{first}/model"
+        assert load_train_config(first).output_dir == f"runs/{first}"
     nanovlm = load_train_config("nanovlm222m").model
     assert (nanovlm.image_encoder.type, nanovlm.image_encoder.name) == ("hf", "google/siglip-base-patch16-224")
     assert nanovlm.generator.name == "HuggingFaceTB/SmolLM2-135M"
@@ -86,7 +93,7 @@ def test_config_takes_a_preset_name_or_a_path(tmp_path: Path) -> None:
     path = tmp_path / "gpu200m"
     path.write_text("batch_size: 3\n")
     assert config_path(str(path)) == path, "an existing file wins over a preset's name"
-    with pytest.raises(ConfigError, match="unknown config preset 'gpu2000m'; available: default, gpu200m, nanovlm222m"):
+    with pytest.raises(ConfigError, match="unknown config preset 'gpu2000m'; available: default, gpu200m, llava"):
         parse_args(["--config", "gpu2000m"])
     with pytest.raises(ConfigError, match="config file not found"):
         parse_args(["--config", str(tmp_path / "absent.yaml")])

@@ -23,14 +23,18 @@ def enable_gradient_checkpointing(model: nn.Module) -> list[str]:
     """Recompute activations in the backward pass of the generator, HF encoders and timm encoders -> parts."""
     enabled = []
     # the reentrant variant needs inputs that require grad, which a frozen embedding's output does not
-    kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    options = {"use_reentrant": False}
     for part in ("generator", "text_encoder", "image_encoder"):
         module = getattr(model, part)
         inner = module if part == "generator" else getattr(module, "model", None)
         if inner is None:
             continue
         if getattr(inner, "supports_gradient_checkpointing", False):
-            inner.gradient_checkpointing_enable(**kwargs)
+            # transformers 5 renamed gradient_checkpointing_enable
+            if hasattr(inner, "activation_checkpointing_enable"):
+                inner.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+            else:
+                inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
             enabled.append(part)
         elif hasattr(inner, "set_grad_checkpointing"):
             try:
