@@ -68,11 +68,13 @@ def load_model(model: str | Path | MMGPT | None = None, device: str | torch.devi
     return _CACHE[key]
 
 
-def _is_export(model: Any) -> bool:
-    """Whether `model` names a folder written by `mmgpt export` (it has manifest.json), run by mmgpt.runtime."""
+def _export_folder(model: Any) -> str | os.PathLike | None:
+    """`model` (or $MMGPT_MODEL when None) if it is a folder written by `mmgpt export` (manifest.json), else None."""
     from mmgpt.runtime.manifest import is_export_folder
 
-    return isinstance(model, (str, os.PathLike)) and not str(model).startswith("hf://") and is_export_folder(model)
+    model = os.environ.get("MMGPT_MODEL") if model is None else model
+    exported = isinstance(model, (str, os.PathLike)) and not str(model).startswith("hf://") and is_export_folder(model)
+    return model if exported else None
 
 
 def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], batch_size: int,
@@ -167,8 +169,8 @@ def answer(
     with `seed` for sampling, ...). `max_new_tokens=0` answers "" (the images are still read and checked).
     """
     texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs)
-    if _is_export(model):
-        answers = _exported_answers(model, texts, images, batch_size, device, generation_config, generate_kwargs)
+    if (exported := _export_folder(model)) is not None:
+        answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs)
         return answers[0] if single else answers
     mm = _load_quietly(model, device)
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
@@ -199,9 +201,9 @@ def stream_answer(
     if not isinstance(text, str):
         raise TypeError(f"stream_answer takes one text (a str) and one image, got text of type {type(text).__name__}")
     texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs)
-    if _is_export(model):
+    if (exported := _export_folder(model)) is not None:
         # the runtime decodes a whole batch at once: the answer comes as one piece
-        piece = _exported_answers(model, texts, images, 1, device, generation_config, generate_kwargs)[0]
+        piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs)[0]
         return iter([piece] if piece else [])
     mm = _load_quietly(model, device)
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)

@@ -118,7 +118,7 @@ def test_greedy_tokens_and_answers_equal_eager(exported: tuple[MMGPT, Path]) -> 
     assert vlm.answer(texts[0], images[0]) == eager[0]
 
 
-def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path]) -> None:
+def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     model, folder = exported
     texts, images = questions_and_images(4, seed=2)
     assert answer(texts, images, model=str(folder)) == answer(texts, images, model=model)
@@ -126,6 +126,8 @@ def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path]) -> None:
         answer(texts[0], images[0], model=model, max_new_tokens=2)
     assert answer(texts[0], images[0], model=folder, max_new_tokens=0) == ""
     assert "".join(stream_answer(texts[1], images[1], model=folder)) == answer(texts[1], images[1], model=model)
+    monkeypatch.setenv("MMGPT_MODEL", str(folder))
+    assert answer(texts[2], images[2]) == answer(texts[2], images[2], model=model)
     with pytest.raises(ValueError, match="num_beams: an exported ONNX model .* decodes greedily"):
         answer(texts[0], images[0], model=folder, num_beams=2)
     with pytest.raises(ValueError, match="runs on the cpu only"):
