@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -69,6 +70,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     limits = FetchLimits(allowed=settings.allow_image_urls, max_bytes=int(settings.max_body_mb * 2**20))
     max_body = int(settings.max_body_mb * 2**20)
     created = int(time.time())
+    replica = f"{socket.gethostname()}:{os.getpid()}"  # which process answered, behind a router of several
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -125,7 +127,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.model_name, "queued": worker.queued()}
+        return {"status": "ok", "model": settings.model_name, "queued": worker.queued(), "replica": replica}
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -331,11 +333,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: $MMGPT_API_KEY)")
     parser.add_argument("--allow-image-urls", action="store_true",
                         help="fetch http(s) image URLs (public addresses only, size-capped, with a timeout)")
+    parser.add_argument("--ray", action="store_true",
+                        help="serve on Ray Serve (local instance, or $RAY_ADDRESS): replicas behind Ray's router")
+    parser.add_argument("--num-replicas", type=int, default=1, help="with --ray: model replicas")
     return parser
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name, minimum in (("max_batch_size", 1), ("max_queue", 1), ("port", 0)):
+    for name, minimum in (("max_batch_size", 1), ("max_queue", 1), ("port", 0), ("num_replicas", 1)):
         if getattr(args, name) < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
     if args.port > 65535:
@@ -343,6 +348,13 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("max_wait_ms", "max_body_mb", "timeout_s"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+
+
+def settings_from(args: argparse.Namespace, model_path: str | Path) -> ServerSettings:
+    """The ServerSettings the command line asks for."""
+    return ServerSettings(model_name=args.model_name or served_name(model_path), max_batch_size=args.max_batch_size,
+                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+                          timeout_s=args.timeout_s, api_key=args.api_key, allow_image_urls=args.allow_image_urls)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -358,12 +370,14 @@ def serve(args: argparse.Namespace) -> int:
     from mmgpt.inference import default_model_path, load_model
 
     model_path = args.model if args.model is not None else default_model_path()
+    if args.ray:
+        from mmgpt.serve.ray_app import serve_on_ray
+
+        return serve_on_ray(str(model_path), args.device, settings_from(args, model_path), args.host, args.port,
+                            args.num_replicas)
     model = load_model(model_path, args.device)
     model.eval()
-    settings = ServerSettings(model_name=args.model_name or served_name(model_path),
-                              max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                              max_queue=args.max_queue, max_body_mb=args.max_body_mb, timeout_s=args.timeout_s,
-                              api_key=args.api_key, allow_image_urls=args.allow_image_urls)
+    settings = settings_from(args, model_path)
     app = create_app(model, settings)
     # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a clean exit 0
     previous = signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM"))
