@@ -29,12 +29,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from mmgpt import lora
 from mmgpt.config import PromptTemplates, to_dict
 from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
-from mmgpt import lora
 from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
 from mmgpt.saving import write_json
@@ -471,7 +471,9 @@ def finish(run: Run) -> dict:
     result = {"step": state.step, "metrics": metrics, "bad_images": checked_summary,
               "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state.nonfinite_steps}
     if accelerator.is_main_process:
-        run.raw_model.save_pretrained(output_dir / "model")
+        # the model card records the final evaluation and the training sets
+        run.raw_model.save_pretrained(output_dir / "model", metrics=metrics,
+                                      datasets=[spec.label for spec in run.cfg.data.train])
         write_json(output_dir / "metrics.json", result, indent=2)
         write_json(output_dir / "history.json", state.history)
         plot_losses(state.history, output_dir / "loss.png")
