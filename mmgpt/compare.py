@@ -145,6 +145,13 @@ def mean_std(values: list[float]) -> dict[str, float]:
             "n": len(finite)}
 
 
+def eval_curve(record: dict[str, Any]) -> list[list[float]]:
+    """The periodic eval losses of a run, then its final evaluation's (mean over the held-out sets, as training's)."""
+    losses = [v for k, v in record["metrics"].items() if k.endswith("/loss")]
+    final = [[record["steps"], statistics.fmean(losses)]] if losses else []
+    return [*record["eval_curve"], *final]
+
+
 def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per fusion: each column's mean and std over seeds, and the mean eval curve."""
     by_fusion: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -165,7 +172,7 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     columns[f"{name}/type/{kind}"].append(value)
         curve: dict[int, list[float]] = defaultdict(list)
         for run in runs:
-            for step, loss in run["eval_curve"]:
+            for step, loss in eval_curve(run):
                 curve[int(step)].append(loss)
         summary[fusion] = {"seeds": sorted(r["seed"] for r in runs),
                            "columns": {k: mean_std(v) for k, v in columns.items()},

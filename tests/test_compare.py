@@ -70,6 +70,8 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     # the film fusion has its modulation and attention on top of the shared projections
     assert records["film"]["fusion_parameters"] > records["mlb"]["fusion_parameters"]
     summary = json.loads((out / "report.json").read_text())["summary"]
+    # the curve: the periodic evaluation at step 2, then the final one at step 4
+    assert [step for step, _ in summary["film"]["eval_curve"]] == [2, 4]
     assert summary["mlb"]["columns"]["easy_vqa_test/vqa_exact_match"]["n"] == 1
     markdown = (out / "report.md").read_text()
     assert "| mlb | 1 |" in markdown and "| film | 1 |" in markdown and "Not finished" not in markdown
