@@ -85,7 +85,7 @@ def train_argv(args: argparse.Namespace, fusion: str, seed: int) -> list[str]:
 
 
 def per_question_type(model: Any, eval_sets: list[tuple[str, list]]) -> dict[str, dict[str, float]]:
-    """Exact match (official answer normalisation) per question type of each VQA eval set, with the counts."""
+    """Exact match (official answer normalisation) per question type of each VQA eval set, in percent."""
     from mmgpt.eval.runner import generate_answers
     from mmgpt.eval.vqa_metrics import normalize_answer
 
@@ -128,7 +128,9 @@ def train_one(args: argparse.Namespace, fusion: str, seed: int) -> dict[str, Any
         "fusion": fusion, "seed": seed, "steps": run.state.step, "folder": str(folder),
         "parameters": model.num_parameters(), "fusion_parameters": sum(p.numel() for p in model.fusion.parameters()),
         # the steps of this process only: a resumed run's earlier steps ran elsewhere
-        "seconds_per_step": seconds / max(run.state.step - first_step, 1), "resumed_from_step": first_step,
+        # None when no step ran here (resumed at its last step after a kill between saving and recording)
+        "seconds_per_step": seconds / (run.state.step - first_step) if run.state.step > first_step else None,
+        "resumed_from_step": first_step,
         "metrics": result["metrics"], "per_question_type": per_question_type(model, run.eval_sets),
         "eval_curve": run.state.history.get("eval", []),
     }
