@@ -61,13 +61,17 @@ def _quantisable(model: nn.Module) -> set[str]:
     return names
 
 
-def quantize_model(model: nn.Module, method: str = "int8") -> list[str]:
-    """Quantise `model` in place (mmgpt.model.MMGPT) -> the names of the quantised linear layers."""
+def quantize_model(model: nn.Module, method: str = "int8", layers: list[str] | None = None) -> list[str]:
+    """Quantise `model` in place (mmgpt.model.MMGPT; `layers`: these, else every eligible) -> the layers' names."""
     if method not in METHODS:
         raise ValueError(f"unknown quantisation method {method!r}; available: {', '.join(METHODS)}")
     from torchao.quantization import quantize_
 
-    names = _quantisable(model)
+    names = _quantisable(model) if layers is None else set(layers)
+    modules = dict(model.named_modules())
+    wrong = sorted(n for n in names if type(modules.get(n)) is not nn.Linear)
+    if wrong:
+        raise ValueError(f"cannot quantise {wrong[:3]}: not linear layers of this model")
     quantize_(model, _int8_config(), filter_fn=lambda module, fqn: fqn in names)
     return sorted(names)
 
@@ -104,9 +108,10 @@ def load_quantized_weights(model: nn.Module, weights: Path, record: dict) -> Non
     if method not in METHODS:
         raise ValueError(f"{weights.parent}: config.json compression.method {method!r} is unknown; "
                          f"available: {', '.join(METHODS)}")
-    names = quantize_model(model, method)
-    if sorted(record.get("layers", names)) != names:
-        raise ValueError(f"{weights.parent}: the quantised layers recorded in config.json differ from the model's")
+    layers = record.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(n, str) for n in layers):
+        raise ValueError(f"{weights.parent}: config.json compression.layers must list the quantised layers' names")
+    quantize_model(model, method, layers)
     with safe_open(str(weights), framework="pt") as f:
         metadata = f.metadata() or {}
         tensors = {key: f.get_tensor(key) for key in f.keys()}

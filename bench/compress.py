@@ -1,0 +1,242 @@
+"""Compression for CPU deployment, measured on the same models in one table: fp32, int8, pruned, distilled, ONNX.
+
+Rows: fp32 eager; int8 (mmgpt quantize); generator MLP pruned by 50% (mmgpt prune) + recovery fine-tune
+(train.py init_from=); a student of under 1/4 of the teacher's parameters trained with distillation
+(distill.teacher=) and the same student trained without it for the same steps; the ONNX export run by
+mmgpt.runtime. Models: the main job's (runs/default/model, trained) and a wide ~30M-parameter model with
+random weights, for the speed columns only (its accuracy columns stay empty).
+
+Columns: parameters, weight bytes on disk, load time, latency per answer at batch 1 (median over
+--latency-questions questions asked one at a time) and batch 32 (a batch of 32 questions / 32), easy-VQA
+test exact match and caption CIDEr (shapes_captions val), both as train.py's final evaluation computes them
+(mmgpt.training.loop.evaluate, every example). Trained rows take them from their run's metrics.json; the int8
+row is evaluated here; the ONNX row takes them from bench/export_parity (identical greedy answers to eager on
+every test question) when that file says so. Training runs live in --work and are reused when complete.
+
+    python -m bench.compress                         # one run, CPU, one thread
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from bench.common import REPO, RESULTS_DIR, print_table, setup_logging, write_results
+
+logger = logging.getLogger("bench.compress")
+
+# the student: a quarter of the default model's width in every part (0.26M of 1.16M parameters)
+STUDENT = ["model.image_encoder.kwargs={widths: [16, 32, 48], stem_width: 16}", "model.fusion.dim=64",
+           "model.fusion.num_layers=1", "model.generator.kwargs.hidden_size=64",
+           "model.generator.kwargs.intermediate_size=192", "model.generator.kwargs.num_attention_heads=2",
+           "model.generator.kwargs.num_key_value_heads=2"]
+STUDENT_STEPS = ["max_steps=300", "batch_size=64", "eval_every=0", "save_every=0", "optim.lr=1e-3",
+                 "optim.warmup_steps=30"]
+RECOVERY_STEPS = ["max_steps=150", "batch_size=64", "eval_every=0", "save_every=0", "optim.lr=1e-4",
+                  "optim.warmup_steps=10"]
+# random weights: a model where the linear layers dominate the time
+WIDE = ["model.fusion.dim=512", "model.generator.kwargs.hidden_size=512",
+        "model.generator.kwargs.intermediate_size=2048", "model.generator.kwargs.num_hidden_layers=6",
+        "model.generator.kwargs.num_attention_heads=8", "model.generator.kwargs.num_key_value_heads=8"]
+QUESTIONS = ["what shape is in the image?", "what color is the shape?", "is there a red shape?",
+             "does the image contain a circle?"]
+
+
+def train_run(work: Path, name: str, overrides: list[str], threads: int) -> Path:
+    """A train.py run in work/NAME (reused when it finished before) -> its folder."""
+    out = work / name
+    if not (out / "metrics.json").is_file():
+        command = [sys.executable, str(REPO / "train.py"), *overrides, f"output_dir={out}", f"cpu_threads={threads}",
+                   "--overwrite"]
+        logger.info("training %s: %s", name, " ".join(command[2:]))
+        subprocess.run(command, check=True, cwd=REPO)
+    return out
+
+
+def run_metrics(run: Path) -> dict[str, float]:
+    """easy-VQA exact match and caption CIDEr of a finished run's final evaluation."""
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    return {"vqa_em": metrics.get("easy_vqa_test/vqa_exact_match"),
+            "cider": metrics.get("shapes_captions_val/caption_CIDEr")}
+
+
+def evaluate_folder(folder: Path) -> dict[str, float]:
+    """The final evaluation of train.py (every test question, every caption image) for a model folder."""
+    from mmgpt.config import PromptTemplates
+    from mmgpt.model import MMGPT
+    from mmgpt.training.config import TrainConfig
+    from mmgpt.training.loop import evaluate, read_splits
+
+    model = MMGPT.from_pretrained(folder)
+    templates = PromptTemplates(vqa=model.config.vqa_template, caption=model.config.caption_prompt)
+    metrics = evaluate(model, read_splits(TrainConfig().data.eval, templates), None, max_examples=0)
+    return {"vqa_em": metrics.get("easy_vqa_test/vqa_exact_match"),
+            "cider": metrics.get("shapes_captions_val/caption_CIDEr")}
+
+
+def weight_bytes(folder: Path) -> int:
+    """Bytes of the weight files: model.safetensors, or an export's ONNX graphs and their data."""
+    if (folder / "model.safetensors").is_file():
+        return (folder / "model.safetensors").stat().st_size
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data"))
+
+
+def speed(folder: Path, images: list[str], questions: int) -> dict[str, Any]:
+    """Parameters, load time and batch-1 / batch-32 latency per answer of a model folder or an export."""
+    onnx = (folder / "manifest.json").is_file()
+    start = time.perf_counter()
+    if onnx:
+        from mmgpt.runtime import OnnxVLM
+
+        model = OnnxVLM(folder)
+        params = None
+    else:
+        from mmgpt.model import MMGPT
+
+        model = MMGPT.from_pretrained(folder)
+        params = model.num_parameters()
+    load_s = time.perf_counter() - start
+    from mmgpt.inference import answer
+
+    def ask(texts: list[str], paths: list[str]) -> Any:
+        return model.answer(texts, paths) if onnx else answer(texts, paths, model=model)
+
+    texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(max(questions, 32))]
+    ask(texts[:1], images[:1])  # warm-up
+    single = []
+    for i in range(questions):
+        t0 = time.perf_counter()
+        ask(texts[i:i + 1], images[i:i + 1])
+        single.append(time.perf_counter() - t0)
+    ask(texts[:32], images[:32])
+    t0 = time.perf_counter()
+    ask(texts[:32], images[:32])
+    batch32 = (time.perf_counter() - t0) / 32
+    return {"params": params, "bytes": weight_bytes(folder), "load_s": load_s,
+            "b1_ms": 1000 * statistics.median(single), "b32_ms": 1000 * batch32}
+
+
+def build_wide(work: Path) -> Path:
+    """A random-weight ~30M-parameter model with the default model's tokenizer, saved once."""
+    folder = work / "wide-fp32"
+    if not (folder / "model.safetensors").is_file():
+        from transformers import AutoTokenizer
+
+        from mmgpt.model import MMGPT
+        from mmgpt.training.config import load_train_config
+
+        torch.manual_seed(0)
+        cfg = load_train_config("default", WIDE)
+        tokenizer = AutoTokenizer.from_pretrained(REPO / "runs/default/model/tokenizer")
+        model = MMGPT.from_config(cfg.model, tokenizer=tokenizer)
+        model.save_pretrained(folder)
+    return folder
+
+
+def onnx_export(source: Path, out: Path) -> Path | None:
+    """The ONNX export of `source` in `out` (reused), or None when mmgpt.export/runtime are unavailable."""
+    try:
+        from mmgpt.export import export_onnx
+    except ImportError as e:
+        logger.warning("no ONNX row: %s", e)
+        return None
+    if not (out / "manifest.json").is_file():
+        export_onnx(source, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build or reuse every compressed model, measure each row, print one table and write the results JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=str(REPO / "runs/default/model"), help="the trained fp32 model")
+    parser.add_argument("--work", default=str(REPO / "runs/compress"), help="folder for the compressed models and runs")
+    parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads (default 1)")
+    parser.add_argument("--latency-questions", type=int, default=20, help="batch-1 questions timed per row")
+    parser.add_argument("--skip-eval", action="store_true", help="leave the int8 accuracy columns empty")
+    args = parser.parse_args(argv)
+    setup_logging()
+    torch.set_num_threads(args.threads)
+    from mmgpt.compress.prune import prune
+    from mmgpt.compress.quantize import quantize
+
+    source, work = Path(args.model), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    import easy_vqa
+
+    _, _, image_ids = easy_vqa.get_test_questions()
+    paths = easy_vqa.get_test_image_paths()
+    images = [paths[i] for i in image_ids[: max(args.latency_questions, 32)]]
+
+    def ready(folder: Path, make: Any) -> Path:
+        if not (folder / "config.json").is_file() and not (folder / "manifest.json").is_file():
+            make()
+        return folder
+
+    int8 = ready(work / "int8", lambda: quantize(source, work / "int8"))
+    pruned = ready(work / "pruned50", lambda: prune(source, work / "pruned50", 0.5))
+    recovered = train_run(work, "pruned50-recovered", [f"init_from={pruned}", *RECOVERY_STEPS], args.threads)
+    distilled = train_run(work, "student-distilled", [*STUDENT, *STUDENT_STEPS, f"distill.teacher={source}",
+                                                      "distill.alpha=0.5", "distill.temperature=2.0"], args.threads)
+    plain = train_run(work, "student-plain", [*STUDENT, *STUDENT_STEPS], args.threads)
+    onnx = onnx_export(source, work / "onnx")
+    wide = build_wide(work)
+    wide_int8 = ready(work / "wide-int8", lambda: quantize(wide, work / "wide-int8"))
+    wide_pruned = ready(work / "wide-pruned50", lambda: prune(wide, work / "wide-pruned50", 0.5))
+    wide_onnx = onnx_export(wide, work / "wide-onnx")
+
+    parity = RESULTS_DIR / "export_parity-cpu.json"
+    onnx_metrics: dict[str, Any] = {}
+    if parity.is_file():
+        data = json.loads(parity.read_text())
+        if data.get("identical_answers") == data.get("questions") and data.get("questions"):
+            onnx_metrics = {"vqa_em_note": "identical greedy answers to eager on all test questions (export_parity)"}
+    default_metrics = run_metrics(source.parent)
+    rows_spec = [
+        ("default", "fp32 eager", source, default_metrics),
+        ("default", "int8 (torchao)", int8, None),
+        ("default", "pruned 50% MLP + 150-step recovery", recovered / "model", run_metrics(recovered)),
+        ("default", "student 0.26M, distilled, 300 steps", distilled / "model", run_metrics(distilled)),
+        ("default", "student 0.26M, no distillation, 300 steps", plain / "model", run_metrics(plain)),
+        ("default", "ONNX runtime", onnx, dict(default_metrics) if onnx_metrics else {}),
+        ("wide (random weights)", "fp32 eager", wide, {}),
+        ("wide (random weights)", "int8 (torchao)", wide_int8, {}),
+        ("wide (random weights)", "pruned 50% MLP (no recovery)", wide_pruned, {}),
+        ("wide (random weights)", "ONNX runtime", wide_onnx, {}),
+    ]
+    rows = []
+    for model_name, row, folder, metrics in rows_spec:
+        entry: dict[str, Any] = {"model": model_name, "row": row, "folder": str(folder) if folder else None}
+        if folder is None:
+            entry["note"] = "not measured: mmgpt.export / mmgpt.runtime unavailable"
+            rows.append(entry)
+            continue
+        logger.info("measuring %s / %s", model_name, row)
+        entry.update(speed(folder, images, args.latency_questions))
+        if metrics is None and not args.skip_eval:
+            metrics = evaluate_folder(folder)
+        entry.update(metrics or {})
+        rows.append(entry)
+    columns = [("model", "model", ""), ("row", "row", ""), ("params", "params", ",d"), ("bytes", "weight bytes", ",d"),
+               ("load_s", "load s", ".2f"), ("b1_ms", "ms/answer b1", ".1f"), ("b32_ms", "ms/answer b32", ".2f"),
+               ("vqa_em", "easy-VQA EM %", ".2f"), ("cider", "CIDEr", ".3f")]
+    print_table(f"Compression on CPU ({args.threads} thread(s))", rows, columns)
+    write_results("compress", torch.device("cpu"), {"threads": args.threads, "rows": rows,
+                                                    "student_overrides": STUDENT, "student_steps": STUDENT_STEPS,
+                                                    "recovery_steps": RECOVERY_STEPS, "wide_overrides": WIDE,
+                                                    "onnx_accuracy": onnx_metrics})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
