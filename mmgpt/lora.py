@@ -70,7 +70,10 @@ def add_adapters(model: nn.Module, config: ModelConfig) -> None:
         if module is None:
             raise ConfigError(f"{key}: LoRA needs a Hugging Face model as model.{part} (type 'hf' or the generator), "
                               f"not type '{getattr(config, part).type}'; set {key}.r=0")
-        import peft
+        try:
+            import peft
+        except ImportError as e:
+            raise ConfigError(f"{key}.r={cfg.r} needs peft: pip install 'mmgpt[finetune]'") from e
 
         # GPT-2's Conv1D stores its weight transposed
         peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,

@@ -58,3 +58,12 @@ def causal_lm(kind: str, folder: Path, seed: int = 0, chat_template: bool = True
     torch.manual_seed(seed)
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     return folder
+
+
+if __name__ == "__main__":
+    # the README's CPU miniature of the two-stage recipe: `python tests/standins.py FOLDER`
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "standins")
+    print(vision_tower("siglip", out / "siglip"))
+    print(causal_lm("llama", out / "llama"))
