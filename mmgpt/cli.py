@@ -164,10 +164,13 @@ def _explain(argv: list[str]) -> int:
     return main(argv, prog="mmgpt explain")
 
 
-def _serve(argv: list[str]) -> int:
-    from mmgpt.serve.app import main
+def _serve(argv: list[str], prog: str = "mmgpt serve") -> int:
+    from mmgpt.serve.command import build_parser, serve
 
-    return main(argv, prog="mmgpt serve")
+    args = build_parser(prog).parse_args(argv)
+    check_device(args.device)
+    configure_logging(logging.INFO)  # the server's log is its output
+    return serve(args)
 
 
 def _export(argv: list[str]) -> int:

@@ -1,8 +1,9 @@
-"""The `mmgpt serve` entry point (what `python -m mmgpt.serve` runs): it answers, and SIGTERM finishes the
+"""The `mmgpt serve` command (what `python -m mmgpt.serve` runs too): it answers, and SIGTERM finishes the
 request in flight, then returns exit status 0. Run in this process's main thread, where uvicorn takes signals."""
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
 import signal
 import socket
@@ -14,8 +15,8 @@ import httpx
 import pytest
 from test_serve import NAME, QUESTION, model_dir, png, user  # noqa: F401 - model_dir is a fixture
 
+from mmgpt import cli
 from mmgpt.inference import answer
-from mmgpt.serve import app
 
 
 def free_port() -> int:
@@ -61,8 +62,12 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(model_dir: Path,  # noq
     thread = threading.Thread(target=client, daemon=True)
     thread.start()
     # the first request waits --max-wait-ms for company: SIGTERM arrives while it is queued
-    with caplog.at_level("INFO", logger="mmgpt.serve.app"):
-        status = app.main(["--model", str(model_dir), "--port", str(port), "--max-wait-ms", "1000"])
+    root_level = logging.getLogger().level
+    try:
+        with caplog.at_level("INFO", logger="mmgpt.serve.app"):
+            status = cli.main(["serve", "--model", str(model_dir), "--port", str(port), "--max-wait-ms", "1000"])
+    finally:
+        logging.getLogger().setLevel(root_level)  # main() raises it to INFO, as a command does
     thread.join(30)
     assert status == 0
     assert outcome["queued_when_stopped"] is True

@@ -1,6 +1,7 @@
 """`python -m mmgpt.serve`: the same as `mmgpt serve`."""
 import sys
 
-from mmgpt.serve.app import main
+from mmgpt.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))
