@@ -156,6 +156,22 @@ def onnx_export(source: Path, out: Path) -> Path | None:
     return out
 
 
+def profile_int8(work: Path, images: list[str]) -> dict[str, Any]:
+    """Top ops by self CPU time of one batch-32 answer on the wide model, fp32 against int8: where int8's time goes."""
+    from bench.common import profile_top_ops
+    from mmgpt.inference import answer
+    from mmgpt.model import MMGPT
+
+    texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(32)]
+    result = {}
+    for name in ("wide-fp32", "wide-int8"):
+        model = MMGPT.from_pretrained(work / name)
+        answer(texts, images[:32], model=model)
+        result[name] = profile_top_ops(lambda m=model: answer(texts, images[:32], model=m), torch.device("cpu"),
+                                       steps=1, top=8)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build or reuse every compressed model, measure each row, print one table and write the results JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -164,9 +180,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch / onnxruntime threads (default 1)")
     parser.add_argument("--latency-questions", type=int, default=20, help="batch-1 questions timed per row")
     parser.add_argument("--skip-eval", action="store_true", help="leave the int8 accuracy columns empty")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile fp32 against int8 on the wide model (after a full run) -> compress-profile")
     args = parser.parse_args(argv)
     setup_logging()
     torch.set_num_threads(args.threads)
+    if args.profile:
+        import easy_vqa
+
+        _, _, image_ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
+        profile = profile_int8(Path(args.work), [paths[i] for i in image_ids[:32]])
+        for name, data in profile.items():
+            print(f"\n{name}: {data['total_self_ms']:.0f} ms self CPU time")
+            for op in data["top_ops"]:
+                print(f"  {op['name']:<40} {op['self_ms']:8.1f} ms  {100 * op['share']:5.1f}%  {op['calls']} calls")
+        write_results("compress-profile", torch.device("cpu"), {"threads": args.threads, "profile": profile},
+                      benchmark="compress")
+        return 0
     from mmgpt.compress.prune import prune
     from mmgpt.compress.quantize import quantize
 
