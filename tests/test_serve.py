@@ -385,3 +385,26 @@ def test_cli_refuses_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     assert "mmgpt serve: error: --max-batch-size must be >= 1, got 0" in capsys.readouterr().err
     assert cli.main(["serve", "--model", "/nonexistent/model", "--port", "0"]) == 2
     assert "mmgpt serve: error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "webp", "gif"])
+def test_jpeg_webp_and_gif_images(server: str, model: MMGPT, kind: str) -> None:
+    buffer = io.BytesIO()
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    image.save(buffer, kind.upper(), **({"save_all": True, "append_images": [Image.new("RGB", (32, 32))]}
+                                        if kind == "gif" else {}))
+    messages = [{"role": "user", "content": [{"type": "text", "text": QUESTION},
+                                             {"type": "image_url", "image_url": {"url": data_url(buffer.getvalue(),
+                                                                                                 kind)}}]}]
+    reply = client(server).chat.completions.create(model=NAME, messages=messages)
+    assert reply.choices[0].message.content == answer(QUESTION, buffer.getvalue(), model=model)  # first frame
+
+
+def test_allowed_image_urls_still_refuse_private_addresses(model: MMGPT) -> None:
+    with running_server(model, allow_image_urls=True) as url:
+        for address in (f"{url}/static/playground.css", "http://10.0.0.1/x.png", "http://[::1]/x.png"):
+            body = {"model": NAME, "messages": [{"role": "user", "content": [
+                {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": address}}]}]}
+            response = post(url, body)
+            assert response.status_code == 400
+            assert "non-public address" in response.json()["error"]["message"]
