@@ -165,9 +165,9 @@ class TrainConfig:
     # per-process micro-batch; the global batch is batch_size * processes * grad_accum_steps
     batch_size: int = 128
     grad_accum_steps: int = 1
-    max_steps: int = 1200
-    eval_every: int = 600
-    save_every: int = 600
+    max_steps: int = 1600
+    eval_every: int = 800
+    save_every: int = 800
     keep_checkpoints: int = 2
     log_every: int = 20
     mixed_precision: str = "no"
