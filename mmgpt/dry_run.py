@@ -1,11 +1,14 @@
 """`mmgpt train --dry-run`: the model of a config built on the meta device, its sizes and a memory estimate.
 
 No weights are read or downloaded. A part named by a hub name still needs its config.json (AutoConfig
-fetches it, a few KB); a local folder is read from disk. A generator trained with a from-scratch tokenizer
+fetches it, a few KB); a local folder is read from disk, and a later stage (init_from) reads its parts'
+configs from that folder. A generator trained with a from-scratch tokenizer
 is counted with model.tokenizer.vocab_size tokens, the most that tokenizer can have.
 """
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -34,10 +37,17 @@ def build_meta_model(cfg: TrainConfig) -> Any:
     from mmgpt.model import MMGPT
 
     # a named generator takes its vocabulary from its own config; the check against the tokenizer is skipped
-    vocab = 0 if cfg.model.generator.name else cfg.model.tokenizer.vocab_size
+    config = cfg.model
+    if cfg.init_from:
+        from mmgpt.model import _use_saved_parts
+
+        # a later stage: its parts' configs are in the init_from folder, so nothing comes from the hub
+        config = copy.deepcopy(cfg.model)
+        _use_saved_parts(config, Path(cfg.init_from).expanduser())
+    vocab = 0 if config.generator.name else config.tokenizer.vocab_size
     processor = SimpleNamespace(tokenizer=_VocabOnly(vocab))
     with torch.device("meta"):
-        model = MMGPT(cfg.model, processor, load_weights=False)
+        model = MMGPT(config, processor, load_weights=False)
     apply_freezing(model)
     return model
 

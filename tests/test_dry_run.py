@@ -9,6 +9,7 @@ import yaml
 from standins import causal_lm, vision_tower
 from tiny import one_thread  # noqa: F401
 
+from mmgpt import lora
 from mmgpt.cli import main as cli_main
 from mmgpt.dry_run import build_meta_model, dry_run
 from mmgpt.model import MMGPT
@@ -87,3 +88,18 @@ def test_a_preset_with_hub_names_is_counted_from_configs_alone(monkeypatch: pyte
     assert report["parts"]["generator"]["parameters"] > 49152 * 576
     assert report["trainable"] == report["parts"]["fusion"]["parameters"] + report["parts"]["projector"]["parameters"]
     assert torch.get_default_device().type == "cpu"
+
+
+def test_a_later_stage_is_counted_from_its_init_from_folder(config_file: Path, tmp_path: Path) -> None:
+    cfg = load_train_config(config_file, ["model.generator.lora.r=0"])
+    MMGPT.from_config(cfg.model).save_pretrained(tmp_path / "stage1")
+    later = load_train_config(config_file, [f"init_from={tmp_path / 'stage1'}", "model.generator.lora.r=2",
+                                            "model.fusion.freeze=true"])
+    report = dry_run(later)
+    model = MMGPT.from_pretrained(tmp_path / "stage1")
+    lora.add_adapters(model, later.model)
+    model.config = later.model
+    apply_freezing(model)
+    assert report["parameters"] == model.num_parameters()
+    assert report["trainable"] == model.num_parameters(trainable_only=True)
+    assert report["parts"]["fusion"]["trainable"] == 0 < report["parts"]["generator"]["trainable"]
