@@ -14,8 +14,10 @@ Why torchao rather than torch.ao.quantization.quantize_dynamic: the latter measu
 (one thread, 4 x (512->2048->512) linears, 640 rows: fp32 215 ms, torch.ao dynamic 196 ms, torchao 239 ms;
 20 rows: fp32 16.3, torch.ao 17.8, torchao 21.6 ms), but its packed parameters are opaque objects that
 safetensors cannot hold (torch.save/pickle only) and it is deprecated in torch 2.x; torchao's int8 tensors
-flatten to plain tensors and load back exactly. The catch, measured in bench/compress.py: on CPU without
-int8 matmul kernels torchao's int8 is about as fast as fp32 or slower; its gain here is 4x smaller weights.
+flatten to plain tensors and load back exactly. The catch, measured in bench/compress.py (wide 33M model,
+one thread): its int8 matmul is 3.7x faster than fp32's, but quantising every call's activations costs about
+as much again, so int8 answered 1.7x slower than fp32 in the timed run; its sure gain is 0.26x the bytes of the
+quantised layers.
 """
 from __future__ import annotations
 
