@@ -88,13 +88,14 @@ class LoraConfig:
     # module names to adapt, or "auto": the attention projections of the part's architecture (mmgpt.lora)
     target_modules: Any = "auto"
 
-    def __post_init__(self) -> None:
-        check_fields(self, "model.*.lora.", r=">= 0 (0 = no adapters)", alpha="> 0", dropout="[0, 1)")
+    def check(self, prefix: str) -> None:
+        """Raise ConfigError naming `prefix` + the field (the section is shared by three parts) for a bad value."""
+        check_fields(self, prefix, r=">= 0 (0 = no adapters)", alpha="> 0", dropout="[0, 1)")
         names = self.target_modules
         if not (isinstance(names, str) and names) and not (
             isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
         ):
-            raise ConfigError(f"lora.target_modules must be 'auto' or a list of module names, got {names!r}")
+            raise ConfigError(f"{prefix}target_modules must be 'auto' or a list of module names, got {names!r}")
 
 
 @dataclass
@@ -115,6 +116,7 @@ class TextEncoderConfig:
 
     def __post_init__(self) -> None:
         check_fields(self, "model.text_encoder.", max_length=">= 1")
+        self.lora.check("model.text_encoder.lora.")
         check_finite_values("model.text_encoder.kwargs", self.kwargs)
 
 
@@ -140,6 +142,7 @@ class ImageEncoderConfig:
 
     def __post_init__(self) -> None:
         check_finite_values("model.image_encoder.kwargs", self.kwargs)
+        self.lora.check("model.image_encoder.lora.")
 
 
 @dataclass
@@ -194,6 +197,7 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         check_finite_values("model.generator.kwargs", self.kwargs)
+        self.lora.check("model.generator.lora.")
 
 
 PROJECTORS = ("mlp", "linear")
