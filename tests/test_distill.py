@@ -3,14 +3,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_train import REPO, make_jsonl, tiny_config, weights
+from test_train import launch_two_processes, make_jsonl, tiny_config, weights
 from tiny import TEXTS, build, make_batch, one_thread  # noqa: F401 (autouse fixture)
 from tiny import tiny_config as tiny_model_config
 
@@ -101,11 +98,7 @@ def test_distilled_training_resumes_exactly_and_two_processes_match_one(tmp_path
         assert torch.equal(a[name], resumed[name]), name
 
     cfg = _student(tmp_path, data, "double", teacher_model, max_steps=4, batch_size=4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "train.py"), "--config", str(cfg)]
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_two_processes(cfg, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     double = weights(tmp_path / "double")
     for name in a:

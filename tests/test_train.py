@@ -80,6 +80,17 @@ def tiny_config(folder: Path, data: Path, output: Path, **overrides) -> Path:
     return path
 
 
+def launch_two_processes(config: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """train.py --config CONFIG under `accelerate launch` with 2 CPU processes; its completed process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
+    # accelerate's --cpu flag selects its single-process launcher; --multi_gpu on a machine without
+    # GPUs starts real CPU processes (gloo), which is what multi-process training on CPU needs
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO / "train.py"), "--config", str(config)]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
 def weights(output: Path) -> dict[str, torch.Tensor]:
     """The final model's weights."""
     return load_file(str(output / "model" / "model.safetensors"))
@@ -111,13 +122,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     main(["--config", str(tiny_config(tmp_path, data, single, batch_size=8))])
     double = tmp_path / "double"
     config = tiny_config(tmp_path, data, double, batch_size=4)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
-    # accelerate's --cpu flag selects its single-process launcher; --multi_gpu on a machine without
-    # GPUs starts real CPU processes (gloo), which is what multi-process training on CPU needs
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "train.py"), "--config", str(config)]
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = launch_two_processes(config, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stderr, "two processes were expected"
     a, b = weights(single), weights(double)
