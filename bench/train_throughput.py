@@ -68,8 +68,9 @@ def make_step(model: Any, forward: Callable[..., Any], optimizer: Any, scheduler
 def measure(config: str = "default", fusion: str | None = None, tiny: bool = False, batch_size: int | None = None,
             steps: int = 10, warmup: int = 3, device: torch.device | None = None, precision: str | None = None,
             compile: bool = False, freeze_image_encoder: bool = False, profile: bool = False,
-            count_flops: bool = True, seed: int = 0) -> dict[str, Any]:
+            count_flops: bool = True, seed: int = 0, image_autocast: str | None = None) -> dict[str, Any]:
     """Build the workload, take `warmup` + `steps` training steps, and return the figures of the timed ones."""
+    from mmgpt.training.loop import image_autocast as image_autocast_on
     from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
 
     device = device or common.resolve_device("auto")
@@ -86,6 +87,10 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
 
     with fresh_accelerator(precision, device) as accelerator:
         model = workloads.build_model(work.model, seed=seed)
+        image_autocast = image_autocast or work.image_encoder_autocast
+        if image_autocast_on(image_autocast, device):
+            # as the training loop does for image_encoder_autocast
+            model.train_image_autocast = torch.bfloat16
         frozen = apply_freezing(model)
         info = workloads.describe(model)
         logger.info("%s (fusion %s): %.1fM parameters, batch %d, precision %s, device %s", work.name,
@@ -122,6 +127,7 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
         "batch_size": batch_size,
         "precision": precision,
         "compile": compile,
+        "image_encoder_autocast": image_autocast,
         "image_size": list(workloads.image_size(raw)),
         "frozen": [k for k, v in frozen.items() if v],
         **info,
@@ -176,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", choices=("no", "bf16", "fp16"), default=None,
                         help="autocast precision (default: 'no' for default, 'bf16' for gpu200m)")
+    parser.add_argument("--image-autocast", choices=("no", "bf16", "auto"), default=None,
+                        help="the image encoder's training autocast (default: the config's image_encoder_autocast)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model, as train.py's compile: true")
     parser.add_argument("--freeze-image-encoder", action="store_true")
     parser.add_argument("--no-count-flops", action="store_true", help="skip the FlopCounterMode cross-check step")
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs.append(measure(args.config, fusion=fusion, tiny=args.tiny, batch_size=args.batch_size, steps=args.steps,
                             warmup=warmup, device=device, precision=args.precision, compile=args.compile,
                             freeze_image_encoder=args.freeze_image_encoder, profile=args.profile,
-                            count_flops=not args.no_count_flops, seed=args.seed))
+                            count_flops=not args.no_count_flops, seed=args.seed, image_autocast=args.image_autocast))
     common.print_table(f"training throughput on {common.device_name(device)}", table_rows(runs), TABLE)
     name = cli.result_name(NAME, runs[0]["config"])
     name += ("-compile" if args.compile else "") + ("-frozen" if args.freeze_image_encoder else "")

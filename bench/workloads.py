@@ -62,6 +62,7 @@ class Workload:
     optim: OptimConfig
     batch_size: int
     mixed_precision: str  # accelerate's "no" | "bf16" | "fp16"
+    image_encoder_autocast: str = "no"  # TrainConfig.image_encoder_autocast
 
 
 def default_train_config() -> TrainConfig:
@@ -79,7 +80,7 @@ def workload(name: str, fusion: str | None = None, tiny: bool = False) -> Worklo
             data["model"][section].update(copy.deepcopy(values))
     base = from_dict(TrainConfig, data)
     result = Workload(f"{name}-tiny" if tiny else name, base.model, base.optim, 8 if tiny else base.batch_size,
-                      base.mixed_precision)
+                      base.mixed_precision, base.image_encoder_autocast)
     if fusion:
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; available: {', '.join(FUSIONS)}")

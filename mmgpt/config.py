@@ -225,7 +225,9 @@ class TokenizerConfig:
 
     vocab_size: int = 512
     min_frequency: int = 1
-    lowercase: bool = False
+    # easy-VQA's questions are all lowercase: a case-sensitive tokenizer gives "What" tokens the model never
+    # saw (the default model answered "What color is the shape?" with "yes"); generated text is lowercase
+    lowercase: bool = True
 
     def __post_init__(self) -> None:
         check_fields(self, "model.tokenizer.", vocab_size=">= 1", min_frequency=">= 0")

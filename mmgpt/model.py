@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -127,6 +128,9 @@ class MMGPT(nn.Module):
         width = self.generator.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, config.fusion.dim, width)
         lora.add_adapters(self, config)
+        # the autocast dtype of the image encoder's training forward (TrainConfig.image_encoder_autocast); not
+        # part of the model: eval mode and the saved model ignore it
+        self.train_image_autocast: torch.dtype | None = None
 
     @classmethod
     def from_config(
@@ -177,7 +181,10 @@ class MMGPT(nn.Module):
         dtype = next(self.projector.parameters()).dtype
         pixel_values = pixel_values.to(_dtype(self.image_encoder, dtype))
         pixels, image_index = unique_images(pixel_values)
-        image = self.image_encoder(pixels)
+        # TrainConfig.image_encoder_autocast: a training-time choice, so evaluation and inference stay exact
+        autocast = self.train_image_autocast if self.training and self.image_encoder.training else None
+        with torch.autocast(pixels.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
+            image = self.image_encoder(pixels)
         if image_index is not None:
             image = image[image_index]
         fusion_dtype = _dtype(self.fusion, dtype)

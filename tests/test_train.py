@@ -136,17 +136,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert losses_a == pytest.approx(losses_b, rel=1e-4)
 
 
-def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path) -> None:
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["weights", "ema"])
+def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: float) -> None:
     full = tmp_path / "full"
-    main(["--config", str(tiny_config(tmp_path, data, full, max_steps=9))])
+    main(["--config", str(tiny_config(tmp_path, data, full, max_steps=9, **{"optim.ema_decay": ema_decay}))])
     resumed = tmp_path / "resumed"
-    config = tiny_config(tmp_path, data, resumed, max_steps=9, stop_at_step=4)
+    config = tiny_config(tmp_path, data, resumed, max_steps=9, stop_at_step=4, **{"optim.ema_decay": ema_decay})
     assert main(["--config", str(config)]) == {"stopped_at_step": 4}
+    # the weight average travels in the checkpoint: restarting it from the resumed weights would differ
+    assert (resumed / "checkpoints" / "step_4" / "ema.safetensors").is_file() == (ema_decay > 0)
     state = json.loads((resumed / "checkpoints" / "step_4" / "trainer_state.json").read_text())
     # 48 examples / batch 8 = 6 batches per epoch: step 4 is mid-epoch
     assert (state["epoch"], state["batches_in_epoch"]) == (0, 4)
     assert not (resumed / "model").exists()
-    config = tiny_config(tmp_path, data, resumed, max_steps=9)
+    config = tiny_config(tmp_path, data, resumed, max_steps=9, **{"optim.ema_decay": ema_decay})
     main(["--config", str(config), "--resume", "latest"])
     history_full = json.loads((full / "history.json").read_text())["train"]
     history_resumed = json.loads((resumed / "history.json").read_text())["train"]

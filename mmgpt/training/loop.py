@@ -56,6 +56,7 @@ from mmgpt.training.config import (
 )
 from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.training.distill import distill_loss_sum, load_teacher
+from mmgpt.training.ema import WeightEMA
 from mmgpt.training.memory import cast_frozen, enable_gradient_checkpointing
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
 from mmgpt.training.optim import (
@@ -136,6 +137,13 @@ class Run:
     eval_seconds: float = 0.0
     # distill.teacher's frozen model (mmgpt.training.distill), or None
     teacher: MMGPT | None = None
+    # the moving average of the weights (optim.ema_decay > 0), or None
+    ema: WeightEMA | None = None
+
+    @property
+    def eval_model(self) -> MMGPT:
+        """The model evaluation and saving use: the weights' moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.raw_model
 
     @property
     def output_dir(self) -> Path:
@@ -274,6 +282,10 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.gradient_checkpointing:
         logger.info("gradient checkpointing in: %s", ", ".join(enable_gradient_checkpointing(model)) or "none")
+    if image_autocast(cfg.image_encoder_autocast, accelerator.device):
+        model.train_image_autocast = torch.bfloat16
+        logger.info("image encoder trains under bf16 autocast (image_encoder_autocast: %s)",
+                    cfg.image_encoder_autocast)
     if cast := cast_frozen(model, frozen, cfg.frozen_dtype):
         logger.info("frozen parts in bf16: %s", ", ".join(cast))
     optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
@@ -292,10 +304,26 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         raise ValueError(f"an epoch has {len(loader)} batches, fewer than grad_accum_steps={cfg.grad_accum_steps}")
     raw_model = accelerator.unwrap_model(model)
     teacher = load_teacher(cfg.distill.teacher, raw_model, accelerator.device) if cfg.distill.teacher else None
+    ema = None
+    if cfg.optim.ema_decay > 0:
+        # built after load_state, so a checkpoint without an average restarts it from the resumed weights
+        ema = WeightEMA(raw_model, cfg.optim.ema_decay)
+        if resume_dir is not None and not ema.load(resume_dir):
+            logger.warning("%s holds no weight average: it restarts from the resumed weights", resume_dir)
     return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=raw_model,
                forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
                loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
-               state=state, teacher=teacher)
+               state=state, teacher=teacher, ema=ema)
+
+
+def image_autocast(setting: str, device: torch.device) -> bool:
+    """Whether image_encoder_autocast ('no', 'bf16', 'auto') puts the image encoder's training under bf16."""
+    if setting != "auto":
+        return setting == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    # without native bf16 (AVX512-BF16 or AMX) oneDNN emulates it, several times slower than float32
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 # ----------------------------------------------------------------------------- loop
@@ -394,7 +422,7 @@ def log_window(run: Run, window: LossWindow, bar: tqdm) -> None:
 def evaluate_during_training(run: Run) -> None:
     """Periodic evaluation on the first data.eval_max_examples of each eval set; back to train mode after."""
     start = time.perf_counter()
-    metrics = evaluate(run.raw_model, run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
+    metrics = evaluate(run.eval_model, run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
     run.eval_seconds += time.perf_counter() - start
     set_train_mode(run.raw_model, run.frozen)
     eval_loss = sum(v for k, v in metrics.items() if k.endswith("/loss")) / max(len(run.eval_sets), 1)
@@ -417,6 +445,8 @@ def train(run: Run) -> bool:
             step_loss, step_tokens, grad_norm = forward_backward(run, micro)
             if step_is_finite(accelerator, step_loss, grad_norm, cfg.mixed_precision):
                 run.optimizer.step()
+                if run.ema is not None:
+                    run.ema.update(run.raw_model)
                 window.loss += step_loss
                 window.tokens += step_tokens
             else:
@@ -438,7 +468,8 @@ def train(run: Run) -> bool:
             stop_now = _any_rank(accelerator, stop.requested) or step == cfg.stop_at_step
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
                 check_weights(run.raw_model, step, run.output_dir)
-                save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints)
+                save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints,
+                                write_extra=run.ema.save if run.ema is not None else None)
             if stop_now:
                 logger.warning("stopped at step %d; continue with --resume latest", step)
                 return False
@@ -463,16 +494,16 @@ def evaluate(model: MMGPT, eval_sets: list, accelerator: Accelerator, max_exampl
 def finish(run: Run) -> dict:
     """Final evaluation on every example; the main process saves the model, metrics, history and loss curve."""
     accelerator, state, output_dir = run.accelerator, run.state, run.output_dir
-    check_weights(run.raw_model, state.step, output_dir)
+    check_weights(run.eval_model, state.step, output_dir)
     bad_runtime = int(accelerator.reduce(torch.tensor(state.bad_images_runtime, device=accelerator.device),
                                          reduction="sum"))
-    metrics = evaluate(run.raw_model, run.eval_sets, accelerator, max_examples=0)
+    metrics = evaluate(run.eval_model, run.eval_sets, accelerator, max_examples=0)
     checked_summary = {name: (report.summary() if report else "not checked") for name, _, _, report in run.checked}
     result = {"step": state.step, "metrics": metrics, "bad_images": checked_summary,
               "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state.nonfinite_steps}
     if accelerator.is_main_process:
         # the model card records the final evaluation and the training sets
-        run.raw_model.save_pretrained(output_dir / "model", metrics=metrics,
+        run.eval_model.save_pretrained(output_dir / "model", metrics=metrics,
                                       datasets=[spec.label for spec in run.cfg.data.train])
         write_json(output_dir / "metrics.json", result, indent=2)
         write_json(output_dir / "history.json", state.history)
