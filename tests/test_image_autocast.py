@@ -3,7 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401
+from tiny import (
+    build,
+    make_batch,
+    one_thread,  # noqa: F401
+    tiny_config,
+)
 
 from mmgpt.config import ConfigError
 from mmgpt.training.config import TrainConfig
@@ -21,7 +26,8 @@ def image_dtypes(model, batch) -> list[torch.dtype]:
     return seen
 
 
-def test_image_encoder_trains_in_bf16_and_evaluates_in_float32(one_thread: None) -> None:
+@pytest.mark.usefixtures("one_thread")
+def test_image_encoder_trains_in_bf16_and_evaluates_in_float32() -> None:
     model = build(tiny_config())
     batch = make_batch(model, ["what color is the shape?", "is there a circle?"], ["red", "yes"])
     model.train()

@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmgpt.config import TokenizerConfig
+from mmgpt.config import PromptTemplates, TokenizerConfig
 from mmgpt.data.formats import read_dataset
-from mmgpt.config import PromptTemplates
 from mmgpt.tokenizer import train_tokenizer
 from mmgpt.training.config import load_train_config
 

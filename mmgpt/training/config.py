@@ -117,7 +117,7 @@ class OptimConfig:
     # per-component factors on lr: text_encoder, image_encoder, fusion, projector, generator
     lr_multipliers: dict = field(default_factory=dict)
     # > 0: evaluation and the saved model use an exponential moving average of the weights (mmgpt.training.ema)
-    ema_decay: float = 0.0
+    ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
         check_fields(self, "optim.", lr="> 0", weight_decay=">= 0", eps="> 0", warmup_steps=">= 0",
@@ -168,9 +168,9 @@ class TrainConfig:
     # per-process micro-batch; the global batch is batch_size * processes * grad_accum_steps
     batch_size: int = 128
     grad_accum_steps: int = 1
-    max_steps: int = 1600
-    eval_every: int = 800
-    save_every: int = 800
+    max_steps: int = 1300
+    eval_every: int = 650
+    save_every: int = 650
     keep_checkpoints: int = 2
     log_every: int = 20
     mixed_precision: str = "no"

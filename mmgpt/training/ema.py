@@ -68,5 +68,6 @@ class WeightEMA:
             return False
         missing, unexpected = load_model(self.averaged, str(path), strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: does not match the model (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+            raise ValueError(f"{path}: does not match the model (missing {sorted(missing)[:3]}, "
+                             f"unexpected {sorted(unexpected)[:3]})")
         return True
