@@ -94,10 +94,11 @@ def test_two_stages_train_only_what_each_stage_names(setup: dict) -> None:
     # the saved model has the adapters merged, loads without peft and answers as the trained one did
     merged = MMGPT.from_pretrained(stage2 / "model")
     assert not lora.has_adapters(merged)
-    batch = run2.raw_model.processor(["what color is the square?"], [torch.zeros(3, 32, 32)], ["red"])
-    run2.raw_model.eval()
+    # (the saved weights are the run's eval model: its EMA average when optim.ema_decay > 0)
+    trained = run2.eval_model.eval()
+    batch = trained.processor(["what color is the square?"], [torch.zeros(3, 32, 32)], ["red"])
     with torch.no_grad():
-        assert (run2.raw_model(**batch).logits - merged(**batch).logits).abs().max() <= 1e-5
+        assert (trained(**batch).logits - merged(**batch).logits).abs().max() <= 1e-5
     card = (stage2 / "model" / "README.md").read_text()
     assert "eval/loss" in card and "LoRA r=4" not in card  # merged: no adapters left in the saved config
 
