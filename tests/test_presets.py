@@ -42,7 +42,7 @@ def test_default_yaml_is_complete_and_equals_the_dataclass_defaults() -> None:
 def test_the_default_run_keeps_its_settings() -> None:
     config = to_dict(load_train_config("default"))
     expected = {
-        ("max_steps",): 1300, ("batch_size",): 128, ("eval_every",): 650, ("save_every",): 650,
+        ("max_steps",): 2000, ("batch_size",): 128, ("eval_every",): 1000, ("save_every",): 1000,
         ("optim", "ema_decay"): 0.999, ("model", "tokenizer", "lowercase"): True,
         ("model", "image_encoder", "name"): "mmgpt_tiny_cnn_fullres",
         ("model", "text_encoder", "max_length"): 32, ("model", "max_answer_length"): 32,

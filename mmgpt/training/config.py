@@ -168,9 +168,9 @@ class TrainConfig:
     # per-process micro-batch; the global batch is batch_size * processes * grad_accum_steps
     batch_size: int = 128
     grad_accum_steps: int = 1
-    max_steps: int = 1300
-    eval_every: int = 650
-    save_every: int = 650
+    max_steps: int = 2000
+    eval_every: int = 1000
+    save_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 20
     mixed_precision: str = "no"
