@@ -64,24 +64,6 @@ def test_translate_shifts_the_content_and_fills_from_the_edge() -> None:
     assert filled == {5.0, 0.0}
 
 
-def test_zoom_out_shrinks_the_content_keeps_the_size_and_fills_from_the_edge() -> None:
-    background, shape = 0.25, 1.0
-    pixels = torch.full((3, 64, 64), background)
-    pixels[:, 20:44, 20:44] = shape  # a 24 px square
-    sides = set()
-    for position in range(64):
-        out = augment(pixels, ["zoom_out"], 0, 0, position)
-        assert out.shape == pixels.shape
-        # corners stay background: the fill comes from the edge, never zeros or wrap-around
-        assert float(out[:, [0, 0, -1, -1], [0, -1, 0, -1]].sub(background).abs().max()) < 1e-6
-        rows = (out[0] > (background + shape) / 2).any(1).nonzero().flatten()
-        side = int(rows.max() - rows.min() + 1)
-        assert 24 * 0.6 - 2 <= side <= 24, side  # 60-100% of the size
-        sides.add(side)
-    assert len(sides) > 4 and min(sides) < 18
-    assert torch.equal(augment(pixels, ["zoom_out"], 1, 2, 3), augment(pixels, ["zoom_out"], 1, 2, 3))
-
-
 def test_rot90_refuses_a_non_square_image() -> None:
     with pytest.raises(ValueError, match="square"):
         for position in range(16):
@@ -90,7 +72,7 @@ def test_rot90_refuses_a_non_square_image() -> None:
 
 def test_unknown_augmentation_names_the_field_and_the_choices() -> None:
     with pytest.raises(ValueError, match=(r"field 'augment': unknown augmentation 'flip'; "
-                                          r"available: hflip, rot90, translate, vflip, zoom_out")):
+                                          r"available: hflip, rot90, translate, vflip")):
         DatasetSpec(format="easy_vqa", augment=["flip"])
     assert check_augmentations("hflip", "x") == ["hflip"]
 

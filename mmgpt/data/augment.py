@@ -54,21 +54,6 @@ def translate(pixels: torch.Tensor, rng: random.Random) -> torch.Tensor:
     return padded[..., top : top + height, left : left + width]
 
 
-@register_augmentation("zoom_out")
-def zoom_out(pixels: torch.Tensor, rng: random.Random) -> torch.Tensor:
-    """Shrink to 60-100% of the size at a random place, filling from the nearest edge: more small shapes to learn."""
-    height, width = pixels.shape[-2:]
-    scale = rng.uniform(0.6, 1.0)
-    new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
-    top, left = rng.randint(0, height - new_h), rng.randint(0, width - new_w)
-    if (new_h, new_w) == (height, width):
-        return pixels
-    # antialiased, so that a shrunken shape keeps its outline instead of aliasing into another shape
-    small = F.interpolate(pixels[None], size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    pads = (left, width - new_w - left, top, height - new_h - top)
-    return F.pad(small, pads, mode="replicate")[0]
-
-
 def check_augmentations(names: Sequence[str], where: str) -> list[str]:
     """Validate augmentation names, naming the field and the available ones on a typo."""
     if isinstance(names, str):
