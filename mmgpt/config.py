@@ -293,6 +293,26 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2's booleans: only true/false; yes/no/on/off stay text (`mixed_precision: no` is "no")."""
+
+
+# PyYAML follows YAML 1.1, where an unquoted no/off/yes/on is a boolean: `mixed_precision=no` became False
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+# a bool field still takes the YAML 1.1 words, so `freeze: yes` keeps working
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text as configs do: safe, and with only true/false as booleans."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against annotation `tp`, converting where it is lossless (int -> float)."""
     origin = typing.get_origin(tp)
@@ -327,6 +347,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return float(value)
     if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
+    if tp is bool and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return _BOOL_WORDS[value.lower()]
     if tp in (int, float, bool, str):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
@@ -429,7 +451,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw  # not YAML, e.g. "a: b: c": plain text
     except RecursionError as e:
@@ -567,7 +589,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = parse_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     except RecursionError as e:

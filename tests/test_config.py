@@ -16,7 +16,7 @@ from mmgpt.config import (
     parse_override,
     to_dict,
 )
-from mmgpt.training.config import TrainConfig
+from mmgpt.training.config import TrainConfig, load_train_config
 
 DEFAULT_YAML = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -202,3 +202,17 @@ def test_override_into_a_default_mapping_keeps_its_other_keys(tmp_path: Path) ->
     train, _ = parse_args(["--config", str(path), "model.generator.kwargs.num_hidden_layers=3", "optim.lr=1e-3"])
     assert train.model.generator.kwargs == config.generator.kwargs
     assert train.optim.lr == 1e-3 and train.output_dir == str(tmp_path / "run")
+
+
+def test_no_and_yes_are_text_for_text_settings_and_booleans_for_boolean_ones(tmp_path: Path) -> None:
+    # YAML 1.1 read an unquoted no as False: `mixed_precision=no` was refused as "must be str, got False"
+    cfg = load_train_config("default", ["mixed_precision=no", "image_encoder_autocast=no", "frozen_dtype=no",
+                                        "model.generator.freeze=yes", "model.fusion.freeze=off"])
+    assert (cfg.mixed_precision, cfg.image_encoder_autocast, cfg.frozen_dtype) == ("no", "no", "no")
+    assert cfg.model.generator.freeze is True and cfg.model.fusion.freeze is False
+    path = tmp_path / "mine.yaml"
+    path.write_text("base: default\nmixed_precision: no\nmodel:\n  image_encoder: {freeze: yes}\n")
+    cfg = load_train_config(str(path))
+    assert cfg.mixed_precision == "no" and cfg.model.image_encoder.freeze is True
+    with pytest.raises(ConfigError, match="'model.generator.freeze' must be bool, got 'maybe'"):
+        load_train_config("default", ["model.generator.freeze=maybe"])
