@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # transformers is imported when a config is built, so `mmgpt 
 
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed's range
 SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
+# sampling below this temperature is greedy decoding: softmax(logits / T) overflows to inf/nan as T -> 0
+GREEDY_TEMPERATURE = 1e-5
 
 
 def int_option(name: str, value: Any, minimum: int, maximum: int | None = None, none: str = "") -> int | None:
@@ -142,12 +144,45 @@ def resolve_generation_config(base: GenerationConfig, generation_config: Generat
     for name, option in DECODING_OPTIONS.items():  # a config object's values get the same checks as keywords
         if getattr(config, name, None) is not None:
             setattr(config, name, option.check(name, getattr(config, name)))
+    if config.do_sample and config.temperature is not None and config.temperature < GREEDY_TEMPERATURE:
+        config.do_sample = False
+        for name in SAMPLING_OPTIONS:  # unused when greedy (and validate() warns about them)
+            setattr(config, name, None)
     probe = config
     if config.max_new_tokens == 0:  # mmgpt answers "" there; transformers refuses 0 before any generation
         probe = copy.deepcopy(config)
         probe.max_new_tokens = None
     probe.validate()
     return config, generate_kwargs
+
+
+def position_limit(generator_config: Any) -> int | None:
+    """How many positions a transformers generator reads (max_position_embeddings / n_positions); None: no limit."""
+    limit = getattr(generator_config, "max_position_embeddings", None)
+    return limit if isinstance(limit, int) and limit > 0 else None
+
+
+def check_answer_length(max_new_tokens: int | None, prefix_length: int, max_positions: int | None,
+                        name: str = "max_new_tokens", cap: tuple[int, str] | None = None) -> None:
+    """ValueError unless `max_new_tokens` fits the generator's positions after a prefix of `prefix_length`.
+
+    The prefix, bos and every new token but the last take a position each, so a prefix of P leaves
+    max_positions - P new tokens. `cap` is a further limit and where it is set: (256, "the server's --max-tokens").
+    """
+    if max_new_tokens is None:
+        return
+    model_limit = None if max_positions is None else max(0, max_positions - prefix_length)
+    if (model_limit is None or max_new_tokens <= model_limit) and (cap is None or max_new_tokens <= cap[0]):
+        return
+    parts = []
+    if model_limit is not None:
+        parts.append(f"over this model's limit of {model_limit} (its generator reads {max_positions} positions "
+                     f"and the prompt and image take {prefix_length})" if max_new_tokens > model_limit else
+                     f"within this model's limit of {model_limit} (its generator reads {max_positions} positions and "
+                     f"the prompt and image take {prefix_length})")
+    if cap is not None:
+        parts.append(f"{'over' if max_new_tokens > cap[0] else 'within'} {cap[1]} of {cap[0]}")
+    raise ValueError(f"{name}={max_new_tokens} is {' and '.join(parts)}; ask for fewer new tokens")
 
 
 def default_generation_config(config: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:

@@ -12,7 +12,14 @@ import torch
 from transformers import GenerationConfig
 
 from mmgpt.config import PromptTemplates
-from mmgpt.decoding import check_decoding_options, check_seed, int_option, resolve_generation_config, set_values
+from mmgpt.decoding import (
+    check_answer_length,
+    check_decoding_options,
+    check_seed,
+    int_option,
+    resolve_generation_config,
+    set_values,
+)
 from mmgpt.images import ImageInput
 from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
 from mmgpt.prompts import question_prompt
@@ -212,6 +219,8 @@ def stream_answer(
     batch = _batch(mm, texts, images)
     if config.max_new_tokens == 0:
         return iter(())
+    # generate checks this too, but in the streaming thread: here it is raised at the call
+    check_answer_length(config.max_new_tokens, mm.prefix_length(int(batch["attention_mask"].sum())), mm.max_positions)
     return _stream(mm, batch, config, seed)
 
 

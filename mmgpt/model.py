@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as functional
+from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_file, save_model
 from torch import nn
@@ -27,7 +28,7 @@ from transformers import GenerationConfig
 
 from mmgpt import lora
 from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
-from mmgpt.decoding import default_generation_config, resolve_generation_config
+from mmgpt.decoding import check_answer_length, default_generation_config, position_limit, resolve_generation_config
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
@@ -191,6 +192,27 @@ class MMGPT(nn.Module):
         fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype))
         return pad_left(self.projector(fused.to(dtype)), fused_mask)
 
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the generator reads (prefix, bos and answer together); None when unlimited."""
+        return position_limit(self.generator.config)
+
+    def prefix_length(self, text_tokens: int) -> int:
+        """Positions the prefix of a prompt of `text_tokens` tokens (processor ids) and one image takes.
+
+        The fusion's mask decides it (the text's length, or more for a fusion that adds the image's tokens);
+        the image encoder's token count is read once, from a blank image of the processor's size.
+        """
+        image_tokens = self.__dict__.get("_image_tokens")
+        if image_tokens is None:
+            pixels = self.processor.image_tensor(Image.new("RGB", (8, 8)))[None]
+            pixels = pixels.to(next(self.parameters()).device, _dtype(self.image_encoder, torch.float32))
+            with torch.no_grad():
+                image_tokens = self.image_encoder(pixels).shape[1]
+            self.__dict__["_image_tokens"] = image_tokens
+        text_mask = torch.ones(1, text_tokens, dtype=torch.long)
+        return int(self.fusion.fused_mask(text_mask, torch.zeros(1, image_tokens, self.fusion.dim)).sum())
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -257,6 +279,7 @@ class MMGPT(nn.Module):
         if config.max_new_tokens == 0:
             return torch.empty((input_ids.shape[0], 0), dtype=torch.long, device=input_ids.device)
         prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)
+        check_answer_length(config.max_new_tokens, int(prefix_mask.sum(1).max()), self.max_positions)
         tokenizer = self.processor.tokenizer
         bos = torch.full((prefix.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=prefix.device)
         bos_embeds = self.generator.get_input_embeddings()(bos)

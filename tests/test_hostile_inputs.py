@@ -539,3 +539,46 @@ def test_jsonl_bad_bytes_and_deep_lines_name_their_line(tmp_path: Path) -> None:
         read_dataset(DatasetSpec(format="jsonl", path=str(path)))
     path.write_text(good * 3, encoding="utf-16")
     assert len(read_dataset(DatasetSpec(format="jsonl", path=str(path)))) == 3
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny gpt2 (learned positions: 64 of them, so a longer sequence is an IndexError inside torch)."""
+    folder = tmp_path_factory.mktemp("hostile-gpt2") / "model"
+    build(tiny_config(generator="gpt2", max_answer_length=10)).save_pretrained(folder)
+    return folder
+
+
+def test_max_new_tokens_past_the_position_limit_is_one_clear_error(gpt2_dir: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    from mmgpt import cli
+
+    model = MMGPT.from_pretrained(gpt2_dir).eval()
+    batch = model.processor(["what color?"], [IMAGE])
+    prefix = int(model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])[1].sum())
+    limit = 64 - prefix  # the prefix, bos and all but the last new token take a position each
+    never_ends = {"eos_token_id": None, "pad_token_id": 0}  # the model may not stop early: each limit is reached
+    assert len(model.generate(**batch, max_new_tokens=limit, **never_ends)[0]) == limit
+    message = rf"max_new_tokens={limit + 1} is over this model's limit of {limit} \(.*64 positions .* take {prefix}\)"
+    with pytest.raises(ValueError, match=message):
+        model.generate(**batch, max_new_tokens=limit + 1, **never_ends)
+    for function in (answer, stream_answer):
+        with pytest.raises(ValueError, match=r"max_new_tokens=1000000000 is over this model's limit"):
+            _call(function, model, max_new_tokens=10**9)
+    assert cli.main(["answer", "--model", str(gpt2_dir), "--image", str(_png(gpt2_dir.parent)), "what color?",
+                     "--max-new-tokens", "1000000000"]) == 2
+    _one_error_line(capsys.readouterr().err, "mmgpt answer: error: max_new_tokens=1000000000 is over", "64")
+
+
+def _png(folder: Path) -> Path:
+    from PIL import Image
+
+    path = folder / "image.png"
+    Image.fromarray(IMAGE).save(path)
+    return path
+
+
+def test_a_vanishing_temperature_decodes_greedily(fresh_model: MMGPT) -> None:
+    greedy = answer("what color?", IMAGE, model=fresh_model)
+    for temperature in (1e-300, 1e-30, 1e-6):
+        assert answer("what color?", IMAGE, model=fresh_model, temperature=temperature, seed=3) == greedy

@@ -129,3 +129,17 @@ def test_folders_that_are_not_exports_are_refused(exported: tuple, tmp_path: Pat
     (copy / "decoder.onnx").unlink()
     with pytest.raises(ExportFolderError, match="the decoder graph decoder.onnx named in manifest.json is missing"):
         OnnxVLM(copy)
+
+
+def test_max_new_tokens_past_the_position_limit_is_the_same_clear_error(exported: tuple) -> None:
+    model, folder = exported
+    vlm = OnnxVLM(folder)
+    image = Image.new("RGB", (32, 32), (200, 30, 30))
+    batch = vlm.encode_prompts(vlm.prompts(["what color?"]))
+    prefix = int(vlm.prefix(**batch, pixel_values=vlm.encode_images([image]))[1].sum())
+    limit = 64 - prefix
+    assert isinstance(vlm.answer("what color?", image, max_new_tokens=limit), str)
+    with pytest.raises(ValueError, match=rf"max_new_tokens={limit + 1} is over this model's limit of {limit} "):
+        vlm.answer("what color?", image, max_new_tokens=limit + 1)
+    with pytest.raises(ValueError, match=r"max_new_tokens=1000000000 is over this model's limit"):
+        answer("what color?", image, model=folder, max_new_tokens=10**9)

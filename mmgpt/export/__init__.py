@@ -275,7 +275,8 @@ def _manifest(mm: MMGPT, source: str, graphs: dict, generation: dict, opset: int
                           "outputs": [{"name": n, "shape": s, "dtype": t} for n, (s, t) in g["outputs"].items()]}
                    for name, g in graphs.items()},
         "decoder": {"num_layers": inputs["layers"], "num_key_value_heads": inputs["kv_heads"],
-                    "head_dim": inputs["head_dim"], "hidden_size": inputs["width"]},
+                    "head_dim": inputs["head_dim"], "hidden_size": inputs["width"],
+                    "max_positions": mm.max_positions},
         "tokens": {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
                    "pad_token_id": tokenizer.pad_token_id,
                    "text_pad_token_id": (text_tokenizer or tokenizer).pad_token_id,

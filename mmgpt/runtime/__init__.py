@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmgpt.config import PromptTemplates
+from mmgpt.decoding import check_answer_length
 from mmgpt.images import ImageInput, load_image
 from mmgpt.prompts import question_prompt
 from mmgpt.runtime.image import ImageTransform
@@ -83,6 +84,7 @@ class OnnxVLM:
         self.num_layers, self.kv_heads, self.head_dim = (decoder["num_layers"], decoder["num_key_value_heads"],
                                                          decoder["head_dim"])
         self.past_names = [f"past_{kind}_{i}" for i in range(self.num_layers) for kind in ("key", "value")]
+        self.max_positions = decoder.get("max_positions")  # absent from older exports: not checked there
 
     # ---- preprocessing, as mmgpt.processor.Processor does it ----
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -158,6 +160,7 @@ class OnnxVLM:
         if limit == 0:
             return np.zeros((batch, 0), dtype=np.int64)
         prefix, prefix_mask = self.prefix(input_ids, attention_mask, pixel_values)
+        check_answer_length(limit, int(prefix_mask.sum(1).max()), self.max_positions)
         bos = np.full((batch, 1), self.tokens["bos_token_id"], dtype=np.int64)
         inputs_embeds = np.concatenate([prefix, self.embed(bos)], axis=1)
         mask = np.concatenate([prefix_mask.astype(np.int64), np.ones((batch, 1), dtype=np.int64)], axis=1)
