@@ -104,7 +104,7 @@ def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], b
     return _EXPORTS[key].answer(texts, images, batch_size=batch_size, max_new_tokens=given.get("max_new_tokens"))
 
 
-def _check_text(text: Any, name: str) -> str:
+def check_text(text: Any, name: str) -> str:
     """A prompt that is a str of valid Unicode, else TypeError/ValueError naming it."""
     if not isinstance(text, str):
         raise TypeError(f"{name} must be a str, got {type(text).__name__}")
@@ -119,10 +119,10 @@ def _check_text(text: Any, name: str) -> str:
 def _as_lists(text: Any, image: Any) -> tuple[list[str], list[Any], bool]:
     """(texts, images, single) for one text and image, or equal-length lists/tuples of both."""
     if isinstance(text, str):
-        return [_check_text(text, "text")], [image], True
+        return [check_text(text, "text")], [image], True
     if not isinstance(text, (list, tuple)):
         raise TypeError(f"text must be a str or a list/tuple of str, got {type(text).__name__}")
-    texts = [_check_text(t, f"text[{i}]") for i, t in enumerate(text)]
+    texts = [check_text(t, f"text[{i}]") for i, t in enumerate(text)]
     if not isinstance(image, (list, tuple)):
         raise TypeError(f"a list of texts needs a list of images of the same length, got {type(image).__name__}")
     if len(texts) != len(image):

@@ -5,6 +5,8 @@ import base64
 import concurrent.futures
 import contextlib
 import io
+import json
+import logging
 import re
 import socket
 import threading
@@ -26,6 +28,9 @@ from mmgpt.inference import answer, load_model
 from mmgpt.model import MMGPT
 from mmgpt.prompts import conversation_prompt
 from mmgpt.serve.app import ServerSettings, create_app, served_name
+from mmgpt.serve.command import uvicorn_config
+from mmgpt.serve.metrics import Metrics
+from mmgpt.serve.worker import Job, Worker
 
 TEXTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?", "red", "blue", "green",
          "yes", "no", "a small green triangle", "a big red circle next to a blue square"] * 3
@@ -85,10 +90,11 @@ def user(text: str, image: bytes | None) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def running_server(model: MMGPT, **settings: Any) -> Iterator[str]:
     """The app on a free 127.0.0.1 port in a thread -> its base URL; stopped (and its worker) on exit."""
-    app = create_app(model, ServerSettings(model_name=NAME, **settings))
+    server_settings = ServerSettings(model_name=NAME, **settings)
+    app = create_app(model, server_settings)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, server_settings, "127.0.0.1", 0, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -408,3 +414,233 @@ def test_allowed_image_urls_still_refuse_private_addresses(model: MMGPT) -> None
             response = post(url, body)
             assert response.status_code == 400
             assert "non-public address" in response.json()["error"]["message"]
+
+
+def _concurrently(url: str, bodies: list[bytes]) -> list[httpx.Response]:
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        return list(pool.map(lambda body: post(url, content=body, **{"Content-Type": "application/json"}), bodies))
+
+
+def test_a_lone_surrogate_is_400_and_the_requests_beside_it_are_answered(model: MMGPT) -> None:
+    image = png((40, 90, 140))
+    good = json.dumps({"model": NAME, "messages": user(QUESTION, image)}).encode()
+    bad = json.dumps({"model": NAME, "messages": user("what\ud800 color?", image)}).encode()  # "\ud800" in JSON
+    with running_server(model, max_wait_ms=300) as url:
+        responses = _concurrently(url, [bad] + [good] * 8)
+    assert [r.status_code for r in responses] == [400] + [200] * 8, [r.text[:200] for r in responses]
+    error = responses[0].json()["error"]
+    assert error["param"] == "messages[0].content[0].text"
+    assert "lone surrogate '\\ud800' at index 4" in error["message"]
+    expected = answer(QUESTION, image, model=model)
+    assert all(r.json()["choices"][0]["message"]["content"] == expected for r in responses[1:])
+
+
+def test_a_request_failing_in_a_batch_fails_alone(model: MMGPT) -> None:
+    """Whatever makes a batch fail (here a prompt the tokenizer refuses, past admission), it fails only its culprit."""
+    metrics = Metrics()
+    worker = Worker(model, metrics, max_batch_size=16, max_wait_ms=1000)
+    images = [png((30 * i, 60, 90), box=i) for i in range(5)]
+    events: list[list[tuple]] = [[] for _ in images]
+    prompts = [model.config.vqa_template.format(question=QUESTION)] * 5
+    prompts[2] = "what\ud800 color?"
+    for i, (prompt, image) in enumerate(zip(prompts, images)):
+        worker.submit(Job(prompt=prompt, pixels=model.processor.image_tensor(image), config=model.generation_config,
+                          emit=events[i].append, stream=i == 3))
+    worker.start()
+    worker.stop(timeout=30)  # decodes what is queued: the five in one batch
+    assert events[2][-1][0] == "error" and "TypeError" in events[2][-1][1]
+    for i in (0, 1, 3, 4):
+        assert events[i][-1][0] == "done", events[i]
+        assert [e[0] for e in events[i]].count("first") == 1
+        assert events[i][-1][1][0].text == answer(QUESTION, images[i], model=model)
+    assert "".join(e[2] for e in events[3] if e[0] == "delta") == events[3][-1][1][0].text  # streamed once
+
+
+def test_max_tokens_over_either_limit_is_400_naming_both(model: MMGPT) -> None:
+    image = png((100, 30, 60))
+    prompt = model.config.vqa_template.format(question=QUESTION)
+    limit = 64 - prefix_length(model, prompt, image)  # the tiny llama reads 64 positions
+    body = {"model": NAME, "messages": user(QUESTION, image)}
+    # a short --timeout-s: without the limits, max_tokens=10**9 would decode until then
+    with running_server(model, max_tokens=limit - 3, timeout_s=5) as url:
+        for asked, over in ((10**9, "over this model's limit"), (limit + 1, "over this model's limit"),
+                            (limit - 2, "within this model's limit")):
+            response = post(url, {**body, "max_tokens": asked})
+            assert response.status_code == 400, response.text
+            error = response.json()["error"]
+            assert error["param"] == "max_tokens" and error["code"] == "max_tokens_too_large"
+            assert error["message"].startswith(f"max_tokens={asked} is {over} of {limit} (its generator reads 64 "
+                                               f"positions"), error
+            assert f"the server's --max-tokens of {limit - 3}" in error["message"], error
+        assert post(url, {**body, "max_completion_tokens": limit + 1}).json()["error"]["param"] == \
+            "max_completion_tokens"
+        assert post(url, {**body, "max_tokens": limit - 3}).status_code == 200
+    with running_server(model, max_tokens=10**6) as url:
+        assert post(url, {**body, "max_tokens": limit}).status_code == 200
+        assert post(url, {**body, "max_tokens": limit + 1}).status_code == 400
+
+
+def test_hostile_json_and_a_vanishing_temperature_are_no_server_errors(server: str, model: MMGPT,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    image = png((10, 200, 100))
+    with caplog.at_level("WARNING"):
+        deep = post(server, content=b'{"model": "tiny", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        huge_number = post(server, content=b'{"model": "tiny", "n": ' + b"9" * 5000 + b"}")
+        cold = post(server, {"model": NAME, "messages": user(QUESTION, image), "temperature": 1e-300, "seed": 1})
+    assert deep.status_code == 400 and "nested too deeply" in deep.json()["error"]["message"]
+    assert huge_number.status_code == 400 and "not valid JSON" in huge_number.json()["error"]["message"]
+    assert cold.status_code == 200, cold.text
+    assert cold.json()["choices"][0]["message"]["content"] == answer(QUESTION, image, model=model)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text[-2000:]
+
+
+def _stalled_upload(url: str) -> socket.socket:
+    """A connection that sends a request's headers and the start of its body, then nothing."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: 100000\r\n\r\n{\"model\": \"tiny\", ")
+    return sock
+
+
+def test_a_stalled_upload_gets_408_and_never_holds_the_batch_window(model: MMGPT) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((80, 80, 20)))}
+    # alone, a request waits the 600 ms window for company; a batch used to wait a further window for any
+    # request still being uploaded that had arrived before it was due
+    with running_server(model, max_wait_ms=600, body_timeout_s=3) as url:
+        assert post(url, body).status_code == 200  # warm
+        stalled = _stalled_upload(url)
+        opened = time.monotonic()
+        time.sleep(0.1)
+        start = time.monotonic()
+        assert post(url, body).status_code == 200
+        assert time.monotonic() - start < 1.0
+        stalled.settimeout(10)
+        reply = stalled.recv(4096)
+        waited = time.monotonic() - opened
+        stalled.close()
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"--body-timeout-s 3" in reply and 2.5 < waited < 6
+
+
+def test_idle_connections_are_closed_and_capped(model: MMGPT) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((20, 20, 20)))}
+    with running_server(model, keep_alive_s=0.5, max_connections=3) as url:
+        host, port = url.removeprefix("http://").split(":")
+        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(2)]
+        idle[1].sendall(b"GET /health HTTP/1.1\r\n")  # headers begun, never finished
+        refused = post(url, body)
+        assert refused.status_code == 503, refused.text  # the two idle ones and this one reach the cap
+        started = time.monotonic()
+        assert [s.recv(100) for s in idle] == [b"", b""]  # closed by the server
+        assert time.monotonic() - started < 3
+        assert post(url, body).status_code == 200
+        for sock in idle:
+            sock.close()
+
+
+class ImageHost:
+    """An HTTP server on 127.0.0.1 serving one PNG at any path, recording each request's path and Host header."""
+
+    def __init__(self, data: bytes) -> None:
+        import http.server
+
+        self.requests: list[tuple[str, str]] = []
+        host = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                host.requests.append((self.path, self.headers.get("Host", "")))
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ImageHost:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PUBLIC = "93.184.215.14"  # a public address nothing here may reach: connections to it go to the ImageHost
+
+
+def fake_network(monkeypatch: pytest.MonkeyPatch, names: dict[str, list[str]], image_port: int) -> list[tuple]:
+    """Resolve each name in `names` to its next address (the last one repeats); connections to PUBLIC reach
+    127.0.0.1:image_port only if `PUBLIC` is mapped, other public addresses are refused: nothing leaves the machine.
+    -> the list of (host, port) that connections were asked for."""
+    real_getaddrinfo, real_connect = socket.getaddrinfo, socket.create_connection
+    answers = {name: iter(addresses) for name, addresses in names.items()}
+    last: dict[str, str] = {}
+    connected: list[tuple] = []
+
+    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> list:
+        if host in answers:
+            last[host] = next(answers[host], last.get(host))
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (last[host], port))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    def create_connection(address: tuple, *args: Any, **kwargs: Any) -> socket.socket:
+        host, port = address[:2]
+        connected.append((host, port))
+        if host in answers:  # a name: resolved again here, as a plain client would
+            host = getaddrinfo(host, port)[0][4][0]
+        if host == PUBLIC:
+            return real_connect(("127.0.0.1", image_port), *args, **kwargs)
+        if host == "127.0.0.1":
+            return real_connect((host, port), *args, **kwargs)
+        raise ConnectionRefusedError(f"{host} is not reachable from a test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket, "create_connection", create_connection)
+    return connected
+
+
+def url_image(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def test_an_image_url_is_fetched_from_the_address_that_was_checked(model: MMGPT,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    image = png((150, 20, 200), box=6)
+    with ImageHost(image) as host, running_server(model, allow_image_urls=True) as url:
+        connected = fake_network(monkeypatch, {"images.test": [PUBLIC]}, host.port)
+        where = f"http://images.test:{host.port}/shape.png?size=32"
+        reply = post(url, {"model": NAME, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": QUESTION}, url_image(where)]}]})
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["choices"][0]["message"]["content"] == answer(QUESTION, image, model=model)
+        assert host.requests == [("/shape.png?size=32", f"images.test:{host.port}")]
+        assert (PUBLIC, host.port) in connected
+        # DNS rebinding: the name answers a public address when checked, then a loopback one
+        rebind = fake_network(monkeypatch, {"rebind.test": [PUBLIC.replace("14", "15"), "127.0.0.1"]}, host.port)
+        refused = post(url, {"model": NAME, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": QUESTION}, url_image(f"http://rebind.test:{host.port}/x.png")]}]})
+        assert refused.status_code == 400 and "cannot fetch the image" in refused.json()["error"]["message"]
+        assert len(host.requests) == 1  # the loopback server was not reached
+        # connected to the checked address only
+        assert [c for c in rebind if c[1] == host.port] == [(PUBLIC.replace("14", "15"), host.port)]
+
+
+def test_image_count_is_checked_before_any_image_is_fetched(model: MMGPT, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ImageHost(png((1, 2, 3))) as host, running_server(model, allow_image_urls=True) as url:
+        fake_network(monkeypatch, {"images.test": [PUBLIC]}, host.port)
+        images = [url_image(f"http://images.test:{host.port}/{i}.png") for i in range(50)]
+        response = post(url, {"model": NAME, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": QUESTION}, *images]}]})
+        assert response.status_code == 400 and response.json()["error"]["code"] == "one_image_required"
+        bad_text_last = [{"type": "text", "text": QUESTION}, images[0], {"type": "text", "text": "\udfff"}]
+        body = json.dumps({"model": NAME, "messages": [{"role": "user", "content": bad_text_last}]}).encode()
+        assert post(url, content=body).status_code == 400
+        assert host.requests == []

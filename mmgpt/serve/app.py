@@ -32,6 +32,10 @@ class ServerSettings:
     timeout_s: float = 60.0
     api_key: str | None = None
     allow_image_urls: bool = False
+    max_tokens: int = 1024  # new tokens a request may ask for, below the model's own position limit
+    body_timeout_s: float = 10.0  # a request body not received by then gets 408
+    keep_alive_s: float = 5.0  # a connection without a request (idle, or its headers unfinished) is closed
+    max_connections: int = 512  # connections beyond this get 503
 
 
 def served_name(model_path: str | Path) -> str:
@@ -52,7 +56,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     from pydantic import ValidationError
     from starlette.exceptions import HTTPException
 
-    from mmgpt.decoding import resolve_generation_config
+    from mmgpt.decoding import check_answer_length, resolve_generation_config
     from mmgpt.images import ImageError
     from mmgpt.serve.conversation import conversation
     from mmgpt.serve.images import FetchLimits
@@ -62,6 +66,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
 
     metrics = Metrics()
     worker = Worker(model, metrics, settings.max_batch_size, settings.max_wait_ms, settings.max_queue)
+    model.prefix_length(1)  # reads the image encoder's token count once, before requests share the model
     limits = FetchLimits(allowed=settings.allow_image_urls, max_bytes=int(settings.max_body_mb * 2**20))
     max_body = int(settings.max_body_mb * 2**20)
     created = int(time.time())
@@ -82,7 +87,9 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
 
     @app.exception_handler(APIError)
     async def api_error(_request: Request, error: APIError) -> JSONResponse:
-        return JSONResponse(error.body(), status_code=error.status)
+        # after a 408 the rest of the body may still arrive: the connection cannot carry another request
+        headers = {"Connection": "close"} if error.status == 408 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
@@ -138,18 +145,25 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             raise APIError(413, f"request body of {int(declared)} bytes is over the limit of {max_body} "
                                 f"(--max-body-mb {settings.max_body_mb:g})", code="request_too_large")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body:
-                raise APIError(413, f"request body is over the limit of {max_body} bytes "
-                                    f"(--max-body-mb {settings.max_body_mb:g})", code="request_too_large")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_body:
+                        raise APIError(413, f"request body is over the limit of {max_body} bytes "
+                                            f"(--max-body-mb {settings.max_body_mb:g})", code="request_too_large")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise APIError(408, f"the request body did not arrive within --body-timeout-s {settings.body_timeout_s:g}"
+                                f" s ({size} bytes came)", code="request_timeout") from None
         return b"".join(chunks)
 
     def parse(body: bytes) -> ChatCompletionRequest:
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except RecursionError:
+            raise APIError(400, "the request body is JSON nested too deeply to read", code="invalid_json") from None
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
             raise APIError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
         if not isinstance(data, dict):
             raise APIError(400, f"the request body must be a JSON object, got {type(data).__name__}")
@@ -164,11 +178,22 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             logger.info("ignored request fields: %s", ", ".join(sorted(chat.model_extra)))
         return chat
 
-    def decoding(chat: ChatCompletionRequest) -> Any:
+    def decoding(chat: ChatCompletionRequest, prefix_length: int) -> Any:
+        """The request's GenerationConfig; max_tokens must fit the positions the prefix leaves, and --max-tokens."""
         options: dict[str, Any] = {}
+        name = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
         max_tokens = chat.max_completion_tokens or chat.max_tokens
         if max_tokens is not None:
+            try:
+                check_answer_length(max_tokens, prefix_length, model.max_positions, name=name,
+                                    cap=(settings.max_tokens, "the server's --max-tokens"))
+            except ValueError as e:
+                raise APIError(400, str(e), param=name, code="max_tokens_too_large") from None
             options["max_new_tokens"] = max_tokens
+        else:  # the model's default length, within the same limits
+            limits = [model.generation_config.max_new_tokens, settings.max_tokens,
+                      None if model.max_positions is None else max(0, model.max_positions - prefix_length)]
+            options["max_new_tokens"] = min(n for n in limits if n is not None)
         if chat.temperature == 0:
             options["do_sample"] = False  # OpenAI's greedy
         else:
@@ -178,16 +203,19 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
         except (TypeError, ValueError) as e:
             raise APIError(400, f"decoding options: {e}") from None
 
-    async def admit(request: Request, arrival: float) -> tuple[ChatCompletionRequest, Job, asyncio.Queue]:
-        """Read, check and preprocess a request and queue its job -> (request, job, the queue of its events)."""
-        check_key(request)
-        chat = parse(await read_body(request))
+    def prompt_positions(prompt: str) -> int:
+        """Positions the prompt's prefix takes (its ids are cached by the processor for the batch)."""
+        return model.prefix_length(len(model.processor.prompt_ids(prompt)))
+
+    async def admit(body: bytes, arrival: float) -> tuple[ChatCompletionRequest, Job, asyncio.Queue]:
+        """Check and preprocess a request's body and queue its job -> (request, job, the queue of its events)."""
+        chat = parse(body)
         if chat.model != settings.model_name:
             raise APIError(404, f"model {chat.model!r} does not exist; this server serves {settings.model_name!r}",
                            param="model", code="model_not_found")
         stops = chat.stop_strings()
-        config = decoding(chat)
         asked = await asyncio.to_thread(conversation, model, chat.messages, limits)
+        config = decoding(chat, await asyncio.to_thread(prompt_positions, asked.prompt))
         try:
             pixels = await asyncio.to_thread(model.processor.image_tensor, asked.image)
         except ImageError as e:
@@ -210,8 +238,11 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         arrival = time.monotonic()
-        with worker.arriving(arrival):
-            chat, job, events = await admit(request, arrival)
+        check_key(request)
+        body = await read_body(request)
+        # only now may a batch wait for this request: an upload still under way never holds others back
+        with worker.arriving(time.monotonic()):
+            chat, job, events = await admit(body, arrival)
         deadline = arrival + settings.timeout_s
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
         gone = asyncio.ensure_future(disconnected(request))

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 from mmgpt.serve.app import ServerSettings, create_app, served_name
 from mmgpt.serve.ray_app import serve_on_ray
@@ -30,6 +32,14 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond which 429 is answered")
     parser.add_argument("--max-body-mb", type=float, default=20.0, help="request bodies over this get 413")
     parser.add_argument("--timeout-s", type=float, default=60.0, help="requests not answered by then get 504")
+    parser.add_argument("--max-tokens", type=int, default=1024,
+                        help="new tokens a request may ask for (max_tokens); the model's positions limit it too")
+    parser.add_argument("--body-timeout-s", type=float, default=10.0,
+                        help="a request body not received within this gets 408")
+    parser.add_argument("--keep-alive-s", type=float, default=5.0,
+                        help="a connection that has not sent a request's headers this long after connecting or "
+                             "after its last answer is closed")
+    parser.add_argument("--max-connections", type=int, default=512, help="connections beyond this get 503")
     parser.add_argument("--api-key", default=os.environ.get("MMGPT_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: $MMGPT_API_KEY)")
     parser.add_argument("--allow-image-urls", action="store_true",
@@ -41,12 +51,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name, minimum in (("max_batch_size", 1), ("max_queue", 1), ("port", 0), ("num_replicas", 1)):
+    for name, minimum in (("max_batch_size", 1), ("max_queue", 1), ("port", 0), ("num_replicas", 1), ("max_tokens", 1),
+                          ("max_connections", 1)):
         if getattr(args, name) < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
     if args.port > 65535:
         raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    for name in ("max_wait_ms", "max_body_mb", "timeout_s"):
+    for name in ("max_wait_ms", "max_body_mb", "timeout_s", "body_timeout_s", "keep_alive_s"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
 
@@ -55,7 +66,53 @@ def settings_from(args: argparse.Namespace, model_path: str | Path) -> ServerSet
     """The ServerSettings the command line asks for."""
     return ServerSettings(model_name=args.model_name or served_name(model_path), max_batch_size=args.max_batch_size,
                           max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
-                          timeout_s=args.timeout_s, api_key=args.api_key, allow_image_urls=args.allow_image_urls)
+                          timeout_s=args.timeout_s, api_key=args.api_key, allow_image_urls=args.allow_image_urls,
+                          max_tokens=args.max_tokens, body_timeout_s=args.body_timeout_s,
+                          keep_alive_s=args.keep_alive_s, max_connections=args.max_connections)
+
+
+def _http_protocol(request_timeout_s: float) -> type:
+    """uvicorn's HTTP protocol, closing a connection whose request headers are not in `request_timeout_s` seconds
+    after it connected or got its last answer (uvicorn times out idle keep-alive connections only after an answer,
+    and stops that timer at their first byte)."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class RequestTimeoutProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        _request_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self._await_request()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._await_request()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._request_timer is not None:
+                self._request_timer.cancel()
+            super().connection_lost(exc)
+
+        def _await_request(self) -> None:
+            if self._request_timer is not None:
+                self._request_timer.cancel()
+            self._request_timer = self.loop.call_later(request_timeout_s, self._close_without_request)
+
+        def _close_without_request(self) -> None:
+            waiting = self.cycle is None or self.cycle.response_complete  # no request since the timer started
+            if waiting and not self.transport.is_closing():
+                self.transport.close()
+
+    return RequestTimeoutProtocol
+
+
+def uvicorn_config(app: Any, settings: ServerSettings, host: str, port: int, log_level: str = "info") -> Any:
+    """The uvicorn.Config serving `app`: connection limits and timeouts from `settings`."""
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_http_protocol(settings.keep_alive_s),
+                          timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type] - a float works
+                          limit_concurrency=settings.max_connections, timeout_graceful_shutdown=settings.timeout_s)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -77,8 +134,7 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(model, settings)
     # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a clean exit 0
     previous = signal.signal(signal.SIGTERM, lambda *_: logger.info("stopped by SIGTERM"))
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
-                                           timeout_graceful_shutdown=settings.timeout_s))
+    server = uvicorn.Server(uvicorn_config(app, settings, args.host, args.port))
     try:
         server.run()
     finally:

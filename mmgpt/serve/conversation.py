@@ -2,7 +2,8 @@
 
 One user question becomes what answer() asks (the model's VQA template, mmgpt.inference); a dialogue
 becomes what a JSONL `conversations` record trains on (mmgpt.prompts.conversation_prompt). Image parts
-are taken out of the text; each request carries exactly one image, since the model reads one.
+are taken out of the text; each request carries exactly one image, since the model reads one, and it
+is decoded or fetched only once the whole request has been checked.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mmgpt import prompts
-from mmgpt.inference import _prompts
+from mmgpt.inference import _prompts, check_text
 from mmgpt.model import MMGPT
 from mmgpt.serve.images import FetchLimits, image_bytes
 from mmgpt.serve.schemas import APIError, Message
@@ -28,13 +29,21 @@ class Conversation:
     image_param: str
 
 
-def _parts(message: Message, index: int, limits: FetchLimits) -> tuple[str, list[tuple[bytes, str]]]:
-    """(the message's text, its images as (bytes, param)) from a string or a list of text/image_url parts."""
+def _text(text: str, param: str) -> str:
+    """`text` if it is valid Unicode (as answer() requires), else APIError(400) naming `param`."""
+    try:
+        return check_text(text, param)
+    except ValueError as e:
+        raise APIError(400, str(e), param=param, code="invalid_text") from None
+
+
+def _parts(message: Message, index: int) -> tuple[str, list[tuple[str, str]]]:
+    """(the message's text, its image URLs as (url, param)) from a string or a list of text/image_url parts."""
     where = f"messages[{index}].content"
     if message.content is None:
         raise APIError(400, f"{where} is missing", param=where)
     if isinstance(message.content, str):
-        return message.content, []
+        return _text(message.content, where), []
     texts, images = [], []
     for j, part in enumerate(message.content):
         param = f"{where}[{j}]"
@@ -43,7 +52,7 @@ def _parts(message: Message, index: int, limits: FetchLimits) -> tuple[str, list
         if part["type"] == "text":
             if not isinstance(part.get("text"), str):
                 raise APIError(400, f"{param}.text must be a string", param=f"{param}.text")
-            texts.append(part["text"])
+            texts.append(_text(part["text"], f"{param}.text"))
         elif part["type"] == "image_url":
             image_url = part.get("image_url")
             if isinstance(image_url, str):
@@ -52,7 +61,7 @@ def _parts(message: Message, index: int, limits: FetchLimits) -> tuple[str, list
             if not isinstance(image_url, dict) or not isinstance(image_url.get("url"), str):
                 raise APIError(400, f"{param}.image_url must be an object with a string 'url'",
                                param=f"{param}.image_url")
-            images.append((image_bytes(image_url["url"], limits, f"{param}.image_url"), f"{param}.image_url"))
+            images.append((image_url["url"], f"{param}.image_url"))
         else:
             raise APIError(400, f"{param}.type must be 'text' or 'image_url', got {part['type']!r}",
                            param=f"{param}.type")
@@ -62,9 +71,9 @@ def _parts(message: Message, index: int, limits: FetchLimits) -> tuple[str, list
 def conversation(model: MMGPT, messages: Sequence[Message], limits: FetchLimits) -> Conversation:
     """The prompt and single image of a request's messages; APIError(400) names what is wrong."""
     turns: list[tuple[str, str]] = []
-    images: list[tuple[bytes, str]] = []
+    images: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
-        text, found = _parts(message, i, limits)
+        text, found = _parts(message, i)
         images.extend(found)
         if message.role not in prompts.ROLES:
             logger.info("messages[%d]: the model's prompt format has no %r role; that message is left out",
@@ -80,5 +89,7 @@ def conversation(model: MMGPT, messages: Sequence[Message], limits: FetchLimits)
         prompt = _prompts(model, [turns[0][1]])[0]
     else:
         prompt = prompts.conversation_prompt(turns)
-    return Conversation(prompt=prompt, image=images[0][0], image_param=images[0][1])
+    # the request is checked whole before its one image is decoded or fetched
+    url, param = images[0]
+    return Conversation(prompt=prompt, image=image_bytes(url, limits, param), image_param=param)
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import ipaddress
 import socket
-import urllib.error
+import ssl
+import time
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 
 from mmgpt.serve.schemas import APIError
@@ -57,41 +58,87 @@ def _data_url(url: str, param: str) -> bytes:
     return data
 
 
-def _check_public(host: str, param: str) -> None:
-    """Refuse hosts that resolve to loopback, private, link-local or reserved addresses (no reaching inside)."""
+def _resolve(host: str, port: int, param: str) -> str:
+    """The one address an image is fetched from: `host` resolved once, refused unless every address is public.
+
+    The fetch connects to this address itself, so a second lookup (DNS rebinding) cannot move it inside.
+    """
     try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-    except socket.gaierror as e:
+        addresses = [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    except (socket.gaierror, UnicodeError) as e:
         raise APIError(400, f"{param}: cannot resolve image host {host!r} ({e})", param=param) from None
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not ip.is_global or ip.is_multicast:
             raise APIError(400, f"{param}: image host {host!r} resolves to a non-public address ({ip})", param=param)
+    if not addresses:
+        raise APIError(400, f"{param}: image host {host!r} has no address", param=param)
+    return addresses[0]
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # noqa: ANN002, ANN003 - urllib's signature
-        return None  # redirects are followed by _fetch, each target checked
+class _PinnedConnection(http.client.HTTPConnection):
+    """HTTP(S) to an address resolved and checked beforehand; TLS checks the certificate against `tls_name` (SNI)."""
+
+    def __init__(self, address: str, port: int, timeout: float, tls_name: str | None) -> None:
+        super().__init__(address, port, timeout=timeout)
+        self.tls_name = tls_name
+
+    def connect(self) -> None:
+        """Connect to the pinned address (no name lookup), wrapped in TLS for https."""
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.tls_name) if self.tls_name \
+            else sock
+
+
+def _get(url: str, limits: FetchLimits, param: str) -> tuple[int, str | None, bytes]:
+    """One GET of `url` at its checked address -> (status, Location header, body of at most max_bytes + 1)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise APIError(400, f"{param}: image redirected to a non-http(s) URL {url[:80]!r}", param=param)
+    tls = parts.scheme.lower() == "https"
+    try:
+        port = parts.port
+        host = parts.hostname.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError) as e:
+        raise APIError(400, f"{param}: bad host or port in the image URL ({e})", param=param) from None
+    address = _resolve(host, port or (443 if tls else 80), param)
+    connection = _PinnedConnection(address, port or (443 if tls else 80), limits.timeout_s, host if tls else None)
+    host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
+    # http.client sends the target as ASCII: other characters are percent-encoded, existing escapes kept
+    target = urllib.parse.quote(urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
+                                safe="/?=&%:@!$'()*+,;-._~")
+    deadline = time.monotonic() + limits.timeout_s
+    try:
+        connection.request("GET", target, headers={"Host": host_header, "User-Agent": "mmgpt"})
+        response = connection.getresponse()
+        if response.status != 200:
+            return response.status, response.getheader("Location"), b""
+        declared = response.getheader("Content-Length", "")
+        if declared.isdigit() and int(declared) > limits.max_bytes:
+            return response.status, None, b"x" * (limits.max_bytes + 1)
+        data = bytearray()
+        while len(data) <= limits.max_bytes:
+            if time.monotonic() > deadline:
+                raise APIError(400, f"{param}: the image did not arrive within {limits.timeout_s:g} s", param=param)
+            chunk = response.read1(min(2**16, limits.max_bytes + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+        return response.status, None, bytes(data)
+    except (OSError, http.client.HTTPException) as e:
+        raise APIError(400, f"{param}: cannot fetch the image ({e})", param=param) from None
+    finally:
+        connection.close()
 
 
 def _fetch(url: str, limits: FetchLimits, param: str) -> bytes:
-    opener = urllib.request.build_opener(_NoRedirect)
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise APIError(400, f"{param}: image redirected to a non-http(s) URL {url[:80]!r}", param=param)
-        _check_public(parts.hostname, param)
-        try:
-            with opener.open(urllib.request.Request(url, headers={"User-Agent": "mmgpt"}),
-                             timeout=limits.timeout_s) as response:
-                data = response.read(limits.max_bytes + 1)
-        except urllib.error.HTTPError as e:
-            if e.code in (301, 302, 303, 307, 308) and e.headers.get("Location"):
-                url = urllib.parse.urljoin(url, e.headers["Location"])
-                continue
-            raise APIError(400, f"{param}: fetching the image gave HTTP {e.code}", param=param) from None
-        except (urllib.error.URLError, OSError) as e:
-            raise APIError(400, f"{param}: cannot fetch the image ({e})", param=param) from None
+        status, location, data = _get(url, limits, param)
+        if status in (301, 302, 303, 307, 308) and location:
+            url = urllib.parse.urljoin(url, location)  # each target is resolved and checked in turn
+            continue
+        if status != 200:
+            raise APIError(400, f"{param}: fetching the image gave HTTP {status}", param=param)
         if len(data) > limits.max_bytes:
             raise APIError(400, f"{param}: the image is over {limits.max_bytes} bytes", param=param)
         return data

@@ -66,6 +66,8 @@ class Job:
     arrival: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
     key: str = ""
+    started: bool = False  # its "first" event was sent
+    streamed: bool = False  # text was sent: it cannot be decoded again from the start
 
     def __post_init__(self) -> None:
         self.key = json.dumps(set_values(self.config), sort_keys=True, default=str)
@@ -99,7 +101,8 @@ class _Steps(StoppingCriteria):
         if self.first:
             self.first = False
             for row in self.rows:
-                if row.choice == 0:
+                if row.choice == 0 and not row.job.started:
+                    row.job.started = True
                     row.job.emit(("first",))
         for row, token in zip(self.rows, newest):
             if row.done:
@@ -126,6 +129,7 @@ class _Steps(StoppingCriteria):
         # a character split across tokens decodes as U+FFFD until its last byte arrives
         text = text.rstrip("\ufffd")
         if row.job.stream and len(text) > len(row.sent) and text.startswith(row.sent):
+            row.job.streamed = True
             row.job.emit(("delta", row.choice, text[len(row.sent):]))
             row.sent = text
 
@@ -228,14 +232,33 @@ class Worker:
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
-            if not jobs:
+            if jobs:
+                self._decode_isolating(jobs)
+
+    def _decode_isolating(self, jobs: list[Job]) -> None:
+        """Decode `jobs` together; if that fails, each again alone, so a failure fails only the requests causing it."""
+        try:
+            self._decode(jobs)
+            return
+        except Exception as e:  # a failed batch fails its requests, not the server
+            if len(jobs) == 1:
+                self._fail(jobs[0], e)
+                return
+            logger.warning("decoding a batch of %d requests failed (%s: %s); decoding them one by one", len(jobs),
+                           type(e).__name__, e)
+        for job in jobs:
+            if job.streamed:  # its client already has part of an answer
+                self._fail(job, RuntimeError("the batch it was decoded in failed"))
                 continue
             try:
-                self._decode(jobs)
-            except Exception as e:  # a failed batch fails its requests, not the server
-                logger.exception("decoding a batch of %d request(s) failed", len(jobs))
-                for job in jobs:
-                    job.emit(("error", f"decoding failed: {type(e).__name__}: {e}"))
+                self._decode([job])
+            except Exception as e:
+                self._fail(job, e)
+
+    @staticmethod
+    def _fail(job: Job, error: Exception) -> None:
+        logger.error("decoding a request failed", exc_info=error)
+        job.emit(("error", f"decoding failed: {type(error).__name__}: {error}"))
 
     @torch.inference_mode()
     def _decode(self, jobs: list[Job]) -> None:
@@ -244,24 +267,14 @@ class Worker:
         batch = processor([row.job.prompt for row in rows], [row.job.pixels for row in rows])
         batch = {k: v.to(self.device) for k, v in batch.items()}
         self.metrics.batch_size.observe(len(rows))
-        prefix_lengths: list[torch.Tensor] = []
-        # the fusion's output mask is the prefix's (pad_left only moves it): its row sums are the prompt positions
-        hook = self.model.fusion.register_forward_hook(lambda _m, _i, out: prefix_lengths.append(out[1].sum(1)))
         config, seed = jobs[0].config, jobs[0].seed
         steps = _Steps(rows, self.model)
-        try:
-            with seeded_decoding(config, seed, self.device) as (decoding, extra):
-                tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                             generation_config=decoding,
-                                             stopping_criteria=StoppingCriteriaList([steps]), **extra)
-        finally:
-            hook.remove()
+        with seeded_decoding(config, seed, self.device) as (decoding, extra):
+            tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                         generation_config=decoding,
+                                         stopping_criteria=StoppingCriteriaList([steps]), **extra)
         texts = processor.decode(tokens)
-        if prefix_lengths:
-            lengths = prefix_lengths[0].tolist()
-        else:  # max_new_tokens=0: generate returns before encoding
-            lengths = self.model.prefix_embeds(batch["input_ids"], batch["attention_mask"],
-                                               batch["pixel_values"])[1].sum(1).tolist()
+        lengths = [self.model.prefix_length(n) for n in batch["attention_mask"].sum(1).tolist()]
         results: dict[int, list[Choice]] = {}
         for row, text in zip(rows, texts):
             cut = stop_index(text, row.job.stops)
