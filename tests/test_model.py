@@ -10,6 +10,7 @@ from tiny import (
     FUSION_NAMES,
     GENERATORS,
     IMAGE_ENCODERS,
+    NUM_PATCHES,
     TEXT_ENCODERS,
     TEXTS,
     build,
@@ -343,3 +344,18 @@ def test_repeated_images_give_the_loss_and_gradients_of_encoding_each_copy(monke
     assert len(shared_grads) == len(separate_grads) > 0
     for a, b in zip(shared_grads, separate_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
+def test_prefix_length_is_the_prefix_mask_without_encoding(fusion: str) -> None:
+    """MMGPT.prefix_length(text tokens) equals the positions prefix_embeds gives each row, image tokens included."""
+    from PIL import Image
+
+    model = build(tiny_config(fusion=fusion)).eval()
+    prompts = ["what color is the shape?", "", "is there a small green triangle on the left?"]
+    batch = model.processor(prompts, [Image.new("RGB", (32, 32))] * 3)
+    with torch.no_grad():
+        _, mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    lengths = [model.prefix_length(n) for n in batch["attention_mask"].sum(1).tolist()]
+    assert lengths == mask.sum(1).tolist()
+    assert len(set(lengths)) == 3 and (min(lengths) > NUM_PATCHES) == (fusion == "concat")
