@@ -214,10 +214,12 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             raise APIError(404, f"model {chat.model!r} does not exist; this server serves {settings.model_name!r}",
                            param="model", code="model_not_found")
         stops = chat.stop_strings()
-        asked = await asyncio.to_thread(conversation, model, chat.messages, limits)
+        asked = await asyncio.to_thread(conversation, model, chat.messages)
         config = decoding(chat, await asyncio.to_thread(prompt_positions, asked.prompt))
+        # the request is checked whole before its image is decoded or fetched
+        image = await asyncio.to_thread(asked.image, limits)
         try:
-            pixels = await asyncio.to_thread(model.processor.image_tensor, asked.image)
+            pixels = await asyncio.to_thread(model.processor.image_tensor, image)
         except ImageError as e:
             raise APIError(400, f"{asked.image_param}: {e}", param=asked.image_param, code="invalid_image") from None
         loop = asyncio.get_running_loop()

@@ -2,8 +2,8 @@
 
 One user question becomes what answer() asks (the model's VQA template, mmgpt.inference); a dialogue
 becomes what a JSONL `conversations` record trains on (mmgpt.prompts.conversation_prompt). Image parts
-are taken out of the text; each request carries exactly one image, since the model reads one, and it
-is decoded or fetched only once the whole request has been checked.
+are taken out of the text; each request carries exactly one image, since the model reads one. Its URL
+is decoded or fetched (`Conversation.image`) only once the whole request has been checked.
 """
 from __future__ import annotations
 
@@ -22,11 +22,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Conversation:
-    """What one request asks: the model's prompt text, the image's bytes and where it came from."""
+    """What one request asks: the model's prompt text, and its image's URL and where in the request it is."""
 
     prompt: str
-    image: bytes
+    image_url: str
     image_param: str
+
+    def image(self, limits: FetchLimits) -> bytes:
+        """The image's bytes: a data: URL decoded, an http(s) one fetched (if `limits` allow); else APIError(400)."""
+        return image_bytes(self.image_url, limits, self.image_param)
 
 
 def _text(text: str, param: str) -> str:
@@ -68,8 +72,8 @@ def _parts(message: Message, index: int) -> tuple[str, list[tuple[str, str]]]:
     return "\n".join(texts), images
 
 
-def conversation(model: MMGPT, messages: Sequence[Message], limits: FetchLimits) -> Conversation:
-    """The prompt and single image of a request's messages; APIError(400) names what is wrong."""
+def conversation(model: MMGPT, messages: Sequence[Message]) -> Conversation:
+    """The prompt and single image URL of a request's messages; APIError(400) names what is wrong."""
     turns: list[tuple[str, str]] = []
     images: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
@@ -89,7 +93,5 @@ def conversation(model: MMGPT, messages: Sequence[Message], limits: FetchLimits)
         prompt = _prompts(model, [turns[0][1]])[0]
     else:
         prompt = prompts.conversation_prompt(turns)
-    # the request is checked whole before its one image is decoded or fetched
-    url, param = images[0]
-    return Conversation(prompt=prompt, image=image_bytes(url, limits, param), image_param=param)
+    return Conversation(prompt=prompt, image_url=images[0][0], image_param=images[0][1])
 
