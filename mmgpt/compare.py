@@ -8,6 +8,7 @@ key=value overrides apply to every run alike. A run with checkpoints resumes (--
 a run with its DIR/runs/FUSION-seedS/compare.json is finished and is not redone. A stop request (Ctrl-C,
 SIGTERM) checkpoints the current run and ends the comparison; the next call resumes it. DIR/report.md,
 report.json, report.html and the PNG plots are rewritten from every finished run's record at the end.
+DIR must be new, empty, or a comparison folder mmgpt wrote: a file or any other non-empty folder is refused.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgpt.jsonfile import read_json_file
+from mmgpt.outputs import prepare_output_folder
 from mmgpt.saving import write_json
 
 logger = logging.getLogger("mmgpt.compare")
@@ -43,7 +45,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every fusion")
     parser.add_argument("--eval-points", type=int, default=4,
                         help="periodic evaluations per run, the points of the eval curves (default 4)")
-    parser.add_argument("--out", default="runs/compare-fusions", help="folder of the runs and the report")
+    parser.add_argument("--out", default="runs/compare-fusions",
+                        help="folder of the runs and the report: new, empty, or an earlier comparison (continued); "
+                             "a file or another non-empty folder is refused")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. batch_size=64")
     args = parser.parse_args(argv)
     fusions = sorted(FUSIONS) if args.fusions == ["all"] else args.fusions
@@ -299,6 +303,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
 
     args = parse_args(argv, prog)
     configure_logging(logging.INFO)
+    prepare_output_folder(args.out, "compare-fusions", reuse=True)
     records, pending = [], []
     for fusion in args.fusions:
         for seed in args.seeds:

@@ -33,6 +33,7 @@ from torch import nn
 
 from mmgpt.images import ImageInput, load_image
 from mmgpt.model import MMGPT
+from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
 from mmgpt.prompts import PromptTemplates, question_prompt
 
 logger = logging.getLogger("mmgpt.explain")
@@ -288,23 +289,24 @@ def explanation_html(explanation: Explanation, sources: Sequence[str] | None = N
 STYLE = "body{font-family:sans-serif;margin:2em}figure{margin:0}"
 
 
-def save_explanation(explanation: Explanation, out: str | Path) -> list[Path]:
-    """Write token_NN.png per answer token and index.html into `out`; returns the written paths."""
-    from mmgpt.saving import write_text_atomic
+def save_explanation(explanation: Explanation, out: str | Path, overwrite: bool = False) -> list[Path]:
+    """Write the folder `out`: token_NN.png per answer token and index.html; returns the written paths.
 
+    The folder is written whole and swapped in (mmgpt.outputs): an earlier explanation there is replaced only
+    with `overwrite`, and a file or another non-empty folder never.
+    """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for i, token in enumerate(explanation.tokens):
-        safe = re.sub(r"[^A-Za-z0-9]+", "_", token).strip("_") or "token"
-        path = out / f"token_{i:02d}_{safe}.png"
-        path.write_bytes(token_png(explanation, i))
-        written.append(path)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(explanation.question)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>Explanation</h1>"
-            f"{explanation_html(explanation, [p.name for p in written])}</body></html>")
-    write_text_atomic(out / "index.html", page)
-    return [*written, out / "index.html"]
+    names = []
+    with writing_output_folder(out, "explain", overwrite=overwrite) as tmp:
+        for i, token in enumerate(explanation.tokens):
+            safe = re.sub(r"[^A-Za-z0-9]+", "_", token).strip("_") or "token"
+            names.append(f"token_{i:02d}_{safe}.png")
+            (tmp / names[-1]).write_bytes(token_png(explanation, i))
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(explanation.question)}</title>"
+                f"<style>{STYLE}</style></head><body><h1>Explanation</h1>"
+                f"{explanation_html(explanation, names)}</body></html>")
+        (tmp / "index.html").write_text(page, encoding="utf-8")
+    return [out / name for name in [*names, "index.html"]]
 
 
 def faithfulness(model: MMGPT, examples: Sequence[Any]) -> dict[str, float]:
@@ -349,12 +351,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--image", required=True, help="the image file")
     parser.add_argument("--model", default=None,
                         help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
-    parser.add_argument("--out", default="explain", help="folder for token_NN.png and index.html (default: explain)")
+    parser.add_argument("--out", default="explain",
+                        help="folder to write token_NN.png and index.html to (default: explain); new or empty, "
+                             "unless --overwrite")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="longest answer (default: the model's)")
+    add_overwrite_arg(parser, "explain", option="--out")
     args = parser.parse_args(argv)
     configure_logging(logging.WARNING)
+    check_output_folder(args.out, "explain", overwrite=args.overwrite)  # before the model is loaded
     explanation = explain(args.model, args.image, args.question, args.max_new_tokens)
-    written = save_explanation(explanation, args.out)
+    written = save_explanation(explanation, args.out, overwrite=args.overwrite)
     print(explanation.answer)
     print(f"{explanation.method} maps: {len(written) - 1} PNG(s) and {written[-1]}")
     return 0

@@ -33,9 +33,10 @@ from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
 from mmgpt.model_card import write_model_card
+from mmgpt.outputs import writing_output_folder
 from mmgpt.processor import Processor
 from mmgpt.projector import build_projector
-from mmgpt.saving import existing_copy, folder_lock, replacing_folder
+from mmgpt.saving import existing_copy
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -297,29 +298,29 @@ class MMGPT(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def save_pretrained(self, folder: str | Path, merge_lora: bool = True, metrics: dict | None = None,
-                        datasets: list[str] | None = None) -> None:
+                        datasets: list[str] | None = None, overwrite: bool = True,
+                        compression: dict | None = None) -> None:
         """Write config.json, model.safetensors, tokenizer(s), image transform, component configs and README.md.
 
         LoRA adapters are merged into their layers (a plain model, loadable without peft), or with
         `merge_lora=False` written alone to adapter_model.safetensors, their base weights named by
         adapter_config.json. `metrics` (the final evaluation) and `datasets` go into the model card.
 
-        Everything goes to a temp folder that then replaces `folder` by renames (mmgpt.saving): a kill at
+        `compression` (how the weights were made smaller) is recorded in config.json under "compression".
+
+        Everything goes to a temp folder that then replaces `folder` by renames (mmgpt.outputs): a kill at
         any instant leaves the previous model or the new one loadable, and the next save cleans up after it.
+        An earlier mmgpt model folder is replaced only with `overwrite` (as transformers does, by default); a
+        file or a non-empty folder mmgpt did not write is refused (OutputExists) and never touched.
         """
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        if folder.is_dir() and not folder.is_symlink() and any(folder.iterdir()) and not is_model_folder(folder):
-            raise FileExistsError(
-                f"{folder} is a folder but not a saved mmgpt model (no {CONFIG_NAME} and {WEIGHTS_NAME}), and saving "
-                "would replace it: save to a new folder, or empty this one first"
-            )
         adapters = lora.has_adapters(self)
         config = lora.merged_config(self.config) if adapters and merge_lora else self.config
         if adapters and not merge_lora:
             lora.base_names(self, config)  # refused before anything is written
-        with folder_lock(folder.parent), replacing_folder(folder) as tmp:
-            (tmp / CONFIG_NAME).write_text(json.dumps({"model": to_dict(config)}, indent=2))
+        record = {"model": to_dict(config), **({"compression": compression} if compression else {})}
+        with writing_output_folder(folder, "model", overwrite=overwrite) as tmp:
+            (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2))
             if not adapters:
                 save_model(self, str(tmp / WEIGHTS_NAME))
             elif merge_lora:

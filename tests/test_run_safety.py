@@ -86,6 +86,35 @@ def test_overwrite_clears_the_old_run_and_resume_latest_finds_the_new_one(tmp_pa
         parse_args(["--config", str(config), "--overwrite", "--resume", "latest"])
 
 
+def test_an_output_dir_mmgpt_did_not_write_is_refused_even_with_overwrite(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "project"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "notes.txt").write_text("mine")
+    (out / "metrics.json").write_text('{"mine": 1}')
+    (out / "config.yaml").write_text("mine: true\n")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(FileExistsError, match=f"{out} is a folder that mmgpt did not write .* even with --overwrite"):
+            main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt is a file, not a folder"):
+        main(["--config", str(tiny_config(tmp_path, data, tmp_path / "notes.txt", max_steps=2)), "--overwrite"])
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_folder_from_before_markers_is_still_resumed_and_guarded(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2, stop_at_step=2))]) == \
+        {"stopped_at_step": 2}
+    (out / ".mmgpt-output.json").unlink()  # as earlier versions of mmgpt left a run folder
+    with pytest.raises(OutputDirInUse):
+        main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
+    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2)), "--resume", "latest"])
+    assert [p.name for p in checkpoint_dirs(out)] == ["step_2", "step_4"]
+    assert (out / ".mmgpt-output.json").is_file() and (out / "model" / ".mmgpt-output.json").is_file()
+
+
 def test_rotation_removes_only_checkpoints_of_this_run(tmp_path: Path) -> None:
     from accelerate import Accelerator
 

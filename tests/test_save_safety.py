@@ -1,6 +1,7 @@
 """save_pretrained is crash-safe: kill -9 at any instant leaves a loadable model and never blocks the next save."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -103,6 +104,33 @@ def test_saving_refuses_to_replace_a_folder_that_is_not_a_model(tmp_path: Path) 
     model = build(tiny_config()).eval()
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not a saved mmgpt model"):
+    with pytest.raises(FileExistsError, match="is a folder that mmgpt did not write"):
         model.save_pretrained(tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
+
+
+def test_saving_never_replaces_a_file_or_another_librarys_model_and_an_earlier_model_only_when_allowed(
+    tmp_path: Path,
+) -> None:
+    model = build(tiny_config()).eval()
+    (tmp_path / "weights.bin").write_text("keep me")
+    with pytest.raises(FileExistsError, match="weights.bin is a file, not a folder"):
+        model.save_pretrained(tmp_path / "weights.bin")
+    assert (tmp_path / "weights.bin").read_text() == "keep me"
+    # a transformers model folder has config.json and model.safetensors too, but no mmgpt config in it
+    theirs = tmp_path / "gpt2"
+    theirs.mkdir()
+    (theirs / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    (theirs / "model.safetensors").write_bytes(b"their weights")
+    with pytest.raises(FileExistsError, match="gpt2 is a folder that mmgpt did not write"):
+        model.save_pretrained(theirs, overwrite=True)
+    assert (theirs / "model.safetensors").read_bytes() == b"their weights"
+    # an earlier mmgpt model, also one saved before folders were marked, is replaced unless overwrite=False
+    marked(model, 1.0).save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / ".mmgpt-output.json").unlink()
+    with pytest.raises(FileExistsError, match="earlier mmgpt model folder: replace it with --overwrite"):
+        marked(model, 2.0).save_pretrained(tmp_path / "m", overwrite=False)
+    assert mark_of(MMGPT.from_pretrained(tmp_path / "m")) == 1.0
+    marked(model, 3.0).save_pretrained(tmp_path / "m")
+    assert mark_of(MMGPT.from_pretrained(tmp_path / "m")) == 3.0
+    assert json.loads((tmp_path / "m" / ".mmgpt-output.json").read_text())["format"] == "mmgpt-model"

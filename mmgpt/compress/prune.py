@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mmgpt.compress import COMPRESSION_KEY
+from mmgpt.outputs import add_overwrite_arg
 
 logger = logging.getLogger(__name__)
 
@@ -98,24 +99,24 @@ def prune_model(model: nn.Module, amount: float, parts: tuple[str, ...] = PARTS)
     return {"generator": {key: [old, new]}, "parameters": [before, model.num_parameters()]}
 
 
-def prune(source: str | Path, out: str | Path, amount: float = 0.5, parts: tuple[str, ...] = PARTS) -> Path:
-    """Prune the model in `source` and save the smaller model to `out` -> `out`."""
+def prune(source: str | Path, out: str | Path, amount: float = 0.5, parts: tuple[str, ...] = PARTS,
+          overwrite: bool = False) -> Path:
+    """Prune the model in `source` and save the smaller model to `out` (replacing a model there: `overwrite`)."""
     from mmgpt.model import CONFIG_NAME, MMGPT, resolve_model_path
-    from mmgpt.saving import write_text_atomic
+    from mmgpt.outputs import check_output_folder
 
     check_amount(amount)
+    check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
     source_path = resolve_model_path(source)
     data = json.loads((source_path / CONFIG_NAME).read_text())
     if (data.get(COMPRESSION_KEY) or {}).get("method") == "int8":
         raise ValueError(f"{source_path} is quantised; prune the fp32 model it came from, then quantise")
     model = MMGPT.from_pretrained(source_path)
     changes = prune_model(model, amount, tuple(parts))
-    model.save_pretrained(out)
-    config = json.loads((Path(out) / CONFIG_NAME).read_text())
-    config[COMPRESSION_KEY] = {"method": "prune", "score": "weight magnitude (L2 norm product)", "amount": amount,
-                               "parts": list(parts), "source": str(source_path.resolve()), "changes": changes,
-                               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    write_text_atomic(Path(out) / CONFIG_NAME, json.dumps(config, indent=2))
+    record = {"method": "prune", "score": "weight magnitude (L2 norm product)", "amount": amount,
+              "parts": list(parts), "source": str(source_path.resolve()), "changes": changes,
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    model.save_pretrained(out, overwrite=overwrite, compression=record)
     logger.info("pruned %s: %d -> %d parameters", source_path, *changes["parameters"])
     return Path(out)
 
@@ -124,9 +125,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`mmgpt prune MODEL OUT --amount A [--parts generator]`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="model folder (or hf://org/name)")
-    parser.add_argument("out", help="folder to write the pruned model to")
+    parser.add_argument("out", help="folder to write the pruned model to (new or empty, unless --overwrite)")
     parser.add_argument("--amount", type=float, default=0.5, help="share of MLP channels to remove, in (0, 1)")
     parser.add_argument("--parts", default="generator", help=f"comma-separated parts to prune ({', '.join(PARTS)})")
+    add_overwrite_arg(parser, "model")
     args = parser.parse_args(argv)
-    print(prune(args.model, args.out, args.amount, tuple(p for p in args.parts.split(",") if p)))
+    print(prune(args.model, args.out, args.amount, tuple(p for p in args.parts.split(",") if p), args.overwrite))
     return 0

@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from mmgpt.compress import COMPRESSION_KEY
+from mmgpt.outputs import add_overwrite_arg
 
 logger = logging.getLogger(__name__)
 
@@ -78,14 +79,16 @@ def quantize_model(model: nn.Module, method: str = "int8", layers: list[str] | N
     return sorted(names)
 
 
-def save_quantized(model: nn.Module, source: Path, out: Path, record: dict) -> None:
-    """Write OUT: the source folder's processor and part configs, flattened int8 weights and the record."""
+def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, overwrite: bool = False) -> None:
+    """Write OUT: the source folder's processor and part configs, flattened int8 weights and the record.
+
+    An earlier model folder at OUT is replaced only with `overwrite` (mmgpt.outputs).
+    """
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
     from mmgpt.model import CONFIG_NAME, WEIGHTS_NAME
-    from mmgpt.saving import folder_lock, replacing_folder
+    from mmgpt.outputs import writing_output_folder
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     # tied tensors appear once in the file, as save_model writes them
     tied = _tied_keys(model)
     state = {key: value.detach() for key, value in model.state_dict().items() if key not in tied}
@@ -93,7 +96,7 @@ def save_quantized(model: nn.Module, source: Path, out: Path, record: dict) -> N
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     config = json.loads((source / CONFIG_NAME).read_text())
     config[COMPRESSION_KEY] = record
-    with folder_lock(out.parent), replacing_folder(out) as tmp:
+    with writing_output_folder(out, "model", overwrite=overwrite) as tmp:
         for path in source.iterdir():
             if path.name in (CONFIG_NAME, WEIGHTS_NAME):
                 continue
@@ -143,10 +146,12 @@ def _tied_keys(model: nn.Module) -> set[str]:
     return tied
 
 
-def quantize(source: str | Path, out: str | Path, method: str = "int8") -> Path:
-    """Quantise the model in `source` and save it to `out` -> `out`."""
+def quantize(source: str | Path, out: str | Path, method: str = "int8", overwrite: bool = False) -> Path:
+    """Quantise the model in `source` and save it to `out` (an earlier model there: `overwrite`) -> `out`."""
     from mmgpt.model import MMGPT, resolve_model_path
+    from mmgpt.outputs import check_output_folder
 
+    check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
     source_path = resolve_model_path(source)
     model = MMGPT.from_pretrained(source_path)
     if COMPRESSION_KEY in json.loads((source_path / "config.json").read_text()):
@@ -154,7 +159,7 @@ def quantize(source: str | Path, out: str | Path, method: str = "int8") -> Path:
     layers = quantize_model(model, method)
     record = {"method": method, "library": "torchao", "source": str(Path(source_path).resolve()),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "layers": layers}
-    save_quantized(model, source_path, Path(out), record)
+    save_quantized(model, source_path, Path(out), record, overwrite=overwrite)
     logger.info("quantised %d linear layers to %s", len(layers), out)
     return Path(out)
 
@@ -163,9 +168,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     """`mmgpt quantize MODEL OUT [--method int8]`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="model folder (or hf://org/name)")
-    parser.add_argument("out", help="folder to write the quantised model to")
+    parser.add_argument("out", help="folder to write the quantised model to (new or empty, unless --overwrite)")
     parser.add_argument("--method", default="int8", choices=METHODS, help="quantisation method (default: int8)")
+    add_overwrite_arg(parser, "model")
     args = parser.parse_args(argv)
-    print(quantize(args.model, args.out, args.method))
+    print(quantize(args.model, args.out, args.method, args.overwrite))
     return 0
 

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     from mmgpt.eval.runner import one_per_image
     from mmgpt.training.config import DatasetSpec
 
-    out, report = default_outputs(args, "eval_caption")
+    out, report = default_outputs(args, "eval_caption", None if args.results else args.predictions)
     if args.annotations:
         spec = DatasetSpec(format="coco_captions", path=args.annotations, images=args.images or "", name="coco")
     else:

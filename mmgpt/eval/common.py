@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmgpt.decoding import add_decoding_args
+from mmgpt.outputs import check_output_file
 from mmgpt.saving import write_text_atomic
 
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
@@ -122,6 +123,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="metrics JSON to write (default: beside the model, e.g. runs/default/eval/<script>.json)")
     parser.add_argument("--report", default=None, help="HTML report to write (default: next to --out)")
     parser.add_argument("--predictions", default=None, help="write the model's answers in the official results format")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that already exist (without it they are refused before anything "
+                             "runs); a folder in an output file's place is never replaced")
     add_decoding_args(parser)
 
 
@@ -181,8 +185,15 @@ def output_folder(args: argparse.Namespace) -> Path:
     return folder.parent / "eval" if folder.name == "model" else folder.parent / f"{folder.name}-eval"
 
 
-def default_outputs(args: argparse.Namespace, stem: str) -> tuple[Path, Path]:
-    """--out and --report, defaulting to <stem>.json / <stem>.html in `output_folder` (the report beside --out)."""
+def default_outputs(args: argparse.Namespace, stem: str, *more: str | Path | None) -> tuple[Path, Path]:
+    """--out and --report, defaulting to <stem>.json / <stem>.html in `output_folder` (the report beside --out).
+
+    They and the `more` output files are checked first (mmgpt.outputs.check_output_file): an existing one is
+    refused without --overwrite, before the slow part runs.
+    """
     out = Path(args.out) if args.out else output_folder(args) / f"{stem}.json"
     report = Path(args.report) if args.report else out.with_suffix(".html")
+    for path in (out, report, *more):
+        if path is not None:
+            check_output_file(path, overwrite=args.overwrite)
     return out, report

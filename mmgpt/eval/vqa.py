@@ -91,7 +91,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     configure_logging(logging.INFO)
     from mmgpt.eval.vqa_metrics import load_vqa_files, vqa_score
 
-    out, report = default_outputs(args, "eval_vqa")
+    # what a model run writes besides the metrics and the report (scoring a results file writes neither)
+    official = [f"{args.export_official}/{name}.json" for name in ("questions", "annotations")] \
+        if args.export_official else []
+    out, report = default_outputs(args, "eval_vqa", *([] if args.results else [args.predictions, *official]))
     examples: list[Example] = []
     info: dict[str, Any] = {}
     is_main = True

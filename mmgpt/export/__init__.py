@@ -4,7 +4,8 @@ OUT holds three graphs (mmgpt.export.graphs): prefix.onnx (text encoder + image 
 embed_tokens.onnx (the generator's token embeddings) and decoder.onnx (the generator, with the KV cache as
 explicit past/present tensors, so one graph runs the first step with an empty past and every later step),
 plus the tokenizer(s), image transform, processor limits, generation config and manifest.json
-(mmgpt.runtime.manifest), written crash-safely as one folder (mmgpt.saving.replacing_folder).
+(mmgpt.runtime.manifest), written crash-safely as one folder (mmgpt.outputs.writing_output_folder: an earlier
+export at OUT is replaced only with --overwrite, anything else there is refused).
 
 Exporter: torch.onnx.export with dynamo=True (torch.export + onnxscript), the path torch maintains and
 the default since torch 2.9; it exports the llama, qwen2 and gpt2 generators, the timm encoders and the
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from mmgpt.model import MMGPT
+from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
 from mmgpt.runtime.image import check_transform_config
 from mmgpt.runtime.manifest import (
     DECODER_GRAPH,
@@ -37,9 +39,8 @@ from mmgpt.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     PREFIX_GRAPH,
-    is_export_folder,
 )
-from mmgpt.saving import folder_lock, replacing_folder, write_json
+from mmgpt.saving import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ class ExportError(ValueError):
     """A model (or a part of it) that cannot be exported; the message names the part and why."""
 
 
-def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "auto", opset: int = OPSET) -> Path:
+def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "auto", opset: int = OPSET,
+                overwrite: bool = False) -> Path:
     """Export `model` (a folder or an MMGPT, which is cast to float32 in place) to the folder `out` -> `out`.
+
+    An earlier export at `out` is replaced only with `overwrite`; a file or another folder never (mmgpt.outputs).
 
     Each graph is checked against the eager model on example inputs (max abs difference <= TOLERANCE, recorded
     in the manifest); see the module docstring for the folder's contents.
@@ -67,15 +71,12 @@ def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "aut
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     out = Path(out).expanduser()
-    if out.is_dir() and any(out.iterdir()) and not is_export_folder(out):
-        raise FileExistsError(f"{out} is a folder but not an mmgpt export (no {MANIFEST_NAME}), and exporting would "
-                              "replace it: export to a new folder, or empty this one first")
+    check_output_folder(out, "onnx", overwrite=overwrite)  # before the slow part
     source = str(model) if not isinstance(model, MMGPT) else "<in-memory MMGPT>"
     mm = model if isinstance(model, MMGPT) else MMGPT.from_pretrained(model, device="cpu")
     mm = mm.float().eval()
     generation = _check_exportable(mm)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out.parent), replacing_folder(out) as tmp, torch.no_grad():
+    with writing_output_folder(out, "onnx", overwrite=overwrite) as tmp, torch.no_grad():
         mm.processor.save_pretrained(tmp)
         mm.generation_config.save_pretrained(tmp)
         inputs = _example_inputs(mm)
@@ -298,13 +299,14 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt export") -> int:
     """`mmgpt export MODEL OUT --format onnx`: print the exported folder."""
     parser = argparse.ArgumentParser(prog=prog, description="Export a saved model for torch-free runtimes.")
     parser.add_argument("model", help="saved model folder, or hf://org/name")
-    parser.add_argument("out", help="folder to write (replaced if it is an earlier export)")
+    parser.add_argument("out", help="folder to write (new or empty, unless --overwrite)")
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="export format (default: onnx)")
     parser.add_argument("--exporter", default="auto", choices=EXPORTERS,
                         help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    add_overwrite_arg(parser, "onnx")
     args = parser.parse_args(argv)
-    print(export_onnx(args.model, args.out, exporter=args.exporter, opset=args.opset))
+    print(export_onnx(args.model, args.out, exporter=args.exporter, opset=args.opset, overwrite=args.overwrite))
     return 0
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmgpt.outputs import check_output_folder
 from mmgpt.saving import (
     ASIDE_SUFFIX,
     discard,
@@ -166,7 +167,12 @@ def previous_run(output_dir: str | Path) -> list[str]:
 
 
 def check_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool) -> None:
-    """Refuse a fresh run in an output_dir that holds another run, unless it resumes that run or overwrites it."""
+    """Refuse a fresh run in an output_dir that holds another run, unless it resumes that run or overwrites it.
+
+    A file, or a non-empty folder that is not an mmgpt run folder, is refused even then (mmgpt.outputs), so
+    --overwrite (clear_run) only ever deletes what a run wrote.
+    """
+    check_output_folder(output_dir, "run", reuse=True)
     if resuming or overwrite:
         return
     found = previous_run(output_dir)

@@ -5,8 +5,9 @@
 With no arguments it trains configs/default.yaml: a tiny model from scratch on the built-in
 easy-VQA and synthetic captioning data, on whatever accelerate provides (one CPU up to many GPUs).
 A fresh run refuses an output_dir that already holds a run: continue it with --resume latest, pick
-another output_dir, or start over with --overwrite. Only a completed run of configs/default.yaml (the
-README's main job) becomes the model answer() uses by default.
+another output_dir, or start over with --overwrite. An output_dir that is a file, or a non-empty folder
+mmgpt did not write as a run folder, is always refused (mmgpt.outputs). Only a completed run of
+configs/default.yaml (the README's main job) becomes the model answer() uses by default.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ from mmgpt.data.mixture import Mixture
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
+from mmgpt.outputs import write_marker
 from mmgpt.saving import write_json
 from mmgpt.tokenizer import train_tokenizer
 from mmgpt.training.checkpoint import (
@@ -84,7 +86,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="start over in an output_dir that holds an earlier run: delete its checkpoints, model and logs first",
+        help="start over in an output_dir that holds an earlier run: delete its checkpoints, model and logs first. "
+             "Only a folder mmgpt wrote as a run folder is cleared; a file, or a non-empty folder that is not an mmgpt "
+             "run folder, is refused and never touched, even with --overwrite",
     )
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (base: chain, overrides, a resumed run's own) as YAML and exit")
@@ -203,6 +207,7 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        write_marker(output_dir, "run")
         (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     logger.info("run folder %s, %d process(es), device %s", output_dir, accelerator.num_processes, accelerator.device)
     warn_if_one_process_launched(accelerator.num_processes, "train.py")
