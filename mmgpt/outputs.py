@@ -79,8 +79,13 @@ def _is_legacy_comparison(folder: Path) -> bool:
 
 
 def _is_legacy_explanation(folder: Path) -> bool:
-    names = [p.name for p in folder.iterdir()]
-    return "index.html" in names and all(n == "index.html" or re.fullmatch(r"token_\d{2,}_\w*\.png", n) for n in names)
+    # index.html as mmgpt.explain writes it, and nothing but its token maps beside it
+    try:
+        page = (folder / "index.html").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return ("<h1>Explanation</h1><div class='explanation'>" in page
+            and all(p.name == "index.html" or re.fullmatch(r"token_\d{2,}_\w*\.png", p.name) for p in folder.iterdir()))
 
 
 # how folders written before the marker are recognised: only by files mmgpt itself writes

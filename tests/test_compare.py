@@ -94,6 +94,19 @@ def test_mean_and_std_over_seeds() -> None:
     assert compare.mean_std([3.0])["std"] == 0.0
 
 
+def test_out_must_be_new_empty_or_an_earlier_comparison(config: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "paper"
+    mine.mkdir()
+    (mine / "report.md").write_text("# my own report")
+    (tmp_path / "notes.txt").write_text("keep me")
+    for out, problem in ((mine, "is a folder that mmgpt did not write"), (tmp_path / "notes.txt", "is a file")):
+        with pytest.raises(FileExistsError, match=f"{out} {problem}"):
+            compare.main(["--config", str(config), "--fusions", "mlb", "--steps", "1", "--seeds", "0",
+                          "--eval-points", "1", "--out", str(out)])
+    assert sorted(p.name for p in mine.iterdir()) == ["report.md"]
+    assert (mine / "report.md").read_text() == "# my own report" and (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--fusions", "sum"], "unknown fusion(s) sum; available: all, "),
     (["--steps", "0"], "--steps and --eval-points must be >= 1"),

@@ -53,6 +53,23 @@ def test_vqa_scores_a_results_file_without_a_model(tmp_path: Path) -> None:
     assert (tmp_path / "metrics.html").read_text().count("<tr>") >= 4
 
 
+def test_existing_outputs_are_replaced_only_with_overwrite_and_a_folder_never(tmp_path: Path) -> None:
+    q, a, r = _vqa_files(tmp_path)
+    out = tmp_path / "metrics.json"
+    out.write_text("my notes")
+    argv = ["--results", str(r), "--questions", str(q), "--annotations", str(a), "--out", str(out)]
+    with pytest.raises(FileExistsError, match=f"{out} already exists: replace it with --overwrite"):
+        eval_vqa.main(argv)
+    assert out.read_text() == "my notes" and not (tmp_path / "metrics.html").exists()
+    (tmp_path / "metrics.html").write_text("my page")
+    with pytest.raises(FileExistsError, match="metrics.html already exists"):
+        eval_vqa.main([*argv[:-1], str(tmp_path / "other.json"), "--report", str(tmp_path / "metrics.html")])
+    assert eval_vqa.main([*argv, "--overwrite"])["metrics"]["overall"] == pytest.approx(53.33)
+    assert json.loads(out.read_text())["metrics"]["overall"] == pytest.approx(53.33)
+    with pytest.raises(FileExistsError, match=f"{tmp_path} is a folder, not a file"):
+        eval_caption.main(["--results", str(r), "--annotations", str(a), "--out", str(tmp_path), "--overwrite"])
+
+
 def test_vqa_rejects_results_missing_questions(tmp_path: Path) -> None:
     q, a, r = _vqa_files(tmp_path)
     r.write_text(json.dumps([{"question_id": 1, "answer": "red"}]))

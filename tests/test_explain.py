@@ -99,6 +99,33 @@ def test_command_line_writes_the_maps(tmp_path: Path, capsys: pytest.CaptureFixt
     assert missing == 2 and "none.png" in capsys.readouterr().err
 
 
+def test_explain_replaces_only_its_own_folder_and_only_with_overwrite(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    from mmgpt.cli import main
+
+    tiny_model("concat").save_pretrained(tmp_path / "model")
+    picture().save(tmp_path / "red.png")
+    site = tmp_path / "site"  # a web site's folder has an index.html too
+    site.mkdir()
+    (site / "index.html").write_text("<html>my site</html>")
+
+    def explain_into(out: Path, *extra: str) -> int:
+        return main(["explain", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "red.png"),
+                     "--max-new-tokens", "2", "--out", str(out), *extra, "what color is the shape?"])
+
+    for extra in ([], ["--overwrite"]):
+        assert explain_into(site, *extra) == 2
+        assert f"{site} is a folder that mmgpt did not write" in capsys.readouterr().err
+    assert [p.name for p in site.iterdir()] == ["index.html"]
+    assert (site / "index.html").read_text() == "<html>my site</html>"
+    assert explain_into(tmp_path / "maps") == 0
+    (tmp_path / "maps" / "token_07_stale.png").write_bytes(b"from an earlier, longer answer")
+    assert explain_into(tmp_path / "maps") == 2
+    assert "earlier mmgpt explanation folder: replace it with --overwrite" in capsys.readouterr().err
+    assert explain_into(tmp_path / "maps", "--overwrite") == 0
+    assert (tmp_path / "maps" / "index.html").is_file() and not (tmp_path / "maps" / "token_07_stale.png").exists()
+
+
 def test_eval_vqa_explain_adds_maps_to_its_report(tmp_path: Path) -> None:
     from mmgpt.eval import vqa as eval_vqa
 

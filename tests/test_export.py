@@ -148,21 +148,43 @@ def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture,
     images[0].save(tmp_path / "image.png")
     assert cli.main(["answer", texts[0], "--image", str(tmp_path / "image.png"), "--model", str(out)]) == 0
     assert capsys.readouterr().out == answer(texts[0], str(tmp_path / "image.png"), model=model) + "\n"
-    # exporting again replaces the export; a failed export leaves the previous one as it was
-    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript"]) == 0
+    # exporting again replaces the export only with --overwrite, also one exported before folders were marked;
+    # a failed export leaves the previous one as it was
+    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript"]) == 2
+    assert f"{out} is an earlier mmgpt ONNX export: replace it with --overwrite" in capsys.readouterr().err
+    (out / ".mmgpt-output.json").unlink()
+    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript", "--overwrite"]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     def fail(*args: object) -> float:
         raise ExportError("decoder.onnx differs from the eager model")
 
     monkeypatch.setattr(mmgpt.export, "_check_graph", fail)
-    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript"]) == 2
+    assert cli.main(["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript", "--overwrite"]) == 2
     assert "differs from the eager model" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["exported", "image.png", "model"]  # no temp folder left
-    # a folder that is something else is refused
-    assert cli.main(["export", str(tmp_path / "model"), str(tmp_path / "model"), "--exporter", "torchscript"]) == 2
-    assert "is a folder but not an mmgpt export" in capsys.readouterr().err
+    # an mmgpt folder of another kind is refused, even with --overwrite
+    assert cli.main(["export", str(tmp_path / "model"), str(tmp_path / "model"), "--overwrite"]) == 2
+    assert "is an mmgpt model folder, not an mmgpt ONNX export" in capsys.readouterr().err
+
+
+def test_export_never_replaces_a_file_or_a_folder_it_did_not_write(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    build(tiny_config(generator="gpt2")).save_pretrained(tmp_path / "model")
+    # a web app's folder: its manifest.json is no mmgpt export's
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text(json.dumps({"name": "my app", "start_url": "/"}))
+    (webapp / "index.html").write_text("<html>my app</html>")
+    (tmp_path / "notes.txt").write_text("keep me")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    for out, problem in ((webapp, "is a folder that mmgpt did not write"), (tmp_path / "notes.txt", "is a file")):
+        for overwrite in ([], ["--overwrite"]):
+            argv = ["export", str(tmp_path / "model"), str(out), "--exporter", "torchscript", *overwrite]
+            assert cli.main(argv) == 2
+            assert f"{out} {problem}" in capsys.readouterr().err
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_parts_the_runtime_cannot_reproduce_are_refused(tmp_path: Path) -> None:

@@ -34,6 +34,11 @@ def test_folders_are_recognised_by_the_marker_or_by_what_earlier_versions_wrote(
     (run / "checkpoints" / "step_2").mkdir(parents=True)
     (run / "checkpoints" / "step_2" / "trainer_state.json").write_text("{}")
     assert output_kind(run) == "run"
+    explained = tmp_path / "explained"
+    explained.mkdir()
+    (explained / "index.html").write_text("<body><h1>Explanation</h1><div class='explanation'>...</div></body>")
+    (explained / "token_00_red.png").write_bytes(b"png")
+    assert output_kind(explained) == "explain"
     marked = tmp_path / "marked"
     marked.mkdir()
     (marked / MARKER_NAME).write_text(json.dumps({"format": "mmgpt-explain"}))
@@ -42,6 +47,7 @@ def test_folders_are_recognised_by_the_marker_or_by_what_earlier_versions_wrote(
 
 @pytest.mark.parametrize("files", [
     {"manifest.json": json.dumps({"name": "my web app", "start_url": "/"}), "index.html": "<html></html>"},
+    {"index.html": "<h1>Explanation</h1>", "token_00_logo.png": "png"},
     # a transformers model: config.json and weights, but no mmgpt config under "model"
     {"config.json": json.dumps({"model_type": "gpt2", "n_layer": 2}), "model.safetensors": "weights"},
     {MARKER_NAME: json.dumps({"format": "something-else"}), "notes.txt": "mine"},

@@ -65,3 +65,26 @@ def test_cli_prune_records_how_and_refuses_bad_amounts(tmp_path: Path, capsys: p
     with pytest.raises(ValueError, match="prunable parts: generator"):
         prune(tmp_path / "src", tmp_path / "y", 0.5, ("fusion",))
     assert not (tmp_path / "x").exists()
+
+
+def test_prune_never_replaces_what_it_did_not_write_and_an_earlier_model_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    build(tiny_config(generator="qwen2")).save_pretrained(tmp_path / "src")
+    theirs = tmp_path / "their-model"  # a transformers model: config.json and weights, but not mmgpt's
+    theirs.mkdir()
+    (theirs / "config.json").write_text(json.dumps({"model_type": "qwen2"}))
+    (theirs / "model.safetensors").write_bytes(b"their weights")
+    (tmp_path / "notes.txt").write_text("keep me")
+    for out, problem in ((theirs, "is a folder that mmgpt did not write"), (tmp_path / "notes.txt", "is a file")):
+        for overwrite in ([], ["--overwrite"]):
+            assert cli.main(["prune", str(tmp_path / "src"), str(out), *overwrite]) == 2
+            assert f"{out} {problem}" in capsys.readouterr().err
+    assert (theirs / "model.safetensors").read_bytes() == b"their weights"
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert cli.main(["prune", str(tmp_path / "src"), str(tmp_path / "p"), "--amount", "0.25"]) == 0
+    assert cli.main(["prune", str(tmp_path / "src"), str(tmp_path / "p"), "--amount", "0.5"]) == 2
+    assert "earlier mmgpt model folder: replace it with --overwrite" in capsys.readouterr().err
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["compression"]["amount"] == 0.25
+    assert cli.main(["prune", str(tmp_path / "src"), str(tmp_path / "p"), "--amount", "0.5", "--overwrite"]) == 0
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["compression"]["amount"] == 0.5

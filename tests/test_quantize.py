@@ -86,3 +86,25 @@ def test_refusals(folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.Cap
     assert "already quantised" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown quantisation method 'int4'"):
         quantize(folders[0], tmp_path / "x", method="int4")
+
+
+def test_quantize_never_replaces_what_it_did_not_write_and_an_earlier_model_only_with_overwrite(
+    folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"a photo")
+    (tmp_path / "notes.txt").write_text("keep me")
+    for out, problem in ((photos, "is a folder that mmgpt did not write"), (tmp_path / "notes.txt", "is a file")):
+        for overwrite in ([], ["--overwrite"]):
+            assert cli.main(["quantize", str(folders[0]), str(out), *overwrite]) == 2
+            assert f"{out} {problem}" in capsys.readouterr().err
+    assert (photos / "holiday.jpg").read_bytes() == b"a photo" and (tmp_path / "notes.txt").read_text() == "keep me"
+    # the earlier quantised model: refused, then replaced with --overwrite
+    before = (folders[1] / "config.json").read_text()
+    assert cli.main(["quantize", str(folders[0]), str(folders[1])]) == 2
+    assert "earlier mmgpt model folder: replace it with --overwrite" in capsys.readouterr().err
+    assert (folders[1] / "config.json").read_text() == before
+    assert cli.main(["quantize", str(folders[0]), str(folders[1]), "--overwrite"]) == 0
+    assert json.loads((folders[1] / ".mmgpt-output.json").read_text())["format"] == "mmgpt-model"
+    assert MMGPT.from_pretrained(folders[1]).num_parameters() > 0
