@@ -506,7 +506,7 @@ def test_caption_results_for_some_images_fail_loudly(tmp_path: Path) -> None:
     assert record["num_images"] == 1 and record["images_without_result"] == 3
     complete_annotations, complete = _caption_files(tmp_path, captioned=4)
     assert eval_caption.main(["--results", str(complete), "--annotations", str(complete_annotations),
-                              "--out", str(tmp_path / "m.json")])["num_images"] == 4
+                              "--out", str(tmp_path / "m.json"), "--overwrite"])["num_images"] == 4
 
 
 @pytest.mark.parametrize("meta, kind", [([1, 2], "list"), ("tags", "str"), (3, "int")])
