@@ -131,14 +131,13 @@ def build_wide(work: Path) -> Path:
     """A random-weight ~30M-parameter model with the default model's tokenizer, saved once."""
     folder = work / "wide-fp32"
     if not (folder / "model.safetensors").is_file():
-        from transformers import AutoTokenizer
-
+        from mmgpt.hf_models import load_hf_tokenizer
         from mmgpt.model import MMGPT
         from mmgpt.training.config import load_train_config
 
         torch.manual_seed(0)
         cfg = load_train_config("default", WIDE)
-        tokenizer = AutoTokenizer.from_pretrained(REPO / "runs/default/model/tokenizer")
+        tokenizer = load_hf_tokenizer(REPO / "runs/default/model/tokenizer")
         model = MMGPT.from_config(cfg.model, tokenizer=tokenizer)
         model.save_pretrained(folder)
     return folder

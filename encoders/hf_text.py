@@ -1,16 +1,15 @@
 """Any Hugging Face encoder model (BERT, RoBERTa, ...) as the text encoder."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel
 
 from mmgpt.config import TextEncoderConfig
 from mmgpt.encoders.base import TextEncoder, register_text_encoder
-from mmgpt.hf_models import build_hf_model
+from mmgpt.hf_models import build_hf_model, load_hf_tokenizer
 
 
 @register_text_encoder("hf")
@@ -36,7 +35,7 @@ class HFTextEncoder(TextEncoder):
         )
         if cfg.name and load_weights:
             # rebuilding a saved model (no load_weights): its processor already holds the tokenizer
-            self.tokenizer = AutoTokenizer.from_pretrained(cfg.name, local_files_only=Path(cfg.name).is_dir())
+            self.tokenizer = load_hf_tokenizer(cfg.name)
         if getattr(self.model, "pooler", None) is not None:
             # only last_hidden_state is used: a pooler would get no gradient, which DDP rejects
             self.model.pooler = None

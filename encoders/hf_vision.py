@@ -7,11 +7,11 @@ from pathlib import Path
 import timm
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, AutoModel, BaseImageProcessor, CLIPImageProcessor
+from transformers import AutoModel, BaseImageProcessor, CLIPImageProcessor
 
 from mmgpt.config import ConfigError, ImageEncoderConfig
 from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
-from mmgpt.hf_models import build_hf_model
+from mmgpt.hf_models import build_hf_model, load_hf_image_processor
 
 # towers with a class token in front of the patch tokens
 _CLASS_TOKEN_TYPES = ("clip_vision_model", "vit", "dinov2")
@@ -71,8 +71,7 @@ class HFVisionEncoder(ImageEncoder):
         """The checkpoint's own image processor, or a plain resize-normalise one for a scratch tower."""
         if self.name:
             try:
-                local = Path(self.name).is_dir()
-                return HFImageTransform(AutoImageProcessor.from_pretrained(self.name, local_files_only=local))
+                return HFImageTransform(load_hf_image_processor(self.name))
             except (OSError, ValueError):
                 pass
         size = int(self.model.config.image_size)
@@ -106,4 +105,4 @@ class HFImageTransform(ImageTransform):
     @classmethod
     def load(cls, folder: Path) -> HFImageTransform:
         """Read what `save` wrote, from `folder` alone."""
-        return cls(AutoImageProcessor.from_pretrained(folder, local_files_only=True))
+        return cls(load_hf_image_processor(folder))

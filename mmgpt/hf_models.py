@@ -1,8 +1,10 @@
-"""One builder for every Hugging Face part (generator, text encoder, vision tower).
+"""One place where Hugging Face parts are read: configs, models, tokenizers and image processors.
 
 A part is named by a hub name or a local folder (`name`), or built from scratch from a config mapping
 with a `model_type`. A local folder is read with local_files_only, so a saved model never reaches the hub;
-a hub name is used only when the config asks for it.
+a hub name is used only when the config asks for it. A model folder is data, never code: every loader
+passes trust_remote_code=False (so transformers never asks on stdin either), and a folder whose configs
+name Python code to import (`auto_map`) or an architecture transformers lacks is refused first, naming the file.
 """
 from __future__ import annotations
 
@@ -10,10 +12,77 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoConfig, PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from mmgpt.config import ConfigError
+from mmgpt.config import ConfigError, load_json
+
+# the files through which transformers imports Python code shipped beside a model (their `auto_map`)
+CODE_ENTRY_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
+                    "video_preprocessor_config.json")
+
+
+def refuse_model_code(folder: str | Path) -> None:
+    """Raise ConfigError, naming the file, if `folder` would make transformers run code shipped in it."""
+    folder = Path(folder)
+    for file_name in CODE_ENTRY_FILES:
+        path = folder / file_name
+        if not path.is_file():
+            continue
+        data = load_json(path)
+        if "auto_map" in data:
+            raise ConfigError(
+                f"{path}: 'auto_map' names Python code shipped with the model ({_code_names(data['auto_map'])}); "
+                "mmgpt reads model folders as data and never runs their code: use a model whose architecture "
+                "transformers provides"
+            )
+        model_type = data.get("model_type")
+        if file_name == "config.json" and model_type is not None and model_type not in CONFIG_MAPPING:
+            raise ConfigError(
+                f"{path}: model_type {model_type!r} is not an architecture transformers {transformers.__version__} "
+                "provides, and mmgpt never runs code shipped with a model; use a supported model_type "
+                "(llama, qwen2, gpt2, bert, siglip_vision_model, ...) or upgrade transformers"
+            )
+
+
+def _code_names(auto_map: Any) -> str:
+    """What an auto_map points at, briefly: 'modeling_x.XModel, ...'."""
+    values = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+    names = [", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in values]
+    return ", ".join(names)[:200]
+
+
+def load_pretrained(loader: Any, name: str | Path, **kwargs: Any) -> Any:
+    """`loader.from_pretrained(name)` for a transformers Auto* class: remote code refused, a folder read offline."""
+    local = Path(name).is_dir()
+    if local:
+        refuse_model_code(name)
+    kwargs.setdefault("local_files_only", local)
+    try:
+        return loader.from_pretrained(name, trust_remote_code=False, **kwargs)
+    except ValueError as e:
+        # a hub repo's files are checked by transformers itself once downloaded
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ConfigError(f"{name}: its configs name Python code shipped with the model (auto_map); mmgpt never "
+                          "runs a model's own code: use a model whose architecture transformers provides") from None
+
+
+def load_hf_config(name: str | Path, sub_config: str = "") -> transformers.PretrainedConfig:
+    """The config of a hub name or folder; `sub_config` takes one part of a composite one (CLIP's vision_config)."""
+    config = load_pretrained(AutoConfig, name)
+    return getattr(config, sub_config, config) if sub_config else config
+
+
+def load_hf_tokenizer(name: str | Path, **kwargs: Any) -> Any:
+    """The tokenizer of a hub name or folder."""
+    return load_pretrained(AutoTokenizer, name, **kwargs)
+
+
+def load_hf_image_processor(name: str | Path) -> Any:
+    """The image processor of a hub name or folder."""
+    return load_pretrained(AutoImageProcessor, name)
 
 
 def build_hf_model(
@@ -38,13 +107,11 @@ def build_hf_model(
     """
     if name:
         # a folder (a saved model's part, a local checkpoint) is read from its own files only
-        local = Path(name).is_dir()
-        config = AutoConfig.from_pretrained(name, local_files_only=local)
-        config = getattr(config, sub_config, config) if sub_config else config
+        config = load_hf_config(name, sub_config)
         if load_weights:
-            return auto_class.from_pretrained(name, config=config, local_files_only=local, **model_kwargs)
+            return load_pretrained(auto_class, name, config=config, **model_kwargs)
         # rebuilding a saved model: its weights come from the model's own file afterwards
-        return auto_class.from_config(config, **model_kwargs)
+        return auto_class.from_config(config, trust_remote_code=False, **model_kwargs)
     kwargs = dict(scratch_config)
     if "model_type" not in kwargs:
         raise ConfigError(missing_model_type)
@@ -62,5 +129,5 @@ def build_hf_model(
     except ValueError as e:
         where = key if model_type in CONFIG_MAPPING else f"{key}.model_type '{model_type}'"
         raise ConfigError(f"{where}: {e}") from e
-    return auto_class.from_config(config, **model_kwargs)
+    return auto_class.from_config(config, trust_remote_code=False, **model_kwargs)
 

@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from mmgpt.config import load_json
 from mmgpt.data.example import Example
 from mmgpt.encoders import ImageTransform, load_transform
+from mmgpt.hf_models import load_hf_tokenizer
 from mmgpt.images import DEFAULT_MAX_PIXELS, load_image
 from mmgpt.prompts import chat_prompt
 from mmgpt.tokenizer import ensure_special_tokens
@@ -276,7 +277,7 @@ def load_saved_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
             "save the model again with save_pretrained"
         )
     try:
-        return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        return load_hf_tokenizer(folder, local_files_only=True)
     # the tokenizers library raises a bare Exception for a damaged tokenizer.json
     except Exception as e:
         raise ValueError(f"the tokenizer in {folder} cannot be read: {e}") from e

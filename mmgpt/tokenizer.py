@@ -5,9 +5,10 @@ import logging
 from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from mmgpt.config import TokenizerConfig
+from mmgpt.hf_models import load_hf_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTok
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """A pretrained tokenizer by hub name or local folder, with a pad and a bos token guaranteed."""
-    tokenizer = AutoTokenizer.from_pretrained(name)
+    tokenizer = load_hf_tokenizer(name)
     ensure_special_tokens(tokenizer)
     return tokenizer
 

@@ -305,3 +305,122 @@ def test_a_deep_or_huge_config_json_is_refused(tmp_path: Path, hub_calls: list) 
     with pytest.raises(ModelLoadError, match="generator/config.json nests too deeply"):
         MMGPT.from_pretrained(folder)
     assert hub_calls == []
+
+
+# 4. a model folder is data, never code: nothing it ships is imported, and nothing waits on stdin
+
+PACKAGE_DIRS = ("mmgpt", "encoders", "fusion", "bench")
+# where a saved model's files name code: (file, what makes transformers want to import evil.py beside it)
+CODE_HOOKS = {
+    "generator/config.json": {"model_type": "evil", "auto_map": {"AutoConfig": "evil.EvilConfig",
+                                                                 "AutoModelForCausalLM": "evil.EvilModel"}},
+    "tokenizer/tokenizer_config.json": {"tokenizer_class": "EvilTokenizerFast",
+                                        "auto_map": {"AutoTokenizer": [None, "evil.EvilTokenizerFast"]}},
+    "image_transform/preprocessor_config.json": {"image_processor_type": "EvilImageProcessor",
+                                                 "auto_map": {"AutoImageProcessor": "evil.EvilImageProcessor"}},
+}
+
+
+@pytest.fixture()
+def code_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """transformers' cache of imported model code, moved to tmp_path (a test that fails must not leave code there)."""
+    import transformers.dynamic_module_utils
+
+    cache = tmp_path / "hf_modules"
+    monkeypatch.setenv("HF_MODULES_CACHE", str(cache))
+    monkeypatch.setattr(transformers.dynamic_module_utils, "HF_MODULES_CACHE", str(cache))
+    return cache
+
+
+def ship_code(folder: Path, file: str, marker: Path) -> Path:
+    """Make `folder/file` name evil.py, which writes `marker` when imported; returns the edited file."""
+    path = folder / file
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data.update(CODE_HOOKS[file])
+    path.write_text(json.dumps(data))
+    (path.parent / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return path
+
+
+@pytest.mark.parametrize("file", list(CODE_HOOKS))
+def test_code_shipped_in_a_model_folder_never_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list, code_cache: Path, file: str
+) -> None:
+    _, folder = saved_model(tmp_path, image="clip" if file.startswith("image_transform") else "cnn")
+    marker = tmp_path / "MARKER"
+    path = ship_code(folder, file, marker)
+    # a user who would answer yes to transformers' question
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("y\n" * 10))
+    with pytest.raises(ModelLoadError, match=rf"{path}: 'auto_map' names Python code"):
+        MMGPT.from_pretrained(folder)
+    assert not marker.exists()
+    assert hub_calls == []
+
+
+def test_a_part_named_by_a_folder_that_ships_code_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code_cache: Path
+) -> None:
+    from standins import causal_lm
+
+    from mmgpt.config import GeneratorConfig, ModelConfig
+
+    base = causal_lm("llama", tmp_path / "base")
+    marker = tmp_path / "MARKER"
+    data = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**data, **CODE_HOOKS["generator/config.json"]}))
+    (base / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("y\n" * 10))
+    with pytest.raises(ConfigError, match=rf"{base / 'config.json'}: 'auto_map' names Python code"):
+        MMGPT.from_config(ModelConfig(generator=GeneratorConfig(name=str(base))))
+    assert not marker.exists()
+
+
+def test_an_unknown_model_type_is_refused_naming_the_file(tmp_path: Path, hub_calls: list) -> None:
+    _, folder = saved_model(tmp_path)
+    config = folder / "generator" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "model_type": "evil"}))
+    with pytest.raises(ModelLoadError, match=rf"{config}: model_type 'evil' is not an architecture transformers"):
+        MMGPT.from_pretrained(folder)
+
+
+def test_the_cli_answers_yes_in_vain_and_exits_2(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    _, folder = saved_model(tmp_path)
+    marker = tmp_path / "MARKER"
+    path = ship_code(folder, "generator/config.json", marker)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "hf_modules"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mmgpt.cli", "answer", "--model", str(folder), "--image",
+                           str(tmp_path / "img.png"), "--device", "cpu", "q"],
+                          input="y\n" * 10, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path}: 'auto_map' names Python code" in proc.stderr
+    assert "[y/N]" not in proc.stdout + proc.stderr
+    assert not marker.exists()
+
+
+def _transformers_loads() -> list[tuple[str, int, list]]:
+    """Every from_pretrained / from_config call of the package on anything but mmgpt's own classes."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    files = [p for d in PACKAGE_DIRS for p in (root / d).rglob("*.py")] + list(root.glob("*.py"))
+    calls = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("from_pretrained", "from_config")
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("MMGPT", "Processor"))):
+                trusted = [ast.literal_eval(k.value) if isinstance(k.value, ast.Constant) else ast.unparse(k.value)
+                           for k in node.keywords if k.arg == "trust_remote_code"]
+                calls.append((str(path.relative_to(root)), node.lineno, trusted))
+    return calls
+
+
+def test_every_transformers_load_passes_trust_remote_code_false() -> None:
+    calls = _transformers_loads()
+    assert calls, "the scan found no loads at all"
+    assert [c for c in calls if c[2] != [False]] == []

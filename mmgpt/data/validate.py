@@ -165,14 +165,13 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """A tokenizer from a local folder, or from the hub when named hf://org/name (nothing else goes to the hub)."""
-    from transformers import AutoTokenizer
-
+    from mmgpt.hf_models import load_hf_tokenizer
     from mmgpt.model import HUB_PREFIX
     from mmgpt.processor import load_saved_tokenizer
 
     if name.startswith(HUB_PREFIX):
         try:
-            return AutoTokenizer.from_pretrained(name[len(HUB_PREFIX):])
+            return load_hf_tokenizer(name[len(HUB_PREFIX):])
         # the tokenizers library raises a bare Exception for a damaged tokenizer.json
         except Exception as e:
             raise ValueError(f"cannot load tokenizer {name}: {' '.join(str(e).split())}") from e

@@ -36,6 +36,7 @@ from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
+from mmgpt.hf_models import load_hf_tokenizer
 from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
 from mmgpt.outputs import write_marker
@@ -234,9 +235,7 @@ def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, re
         texts = [t for _, examples in train_sets for e in examples for t in (e.prompt, e.answer)]
         train_tokenizer(texts, cfg.model.tokenizer).save_pretrained(tokenizer_dir)
     accelerator.wait_for_everyone()
-    from transformers import AutoTokenizer
-
-    return MMGPT.from_config(cfg.model, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir))
+    return MMGPT.from_config(cfg.model, tokenizer=load_hf_tokenizer(tokenizer_dir))
 
 
 def build_loader(cfg: TrainConfig, checked: list, processor: Any,
