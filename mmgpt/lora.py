@@ -7,7 +7,9 @@ DDP and checkpoints treat them like any other parameter.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +151,54 @@ def base_names(model: nn.Module, config: ModelConfig) -> dict[str, str]:
     return names
 
 
-def save_adapter_folder(model: nn.Module, config: ModelConfig, folder: Path, weights_name: str) -> None:
-    """Adapters to adapter_model.safetensors, the trained rest to `weights_name`; the adapted parts' base weights
-    are not written: adapter_config.json names the base models they come from."""
+def _plain_name(key: str) -> str:
+    """A model's state-dict name as its part's own model names it: no component prefix, no peft base_layer."""
+    return key.split(".", 1)[1].replace(".base_layer.", ".")
+
+
+def base_state(model: nn.Module, part: str) -> dict[str, torch.Tensor]:
+    """The base (non-adapter) weights of one adapted part, under the part's own names."""
+    return {_plain_name(k): v for k, v in model.state_dict().items()
+            if k.split(".", 1)[0] == part and not is_adapter(k)}
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of named tensors, floats as float32 (so a bf16 copy of the same values hashes alike)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        tensor = tensor.float() if tensor.is_floating_point() else tensor
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _location(name: str, folder: Path) -> str:
+    """Where a base model is, as an adapter-only folder at `folder` records it: a path relative to the folder,
+    or hf://org/name for a hub model."""
+    from mmgpt.model import HUB_PREFIX
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return os.path.relpath(path.resolve(), folder.resolve())
+    return name if name.startswith(HUB_PREFIX) else HUB_PREFIX + name
+
+
+def save_adapter_folder(model: nn.Module, config: ModelConfig, tmp: Path, folder: Path, weights_name: str) -> None:
+    """Adapters to adapter_model.safetensors, the trained rest to `weights_name`, all in `tmp` (which becomes
+    `folder`); the adapted parts' base weights are not written: adapter_config.json records each base model's
+    name, its location (relative to `folder`, or hf://org/name) and a hash of its weights."""
     bases = base_names(model, config)
     state = model.state_dict()
     adapters = {k: v.detach().contiguous() for k, v in state.items() if is_adapter(k)}
     rest = {k: v for k, v in state.items() if not is_adapter(k) and k.split(".", 1)[0] not in bases}
-    save_file(adapters, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    save_file(_without_shared_copies(rest), str(folder / weights_name), metadata={"format": "pt"})
+    save_file(adapters, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    save_file(_without_shared_copies(rest), str(tmp / weights_name), metadata={"format": "pt"})
+    records = {part: {"name": name, "location": _location(name, folder),
+                      "sha256": weights_digest(base_state(model, part))} for part, name in bases.items()}
     lora = {part: {"r": getattr(config, part).lora.r, "alpha": getattr(config, part).lora.alpha,
                    "target_modules": getattr(config, part).lora.target_modules} for part in bases}
-    (folder / ADAPTER_CONFIG).write_text(json.dumps({"base_models": bases, "lora": lora}, indent=2))
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps({"base_models": records, "lora": lora}, indent=2))
 
 
 def is_adapter_folder(folder: Path) -> bool:
@@ -168,26 +206,61 @@ def is_adapter_folder(folder: Path) -> bool:
     return (folder / ADAPTER_CONFIG).is_file()
 
 
+def base_records(folder: Path, config: ModelConfig) -> dict[str, dict[str, str]]:
+    """adapter_config.json's base models, checked against the adapted parts and names of `config`."""
+    from mmgpt.config import load_json
+
+    file = folder / ADAPTER_CONFIG
+    records = load_json(file).get("base_models", {})
+    parts = adapted_parts(config)
+    if not isinstance(records, dict) or set(records) != set(parts):
+        raise ValueError(f"{file}: base_models {str(records)[:200]} do not match the adapted parts {parts} of "
+                         f"{folder / 'config.json'}")
+    for part, record in records.items():
+        if not (isinstance(record, dict) and all(isinstance(record.get(k), str) for k in ("name", "location",
+                                                                                        "sha256"))):
+            raise ValueError(f"{file}: base_models.{part} must record the base model's name, location and sha256 "
+                             f"(got {str(record)[:200]}); save the model again with save_pretrained")
+        if record["name"] != getattr(config, part).name:
+            raise ValueError(f"{file}: base_models.{part} is {record['name']!r}, but {folder / 'config.json'} names "
+                             f"{getattr(config, part).name!r}: the two files come from different models")
+    return records
+
+
+def base_location(folder: Path, record: dict[str, str], part: str) -> str:
+    """hf://org/name as recorded, else the recorded folder resolved against `folder` (never the working directory)."""
+    from mmgpt.model import HUB_PREFIX
+
+    location = record["location"]
+    if location.startswith(HUB_PREFIX):
+        return location
+    path = folder / location
+    if not path.is_dir():
+        raise ValueError(f"{folder / ADAPTER_CONFIG}: the base model of {part} is not at {path} ('{location}' from "
+                         f"the folder); keep it there, or name a hub model as {HUB_PREFIX}org/name")
+    return str(path)
+
+
 def load_adapter_folder(model: nn.Module, folder: Path, config: ModelConfig, weights_name: str,
                         build_part: Any) -> None:
     """Fill `model` from an adapter-only folder: base weights of each adapted part from its base model
-    (`build_part(part)` builds it with pretrained weights), then the folder's trained weights and adapters."""
-    from mmgpt.config import load_json
-
-    bases = load_json(folder / ADAPTER_CONFIG).get("base_models", {})
-    if not isinstance(bases, dict) or set(bases) != set(adapted_parts(config)):
-        raise ValueError(f"{folder / ADAPTER_CONFIG}: base_models {bases!r} do not match the adapted parts "
-                         f"{adapted_parts(config)} of {folder / 'config.json'}")
+    (`build_part(part, location)` builds it with pretrained weights), checked against the recorded hash, then the
+    folder's trained weights and adapters."""
+    records = base_records(folder, config)
     filled: set[str] = set()
     state = model.state_dict()
-    for part in bases:
-        base_state = build_part(part).state_dict()
+    for part, record in records.items():
+        location = base_location(folder, record, part)
+        built = build_part(part, location).state_dict()
         own = {k: v for k, v in state.items() if k.split(".", 1)[0] == part and not is_adapter(k)}
+        base = {_plain_name(k): built[_plain_name(k)] for k in own if _plain_name(k) in built}
+        if weights_digest(base) != record["sha256"]:
+            raise ValueError(f"{folder / ADAPTER_CONFIG}: the base model of {part} at {location} is not the one its "
+                             f"adapters were trained on (its weights' sha256 differs from the recorded "
+                             f"{record['sha256'][:12]}...)")
         for key in own:
-            # the part's own names: without the component prefix and peft's base_layer
-            plain = key.split(".", 1)[1].replace(".base_layer.", ".")
-            if plain in base_state:
-                own[key].copy_(base_state[plain])
+            if _plain_name(key) in base:
+                own[key].copy_(base[_plain_name(key)])
                 filled.add(key)
     for file in (folder / weights_name, folder / ADAPTER_WEIGHTS):
         for key, value in load_file(str(file)).items():
@@ -200,4 +273,4 @@ def load_adapter_folder(model: nn.Module, folder: Path, config: ModelConfig, wei
     missing = [k for k, v in state.items() if k not in filled and v.data_ptr() not in filled_ptrs]
     if missing:
         raise ValueError(f"the model in {folder} lacks weights for {missing[:5]} (neither its files nor the base "
-                         f"models {bases} hold them)")
+                         f"models {sorted(records)} hold them)")

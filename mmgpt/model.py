@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import re
@@ -326,7 +327,7 @@ class MMGPT(nn.Module):
             elif merge_lora:
                 save_file(lora.merged_state_dict(self), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             else:
-                lora.save_adapter_folder(self, config, tmp, WEIGHTS_NAME)
+                lora.save_adapter_folder(self, config, tmp, folder, WEIGHTS_NAME)
             self.processor.save_pretrained(tmp)
             self.generation_config.save_pretrained(tmp)
             # component configs let from_pretrained rebuild every part offline
@@ -372,7 +373,7 @@ class MMGPT(nn.Module):
         elif lora.is_adapter_folder(folder):
             try:
                 lora.load_adapter_folder(model, folder, saved_config, WEIGHTS_NAME,
-                                         lambda part: _pretrained_part(model, saved_config, part))
+                                         lambda part, where: _pretrained_part(model, saved_config, part, where))
             except (OSError, ValueError, SafetensorError) as e:
                 raise _load_error(folder, e) from e
         else:
@@ -394,13 +395,16 @@ def _dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), default)
 
 
-def _pretrained_part(model: MMGPT, config: ModelConfig, part: str) -> nn.Module:
-    """One part built with its pretrained weights from its hub name or folder (an adapter-only folder's base)."""
+def _pretrained_part(model: MMGPT, config: ModelConfig, part: str, location: str) -> nn.Module:
+    """One part built with the pretrained weights at `location`, a folder or hf://org/name (an adapter-only
+    folder's base)."""
+    cfg = copy.deepcopy(getattr(config, part))
+    cfg.name = str(_download(location[len(HUB_PREFIX):])) if location.startswith(HUB_PREFIX) else location
     if part == "generator":
-        return build_generator(config.generator, model.processor.tokenizer)
+        return build_generator(cfg, model.processor.tokenizer)
     if part == "text_encoder":
-        return build_text_encoder(config.text_encoder, model.generator, model.processor.tokenizer)
-    return build_image_encoder(config.image_encoder)
+        return build_text_encoder(cfg, model.generator, model.processor.tokenizer)
+    return build_image_encoder(cfg)
 
 
 def _load_error(folder: Path, error: BaseException) -> ModelLoadError:

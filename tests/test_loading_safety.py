@@ -424,3 +424,64 @@ def test_every_transformers_load_passes_trust_remote_code_false() -> None:
     calls = _transformers_loads()
     assert calls, "the scan found no loads at all"
     assert [c for c in calls if c[2] != [False]] == []
+
+
+# 5. an adapter-only folder loads the base model it recorded, found from the folder itself
+
+
+def adapter_folder(root: Path, base: str) -> tuple[MMGPT, Path]:
+    """A LoRA model on the stand-in llama at `base` (as the config names it), saved adapters-only to root/out."""
+    from mmgpt.config import FusionConfig, GeneratorConfig, LoraConfig, ModelConfig, TextEncoderConfig
+
+    config = ModelConfig(text_encoder=TextEncoderConfig(max_length=24),
+                         fusion=FusionConfig(type="concat", dim=16, num_layers=1, num_heads=2, null_token=False),
+                         generator=GeneratorConfig(name=base, lora=LoraConfig(r=2, alpha=4.0)), max_answer_length=12)
+    config.image_encoder = tiny_config().image_encoder
+    torch.manual_seed(0)
+    model = MMGPT.from_config(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.5)  # zero-initialised adapters would make any base look right
+    model.save_pretrained(root / "out", merge_lora=False)
+    return model, root / "out"
+
+
+def test_an_adapter_folder_finds_its_base_beside_it_not_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_calls: list
+) -> None:
+    from standins import causal_lm
+
+    causal_lm("llama", tmp_path / "made" / "base")
+    monkeypatch.chdir(tmp_path / "made")
+    model, _ = adapter_folder(tmp_path / "made", "base")
+    # the base and the adapters move together; the new working directory holds another model of that name
+    shutil.move(tmp_path / "made", tmp_path / "moved")
+    causal_lm("llama", tmp_path / "elsewhere" / "base", seed=1)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert_same_weights_and_logits(model, MMGPT.from_pretrained(tmp_path / "moved" / "out"))
+    assert hub_calls == []
+
+
+def test_an_adapter_folder_refuses_another_base_or_a_bare_hub_name(tmp_path: Path, hub_calls: list) -> None:
+    from standins import causal_lm
+
+    base = causal_lm("llama", tmp_path / "base")
+    _, folder = adapter_folder(tmp_path, str(base))
+    record = json.loads((folder / "adapter_config.json").read_text())
+    # same architecture and files, other weights: the adapters were not trained on it
+    causal_lm("llama", base, seed=1)
+    with pytest.raises(ModelLoadError, match=r"base model of generator at .*base is not the one its adapters were "
+                                             r"trained on \(its weights' sha256 differs"):
+        MMGPT.from_pretrained(folder)
+    for location in ("org/name", "../base-gone"):
+        changed = {**record["base_models"]["generator"], "location": location}
+        (folder / "adapter_config.json").write_text(json.dumps({**record, "base_models": {"generator": changed}}))
+        with pytest.raises(ModelLoadError, match=rf"the base model of generator is not at {folder / location} .*"
+                                                 r"hf://org/name"):
+            MMGPT.from_pretrained(folder)
+    renamed = {**record["base_models"]["generator"], "name": "other"}
+    (folder / "adapter_config.json").write_text(json.dumps({**record, "base_models": {"generator": renamed}}))
+    with pytest.raises(ModelLoadError, match=r"base_models.generator is 'other', but .*config.json names"):
+        MMGPT.from_pretrained(folder)
+    assert hub_calls == []
