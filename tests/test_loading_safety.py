@@ -485,3 +485,20 @@ def test_an_adapter_folder_refuses_another_base_or_a_bare_hub_name(tmp_path: Pat
     with pytest.raises(ModelLoadError, match=r"base_models.generator is 'other', but .*config.json names"):
         MMGPT.from_pretrained(folder)
     assert hub_calls == []
+
+
+def test_a_huge_yaml_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    from mmgpt.training.config import load_train_config
+
+    limit = 256 * 2**10
+    huge = tmp_path / "huge.yaml"
+    # a valid config padded with a comment: parsed, it would be accepted
+    huge.write_text("batch_size: 2\n" + ("#" + "x" * 1023 + "\n") * (limit // 1024 + 1))
+    small = tmp_path / "small.yaml"
+    small.write_text("base: huge.yaml\nmax_steps: 3\n")
+    message = rf"{huge} is {huge.stat().st_size:,} bytes; a config file is far smaller \(the limit is 262,144\)"
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(str(small))
+    assert cli.main(["train", "--config", str(small), "--dry-run"]) == 2
+    # the presets are far below the limit
+    assert max(p.stat().st_size for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")) < limit / 20

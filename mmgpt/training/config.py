@@ -12,6 +12,7 @@ from mmgpt.config import (
     ConfigError,
     ModelConfig,
     apply_overrides,
+    check_config_size,
     check_fields,
     check_range,
     from_dict,
@@ -312,6 +313,8 @@ def resolve_yaml(name_or_path: str | Path, _chain: tuple[Path, ...] = ()) -> dic
         inherited = resolve_yaml(base, (*_chain, resolved))
         inherited.pop("output_dir", None)
         data = _deep_merge(inherited, data)
+        # each file is capped alone; a long chain of them must not add up to more than one may hold
+        check_config_size(data, f"config file {path} with its base: chain")
     data.setdefault("output_dir", f"runs/{path.stem}")
     return data
 
