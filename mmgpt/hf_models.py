@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrain
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from mmgpt.config import ConfigError, load_json
+from mmgpt.model_size import check_transformer_config
 
 # the files through which transformers imports Python code shipped beside a model (their `auto_map`)
 CODE_ENTRY_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
@@ -105,9 +106,12 @@ def build_hf_model(
     size and may not be smaller. `defaults` fill keys the scratch config lacks, `overrides` replace them.
     `sub_config` takes one part of a composite checkpoint's config (e.g. CLIP's `vision_config`).
     """
+    what = key.split(".")[1].replace("_", " ")  # model.text_encoder.kwargs -> text encoder
     if name:
         # a folder (a saved model's part, a local checkpoint) is read from its own files only
         config = load_hf_config(name, sub_config)
+        where = Path(name) / "config.json" if Path(name).is_dir() else f"{name}'s config.json"
+        check_transformer_config(config, f"{where}: ", what)
         if load_weights:
             return load_pretrained(auto_class, name, config=config, **model_kwargs)
         # rebuilding a saved model: its weights come from the model's own file afterwards
@@ -129,5 +133,6 @@ def build_hf_model(
     except ValueError as e:
         where = key if model_type in CONFIG_MAPPING else f"{key}.model_type '{model_type}'"
         raise ConfigError(f"{where}: {e}") from e
+    check_transformer_config(config, f"{key}.", what)
     return auto_class.from_config(config, trust_remote_code=False, **model_kwargs)
 

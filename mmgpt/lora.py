@@ -18,6 +18,7 @@ from safetensors.torch import _remove_duplicate_names, load_file, save_file
 from torch import nn
 
 from mmgpt.config import ConfigError, LoraConfig, ModelConfig
+from mmgpt.model_size import check_lora_rank
 
 PARTS = ("generator", "text_encoder", "image_encoder")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -77,6 +78,7 @@ def add_adapters(model: nn.Module, config: ModelConfig) -> None:
         except ImportError as e:
             raise ConfigError(f"{key}.r={cfg.r} needs peft: pip install 'mmgpt[finetune]'") from e
 
+        check_lora_rank(module.config, cfg.r, f"{key}.r", f"{part.replace('_', ' ')}'s LoRA adapters")
         # GPT-2's Conv1D stores its weight transposed
         peft_config = peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                       target_modules=target_modules(module, cfg, key),

@@ -582,3 +582,65 @@ def test_a_vanishing_temperature_decodes_greedily(fresh_model: MMGPT) -> None:
     greedy = answer("what color?", IMAGE, model=fresh_model)
     for temperature in (1e-300, 1e-30, 1e-6):
         assert answer("what color?", IMAGE, model=fresh_model, temperature=temperature, seed=3) == greedy
+
+
+# sizes no machine can hold: refused from the config, before anything is built
+HUGE = 10**9
+
+
+@pytest.mark.parametrize(("text", "image", "generator", "part", "key"), [
+    ("lm_embeddings", "cnn", "llama", "generator", "hidden_size"),
+    ("lm_embeddings", "cnn", "llama", "generator", "num_hidden_layers"),
+    ("lm_embeddings", "cnn", "gpt2", "generator", "n_embd"),
+    ("bert", "cnn", "llama", "text_encoder", "num_hidden_layers"),
+    ("lm_embeddings", "clip", "llama", "image_encoder", "hidden_size"),
+])
+def test_a_part_too_big_for_any_machine_is_refused_naming_the_key(text: str, image: str, generator: str, part: str,
+                                                                  key: str) -> None:
+    from mmgpt.config import ConfigError
+
+    config = tiny_config(text, image, generator=generator)
+    getattr(config, part).kwargs[key] = HUGE
+    what = part.replace("_", " ")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"^model\.{part}\.kwargs\.{key}={HUGE}: the {what} would need at least "
+                                          r"[\d,.]+ GiB, more than this machine's [\d,.]+ GiB of memory"):
+        build(config)
+    assert time.monotonic() - started < 30
+
+
+def test_a_lora_rank_too_big_for_any_machine_is_refused() -> None:
+    from mmgpt.config import ConfigError
+
+    config = tiny_config()
+    config.generator.lora.r = HUGE * 1000
+    with pytest.raises(ConfigError, match=rf"^model\.generator\.lora\.r={HUGE * 1000}: the generator's LoRA adapters "
+                                          "would need at least"):
+        build(config)
+
+
+def test_a_saved_folder_too_big_for_any_machine_is_one_cli_line(model_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    import json
+    import shutil
+
+    from mmgpt import cli
+
+    huge = shutil.copytree(model_dir, tmp_path / "huge")
+    config = huge / "generator" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "num_hidden_layers": HUGE}))
+    assert cli.main(["answer", "--model", str(huge), "--image", "x.png", "q"]) == 2
+    _one_error_line(capsys.readouterr().err, "mmgpt answer: error:", f"{config}: num_hidden_layers={HUGE}: the "
+                    "generator would need at least")
+
+
+def test_a_dry_run_plans_a_model_bigger_than_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmgpt.model_size
+    from mmgpt.dry_run import build_meta_model
+    from mmgpt.training.config import TrainConfig
+
+    monkeypatch.setattr(mmgpt.model_size, "machine_memory", lambda: 48 * 2**10)  # 48 KiB: a tiny model does not fit
+    cfg = TrainConfig(model=tiny_config())
+    assert build_meta_model(cfg).num_parameters() > 0  # the meta device holds no weights
+    with pytest.raises(ValueError, match="more than this machine's 0.0 GiB"):
+        build(cfg.model)
