@@ -502,3 +502,87 @@ def test_a_huge_yaml_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
     assert cli.main(["train", "--config", str(small), "--dry-run"]) == 2
     # the presets are far below the limit
     assert max(p.stat().st_size for p in (Path(__file__).parent.parent / "configs").glob("*.yaml")) < limit / 20
+
+
+# 6. an exported folder reads only its own files, whatever the installed onnxruntime allows
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model exported with the (quicker) TorchScript exporter."""
+    from mmgpt.export import export_onnx
+
+    model = build(tiny_config()).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("export") / "onnx", exporter="torchscript")
+
+
+def move_to_external_data(graph: Path, location: str, data_file: Path) -> None:
+    """Store the largest initializer of `graph` in `data_file`, named in the graph as `location`."""
+    import onnx
+
+    model = onnx.load(str(graph))
+    tensor = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    data_file.write_bytes(tensor.raw_data)
+    onnx.external_data_helper.set_external_data(tensor, location=location)
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    graph.write_bytes(model.SerializeToString())
+
+
+def test_an_exported_folder_reads_external_data_inside_it(exported: Path, tmp_path: Path) -> None:
+    from mmgpt.runtime import OnnxVLM
+
+    image = Image.new("RGB", (32, 32), (200, 40, 40))
+    expected = OnnxVLM(exported).answer(["what color is the shape?"], [image])
+    folder = shutil.copytree(exported, tmp_path / "onnx")
+    move_to_external_data(folder / "decoder.onnx", "weights/decoder.bin", (folder / "weights").mkdir() or
+                          folder / "weights" / "decoder.bin")
+    assert OnnxVLM(folder).answer(["what color is the shape?"], [image]) == expected
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "symlink"])
+def test_an_exported_graph_cannot_read_outside_its_folder(exported: Path, tmp_path: Path, how: str,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    from mmgpt.runtime import ExportFolderError, OnnxVLM
+
+    folder = shutil.copytree(exported, tmp_path / "onnx")
+    outside = tmp_path / "outside.bin"
+    location = {"parent": "../outside.bin", "absolute": str(outside), "symlink": "weights.bin"}[how]
+    move_to_external_data(folder / "decoder.onnx", location, outside)
+    if how == "symlink":
+        (folder / "weights.bin").symlink_to(outside)
+    message = rf"{folder / 'decoder.onnx'}: external data '{location}' resolves to {outside}, outside {folder}"
+    with pytest.raises(ExportFolderError, match=message):
+        OnnxVLM(folder)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    assert cli.main(["answer", "--model", str(folder), "--image", str(tmp_path / "img.png"), "q"]) == 2
+    assert "outside" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["parent", "absolute", "symlink"])
+def test_an_exported_manifest_cannot_name_files_outside_its_folder(exported: Path, tmp_path: Path, how: str) -> None:
+    from mmgpt.runtime import ExportFolderError, OnnxVLM
+
+    folder = shutil.copytree(exported, tmp_path / "onnx")
+    outside = shutil.copytree(folder / "tokenizer", tmp_path / "elsewhere") / "tokenizer.json"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    name = {"parent": "../elsewhere/tokenizer.json", "absolute": str(outside), "symlink": "tokenizer/tokenizer.json"}
+    if how == "symlink":
+        (folder / "tokenizer" / "tokenizer.json").unlink()
+        (folder / "tokenizer" / "tokenizer.json").symlink_to(outside)
+    manifest["files"]["tokenizer"] = name[how]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportFolderError, match=rf"manifest.json: files.tokenizer '{name[how]}' resolves to "
+                                                rf"{outside}, outside {folder}"):
+        OnnxVLM(folder)
+
+
+def test_an_exported_graph_that_links_out_of_its_folder_is_refused(exported: Path, tmp_path: Path) -> None:
+    from mmgpt.runtime import ExportFolderError, OnnxVLM
+
+    folder = shutil.copytree(exported, tmp_path / "onnx")
+    shutil.move(folder / "prefix.onnx", tmp_path / "prefix.onnx")
+    (folder / "prefix.onnx").symlink_to(tmp_path / "prefix.onnx")
+    with pytest.raises(ExportFolderError, match=rf"the prefix graph 'prefix.onnx' resolves to {tmp_path}/prefix.onnx, "
+                                                "outside"):
+        OnnxVLM(folder)

@@ -1,4 +1,4 @@
-"""Answer questions from an exported folder (`mmgpt export`) with numpy, onnxruntime, tokenizers and pillow only.
+"""Answer questions from an exported folder (`mmgpt export`) with numpy, onnx, onnxruntime, tokenizers and pillow.
 
     from mmgpt.runtime import OnnxVLM
     vlm = OnnxVLM("exported")

@@ -1,6 +1,8 @@
 """manifest.json of an exported folder: what `mmgpt export` writes and `mmgpt.runtime` checks before loading.
 
-torch-free: the exporter and the runtime share these names and checks.
+torch-free: the exporter and the runtime share these names and checks. An exported folder reads only its own
+files: every file the manifest names, every graph and every external-data file a graph names must resolve
+(symlinks followed) inside the folder, whatever the installed onnxruntime would allow.
 """
 from __future__ import annotations
 
@@ -52,7 +54,56 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("graphs", "tokens", "prompts", "limits", "decoder"):
         if not isinstance(manifest.get(key), dict):
             raise ExportFolderError(f"{path}: the '{key}' entry is missing or not an object")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ExportFolderError(f"{path}: the 'files' entry is missing or not an object")
+    for key, file in files.items():
+        if file is not None:
+            inside_folder(folder, file, f"{path}: files.{key}")
     for name, file in GRAPH_FILES.items():
         if not (folder / file).is_file():
             raise ExportFolderError(f"{folder}: the {name} graph {file} named in {MANIFEST_NAME} is missing")
+        graph = inside_folder(folder, file, f"{folder}: the {name} graph")
+        for location in external_data_locations(graph):
+            inside_folder(folder, location, f"{graph}: external data")
     return manifest
+
+
+def inside_folder(folder: Path, relative: Any, what: str) -> Path:
+    """`folder / relative`, refused (ExportFolderError naming `what`) unless it resolves inside `folder`."""
+    if not isinstance(relative, str) or not relative:
+        raise ExportFolderError(f"{what} must be a file name inside the folder, got {relative!r}")
+    resolved = (folder / relative).resolve()
+    if not resolved.is_relative_to(folder.resolve()):
+        raise ExportFolderError(f"{what} '{relative}' resolves to {resolved}, outside {folder}; an exported folder "
+                                "reads only its own files")
+    return resolved
+
+
+def external_data_locations(graph_file: Path) -> list[str]:
+    """The external-data file of every tensor in an ONNX file (initializers, attributes, subgraphs, functions)."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ExportFolderError(f"checking {graph_file} needs the onnx package: pip install 'mmgpt[export]'") from e
+    try:
+        model = onnx.load(str(graph_file), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError is its own class
+        raise ExportFolderError(f"{graph_file} is not a readable ONNX graph: {e}") from e
+    tensors: list = []
+    graphs = [model.graph]
+    nodes = [node for function in model.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            tensors.extend(graph.initializer)
+            tensors.extend(t for sparse in graph.sparse_initializer for t in (sparse.values, sparse.indices))
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            tensors.extend([attribute.t, *attribute.tensors])
+            tensors.extend(t for sparse in (attribute.sparse_tensor, *attribute.sparse_tensors)
+                           for t in (sparse.values, sparse.indices))
+            graphs.extend([attribute.g, *attribute.graphs])
+    return [entry.value for tensor in tensors if tensor.data_location == onnx.TensorProto.EXTERNAL
+            for entry in tensor.external_data if entry.key == "location"]
