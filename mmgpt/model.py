@@ -378,6 +378,9 @@ class MMGPT(nn.Module):
                 raise _load_error(folder, e) from e
         else:
             _load_weights(model, folder / WEIGHTS_NAME, folder / CONFIG_NAME)
+        for file in (folder / WEIGHTS_NAME, folder / lora.ADAPTER_WEIGHTS):
+            if file.is_file():
+                check_finite_weights(file)
         model.config = saved_config
         # a folder saved before generation_config.json existed keeps the defaults it was saved with
         if (folder / GENERATION_CONFIG_NAME).is_file():
@@ -471,6 +474,20 @@ def _load_weights(model: nn.Module, weights: Path, config_file: Path) -> None:
             f"{weights} does not match the model in {config_file}: "
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
         )
+
+
+def check_finite_weights(weights: Path) -> None:
+    """Refuse a weights file with a NaN or an infinity in any float tensor (quantisation scales included), as
+    training refuses to save one: such a model answers nothing, or nonsense, without any error."""
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            tensor = f.get_tensor(key)
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                bad = int((~torch.isfinite(tensor)).sum())
+                raise ModelLoadError(
+                    f"{weights}: tensor '{key}' holds {bad} NaN or infinite value(s) of {tensor.numel()}; the "
+                    "weights are damaged: save the model again from a good copy (or quantise its fp32 source again)"
+                )
 
 
 def resolve_model_path(name: str | Path) -> Path:

@@ -586,3 +586,38 @@ def test_an_exported_graph_that_links_out_of_its_folder_is_refused(exported: Pat
     with pytest.raises(ExportFolderError, match=rf"the prefix graph 'prefix.onnx' resolves to {tmp_path}/prefix.onnx, "
                                                 "outside"):
         OnnxVLM(folder)
+
+
+# 7. weights that hold NaN or infinity are refused at load, as training refuses to save them
+
+
+def poison(weights: Path, pick: Callable[[str], bool]) -> str:
+    """Set the first float tensor of `weights` whose name `pick` accepts to NaN (inf in its first value)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    key = next(k for k, v in tensors.items() if pick(k) and v.is_floating_point())
+    tensors[key] = torch.full_like(tensors[key], float("nan"))
+    tensors[key].view(-1)[0] = float("inf")
+    save_file(tensors, str(weights), metadata=metadata)
+    return key
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path: Path, kind: str,
+                                                               capsys: pytest.CaptureFixture) -> None:
+    _, folder = saved_model(tmp_path)
+    if kind == "int8":
+        from mmgpt.compress.quantize import quantize
+
+        folder = quantize(folder, tmp_path / "int8")
+    key = poison(folder / "model.safetensors", lambda k: "scale" in k if kind == "int8" else "generator." in k)
+    with pytest.raises(ModelLoadError, match=rf"{folder}/model.safetensors: tensor '{key}' holds \d+ NaN or "
+                                             "infinite value"):
+        MMGPT.from_pretrained(folder)
+    Image.new("RGB", (8, 8)).save(tmp_path / "img.png")
+    assert cli.main(["answer", "--model", str(folder), "--image", str(tmp_path / "img.png"), "q"]) == 2
+    assert key in capsys.readouterr().err
