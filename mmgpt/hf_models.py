@@ -19,6 +19,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from mmgpt.config import ConfigError, load_json
 from mmgpt.model_size import check_transformer_config
 
+# the only way to ask for a hub model: a mistyped local path must never reach the network
+HUB_PREFIX = "hf://"
 # the files through which transformers imports Python code shipped beside a model (their `auto_map`)
 CODE_ENTRY_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
                     "video_preprocessor_config.json")

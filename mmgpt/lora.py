@@ -18,6 +18,7 @@ from safetensors.torch import _remove_duplicate_names, load_file, save_file
 from torch import nn
 
 from mmgpt.config import ConfigError, LoraConfig, ModelConfig
+from mmgpt.hf_models import HUB_PREFIX
 from mmgpt.model_size import check_lora_rank
 
 PARTS = ("generator", "text_encoder", "image_encoder")
@@ -178,8 +179,6 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 def _location(name: str, folder: Path) -> str:
     """Where a base model is, as an adapter-only folder at `folder` records it: a path relative to the folder,
     or hf://org/name for a hub model."""
-    from mmgpt.model import HUB_PREFIX
-
     path = Path(name).expanduser()
     if path.is_dir():
         return os.path.relpath(path.resolve(), folder.resolve())
@@ -231,8 +230,6 @@ def base_records(folder: Path, config: ModelConfig) -> dict[str, dict[str, str]]
 
 def base_location(folder: Path, record: dict[str, str], part: str) -> str:
     """hf://org/name as recorded, else the recorded folder resolved against `folder` (never the working directory)."""
-    from mmgpt.model import HUB_PREFIX
-
     location = record["location"]
     if location.startswith(HUB_PREFIX):
         return location

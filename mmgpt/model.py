@@ -33,6 +33,7 @@ from mmgpt.decoding import check_answer_length, default_generation_config, posit
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
+from mmgpt.hf_models import HUB_PREFIX
 from mmgpt.model_card import write_model_card
 from mmgpt.outputs import writing_output_folder
 from mmgpt.processor import Processor
@@ -45,8 +46,6 @@ logger = logging.getLogger(__name__)
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
-# the only way to ask for a hub model: a mistyped local path must never reach the network
-HUB_PREFIX = "hf://"
 # what a saved model holds (configs, weights, tokenizer files); a hub repo's pickles are never fetched
 HUB_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]
 
