@@ -21,10 +21,13 @@ from mmgpt.model import MMGPT
 def kill_at_random(work: Callable[[int], None], seconds: float, rng: random.Random) -> None:
     """Run work(0), work(1), ... in a forked child and kill -9 it after a random time; the child must not fail."""
     read, write = os.pipe()
+    started_read, started_write = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(read)
+        os.close(started_read)
         try:
+            os.write(started_write, b"1")
             for i in range(10**6):
                 work(i)
         except BaseException:
@@ -32,6 +35,10 @@ def kill_at_random(work: Callable[[int], None], seconds: float, rng: random.Rand
         finally:
             os._exit(3)
     os.close(write)
+    os.close(started_write)
+    # on a busy machine the child may not run for a while: count the random delay from its first save
+    os.read(started_read, 1)
+    os.close(started_read)
     time.sleep(rng.uniform(0, seconds))
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
