@@ -158,6 +158,9 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     config, _ = resolve_generation_config(model.generation_config, **decoding)
     predictions = generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
                                    generation_config=config)
+    # every rank has the gathered answers: leave the process group now, since a rank that exits while gloo's
+    # threads still run aborts ("terminate called without an active exception") and fails the launch
+    accelerator.end_training()
     info = {
         "model": str(model_name),
         "prompt_template": {"vqa": model.config.vqa_template, "caption": model.config.caption_prompt},
