@@ -90,15 +90,23 @@ DECODING_OPTIONS: dict[str, DecodingOption] = {
                                            "forbid repeating n-grams of this size"),
     "repetition_penalty": DecodingOption(lambda n, v: real_option(n, v, "a finite number > 0", lambda x: x > 0),
                                          float, ">1 discourages repeated tokens"),
+    # mmgpt's own field (mmgpt.constrained): GenerationConfig keeps it as an attribute and saves it
+    "answer_choices": DecodingOption(lambda n, v: _answer_choices(n, v)),
 }
+
+
+def _answer_choices(name: str, value: Any) -> list[str]:
+    from mmgpt.constrained import check_answer_choices  # imports transformers and torch: only when used
+
+    return list(check_answer_choices(name, value))
 
 
 @functools.cache
 def generation_fields() -> frozenset[str]:
-    """The names of transformers.GenerationConfig's fields."""
+    """The names of transformers.GenerationConfig's fields, and mmgpt's own decoding options (answer_choices)."""
     from transformers import GenerationConfig
 
-    return frozenset(GenerationConfig().to_dict())
+    return frozenset(GenerationConfig().to_dict()) | frozenset(DECODING_OPTIONS)
 
 
 def check_decoding_options(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,9 +209,13 @@ def add_decoding_args(parser: argparse.ArgumentParser) -> None:
         if option.flag_type is not None:
             group.add_argument(f"--{name.replace('_', '-')}", type=option.flag_type, default=None, help=option.help)
     group.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    group.add_argument("--choices", default=None, metavar="A,B,...",
+                       help="answer only with one of these comma-separated answers (greedy: the most probable one)")
 
 
 def decoding_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The decoding flags given on the command line, as answer() keyword arguments (seed included)."""
     given = {name: getattr(args, name) for name, option in DECODING_OPTIONS.items() if option.flag_type is not None}
+    if args.choices is not None:
+        given["answer_choices"] = [choice for choice in args.choices.split(",") if choice.strip()] or [""]
     return {**{k: v for k, v in given.items() if v is not None}, "seed": args.seed}

@@ -12,6 +12,7 @@ import torch
 from transformers import GenerationConfig
 
 from mmgpt.config import PromptTemplates
+from mmgpt.constrained import ANSWER_CHOICES
 from mmgpt.decoding import (
     check_answer_length,
     check_decoding_options,
@@ -174,6 +175,7 @@ def answer(
     generation_config (greedy by default), updated by `generation_config` and then by GenerationConfig
     fields given as keywords (mmgpt.decoding.DECODING_OPTIONS: `num_beams`, `temperature`/`top_k`/`top_p`
     with `seed` for sampling, ...). `max_new_tokens=0` answers "" (the images are still read and checked).
+    `answer_choices=["yes", "no", ...]` answers with one of them only (greedy: the most probable; mmgpt.constrained).
     """
     texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs)
     if (exported := _export_folder(model)) is not None:
@@ -217,6 +219,11 @@ def stream_answer(
     if (config.num_beams or 1) > 1:
         raise ValueError(f"num_beams must be 1 for streaming (greedy or sampled decoding), got {config.num_beams}")
     batch = _batch(mm, texts, images)
+    if getattr(config, ANSWER_CHOICES, None):  # a search over the choices ends all at once: one piece
+        with seeded_decoding(config, seed, batch["input_ids"].device) as (decoding, extra):
+            tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                 generation_config=decoding, **extra)
+        return iter(mm.processor.decode(tokens))
     if config.max_new_tokens == 0:
         return iter(())
     # generate checks this too, but in the streaming thread: here it is raised at the call

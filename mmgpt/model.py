@@ -29,6 +29,7 @@ from transformers import GenerationConfig
 
 from mmgpt import lora
 from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
+from mmgpt.constrained import constrain_to_choices
 from mmgpt.decoding import check_answer_length, default_generation_config, position_limit, resolve_generation_config
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
@@ -277,6 +278,7 @@ class MMGPT(nn.Module):
         """
         config, generate_kwargs = resolve_generation_config(self.generation_config, generation_config,
                                                             **generate_kwargs)
+        config, generate_kwargs = constrain_to_choices(config, generate_kwargs, self.processor.tokenizer)
         if config.max_new_tokens == 0:
             return torch.empty((input_ids.shape[0], 0), dtype=torch.long, device=input_ids.device)
         prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)

@@ -43,6 +43,11 @@ class _GeneratorSampler(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(1, tokens, 0.0)
 
 
+def draws_tokens(processors: LogitsProcessorList) -> bool:
+    """Whether `processors` sample the next token themselves (greedy search then only reads their choice)."""
+    return any(isinstance(processor, _GeneratorSampler) for processor in processors)
+
+
 _GLOBAL_RNG_LOCK = threading.Lock()
 
 
