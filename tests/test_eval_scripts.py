@@ -221,3 +221,19 @@ def test_a_cpu_launch_of_several_processes_that_runs_one_is_warned_about(
     with caplog.at_level("WARNING"):
         eval_vqa.main(["--model", str(tiny_model), "--max-examples", "2", "--out", str(tmp_path / "m.json")])
     assert "--multi_gpu --num_processes N" in caplog.text
+
+
+def test_vqa_closed_set_reports_open_and_closed_accuracy_side_by_side(tmp_path: Path, tiny_model: Path) -> None:
+    record = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "12", "--out", str(tmp_path / "v.json"),
+                            "--closed-set"])
+    choices = record["closed_set"]["answer_choices"]
+    assert choices and choices == sorted(set(choices))
+    assert 0.0 <= record["closed_set"]["metrics"]["overall"] <= 100.0
+    # the open answers are the plain run's: the closed-set pass leaves them as they were
+    plain = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "12", "--out", str(tmp_path / "o.json")])
+    assert plain["metrics"] == record["metrics"] and "closed_set" not in plain
+    report = (tmp_path / "v.html").read_text()
+    assert f"Open vs closed-set accuracy ({len(choices)} choices)" in report
+    assert f"{record['closed_set']['metrics']['overall']:.2f} closed-set" in report
+    with pytest.raises(SystemExit):
+        eval_vqa.main(["--results", "r.json", "--questions", "q.json", "--annotations", "a.json", "--closed-set"])

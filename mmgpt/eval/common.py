@@ -129,8 +129,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_decoding_args(parser)
 
 
-def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tuple[list[str], dict[str, Any], Any]:
-    """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator)."""
+def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
+                      **decoding_overrides: Any) -> tuple[list[str], dict[str, Any], Any]:
+    """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator).
+
+    `decoding_overrides` (e.g. answer_choices) replace the command line's decoding options.
+    """
     from accelerate import Accelerator
 
     from mmgpt.decoding import (
@@ -144,7 +148,7 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any]) -> tupl
     from mmgpt.inference import default_model_path, load_model
     from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 
-    decoding = decoding_from_args(args)  # checked before the (slow) model load
+    decoding = {**decoding_from_args(args), **decoding_overrides}  # checked before the (slow) model load
     seed = check_seed(decoding.pop("seed"))
     check_decoding_options(decoding)
     if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:

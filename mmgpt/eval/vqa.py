@@ -86,8 +86,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--export-official", help="write the questions/annotations used, in the official format, here")
     parser.add_argument("--explain", type=int, default=0, metavar="K",
                         help="add per-answer-token maps over the image for the first K questions (mmgpt.explain)")
+    parser.add_argument("--closed-set", action="store_true",
+                        help="also answer with the evaluated questions' answer set as answer_choices, and report "
+                             "open and closed-set accuracy side by side")
     add_model_args(parser)
     args = parser.parse_args(argv)
+    if args.closed_set and args.results:
+        parser.error("--closed-set runs a model; it cannot score a --results file")
     configure_logging(logging.INFO)
     from mmgpt.eval.vqa_metrics import load_vqa_files, vqa_score
 
@@ -112,6 +117,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         if args.questions and not args.annotations:
             parser.error("--questions without --annotations can be answered (--predictions) but not scored")
         predictions, info, accelerator = generate_for_eval(args, examples)
+        if args.closed_set:
+            choices = sorted({e.answer for e in examples})
+            closed, _, _ = generate_for_eval(args, examples, answer_choices=choices)
         is_main = accelerator.is_main_process
         questions, annotations, ids = official_files(examples)
         results = [{"question_id": qid, "answer": p} for qid, p in zip(ids, predictions)]
@@ -126,6 +134,18 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     per_question = scores.pop("perQuestion")
     record = {"metrics": scores, "num_questions": len(results), "metric_version": args.metric_version, **info,
               "questions": args.questions or f"easy-vqa {args.split}", "versions": package_versions()}
+    side_by_side: dict[str, dict[str, Any]] = {}
+    if args.closed_set:
+        closed_results = [{"question_id": r["question_id"], "answer": p} for r, p in zip(results, closed)]
+        closed_scores = vqa_score(questions, annotations, closed_results, version=args.metric_version)
+        closed_scores.pop("perQuestion")
+        record["closed_set"] = {"metrics": closed_scores, "answer_choices": choices}
+        pairs = {"overall": (scores["overall"], closed_scores["overall"]),
+                 **{kind: (value, closed_scores["perAnswerType"].get(kind, 0.0))
+                    for kind, value in sorted(scores["perAnswerType"].items())}}
+        side_by_side[f"Open vs closed-set accuracy ({len(choices)} choices)"] = {
+            kind: f"{open_value:.2f} open, {closed_value:.2f} closed-set" for kind, (open_value, closed_value) in
+            pairs.items()}
     write_json(out, record)
     answers = {r["question_id"]: r["answer"] for r in results}
     text = {q["question_id"]: q["question"] for q in questions["questions"]}
@@ -139,11 +159,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
              "prediction": answers[qid], "score": per_question.get(qid, 0.0) / 100.0}
             for a in annotations["annotations"] if (qid := a["question_id"]) in answers]
     write_html_report(report, "VQA evaluation", {"overall": scores["overall"]}, rows,
-                      tables={"Per answer type": dict(sorted(scores["perAnswerType"].items())), "Run": info},
+                      tables={"Per answer type": dict(sorted(scores["perAnswerType"].items())), **side_by_side,
+                              "Run": info},
                       extra_html=explained(args, examples))
     print(f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions")
     for answer_type, value in sorted(scores["perAnswerType"].items()):
         print(f"  {answer_type:>10}: {value:.2f}")
+    if args.closed_set:
+        print(f"closed-set VQA accuracy {record['closed_set']['metrics']['overall']:.2f} "
+              f"(answers limited to the {len(choices)} answers of these questions)")
     print(f"metrics: {out}\nreport:  {report}")
     return record
 
