@@ -303,6 +303,50 @@ def test_unknown_fields_are_ignored_with_a_log_line(server: str, caplog: pytest.
     assert "frequency_penalty, logit_bias" in caplog.text
 
 
+COLORS = ["red", "blue", "green", "a big red circle next to a blue square"]
+
+
+def enum_format(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
+
+
+def test_response_format_enum_answers_one_of_its_values_through_openai(server: str, model: MMGPT) -> None:
+    images = [png((200, 30, 30)), png((30, 30, 200), box=8), png((90, 200, 30), box=4)]
+    openai_client = client(server)
+    for image in images:
+        ask = {"model": NAME, "messages": user(QUESTION, image)}
+        reply = openai_client.chat.completions.create(
+            **ask, response_format=enum_format({"type": "string", "enum": COLORS}))
+        content = reply.choices[0].message.content
+        assert json.loads(content) in COLORS and reply.choices[0].finish_reason == "stop"
+        # the same answer as answer() with the choices: the server decodes as the Python API does
+        assert json.loads(content) == answer(QUESTION, image, model=model, answer_choices=COLORS)
+        wrapped = openai_client.chat.completions.create(**ask, response_format=enum_format(
+            {"type": "object", "properties": {"color": {"type": "string", "enum": COLORS}}, "required": ["color"]}))
+        assert json.loads(wrapped.choices[0].message.content) == {"color": json.loads(content)}
+        guided = openai_client.chat.completions.create(**ask, extra_body={"guided_choice": COLORS})
+        assert guided.choices[0].message.content == json.loads(content)
+        pieces = openai_client.chat.completions.create(**ask, stream=True, extra_body={"guided_choice": COLORS},
+                                                       temperature=1.0, seed=1)
+        assert "".join(c.choices[0].delta.content or "" for c in pieces if c.choices) in COLORS
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"response_format": {"type": "json_object"}}, "response_format type 'json_object' is not supported"),
+    ({"response_format": enum_format({"type": "integer"})}, "unsupported JSON schema"),
+    ({"response_format": enum_format({"type": "object", "properties": {"a": {"enum": ["x"]}, "b": {}}})},
+     "exactly one property"),
+    ({"response_format": enum_format({"enum": []})}, "non-empty list"),
+    ({"guided_choice": "red"}, "guided_choice must be a non-empty list"),
+    ({"guided_choice": ["red"], "response_format": enum_format({"enum": ["red"]})}, "not both"),
+    ({"guided_choice": ["red", "Zebra"]}, "cannot be written by this model's tokenizer"),
+])
+def test_unsupported_response_formats_are_refused_not_ignored(server: str, extra: dict, message: str) -> None:
+    with pytest.raises(openai.BadRequestError, match=message):
+        client(server).chat.completions.create(model=NAME, messages=user(QUESTION, png((9, 9, 9))),
+                                               extra_body=extra)
+
+
 def test_api_key(model: MMGPT) -> None:
     with running_server(model, api_key="sesame") as url:
         body = {"model": NAME, "messages": user(QUESTION, png((3, 3, 3)))}

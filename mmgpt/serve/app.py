@@ -56,12 +56,14 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     from pydantic import ValidationError
     from starlette.exceptions import HTTPException
 
+    from mmgpt.constrained import choice_token_ids
     from mmgpt.decoding import check_answer_length, resolve_generation_config
     from mmgpt.images import ImageError
     from mmgpt.serve.conversation import conversation
     from mmgpt.serve.images import FetchLimits
     from mmgpt.serve.metrics import Metrics, RequestCounter
     from mmgpt.serve.schemas import APIError, ChatCompletionRequest
+    from mmgpt.serve.structured import AnswerFormat, answer_format
     from mmgpt.serve.worker import Job, QueueFull, Worker
 
     metrics = Metrics()
@@ -178,7 +180,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             logger.info("ignored request fields: %s", ", ".join(sorted(chat.model_extra)))
         return chat
 
-    def decoding(chat: ChatCompletionRequest, prefix_length: int) -> Any:
+    def decoding(chat: ChatCompletionRequest, form: AnswerFormat, prefix_length: int) -> Any:
         """The request's GenerationConfig; max_tokens must fit the positions the prefix leaves, and --max-tokens."""
         options: dict[str, Any] = {}
         name = "max_completion_tokens" if chat.max_completion_tokens else "max_tokens"
@@ -198,6 +200,16 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
             options["do_sample"] = False  # OpenAI's greedy
         else:
             options["temperature"], options["top_p"] = chat.temperature, chat.top_p
+        if form.choices is not None:
+            param = "guided_choice" if chat.guided_choice is not None else "response_format"
+            try:
+                longest = max(len(ids) for ids in choice_token_ids(form.choices, model.processor.tokenizer))
+                # the choices set the answer length: the longest must fit, whatever max_tokens says
+                check_answer_length(longest, prefix_length, model.max_positions, name="the longest choice's tokens",
+                                    cap=(settings.max_tokens, "the server's --max-tokens"))
+            except ValueError as e:
+                raise APIError(400, f"{param}: {e}", param=param) from None
+            options["answer_choices"] = form.choices
         try:
             return resolve_generation_config(model.generation_config, **options)[0]
         except (TypeError, ValueError) as e:
@@ -215,7 +227,8 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
                            param="model", code="model_not_found")
         stops = chat.stop_strings()
         asked = await asyncio.to_thread(conversation, model, chat.messages)
-        config = decoding(chat, await asyncio.to_thread(prompt_positions, asked.prompt))
+        form = answer_format(chat.response_format, chat.guided_choice)
+        config = decoding(chat, form, await asyncio.to_thread(prompt_positions, asked.prompt))
         # the request is checked whole before its image is decoded or fetched
         image = await asyncio.to_thread(asked.image, limits)
         try:
@@ -230,7 +243,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         job = Job(prompt=asked.prompt, pixels=pixels, config=config, emit=emit, n=chat.n, seed=chat.seed,
-                  stops=stops, stream=chat.stream, arrival=arrival)
+                  stops=stops, stream=chat.stream, arrival=arrival, render=form.render)
         try:
             worker.submit(job)
         except QueueFull as e:

@@ -56,6 +56,9 @@ class ChatCompletionRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    # checked in mmgpt.serve.structured, which answers 400 for any format it cannot guarantee
+    response_format: Any = None
+    guided_choice: Any = None
 
     def stop_strings(self) -> list[str]:
         """`stop` as a list of non-empty strings (OpenAI allows up to 4)."""

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from mmgpt.constrained import ANSWER_CHOICES
 from mmgpt.decoding import set_values
 from mmgpt.model import MMGPT
 from mmgpt.sampling import seeded_decoding
@@ -68,6 +69,7 @@ class Job:
     key: str = ""
     started: bool = False  # its "first" event was sent
     streamed: bool = False  # text was sent: it cannot be decoded again from the start
+    render: Callable[[str], str] = str  # how an answer is written in the reply (a JSON value for response_format)
 
     def __post_init__(self) -> None:
         self.key = json.dumps(set_values(self.config), sort_keys=True, default=str)
@@ -98,12 +100,7 @@ class _Steps(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
         """input_ids (B, generated so far) -> (B,) True where a row is to end."""
         newest = input_ids[:, -1].tolist()
-        if self.first:
-            self.first = False
-            for row in self.rows:
-                if row.choice == 0 and not row.job.started:
-                    row.job.started = True
-                    row.job.emit(("first",))
+        self.first_step()
         for row, token in zip(self.rows, newest):
             if row.done:
                 continue
@@ -117,6 +114,22 @@ class _Steps(StoppingCriteria):
             if row.job.cancelled.is_set():
                 row.done = True
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def first_step(self) -> None:
+        """Tell each job its decoding started (once)."""
+        if self.first:
+            self.first = False
+            for row in self.rows:
+                if row.choice == 0 and not row.job.started:
+                    row.job.started = True
+                    row.job.emit(("first",))
+
+    def count(self, tokens: torch.Tensor) -> None:
+        """Each row's token count and end from the finished answers (B, N), when no step was watched."""
+        for row, ids in zip(self.rows, tokens.tolist()):
+            row.stopped = self.eos in ids
+            row.tokens = ids.index(self.eos) + 1 if row.stopped else len(ids)
+            row.done = True
 
     def _text(self, row: _Row) -> None:
         text = self.model.processor.decode([row.ids])[0]
@@ -269,11 +282,17 @@ class Worker:
         self.metrics.batch_size.observe(len(rows))
         config, seed = jobs[0].config, jobs[0].seed
         steps = _Steps(rows, self.model)
+        # a search over answer choices ends all at once (and may run as beams): no per-step text
+        choices = bool(getattr(config, ANSWER_CHOICES, None))
+        watch = {} if choices else {"stopping_criteria": StoppingCriteriaList([steps])}
+        if choices:
+            steps.first_step()
         with seeded_decoding(config, seed, self.device) as (decoding, extra):
             tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                         generation_config=decoding,
-                                         stopping_criteria=StoppingCriteriaList([steps]), **extra)
-        texts = processor.decode(tokens)
+                                         generation_config=decoding, **watch, **extra)
+        if choices:
+            steps.count(tokens)
+        texts = [row.job.render(text) for row, text in zip(rows, processor.decode(tokens))]
         lengths = [self.model.prefix_length(n) for n in batch["attention_mask"].sum(1).tolist()]
         results: dict[int, list[Choice]] = {}
         for row, text in zip(rows, texts):
