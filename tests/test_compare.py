@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from tiny import one_thread  # noqa: F401 (autouse fixture)
 
 from mmgpt import compare
+from mmgpt.eval.significance import paired_bootstrap, seed_statistics
 
 CONFIG = {
     "batch_size": 8, "log_every": 1, "keep_checkpoints": 1,
@@ -46,7 +49,8 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
             "--eval-points", "2", "--out", str(out)]
     # stopped at step 2 as a stop request leaves it: a checkpoint, no record; the comparison ends there
     stopped = compare.main([*argv, "stop_at_step=2"])
-    assert stopped["runs"] == [] and stopped["pending"] == ["mlb-seed0", "film-seed0"]
+    assert [r["fusion"] for r in stopped["runs"]] == ["prior"]  # the prior needs no training
+    assert stopped["pending"] == ["mlb-seed0", "film-seed0", "blind-seed0"]
     assert "Not finished yet" in (out / "report.md").read_text()
     assert (out / "runs" / "mlb-seed0" / "checkpoints" / "step_2").is_dir()
     assert not (out / "runs" / "film-seed0").exists()
@@ -54,7 +58,15 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     report = compare.main(argv)
     assert report["pending"] == []
     records = {r["fusion"]: r for r in report["runs"]}
-    assert set(records) == {"mlb", "film"}
+    assert set(records) == {"mlb", "film", "blind", "prior"}
+    blind = yaml.safe_load((out / "runs" / "blind-seed0" / "config.yaml").read_text())
+    # the blind control: the config's own fusion, every image one constant image
+    assert blind["data"]["blind"] is True and blind["model"]["fusion"]["type"] == "cross_attention"
+    assert records["blind"]["architecture"] == "cross_attention"
+    prior = records["prior"]
+    hits = prior["per_question"]["easy_vqa_test"]
+    assert len(hits) == 12 and prior["metrics"]["easy_vqa_test/vqa_exact_match"] == pytest.approx(100 * sum(hits) / 12)
+    records = {f: records[f] for f in ("mlb", "film")}
     assert records["mlb"]["resumed_from_step"] == 2 and records["film"]["resumed_from_step"] == 0
     for fusion, record in records.items():
         assert record["steps"] == 4
@@ -75,6 +87,10 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     assert summary["mlb"]["columns"]["easy_vqa_test/vqa_exact_match"]["n"] == 1
     markdown = (out / "report.md").read_text()
     assert "| mlb | 1 |" in markdown and "| film | 1 |" in markdown and "Not finished" not in markdown
+    assert "| blind (cross_attention) | 1 |" in markdown and "| prior | - |" in markdown
+    # one seed: the value alone, saying n=1, never a spread of zero
+    assert "(n=1)" in markdown and "± 0.0" not in markdown
+    assert "gain over blind" in markdown and "p vs best" in markdown
     html = (out / "report.html").read_text()
     assert "<table>" in html and "eval_curves.png" in html
     assert (out / "eval_curves.png").stat().st_size > 1000 and (out / "vqa.png").is_file()
@@ -88,10 +104,50 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     assert again["runs"] == report["runs"]
 
 
-def test_mean_and_std_over_seeds() -> None:
-    stats = compare.mean_std([50.0, 70.0, float("nan")])
-    assert stats == {"mean": 60.0, "std": pytest.approx(14.1421, abs=1e-3), "n": 2}
-    assert compare.mean_std([3.0])["std"] == 0.0
+def test_seed_statistics_give_the_t_interval_and_nothing_for_one_seed() -> None:
+    stats = seed_statistics([50.0, 70.0, 60.0, float("nan")])
+    assert stats["mean"] == 60.0 and stats["std"] == pytest.approx(10.0) and stats["n"] == 3
+    assert stats["ci95"] == pytest.approx(4.303 * 10.0 / math.sqrt(3), rel=1e-3)  # t(0.975, 2) = 4.303
+    one = seed_statistics([3.0])
+    assert one["mean"] == 3.0 and one["n"] == 1 and math.isnan(one["std"]) and math.isnan(one["ci95"])
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 2, size=(3, 200))
+    assert paired_bootstrap(base, base) == 1.0
+    better = base.copy()
+    better[:, :60] = 1  # right wherever base was wrong on the first 60 questions, under every seed
+    assert paired_bootstrap(better, base) < 0.01
+    flipped = base.copy()
+    flipped[0, :3] = 1 - flipped[0, :3]  # a handful of changes on one seed
+    assert paired_bootstrap(flipped, base) > 0.05  # 3 of 600 answers: not significant
+
+
+def test_table_has_controls_gain_interval_and_p_value() -> None:
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 2, size=100)
+
+    def run(fusion: str, seed: int | None, accuracy: float) -> dict:
+        hits = [int(rng.random() < accuracy) for _ in truth]
+        return {"fusion": fusion, "seed": seed, "steps": 4, "parameters": 1000, "fusion_parameters": 100,
+                "seconds_per_step": 0.1, "metrics": {"s/vqa_exact_match": 100.0 * sum(hits) / len(hits)},
+                "per_question_type": {}, "per_question": {"s": hits}, "eval_curve": [],
+                "architecture": "film"}
+
+    records = [run(f, seed, a) for f, a in (("film", 0.9), ("mlb", 0.5), ("blind", 0.3)) for seed in (0, 1, 2)]
+    records.append(run("prior", None, 0.2))
+    summary = compare.summarise(records)
+    compare.compare_to_best(records, summary)
+    assert summary["film"]["best"] and summary["mlb"]["p_vs_best"] < 0.01 and summary["mlb"]["paired_seeds"] == 3
+    assert summary["prior"]["p_vs_best"] < 0.01 and summary["prior"]["paired_seeds"] == 3
+    means = {f: summary[f]["columns"]["s/vqa_exact_match"]["mean"] for f in summary}
+    gain = means["film"] - means["blind"]
+    assert summary["film"]["gain_over_blind"] == pytest.approx(gain) and gain > 0
+    markdown = compare.markdown_table(summary)
+    film = next(line for line in markdown.splitlines() if line.startswith("| film |"))
+    assert "| best |" in film and f"{gain:+.1f}" in film and " to " in film and "(n=1)" not in film
+    assert "| blind (film) | 3 |" in markdown
 
 
 def test_out_must_be_new_empty_or_an_earlier_comparison(config: Path, tmp_path: Path) -> None:

@@ -95,6 +95,9 @@ class DataConfig:
     questions_per_image: int = 1
     # examples per eval set during periodic evaluation (0 = all); the final evaluation uses all
     eval_max_examples: int = 1000
+    # a control run: every image, in training and evaluation, is one constant grey image, so the model
+    # learns only what the question alone gives (mmgpt compare-fusions' "blind" row)
+    blind: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self, "data.", samples_per_epoch=">= 0 (0 = the datasets' total size)", max_bad_fraction="[0, 1]",

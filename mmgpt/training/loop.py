@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from mmgpt import lora
 from mmgpt.config import PromptTemplates, to_dict
 from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
+from mmgpt.data.example import blinded
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.mixture import Mixture
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
@@ -215,9 +216,10 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
     return resume_dir
 
 
-def read_splits(specs: list, templates: PromptTemplates) -> list[tuple[str, list]]:
-    """Read every dataset spec -> [(name, examples)]."""
-    return [(spec.label, read_dataset(spec, templates)) for spec in specs]
+def read_splits(specs: list, templates: PromptTemplates, blind: bool = False) -> list[tuple[str, list]]:
+    """Read every dataset spec -> [(name, examples)]; `blind` (data.blind) gives every example one constant image."""
+    return [(spec.label, blinded(examples) if blind else examples)
+            for spec in specs for examples in [read_dataset(spec, templates)]]
 
 
 def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, resume_dir: Path | None) -> MMGPT:
@@ -261,8 +263,8 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     resume_dir = prepare_output_dir(cfg, args, accelerator)
 
     templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
-    train_sets = read_splits(cfg.data.train, templates)
-    eval_sets = read_splits(cfg.data.eval, templates)
+    train_sets = read_splits(cfg.data.train, templates, cfg.data.blind)
+    eval_sets = read_splits(cfg.data.eval, templates, cfg.data.blind)
     model = build_model(cfg, train_sets, accelerator, resume_dir)
     processor = model.processor
     frozen = apply_freezing(model)
