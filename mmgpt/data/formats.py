@@ -48,9 +48,17 @@ FORMATS: dict[str, Reader] = {}
 register_format = registrar(FORMATS, "dataset format")
 
 
-def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> list[Example]:
-    """Read `spec` with its registered reader, keeping the first `max_examples` examples."""
+def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> Any:
+    """Read `spec` with its registered reader, keeping the first `max_examples` examples.
+
+    A list of Examples for most formats; format hf gives a lazy sequence, or a stream (mmgpt.data.hf.HFStream)
+    with `streaming`, which no reader passes over here.
+    """
     examples = FORMATS[spec.format](spec, templates or PromptTemplates())
+    if not isinstance(examples, list):  # hf readers apply max_examples and the source themselves
+        logger.info("%s: %s (%s)", spec.label, "streamed" if not hasattr(examples, "__len__")
+                    else f"{len(examples)} examples, rows read when used", spec.format)
+        return examples
     if spec.max_examples:
         examples = examples[: spec.max_examples]
     for ex in examples:
@@ -236,8 +244,7 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
             raise ValueError(f"{where}: field 'meta' must be an object ({{...}}), got {type(meta).__name__}")
         return [Example(image=image, prompt=_field(record, "prompt", where), answer=_field(record, "answer", where),
                         task=task, id=ex_id, source=source, meta=dict(meta or {}))]
-    turns: list[tuple[str, str]] = []
-    out = []
+    turns = []
     for t, turn in enumerate(_field(record, "conversations", where, list)):
         twhere = f"{where}: conversations[{t}]"
         if not isinstance(turn, dict):
@@ -245,14 +252,24 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
         role, content = _field(turn, "role", twhere), _field(turn, "content", twhere)
         if role not in ("user", "assistant"):
             raise ValueError(f"{twhere}: field 'role' must be 'user' or 'assistant', got {role!r}")
+        turns.append((role, content, twhere))
+    return conversation_examples(image, turns, where, ex_id, source)
+
+
+def conversation_examples(image: Any, turns: list[tuple[str, str, str]], where: str, ex_id: Any,
+                          source: str, field_name: str = "conversations") -> list[Example]:
+    """One "chat" Example per assistant turn of (role, content, location) turns, prompted with the dialogue so far."""
+    history: list[tuple[str, str]] = []
+    out = []
+    for role, content, twhere in turns:
         if role == "assistant":
-            if not turns or turns[-1][0] != "user":
+            if not history or history[-1][0] != "user":
                 raise ValueError(f"{twhere}: an assistant turn must follow a user turn")
-            out.append(Example(image=image, prompt=conversation_prompt(turns), answer=content, task="chat",
+            out.append(Example(image=image, prompt=conversation_prompt(history), answer=content, task="chat",
                                id=f"{ex_id}:{len(out)}", source=source, meta={"turn": len(out)}))
-        turns.append((role, content))
+        history.append((role, content))
     if not out:
-        raise ValueError(f"{where}: field 'conversations' has no assistant turn")
+        raise ValueError(f"{where}: field '{field_name}' has no assistant turn")
     return out
 
 
@@ -298,3 +315,7 @@ def read_jsonl(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
     return out
+
+
+# formats with modules of their own register themselves on import (after the helpers above exist)
+from mmgpt.data import hf, llava  # noqa: E402, F401

@@ -1,0 +1,111 @@
+"""The readers of the data users bring: LLaVA JSON/JSONL and Hugging Face datasets (map-style and streamed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmgpt.data.formats import read_dataset
+from mmgpt.data.hf import HFExamples, HFStream
+from mmgpt.images import load_image
+from mmgpt.training.config import DatasetSpec
+from tests import hf_data
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sets")
+    hf_data.save_folder(root / "disk", 200)
+    hf_data.parquet_shards(root / "parquet", 200, shards=4)
+    hf_data.llava_json(root / "llava", 30)
+    hf_data.llava_json(root / "llava", 30, jsonl=True)
+    return root
+
+
+def test_llava_json_and_jsonl_give_one_example_per_assistant_turn(sets: Path) -> None:
+    for name in ("llava.json", "llava.jsonl"):
+        examples = read_dataset(DatasetSpec(format="llava", path=str(sets / "llava" / name),
+                                            images=str(sets / "llava" / "images")))
+        assert len(examples) == 60
+        first, second = examples[0], examples[1]
+        assert first.prompt == "User: what color is the shape?" and first.answer == "red"
+        assert second.prompt == "User: what color is the shape?\nAssistant: red\nUser: is there a shape?"
+        assert second.answer == "yes" and first.task == "chat" and first.id == "q0:0"
+        assert load_image(first.image).getpixel((1, 1)) == (255, 0, 0)
+
+
+def _llava(tmp_path: Path, records: list) -> DatasetSpec:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return DatasetSpec(format="llava", path=str(path))
+
+
+def test_llava_errors_name_file_index_and_field(tmp_path: Path) -> None:
+    turn = {"from": "human", "value": "<image>\nhi"}
+    with pytest.raises(ValueError, match=r"data.json \[index 1\]: conversations\[1\]: field 'from' must be"):
+        read_dataset(_llava(tmp_path, [{"image": "a.png", "conversations": [turn, {"from": "gpt", "value": "x"}]},
+                                       {"image": "a.png", "conversations": [turn, {"from": "bot", "value": "x"}]}]))
+    with pytest.raises(ValueError, match=r"\[index 0\]: field 'image' lists 2 images"):
+        read_dataset(_llava(tmp_path, [{"image": ["a.png", "b.png"], "conversations": [turn]}]))
+    with pytest.raises(ValueError, match=r"\[index 0\]: field 'conversations' has 2 <image> markers"):
+        read_dataset(_llava(tmp_path, [{"image": "a.png", "conversations": [turn, {"from": "gpt", "value": "x"},
+                                                                            turn]}]))
+    with pytest.raises(ValueError, match=r"\[index 0\]: conversations\[0\]: missing field 'value'"):
+        read_dataset(_llava(tmp_path, [{"image": "a.png", "conversations": [{"from": "human"}]}]))
+
+
+def test_llava_skips_text_only_records(tmp_path: Path) -> None:
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    examples = read_dataset(_llava(tmp_path, [{"conversations": turns}, {"image": "x.png", "conversations": turns}]))
+    assert [e.id for e in examples] == ["1:0"] and examples[0].image == str(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("where", ["disk", "parquet", "parquet/train-*.parquet"])
+def test_hf_map_style_reads_rows_lazily(sets: Path, where: str) -> None:
+    examples = read_dataset(DatasetSpec(format="hf", path=str(sets / where)))
+    assert isinstance(examples, HFExamples) and len(examples) == 400  # two turns per row (texts column)
+    assert examples[2].answer == "green" and examples[3].answer == "yes"
+    assert load_image(examples[2].image).getpixel((1, 1)) == (0, 128, 0)
+    vqa = read_dataset(DatasetSpec(format="hf", path=str(sets / where), max_examples=50,
+                                   columns={"question": "question", "answer": "answer"}))
+    assert len(vqa) == 50 and vqa[9].prompt == "what color is the shape?" and vqa[9].answer == "green"
+
+
+def test_hf_stream_resumes_where_it_stopped_and_shards_split_it(sets: Path) -> None:
+    spec = DatasetSpec(format="hf", path=str(sets / "parquet"), streaming=True, shuffle_buffer=0)
+    stream = read_dataset(spec)
+    assert isinstance(stream, HFStream)
+    whole = [(e.id, e.answer) for e in stream]
+    assert len(whole) == 400 and len(set(whole)) == 400
+    stopped = read_dataset(spec)
+    it = iter(stopped)
+    head = [(next(it).id, None)[0] for _ in range(7)]  # stops inside row 3, between its two turns
+    resumed = read_dataset(spec)
+    resumed.load_state_dict(json.loads(json.dumps(stopped.state_dict())))
+    assert head + [e.id for e in resumed] == [i for i, _ in whole]
+    parts = []
+    for rank in range(2):
+        shard = read_dataset(spec)
+        shard.shard(rank, 2)
+        parts.append({e.id for e in shard})
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == {i for i, _ in whole}
+
+
+def test_hf_errors_name_the_field(sets: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'path' 'https://x.org/d' is a URL"):
+        read_dataset(DatasetSpec(format="hf", path="https://x.org/d"))
+    with pytest.raises(ValueError, match="'columns.image' names column 'img'.*columns: image"):
+        read_dataset(DatasetSpec(format="hf", path=str(sets / "disk"), columns={"image": "img"}))
+    with pytest.raises(ValueError, match=r"field 'columns': unknown key\(s\) \['picture'\]"):
+        DatasetSpec(format="hf", path="x", columns={"picture": "img"})
+    with pytest.raises(ValueError, match="'subset', 'columns' and 'streaming' are for format hf"):
+        DatasetSpec(format="jsonl", path="x", streaming=True)
+    with pytest.raises(FileNotFoundError, match="no dataset at"):
+        read_dataset(DatasetSpec(format="hf", path=str(tmp_path / "none")))
+    import datasets
+
+    datasets.Dataset.from_list([{"image": "http://x.org/a.png", "question": "q", "answer": "a"}]).save_to_disk(
+        str(tmp_path / "urls"))
+    with pytest.raises(ValueError, match="row 0 column 'image': image 'http://x.org/a.png' is a URL"):
+        read_dataset(DatasetSpec(format="hf", path=str(tmp_path / "urls")))[0]
