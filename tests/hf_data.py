@@ -23,15 +23,18 @@ def png_bytes(i: int) -> bytes:
     return buffer.getvalue()
 
 
-def rows(n: int) -> list[dict]:
-    """n rows: image (PNG bytes), question, answer, and Cauldron-style texts with two turns."""
-    return [{"image": {"bytes": png_bytes(i), "path": None}, "question": "what color is the shape?",
+def rows(n: int, bad_every: int = 0) -> list[dict]:
+    """n rows: image (PNG bytes; every bad_every-th not an image), question, answer, Cauldron-style texts."""
+    def image(i: int) -> bytes:
+        return b"not an image" if bad_every and i % bad_every == 0 else png_bytes(i)
+
+    return [{"image": {"bytes": image(i), "path": None}, "question": "what color is the shape?",
              "answer": COLORS[i % len(COLORS)], "id": i,
              "texts": [{"user": "what color is the shape?", "assistant": COLORS[i % len(COLORS)]},
                        {"user": "is there a shape?", "assistant": "yes"}]} for i in range(n)]
 
 
-def hf_dataset(n: int):
+def hf_dataset(n: int, bad_every: int = 0):
     """The rows as a datasets.Dataset with an Image feature."""
     import datasets
 
@@ -40,7 +43,7 @@ def hf_dataset(n: int):
         "id": datasets.Value("int64"),
         "texts": datasets.List({"user": datasets.Value("string"), "assistant": datasets.Value("string")}),
     })
-    return datasets.Dataset.from_list(rows(n), features=features)
+    return datasets.Dataset.from_list(rows(n, bad_every), features=features)
 
 
 def save_folder(path: Path, n: int = 200) -> Path:
@@ -49,10 +52,10 @@ def save_folder(path: Path, n: int = 200) -> Path:
     return path
 
 
-def parquet_shards(folder: Path, n: int = 200, shards: int = 4) -> Path:
+def parquet_shards(folder: Path, n: int = 200, shards: int = 4, bad_every: int = 0) -> Path:
     """n rows in `shards` Parquet files train-0000i.parquet."""
     folder.mkdir(parents=True, exist_ok=True)
-    ds = hf_dataset(n)
+    ds = hf_dataset(n, bad_every)
     for s in range(shards):
         ds.shard(shards, s, contiguous=True).to_parquet(str(folder / f"train-{s:05d}.parquet"))
     return folder

@@ -5,9 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from mmgpt.data.example import Example
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.hf import HFExamples, HFStream
+from mmgpt.data.streaming import BLOCK, StreamingMixture
 from mmgpt.images import load_image
 from mmgpt.training.config import DatasetSpec
 from tests import hf_data
@@ -109,3 +112,29 @@ def test_hf_errors_name_the_field(sets: Path, tmp_path: Path) -> None:
         str(tmp_path / "urls"))
     with pytest.raises(ValueError, match="row 0 column 'image': image 'http://x.org/a.png' is a URL"):
         read_dataset(DatasetSpec(format="hf", path=str(tmp_path / "urls")))[0]
+
+
+def test_streaming_mixture_keeps_weights_splits_the_stream_and_replaces_bad_images(sets: Path) -> None:
+    def image_tensor(image: object) -> torch.Tensor:
+        if image == "bad":
+            raise ValueError("bad: not an image")
+        return torch.zeros(3, 2, 2)
+
+    listed = [Example(image="bad" if i % 5 == 0 else f"{i}.png", prompt="q", answer=str(i), id=i) for i in range(30)]
+    spec = DatasetSpec(format="hf", path=str(sets / "parquet"), streaming=True, shuffle_buffer=0, name="stream",
+                       columns={"question": "question", "answer": "answer"})
+    seen: list[dict] = []
+    for rank in range(2):
+        mixture = StreamingMixture([("list", listed, 1.0), ("stream", read_dataset(spec), 3.0)], batch_size=4,
+                                   image_tensor=image_tensor, seed=5, rank=rank, world_size=2)
+        batches = [items for (items, _), _ in zip(mixture, range(BLOCK))]
+        sources = [{ex.source for ex, _ in items} for items in batches]
+        assert all(len(s) == 1 for s in sources), "a batch comes from one dataset"
+        assert [s.pop() for s in sources].count("stream") == 75  # weights 3:1, exactly per block
+        listed_seen = [ex.id for items in batches for ex, _ in items if ex.source == "list"]
+        assert 0 not in listed_seen and 5 not in listed_seen
+        assert sum(len(f) for items in batches for _, f in items) > 0
+        seen.append({"stream": [ex.id for items in batches[:40] for ex, _ in items if ex.source == "stream"],
+                     "order": [mixture.dataset_of_batch(b) for b in range(BLOCK)]})
+    assert seen[0]["order"] == seen[1]["order"], "every process picks the same dataset for a batch"
+    assert not set(seen[0]["stream"]) & set(seen[1]["stream"]), "each process reads its own shard"

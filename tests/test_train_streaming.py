@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmgpt.data.dataset import TooManyBadImages
+from mmgpt.training import loop
 from mmgpt.training.loop import main
 from tests import hf_data
 from tests.test_train import make_jsonl, tiny_config, weights
@@ -44,3 +46,16 @@ def test_streamed_run_stops_and_resumes_exactly(tmp_path: Path, sets: tuple[Path
     a, b = weights(full), weights(resumed)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_bad_images_of_a_stream_are_skipped_and_stop_the_run_past_max_bad_fraction(
+        tmp_path: Path, sets: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    parquet = hf_data.parquet_shards(tmp_path / "bad", 64, shards=2, bad_every=4)
+    config = _config(tmp_path, (parquet, sets[1]), tmp_path / "ok", max_steps=3, **{"data.max_bad_fraction": 0.5})
+    result = main(["--config", str(config)])
+    # a quarter of the stream's rows are bad: each is skipped, counted, and replaced by the next row
+    assert result["bad_images_during_training"] > 0
+    monkeypatch.setattr(loop, "MIN_IMAGES_FOR_BAD_FRACTION", 16)
+    config = _config(tmp_path, (parquet, sets[1]), tmp_path / "stop", max_steps=3, **{"data.max_bad_fraction": 0.05})
+    with pytest.raises(TooManyBadImages, match=r"images read during training failed to load.*max_bad_fraction=0.05"):
+        main(["--config", str(config)])
