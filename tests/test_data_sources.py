@@ -138,3 +138,37 @@ def test_streaming_mixture_keeps_weights_splits_the_stream_and_replaces_bad_imag
                      "order": [mixture.dataset_of_batch(b) for b in range(BLOCK)]})
     assert seen[0]["order"] == seen[1]["order"], "every process picks the same dataset for a batch"
     assert not set(seen[0]["stream"]) & set(seen[1]["stream"]), "each process reads its own shard"
+
+
+def _readme_section() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    return text.split("### Your data", 1)[1].split("\n## ", 1)[0].split("Check a dataset before training", 1)[0]
+
+
+def test_readme_your_data_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    section = _readme_section()
+    (tmp_path / "images").mkdir()
+    hf_data.llava_json(tmp_path, 10)
+    (tmp_path / "llava.json").rename(tmp_path / "llava_instruct.json")
+    hf_data.parquet_shards(tmp_path / "shards", 40, shards=2)
+    (tmp_path / "my_data.jsonl").write_text("\n".join(
+        json.dumps({"image": f"images/{i:04d}.png", "prompt": "q", "answer": "a"}) for i in range(5)))
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    local = [spec for spec in config["data"]["train"] if not spec["path"].startswith("hf://")]
+    assert [spec["format"] for spec in local] == ["jsonl", "llava", "hf"]
+    for spec in local:
+        assert len(list(zip(read_dataset(DatasetSpec(**spec)), range(5)))) == 5
+    commands = section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(commands) == 2
+    for command in commands:
+        argv = command.replace("'", "").split()
+        assert argv[:2] == ["mmgpt", "validate"]
+        proc = subprocess.run([sys.executable, "-m", "mmgpt.cli", *argv[1:]], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0 and "OK: no problems found" in proc.stdout, proc.stderr[-2000:]
