@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
-from mmgpt.data.formats import _field, conversation_examples, default_cache_root, register_format
 from mmgpt.data.llava import llava_turns, strip_image_token
+from mmgpt.data.records import conversation_examples, default_cache_root, record_field, register_format
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -120,10 +120,10 @@ def _turns(column: str, value: Any, where: str) -> list[tuple[str, str, str]]:
         if not isinstance(turn, dict):
             raise ValueError(f"{twhere} must be an object")
         if column == "texts":
-            turns.append(("user", strip_image_token(_field(turn, "user", twhere)), twhere))
-            turns.append(("assistant", _field(turn, "assistant", twhere), twhere))
+            turns.append(("user", strip_image_token(record_field(turn, "user", twhere)), twhere))
+            turns.append(("assistant", record_field(turn, "assistant", twhere), twhere))
             continue
-        role, content = _field(turn, "role", twhere), _field(turn, "content", twhere)
+        role, content = record_field(turn, "role", twhere), record_field(turn, "content", twhere)
         if role == "system":
             continue
         if role not in ("user", "assistant"):
@@ -154,7 +154,7 @@ class RowReader:
             column = self.columns[self.turns_column]
             return conversation_examples(image, _turns(self.turns_column, row[column], where), where, ex_id,
                                          self.label, field_name=column)
-        question = _field(row, self.columns["question"], where)
+        question = record_field(row, self.columns["question"], where)
         answer = row[self.columns["answer"]]
         answers = list(answer) if isinstance(answer, list) else [answer]
         if not answers or not all(isinstance(a, str) for a in answers):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
-from mmgpt.data.formats import _field, _jsonl_lines, _require, conversation_examples, register_format
+from mmgpt.data.records import conversation_examples, jsonl_lines, record_field, register_format, require_path
 from mmgpt.jsonfile import read_json_file
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def llava_turns(conversations: Any, where: str, field_name: str = "conversations
         twhere = f"{where}: {field_name}[{t}]"
         if not isinstance(turn, dict):
             raise ValueError(f"{twhere} must be an object with 'from' and 'value'")
-        speaker, value = _field(turn, "from", twhere), _field(turn, "value", twhere)
+        speaker, value = record_field(turn, "from", twhere), record_field(turn, "value", twhere)
         if speaker == "system":
             continue
         if speaker not in ROLES:
@@ -74,7 +74,7 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, record in enumerate(data):
             yield f"{path} [index {i}]", record
         return
-    for line_no, line in _jsonl_lines(path):
+    for line_no, line in jsonl_lines(path):
         if not line.strip():
             continue
         where = f"{path} line {line_no}"
@@ -89,8 +89,8 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
 @register_format("llava")
 def read_llava(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """LLaVA JSON or JSONL conversations over an image folder (schema at the top of this module)."""
-    path = _require(spec, "path", "LLaVA JSON (a list of records) or JSONL file")
-    base = _require(spec, "images", "image root folder", folder=True) if spec.images else path.parent
+    path = require_path(spec, "path", "LLaVA JSON (a list of records) or JSONL file")
+    base = require_path(spec, "images", "image root folder", folder=True) if spec.images else path.parent
     out: list[Example] = []
     text_only = 0
     for index, (where, record) in enumerate(_records(path)):
@@ -104,8 +104,8 @@ def read_llava(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
             continue
         if isinstance(image, list):
             raise ValueError(f"{where}: field 'image' lists {len(image)} images; the model takes one per example")
-        image_path = Path(_field(record, "image", where)).expanduser()
-        turns = llava_turns(_field(record, "conversations", where, list), where)
+        image_path = Path(record_field(record, "image", where)).expanduser()
+        turns = llava_turns(record_field(record, "conversations", where, list), where)
         out.extend(conversation_examples(str(image_path if image_path.is_absolute() else base / image_path),
                                          turns, where, record.get("id", index), spec.label))
     if text_only:
