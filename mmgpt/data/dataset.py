@@ -157,6 +157,7 @@ def make_collate(processor: Any) -> Callable[[list[tuple[Example, list[str]]]], 
     def collate(items: list[tuple[Example, list[str]]]) -> dict[str, Any]:
         batch = processor.collate([example for example, _ in items])
         batch["bad_images"] = torch.tensor(sum(len(f) for _, f in items))
+        batch["images_read"] = torch.tensor(len(items) + int(batch["bad_images"]))
         return batch
 
     return collate

@@ -24,16 +24,22 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import TASKS, Example
+from mmgpt.data.records import (
+    FORMATS,
+    conversation_examples,
+    default_cache_root,
+    jsonl_lines,
+    record_field,
+    register_format,
+    require_path,
+)
 from mmgpt.jsonfile import read_json_file
-from mmgpt.prompts import conversation_prompt
-from mmgpt.registry import registrar
 
 if TYPE_CHECKING:
     # the training config imports this module to check format names, so the spec is only a type hint here
@@ -41,33 +47,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-Reader = Callable[["DatasetSpec", "PromptTemplates"], "list[Example]"]
-FORMATS: dict[str, Reader] = {}
+def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> Any:
+    """Read `spec` with its registered reader, keeping the first `max_examples` examples.
 
-
-register_format = registrar(FORMATS, "dataset format")
-
-
-def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> list[Example]:
-    """Read `spec` with its registered reader, keeping the first `max_examples` examples."""
+    A list of Examples for most formats; format hf gives a lazy sequence, or a stream (mmgpt.data.hf.HFStream)
+    with `streaming`, which no reader passes over here.
+    """
     examples = FORMATS[spec.format](spec, templates or PromptTemplates())
+    if not isinstance(examples, list):  # hf readers apply max_examples and the source themselves
+        logger.info("%s: %s (%s)", spec.label, "streamed" if not hasattr(examples, "__len__")
+                    else f"{len(examples)} examples, rows read when used", spec.format)
+        return examples
     if spec.max_examples:
         examples = examples[: spec.max_examples]
     for ex in examples:
         ex.source = ex.source or spec.label
     logger.info("read %d examples from %s (%s, split %s)", len(examples), spec.label, spec.format, spec.split)
     return examples
-
-
-def _require(spec: DatasetSpec, field: str, what: str, folder: bool = False) -> Path:
-    """The spec's `field` as an existing file (or folder), or an error naming field, path and expected content."""
-    value = getattr(spec, field)
-    if not value:
-        raise ValueError(f"{spec.format} dataset {spec.label!r}: field '{field}' is required ({what})")
-    path = Path(value).expanduser()
-    if not (path.is_dir() if folder else path.is_file()):
-        raise FileNotFoundError(f"{spec.format} dataset {spec.label!r}: {what} not found at {path} (field '{field}')")
-    return path
 
 
 def _load_json(path: Path, *keys: str) -> dict:
@@ -79,15 +75,6 @@ def _load_json(path: Path, *keys: str) -> dict:
         if not isinstance(data.get(key), list):
             raise ValueError(f"{path}: missing list field '{key}'")
     return data
-
-
-def _field(record: dict, key: str, where: str, types: type | tuple = str) -> Any:
-    """record[key], or a ValueError naming the location and the field."""
-    if key not in record:
-        raise ValueError(f"{where}: missing field '{key}'")
-    if not isinstance(record[key], types):
-        raise ValueError(f"{where}: field '{key}' has type {type(record[key]).__name__}")
-    return record[key]
 
 
 # Longest match wins; mirrors the official VQA "question_type" prefixes plus easy-vqa's templates.
@@ -134,18 +121,18 @@ def read_easy_vqa(spec: DatasetSpec, templates: PromptTemplates) -> list[Example
 @register_format("coco_captions")
 def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """Official COCO captions JSON: one caption Example per annotation, all captions kept as references."""
-    path = _require(spec, "path", "COCO captions JSON (captions_*.json)")
-    root = _require(spec, "images", "folder holding the COCO images", folder=True)
+    path = require_path(spec, "path", "COCO captions JSON (captions_*.json)")
+    root = require_path(spec, "images", "folder holding the COCO images", folder=True)
     data = _load_json(path, "images", "annotations")
     files: dict[Any, str] = {}
     for i, img in enumerate(data["images"]):
         where = f"{path} images[{i}]"
-        files[_field(img, "id", where, (int, str))] = _field(img, "file_name", where)
+        files[record_field(img, "id", where, (int, str))] = record_field(img, "file_name", where)
     anns = data["annotations"][: spec.max_examples or None]
     refs: dict[Any, list[str]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
         where = f"{path} annotations[{i}]"
-        refs[_field(ann, "image_id", where, (int, str))].append(_field(ann, "caption", where).strip())
+        refs[record_field(ann, "image_id", where, (int, str))].append(record_field(ann, "caption", where).strip())
     out = []
     for i, ann in enumerate(anns):
         image_id = ann["image_id"]
@@ -155,11 +142,6 @@ def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Ex
                            task="caption", id=ann.get("id", i), source=spec.label,
                            meta={"image_id": image_id, "references": list(refs[image_id])}))
     return out
-
-
-def default_cache_root() -> Path:
-    """Where built-in synthetic datasets are cached: $MMGPT_CACHE or ~/.cache/mmgpt."""
-    return Path(os.environ.get("MMGPT_CACHE") or "~/.cache/mmgpt").expanduser()
 
 
 @register_format("shapes_captions")
@@ -190,31 +172,31 @@ def _vqa_image(root: Path, names: set[str], subtype: str, image_id: int) -> str:
 @register_format("vqa_v2")
 def read_vqa_v2(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """Official VQA v2 questions (+ optional annotations) over COCO images."""
-    qpath = _require(spec, "path", "VQA v2 questions JSON (e.g. v2_OpenEnded_mscoco_val2014_questions.json)")
-    root = _require(spec, "images", "folder holding the COCO images", folder=True)
+    qpath = require_path(spec, "path", "VQA v2 questions JSON (e.g. v2_OpenEnded_mscoco_val2014_questions.json)")
+    root = require_path(spec, "images", "folder holding the COCO images", folder=True)
     questions = _load_json(qpath, "questions")
     subtype = str(questions.get("data_subtype", ""))
     anns: dict[Any, dict] = {}
     apath = None
     if spec.annotations:
-        apath = _require(spec, "annotations", "VQA v2 annotations JSON (e.g. v2_mscoco_val2014_annotations.json)")
+        apath = require_path(spec, "annotations", "VQA v2 annotations JSON (e.g. v2_mscoco_val2014_annotations.json)")
         for i, ann in enumerate(_load_json(apath, "annotations")["annotations"]):
-            anns[_field(ann, "question_id", f"{apath} annotations[{i}]", (int, str))] = ann
+            anns[record_field(ann, "question_id", f"{apath} annotations[{i}]", (int, str))] = ann
     # one directory listing instead of a stat per question (there are ~200k per split)
     names = {e.name for e in os.scandir(root)}
     out = []
     for i, q in enumerate(questions["questions"][: spec.max_examples or None]):
         where = f"{qpath} questions[{i}]"
-        qid, image_id = _field(q, "question_id", where, (int, str)), _field(q, "image_id", where, int)
-        text = _field(q, "question", where)
+        qid, image_id = record_field(q, "question_id", where, (int, str)), record_field(q, "image_id", where, int)
+        text = record_field(q, "question", where)
         meta: dict[str, Any] = {"question": text, "image_id": image_id, "question_type": question_type(text)}
         answer = ""
         if apath is not None:
             if qid not in anns:
                 raise ValueError(f"{apath}: no annotation for question_id {qid!r} (from {qpath})")
             ann, awhere = anns[qid], f"{apath} annotation for question_id {qid!r}"
-            answer = _field(ann, "multiple_choice_answer", awhere)
-            meta["answers"] = [_field(a, "answer", awhere) for a in _field(ann, "answers", awhere, list)]
+            answer = record_field(ann, "multiple_choice_answer", awhere)
+            meta["answers"] = [record_field(a, "answer", awhere) for a in record_field(ann, "answers", awhere, list)]
             meta["question_type"] = ann.get("question_type", meta["question_type"])
             meta["answer_type"] = ann.get("answer_type", "")
         out.append(Example(image=_vqa_image(root, names, subtype, image_id), prompt=templates.vqa.format(question=text),
@@ -224,7 +206,7 @@ def read_vqa_v2(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
 
 def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: int) -> list[Example]:
     """Examples from one parsed JSONL record (single- or multi-turn)."""
-    image_path = Path(_field(record, "image", where)).expanduser()
+    image_path = Path(record_field(record, "image", where)).expanduser()
     image = str(image_path if image_path.is_absolute() else base / image_path)
     ex_id = record.get("id", f"line{line_no}")
     if "conversations" not in record:
@@ -234,55 +216,28 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
         meta = record.get("meta")
         if meta is not None and not isinstance(meta, dict):
             raise ValueError(f"{where}: field 'meta' must be an object ({{...}}), got {type(meta).__name__}")
-        return [Example(image=image, prompt=_field(record, "prompt", where), answer=_field(record, "answer", where),
-                        task=task, id=ex_id, source=source, meta=dict(meta or {}))]
-    turns: list[tuple[str, str]] = []
-    out = []
-    for t, turn in enumerate(_field(record, "conversations", where, list)):
+        return [Example(image=image, prompt=record_field(record, "prompt", where),
+                        answer=record_field(record, "answer", where), task=task, id=ex_id, source=source,
+                        meta=dict(meta or {}))]
+    turns = []
+    for t, turn in enumerate(record_field(record, "conversations", where, list)):
         twhere = f"{where}: conversations[{t}]"
         if not isinstance(turn, dict):
             raise ValueError(f"{twhere} must be an object with 'role' and 'content'")
-        role, content = _field(turn, "role", twhere), _field(turn, "content", twhere)
+        role, content = record_field(turn, "role", twhere), record_field(turn, "content", twhere)
         if role not in ("user", "assistant"):
             raise ValueError(f"{twhere}: field 'role' must be 'user' or 'assistant', got {role!r}")
-        if role == "assistant":
-            if not turns or turns[-1][0] != "user":
-                raise ValueError(f"{twhere}: an assistant turn must follow a user turn")
-            out.append(Example(image=image, prompt=conversation_prompt(turns), answer=content, task="chat",
-                               id=f"{ex_id}:{len(out)}", source=source, meta={"turn": len(out)}))
-        turns.append((role, content))
-    if not out:
-        raise ValueError(f"{where}: field 'conversations' has no assistant turn")
-    return out
-
-
-def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a JSONL file in UTF-8 (UTF-16/32 recognised too); bad bytes name their line."""
-    with path.open("rb") as f:
-        encoding = json.detect_encoding(f.read(4))
-        f.seek(0)
-        if not encoding.startswith("utf-8"):  # rare: decode whole, as lines cannot be split on bytes
-            try:
-                text = f.read().decode(encoding)
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}: not valid {encoding} text ({e.reason} at byte {e.start})") from None
-            yield from enumerate(text.split("\n"), start=1)
-            return
-        for line_no, raw in enumerate(f, start=1):
-            try:
-                yield line_no, raw.decode(encoding if line_no == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path} line {line_no}: not valid UTF-8 ({e.reason} at column {e.start + 1}); "
-                                 "save the file as UTF-8") from None
+        turns.append((role, content, twhere))
+    return conversation_examples(image, turns, where, ex_id, source)
 
 
 @register_format("jsonl")
 def read_jsonl(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """Generic JSONL, single- or multi-turn (schema at the top of this module); templates are not applied."""
-    path = _require(spec, "path", "JSONL file with one example object per line")
+    path = require_path(spec, "path", "JSONL file with one example object per line")
     base = Path(spec.images).expanduser() if spec.images else path.parent
     out: list[Example] = []
-    for line_no, line in _jsonl_lines(path):
+    for line_no, line in jsonl_lines(path):
         if spec.max_examples and len(out) >= spec.max_examples:
             break
         if not line.strip():
@@ -298,3 +253,7 @@ def read_jsonl(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
             raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
     return out
+
+
+# formats with modules of their own register themselves on import
+from mmgpt.data import hf, llava  # noqa: E402, F401

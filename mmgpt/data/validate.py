@@ -2,7 +2,8 @@
 
 CLI::
 
-    mmgpt validate --format jsonl --path data.jsonl [--images DIR] [--annotations F] [--split S]
+    mmgpt validate --format jsonl --path data.jsonl [--images DIR] [--annotations F] [--split S] [--limit N]
+        [--subset NAME] [--column KEY=COLUMN ...] [--streaming]   (format hf)
         [--model PATH | --tokenizer NAME_OR_PATH [--config PRESET_OR_YAML]] [--max-tokens N]
         [--max-prompt-tokens N] [--max-answer-tokens N] [--no-images]
 
@@ -219,7 +220,13 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
     parser.add_argument("--images", default="", help="image root folder")
     parser.add_argument("--annotations", default="", help="second file, e.g. VQA v2 annotations")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--max-examples", type=int, default=0, help="check only the first N (0 = all)")
+    parser.add_argument("--max-examples", "--limit", type=int, default=0, dest="max_examples",
+                        help="check only the first N examples, a sample of a large or streamed set (0 = all)")
+    parser.add_argument("--subset", default="", help="format hf: the dataset's config name on the hub")
+    parser.add_argument("--column", action="append", default=[], metavar="KEY=COLUMN",
+                        help="format hf: which column holds what (image, question, answer, texts, messages, "
+                             "conversations, id); repeat for several")
+    parser.add_argument("--streaming", action="store_true", help="format hf: stream the rows instead of loading")
     count = parser.add_mutually_exclusive_group()
     count.add_argument("--model", default=None,
                        help="count tokens with this saved model's tokenizer(s) and prompt templates "
@@ -241,8 +248,12 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
         if args.model and args.config:
             parser.error("--model carries its own prompt templates: pass --model or --config, not both")
         processor, templates = load_counting(args.model, args.tokenizer, args.config)
+        columns = dict(pair.split("=", 1) for pair in args.column if "=" in pair)
+        if len(columns) != len(args.column):
+            parser.error(f"--column takes KEY=COLUMN, got {args.column}")
         spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
-                           split=args.split, max_examples=args.max_examples)
+                           split=args.split, max_examples=args.max_examples, subset=args.subset, columns=columns,
+                           streaming=args.streaming)
         examples = read_dataset(spec, templates)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -252,9 +263,14 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
         # what the model would truncate is a problem even when no budget is named
         max_prompt = processor.max_prompt_length if max_prompt is None else max_prompt
         max_answer = processor.max_answer_length if max_answer is None else max_answer
-    report = validate_examples(examples, max_prompt_tokens=max_prompt, max_answer_tokens=max_answer,
-                               max_total_tokens=args.max_tokens, check_images=not args.no_images,
-                               max_samples=args.samples, processor=processor)
+    try:
+        # lazy and streamed sets read their rows here, so a malformed row is found here too
+        report = validate_examples(examples, max_prompt_tokens=max_prompt, max_answer_tokens=max_answer,
+                                   max_total_tokens=args.max_tokens, check_images=not args.no_images,
+                                   max_samples=args.samples, processor=processor)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(report.format())
     return 0 if report.ok else 1
 

@@ -61,6 +61,10 @@ class TrainState:
     run_id: str | None = field(default_factory=lambda: new_run_id())
     default_job: bool = False
     nonfinite_steps: int = 0
+    # images tried during training (bad ones included), the base of the running data.max_bad_fraction check
+    images_read_runtime: int = 0
+    # with a streamed dataset: each process's position in its data (mmgpt.data.streaming), else None
+    data_state: list | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written as trainer_state.json."""

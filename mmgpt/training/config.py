@@ -39,6 +39,12 @@ class DatasetSpec:
     name: str = ""
     # training-time augmentations of this dataset's images (mmgpt.data.augment), e.g. [hflip, rot90]
     augment: list[str] = field(default_factory=list)
+    # format hf (mmgpt.data.hf): the dataset's config name on the hub, which columns hold what, whether to
+    # stream it (read on the fly, never whole) and the shuffle buffer of a stream (0 = in stored order)
+    subset: str = ""
+    columns: dict = field(default_factory=dict)
+    streaming: bool = False
+    shuffle_buffer: int = 1000
 
     def __post_init__(self) -> None:
         self.augment = check_augmentations(self.augment, f"dataset {self.label!r} field 'augment'")
@@ -52,6 +58,16 @@ class DatasetSpec:
                              f"got {self.max_examples!r}")
         if not self.split:
             raise ValueError(f"dataset {self.label!r} field 'split' must not be empty")
+        if not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 0:
+            raise ValueError(f"dataset {self.label!r} field 'shuffle_buffer' must be an int >= 0 (0 = stored order), "
+                             f"got {self.shuffle_buffer!r}")
+        if self.format != "hf" and (self.subset or self.columns or self.streaming):
+            raise ValueError(f"dataset {self.label!r}: fields 'subset', 'columns' and 'streaming' are for format hf, "
+                             f"not {self.format}")
+        if self.format == "hf":
+            from mmgpt.data.hf import check_columns
+
+            check_columns(self.columns, f"dataset {self.label!r} field 'columns'")
 
     @property
     def label(self) -> str:
@@ -286,7 +302,9 @@ def _anchor_data_paths(data: dict, folder: Path) -> dict:
                 spec = dict(spec)
                 for name in DATA_PATH_FIELDS:
                     value = spec.get(name)
-                    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+                    # a hub name (hf://org/name) is no file
+                    if isinstance(value, str) and value and "://" not in value \
+                            and not Path(value).expanduser().is_absolute():
                         spec[name] = str((folder / value).resolve())
             anchored.append(spec)
         section[split] = anchored

@@ -25,17 +25,19 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, gather_object, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmgpt import lora
 from mmgpt.config import PromptTemplates, to_dict
-from mmgpt.data.dataset import GroupedBatches, RobustImages, check_images, make_collate
+from mmgpt.data.dataset import GroupedBatches, RobustImages, TooManyBadImages, check_images, make_collate
 from mmgpt.data.example import blinded
 from mmgpt.data.formats import read_dataset
+from mmgpt.data.hf import is_stream
 from mmgpt.data.mixture import Mixture
+from mmgpt.data.streaming import StreamingMixture, first_examples
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.hf_models import load_hf_tokenizer
 from mmgpt.logging_setup import configure_logging
@@ -133,7 +135,8 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     loader: DataLoader
-    batch_sampler: GroupedBatches
+    # None when a training set is streamed: `stream` then forms this process's batches
+    batch_sampler: GroupedBatches | None
     frozen: dict[str, bool]
     eval_sets: list[tuple[str, list]]
     # (name, kept examples, weight, bad-image report or None) per training set
@@ -145,6 +148,9 @@ class Run:
     teacher: MMGPT | None = None
     # the moving average of the weights (optim.ema_decay > 0), or None
     ema: WeightEMA | None = None
+    stream: StreamingMixture | None = None
+    # the streamed data's position after the last batch trained on (saved with each checkpoint)
+    stream_position: dict | None = None
 
     @property
     def eval_model(self) -> MMGPT:
@@ -234,10 +240,35 @@ def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, re
         return MMGPT.from_config(cfg.model)
     tokenizer_dir = Path(cfg.output_dir) / "tokenizer"
     if accelerator.is_main_process and not (resume_dir and tokenizer_dir.is_dir()):
-        texts = [t for _, examples in train_sets for e in examples for t in (e.prompt, e.answer)]
+        # a list is read whole; a lazy or streamed set gives its first TOKENIZER_SAMPLE examples
+        texts = [t for _, examples in train_sets
+                 for e in (examples if isinstance(examples, list) else first_examples(examples, TOKENIZER_SAMPLE))
+                 for t in (e.prompt, e.answer)]
         train_tokenizer(texts, cfg.model.tokenizer).save_pretrained(tokenizer_dir)
     accelerator.wait_for_everyone()
     return MMGPT.from_config(cfg.model, tokenizer=load_hf_tokenizer(tokenizer_dir))
+
+
+# examples a from-scratch tokenizer is trained on from each lazy or streamed training set
+TOKENIZER_SAMPLE = 20_000
+
+
+def build_stream_loader(cfg: TrainConfig, checked: list, processor: Any,
+                        accelerator: Accelerator) -> tuple[DataLoader, StreamingMixture]:
+    """This process's batches of a mixture with a streamed set: read on the fly, from this process's shard."""
+    stream = StreamingMixture([(n, ex, w) for n, ex, w, _ in checked], cfg.batch_size, processor.image_tensor,
+                              seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
+                              augment={spec.label: spec.augment for spec in cfg.data.train})
+    collate = make_collate(processor)
+
+    def collate_with_state(element: tuple[list, dict]) -> dict:
+        items, state = element
+        return {**collate(items), "data_state": state}
+
+    # one worker at most: the position a batch carries is only exact when one reader forms the batches in order
+    loader = DataLoader(stream, batch_size=None, collate_fn=collate_with_state,
+                        num_workers=min(cfg.data.num_workers, 1), pin_memory=torch.cuda.is_available())
+    return loader, stream
 
 
 def build_loader(cfg: TrainConfig, checked: list, processor: Any,
@@ -271,17 +302,25 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     logger.info("model: %.2fM parameters (%.2fM trainable)", model.num_parameters() / 1e6,
                 model.num_parameters(trainable_only=True) / 1e6)
 
-    # each distinct image is checked (and, small data, decoded) once; every rank does the same
+    # each distinct image of a list is checked (and, small data, decoded) once; every rank does the same.
+    # A lazy or streamed set is never read whole: its images are checked as training loads them
     progress = accelerator.is_main_process
     checked = []
     for (name, examples), spec in zip(train_sets, cfg.data.train):
         kept, report = check_images(examples, processor.image_tensor, cfg.data.cache_images,
                                     cfg.data.max_bad_fraction, progress=progress, name=name) \
-            if cfg.data.check_images else (examples, None)
+            if cfg.data.check_images and isinstance(examples, list) else (examples, None)
         checked.append((name, kept, spec.weight, report))
-    eval_sets = [(name, check_images(ex, processor.image_tensor, cfg.data.cache_images, 1.0,
-                                     progress=progress, name=name)[0]) for name, ex in eval_sets]
-    loader, batch_sampler = build_loader(cfg, checked, processor, accelerator)
+    eval_sets = [(name, check_images(first_examples(ex, 0 if isinstance(ex, list) else
+                                                    spec.max_examples or cfg.data.eval_max_examples),
+                                     processor.image_tensor, cfg.data.cache_images, 1.0, progress=progress,
+                                     name=name)[0]) for (name, ex), spec in zip(eval_sets, cfg.data.eval)]
+    stream = None
+    if any(is_stream(examples) for _, examples, _, _ in checked):
+        loader, stream = build_stream_loader(cfg, checked, processor, accelerator)
+        batch_sampler = None
+    else:
+        loader, batch_sampler = build_loader(cfg, checked, processor, accelerator)
 
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         # batch-norm statistics over the global batch, as one process would compute them
@@ -296,7 +335,11 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         logger.info("frozen parts in bf16: %s", ", ".join(cast))
     optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if stream is None:
+        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    else:
+        # each process reads its own shard, which accelerate's loader would instead read on one and dispatch
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     if _has_tensorboard():
         accelerator.init_trackers("mmgpt", config=_flat_scalars(to_dict(cfg)))
 
@@ -306,7 +349,11 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         state = TrainState.resume(resume_dir, default_job=state.default_job)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step,
                     state.epoch, state.batches_in_epoch)
-    if len(loader) < cfg.grad_accum_steps:
+        if stream is not None:
+            if not state.data_state:
+                raise ValueError(f"{resume_dir} holds no position in the streamed data; start a new run")
+            stream.load_state_dict(state.data_state[accelerator.process_index])
+    if stream is None and len(loader) < cfg.grad_accum_steps:
         raise ValueError(f"an epoch has {len(loader)} batches, fewer than grad_accum_steps={cfg.grad_accum_steps}")
     raw_model = accelerator.unwrap_model(model)
     teacher = load_teacher(cfg.distill.teacher, raw_model, accelerator.device) if cfg.distill.teacher else None
@@ -319,7 +366,7 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=raw_model,
                forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
                loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
-               state=state, teacher=teacher, ema=ema)
+               state=state, teacher=teacher, ema=ema, stream=stream)
 
 
 def image_autocast(setting: str, device: torch.device) -> bool:
@@ -338,6 +385,10 @@ def image_autocast(setting: str, device: torch.device) -> bool:
 def batch_stream(run: Run) -> Iterator[tuple[int, int, dict]]:
     """(epoch, batches consumed in epoch, batch) forever, resuming mid-epoch exactly."""
     epoch, skip = run.state.epoch, run.state.batches_in_epoch
+    if run.stream is not None:  # endless, already positioned by load_state_dict; epoch stays 0
+        for position, batch in enumerate(run.loader, start=skip + 1):
+            yield epoch, position, send_to_device(batch, run.accelerator.device)
+        return
     while True:
         iterator = run.accelerator.skip_first_batches(run.loader, skip) if skip else run.loader
         # accelerate's loaders set the dataset's epoch from their own iteration count, which a
@@ -378,8 +429,11 @@ def next_micro_batches(run: Run, batches: Iterator[tuple[int, int, dict]]) -> li
     for _ in range(run.cfg.grad_accum_steps):
         epoch, position, batch = next(batches)
         run.state.bad_images_runtime += int(batch.pop("bad_images"))
+        run.state.images_read_runtime += int(batch.pop("images_read"))
+        if "data_state" in batch:
+            run.stream_position = batch.pop("data_state")
         micro.append(batch)
-    finished_epoch = position >= len(run.loader)
+    finished_epoch = run.stream is None and position >= len(run.loader)
     run.state.epoch, run.state.batches_in_epoch = (epoch + 1, 0) if finished_epoch else (epoch, position)
     return micro
 
@@ -407,6 +461,21 @@ def forward_backward(run: Run, micro: list[dict]) -> tuple[torch.Tensor, torch.T
     grad_clip = run.cfg.optim.grad_clip
     grad_norm = accelerator.clip_grad_norm_(run.model.parameters(), grad_clip if grad_clip > 0 else math.inf)
     return step_loss, step_tokens, grad_norm
+
+
+# images read before the running share of bad ones can stop a run (a few bad ones early are no trend)
+MIN_IMAGES_FOR_BAD_FRACTION = 200
+
+
+def check_bad_fraction(run: Run) -> None:
+    """Stop with TooManyBadImages when the share of images that failed during training passes data.max_bad_fraction."""
+    counts = torch.tensor([run.state.bad_images_runtime, run.state.images_read_runtime], dtype=torch.float64,
+                          device=run.accelerator.device)
+    bad, read = (float(c) for c in run.accelerator.reduce(counts, reduction="sum"))
+    limit = run.cfg.data.max_bad_fraction
+    if read >= MIN_IMAGES_FOR_BAD_FRACTION and bad / read > limit:
+        raise TooManyBadImages(f"{bad:.0f} of {read:.0f} images read during training failed to load, more than "
+                               f"data.max_bad_fraction={limit:g}; fix the data or raise the threshold")
 
 
 def log_window(run: Run, window: LossWindow, bar: tqdm) -> None:
@@ -467,6 +536,7 @@ def train(run: Run) -> bool:
             step = state.step
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 log_window(run, window, bar)
+                check_bad_fraction(run)
             if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.max_steps:
                 evaluate_during_training(run)
             # every step, so a signal's checkpoint follows within one step (the launcher may already
@@ -474,6 +544,8 @@ def train(run: Run) -> bool:
             stop_now = _any_rank(accelerator, stop.requested) or step == cfg.stop_at_step
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
                 check_weights(run.raw_model, step, run.output_dir)
+                if run.stream is not None:
+                    state.data_state = gather_object([run.stream_position])
                 save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints,
                                 write_extra=run.ema.save if run.ema is not None else None)
             if stop_now:

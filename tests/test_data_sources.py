@@ -1,0 +1,174 @@
+"""The readers of the data users bring: LLaVA JSON/JSONL and Hugging Face datasets (map-style and streamed)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmgpt.data.example import Example
+from mmgpt.data.formats import read_dataset
+from mmgpt.data.hf import HFExamples, HFStream
+from mmgpt.data.streaming import BLOCK, StreamingMixture
+from mmgpt.images import load_image
+from mmgpt.training.config import DatasetSpec
+from tests import hf_data
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sets")
+    hf_data.save_folder(root / "disk", 200)
+    hf_data.parquet_shards(root / "parquet", 200, shards=4)
+    hf_data.llava_json(root / "llava", 30)
+    hf_data.llava_json(root / "llava", 30, jsonl=True)
+    return root
+
+
+def test_llava_json_and_jsonl_give_one_example_per_assistant_turn(sets: Path) -> None:
+    for name in ("llava.json", "llava.jsonl"):
+        examples = read_dataset(DatasetSpec(format="llava", path=str(sets / "llava" / name),
+                                            images=str(sets / "llava" / "images")))
+        assert len(examples) == 60
+        first, second = examples[0], examples[1]
+        assert first.prompt == "User: what color is the shape?" and first.answer == "red"
+        assert second.prompt == "User: what color is the shape?\nAssistant: red\nUser: is there a shape?"
+        assert second.answer == "yes" and first.task == "chat" and first.id == "q0:0"
+        assert load_image(first.image).getpixel((1, 1)) == (255, 0, 0)
+
+
+def _llava(tmp_path: Path, records: list) -> DatasetSpec:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(records))
+    return DatasetSpec(format="llava", path=str(path))
+
+
+def test_llava_errors_name_file_index_and_field(tmp_path: Path) -> None:
+    turn = {"from": "human", "value": "<image>\nhi"}
+    with pytest.raises(ValueError, match=r"data.json \[index 1\]: conversations\[1\]: field 'from' must be"):
+        read_dataset(_llava(tmp_path, [{"image": "a.png", "conversations": [turn, {"from": "gpt", "value": "x"}]},
+                                       {"image": "a.png", "conversations": [turn, {"from": "bot", "value": "x"}]}]))
+    with pytest.raises(ValueError, match=r"\[index 0\]: field 'image' lists 2 images"):
+        read_dataset(_llava(tmp_path, [{"image": ["a.png", "b.png"], "conversations": [turn]}]))
+    with pytest.raises(ValueError, match=r"\[index 0\]: field 'conversations' has 2 <image> markers"):
+        read_dataset(_llava(tmp_path, [{"image": "a.png", "conversations": [turn, {"from": "gpt", "value": "x"},
+                                                                            turn]}]))
+    with pytest.raises(ValueError, match=r"\[index 0\]: conversations\[0\]: missing field 'value'"):
+        read_dataset(_llava(tmp_path, [{"image": "a.png", "conversations": [{"from": "human"}]}]))
+
+
+def test_llava_skips_text_only_records(tmp_path: Path) -> None:
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    examples = read_dataset(_llava(tmp_path, [{"conversations": turns}, {"image": "x.png", "conversations": turns}]))
+    assert [e.id for e in examples] == ["1:0"] and examples[0].image == str(tmp_path / "x.png")
+
+
+@pytest.mark.parametrize("where", ["disk", "parquet", "parquet/train-*.parquet"])
+def test_hf_map_style_reads_rows_lazily(sets: Path, where: str) -> None:
+    examples = read_dataset(DatasetSpec(format="hf", path=str(sets / where)))
+    assert isinstance(examples, HFExamples) and len(examples) == 400  # two turns per row (texts column)
+    assert examples[2].answer == "green" and examples[3].answer == "yes"
+    assert load_image(examples[2].image).getpixel((1, 1)) == (0, 128, 0)
+    vqa = read_dataset(DatasetSpec(format="hf", path=str(sets / where), max_examples=50,
+                                   columns={"question": "question", "answer": "answer"}))
+    assert len(vqa) == 50 and vqa[9].prompt == "what color is the shape?" and vqa[9].answer == "green"
+
+
+def test_hf_stream_resumes_where_it_stopped_and_shards_split_it(sets: Path) -> None:
+    spec = DatasetSpec(format="hf", path=str(sets / "parquet"), streaming=True, shuffle_buffer=0)
+    stream = read_dataset(spec)
+    assert isinstance(stream, HFStream)
+    whole = [(e.id, e.answer) for e in stream]
+    assert len(whole) == 400 and len(set(whole)) == 400
+    stopped = read_dataset(spec)
+    it = iter(stopped)
+    head = [(next(it).id, None)[0] for _ in range(7)]  # stops inside row 3, between its two turns
+    resumed = read_dataset(spec)
+    resumed.load_state_dict(json.loads(json.dumps(stopped.state_dict())))
+    assert head + [e.id for e in resumed] == [i for i, _ in whole]
+    parts = []
+    for rank in range(2):
+        shard = read_dataset(spec)
+        shard.shard(rank, 2)
+        parts.append({e.id for e in shard})
+    assert not parts[0] & parts[1] and parts[0] | parts[1] == {i for i, _ in whole}
+
+
+def test_hf_errors_name_the_field(sets: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'path' 'https://x.org/d' is a URL"):
+        read_dataset(DatasetSpec(format="hf", path="https://x.org/d"))
+    with pytest.raises(ValueError, match="'columns.image' names column 'img'.*columns: image"):
+        read_dataset(DatasetSpec(format="hf", path=str(sets / "disk"), columns={"image": "img"}))
+    with pytest.raises(ValueError, match=r"field 'columns': unknown key\(s\) \['picture'\]"):
+        DatasetSpec(format="hf", path="x", columns={"picture": "img"})
+    with pytest.raises(ValueError, match="'subset', 'columns' and 'streaming' are for format hf"):
+        DatasetSpec(format="jsonl", path="x", streaming=True)
+    with pytest.raises(FileNotFoundError, match="no dataset at"):
+        read_dataset(DatasetSpec(format="hf", path=str(tmp_path / "none")))
+    import datasets
+
+    datasets.Dataset.from_list([{"image": "http://x.org/a.png", "question": "q", "answer": "a"}]).save_to_disk(
+        str(tmp_path / "urls"))
+    with pytest.raises(ValueError, match="row 0 column 'image': image 'http://x.org/a.png' is a URL"):
+        read_dataset(DatasetSpec(format="hf", path=str(tmp_path / "urls")))[0]
+
+
+def test_streaming_mixture_keeps_weights_splits_the_stream_and_replaces_bad_images(sets: Path) -> None:
+    def image_tensor(image: object) -> torch.Tensor:
+        if image == "bad":
+            raise ValueError("bad: not an image")
+        return torch.zeros(3, 2, 2)
+
+    listed = [Example(image="bad" if i % 5 == 0 else f"{i}.png", prompt="q", answer=str(i), id=i) for i in range(30)]
+    spec = DatasetSpec(format="hf", path=str(sets / "parquet"), streaming=True, shuffle_buffer=0, name="stream",
+                       columns={"question": "question", "answer": "answer"})
+    seen: list[dict] = []
+    for rank in range(2):
+        mixture = StreamingMixture([("list", listed, 1.0), ("stream", read_dataset(spec), 3.0)], batch_size=4,
+                                   image_tensor=image_tensor, seed=5, rank=rank, world_size=2)
+        batches = [items for (items, _), _ in zip(mixture, range(BLOCK))]
+        sources = [{ex.source for ex, _ in items} for items in batches]
+        assert all(len(s) == 1 for s in sources), "a batch comes from one dataset"
+        assert [s.pop() for s in sources].count("stream") == 75  # weights 3:1, exactly per block
+        listed_seen = [ex.id for items in batches for ex, _ in items if ex.source == "list"]
+        assert 0 not in listed_seen and 5 not in listed_seen
+        assert sum(len(f) for items in batches for _, f in items) > 0
+        seen.append({"stream": [ex.id for items in batches[:40] for ex, _ in items if ex.source == "stream"],
+                     "order": [mixture.dataset_of_batch(b) for b in range(BLOCK)]})
+    assert seen[0]["order"] == seen[1]["order"], "every process picks the same dataset for a batch"
+    assert not set(seen[0]["stream"]) & set(seen[1]["stream"]), "each process reads its own shard"
+
+
+def _readme_section() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    return text.split("### Your data", 1)[1].split("\n## ", 1)[0].split("Check a dataset before training", 1)[0]
+
+
+def test_readme_your_data_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    section = _readme_section()
+    (tmp_path / "images").mkdir()
+    hf_data.llava_json(tmp_path, 10)
+    (tmp_path / "llava.json").rename(tmp_path / "llava_instruct.json")
+    hf_data.parquet_shards(tmp_path / "shards", 40, shards=2)
+    (tmp_path / "my_data.jsonl").write_text("\n".join(
+        json.dumps({"image": f"images/{i:04d}.png", "prompt": "q", "answer": "a"}) for i in range(5)))
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    local = [spec for spec in config["data"]["train"] if not spec["path"].startswith("hf://")]
+    assert [spec["format"] for spec in local] == ["jsonl", "llava", "hf"]
+    for spec in local:
+        assert len(list(zip(read_dataset(DatasetSpec(**spec)), range(5)))) == 5
+    commands = section.split("```bash\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(commands) == 2
+    for command in commands:
+        argv = command.replace("'", "").split()
+        assert argv[:2] == ["mmgpt", "validate"]
+        proc = subprocess.run([sys.executable, "-m", "mmgpt.cli", *argv[1:]], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0 and "OK: no problems found" in proc.stdout, proc.stderr[-2000:]
