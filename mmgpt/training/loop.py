@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -59,6 +59,13 @@ from mmgpt.training.config import (
 from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.training.distill import distill_loss_sum, load_teacher
 from mmgpt.training.ema import WeightEMA
+from mmgpt.training.fsdp import (
+    broadcast_buffers,
+    check_fsdp_settings,
+    full_copy,
+    named_tensors,
+    use_fsdp_on_cpu,
+)
 from mmgpt.training.memory import cast_frozen, enable_gradient_checkpointing
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
 from mmgpt.training.optim import (
@@ -124,7 +131,8 @@ class Run:
 
     cfg: TrainConfig
     accelerator: Accelerator
-    # as accelerate prepared it (DDP-wrapped on several processes); `forward` is it or its torch.compile
+    # as accelerate prepared it (DDP-wrapped on several processes, sharded in place under FSDP); `forward` is it
+    # or its torch.compile
     model: nn.Module
     raw_model: MMGPT
     forward: Callable[..., Any]
@@ -143,11 +151,18 @@ class Run:
     teacher: MMGPT | None = None
     # the moving average of the weights (optim.ema_decay > 0), or None
     ema: WeightEMA | None = None
+    # under FSDP: the model as built, before sharding, into which evaluation and saving gather the weights
+    template: MMGPT | None = None
 
-    @property
     def eval_model(self) -> MMGPT:
-        """The model evaluation and saving use: the weights' moving average when there is one."""
-        return self.ema.module if self.ema is not None else self.raw_model
+        """The model evaluation and saving use: the weights' moving average when there is one.
+
+        Under FSDP a whole copy gathered on every rank: every rank calls this, once per evaluation or save.
+        """
+        if self.template is None:
+            return self.ema.module if self.ema is not None else self.raw_model
+        tensors = self.ema.named_tensors() if self.ema is not None else named_tensors(self.raw_model)
+        return full_copy(self.template, tensors, self.accelerator.device)
 
     @property
     def output_dir(self) -> Path:
@@ -188,6 +203,9 @@ def start_accelerator(cfg: TrainConfig) -> Accelerator:
                               # max_steps counts global steps
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     configure_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    if use_fsdp_on_cpu(accelerator):
+        logger.info("FSDP on CPU processes (gloo)")
+    check_fsdp_settings(accelerator)
     set_seed(cfg.seed)
     if accelerator.device.type == "cpu":
         logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))
@@ -295,6 +313,8 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         logger.info("frozen parts in bf16: %s", ", ".join(cast))
     optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    # FSDP shards the model in place; evaluation and saving need its structure whole
+    template = copy.deepcopy(model) if accelerator.distributed_type == DistributedType.FSDP else None
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if _has_tensorboard():
         accelerator.init_trackers("mmgpt", config=_flat_scalars(to_dict(cfg)))
@@ -318,7 +338,7 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=raw_model,
                forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
                loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
-               state=state, teacher=teacher, ema=ema)
+               state=state, teacher=teacher, ema=ema, template=template)
 
 
 def image_autocast(setting: str, device: torch.device) -> bool:
@@ -427,7 +447,7 @@ def log_window(run: Run, window: LossWindow, bar: tqdm) -> None:
 def evaluate_during_training(run: Run) -> None:
     """Periodic evaluation on the first data.eval_max_examples of each eval set; back to train mode after."""
     start = time.perf_counter()
-    metrics = evaluate(run.eval_model, run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
+    metrics = evaluate(run.eval_model(), run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
     run.eval_seconds += time.perf_counter() - start
     set_train_mode(run.raw_model, run.frozen)
     eval_loss = sum(v for k, v in metrics.items() if k.endswith("/loss")) / max(len(run.eval_sets), 1)
@@ -472,6 +492,8 @@ def train(run: Run) -> bool:
             # have returned the prompt); a plain bool on one process, one all-reduce on several
             stop_now = _any_rank(accelerator, stop.requested) or step == cfg.stop_at_step
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
+                if run.template is not None:
+                    broadcast_buffers(run.raw_model)
                 check_weights(run.raw_model, step, run.output_dir)
                 save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints,
                                 write_extra=run.ema.save if run.ema is not None else None)
@@ -499,17 +521,17 @@ def evaluate(model: MMGPT, eval_sets: list, accelerator: Accelerator, max_exampl
 def finish(run: Run) -> dict:
     """Final evaluation on every example; the main process saves the model, metrics, history and loss curve."""
     accelerator, state, output_dir = run.accelerator, run.state, run.output_dir
-    check_weights(run.eval_model, state.step, output_dir)
+    model = run.eval_model()
+    check_weights(model, state.step, output_dir)
     bad_runtime = int(accelerator.reduce(torch.tensor(state.bad_images_runtime, device=accelerator.device),
                                          reduction="sum"))
-    metrics = evaluate(run.eval_model, run.eval_sets, accelerator, max_examples=0)
+    metrics = evaluate(model, run.eval_sets, accelerator, max_examples=0)
     checked_summary = {name: (report.summary() if report else "not checked") for name, _, _, report in run.checked}
     result = {"step": state.step, "metrics": metrics, "bad_images": checked_summary,
               "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state.nonfinite_steps}
     if accelerator.is_main_process:
         # the model card records the final evaluation and the training sets
-        run.eval_model.save_pretrained(output_dir / "model", metrics=metrics,
-                                      datasets=[spec.label for spec in run.cfg.data.train])
+        model.save_pretrained(output_dir / "model", metrics=metrics, datasets=[spec.label for spec in run.cfg.data.train])
         write_json(output_dir / "metrics.json", result, indent=2)
         write_json(output_dir / "history.json", state.history)
         plot_losses(state.history, output_dir / "loss.png")
