@@ -295,7 +295,7 @@ class MMGPT(nn.Module):
 
     @property
     def _no_split_modules(self) -> list[str]:
-        """The layer classes its Hugging Face parts name as units: what FSDP's TRANSFORMER_BASED_WRAP shards one by one."""
+        """Layer classes its Hugging Face parts name as units: what FSDP (TRANSFORMER_BASED_WRAP) shards one by one."""
         names = {name for module in self.modules() if module is not self
                  for name in getattr(module, "_no_split_modules", None) or ()}
         return sorted(names)

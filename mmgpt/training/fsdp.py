@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -21,6 +22,19 @@ from torch import nn
 from mmgpt.config import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+def setup_fsdp(accelerator: Accelerator) -> bool:
+    """FSDP's part of starting a run: CPU processes switched to it, settings checked; True when the run is FSDP."""
+    if use_fsdp_on_cpu(accelerator):
+        logger.info("FSDP on CPU processes (gloo)")
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return False
+    check_fsdp_settings(accelerator)
+    # MMGPTOutput.logits is a slice of the generator's logits, which training never changes in place (what
+    # FSDP warns about on every step)
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(FSDPMMGPT\) returned a view tensor")
+    return True
 
 
 def use_fsdp_on_cpu(accelerator: Accelerator) -> bool:
@@ -41,8 +55,6 @@ def use_fsdp_on_cpu(accelerator: Accelerator) -> bool:
 
 def check_fsdp_settings(accelerator: Accelerator) -> None:
     """Refuse the accelerate FSDP settings that training does not support, naming the setting and the fix."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return
     plugin = accelerator.state.fsdp_plugin
     if plugin.fsdp_version != 2:
         # FSDP1 wraps the model in flat parameters: frozen parts, tied embeddings and the parameter names the

@@ -61,10 +61,9 @@ from mmgpt.training.distill import distill_loss_sum, load_teacher
 from mmgpt.training.ema import WeightEMA
 from mmgpt.training.fsdp import (
     broadcast_buffers,
-    check_fsdp_settings,
     full_copy,
     named_tensors,
-    use_fsdp_on_cpu,
+    setup_fsdp,
 )
 from mmgpt.training.memory import cast_frozen, enable_gradient_checkpointing
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
@@ -203,9 +202,7 @@ def start_accelerator(cfg: TrainConfig) -> Accelerator:
                               # max_steps counts global steps
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     configure_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
-    if use_fsdp_on_cpu(accelerator):
-        logger.info("FSDP on CPU processes (gloo)")
-    check_fsdp_settings(accelerator)
+    setup_fsdp(accelerator)
     set_seed(cfg.seed)
     if accelerator.device.type == "cpu":
         logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))
@@ -531,7 +528,8 @@ def finish(run: Run) -> dict:
               "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state.nonfinite_steps}
     if accelerator.is_main_process:
         # the model card records the final evaluation and the training sets
-        model.save_pretrained(output_dir / "model", metrics=metrics, datasets=[spec.label for spec in run.cfg.data.train])
+        model.save_pretrained(output_dir / "model", metrics=metrics,
+                              datasets=[spec.label for spec in run.cfg.data.train])
         write_json(output_dir / "metrics.json", result, indent=2)
         write_json(output_dir / "history.json", state.history)
         plot_losses(state.history, output_dir / "loss.png")
