@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from test_train import REPO, launch_two_processes, make_jsonl, tiny_config, weights
 
+from mmgpt.config import ConfigError
+from mmgpt.training.fsdp import check_checkpoint, check_fsdp_settings
 from mmgpt.training.loop import main
 
 FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
@@ -36,6 +39,8 @@ def launch_fsdp(config: Path, cwd: Path, *train_args: str, launch_args: tuple[st
     proc = launch_two_processes(config, cwd, *train_args, launch_args=FSDP_LAUNCH + launch_args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FSDP on CPU processes" in proc.stderr and "2 process(es)" in proc.stderr, proc.stderr[-3000:]
+    # each decoder layer is a unit of its own (MMGPT._no_split_modules), the rest one unit
+    assert "FSDP units: MMGPT, LlamaDecoderLayer" in proc.stderr, proc.stderr[-3000:]
 
 
 def train_history(output: Path) -> list:
@@ -88,3 +93,41 @@ def test_fsdp_run_resumes_exactly(tmp_path: Path, data: Path, uninterrupted: Pat
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def fsdp_accelerator(version: int = 2, activation_checkpointing: bool = False,
+                     state_dict_type: str = "SHARDED_STATE_DICT", fsdp: bool = True) -> SimpleNamespace:
+    """What check_fsdp_settings and check_checkpoint read of an Accelerator and its FSDP plugin."""
+    from accelerate.utils import DistributedType
+    from torch.distributed.fsdp import StateDictType
+
+    plugin = SimpleNamespace(fsdp_version=version, activation_checkpointing=activation_checkpointing,
+                             state_dict_type=StateDictType[state_dict_type])
+    return SimpleNamespace(distributed_type=DistributedType.FSDP if fsdp else DistributedType.MULTI_CPU,
+                           state=SimpleNamespace(fsdp_plugin=plugin))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"version": 1}, "fsdp_version 1 .*set fsdp_version: 2"),
+    ({"activation_checkpointing": True}, "fsdp_activation_checkpointing .*gradient_checkpointing=true"),
+])
+def test_unsupported_fsdp_settings_are_refused_naming_them(settings: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        check_fsdp_settings(fsdp_accelerator(**settings))
+    check_fsdp_settings(fsdp_accelerator())
+
+
+@pytest.mark.parametrize(("written", "run", "message"), [
+    ("pytorch_model_fsdp_0", {"fsdp": False}, "written under FSDP .*SHARDED_STATE_DICT.*fsdp.yaml"),
+    ("model.safetensors", {}, "written without FSDP"),
+    ("pytorch_model_fsdp.bin", {}, "FULL_STATE_DICT, and this run has SHARDED_STATE_DICT.*--fsdp_state_dict_type"),
+    ("pytorch_model_fsdp_0", {"state_dict_type": "FULL_STATE_DICT"}, "--fsdp_state_dict_type SHARDED_STATE_DICT"),
+])
+def test_a_checkpoint_of_another_layout_is_refused_naming_the_fix(tmp_path: Path, written: str, run: dict,
+                                                                  message: str) -> None:
+    (tmp_path / "pytorch_model_fsdp_0").mkdir() if written.endswith("_0") else (tmp_path / written).touch()
+    with pytest.raises(ConfigError, match=message):
+        check_checkpoint(fsdp_accelerator(**run), tmp_path)
+    # the layouts a run of each kind loads
+    kind = "FULL_STATE_DICT" if written.endswith(".bin") else "SHARDED_STATE_DICT"
+    check_checkpoint(fsdp_accelerator(fsdp=written != "model.safetensors", state_dict_type=kind), tmp_path)

@@ -12,11 +12,13 @@ import copy
 import logging
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator, FullyShardedDataParallelPlugin
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType, broadcast, parse_flag_from_env
+from accelerate.utils.constants import FSDP_MODEL_NAME
 from torch import nn
 
 from mmgpt.config import ConfigError
@@ -64,6 +66,40 @@ def check_fsdp_settings(accelerator: Accelerator) -> None:
     if plugin.activation_checkpointing:
         raise ConfigError("accelerate config: fsdp_activation_checkpointing is not supported for training (it "
                           "renames the wrapped layers); set it to false and use gradient_checkpointing=true")
+
+
+def check_checkpoint(accelerator: Accelerator, folder: Path) -> None:
+    """Refuse to resume a checkpoint whose layout this run cannot load: written with(out) FSDP, or in the other layout.
+
+    Under FSDP accelerate writes the model and optimizer as torch.distributed.checkpoint folders
+    (SHARDED_STATE_DICT) or as whole files (FULL_STATE_DICT); without it, model.safetensors and a plain optimizer.
+    """
+    written = ("SHARDED_STATE_DICT" if (folder / f"{FSDP_MODEL_NAME}_0").is_dir()
+               else "FULL_STATE_DICT" if (folder / f"{FSDP_MODEL_NAME}.bin").is_file() else None)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if written is None and fsdp:
+        raise ConfigError(f"--resume {folder}: written without FSDP, so this FSDP run cannot load it; resume it "
+                          "without --config_file configs/accelerate/fsdp.yaml")
+    if written is not None and not fsdp:
+        raise ConfigError(f"--resume {folder}: written under FSDP (fsdp_state_dict_type {written}); resume it "
+                          "with accelerate launch --config_file configs/accelerate/fsdp.yaml")
+    if fsdp and written != accelerator.state.fsdp_plugin.state_dict_type.name:
+        raise ConfigError(f"--resume {folder}: written with fsdp_state_dict_type {written}, and this run has "
+                          f"{accelerator.state.fsdp_plugin.state_dict_type.name}; resume it with "
+                          f"--fsdp_state_dict_type {written}")
+
+
+def describe_units(model: nn.Module) -> str:
+    """The FSDP units of a prepared model, e.g. 'MMGPT, LlamaDecoderLayer x2' (each gathers its weights at once)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    counts: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # fully_shard makes the class FSDP<name>
+            name = type(module).__name__.removeprefix("FSDP")
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in counts.items())
 
 
 def is_sharded(model: nn.Module) -> bool:

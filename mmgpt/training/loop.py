@@ -61,6 +61,8 @@ from mmgpt.training.distill import distill_loss_sum, load_teacher
 from mmgpt.training.ema import WeightEMA
 from mmgpt.training.fsdp import (
     broadcast_buffers,
+    check_checkpoint,
+    describe_units,
     full_copy,
     named_tensors,
     setup_fsdp,
@@ -275,6 +277,8 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     """Accelerator, run folder, data, model, optimizer and schedule, and the state (fresh or resumed)."""
     accelerator = start_accelerator(cfg)
     resume_dir = prepare_output_dir(cfg, args, accelerator)
+    if resume_dir is not None:
+        check_checkpoint(accelerator, resume_dir)
 
     templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
     train_sets = read_splits(cfg.data.train, templates)
@@ -313,6 +317,8 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     # FSDP shards the model in place; evaluation and saving need its structure whole
     template = copy.deepcopy(model) if accelerator.distributed_type == DistributedType.FSDP else None
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if template is not None:
+        logger.info("FSDP units: %s", describe_units(model))
     if _has_tensorboard():
         accelerator.init_trackers("mmgpt", config=_flat_scalars(to_dict(cfg)))
 
