@@ -143,9 +143,9 @@ def full_copy(template: nn.Module, tensors: list[tuple[str, torch.Tensor]], devi
     model = copy.deepcopy(template).to(device)
     targets = dict(named_tensors(model))
     names = [name for name, _ in tensors]
-    missing = set(names) ^ set(targets)
-    if missing:
-        raise ValueError(f"the sharded model and its template differ in {sorted(missing)[:3]}")
+    differ = set(names) ^ set(targets)
+    if differ:
+        raise ValueError(f"the sharded model and its template differ in {sorted(differ)[:3]}")
     for name, value in zip(names, full_tensors(t for _, t in tensors)):
         targets[name].copy_(value)
     return model
