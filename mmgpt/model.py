@@ -295,6 +295,13 @@ class MMGPT(nn.Module):
                 inputs_embeds=inputs_embeds, attention_mask=mask, generation_config=config, **generate_kwargs
             )
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Layer classes its Hugging Face parts name as units: what FSDP (TRANSFORMER_BASED_WRAP) shards one by one."""
+        names = {name for module in self.modules() if module is not self
+                 for name in getattr(module, "_no_split_modules", None) or ()}
+        return sorted(names)
+
     def num_parameters(self, trainable_only: bool = False) -> int:
         """Parameter count (each shared tensor counted once)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)

@@ -83,14 +83,17 @@ def tiny_config(folder: Path, data: Path, output: Path, **overrides) -> Path:
     return path
 
 
-def launch_two_processes(config: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """train.py --config CONFIG under `accelerate launch` with 2 CPU processes; its completed process."""
+def launch_two_processes(config: Path, cwd: Path, *train_args: str,
+                         launch_args: tuple[str, ...] | None = None) -> subprocess.CompletedProcess:
+    """train.py --config CONFIG [TRAIN_ARGS] under `accelerate launch LAUNCH_ARGS` (default: 2 CPU processes, DDP)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
     # accelerate's --cpu flag selects its single-process launcher; --multi_gpu on a machine without
     # GPUs starts real CPU processes (gloo), which is what multi-process training on CPU needs
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               str(REPO / "train.py"), "--config", str(config)]
+    if launch_args is None:
+        launch_args = ("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                       "--dynamo_backend", "no")
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launch_args,
+               str(REPO / "train.py"), "--config", str(config), *train_args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

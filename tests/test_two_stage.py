@@ -95,7 +95,7 @@ def test_two_stages_train_only_what_each_stage_names(setup: dict) -> None:
     merged = MMGPT.from_pretrained(stage2 / "model")
     assert not lora.has_adapters(merged)
     # (the saved weights are the run's eval model: its EMA average when optim.ema_decay > 0)
-    trained = run2.eval_model.eval()
+    trained = run2.eval_model().eval()
     batch = trained.processor(["what color is the square?"], [torch.zeros(3, 32, 32)], ["red"])
     with torch.no_grad():
         assert (trained(**batch).logits - merged(**batch).logits).abs().max() <= 1e-5

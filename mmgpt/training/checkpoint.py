@@ -226,10 +226,11 @@ def _drop_tied_aliases(accelerator: Any) -> Callable[[list, list, str], None]:
 
 
 def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: dict, keep: int,
-                    write_extra: Callable[[Path], None] | None = None) -> Path:
+                    write_extra: Callable[[Path, bool], None] | None = None) -> Path:
     """accelerator.save_state into a temp folder, then renamed into place: a checkpoint is complete or absent.
 
-    `write_extra(folder)` writes further files (the weight average) into it on the main process.
+    `write_extra(folder, write)` writes further files (the weight average) into it; every rank calls it (a
+    sharded average is gathered first), with `write` True on the main process.
 
     Rotation keeps the newest `keep` checkpoints of this run (state["run_id"]) and never touches another
     run's. A kill at any instant leaves the earlier checkpoints intact; the next save removes its leftovers.
@@ -250,10 +251,10 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: 
         accelerator.save_state(str(tmp), safe_serialization=True)
     finally:
         hook.remove()
+    if write_extra is not None:
+        write_extra(tmp, accelerator.is_main_process)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if write_extra is not None:
-            write_extra(tmp)
         # the state file last: it is what marks a checkpoint complete
         write_json(tmp / STATE_NAME, state)
         match_umask(tmp)  # safetensors' files arrive 0600

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, gather_object, send_to_device, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, gather_object, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -63,6 +63,14 @@ from mmgpt.training.config import (
 from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.training.distill import distill_loss_sum, load_teacher
 from mmgpt.training.ema import WeightEMA
+from mmgpt.training.fsdp import (
+    broadcast_buffers,
+    check_checkpoint,
+    describe_units,
+    full_copy,
+    named_tensors,
+    setup_fsdp,
+)
 from mmgpt.training.memory import cast_frozen, enable_gradient_checkpointing
 from mmgpt.training.nonfinite import check_weights, skip_or_stop, step_is_finite
 from mmgpt.training.optim import (
@@ -128,7 +136,8 @@ class Run:
 
     cfg: TrainConfig
     accelerator: Accelerator
-    # as accelerate prepared it (DDP-wrapped on several processes); `forward` is it or its torch.compile
+    # as accelerate prepared it (DDP-wrapped on several processes, sharded in place under FSDP); `forward` is it
+    # or its torch.compile
     model: nn.Module
     raw_model: MMGPT
     forward: Callable[..., Any]
@@ -151,11 +160,18 @@ class Run:
     stream: StreamingMixture | None = None
     # the streamed data's position after the last batch trained on (saved with each checkpoint)
     stream_position: dict | None = None
+    # under FSDP: the model as built, before sharding, into which evaluation and saving gather the weights
+    template: MMGPT | None = None
 
-    @property
     def eval_model(self) -> MMGPT:
-        """The model evaluation and saving use: the weights' moving average when there is one."""
-        return self.ema.module if self.ema is not None else self.raw_model
+        """The model evaluation and saving use: the weights' moving average when there is one.
+
+        Under FSDP a whole copy gathered on every rank: every rank calls this, once per evaluation or save.
+        """
+        if self.template is None:
+            return self.ema.module if self.ema is not None else self.raw_model
+        tensors = self.ema.named_tensors() if self.ema is not None else named_tensors(self.raw_model)
+        return full_copy(self.template, tensors, self.accelerator.device)
 
     @property
     def output_dir(self) -> Path:
@@ -196,6 +212,7 @@ def start_accelerator(cfg: TrainConfig) -> Accelerator:
                               # max_steps counts global steps
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     configure_logging(logging.INFO if accelerator.is_main_process else logging.WARNING)
+    setup_fsdp(accelerator)
     set_seed(cfg.seed)
     if accelerator.device.type == "cpu":
         logger.info("%d CPU thread(s) per process", set_cpu_threads(cfg.cpu_threads))
@@ -292,6 +309,8 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     """Accelerator, run folder, data, model, optimizer and schedule, and the state (fresh or resumed)."""
     accelerator = start_accelerator(cfg)
     resume_dir = prepare_output_dir(cfg, args, accelerator)
+    if resume_dir is not None:
+        check_checkpoint(accelerator, resume_dir)
 
     templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
     train_sets = read_splits(cfg.data.train, templates, cfg.data.blind)
@@ -335,11 +354,15 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
         logger.info("frozen parts in bf16: %s", ", ".join(cast))
     optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
+    # FSDP shards the model in place; evaluation and saving need its structure whole
+    template = copy.deepcopy(model) if accelerator.distributed_type == DistributedType.FSDP else None
     if stream is None:
         model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     else:
         # each process reads its own shard, which accelerate's loader would instead read on one and dispatch
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if template is not None:
+        logger.info("FSDP units: %s", describe_units(model))
     if _has_tensorboard():
         accelerator.init_trackers("mmgpt", config=_flat_scalars(to_dict(cfg)))
 
@@ -366,7 +389,7 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=raw_model,
                forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
                loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
-               state=state, teacher=teacher, ema=ema, stream=stream)
+               state=state, teacher=teacher, ema=ema, stream=stream, template=template)
 
 
 def image_autocast(setting: str, device: torch.device) -> bool:
@@ -497,7 +520,7 @@ def log_window(run: Run, window: LossWindow, bar: tqdm) -> None:
 def evaluate_during_training(run: Run) -> None:
     """Periodic evaluation on the first data.eval_max_examples of each eval set; back to train mode after."""
     start = time.perf_counter()
-    metrics = evaluate(run.eval_model, run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
+    metrics = evaluate(run.eval_model(), run.eval_sets, run.accelerator, run.cfg.data.eval_max_examples)
     run.eval_seconds += time.perf_counter() - start
     set_train_mode(run.raw_model, run.frozen)
     eval_loss = sum(v for k, v in metrics.items() if k.endswith("/loss")) / max(len(run.eval_sets), 1)
@@ -543,6 +566,8 @@ def train(run: Run) -> bool:
             # have returned the prompt); a plain bool on one process, one all-reduce on several
             stop_now = _any_rank(accelerator, stop.requested) or step == cfg.stop_at_step
             if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
+                if run.template is not None:
+                    broadcast_buffers(run.raw_model)
                 check_weights(run.raw_model, step, run.output_dir)
                 if run.stream is not None:
                     state.data_state = gather_object([run.stream_position])
@@ -572,17 +597,18 @@ def evaluate(model: MMGPT, eval_sets: list, accelerator: Accelerator, max_exampl
 def finish(run: Run) -> dict:
     """Final evaluation on every example; the main process saves the model, metrics, history and loss curve."""
     accelerator, state, output_dir = run.accelerator, run.state, run.output_dir
-    check_weights(run.eval_model, state.step, output_dir)
+    model = run.eval_model()
+    check_weights(model, state.step, output_dir)
     bad_runtime = int(accelerator.reduce(torch.tensor(state.bad_images_runtime, device=accelerator.device),
                                          reduction="sum"))
-    metrics = evaluate(run.eval_model, run.eval_sets, accelerator, max_examples=0)
+    metrics = evaluate(model, run.eval_sets, accelerator, max_examples=0)
     checked_summary = {name: (report.summary() if report else "not checked") for name, _, _, report in run.checked}
     result = {"step": state.step, "metrics": metrics, "bad_images": checked_summary,
               "bad_images_during_training": bad_runtime, "nonfinite_steps_skipped": state.nonfinite_steps}
     if accelerator.is_main_process:
         # the model card records the final evaluation and the training sets
-        run.eval_model.save_pretrained(output_dir / "model", metrics=metrics,
-                                      datasets=[spec.label for spec in run.cfg.data.train])
+        model.save_pretrained(output_dir / "model", metrics=metrics,
+                              datasets=[spec.label for spec in run.cfg.data.train])
         write_json(output_dir / "metrics.json", result, indent=2)
         write_json(output_dir / "history.json", state.history)
         plot_losses(state.history, output_dir / "loss.png")
