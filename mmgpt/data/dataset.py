@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from mmgpt.data.augment import augment
 from mmgpt.data.example import Example
+from mmgpt.data.pixel_cache import PixelCache
 
 logger = logging.getLogger(__name__)
 
@@ -55,29 +56,36 @@ def check_images(
     max_bad_fraction: float,
     progress: bool = True,
     name: str = "",
+    pixel_cache: PixelCache | None = None,
 ) -> tuple[list[Example], ImageReport]:
     """Decode each distinct image once; drop examples whose image is bad.
 
     With `cache`, the examples that are kept carry their preprocessed pixel tensor instead of
-    the source, so training never decodes an image twice. Every process runs the same check
-    on the same data, so all ranks keep identical example lists.
+    the source, so training never decodes an image twice; with a `pixel_cache` as well (made for the
+    processor whose `image_tensor` this is), those tensors and the bad images' reasons come from disk when
+    an earlier run checked the same files. Every process runs the same check on the same data, so all
+    ranks keep identical example lists.
     """
-    from mmgpt.images import ImageError
-
     report = ImageReport()
-    tensors: dict[Any, torch.Tensor | None] = {}
     sources = {}
     for example in examples:
         sources.setdefault(image_key(example.image), example.image)
     report.total = len(sources)
-    for key, source in tqdm(sources.items(), desc=f"checking images {name}".strip(), disable=not progress):
-        try:
-            tensor = image_tensor(source)
-        except (ImageError, OSError, ValueError) as e:
-            report.bad[str(key)] = str(e) if str(e) else type(e).__name__
+
+    def decode() -> tuple[list[torch.Tensor | None], dict[int, str]]:
+        return _decode_each(list(sources.values()), image_tensor, progress, f"checking images {name}".strip())
+
+    if cache and pixel_cache is not None:
+        pixels, bad = pixel_cache.get_or_build(list(sources.values()), decode, name=name)
+    else:
+        pixels, bad = decode()
+    tensors: dict[Any, Any] = {}
+    for i, (key, source) in enumerate(sources.items()):
+        if i in bad:
+            report.bad[str(key)] = bad[i]
             tensors[key] = None
-            continue
-        tensors[key] = tensor if cache else source
+        else:
+            tensors[key] = pixels[i] if cache else source
     if report.num_bad:
         logger.warning("%s: %s", name or "dataset", report.summary())
         for reason in list(report.bad.values())[:5]:
@@ -97,6 +105,22 @@ def check_images(
             example = replace(example, image=value)
         kept.append(example)
     return kept, report
+
+
+def _decode_each(sources: Sequence[Any], image_tensor: Callable[[Any], torch.Tensor], progress: bool,
+                 desc: str) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+    """Pixels of each source (None for a bad one) and {index: reason} of the bad ones."""
+    from mmgpt.images import ImageError
+
+    pixels: list[torch.Tensor | None] = []
+    bad: dict[int, str] = {}
+    for i, source in enumerate(tqdm(sources, desc=desc, disable=not progress)):
+        try:
+            pixels.append(image_tensor(source))
+        except (ImageError, OSError, ValueError) as e:
+            bad[i] = str(e) if str(e) else type(e).__name__
+            pixels.append(None)
+    return pixels, bad
 
 
 class RobustImages(Dataset):

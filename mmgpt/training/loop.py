@@ -37,6 +37,7 @@ from mmgpt.data.example import blinded
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.hf import is_stream
 from mmgpt.data.mixture import Mixture
+from mmgpt.data.pixel_cache import PixelCache
 from mmgpt.data.streaming import StreamingMixture, first_examples
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.hf_models import load_hf_tokenizer
@@ -81,6 +82,7 @@ from mmgpt.training.optim import (
 )
 
 logger = logging.getLogger("mmgpt.train")
+_IMPORTED = time.perf_counter()
 
 
 def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[TrainConfig, argparse.Namespace]:
@@ -324,16 +326,20 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     # each distinct image of a list is checked (and, small data, decoded) once; every rank does the same.
     # A lazy or streamed set is never read whole: its images are checked as training loads them
     progress = accelerator.is_main_process
+    # the pixels of images an earlier run checked come from $MMGPT_CACHE/images
+    pixel_cache = PixelCache.for_processor(processor) if cfg.data.cache_images else None
     checked = []
     for (name, examples), spec in zip(train_sets, cfg.data.train):
         kept, report = check_images(examples, processor.image_tensor, cfg.data.cache_images,
-                                    cfg.data.max_bad_fraction, progress=progress, name=name) \
+                                    cfg.data.max_bad_fraction, progress=progress, name=name,
+                                    pixel_cache=pixel_cache) \
             if cfg.data.check_images and isinstance(examples, list) else (examples, None)
         checked.append((name, kept, spec.weight, report))
     eval_sets = [(name, check_images(first_examples(ex, 0 if isinstance(ex, list) else
                                                     spec.max_examples or cfg.data.eval_max_examples),
                                      processor.image_tensor, cfg.data.cache_images, 1.0, progress=progress,
-                                     name=name)[0]) for (name, ex), spec in zip(eval_sets, cfg.data.eval)]
+                                     name=name, pixel_cache=pixel_cache)[0])
+                 for (name, ex), spec in zip(eval_sets, cfg.data.eval)]
     stream = None
     if any(is_stream(examples) for _, examples, _, _ in checked):
         loader, stream = build_stream_loader(cfg, checked, processor, accelerator)
@@ -537,8 +543,10 @@ def train(run: Run) -> bool:
     bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="training")
     set_train_mode(run.raw_model, run.frozen)
     # the bar closes on an error too, so the error message starts on a line of its own
+    first_step = state.step + 1
     with StopRequest() as stop, bar:
         while state.step < cfg.max_steps:
+            step_start = time.perf_counter()
             micro = next_micro_batches(run, batches)
             step_loss, step_tokens, grad_norm = forward_backward(run, micro)
             if step_is_finite(accelerator, step_loss, grad_norm, cfg.mixed_precision):
@@ -557,6 +565,10 @@ def train(run: Run) -> bool:
             bar.update(1)
 
             step = state.step
+            if step == first_step:
+                took = time.perf_counter() - step_start
+                logger.info("first step after %.1f s (start-up %.1f s, the step itself %.1f s)", seconds_since_start(),
+                            seconds_since_start() - took, took)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 log_window(run, window, bar)
                 check_bad_fraction(run)
@@ -656,6 +668,18 @@ def plot_losses(history: dict[str, list], path: str | Path) -> bool:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
+
+
+def seconds_since_start() -> float:
+    """Wall time since this process started (since this module was imported where that is unknown)."""
+    try:
+        import psutil
+    except ImportError:
+        return time.perf_counter() - _IMPORTED
+    try:
+        return time.time() - psutil.Process().create_time()
+    except (psutil.Error, OSError):
+        return time.perf_counter() - _IMPORTED
 
 
 def _any_rank(accelerator: Accelerator, flag: bool) -> bool:
