@@ -20,6 +20,7 @@ Formats (`DatasetSpec.format`):
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -85,12 +86,16 @@ _QUESTION_TYPES = (
 )
 
 
+_QUESTION_TYPE_WORDS = tuple((qtype, qtype.split()) for qtype in _QUESTION_TYPES)
+
+
+# datasets repeat a few question templates tens of thousands of times: each is classified once
+@functools.lru_cache(maxsize=1 << 16)
 def question_type(question: str) -> str:
     """VQA-style question type: the longest known prefix of the question's words."""
     words = question.lower().rstrip("?").split()
     best = ""
-    for qtype in _QUESTION_TYPES:
-        parts = qtype.split()
+    for qtype, parts in _QUESTION_TYPE_WORDS:
         if words[: len(parts)] == parts and len(qtype) > len(best):
             best = qtype
     return best or "none of the above"
@@ -134,11 +139,14 @@ def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Ex
         where = f"{path} annotations[{i}]"
         refs[record_field(ann, "image_id", where, (int, str))].append(record_field(ann, "caption", where).strip())
     out = []
+    image_paths: dict[Any, str] = {}  # one path per image, not one per caption
     for i, ann in enumerate(anns):
         image_id = ann["image_id"]
         if image_id not in files:
             raise ValueError(f"{path} annotations[{i}]: field 'image_id' {image_id!r} is not in 'images'")
-        out.append(Example(image=str(root / files[image_id]), prompt=templates.caption, answer=ann["caption"].strip(),
+        if image_id not in image_paths:
+            image_paths[image_id] = str(root / files[image_id])
+        out.append(Example(image=image_paths[image_id], prompt=templates.caption, answer=ann["caption"].strip(),
                            task="caption", id=ann.get("id", i), source=spec.label,
                            meta={"image_id": image_id, "references": list(refs[image_id])}))
     return out

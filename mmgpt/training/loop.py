@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import gc
 import logging
 import math
 import time
@@ -309,6 +310,19 @@ def build_loader(cfg: TrainConfig, checked: list, processor: Any,
 
 def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     """Accelerator, run folder, data, model, optimizer and schedule, and the state (fresh or resumed)."""
+    # the ~0.5M objects of the imports (torch, transformers) outlive the run: with them out of the garbage
+    # collector's passes, reading the datasets' annotations takes half the time (a caller's own freeze is kept)
+    frozen_here = gc.get_freeze_count() == 0
+    if frozen_here:
+        gc.freeze()
+    try:
+        return _build_run(cfg, args)
+    finally:
+        if frozen_here:
+            gc.unfreeze()
+
+
+def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     accelerator = start_accelerator(cfg)
     resume_dir = prepare_output_dir(cfg, args, accelerator)
     if resume_dir is not None:
