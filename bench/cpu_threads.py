@@ -3,11 +3,12 @@
 A training run that shares the machine's cores with another job (a test suite, a second run) can slow
 down far more than the lost core explains: OpenMP's worker threads spin at every barrier waiting for a
 thread the scheduler has parked. This runs bench/train_throughput.py (the training loop's own step, default
-config) in a fresh process per setting, so OpenMP reads its environment at start, once on an idle machine
-and once beside `--busy` processes that each spin one core, settings interleaved, and reports median step
-times side by side.
+config) in a fresh process per setting, so OpenMP reads its environment at start, on an idle machine and
+beside each count of `--busy` processes that each spin one core, all conditions interleaved within each round,
+and reports median step times side by side. "mmgpt default" is the environment mmgpt sets when it is imported
+before torch (mmgpt.OPENMP_DEFAULTS); "OpenMP default" is what torch does without it.
 
-    python -m bench.cpu_threads                  # threads 1 and all cores, spin and passive waiting
+    python -m bench.cpu_threads                  # idle, 1 and 2 busy processes
     python -m bench.cpu_threads --busy 1 --steps 10
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import json
 import logging
 import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +30,7 @@ if __package__ in (None, ""):
 
 import torch
 
+import mmgpt
 from bench import cli, common
 
 logger = logging.getLogger("bench.cpu_threads")
@@ -46,15 +49,27 @@ def spin(stop_at: float) -> None:
         x += 1
 
 
+# what the environment may hold that changes how OpenMP threads wait; each setting states all of it
+_WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+
+
 def settings(cores: int) -> dict[str, dict[str, str]]:
-    """Name -> environment for the training process: thread counts and OpenMP's wait policy."""
-    found: dict[str, dict[str, str]] = {}
-    for threads in sorted({1, cores}):
-        found[f"{threads} thread(s), spin-wait"] = {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "ACTIVE"}
-        if threads > 1:
-            found[f"{threads} threads, passive wait"] = {"OMP_NUM_THREADS": str(threads),
-                                                         "OMP_WAIT_POLICY": "PASSIVE"}
-    return found
+    """Name -> environment for the training process: thread counts and how OpenMP's threads wait."""
+    found: dict[str, dict[str, str]] = {
+        f"{cores} threads, mmgpt default": {"OMP_NUM_THREADS": str(cores), **mmgpt.OPENMP_DEFAULTS},
+        f"{cores} threads, OpenMP default": {"OMP_NUM_THREADS": str(cores)},
+        f"{cores} threads, spin-wait": {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "ACTIVE"},
+        f"{cores} threads, passive wait": {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"},
+        "1 thread": {"OMP_NUM_THREADS": "1"},
+    }
+    if cores == 1:
+        return {"1 thread": found["1 thread"]}
+    # the same environment under two names is measured once
+    unique: dict[str, dict[str, str]] = {}
+    for name, env in found.items():
+        if env not in unique.values():
+            unique[name] = env
+    return unique
 
 
 def step_time(env: dict[str, str], steps: int, warmup: int, busy: int) -> float:
@@ -66,7 +81,8 @@ def step_time(env: dict[str, str], steps: int, warmup: int, busy: int) -> float:
         with tempfile.TemporaryDirectory() as out:
             command = [sys.executable, "-m", "bench.train_throughput", "--steps", str(steps), "--warmup", str(warmup),
                        "--no-count-flops", "--device", "cpu", "--threads", env["OMP_NUM_THREADS"], "--out-dir", out]
-            subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True, capture_output=True, text=True)
+            base = {k: v for k, v in os.environ.items() if k not in _WAIT_KEYS}
+            subprocess.run(command, cwd=REPO, env={**base, **env}, check=True, capture_output=True, text=True)
             (result,) = Path(out).glob("*.json")
             return json.loads(result.read_text())["runs"][0]["step_time_s"]
     finally:
@@ -78,25 +94,36 @@ def step_time(env: dict[str, str], steps: int, warmup: int, busy: int) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure every setting idle and under load, interleaved, print the table, write the JSON."""
     parser = cli.new_parser(__doc__)
-    parser.add_argument("--busy", type=int, default=1, help="spinning processes beside training in the loaded case")
+    parser.add_argument("--busy", type=int, nargs="+", default=[1, 2],
+                        help="counts of spinning processes beside training in the loaded cases (idle is always run)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per measurement (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="repeats of the whole interleaved sweep (best kept)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="repeats of the whole interleaved sweep (the median of the rounds is kept)")
+    parser.add_argument("--settings", nargs="+", default=None, help="only these settings (names as in the table)")
     cli.add_run_options(parser)
     args = parser.parse_args(argv)
     args.device = "cpu"
     device = cli.setup(args)
     cores = len(os.sched_getaffinity(0))
     chosen = settings(cores)
-    times: dict[tuple[str, int], float] = {}
+    if args.settings:
+        unknown = sorted(set(args.settings) - set(chosen))
+        if unknown:
+            parser.error(f"unknown setting(s) {unknown}; available: {', '.join(chosen)}")
+        chosen = {name: chosen[name] for name in args.settings}
+    samples: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
-        for busy in (0, args.busy):
+        # every condition once per round, so a change in the machine's other load spreads over all of them
+        for busy in (0, *args.busy):
             for name, env in chosen.items():
                 t = step_time(env, args.steps, args.warmup, busy)
-                times[name, busy] = min(t, times.get((name, busy), float("inf")))
+                samples.setdefault((name, busy), []).append(t)
                 logger.info("%s, %d busy: %.0f ms", name, busy, 1e3 * t)
+    times = {key: statistics.median(values) for key, values in samples.items()}
     best_idle = min(times[name, 0] for name in chosen)
-    rows = [{"setting": name, "load": busy, "step_ms": 1e3 * t, "vs_idle": t / times[name, 0], "vs_best": t / best_idle}
+    rows = [{"setting": name, "load": busy, "step_ms": 1e3 * t, "vs_idle": t / times[name, 0], "vs_best": t / best_idle,
+             "rounds_ms": [round(1e3 * v, 1) for v in samples[name, busy]]}
             for (name, busy), t in times.items()]
     rows.sort(key=lambda r: (r["load"], r["step_ms"]))
     common.print_table(f"training step time beside busy processes on {common.device_name(device)} ({cores} cores)",
