@@ -16,7 +16,7 @@ from tiny import tiny_config as tiny_model_config
 import mmgpt.data.dataset as dataset
 from mmgpt.data.dataset import check_images
 from mmgpt.data.example import Example
-from mmgpt.data.pixel_cache import PixelCache
+from mmgpt.data.pixel_cache import PixelCache, wait_for_writes
 from mmgpt.training.loop import main
 
 
@@ -44,8 +44,10 @@ def _examples(paths: list[Path]) -> list[Example]:
 
 
 def _check(processor, paths: list[Path], cache: PixelCache | None):
-    return check_images(_examples(paths), processor.image_tensor, cache=True, max_bad_fraction=1.0, progress=False,
-                        pixel_cache=cache)
+    checked = check_images(_examples(paths), processor.image_tensor, cache=True, max_bad_fraction=1.0,
+                           progress=False, pixel_cache=cache)
+    wait_for_writes()  # the entry is written in the background
+    return checked
 
 
 def _same(a: tuple, b: tuple) -> bool:
@@ -180,6 +182,7 @@ def test_a_run_with_a_warm_cache_trains_byte_identical_weights(tmp_path: Path, m
     with caplog.at_level(logging.INFO):
         main(["--config", str(tiny_config(tmp_path, data, cold, max_steps=4))])
     assert any(r.getMessage().startswith("first step after ") for r in caplog.records)
+    wait_for_writes()
     assert _entries(tmp_path / "mmgpt-cache" / "images")
     _no_decoding(monkeypatch)
     main(["--config", str(tiny_config(tmp_path, data, warm, max_steps=4))])

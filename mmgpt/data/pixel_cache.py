@@ -6,8 +6,8 @@ run's start-up. An entry holds the pixels of one dataset for one image transform
 content, the transform as the model saves it, the pixel limit, the source of the decoding code and the
 versions of the libraries that decode and transform. A changed image is a different entry (a miss), never
 stale pixels. Each file carries a checksum of its pixels and records; a truncated, altered or foreign file
-is rebuilt with a warning, never trusted. Files are written to a temporary name and renamed into place, so
-processes that build the same entry at once each leave a complete file. The least recently used entries
+is rebuilt with a warning, never trusted. Files are written in a background thread, to a temporary name renamed
+into place, so processes that build the same entry at once each leave a complete file. The least recently used entries
 are deleted once all of them exceed `MAX_BYTES`.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 import uuid
 import zlib
@@ -40,6 +41,20 @@ _STALE_TMP_S = 3600.0
 _LIBRARIES = ("PIL", "numpy", "torch", "torchvision", "timm", "transformers")
 # (pixels per source, None for a bad one; {source index: reason})
 Checked = tuple[list[torch.Tensor | None], dict[int, str]]
+
+
+_pending: list[tuple[Path, threading.Thread]] = []  # entries this process is writing
+_pending_lock = threading.Lock()
+
+
+def wait_for_writes(path: Path | None = None) -> None:
+    """Wait until this process's writes of entry `path` (of every entry: None) are on disk."""
+    with _pending_lock:
+        writers = [t for p, t in _pending if path is None or p == path]
+    for writer in writers:
+        writer.join()
+    with _pending_lock:
+        _pending[:] = [(p, t) for p, t in _pending if t.is_alive()]
 
 
 def default_root() -> Path:
@@ -137,6 +152,7 @@ class PixelCache:
         key = self.key(sources)
         if key is None:
             return build()
+        wait_for_writes(self.path(key))  # this process may be writing the entry right now
         found = self._read(key, len(sources))
         if found is not None:
             logger.info("%s: %d checked images from the image cache in %.1f s", name or "dataset", len(sources),
@@ -147,7 +163,13 @@ class PixelCache:
         if not good or any(p.shape != good[0].shape or p.dtype != good[0].dtype for p in good):
             return pixels, bad  # nothing to keep, or sizes that do not stack
         stacked = torch.stack(good)
-        self._write(key, stacked, bad, len(sources))
+        # written beside the run's next steps, so a first run is not slower for keeping its images; the thread is
+        # not a daemon, so the interpreter finishes the file before it exits
+        writer = threading.Thread(target=self._write, args=(key, stacked, bad, len(sources)),
+                                  name="mmgpt-pixel-cache-write")
+        with _pending_lock:  # started before it is listed: a waiting thread can always join it
+            writer.start()
+            _pending.append((self.path(key), writer))
         # rows of one tensor, as a read from the cache returns them, instead of a second copy of every image
         rows = iter(stacked.unbind(0))
         return [None if p is None else next(rows) for p in pixels], bad
