@@ -1,10 +1,14 @@
-"""The playground page in a real headless chromium: choose an image, ask, and the streamed answer appears."""
+"""The playground page in a real headless chromium: choose an image, ask, and the streamed answer appears.
+
+Needs Debian's chromium and chromium-driver (.ci/run installs them); skipped, with that reason, where they are absent
+outside CI."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
 import pytest
+from optional import missing
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -20,10 +24,24 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--window-size=1100,720")
 
 
+def require_chromium(chromium: str = CHROMIUM, driver: str = CHROMEDRIVER) -> None:
+    """Skip (fail under CI) unless the browser and its driver are installed."""
+    if not (shutil.which(chromium) and shutil.which(driver)):
+        missing(f"needs {chromium} and {driver}: apt-get install chromium chromium-driver")
+
+
+def test_without_chromium_the_browser_test_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs /nowhere/chromium and /nowhere/chromedriver: apt-get"):
+        require_chromium("/nowhere/chromium", "/nowhere/chromedriver")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
+        require_chromium("/nowhere/chromium", "/nowhere/chromedriver")
+
+
 @pytest.fixture()
 def browser(tmp_path: Path) -> webdriver.Chrome:
-    assert shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER), \
-        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+    require_chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):

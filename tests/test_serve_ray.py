@@ -1,6 +1,7 @@
 """`mmgpt serve --ray`: a local Ray instance with 2 replicas behind Ray Serve's router; both answer, as answer() does.
 
-Skipped only where Ray Serve is not installed (`pip install 'mmgpt[ray]'`; CI installs it)."""
+Skipped, with that reason, only where Ray Serve is not installed outside CI (`pip install 'mmgpt[ray]'`; the test
+extra and CI install it)."""
 from __future__ import annotations
 
 import shutil
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from optional import needs_module
 
-pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'mmgpt[ray]'")
+needs_module("ray.serve", "pip install 'mmgpt[ray]'")
 
 from test_serve import NAME, QUESTION, model_dir, png, user  # noqa: E402,F401 - model_dir is a fixture
 
