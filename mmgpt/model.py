@@ -372,7 +372,7 @@ class MMGPT(nn.Module):
         compression = data.get("compression") or {}
         if compression.get("method") == "int8":
             # mmgpt quantize: the same quantisation is applied first, then the int8 tensors load into it
-            from mmgpt.compress.quantize import load_quantized_weights
+            from mmgpt.compress.int8 import load_quantized_weights
 
             try:
                 load_quantized_weights(model, folder / WEIGHTS_NAME, compression)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import ast
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_packaging import load_setup
 
 METRIC_MODULES = ("mmgpt.eval.vqa_metrics", "mmgpt.eval.caption_metrics")
 # what a metric must not depend on: the generation runner, the eval scripts, the model and inference
@@ -113,8 +113,7 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def mmgpt_files() -> dict[str, str]:
-    packages = json.loads(re.search(r"^packages = (\[.*\])$", (ROOT / "pyproject.toml").read_text(), re.M)[1])
-    return json.loads(fresh_python(LIST_MODULES, *packages))
+    return json.loads(fresh_python(LIST_MODULES, *load_setup().mmgpt_packages()))
 
 
 def test_every_module_imports_in_a_fresh_interpreter(mmgpt_files: dict[str, str]) -> None:

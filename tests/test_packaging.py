@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
+import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+from types import ModuleType
 
 import optional
 import pytest
@@ -146,3 +152,92 @@ def test_an_optional_part_skips_outside_ci_and_fails_under_it(monkeypatch: pytes
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match=r"needs no_such_module_here: pip install it \(a failure under CI"):
         optional.needs_module("no_such_module_here", "pip install it")
+
+
+def load_setup() -> ModuleType:
+    """The repository's setup.py as a module (its setup() call runs only as a script)."""
+    spec = importlib.util.spec_from_file_location("mmgpt_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_package_folder_is_discovered() -> None:
+    packages = load_setup().mmgpt_packages()
+    folders = {p.parent for top in ("mmgpt", *load_setup().NESTED) for p in (ROOT / top).rglob("__init__.py")}
+    expected = {"mmgpt." + ".".join(f.relative_to(ROOT).parts) if f.parts[len(ROOT.parts)] != "mmgpt"
+                else ".".join(f.relative_to(ROOT).parts) for f in folders}
+    assert "mmgpt.compress" in packages and "mmgpt.encoders" in packages and "encoders" not in packages
+    assert sorted(expected) == packages
+
+
+# imports every module of the installed mmgpt, checks they come from `site`, and prints each command's --help
+INSTALLED_CHECK = """
+import contextlib, importlib, importlib.resources, io, json, pkgutil, sys
+site, packages = sys.argv[1], json.loads(sys.argv[2])
+for package in packages:
+    module = importlib.import_module(package)
+    assert module.__file__.startswith(site), (package, module.__file__)
+    for info in pkgutil.iter_modules(module.__path__, package + "."):
+        importlib.import_module(info.name)
+assert (importlib.resources.files("mmgpt.configs") / "default.yaml").is_file()
+assert (importlib.resources.files("mmgpt.serve") / "static" / "playground.html").is_file()
+from mmgpt import cli
+for command in cli.COMMANDS:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+        cli.main([command, "--help"])
+    assert out.getvalue().startswith("usage: mmgpt " + command), (command, out.getvalue()[:300])
+print("ok", len(sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_every_package_and_command(tmp_path: Path) -> None:
+    build = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
+    for requirement in build:
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        if version is None or not requirement.specifier.contains(version):
+            optional.missing(f"needs {requirement} (pyproject's build requirement) to build the wheel offline; "
+                             f"found {version}: pip install -e '.[test]'")
+    # a copy of what the build reads, so that the build leaves nothing in the checkout
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "mmgpt", *load_setup().NESTED):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (ROOT / name).is_dir() else {}))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    proc = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist",
+                           source], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("mmgpt-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert "mmgpt/compress/quantize.py" in names and "mmgpt/encoders/tiny_cnn.py" in names
+    assert not [n for n in names if n.startswith(("encoders/", "fusion/", "configs/", "tests/"))]
+
+    # a fresh environment that sees the dependencies installed here, but not this checkout's editable mmgpt:
+    # directories named in a .pth are put on sys.path without running the .pth files inside them
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "dependencies.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
+    proc = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    proc = subprocess.run([python, "-c", INSTALLED_CHECK, str(site), json.dumps(load_setup().mmgpt_packages())],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
+    # the console script pip wrote runs the installed code
+    proc = subprocess.run([python, site / "bin" / "mmgpt", "--help"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)
+    assert proc.returncode == 0 and "compare-fusions" in proc.stdout, proc.stderr[-2000:]
