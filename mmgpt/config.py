@@ -168,6 +168,23 @@ class FusionConfig:
         check_fields(self, "model.fusion.", dim=">= 1", num_layers=">= 1", num_heads=">= 1", dropout="[0, 1)")
 
 
+# the default generator, built from scratch (configs/default.yaml lists the same values)
+SCRATCH_GENERATOR: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+    # transformers' 0.02 is tuned for widths in the thousands; at width 128 it shrinks every
+    # layer's output so much that the image barely reaches the answer and shape questions stay
+    # at chance (38% after 1,000 steps; 98.6% with 0.12)
+    "initializer_range": 0.12,
+}
+
+
 @dataclass
 class GeneratorConfig:
     """The causal transformer that decodes the answer from the prefix F."""
@@ -175,28 +192,17 @@ class GeneratorConfig:
     # hub name or local folder of any AutoModelForCausalLM; empty = build from kwargs
     name: str = ""
     # transformers config values: a from-scratch model (with model_type), or changes to a named one's config
-    kwargs: dict = field(
-        default_factory=lambda: {
-            "model_type": "llama",
-            "hidden_size": 128,
-            "intermediate_size": 384,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 4,
-            "max_position_embeddings": 128,
-            "tie_word_embeddings": True,
-            # transformers' 0.02 is tuned for widths in the thousands; at width 128 it shrinks every
-            # layer's output so much that the image barely reaches the answer and shape questions stay
-            # at chance (38% after 1,000 steps; 98.6% with 0.12)
-            "initializer_range": 0.12,
-        }
-    )
+    kwargs: dict = field(default_factory=lambda: copy.deepcopy(SCRATCH_GENERATOR))
     attn_implementation: str = "sdpa"
     freeze: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         check_finite_values("model.generator.kwargs", self.kwargs)
+        if self.name and self.kwargs == SCRATCH_GENERATOR:
+            # inherited with the defaults by a config that only names a model: they describe the default
+            # from-scratch generator, not changes to the named one, and must not be recorded as built
+            self.kwargs = {}
         self.lora.check("model.generator.lora.")
 
 

@@ -1,10 +1,11 @@
 """One place where Hugging Face parts are read: configs, models, tokenizers and image processors.
 
-A part is named by a hub name or a local folder (`name`), or built from scratch from a config mapping
-with a `model_type`. A local folder is read with local_files_only, so a saved model never reaches the hub;
-a hub name is used only when the config asks for it. A model folder is data, never code: every loader
-passes trust_remote_code=False (so transformers never asks on stdin either), and a folder whose configs
-name Python code to import (`auto_map`) or an architecture transformers lacks is refused first, naming the file.
+A part is named by a hub name or a local folder (`name`), whose config the part's `kwargs` may change, or built
+from scratch from a config mapping with a `model_type`. A local folder is read with local_files_only, so a saved
+model never reaches the hub; a hub name is used only when the config asks for it. A model folder is data, never
+code: every loader passes trust_remote_code=False (so transformers never asks on stdin either), and a folder whose
+configs name Python code to import (`auto_map`) or an architecture transformers lacks is refused first, naming the
+file.
 """
 from __future__ import annotations
 
@@ -101,7 +102,7 @@ def build_hf_model(
     sub_config: str = "",
     **model_kwargs: Any,
 ) -> PreTrainedModel:
-    """`auto_class` model for `name` (weights only if `load_weights`), else from `scratch_config`.
+    """`auto_class` model for `name` (weights only if `load_weights`) changed by `scratch_config`, else built from it.
 
     `key` is the dotted config key of `scratch_config` (for error messages); `missing_model_type` is the
     error when there is neither a name nor a model_type. With a `tokenizer`, the vocabulary defaults to its
@@ -112,10 +113,18 @@ def build_hf_model(
     if name:
         # a folder (a saved model's part, a local checkpoint) is read from its own files only
         config = load_hf_config(name, sub_config)
+        change_config(config, scratch_config, key, name)
         where = Path(name) / "config.json" if Path(name).is_dir() else f"{name}'s config.json"
         check_transformer_config(config, f"{where}: ", what)
         if load_weights:
-            return load_pretrained(auto_class, name, config=config, **model_kwargs)
+            try:
+                return load_pretrained(auto_class, name, config=config, **model_kwargs)
+            except RuntimeError as e:
+                if not scratch_config:
+                    raise
+                # transformers refuses weights whose shapes the changed config no longer has
+                raise ConfigError(f"{key} ({', '.join(sorted(scratch_config))}) changes the shapes of the weights of "
+                                  f"'{name}', which then do not load: change only settings that keep them") from e
         # rebuilding a saved model: its weights come from the model's own file afterwards
         return auto_class.from_config(config, trust_remote_code=False, **model_kwargs)
     kwargs = dict(scratch_config)
@@ -138,3 +147,19 @@ def build_hf_model(
     check_transformer_config(config, f"{key}.", what)
     return auto_class.from_config(config, trust_remote_code=False, **model_kwargs)
 
+
+def change_config(config: transformers.PretrainedConfig, changes: Mapping[str, Any], key: str, name: str) -> None:
+    """Apply a part's `kwargs` to the config of the model it names, refusing keys that config does not have."""
+    changes = dict(changes)
+    model_type = changes.pop("model_type", config.model_type)
+    if model_type != config.model_type:
+        raise ConfigError(
+            f"{key}.model_type '{model_type}' is not the type of '{name}' ({config.model_type}): with a name, {key} "
+            f"only changes that model's config (here: {', '.join(sorted(changes)) or 'nothing else'}); set {key} to "
+            "{} to load the model as it is, or leave the name empty to build a model from scratch from it")
+    unknown = sorted(k for k in changes if not hasattr(config, k))
+    if unknown:
+        raise ConfigError(f"{key}: {', '.join(unknown)} not in the {config.model_type} config of '{name}', "
+                          "so it cannot be changed")
+    for k, v in changes.items():
+        setattr(config, k, v)

@@ -9,6 +9,7 @@ import yaml
 from mmgpt.config import (
     ConfigError,
     FusionConfig,
+    GeneratorConfig,
     ModelConfig,
     apply_overrides,
     from_dict,
@@ -216,3 +217,14 @@ def test_no_and_yes_are_text_for_text_settings_and_booleans_for_boolean_ones(tmp
     assert cfg.mixed_precision == "no" and cfg.model.image_encoder.freeze is True
     with pytest.raises(ConfigError, match="'model.generator.freeze' must be bool, got 'maybe'"):
         load_train_config("default", ["model.generator.freeze=maybe"])
+
+
+def test_naming_a_generator_drops_the_defaults_from_scratch_kwargs(tmp_path: Path) -> None:
+    # the README's own-data config: base: default plus a named generator; its kwargs are the default's
+    (tmp_path / "my_run.yaml").write_text("base: default\nmodel:\n  generator: {name: org/some-lm}\n")
+    assert load_train_config(str(tmp_path / "my_run.yaml")).model.generator.kwargs == {}
+    assert load_train_config("default", ["model.generator.name=org/some-lm"]).model.generator.kwargs == {}
+    assert GeneratorConfig(name="org/some-lm").kwargs == {}
+    # set on purpose, they are changes to the named model's config and stay
+    assert GeneratorConfig(name="org/some-lm", kwargs={"rope_theta": 5e5}).kwargs == {"rope_theta": 5e5}
+    assert GeneratorConfig().kwargs["hidden_size"] == 128

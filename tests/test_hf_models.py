@@ -84,3 +84,24 @@ def test_from_scratch_errors_name_the_key(scratch: dict, vocab: int | None, mess
 
 def test_the_tokenizer_sets_the_default_vocabulary() -> None:
     assert build(scratch=dict(BERT_CONFIG), tokenizer=list(range(37))).config.vocab_size == 37
+
+
+def test_kwargs_change_a_named_models_config(tmp_path: Path) -> None:
+    saved = saved_bert(tmp_path / "bert")
+    loaded = build(str(tmp_path / "bert"), {"model_type": "bert", "hidden_dropout_prob": 0.25})
+    assert loaded.config.hidden_dropout_prob == 0.25 and saved.config.hidden_dropout_prob != 0.25
+    assert torch.equal(loaded.embeddings.word_embeddings.weight, saved.embeddings.word_embeddings.weight)
+    assert build(str(tmp_path / "bert"), {"hidden_size": 48}, load_weights=False).config.hidden_size == 48
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_type": "llama", "hidden_size": 128}, f"{KEY}.model_type 'llama' is not the type of"),
+    ({"hidden_sise": 8, "colour": 1}, f"{KEY}: colour, hidden_sise not in the bert config of"),
+    # the saved weights no longer fit: refused with the keys, not transformers' RuntimeError
+    ({"hidden_size": 48}, f"{KEY} (hidden_size) changes the shapes of the weights of"),
+])
+def test_kwargs_a_named_model_cannot_take_are_refused_by_name(tmp_path: Path, changes: dict, message: str) -> None:
+    saved_bert(tmp_path / "bert")
+    with pytest.raises(ConfigError) as info:
+        build(str(tmp_path / "bert"), changes)
+    assert message in str(info.value)

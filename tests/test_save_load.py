@@ -1,6 +1,7 @@
 """save_pretrained / from_pretrained round trips, atomic saving, and loading real (tiny) pretrained parts."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,20 @@ def test_named_generator_vocab_check_and_scratch_tokenizer_size(tmp_path: Path) 
     config.tokenizer = TokenizerConfig(vocab_size=280)
     model = build(config)
     assert model.generator.get_input_embeddings().num_embeddings == len(model.processor.tokenizer) <= 280
+
+
+def test_a_named_generators_saved_config_records_what_was_built(tmp_path: Path) -> None:
+    from transformers import AutoConfig, GPT2LMHeadModel
+
+    lm_tok = gpt2_tokenizer()
+    GPT2LMHeadModel(AutoConfig.for_model(**{**GENERATOR_CONFIGS["gpt2"], "vocab_size": len(lm_tok)})
+                    ).save_pretrained(tmp_path / "lm")
+    lm_tok.save_pretrained(tmp_path / "lm")
+    config = tiny_config()
+    config.generator = GeneratorConfig(name=str(tmp_path / "lm"))  # the default's from-scratch kwargs not meant
+    model = build(config)
+    assert model.generator.config.n_embd == GENERATOR_CONFIGS["gpt2"]["n_embd"]
+    model.save_pretrained(tmp_path / "saved")
+    recorded = json.loads((tmp_path / "saved" / "config.json").read_text())["model"]["generator"]
+    assert recorded["kwargs"] == {}
+    assert MMGPT.from_pretrained(tmp_path / "saved").generator.config.n_embd == GENERATOR_CONFIGS["gpt2"]["n_embd"]
