@@ -41,18 +41,47 @@ def _summary(config: ModelConfig, model: Any) -> list[str]:
     return rows
 
 
+def card_datasets(folder: Path) -> list[str]:
+    """The datasets a saved folder's model card names (none without a card)."""
+    path = folder / CARD_NAME
+    if not path.is_file():
+        return []
+    return list(ModelCard.load(path).data.to_dict().get("datasets") or [])
+
+
+def _compression_lines(record: dict) -> list[str]:
+    """Markdown: how a compressed model was made from its source, and that the source's figures do not apply."""
+    if record.get("method") == "int8":
+        how = (f"int8: int8 weights and dynamic int8 activations in {len(record.get('layers') or [])} linear "
+               f"layers ({record.get('library', 'torchao')}); the tied output embedding stays fp32")
+    else:
+        how = str(record.get("method"))
+    return [
+        "## Compression",
+        "",
+        f"Compressed with `mmgpt` from `{record.get('source', '?')}` ({record.get('date', '?')}): {how}.",
+        "The fp32 source's evaluation figures do not apply to this folder and are left out; evaluate it itself",
+        "(`mmgpt eval-vqa --model path/to/this/folder`). `config.json` records the method under `compression`.",
+        "",
+    ]
+
+
 def write_model_card(folder: Path, config: ModelConfig, model: Any, metrics: dict | None = None,
-                     datasets: list[str] | None = None) -> None:
-    """Write README.md into `folder` (inside a save's temp folder, so it is swapped in with the weights)."""
+                     datasets: list[str] | None = None, compression: dict | None = None) -> None:
+    """Write README.md into `folder` (inside a save's temp folder, so it is swapped in with the weights).
+
+    `compression`: config.json's record of how the model was compressed (mmgpt quantize), said in the card.
+    """
     finite = {k: round(float(v), 6) for k, v in (metrics or {}).items()
               if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")}
-    data = ModelCardData(library_name="mmgpt", pipeline_tag="image-text-to-text", tags=["mmgpt", "vision-language"],
+    tags = ["mmgpt", "vision-language"] + ([str(compression.get("method"))] if compression else [])
+    data = ModelCardData(library_name="mmgpt", pipeline_tag="image-text-to-text", tags=tags,
                          base_model=base_models(config) or None, datasets=list(datasets or []) or None,
                          metrics=sorted({k.rsplit("/", 1)[-1] for k in finite}) or None)
     if finite:
         data.mmgpt_eval = finite
     lines = [
-        "# mmgpt vision-language model",
+        "# mmgpt vision-language model" + (f" ({compression.get('method')})" if compression else ""),
         "",
         "A vision-language model built with mmgpt: image encoder -> fusion -> projector -> causal generator.",
         "",
@@ -61,6 +90,8 @@ def write_model_card(folder: Path, config: ModelConfig, model: Any, metrics: dic
         f"{model.num_parameters() / 1e6:.2f}M parameters in all.",
         "",
     ]
+    if compression:
+        lines += _compression_lines(compression)
     if finite:
         lines += ["## Evaluation", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4g} |" for k, v in finite.items()] + [""]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
@@ -25,7 +26,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     config.fusion.dim = 32
     torch.manual_seed(0)
     model = build(config)
-    model.save_pretrained(root / "fp32")
+    model.save_pretrained(root / "fp32", metrics={"easy_vqa/vqa_exact_match": 0.875}, datasets=["easy_vqa"])
     assert cli.main(["quantize", str(root / "fp32"), str(root / "q8")]) == 0
     return root / "fp32", root / "q8"
 
@@ -41,6 +42,18 @@ def test_quantized_folder_loads_with_int8_weights_and_records_how_it_was_made(fo
     record = json.loads((q8 / "config.json").read_text())["compression"]
     assert record["method"] == "int8" and record["source"] == str(fp32.resolve()) and record["date"]
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in q8.rglob("*"))
+
+
+def test_the_int8_card_says_int8_and_drops_the_fp32_metrics(folders: tuple[Path, Path]) -> None:
+    fp32, q8 = folders
+    assert "0.875" in (fp32 / "README.md").read_text()
+    card = ModelCard.load(q8 / "README.md")
+    layers = len(json.loads((q8 / "config.json").read_text())["compression"]["layers"])
+    assert card.text.startswith("\n# mmgpt vision-language model (int8)")
+    assert f"int8 weights and dynamic int8 activations in {layers} linear layers (torchao)" in card.text
+    assert "evaluation figures do not apply" in card.text and f"from `{fp32.resolve()}`" in card.text
+    assert "0.875" not in (q8 / "README.md").read_text() and "mmgpt_eval" not in card.data.to_dict()
+    assert card.data.datasets == ["easy_vqa"] and "int8" in card.data.tags
 
 
 def test_int8_layers_take_under_0_3_of_their_fp32_bytes(folders: tuple[Path, Path]) -> None:

@@ -46,6 +46,7 @@ def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, over
     from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
 
     from mmgpt.model import CONFIG_NAME, WEIGHTS_NAME
+    from mmgpt.model_card import CARD_NAME, card_datasets, write_model_card
     from mmgpt.outputs import writing_output_folder
 
     # tied tensors appear once in the file, as save_model writes them
@@ -57,11 +58,13 @@ def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, over
     config[COMPRESSION_KEY] = record
     with writing_output_folder(out, "model", overwrite=overwrite) as tmp:
         for path in source.iterdir():
-            if path.name in (CONFIG_NAME, WEIGHTS_NAME):
+            if path.name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
                 continue
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        # the source's card describes the fp32 model and its metrics: this one says what int8 changed
+        write_model_card(tmp, model.config, model, datasets=card_datasets(source), compression=record)
 
 
 def quantize(source: str | Path, out: str | Path, method: str = "int8", overwrite: bool = False) -> Path:
