@@ -9,9 +9,13 @@ file.
 """
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import transformers
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, PreTrainedModel
@@ -25,6 +29,10 @@ HUB_PREFIX = "hf://"
 # the files through which transformers imports Python code shipped beside a model (their `auto_map`)
 CODE_ENTRY_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json",
                     "video_preprocessor_config.json")
+
+
+# the file each loader reads first: the one named when a hub model can be neither fetched nor found in the cache
+FIRST_FILES = {AutoTokenizer: "tokenizer_config.json", AutoImageProcessor: "preprocessor_config.json"}
 
 
 def refuse_model_code(folder: str | Path) -> None:
@@ -57,12 +65,17 @@ def _code_names(auto_map: Any) -> str:
     return ", ".join(names)[:200]
 
 
-def load_pretrained(loader: Any, name: str | Path, **kwargs: Any) -> Any:
-    """`loader.from_pretrained(name)` for a transformers Auto* class: remote code refused, a folder read offline."""
+def load_pretrained(loader: Any, name: str | Path, key: str = "", **kwargs: Any) -> Any:
+    """`loader.from_pretrained(name)` for a transformers Auto* class: remote code refused, a folder read offline.
+
+    A hub name is read from the cache while the hub is out of reach, and fails at once, naming `key` (the config
+    key that names it) and the file, when it is not cached there (hub_files_only).
+    """
     local = Path(name).is_dir()
     if local:
         refuse_model_code(name)
-    kwargs.setdefault("local_files_only", local)
+    if "local_files_only" not in kwargs:
+        kwargs["local_files_only"] = local or hub_files_only(str(name), key, FIRST_FILES.get(loader, "config.json"))
     try:
         return loader.from_pretrained(name, trust_remote_code=False, **kwargs)
     except ValueError as e:
@@ -73,9 +86,9 @@ def load_pretrained(loader: Any, name: str | Path, **kwargs: Any) -> Any:
                           "runs a model's own code: use a model whose architecture transformers provides") from None
 
 
-def load_hf_config(name: str | Path, sub_config: str = "") -> transformers.PretrainedConfig:
+def load_hf_config(name: str | Path, sub_config: str = "", key: str = "") -> transformers.PretrainedConfig:
     """The config of a hub name or folder; `sub_config` takes one part of a composite one (CLIP's vision_config)."""
-    config = load_pretrained(AutoConfig, name)
+    config = load_pretrained(AutoConfig, name, key)
     return getattr(config, sub_config, config) if sub_config else config
 
 
@@ -111,14 +124,16 @@ def build_hf_model(
     """
     what = key.split(".")[1].replace("_", " ")  # model.text_encoder.kwargs -> text encoder
     if name:
-        # a folder (a saved model's part, a local checkpoint) is read from its own files only
-        config = load_hf_config(name, sub_config)
+        # a folder (a saved model's part, a local checkpoint) is read from its own files only; a hub name
+        # without a reachable hub, from the cache (load_pretrained)
+        config = load_hf_config(name, sub_config, key=f"{key.rsplit('.', 1)[0]}.name")
         change_config(config, scratch_config, key, name)
         where = Path(name) / "config.json" if Path(name).is_dir() else f"{name}'s config.json"
         check_transformer_config(config, f"{where}: ", what)
         if load_weights:
             try:
-                return load_pretrained(auto_class, name, config=config, **model_kwargs)
+                return load_pretrained(auto_class, name, config=config, key=f"{key.rsplit('.', 1)[0]}.name",
+                                       **model_kwargs)
             except RuntimeError as e:
                 if not scratch_config:
                     raise
@@ -163,3 +178,44 @@ def change_config(config: transformers.PretrainedConfig, changes: Mapping[str, A
                           "so it cannot be changed")
     for k, v in changes.items():
         setattr(config, k, v)
+
+
+@functools.cache
+def _hub_unreachable() -> str:
+    """Why the Hugging Face hub cannot be reached ('' when it can): offline mode, or no connection within seconds.
+
+    The libraries' own downloads retry for half a minute before a generic error; one quick connection says it
+    at once. Behind a proxy the connection goes through it, so nothing is tried here.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""
+    endpoint = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=5).close()
+    except OSError as e:
+        return f"{endpoint.hostname} unreachable: {e}"
+    return ""
+
+
+def hub_files_only(name: str, key: str, filename: str = "config.json") -> bool:
+    """Whether to read `name` with local_files_only: a local folder, or a hub model cached while offline.
+
+    A hub name that is neither reachable nor cached fails here, in one line naming the file and the fix.
+    """
+    if Path(name).expanduser().is_dir():
+        return True
+    reason = _hub_unreachable()
+    if not reason:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, filename), str):
+        return True
+    fix = f"set {key} to that folder" if key else "use that folder instead"
+    raise OSError(f"{key + ' ' if key else ''}'{name}': cannot fetch {filename} from the Hugging Face hub ({reason}) "
+                  f"and it is not in the local cache; download the model where there is a network (hf download "
+                  f"{name} --local-dir DIR) and {fix}")

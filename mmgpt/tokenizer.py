@@ -37,7 +37,7 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> PreTrainedTok
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """A pretrained tokenizer by hub name or local folder, with a pad and a bos token guaranteed."""
-    tokenizer = load_hf_tokenizer(name)
+    tokenizer = load_hf_tokenizer(name, key="model.generator.name")
     ensure_special_tokens(tokenizer)
     return tokenizer
 

@@ -1,6 +1,9 @@
 """`mmgpt train --dry-run`: meta-device counts equal a real build's, per part, with freezing and LoRA."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +12,7 @@ import yaml
 from standins import causal_lm, vision_tower
 from tiny import one_thread  # noqa: F401
 
-from mmgpt import lora
+from mmgpt import hf_models, lora
 from mmgpt.cli import main as cli_main
 from mmgpt.dry_run import build_meta_model, dry_run
 from mmgpt.model import MMGPT
@@ -83,6 +86,7 @@ def test_a_preset_with_hub_names_is_counted_from_configs_alone(monkeypatch: pyte
                                                          num_attention_heads=9, num_key_value_heads=3,
                                                          vocab_size=49152)}
     monkeypatch.setattr(AutoConfig, "from_pretrained", lambda name, **kwargs: configs[name])
+    monkeypatch.setattr(hf_models, "_hub_unreachable", lambda: "")
     report = dry_run(load_train_config("nanovlm222m"))
     assert report["parts"]["generator"]["trainable"] == report["parts"]["image_encoder"]["trainable"] == 0
     assert report["parts"]["generator"]["parameters"] > 49152 * 576
@@ -103,3 +107,14 @@ def test_a_later_stage_is_counted_from_its_init_from_folder(config_file: Path, t
     assert report["parameters"] == model.num_parameters()
     assert report["trainable"] == model.num_parameters(trainable_only=True)
     assert report["parts"]["fusion"]["trainable"] == 0 < report["parts"]["generator"]["trainable"]
+
+
+def test_offline_a_hub_preset_fails_in_one_line(tmp_path: Path) -> None:
+    # before: half a minute of retries, each warned twice, then transformers' generic connection error
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "mmgpt.cli", "train", "--config", "nanovlm222m", "--dry-run"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("mmgpt train: error: model.generator.name 'HuggingFaceTB/SmolLM2-135M': "
+                                  "cannot fetch config.json from the Hugging Face hub (HF_HUB_OFFLINE is set)")
+    assert proc.stderr.count("\n") == 1 and "--local-dir DIR) and set model.generator.name" in proc.stderr

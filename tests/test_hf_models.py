@@ -1,15 +1,18 @@
 """mmgpt.hf_models.build_hf_model: local folders read from their own files, sub-configs, from-scratch configs."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
 import pytest
 import torch
 import transformers
 from tiny import BERT_CONFIG, hf_vision_kwargs, one_thread  # noqa: F401 (autouse fixture)
 from transformers import AutoConfig, AutoModel
 
+from mmgpt import hf_models
 from mmgpt.config import ConfigError
 from mmgpt.hf_models import build_hf_model
 
@@ -105,3 +108,50 @@ def test_kwargs_a_named_model_cannot_take_are_refused_by_name(tmp_path: Path, ch
     with pytest.raises(ConfigError) as info:
         build(str(tmp_path / "bert"), changes)
     assert message in str(info.value)
+
+
+@pytest.fixture()
+def hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """huggingface_hub's constants with an empty cache, and a fresh verdict on whether the hub is reachable."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    hf_models._hub_unreachable.cache_clear()
+    yield constants
+    hf_models._hub_unreachable.cache_clear()
+
+
+def test_offline_a_hub_name_fails_at_once_naming_the_file_and_the_fix(hub: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                     from_pretrained_calls: list) -> None:
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError) as info:
+        build("org/some-model")
+    message = str(info.value)
+    assert message.startswith("model.part.name 'org/some-model': cannot fetch config.json from the Hugging Face hub "
+                              "(HF_HUB_OFFLINE is set) and it is not in the local cache")
+    assert "hf download org/some-model --local-dir DIR) and set model.part.name to that folder" in message
+    assert "\n" not in message and from_pretrained_calls == []  # nothing was tried
+
+
+def test_an_unreachable_hub_is_found_in_one_quick_connection(hub: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # nothing listens there once closed
+    monkeypatch.setattr(hub, "ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(OSError, match=r"\(127\.0\.0\.1 unreachable: .*\) and it is not in the local cache"):
+        hf_models.hub_files_only("org/some-model", "model.generator.name")
+    # a model cached earlier is read from the cache instead
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda name, filename: "/cache/config.json")
+    assert hf_models.hub_files_only("org/some-model", "model.generator.name") is True
+
+
+def test_a_reachable_hub_is_used_as_before(hub: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setattr(hub, "ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hf_models.hub_files_only("org/some-model", "model.generator.name") is False
+    saved_bert(tmp_path / "bert")
+    assert hf_models.hub_files_only(str(tmp_path / "bert"), "model.part.name") is True  # a folder: never the hub
