@@ -135,7 +135,10 @@ def test_vqa_report_rows_pair_each_image_with_its_texts(tmp_path: Path, monkeypa
         assert (row["prediction"] == row["colour"]) == (row["score"] > 0), row
     best = [row["colour"] for row in rows["Best examples"]]
     assert len(set(best)) == len(best), "the best examples show distinct images"
-    assert all(row["score"] == 0 for row in rows["Worst examples"][:3])
+    # the three wrong answers, and no correct one after them
+    assert [(row["prediction"], row["score"]) for row in rows["Worst examples"]] == [("purple", 0.0)] * 3
+    # a percentage as the terminal prints it, not 75.0000
+    assert [cells[1]["text"] for cells in rows["tables"]["Metrics"] if cells[0]["text"] == "overall"] == ["75"]
     # the per-answer-type table, as the terminal prints it
     assert any(cells[0]["text"] == "first" for cells in rows["tables"]["Per answer type"])
 

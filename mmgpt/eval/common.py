@@ -66,10 +66,15 @@ def _distinct_images(rows: Sequence[dict[str, Any]], count: int) -> list[dict[st
     return chosen
 
 
+def format_number(value: float) -> str:
+    """A metric as read: up to 4 decimals without trailing zeros (99.93, 0.8123, 75), not 99.9300."""
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
 def _table(parts: list[str], heading: str, values: dict[str, Any]) -> None:
     parts.append(f"<h2>{html.escape(heading)}</h2><table>")
     for key, value in values.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else html.escape(json.dumps(value, default=str))
+        shown = format_number(value) if isinstance(value, float) else html.escape(json.dumps(value, default=str))
         parts.append(f"<tr><th>{html.escape(str(key))}</th><td>{shown}</td></tr>")
     parts.append("</table>")
 
@@ -80,14 +85,18 @@ def write_html_report(
 ) -> None:
     """Self-contained HTML: metrics and extra `tables`, then the best and the worst examples (rows carry a 'score').
 
-    `extra_html` (a trusted fragment, e.g. mmgpt.explain's maps) goes after the examples.
+    The worst examples are only rows scoring below the best score. `extra_html` (a trusted fragment, e.g.
+    mmgpt.explain's maps) goes after the examples.
 
     Each row pairs its own image, prompt, references and prediction; the best examples show distinct images
     (by 'image_key', else 'image'), so one image asked many easy questions does not fill the section.
     """
     ordered = sorted(rows, key=lambda r: r["score"], reverse=True)
-    sections = [("Best examples", _distinct_images(ordered, per_section)),
-                ("Worst examples", ordered[::-1][:per_section])]
+    # the worst are the rows that fell short of the best score, lowest first: never a correct answer
+    # shown after the real errors because fewer than `per_section` went wrong
+    top = ordered[0]["score"] if ordered else 0.0
+    worst = [row for row in ordered[::-1] if row["score"] < top][:per_section]
+    sections = [("Best examples", _distinct_images(ordered, per_section)), ("Worst examples", worst)]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
         f"<title>{html.escape(title)}</title>",
@@ -108,6 +117,8 @@ def write_html_report(
                 f"<td>{references}</td><td>{html.escape(row['prediction'])}</td><td>{row['score']:.3f}</td></tr>"
             )
         parts.append("</table>")
+        if not chosen:
+            parts.append(f"<p>none: every example scored {format_number(float(top))}</p>")
     parts.append(extra_html)
     parts.append("</body></html>")
     write_text_atomic(path, "\n".join(parts))
