@@ -695,3 +695,33 @@ def test_image_count_is_checked_before_any_image_is_fetched(model: MMGPT, monkey
             {"type": "text", "text": QUESTION}, images[0]]}]}
         assert post(url, too_long).json()["error"]["code"] == "max_tokens_too_large"
         assert host.requests == []
+
+
+@pytest.mark.slow
+def test_the_readmes_usage_figures_are_what_the_server_counts() -> None:
+    # the main job's model as far as counting goes: the default config and its tokenizer, trained as train.py
+    # trains it on the default training text (the weights do not change how many prefix positions there are)
+    from mmgpt.prompts import PromptTemplates
+    from mmgpt.tokenizer import train_tokenizer
+    from mmgpt.training.config import load_train_config
+    from mmgpt.training.loop import read_splits
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    serving = readme[readme.index("## Serving"):]
+    curl_question = re.search(r'"type": "text", "text": "([^"]+)"', serving)[1]
+    curl_usage = json.loads(re.search(r'"usage": (\{[^}]*\})', serving)[1])
+    client_question = re.search(r'"type": "text", "text": "([^"]+)"}', serving[serving.index("```python"):])[1]
+    client_prompt_tokens = int(re.search(r"CompletionUsage\(.*prompt_tokens=(\d+)", serving)[1])
+    assert curl_usage["total_tokens"] == curl_usage["prompt_tokens"] + curl_usage["completion_tokens"]
+
+    cfg = load_train_config("default")
+    templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    texts = [t for _, examples in read_splits(cfg.data.train, templates) for e in examples
+             for t in (e.prompt, e.answer)]
+    model = MMGPT.from_config(cfg.model, tokenizer=train_tokenizer(texts, cfg.model.tokenizer)).eval()
+    image = png((200, 30, 30))
+    with running_server(model) as url:
+        for question, expected in ((curl_question, curl_usage["prompt_tokens"]),
+                                   (client_question, client_prompt_tokens)):
+            reply = client(url).chat.completions.create(model=NAME, messages=user(question, image), max_tokens=2)
+            assert (question, reply.usage.prompt_tokens) == (question, expected)
