@@ -25,6 +25,7 @@ def test_argument_errors_name_the_command(capsys: pytest.CaptureFixture) -> None
     assert "mmgpt validate: error: the following arguments are required: --format" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_installed_command_help() -> None:
     script = shutil.which("mmgpt", path=str(Path(sys.executable).parent))
     if script is None:

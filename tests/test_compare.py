@@ -41,6 +41,7 @@ def config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

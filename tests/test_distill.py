@@ -79,6 +79,7 @@ def _student(root: Path, data: Path, name: str, teacher: Path, **overrides) -> P
     return tiny_config(root, data, root / name, **STUDENT, distill={"teacher": str(teacher)}, **overrides)
 
 
+@pytest.mark.slow
 def test_distilled_training_resumes_exactly_and_two_processes_match_one(tmp_path: Path,
                                                                         teacher: tuple[Path, Path]) -> None:
     data, teacher_model = teacher

@@ -109,6 +109,7 @@ def test_a_later_stage_is_counted_from_its_init_from_folder(config_file: Path, t
     assert report["parts"]["fusion"]["trainable"] == 0 < report["parts"]["generator"]["trainable"]
 
 
+@pytest.mark.slow
 def test_offline_a_hub_preset_fails_in_one_line(tmp_path: Path) -> None:
     # before: half a minute of retries, each warned twice, then transformers' generic connection error
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

@@ -152,6 +152,7 @@ def test_caption_runs_a_model_on_a_coco_folder(tmp_path: Path, tiny_model: Path)
     assert "data:image/png;base64" in (tmp_path / "cap.html").read_text()
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_numbers(tmp_path: Path, tiny_model: Path) -> None:
     import os
     import subprocess

@@ -126,6 +126,7 @@ def test_explain_replaces_only_its_own_folder_and_only_with_overwrite(tmp_path: 
     assert (tmp_path / "maps" / "index.html").is_file() and not (tmp_path / "maps" / "token_07_stale.png").exists()
 
 
+@pytest.mark.slow
 def test_eval_vqa_explain_adds_maps_to_its_report(tmp_path: Path) -> None:
     from mmgpt.eval import vqa as eval_vqa
 

@@ -50,6 +50,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[MMGPT, Path]:
     return model, folder
 
 
+@pytest.mark.slow
 def test_manifest_names_the_graphs_and_their_check(exported: tuple[MMGPT, Path]) -> None:
     model, folder = exported
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -69,6 +70,7 @@ def test_manifest_names_the_graphs_and_their_check(exported: tuple[MMGPT, Path])
         assert (folder / name).is_file()
 
 
+@pytest.mark.slow
 def test_prefix_pixels_and_step_logits_match_eager(exported: tuple[MMGPT, Path]) -> None:
     model, folder = exported
     vlm = OnnxVLM(folder)
@@ -103,6 +105,7 @@ def test_prefix_pixels_and_step_logits_match_eager(exported: tuple[MMGPT, Path])
     assert worst <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_greedy_tokens_and_answers_equal_eager(exported: tuple[MMGPT, Path]) -> None:
     model, folder = exported
     vlm = OnnxVLM(folder)
@@ -118,6 +121,7 @@ def test_greedy_tokens_and_answers_equal_eager(exported: tuple[MMGPT, Path]) -> 
     assert vlm.answer(texts[0], images[0]) == eager[0]
 
 
+@pytest.mark.slow
 def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     model, folder = exported
     texts, images = questions_and_images(4, seed=2)
@@ -134,6 +138,7 @@ def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path], monkeypatch: py
         answer(texts[0], images[0], model=folder, device="cuda")
 
 
+@pytest.mark.slow
 def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     model = diverse_model(generator="gpt2", seed=3)

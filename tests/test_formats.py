@@ -278,6 +278,7 @@ def test_shapes_captions_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         read_dataset(DatasetSpec(format="shapes_captions", split="test"))
 
 
+@pytest.mark.slow
 def test_shapes_captions_real(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("mmgpt.data.shapes")
     monkeypatch.setenv("MMGPT_CACHE", str(tmp_path))

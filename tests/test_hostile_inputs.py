@@ -425,6 +425,7 @@ def test_utf16_results_file_scores_like_utf8(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "results16.metrics.json").read_text())["metrics"] == scores[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", ["eval_vqa.py", "eval_caption.py"])
 def test_eval_scripts_report_errors_in_one_line(script: str, tmp_path: Path) -> None:
     import subprocess

@@ -116,11 +116,13 @@ def mmgpt_files() -> dict[str, str]:
     return json.loads(fresh_python(LIST_MODULES, *load_setup().mmgpt_packages()))
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_a_fresh_interpreter(mmgpt_files: dict[str, str]) -> None:
     assert {"mmgpt.model", "mmgpt.inference", "mmgpt.eval.runner", *METRIC_MODULES} <= set(mmgpt_files)
     assert "mmgpt.fusion.cross_attention" in mmgpt_files and "mmgpt.encoders" in mmgpt_files
 
 
+@pytest.mark.slow
 def test_no_import_cycle_among_mmgpt_modules(mmgpt_files: dict[str, str]) -> None:
     assert find_cycle(import_graph(mmgpt_files)) == []
 
@@ -138,6 +140,7 @@ def test_a_cycle_through_a_function_level_import_is_found(tmp_path: Path) -> Non
     assert find_cycle(graph) == ["cyclic.a", "cyclic.b", "cyclic.a"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("metric_module", METRIC_MODULES)
 def test_metric_modules_import_nothing_of_the_runner_model_or_inference(metric_module: str,
                                                                         mmgpt_files: dict[str, str]) -> None:
@@ -148,6 +151,7 @@ def test_metric_modules_import_nothing_of_the_runner_model_or_inference(metric_m
     assert reachable(import_graph(mmgpt_files), metric_module).isdisjoint(NOT_FOR_METRICS)
 
 
+@pytest.mark.slow
 def test_importing_the_inference_and_training_code_prints_nothing() -> None:
     # torchao (pulled in by transformers when installed) made torch warn on every command's import
     proc = subprocess.run([sys.executable, "-c", "import mmgpt.inference, mmgpt.training.loop"], capture_output=True,

@@ -28,6 +28,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return root, data, root / "pruned"
 
 
+@pytest.mark.slow
 def test_the_model_section_comes_from_the_folder(pruned: tuple[Path, Path, Path]) -> None:
     root, _, folder = pruned
     cfg = load_train_config("default", [f"init_from={folder}", "model.generator.freeze=true"])
@@ -41,6 +42,7 @@ def test_the_model_section_comes_from_the_folder(pruned: tuple[Path, Path, Path]
         load_train_config("default", [f"init_from={root}"])
 
 
+@pytest.mark.slow
 def test_recovery_training_starts_from_the_folders_weights(pruned: tuple[Path, Path, Path]) -> None:
     root, data, folder = pruned
     # with every learning rate zero the run ends where it started: exactly the folder's weights

@@ -22,6 +22,7 @@ def test_readme_marks_its_answer_examples() -> None:
             assert any(line.startswith("$ ") for line in lines[e.start + 1 : e.end])
 
 
+@pytest.mark.slow
 def test_readme_examples_run_verbatim(tmp_path: Path) -> None:
     model = build(tiny_config())
     model.save_pretrained(tmp_path / "model")

@@ -19,6 +19,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_jsonl(tmp_path_factory.mktemp("data"))
 
 
+@pytest.mark.slow
 def test_resume_latest_continues_with_the_runs_own_config(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     config = tiny_config(tmp_path, data, out, max_steps=5)

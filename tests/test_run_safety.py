@@ -50,6 +50,7 @@ def state_of(checkpoint: Path) -> dict:
 # ----------------------------------------------------------------------------- 1. output folders
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
@@ -66,6 +67,7 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, data: Pat
     assert MMGPT.from_pretrained(out / "model").num_parameters() > 0
 
 
+@pytest.mark.slow
 def test_overwrite_clears_the_old_run_and_resume_latest_finds_the_new_one(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=3))])
@@ -133,6 +135,7 @@ def test_rotation_removes_only_checkpoints_of_this_run(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- 2. crash-safe checkpoints
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_point_of_save_checkpoint_keeps_complete_checkpoints(tmp_path: Path) -> None:
     from accelerate import Accelerator
 
@@ -261,6 +264,7 @@ def test_only_the_main_job_counts_as_the_default_run(tmp_path: Path, data: Path)
     assert not is_default_job(parse_args(["--config", str(tiny_config(tmp_path, data, tmp_path / "x"))])[0])
 
 
+@pytest.mark.slow
 def test_a_completed_main_job_records_its_model(
     tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch, pointer: Path
 ) -> None:
@@ -286,6 +290,7 @@ def test_training_errors_are_one_line_with_status_2(
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.slow
 def test_train_py_reports_a_config_error_in_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -327,6 +332,7 @@ def _stopped(proc: subprocess.Popen, log: Path, signals: list[int]) -> None:
     assert "Traceback" not in text, text[-3000:]
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_within_a_step_and_the_run_resumes(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     # log_every far beyond the stop: the stop request must be seen at the next step, not at a log step
@@ -341,6 +347,7 @@ def test_sigterm_checkpoints_within_a_step_and_the_run_resumes(tmp_path: Path, d
     assert result["step"] == step + 2 and (out / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks through /proc")
 def test_sigterm_to_both_ranks_of_a_two_process_run_stops_cleanly(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"

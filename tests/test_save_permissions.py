@@ -101,6 +101,7 @@ def _batch(model: torch.nn.Module) -> dict:
     return model.processor.collate(examples)
 
 
+@pytest.mark.slow
 def test_the_shipped_accelerate_config_silences_the_launcher_defaults_warning(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -59,6 +59,7 @@ def marked(model: MMGPT, value: float) -> MMGPT:
     return model
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_point_of_save_pretrained_never_loses_the_model(tmp_path: Path) -> None:
     model = build(tiny_config()).eval()
     reference = {k: v.clone() for k, v in model.state_dict().items()}

@@ -54,6 +54,7 @@ def browser(tmp_path: Path) -> webdriver.Chrome:
         driver.quit()
 
 
+@pytest.mark.slow
 def test_playground_streams_the_answer(model: MMGPT, browser: webdriver.Chrome, tmp_path: Path) -> None:  # noqa: F811
     image = tmp_path / "shape.png"
     image.write_bytes(png((200, 30, 30), size=64, box=20))

@@ -24,6 +24,7 @@ from mmgpt.serve.app import ServerSettings  # noqa: E402
 from mmgpt.serve.ray_app import serve_on_ray  # noqa: E402
 
 
+@pytest.mark.slow
 def test_two_ray_replicas_both_answer(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     # a local instance with its sessions and logs in a temp folder (short: Ray's socket paths must fit 107
     # bytes), no token in the user's home, never a cluster named by RAY_ADDRESS

@@ -107,6 +107,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_jsonl(tmp_path_factory.mktemp("data"))
 
 
+@pytest.mark.slow
 def test_training_writes_a_loadable_model_and_learns(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     result = main(["--config", str(tiny_config(tmp_path, data, out, max_steps=30, **{"optim.lr": 1e-2}))])
@@ -123,6 +124,7 @@ def test_training_writes_a_loadable_model_and_learns(tmp_path: Path, data: Path)
     assert saved["max_steps"] == 30
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, data: Path) -> None:
     single = tmp_path / "single"
     main(["--config", str(tiny_config(tmp_path, data, single, batch_size=8))])
@@ -142,6 +144,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
     assert losses_a == pytest.approx(losses_b, rel=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("ema_decay", "autocast"), [(0.0, "no"), (0.9, "auto")], ids=["weights", "ema_bf16"])
 def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: float, autocast: str) -> None:
     # the second case is the default's setting: EMA on, image encoder under bf16 autocast where native
@@ -167,6 +170,7 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: 
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_checkpoints_are_complete_or_absent(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "ckpt"
     main(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=2, keep_checkpoints=2))])
@@ -194,6 +198,7 @@ def _with_bad_images(tmp_path: Path, data: Path) -> tuple[Path, int]:
     return folder / "data.jsonl", len(bad)
 
 
+@pytest.mark.slow
 def test_bad_images_are_skipped_and_counted(tmp_path: Path, data: Path) -> None:
     mixed, num_bad = _with_bad_images(tmp_path, data)
     out = tmp_path / "bad"
