@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +62,37 @@ def test_a_failing_example_names_its_command() -> None:
         readme_examples.render(text)
     with pytest.raises(readme_examples.ExampleError, match="followed by a ```text block"):
         readme_examples.render("<!-- readme-example -->\n```python\nprint(1)\n```\nno output block")
+
+
+def readme_output_paths(text: str) -> set[str]:
+    """Paths the README's commands and code write to: mmgpt export/quantize/prune OUT, --out, save_*("...")."""
+    found: set[str] = set()
+    for body in re.findall(r"^```(?:bash|console|python)\n(.*?)^```$", text, re.M | re.S):
+        found.update(re.findall(r"mmgpt (?:export|quantize|prune) \S+ (\S+)", body))
+        found.update(re.findall(r"--out[ =]([\w./-]+)", body))
+        found.update(re.findall(r"(?:save_pretrained|save_explanation)\((?:\w+, )?\"([^\"]+)\"", body))
+    return found
+
+
+def test_what_the_readmes_examples_write_is_ignored_by_git() -> None:
+    repo = Path(readme_examples.REPO)
+    if not (repo / ".git").exists():
+        pytest.skip("not a git checkout: .gitignore applies only to one")
+    # placeholders (OUT, DIR) stand for the reader's own choice
+    outputs = {p for p in readme_output_paths(README.read_text(encoding="utf-8")) if not p.isupper()}
+    assert {"exported", "q8", "pruned", "explain/"} <= outputs
+    tracked = [p for p in outputs if subprocess.run(["git", "check-ignore", "-q", "--no-index", p], cwd=repo,
+                                                    timeout=60).returncode != 0]
+    assert tracked == [], "README examples write these into the checkout, and git would list them"
+
+
+@pytest.mark.slow
+def test_the_first_python_example_prints_readable_text_and_writes_under_runs(tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Python example"):]
+    code = re.search(r"^```python\n(.*?)^```$", section, re.M | re.S)[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # an untrained model's arbitrary tokens (often broken UTF-8) are not printed as if they were an answer
+    assert proc.stdout == ""
+    assert [p.name for p in tmp_path.iterdir()] == ["runs"]
