@@ -212,6 +212,8 @@ def test_jsonl_reader_and_conversation_prompt_agree(tmp_path: Path) -> None:
     ({"image": "x.png", "prompt": "q", "answer": 3}, "line 2: field 'answer' has type int"),
     ({"image": "x.png", "prompt": "q", "answer": "a", "task": "dance"}, "line 2: field 'task'"),
     ("{not json", "line 2: invalid JSON"),
+    ('{"image": "x.png", "prompt": "unterminated',
+     r"line 2: invalid JSON \(Unterminated string starting at column 30\)"),
     ("[1, 2]", "line 2: expected a JSON object"),
     ({"image": "x.png", "conversations": [{"role": "assistant", "content": "hi"}]},
      r"line 2: conversations\[0\]: an assistant turn must follow a user turn"),

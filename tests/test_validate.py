@@ -124,10 +124,22 @@ def test_cli_exit_codes(tmp_path: Path, images: dict[str, str], capsys: pytest.C
     assert "missing_image" in out and "FAILED: 3 problems" in out
     assert main(["--format", "jsonl", "--path", str(bad), "--no-images", "--images", str(tmp_path)]) == 1
 
+    # records that are not examples are listed with the other problems; the good ones are still checked
     malformed = tmp_path / "malformed.jsonl"
-    malformed.write_text('{"image": "good.png"}\n')
-    assert main(["--format", "jsonl", "--path", str(malformed)]) == 2
-    assert "malformed.jsonl line 1: missing field 'prompt'" in capsys.readouterr().err
+    malformed.write_text('{"image": "good.png"}\n{"image": "good.png", "prompt": "What colo\n'
+                         + json.dumps({"image": "missing.png", "prompt": "What color?", "answer": "green"}) + "\n"
+                         + json.dumps({"image": "good.png", "prompt": "What color?", "answer": "green"}) + "\n")
+    assert main(["--format", "jsonl", "--path", str(malformed)]) == 1
+    out = capsys.readouterr().out
+    assert "checked 2 examples" in out and "FAILED: 3 problems" in out
+    assert "malformed.jsonl line 1: missing field 'prompt'" in out
+    assert "malformed.jsonl line 2: invalid JSON (Unterminated string starting at column 33)" in out
+    assert "id='line3': " in out and "missing.png does not exist" in out
+
+    # a dataset that cannot be read at all: status 2 and one line, named like every mmgpt error
+    assert main(["--format", "jsonl", "--path", str(tmp_path / "absent.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mmgpt validate: error: jsonl dataset 'jsonl': JSONL file") and "absent.jsonl" in err
 
 
 @pytest.fixture(scope="module")

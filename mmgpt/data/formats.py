@@ -21,7 +21,7 @@ Formats (`DatasetSpec.format`):
 from __future__ import annotations
 
 import functools
-import json
+import inspect
 import logging
 import os
 from collections import defaultdict
@@ -35,8 +35,9 @@ from mmgpt.data.records import (
     FORMATS,
     conversation_examples,
     default_cache_root,
-    jsonl_lines,
+    jsonl_records,
     record_field,
+    record_problems,
     register_format,
     require_path,
 )
@@ -48,13 +49,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None) -> Any:
+def read_dataset(spec: DatasetSpec, templates: PromptTemplates | None = None,
+                 problems: list[str] | None = None) -> Any:
     """Read `spec` with its registered reader, keeping the first `max_examples` examples.
 
     A list of Examples for most formats; format hf gives a lazy sequence, or a stream (mmgpt.data.hf.HFStream)
-    with `streaming`, which no reader passes over here.
+    with `streaming`, which no reader passes over here. With a `problems` list, a reader that reads record by
+    record (jsonl, llava) appends each record that is not a valid example to it and goes on (mmgpt validate
+    lists them all); otherwise the first one is an error.
     """
-    examples = FORMATS[spec.format](spec, templates or PromptTemplates())
+    reader = FORMATS[spec.format]
+    if problems is not None and "problems" in inspect.signature(reader).parameters:
+        examples = reader(spec, templates or PromptTemplates(), problems=problems)
+    else:
+        examples = reader(spec, templates or PromptTemplates())
     if not isinstance(examples, list):  # hf readers apply max_examples and the source themselves
         logger.info("%s: %s (%s)", spec.label, "streamed" if not hasattr(examples, "__len__")
                     else f"{len(examples)} examples, rows read when used", spec.format)
@@ -240,26 +248,23 @@ def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: 
 
 
 @register_format("jsonl")
-def read_jsonl(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
-    """Generic JSONL, single- or multi-turn (schema at the top of this module); templates are not applied."""
+def read_jsonl(spec: DatasetSpec, templates: PromptTemplates, problems: list[str] | None = None) -> list[Example]:
+    """Generic JSONL, single- or multi-turn (schema at the top of this module); templates are not applied.
+
+    A line that is not a valid example is an error, or with a `problems` list, appended to it and skipped.
+    """
     path = require_path(spec, "path", "JSONL file with one example object per line")
     base = Path(spec.images).expanduser() if spec.images else path.parent
     out: list[Example] = []
-    for line_no, line in jsonl_lines(path):
+    for line_no, where, record in jsonl_records(path):
         if spec.max_examples and len(out) >= spec.max_examples:
             break
-        if not line.strip():
-            continue
-        where = f"{path} line {line_no}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise ValueError(f"{where}: JSON nested too deeply to parse") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
+        with record_problems(problems):
+            if isinstance(record, ValueError):
+                raise record
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
     return out
 
 

@@ -15,7 +15,6 @@ with several images is an error.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
-from mmgpt.data.records import conversation_examples, jsonl_lines, record_field, register_format, require_path
+from mmgpt.data.records import (
+    conversation_examples,
+    jsonl_records,
+    record_field,
+    record_problems,
+    register_format,
+    require_path,
+)
 from mmgpt.jsonfile import read_json_file
 
 if TYPE_CHECKING:
@@ -64,7 +70,7 @@ def llava_turns(conversations: Any, where: str, field_name: str = "conversations
 
 
 def _records(path: Path) -> Iterator[tuple[str, Any]]:
-    """(location, record) of a JSON list (`[index i]`) or of JSONL (`line n`)."""
+    """(location, record) of a JSON list (`[index i]`) or of JSONL (`line n`; a bad line's ValueError as its record)."""
     with path.open("rb") as f:
         first = f.read(64).lstrip(b"\xef\xbb\xbf \t\r\n")
     if first.startswith(b"["):
@@ -74,21 +80,16 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, record in enumerate(data):
             yield f"{path} [index {i}]", record
         return
-    for line_no, line in jsonl_lines(path):
-        if not line.strip():
-            continue
-        where = f"{path} line {line_no}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise ValueError(f"{where}: JSON nested too deeply to parse") from None
+    for _, where, record in jsonl_records(path):
+        yield where, record
 
 
 @register_format("llava")
-def read_llava(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
-    """LLaVA JSON or JSONL conversations over an image folder (schema at the top of this module)."""
+def read_llava(spec: DatasetSpec, templates: PromptTemplates, problems: list[str] | None = None) -> list[Example]:
+    """LLaVA JSON or JSONL conversations over an image folder (schema at the top of this module).
+
+    A record that is not a valid example is an error, or with a `problems` list, appended to it and skipped.
+    """
     path = require_path(spec, "path", "LLaVA JSON (a list of records) or JSONL file")
     base = require_path(spec, "images", "image root folder", folder=True) if spec.images else path.parent
     out: list[Example] = []
@@ -96,18 +97,21 @@ def read_llava(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     for index, (where, record) in enumerate(_records(path)):
         if spec.max_examples and len(out) >= spec.max_examples:
             break
-        if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        image = record.get("image")
-        if image is None:
-            text_only += 1
-            continue
-        if isinstance(image, list):
-            raise ValueError(f"{where}: field 'image' lists {len(image)} images; the model takes one per example")
-        image_path = Path(record_field(record, "image", where)).expanduser()
-        turns = llava_turns(record_field(record, "conversations", where, list), where)
-        out.extend(conversation_examples(str(image_path if image_path.is_absolute() else base / image_path),
-                                         turns, where, record.get("id", index), spec.label))
+        with record_problems(problems):
+            if isinstance(record, ValueError):
+                raise record
+            if not isinstance(record, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            image = record.get("image")
+            if image is None:
+                text_only += 1
+                continue
+            if isinstance(image, list):
+                raise ValueError(f"{where}: field 'image' lists {len(image)} images; the model takes one per example")
+            image_path = Path(record_field(record, "image", where)).expanduser()
+            turns = llava_turns(record_field(record, "conversations", where, list), where)
+            out.extend(conversation_examples(str(image_path if image_path.is_absolute() else base / image_path),
+                                             turns, where, record.get("id", index), spec.label))
     if text_only:
         logger.warning("%s: %d records without an image skipped (the model takes one image per example)",
                        path, text_only)

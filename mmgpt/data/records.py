@@ -1,6 +1,7 @@
 """What every dataset reader shares: the format registry, field and file checks that name the location, turns."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -64,8 +65,9 @@ def conversation_examples(image: Any, turns: list[tuple[str, str, str]], where: 
     return out
 
 
-def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a JSONL file in UTF-8 (UTF-16/32 recognised too); bad bytes name their line."""
+def jsonl_lines(path: Path) -> Iterator[tuple[int, str | ValueError]]:
+    """(line number, text) of a JSONL file in UTF-8 (UTF-16/32 recognised too); a line of bad bytes gives the
+    error naming it in place of its text."""
     with path.open("rb") as f:
         encoding = json.detect_encoding(f.read(4))
         f.seek(0)
@@ -80,5 +82,38 @@ def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
             try:
                 yield line_no, raw.decode(encoding if line_no == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path} line {line_no}: not valid UTF-8 ({e.reason} at column {e.start + 1}); "
-                                 "save the file as UTF-8") from None
+                yield line_no, ValueError(f"{path} line {line_no}: not valid UTF-8 ({e.reason} at column "
+                                          f"{e.start + 1}); save the file as UTF-8")
+
+
+def jsonl_records(path: Path) -> Iterator[tuple[int, str, Any]]:
+    """(line number, location `path line N`, parsed JSON value) of each non-blank line; a line that cannot be read
+    or parsed gives its ValueError in place of the value, so a reader can stop there or go on (record_problems)."""
+    for line_no, line in jsonl_lines(path):
+        if isinstance(line, ValueError):
+            yield line_no, f"{path} line {line_no}", line
+            continue
+        if not line.strip():
+            continue
+        where = f"{path} line {line_no}"
+        try:
+            # without its line break, a line cut short reads as such ("Unterminated string"), not as a control
+            # character; some messages end in "at" ("... starting at"), which the column completes
+            value = json.loads(line.rstrip("\r\n"))
+        except json.JSONDecodeError as e:
+            value = ValueError(f"{where}: invalid JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
+        except RecursionError:
+            value = ValueError(f"{where}: JSON nested too deeply to parse")
+        yield line_no, where, value
+
+
+@contextlib.contextmanager
+def record_problems(problems: list[str] | None) -> Iterator[None]:
+    """Around one record: its ValueError is raised, or with a `problems` list, appended to it and the record skipped
+    (mmgpt validate lists every bad record; training stops at the first)."""
+    try:
+        yield
+    except ValueError as e:
+        if problems is None:
+            raise
+        problems.append(str(e))

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PROBLEMS = {
+    "bad_record": "record that is not a valid example (JSON, fields)",
     "missing_image": "image file does not exist",
     "corrupt_image": "image cannot be read",
     "empty_prompt": "empty prompt (non-caption task)",
@@ -112,8 +113,12 @@ def _is_blank(text: object) -> bool:
 def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None = None,
                       max_answer_tokens: int | None = None, tokenize: Callable[[str], Sequence] | None = None,
                       check_images: bool = True, progress: bool = True, max_total_tokens: int | None = None,
-                      max_samples: int = 5, processor: Processor | None = None) -> ValidationReport:
-    """Check every example; lengths are the tokens `processor` feeds the model, `tokenize` tokens, or words."""
+                      max_samples: int = 5, processor: Processor | None = None,
+                      bad_records: Sequence[str] = ()) -> ValidationReport:
+    """Check every example; lengths are the tokens `processor` feeds the model, `tokenize` tokens, or words.
+
+    `bad_records`: the reader's messages for records it could not make examples of, reported as bad_record.
+    """
     def count_words(text: str) -> int:
         return len(tokenize(text)) if tokenize else len(text.split())
 
@@ -121,6 +126,8 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
     count_answer = processor.answer_length if processor is not None else count_words
     unit = "tokens" if processor is not None or tokenize else "words"
     report = ValidationReport(max_samples=max_samples)
+    for message in bad_records:
+        report.add("bad_record", message)
     if processor is not None:
         report.unit_note = ("lengths in tokens as training feeds them: prompt with its special tokens, "
                             "bos + answer + eos")
@@ -254,9 +261,10 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
         spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
                            split=args.split, max_examples=args.max_examples, subset=args.subset, columns=columns,
                            streaming=args.streaming)
-        examples = read_dataset(spec, templates)
+        bad_records: list[str] = []
+        examples = read_dataset(spec, templates, problems=bad_records)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     max_prompt, max_answer = args.max_prompt_tokens, args.max_answer_tokens
     if args.model:
@@ -267,9 +275,9 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
         # lazy and streamed sets read their rows here, so a malformed row is found here too
         report = validate_examples(examples, max_prompt_tokens=max_prompt, max_answer_tokens=max_answer,
                                    max_total_tokens=args.max_tokens, check_images=not args.no_images,
-                                   max_samples=args.samples, processor=processor)
+                                   max_samples=args.samples, processor=processor, bad_records=bad_records)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     print(report.format())
     return 0 if report.ok else 1
