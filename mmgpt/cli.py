@@ -1,5 +1,4 @@
-"""The `mmgpt` command: answer, caption, train, eval-vqa, eval-caption, validate, compare-fusions, explain,
-serve, export."""
+"""The `mmgpt` command: one subcommand per entry of COMMANDS, the table `mmgpt --help` is printed from."""
 from __future__ import annotations
 
 import argparse
@@ -11,25 +10,6 @@ from safetensors import SafetensorError
 
 from mmgpt.decoding import add_decoding_args, decoding_from_args
 from mmgpt.logging_setup import configure_logging
-
-USAGE = """mmgpt <command> [options]
-
-commands:
-  answer        answer a question about an image
-  caption       caption one or more images
-  train         train a model (one process; use `accelerate launch train.py` for several)
-  eval-vqa      VQA accuracy of a model, or of a results file
-  eval-caption  COCO caption metrics of a model, or of a results file
-  validate      check a dataset before training
-  export        export a model to ONNX for torch-free runtimes (mmgpt.runtime)
-  quantize      int8-quantise a model's linear layers (torchao)
-  prune         remove MLP channels of a model's generator (structured pruning)
-  serve         serve a model on the OpenAI Chat Completions API
-  compare-fusions  train every fusion alike and report them side by side
-  explain       answer with a map over the image for each answer token
-
-`mmgpt <command> --help` explains each command's options."""
-
 
 # What bad input raises (arguments, files, folders, devices): reported in one line with exit status 2.
 # Anything else is a bug in mmgpt and keeps its traceback.
@@ -83,6 +63,7 @@ def check_device(device: str | None) -> None:
 
 
 def _answer(argv: list[str]) -> int:
+    """answer a question about an image"""
     parser = argparse.ArgumentParser(prog="mmgpt answer", description="Answer a question about an image.")
     parser.add_argument("question", help="the question; an empty string asks for a caption")
     parser.add_argument("--image", required=True, help="image file (png, jpg, ...)")
@@ -107,6 +88,7 @@ def _answer(argv: list[str]) -> int:
 
 
 def _caption(argv: list[str]) -> int:
+    """caption one or more images"""
     parser = argparse.ArgumentParser(prog="mmgpt caption", description="Caption images, one line per image.")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--model", default=None,
@@ -126,6 +108,7 @@ def _caption(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
+    """train a model (one process; use `accelerate launch train.py` for several)"""
     from mmgpt.training.loop import main
 
     # prog: each command's --help and errors name it as typed, not as the bare `mmgpt`
@@ -134,24 +117,28 @@ def _train(argv: list[str]) -> int:
 
 
 def _eval_vqa(argv: list[str]) -> int:
+    """VQA accuracy of a model, or of a results file"""
     from mmgpt.eval.vqa import main
 
     return 0 if main(argv, prog="mmgpt eval-vqa") is not None else 1
 
 
 def _eval_caption(argv: list[str]) -> int:
+    """COCO caption metrics of a model, or of a results file"""
     from mmgpt.eval.caption import main
 
     return 0 if main(argv, prog="mmgpt eval-caption") is not None else 1
 
 
 def _validate(argv: list[str]) -> int:
+    """check a dataset before training"""
     from mmgpt.data.validate import main
 
     return main(argv, prog="mmgpt validate")
 
 
 def _compare_fusions(argv: list[str]) -> int:
+    """train every fusion alike and report them side by side"""
     from mmgpt.compare import main
 
     main(argv, prog="mmgpt compare-fusions")
@@ -159,12 +146,14 @@ def _compare_fusions(argv: list[str]) -> int:
 
 
 def _explain(argv: list[str]) -> int:
+    """answer with a map over the image for each answer token"""
     from mmgpt.explain import main
 
     return main(argv, prog="mmgpt explain")
 
 
 def _serve(argv: list[str], prog: str = "mmgpt serve") -> int:
+    """serve a model on the OpenAI Chat Completions API"""
     from mmgpt.serve.command import build_parser, serve
 
     args = build_parser(prog).parse_args(argv)
@@ -174,23 +163,27 @@ def _serve(argv: list[str], prog: str = "mmgpt serve") -> int:
 
 
 def _export(argv: list[str]) -> int:
+    """export a model to ONNX for torch-free runtimes (mmgpt.runtime)"""
     from mmgpt.export import main
 
     return main(argv, prog="mmgpt export")
 
 
 def _quantize(argv: list[str]) -> int:
+    """int8-quantise a model's linear layers (torchao)"""
     from mmgpt.compress.quantize import main
 
     return main(argv, prog="mmgpt quantize")
 
 
 def _prune(argv: list[str]) -> int:
+    """remove MLP channels of a model's generator (structured pruning)"""
     from mmgpt.compress.prune import main
 
     return main(argv, prog="mmgpt prune")
 
 
+# the command table: `mmgpt --help` lists it in this order, each command's summary its function's docstring
 COMMANDS = {
     "answer": _answer,
     "caption": _caption,
@@ -198,20 +191,28 @@ COMMANDS = {
     "eval-vqa": _eval_vqa,
     "eval-caption": _eval_caption,
     "validate": _validate,
-    "serve": _serve,
-    "compare-fusions": _compare_fusions,
-    "explain": _explain,
     "export": _export,
     "quantize": _quantize,
     "prune": _prune,
+    "serve": _serve,
+    "compare-fusions": _compare_fusions,
+    "explain": _explain,
 }
+
+
+def usage() -> str:
+    """`mmgpt --help`: the commands and their summaries, in aligned columns."""
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {(handler.__doc__ or '').strip()}" for name, handler in COMMANDS.items()]
+    return "\n".join(["mmgpt <command> [options]", "", "commands:", *lines, "",
+                      "`mmgpt <command> --help` explains each command's options."])
 
 
 def main(argv: list[str] | None = None) -> int:
     """Dispatch `mmgpt <command> ...`; errors in the user's input exit with status 2 and a message."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        print(usage())
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:

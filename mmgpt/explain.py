@@ -279,9 +279,12 @@ def explanation_html(explanation: Explanation, sources: Sequence[str] | None = N
         sources = [_data_uri(token_png(explanation, i)) for i in range(len(explanation.tokens))]
     maps = "".join(f"<figure><img src='{html.escape(s)}' alt='map for {html.escape(t)}'>"
                    f"<figcaption>{html.escape(t)}</figcaption></figure>" for s, t in zip(sources, explanation.tokens))
+    # an empty question asks for a caption: no empty "Q:" line
+    asked = (f"<b>Q:</b> {html.escape(explanation.question)}<br><b>A:</b>" if explanation.question.strip()
+             else "<b>Caption:</b>")
     return (f"<div class='explanation'><img style='width:192px;image-rendering:pixelated' "
             f"src='{_data_uri(image_png(explanation.image))}' "
-            f"alt='image'><p><b>Q:</b> {html.escape(explanation.question)}<br><b>A:</b> "
+            f"alt='image'><p>{asked} "
             f"{html.escape(explanation.answer)} <i>({html.escape(explanation.method)})</i></p>"
             f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{maps}</div></div>")
 
@@ -289,8 +292,14 @@ def explanation_html(explanation: Explanation, sources: Sequence[str] | None = N
 STYLE = "body{font-family:sans-serif;margin:2em}figure{margin:0}"
 
 
+def token_file_part(token: str) -> str:
+    """A token as part of a file name: its letters and digits, else its characters' code points ("." -> u002e)."""
+    return (re.sub(r"[^A-Za-z0-9]+", "_", token).strip("_") or "_".join(f"u{ord(c):04x}" for c in token)
+            or "empty")
+
+
 def save_explanation(explanation: Explanation, out: str | Path, overwrite: bool = False) -> list[Path]:
-    """Write the folder `out`: token_NN.png per answer token and index.html; returns the written paths.
+    """Write the folder `out`: token_NN_<token>.png per answer token and index.html; returns the written paths.
 
     The folder is written whole and swapped in (mmgpt.outputs): an earlier explanation there is replaced only
     with `overwrite`, and a file or another non-empty folder never.
@@ -299,10 +308,10 @@ def save_explanation(explanation: Explanation, out: str | Path, overwrite: bool 
     names = []
     with writing_output_folder(out, "explain", overwrite=overwrite) as tmp:
         for i, token in enumerate(explanation.tokens):
-            safe = re.sub(r"[^A-Za-z0-9]+", "_", token).strip("_") or "token"
-            names.append(f"token_{i:02d}_{safe}.png")
+            names.append(f"token_{i:02d}_{token_file_part(token)}.png")
             (tmp / names[-1]).write_bytes(token_png(explanation, i))
-        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(explanation.question)}</title>"
+        title = explanation.question.strip() or "caption"
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                 f"<style>{STYLE}</style></head><body><h1>Explanation</h1>"
                 f"{explanation_html(explanation, names)}</body></html>")
         (tmp / "index.html").write_text(page, encoding="utf-8")

@@ -19,6 +19,15 @@ def test_help_shows_the_commands_usage(command: str, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().out.startswith(f"usage: mmgpt {command} ")
 
 
+def test_the_command_list_is_aligned_and_complete(capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["--help"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [row.split()[0] for row in rows] == list(cli.COMMANDS)
+    # every summary starts in one column, the longest name's ("compare-fusions") included
+    assert all(len(row.split(maxsplit=1)) == 2 for row in rows)
+    assert len({len(row) - len(row.split(maxsplit=1)[1]) for row in rows}) == 1
+
+
 def test_argument_errors_name_the_command(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         cli.main(["validate"])

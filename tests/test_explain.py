@@ -1,6 +1,7 @@
 """mmgpt.explain on tiny models: every fusion's method gives per-token maps that are distributions over the grid."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,16 @@ def test_greedy_answer_png_and_html(tmp_path: Path) -> None:
     page = (tmp_path / "out" / "index.html").read_text()
     assert "is there a circle?" in page and "<b>A:</b> no " in page
     assert all(p.name in page for p in pngs)
+
+
+def test_a_captions_page_and_punctuation_tokens_file_names(tmp_path: Path) -> None:
+    result = explaining.explain(tiny_model("product"), picture(), "", answer="no")
+    # a caption (empty question) with a punctuation token and a word token, as a trained captioner ends one
+    result = dataclasses.replace(result, tokens=["red", ".", " "], maps=result.maps[:1].repeat(3, 1, 1))
+    written = explaining.save_explanation(result, tmp_path / "out")
+    assert [p.name for p in written] == ["token_00_red.png", "token_01_u002e.png", "token_02_u0020.png", "index.html"]
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "<b>Caption:</b> no " in page and "<b>Q:</b>" not in page and "<title>caption</title>" in page
 
 
 def test_command_line_writes_the_maps(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -126,6 +126,20 @@ def test_the_test_extra_brings_every_package_the_code_and_the_tests_import() -> 
     assert lacking == {}, "imported, but not installed by `pip install -e .[test]` (module: a file importing it)"
 
 
+def test_nothing_imports_the_top_level_folders_that_install_inside_mmgpt() -> None:
+    # `import encoders.x` from the checkout is a second copy of mmgpt.encoders.x: its timm models register twice
+    nested = set(load_setup().NESTED)
+    files = [p for s in SOURCES for p in ((ROOT / s).rglob("*.py") if (ROOT / s).is_dir() else [ROOT / s])]
+    found = []
+    for file in files:
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            found += [f"{file.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in nested]
+    assert found == []
+
+
 def test_the_all_extra_includes_the_test_extra() -> None:
     # the main job's command installs [all]: whoever ran it can run the tests too
     assert declared("test") <= declared("all")

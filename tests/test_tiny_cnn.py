@@ -1,11 +1,11 @@
-"""encoders.tiny_cnn: the timm-registered CNN's grid size and its full-resolution stem."""
+"""mmgpt.encoders.tiny_cnn: the timm-registered CNN's grid size and its full-resolution stem."""
 from __future__ import annotations
 
 import pytest
 import timm
 import torch
 
-import encoders.tiny_cnn  # noqa: F401  (registers the models with timm)
+import mmgpt.encoders.tiny_cnn  # noqa: F401  (registers the models with timm)
 
 
 @pytest.mark.parametrize(("kwargs", "grid"), [
