@@ -6,16 +6,20 @@ import logging
 import sys
 from collections.abc import Callable
 
-from safetensors import SafetensorError
-
 from mmgpt.decoding import add_decoding_args, decoding_from_args
 from mmgpt.logging_setup import configure_logging
 
 # What bad input raises (arguments, files, folders, devices): reported in one line with exit status 2.
 # Anything else is a bug in mmgpt and keeps its traceback.
 # FloatingPointError: training that turned non-finite stops with one (NonFiniteTraining)
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RecursionError, SafetensorError,
-                                                    FloatingPointError)
+try:
+    from safetensors import SafetensorError
+
+    SAFETENSORS_ERRORS: tuple[type[BaseException], ...] = (SafetensorError,)
+except ImportError:  # the torch-free runtime install: an exported folder holds no safetensors file
+    SAFETENSORS_ERRORS = ()
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RecursionError,
+                                                    FloatingPointError, *SAFETENSORS_ERRORS)
 
 
 def describe_error(error: BaseException) -> str:
@@ -25,7 +29,7 @@ def describe_error(error: BaseException) -> str:
         return f"input nested too deeply to read ({message})"
     if isinstance(error, UnicodeDecodeError):
         return f"a file is not UTF-8 text ({message})"
-    if isinstance(error, SafetensorError):
+    if isinstance(error, SAFETENSORS_ERRORS):
         return f"damaged safetensors file ({message})"
     return message
 

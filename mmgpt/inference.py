@@ -1,4 +1,8 @@
-"""`answer(text, image)`: the Python API for asking a trained model about an image."""
+"""`answer(text, image)`: the Python API for asking a trained model about an image.
+
+torch, transformers and the model are imported when a saved model is used, not at import: a folder written by
+`mmgpt export` is answered through mmgpt.runtime, in an install without torch (README, *Export to ONNX*).
+"""
 from __future__ import annotations
 
 import logging
@@ -6,10 +10,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import GenerationConfig
+from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
 from mmgpt.constrained import ANSWER_CHOICES
@@ -22,10 +23,14 @@ from mmgpt.decoding import (
     set_values,
 )
 from mmgpt.images import ImageInput
-from mmgpt.model import MMGPT, is_model_folder, saved_model_folder
 from mmgpt.prompts import question_prompt
-from mmgpt.sampling import seeded_decoding
 from mmgpt.saving import write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import GenerationConfig
+
+    from mmgpt.model import MMGPT
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,8 @@ _EXPORTS: dict[str, Any] = {}  # mmgpt.runtime.OnnxVLM of each exported folder u
 
 def remember_default_model(path: str | Path) -> None:
     """Record `path` as the model answer() uses when none is named (training calls it for the main job only)."""
+    from mmgpt.model import is_model_folder
+
     if not is_model_folder(Path(path)):
         raise FileNotFoundError(f"{path} is not a saved mmgpt model folder, so it cannot become the default model")
     try:
@@ -47,6 +54,8 @@ def remember_default_model(path: str | Path) -> None:
 
 def default_model_path() -> str | Path:
     """$MMGPT_MODEL (a folder or hf://org/name), else ./runs/default/model, else the last default run's model."""
+    from mmgpt.model import is_model_folder, saved_model_folder
+
     named = os.environ.get("MMGPT_MODEL")
     if named:
         # a Path would fold hf://org/name into hf:/org/name
@@ -66,6 +75,10 @@ def default_model_path() -> str | Path:
 
 def load_model(model: str | Path | MMGPT | None = None, device: str | torch.device | None = None) -> MMGPT:
     """An MMGPT from a local folder or `hf://org/name` (cached between calls), or the default trained model."""
+    import torch
+
+    from mmgpt.model import MMGPT
+
     if isinstance(model, MMGPT):
         return model
     path = str(model) if model is not None else str(default_model_path())
@@ -142,6 +155,13 @@ def _check_request(text: Any, image: Any, batch_size: int, seed: Any,
 
 def _load_quietly(model: str | Path | MMGPT | None, device: str | torch.device | None) -> MMGPT:
     """load_model without a trace in torch's global RNG (building the parts draws initial weights from it)."""
+    try:
+        import torch
+    except ImportError as e:  # the torch-free runtime install runs exported folders only
+        raise OSError(f"{model if model is not None else 'the default model'}: not a folder written by `mmgpt "
+                      f"export` (it has no manifest.json), and any other model needs torch, which is not installed "
+                      f"({e})") from None
+
     with torch.random.fork_rng(devices=[]):
         return load_model(model, device)
 
@@ -182,6 +202,8 @@ def answer(
         answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs)
         return answers[0] if single else answers
     mm = _load_quietly(model, device)
+    from mmgpt.sampling import seeded_decoding  # torch: after the load, which says so when it is missing
+
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     answers: list[str] = []
     with seeded_decoding(config, seed, next(mm.parameters()).device) as (decoding, extra):
@@ -234,6 +256,8 @@ def stream_answer(
 def _stream(mm: MMGPT, batch: dict[str, torch.Tensor], config: GenerationConfig, seed: int | None) -> Iterator[str]:
     """Run generate in a thread and yield the streamer's pieces; its errors are re-raised here."""
     from transformers import TextIteratorStreamer
+
+    from mmgpt.sampling import seeded_decoding
 
     streamer = TextIteratorStreamer(mm.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
     errors: list[BaseException] = []

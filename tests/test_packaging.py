@@ -206,10 +206,12 @@ print("ok", len(sys.modules))
 """
 
 
-@pytest.mark.slow
-def test_the_wheel_installs_every_package_and_command(tmp_path: Path) -> None:
-    build = [Requirement(r) for r in PYPROJECT["build-system"]["requires"]]
-    for requirement in build:
+PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+
+
+def build_wheel(folder: Path) -> Path:
+    """The mmgpt wheel, built offline in `folder` from a copy of the checkout's sources (nothing left in it)."""
+    for requirement in (Requirement(r) for r in PYPROJECT["build-system"]["requires"]):
         try:
             version = importlib.metadata.version(requirement.name)
         except importlib.metadata.PackageNotFoundError:
@@ -217,41 +219,62 @@ def test_the_wheel_installs_every_package_and_command(tmp_path: Path) -> None:
         if version is None or not requirement.specifier.contains(version):
             optional.missing(f"needs {requirement} (pyproject's build requirement) to build the wheel offline; "
                              f"found {version}: pip install -e '.[test]'")
-    # a copy of what the build reads, so that the build leaves nothing in the checkout
-    source = tmp_path / "source"
+    source = folder / "source"
     source.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md", "mmgpt", *load_setup().NESTED):
-        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
-        copy(ROOT / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                            if (ROOT / name).is_dir() else {}))
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
-    proc = subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", tmp_path / "dist",
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(ROOT / name, source / name)
+    proc = subprocess.run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", folder / "dist",
                            source], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("mmgpt-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
+    (wheel,) = (folder / "dist").glob("mmgpt-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def mmgpt_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel, built once per test session."""
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def venv_with(folder: Path, wheel: Path, paths: list[str]) -> tuple[Path, Path]:
+    """(python, site-packages) of a new virtual environment in `folder` that sees only `paths` and the wheel.
+
+    Directories named in a .pth go on sys.path without the .pth files inside them being run, so an editable
+    mmgpt installed where they are stays out.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", folder], check=True, timeout=120)
+    python = folder / "bin" / "python"
+    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "dependencies.pth").write_text("".join(f"{p}\n" for p in paths))
+    proc = subprocess.run([*PIP, "install", "--no-deps", "--no-index", "--target", site, wheel],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return python, site
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without the variables that would put other packages on the new one's path."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_every_package_and_command(mmgpt_wheel: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(mmgpt_wheel) as archive:
         names = archive.namelist()
     assert "mmgpt/compress/quantize.py" in names and "mmgpt/encoders/tiny_cnn.py" in names
     assert not [n for n in names if n.startswith(("encoders/", "fusion/", "configs/", "tests/"))]
 
-    # a fresh environment that sees the dependencies installed here, but not this checkout's editable mmgpt:
-    # directories named in a .pth are put on sys.path without running the .pth files inside them
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    site = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                               capture_output=True, text=True, check=True).stdout.strip())
-    (site / "dependencies.pth").write_text("\n".join(p for p in sys.path if p.endswith("site-packages")) + "\n")
-    proc = subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    # a fresh environment that sees the dependencies installed here, but not this checkout's editable mmgpt
+    python, site = venv_with(tmp_path / "venv", mmgpt_wheel, [p for p in sys.path if p.endswith("site-packages")])
     proc = subprocess.run([python, "-c", INSTALLED_CHECK, str(site), json.dumps(load_setup().mmgpt_packages())],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("ok")
     # the console script pip wrote runs the installed code
     proc = subprocess.run([python, site / "bin" / "mmgpt", "--help"], capture_output=True, text=True, timeout=300,
-                          cwd=tmp_path, env=env)
+                          cwd=tmp_path, env=clean_env())
     assert proc.returncode == 0 and "compare-fusions" in proc.stdout, proc.stderr[-2000:]

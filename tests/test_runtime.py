@@ -1,7 +1,9 @@
 """mmgpt.runtime without torch: a subprocess where importing torch or transformers fails answers like eager."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from packaging.requirements import Requirement
 from PIL import Image
+from test_packaging import clean_env, mmgpt_wheel, venv_with  # noqa: F401 - mmgpt_wheel is a fixture
 from tiny import build, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
 
 from mmgpt import cli
@@ -143,3 +147,59 @@ def test_max_new_tokens_past_the_position_limit_is_the_same_clear_error(exported
         vlm.answer("what color?", image, max_new_tokens=limit + 1)
     with pytest.raises(ValueError, match=r"max_new_tokens=1000000000 is over this model's limit"):
         answer("what color?", image, model=folder, max_new_tokens=10**9)
+
+
+def runtime_packages() -> list[str]:
+    """The packages the README installs for the torch-free runtime (its `pip install --no-deps .` command)."""
+    readme = (REPO / "README.md").read_text()
+    return re.search(r"^pip install --no-deps \. && pip install ([\w -]+)$", readme, re.M)[1].split()
+
+
+def linked_site(folder: Path, distributions: list[str]) -> Path:
+    """`folder` holding links to the files of `distributions` and of everything they require, nothing else."""
+    folder.mkdir()
+    seen, todo = set(), list(distributions)
+    while todo:
+        name = todo.pop()
+        if name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        dist = importlib.metadata.distribution(name)
+        for requirement in map(Requirement, dist.requires or []):
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(requirement.name)
+        for top in {f.parts[0] for f in dist.files or [] if f.parts[0] not in ("..", "__pycache__")}:
+            if not (folder / top).exists():
+                (folder / top).symlink_to(Path(dist.locate_file(top)))
+    return folder
+
+
+@pytest.mark.slow
+def test_the_runtime_install_answers_without_torch(exported: tuple, mmgpt_wheel: Path,  # noqa: F811
+                                                   tmp_path: Path) -> None:
+    model, folder = exported
+    packages = runtime_packages()
+    assert {"onnxruntime", "numpy", "pillow", "tokenizers", "pyyaml"} == set(packages)
+    python, site = venv_with(tmp_path / "venv", mmgpt_wheel, [str(linked_site(tmp_path / "runtime", packages))])
+    env = {k: v for k, v in clean_env().items() if k != "MMGPT_MODEL"}
+    absent = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, env=env, timeout=60)
+    assert "No module named 'torch'" in absent.stderr
+    image = tmp_path / "shape.png"
+    Image.new("RGB", (40, 28), (200, 40, 40)).save(image)
+    question = "what color is the shape?"
+    expected = answer(question, image, model=model)
+
+    command = [python, site / "bin" / "mmgpt", "answer", "--model", folder, "--image", image, question]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == expected + "\n"
+    code = f"from mmgpt import answer; print(repr(answer({question!r}, {str(image)!r}, model={str(folder)!r})))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == repr(expected) + "\n"
+    # a saved torch model: one line saying what this install can run
+    model.save_pretrained(tmp_path / "saved")
+    command[4] = tmp_path / "saved"
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "not a folder written by `mmgpt export`" in proc.stderr and "needs torch" in proc.stderr
