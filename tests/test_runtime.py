@@ -179,7 +179,7 @@ def test_the_runtime_install_answers_without_torch(exported: tuple, mmgpt_wheel:
                                                    tmp_path: Path) -> None:
     model, folder = exported
     packages = runtime_packages()
-    assert {"onnxruntime", "numpy", "pillow", "tokenizers", "pyyaml"} == set(packages)
+    assert {"onnxruntime", "onnx", "numpy", "pillow", "tokenizers", "pyyaml"} == set(packages)
     python, site = venv_with(tmp_path / "venv", mmgpt_wheel, [str(linked_site(tmp_path / "runtime", packages))])
     env = {k: v for k, v in clean_env().items() if k != "MMGPT_MODEL"}
     absent = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True, env=env, timeout=60)
