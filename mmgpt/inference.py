@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
-from mmgpt.constrained import ANSWER_CHOICES
 from mmgpt.decoding import (
     check_answer_length,
     check_decoding_options,
@@ -237,6 +236,10 @@ def stream_answer(
         piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs)[0]
         return iter([piece] if piece else [])
     mm = _load_quietly(model, device)
+    # torch: after the load, which says so when it is missing
+    from mmgpt.constrained import ANSWER_CHOICES
+    from mmgpt.sampling import seeded_decoding
+
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     if (config.num_beams or 1) > 1:
         raise ValueError(f"num_beams must be 1 for streaming (greedy or sampled decoding), got {config.num_beams}")
