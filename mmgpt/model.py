@@ -434,6 +434,9 @@ def _use_saved_parts(config: ModelConfig, folder: Path) -> None:
             # read here first: this check refuses damaged or huge files that transformers would choke on
             load_json(saved)
             cfg.name = str(saved.parent)
+            # the saved config is the part as built, its kwargs already applied: applying them again to the
+            # folder's config would let them override what the folder says
+            cfg.kwargs = {}
         elif part == "generator" or (cfg.type == "hf" and cfg.name):
             # type "hf" parts read their name as a hub repo or folder; a timm name is only an architecture
             what = f"model.{part} names '{cfg.name}', but its saved config" if cfg.name else f"model.{part}'s config"
