@@ -361,3 +361,33 @@ def test_sigterm_to_both_ranks_of_a_two_process_run_stops_cleanly(tmp_path: Path
     _stopped(proc, log, ranks)
     (checkpoint,) = checkpoint_dirs(out)
     assert state_of(checkpoint)["step"] >= 3
+
+
+def test_a_users_folders_named_like_leftovers_survive_checkpoints_and_overwrite(tmp_path: Path, data: Path) -> None:
+    from accelerate import Accelerator
+
+    from mmgpt.training.checkpoint import clear_run
+
+    accelerator = Accelerator()
+    layer = torch.nn.Linear(3, 2)
+    accelerator.prepare(layer, torch.optim.AdamW(layer.parameters()))
+    root = tmp_path / "checkpoints"
+    save_checkpoint(accelerator, tmp_path, 1, {"step": 1, "run_id": "r"}, keep=3)
+    users = [root / ".step_1.old", root / ".step_1.trash-deadbeef", root / ".tmp_step_9",
+             tmp_path / ".model.tmp-notes123", tmp_path / ".checkpoints.20240101"]
+    for folder in users:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    save_checkpoint(accelerator, tmp_path, 2, {"step": 2, "run_id": "r"}, keep=3)
+    with pytest.raises(FileExistsError, match=r"\.tmp_step_9 .*did not write.* move it"):
+        save_checkpoint(accelerator, tmp_path, 9, {"step": 9, "run_id": "r"}, keep=3)
+    clear_run(tmp_path)
+    assert all((folder / "notes.txt").read_text() == "mine" for folder in users)
+    # a folder of the user's where a run puts its previous model aside is refused before any training
+    out = tmp_path / "run"
+    (out / ".model.old").mkdir(parents=True)
+    (out / ".model.old" / "notes.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(FileExistsError, match=r"\.model\.old .*did not write.* move it"):
+            main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
+    assert (out / ".model.old" / "notes.txt").read_text() == "mine"

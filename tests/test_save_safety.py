@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import time
 import traceback
@@ -100,9 +101,8 @@ def test_a_model_left_aside_by_a_crash_loads_and_never_blocks_a_save(
     assert inference.default_model_path() == folder
     marked(model, 2.0).save_pretrained(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    # a stale aside next to a complete model (killed while deleting it) does not block the next save either
-    (tmp_path / ".model.old").mkdir()
-    (tmp_path / ".model.old" / "config.json").write_text("{}")
+    # a stale aside next to a complete model (killed before deleting it) does not block the next save either
+    shutil.copytree(folder, tmp_path / ".model.old")
     marked(model, 3.0).save_pretrained(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert mark_of(MMGPT.from_pretrained(folder)) == 3.0
@@ -142,3 +142,60 @@ def test_saving_never_replaces_a_file_or_another_librarys_model_and_an_earlier_m
     marked(model, 3.0).save_pretrained(tmp_path / "m")
     assert mark_of(MMGPT.from_pretrained(tmp_path / "m")) == 3.0
     assert json.loads((tmp_path / "m" / ".mmgpt-output.json").read_text())["format"] == "mmgpt-model"
+
+
+def test_a_users_folders_named_like_leftovers_survive_every_save(tmp_path: Path) -> None:
+    model = build(tiny_config()).eval()
+    folder = tmp_path / "model"
+    marked(model, 1.0).save_pretrained(folder)
+    # the names a killed save's temp and trash folders have, but holding the user's files
+    users = [".model.20240101", ".model.tmp-notes123", ".model.trash-deadbeef", ".model.old.trash-cafe1234"]
+    for name in users:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "notes.txt").write_text(f"mine: {name}")
+    (tmp_path / ".model.tmp-emptyabc").mkdir()  # an empty one holds nothing to lose
+    marked(model, 2.0).save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", *users])
+    assert all((tmp_path / name / "notes.txt").read_text() == f"mine: {name}" for name in users)
+    assert mark_of(MMGPT.from_pretrained(folder)) == 2.0
+
+
+@pytest.mark.parametrize("model_exists", [True, False])
+def test_a_users_folder_at_the_aside_name_is_kept_and_the_save_says_to_move_it(
+    tmp_path: Path, model_exists: bool
+) -> None:
+    model = build(tiny_config()).eval()
+    folder = tmp_path / "model"
+    if model_exists:
+        marked(model, 1.0).save_pretrained(folder)
+    aside = tmp_path / ".model.old"
+    aside.mkdir()
+    (aside / "config.json").write_text('{"mine": true}')
+    with pytest.raises(FileExistsError, match=r"\.model\.old .*did not write.* move it"):
+        marked(model, 2.0).save_pretrained(folder)
+    assert (aside / "config.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".model.old"] + ["model"] * model_exists)
+    if model_exists:
+        assert mark_of(MMGPT.from_pretrained(folder)) == 1.0
+
+
+def test_a_kill_before_the_temp_marker_is_removed_leaves_a_loadable_model_that_saves_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mmgpt import saving
+
+    model = build(tiny_config()).eval()
+    folder = tmp_path / "model"
+    marked(model, 1.0).save_pretrained(folder)
+    assert not (folder / saving.TEMP_MARKER).exists()
+    # as if killed right after the new copy was renamed in
+    monkeypatch.setattr(saving, "_unmark", lambda folder: None)
+    marked(model, 2.0).save_pretrained(folder)
+    assert (folder / saving.TEMP_MARKER).is_file()
+    assert mark_of(MMGPT.from_pretrained(folder)) == 2.0
+    monkeypatch.undo()
+    assert saving.remove_leftovers(tmp_path, ".*") == []  # the published folder is not a leftover
+    marked(model, 3.0).save_pretrained(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert not (folder / saving.TEMP_MARKER).exists()
+    assert mark_of(MMGPT.from_pretrained(folder)) == 3.0
