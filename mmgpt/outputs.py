@@ -184,6 +184,6 @@ def writing_output_folder(folder: str | Path, kind: str, overwrite: bool = False
     folder.parent.mkdir(parents=True, exist_ok=True)
     with folder_lock(folder.parent):
         check_output_folder(folder, kind, overwrite=overwrite)  # again under the lock: another writer may have been
-        with replacing_folder(folder) as tmp:
+        with replacing_folder(folder, is_ours=lambda aside: output_kind(aside) == kind) as tmp:
             yield tmp
             write_marker(tmp, kind)

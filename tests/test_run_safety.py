@@ -366,6 +366,7 @@ def test_sigterm_to_both_ranks_of_a_two_process_run_stops_cleanly(tmp_path: Path
 def test_a_users_folders_named_like_leftovers_survive_checkpoints_and_overwrite(tmp_path: Path, data: Path) -> None:
     from accelerate import Accelerator
 
+    from mmgpt.outputs import prepare_output_folder
     from mmgpt.training.checkpoint import clear_run
 
     accelerator = Accelerator()
@@ -381,11 +382,14 @@ def test_a_users_folders_named_like_leftovers_survive_checkpoints_and_overwrite(
     save_checkpoint(accelerator, tmp_path, 2, {"step": 2, "run_id": "r"}, keep=3)
     with pytest.raises(FileExistsError, match=r"\.tmp_step_9 .*did not write.* move it"):
         save_checkpoint(accelerator, tmp_path, 9, {"step": 9, "run_id": "r"}, keep=3)
-    clear_run(tmp_path)
     assert all((folder / "notes.txt").read_text() == "mine" for folder in users)
+    # --overwrite deletes the run's own checkpoints folder, and beside it only what a run's saves left
+    clear_run(tmp_path)
+    assert all((folder / "notes.txt").read_text() == "mine" for folder in users if folder.parent == tmp_path)
     # a folder of the user's where a run puts its previous model aside is refused before any training
     out = tmp_path / "run"
-    (out / ".model.old").mkdir(parents=True)
+    prepare_output_folder(out, "run")
+    (out / ".model.old").mkdir()
     (out / ".model.old" / "notes.txt").write_text("mine")
     for extra in ([], ["--overwrite"]):
         with pytest.raises(FileExistsError, match=r"\.model\.old .*did not write.* move it"):

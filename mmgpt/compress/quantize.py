@@ -48,6 +48,7 @@ def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, over
     from mmgpt.model import CONFIG_NAME, WEIGHTS_NAME
     from mmgpt.model_card import CARD_NAME, card_datasets, write_model_card
     from mmgpt.outputs import writing_output_folder
+    from mmgpt.saving import TEMP_MARKER
 
     # tied tensors appear once in the file, as save_model writes them
     tied = tied_keys(model)
@@ -58,7 +59,8 @@ def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, over
     config[COMPRESSION_KEY] = record
     with writing_output_folder(out, "model", overwrite=overwrite) as tmp:
         for path in source.iterdir():
-            if path.name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME):
+            # a marker a killed save left in the source names that save's temp folder, not this one
+            if path.name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TEMP_MARKER):
                 continue
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)

@@ -184,6 +184,15 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")  # last: marks complete
 
 
+def _generated_here(folder: Path) -> bool:
+    """Whether `folder` is a shapes set this module generated (any version or parameters)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("generator") == "mmgpt.data.shapes"
+
+
 def _complete(folder: Path, params: dict[str, Any]) -> bool:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
@@ -215,7 +224,7 @@ def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000
             return files
         logger.info("generating shapes captions in %s (%d images)", folder, num_train + num_val + num_test)
         # built beside the target and swapped in by renames: an interrupted run leaves only a hidden temp folder
-        with replacing_folder(folder) as tmp:  # replaces a stale or damaged copy
+        with replacing_folder(folder, is_ours=_generated_here) as tmp:  # replaces a stale or damaged copy
             _generate(tmp, params)
     return files
 

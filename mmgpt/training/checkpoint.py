@@ -17,11 +17,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmgpt.outputs import check_output_folder
+from mmgpt.outputs import check_output_folder, output_kind
 from mmgpt.saving import (
     ASIDE_SUFFIX,
+    RANDOM_SUFFIX,
+    TRASH_MARK,
+    aside_path,
+    check_aside,
     discard,
     fsync_tree,
+    leftover_pattern,
+    make_marked_folder,
     match_umask,
     remove_leftovers,
     swap_in,
@@ -32,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.json"
 # what save_checkpoint's temp and trash folders are called; a kill can leave any of them behind
-CHECKPOINT_LEFTOVERS = r"\.tmp_step_\d+|\.step_\d+(\.old)?\.trash-[0-9a-f]{8}"
+CHECKPOINT_LEFTOVERS = rf"\.tmp_step_\d+|\.step_\d+(\.old)?{re.escape(TRASH_MARK)}{RANDOM_SUFFIX}"
 # what a run writes into output_dir besides config.yaml; --overwrite deletes these ("mmgpt" = TensorBoard logs)
 RUN_OUTPUTS = ("checkpoints", "model", "tokenizer", "mmgpt", "metrics.json", "history.json", "loss.png")
 
@@ -115,6 +121,14 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def _is_checkpoint(folder: Path) -> bool:
+    return (folder / STATE_NAME).is_file()
+
+
+def _is_model_output(folder: Path) -> bool:
+    return output_kind(folder) == "model"
+
+
 def _step_of(path: Path) -> int:
     return int(re.search(r"step_(\d+)", path.name).group(1))
 
@@ -177,6 +191,7 @@ def check_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool) ->
     --overwrite (clear_run) only ever deletes what a run wrote.
     """
     check_output_folder(output_dir, "run", reuse=True)
+    check_aside(Path(output_dir) / "model", _is_model_output)  # refused now, not when the model is saved at the end
     if resuming or overwrite:
         return
     found = previous_run(output_dir)
@@ -192,16 +207,17 @@ def check_output_dir(output_dir: str | Path, resuming: bool, overwrite: bool) ->
 def clear_run(output_dir: str | Path) -> list[Path]:
     """Delete what an earlier run wrote into output_dir (RUN_OUTPUTS and the model's leftovers); returns what went."""
     output_dir = Path(output_dir)
+    check_aside(output_dir / "model", _is_model_output)
     removed = []
-    for name in RUN_OUTPUTS + (f".model{ASIDE_SUFFIX}",):
-        path = output_dir / name
+    for path in [output_dir / name for name in RUN_OUTPUTS] + [aside_path(output_dir / "model")]:
         if path.is_dir() and not path.is_symlink():
             discard(path)
             removed.append(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
             removed.append(path)
-    removed += remove_leftovers(output_dir, r"\.(model|checkpoints|tokenizer|mmgpt)(\.old)?\.(trash-)?[0-9a-z_]{8}")
+    folders = [name for name in RUN_OUTPUTS if "." not in name]
+    removed += remove_leftovers(output_dir, "|".join(leftover_pattern(name) for name in folders))
     return removed
 
 
@@ -242,9 +258,9 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: 
         root.mkdir(parents=True, exist_ok=True)
         remove_leftovers(root, CHECKPOINT_LEFTOVERS)
         for aside in root.glob(f".step_*{ASIDE_SUFFIX}"):
-            if (root / aside.name[1 : -len(ASIDE_SUFFIX)] / STATE_NAME).is_file():
+            if (root / aside.name[1 : -len(ASIDE_SUFFIX)] / STATE_NAME).is_file() and _is_checkpoint(aside):
                 discard(aside)
-        tmp.mkdir()
+        make_marked_folder(tmp)
     accelerator.wait_for_everyone()
     hook = accelerator.register_save_state_pre_hook(_drop_tied_aliases(accelerator))
     try:
@@ -259,7 +275,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: 
         write_json(tmp / STATE_NAME, state)
         match_umask(tmp)  # safetensors' files arrive 0600
         fsync_tree(tmp)
-        swap_in(tmp, final)
+        swap_in(tmp, final, _is_checkpoint)
         # the newest `keep` of this run up to this step; a later step of this run (a resume from an older
         # checkpoint) is left alone
         older = [c for c in checkpoint_dirs(output_dir) if _step_of(c) < step and run_id_of(c) == state["run_id"]]
