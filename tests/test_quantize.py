@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,29 @@ def test_quantize_never_replaces_what_it_did_not_write_and_an_earlier_model_only
     assert cli.main(["quantize", str(folders[0]), str(folders[1]), "--overwrite"]) == 0
     assert json.loads((folders[1] / ".mmgpt-output.json").read_text())["format"] == "mmgpt-model"
     assert MMGPT.from_pretrained(folders[1]).num_parameters() > 0
+
+
+def test_quantize_keeps_a_users_folder_at_the_aside_name_and_never_copies_a_stale_temp_marker(
+    folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mmgpt.compress.quantize as quantize_module
+    from mmgpt.saving import TEMP_FORMAT, TEMP_MARKER, is_marked
+
+    source = tmp_path / "fp32"
+    shutil.copytree(folders[0], source)
+    # the marker a save killed right after its swap leaves: it names that save's temp folder
+    (source / TEMP_MARKER).write_text(json.dumps({"format": TEMP_FORMAT, "name": ".fp32.tmp-k3j5h2g8"}))
+    (tmp_path / ".q8.old").mkdir()
+    (tmp_path / ".q8.old" / "notes.txt").write_text("mine")
+    assert cli.main(["quantize", str(source), str(tmp_path / "q8")]) == 2
+    assert f"{tmp_path / '.q8.old'} is in the way" in capsys.readouterr().err
+    assert (tmp_path / ".q8.old" / "notes.txt").read_text() == "mine" and not (tmp_path / "q8").exists()
+    (tmp_path / ".q8.old" / "notes.txt").unlink()
+    # while the weights are written, the temp folder is still recognisably mmgpt's: a kill there leaves a leftover
+    # that the next save removes
+    write_weights, marked = quantize_module.save_file, []
+    monkeypatch.setattr(quantize_module, "save_file", lambda tensors, path, metadata: (
+        marked.append(is_marked(Path(path).parent)), write_weights(tensors, path, metadata=metadata)))
+    assert cli.main(["quantize", str(source), str(tmp_path / "q8")]) == 0
+    assert marked == [True]
+    assert not (tmp_path / "q8" / TEMP_MARKER).exists()
