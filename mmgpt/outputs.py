@@ -178,7 +178,7 @@ def prepare_output_folder(folder: str | Path, kind: str, overwrite: bool = False
 
 @contextlib.contextmanager
 def writing_output_folder(folder: str | Path, kind: str, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temp folder; when the block succeeds it replaces `folder` (checked, marked, crash-safe)."""
+    """Yield a temp folder; when the block succeeds it replaces `folder` (checked, marked, crash-safe)."""
     folder = Path(folder).expanduser()
     check_output_folder(folder, kind, overwrite=overwrite)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,7 @@ def leftover_pattern(name: str) -> str:
 
 @contextlib.contextmanager
 def replacing_folder(folder: Path, is_ours: Callable[[Path], bool]) -> Iterator[Path]:
-    """Yield an empty temp folder beside `folder`; when the block succeeds it replaces `folder` crash-safely.
+    """Yield a temp folder beside `folder` (only its marker in it); when the block succeeds it replaces `folder`.
 
     Call it holding `folder_lock(folder.parent)`, so two writers never clean each other's temp folders.
     `is_ours(path)` recognises an earlier copy of `folder` (see check_aside): a folder at the aside name that
