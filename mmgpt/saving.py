@@ -103,11 +103,14 @@ def match_umask(folder: Path) -> None:
 
 
 def _mark(folder: Path) -> None:
-    # one small write: a kill leaves the whole marker or none (an unmarked folder is only ever kept)
     text = json.dumps({"format": TEMP_FORMAT, "name": folder.name,
                        "note": "written by mmgpt while saving; deleted with this folder if a save was killed"})
-    with open(folder / TEMP_MARKER, "x", encoding="utf-8") as f:
-        f.write(text)
+    # one write; a kill before it leaves an empty marker, which _holds_nothing_to_lose accepts
+    fd = os.open(folder / TEMP_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, text.encode("utf-8"))
+    finally:
+        os.close(fd)
 
 
 def is_marked(folder: Path) -> bool:
@@ -157,8 +160,9 @@ def _remove_marked(folder: Path) -> None:
         folder.rmdir()
 
 
-def _is_empty_folder(path: Path) -> bool:
-    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+def _holds_nothing_to_lose(path: Path) -> bool:
+    # empty, or only a marker that a kill cut short: mmgpt made that file, and nothing else is in the folder
+    return path.is_dir() and not path.is_symlink() and all(p.name == TEMP_MARKER for p in path.iterdir())
 
 
 def check_aside(folder: Path, is_ours: Callable[[Path], bool]) -> None:
@@ -168,7 +172,7 @@ def check_aside(folder: Path, is_ours: Callable[[Path], bool]) -> None:
     one `is_ours` recognises (a copy an earlier killed save left) could be the user's.
     """
     aside = aside_path(folder)
-    if not (aside.exists() or aside.is_symlink()) or _is_empty_folder(aside) or is_ours(aside):
+    if not (aside.exists() or aside.is_symlink()) or _holds_nothing_to_lose(aside) or is_ours(aside):
         return
     raise FolderInTheWay(f"{aside} is in the way: mmgpt puts the previous {folder.name} there while it saves, but did "
                          f"not write this folder, so it never deletes it; move it elsewhere and save again")
@@ -212,11 +216,8 @@ def remove_leftovers(parent: Path, name_pattern: str) -> list[Path]:
     for path in parent.iterdir():
         if not pattern.fullmatch(path.name) or not path.is_dir() or path.is_symlink():
             continue
-        if is_marked(path):
+        if is_marked(path) or _holds_nothing_to_lose(path):
             _remove_marked(path)
-        elif _is_empty_folder(path):
-            with contextlib.suppress(OSError):
-                path.rmdir()
         else:
             logger.debug("kept %s: named like a leftover, but mmgpt did not mark it as one", path)
             continue

@@ -154,6 +154,8 @@ def test_a_users_folders_named_like_leftovers_survive_every_save(tmp_path: Path)
         (tmp_path / name).mkdir()
         (tmp_path / name / "notes.txt").write_text(f"mine: {name}")
     (tmp_path / ".model.tmp-emptyabc").mkdir()  # an empty one holds nothing to lose
+    (tmp_path / ".model.tmp-cutshort").mkdir()  # nor one a kill left with its marker not yet written
+    (tmp_path / ".model.tmp-cutshort" / ".mmgpt-temp").touch()
     marked(model, 2.0).save_pretrained(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", *users])
     assert all((tmp_path / name / "notes.txt").read_text() == f"mine: {name}" for name in users)
