@@ -5,6 +5,7 @@ torch, transformers and the model are imported when a saved model is used, not a
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -81,11 +82,23 @@ def load_model(model: str | Path | MMGPT | None = None, device: str | torch.devi
     if isinstance(model, MMGPT):
         return model
     path = str(model) if model is not None else str(default_model_path())
-    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = str(device or ("cuda" if torch.cuda.is_available() and not _cpu_only(path) else "cpu"))
     key = (str(Path(path).expanduser().resolve()) if Path(path).expanduser().exists() else path, device)
     if key not in _CACHE:
         _CACHE[key] = MMGPT.from_pretrained(path, device=device)
     return _CACHE[key]
+
+
+def _cpu_only(path: str) -> bool:
+    """Whether `path` is a local model folder whose quantised layers run on the CPU only (mmgpt quantize int8)."""
+    from mmgpt.compress import runs_on_cpu_only
+    from mmgpt.model import saved_model_folder
+
+    config = saved_model_folder(Path(path).expanduser()) / "config.json"
+    try:
+        return config.is_file() and runs_on_cpu_only(json.loads(config.read_text()))
+    except (OSError, ValueError):
+        return False  # from_pretrained reports what is wrong with the folder
 
 
 def _export_folder(model: Any) -> str | os.PathLike | None:

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import GenerationConfig
 
 from mmgpt import lora
+from mmgpt.compress import is_quantized, runs_on_cpu_only
 from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
 from mmgpt.constrained import constrain_to_choices
 from mmgpt.decoding import check_answer_length, default_generation_config, position_limit, resolve_generation_config
@@ -181,7 +182,7 @@ class MMGPT(nn.Module):
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype, and
         # frozen parts may be kept in another dtype than the trained ones (TrainConfig.frozen_dtype)
-        dtype = next(self.projector.parameters()).dtype
+        dtype = _dtype(self.projector, torch.float32)  # an int8 projector has no floating-point parameter
         pixel_values = pixel_values.to(_dtype(self.image_encoder, dtype))
         pixels, image_index = unique_images(pixel_values)
         # TrainConfig.image_encoder_autocast: a training-time choice, so evaluation and inference stay exact
@@ -370,8 +371,11 @@ class MMGPT(nn.Module):
         except (OSError, ValueError, TypeError, RecursionError) as e:
             raise _load_error(folder, e) from e
         compression = data.get("compression") or {}
-        if compression.get("method") == "int8":
-            # mmgpt quantize: the same quantisation is applied first, then the int8 tensors load into it
+        if device is not None and torch.device(device).type != "cpu" and runs_on_cpu_only(data):
+            raise ModelLoadError(f"cannot load the model in {folder} on {device}: its int8 layers run on the cpu "
+                                 "only (load it with device='cpu', or quantise with --method bf16 for a GPU)")
+        if is_quantized(data):
+            # mmgpt quantize: the same quantised layers are built first, then the weights load into them
             from mmgpt.compress.int8 import load_quantized_weights
 
             try:

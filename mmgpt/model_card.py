@@ -51,9 +51,15 @@ def card_datasets(folder: Path) -> list[str]:
 
 def _compression_lines(record: dict) -> list[str]:
     """Markdown: how a compressed model was made from its source, and that the source's figures do not apply."""
-    if record.get("method") == "int8":
-        how = (f"int8: int8 weights and dynamic int8 activations in {len(record.get('layers') or [])} linear "
-               f"layers ({record.get('library', 'torchao')}); the tied output embedding stays fp32")
+    layers = len(record.get("layers") or [])
+    if record.get("method") == "int8" and record.get("library") == "torch":
+        how = (f"int8: int8 weights (one scale per output row) and dynamic int8 activations in {layers} layers, "
+               "the token embedding and its tied output layer included (PyTorch's x86 kernels; runs on the CPU)")
+    elif record.get("method") in ("int8", "int8-torchao"):
+        how = (f"int8: int8 weights and dynamic int8 activations in {layers} linear layers "
+               f"({record.get('library', 'torchao')}); the tied output embedding stays fp32")
+    elif record.get("method") == "bf16":
+        how = "bf16: every weight in bfloat16"
     else:
         how = str(record.get("method"))
     return [

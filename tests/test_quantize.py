@@ -1,4 +1,4 @@
-"""mmgpt quantize: int8 folders round-trip, shrink the quantised layers, and answer like fp32."""
+"""mmgpt quantize: int8 (default), bf16 and int8-torchao folders round-trip, shrink the weights, answer like fp32."""
 from __future__ import annotations
 
 import json
@@ -12,8 +12,9 @@ from safetensors import safe_open
 from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from mmgpt import cli
+from mmgpt.compress.int8_layers import Int8Embedding, Int8Linear
 from mmgpt.compress.quantize import quantize
-from mmgpt.model import MMGPT
+from mmgpt.model import MMGPT, ModelLoadError
 
 PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?",
            "is there a small green triangle on the left?"] * 4
@@ -29,20 +30,27 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     model = build(config)
     model.save_pretrained(root / "fp32", metrics={"easy_vqa/vqa_exact_match": 0.875}, datasets=["easy_vqa"])
     assert cli.main(["quantize", str(root / "fp32"), str(root / "q8")]) == 0
+    for method in ("bf16", "int8-torchao"):
+        assert cli.main(["quantize", str(root / "fp32"), str(root / method), "--method", method]) == 0
     return root / "fp32", root / "q8"
 
 
 def test_quantized_folder_loads_with_int8_weights_and_records_how_it_was_made(folders: tuple[Path, Path]) -> None:
     fp32, q8 = folders
     model = MMGPT.from_pretrained(q8)
-    linear = model.generator.model.layers[0].mlp.up_proj
-    assert type(linear.weight).__name__ == "Int8Tensor"
-    assert type(model.projector[0].weight).__name__ == "Int8Tensor"
-    # the tied output embedding stays the input embedding's tensor
-    assert model.generator.lm_head.weight is model.generator.get_input_embeddings().weight
+    for linear in (model.generator.model.layers[0].mlp.up_proj, model.projector[0], model.generator.lm_head):
+        assert type(linear) is Int8Linear and linear.weight.dtype == torch.int8
+    embedding = model.generator.get_input_embeddings()
+    assert type(embedding) is Int8Embedding
+    # the tied output layer reads the input embedding's int8 matrix, as the fp32 one shares its tensor
+    assert model.generator.lm_head.weight is embedding.weight
+    assert model.generator.lm_head.weight_scale is embedding.weight_scale
     record = json.loads((q8 / "config.json").read_text())["compression"]
-    assert record["method"] == "int8" and record["source"] == str(fp32.resolve()) and record["date"]
+    assert record["method"] == "int8" and record["library"] == "torch"
+    assert record["source"] == str(fp32.resolve()) and record["date"]
     assert not any(p.suffix in (".bin", ".pt", ".pkl") for p in q8.rglob("*"))
+    with safe_open(str(q8 / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "pt"}  # plain tensors: nothing to unflatten
 
 
 def test_the_int8_card_says_int8_and_drops_the_fp32_metrics(folders: tuple[Path, Path]) -> None:
@@ -51,21 +59,54 @@ def test_the_int8_card_says_int8_and_drops_the_fp32_metrics(folders: tuple[Path,
     card = ModelCard.load(q8 / "README.md")
     layers = len(json.loads((q8 / "config.json").read_text())["compression"]["layers"])
     assert card.text.startswith("\n# mmgpt vision-language model (int8)")
-    assert f"int8 weights and dynamic int8 activations in {layers} linear layers (torchao)" in card.text
+    assert f"dynamic int8 activations in {layers} layers, the token embedding and its tied output" in card.text
     assert "evaluation figures do not apply" in card.text and f"from `{fp32.resolve()}`" in card.text
     assert "0.875" not in (q8 / "README.md").read_text() and "mmgpt_eval" not in card.data.to_dict()
     assert card.data.datasets == ["easy_vqa"] and "int8" in card.data.tags
 
 
-def test_int8_layers_take_under_0_3_of_their_fp32_bytes(folders: tuple[Path, Path]) -> None:
-    fp32, q8 = folders
+def _layer_bytes(folder: Path, layers: list[str]) -> int:
+    """Bytes of the stored tensors of `layers` (a tied layer's tensors are stored once)."""
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
+                   if any(k.startswith(f"{name}.") for name in layers))
+
+
+@pytest.mark.parametrize("method", ["q8", "int8-torchao"])
+def test_int8_layers_take_under_0_3_of_their_fp32_bytes(folders: tuple[Path, Path], method: str) -> None:
+    fp32 = folders[0]
+    q8 = fp32.parent / method
     layers = json.loads((q8 / "config.json").read_text())["compression"]["layers"]
-    with safe_open(str(fp32 / "model.safetensors"), "pt") as f:
-        before = sum(f.get_tensor(f"{name}.weight").numel() * 4 for name in layers)
-    with safe_open(str(q8 / "model.safetensors"), "pt") as f:
-        after = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in f.keys()
-                    if any(k.startswith(f"{name}._weight_") for name in layers))
-    assert after / before <= 0.3, after / before
+    ratio = _layer_bytes(q8, layers) / _layer_bytes(fp32, layers)
+    assert ratio <= 0.3, ratio
+
+
+def test_bf16_folder_holds_and_runs_bf16_weights(folders: tuple[Path, Path]) -> None:
+    fp32, bf16 = folders[0], folders[0].parent / "bf16"
+    assert (bf16 / "model.safetensors").stat().st_size < 0.55 * (fp32 / "model.safetensors").stat().st_size
+    model = MMGPT.from_pretrained(bf16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    reference = MMGPT.from_pretrained(fp32)
+    batch = make_batch(reference, PROMPTS)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+    agree = (reference.generate(**inputs, max_new_tokens=6) == model.generate(**inputs, max_new_tokens=6))
+    assert agree.float().mean().item() >= 0.9
+
+
+def test_torchao_folders_of_earlier_versions_still_load(folders: tuple[Path, Path]) -> None:
+    folder = folders[0].parent / "int8-torchao"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["compression"]["library"] == "torchao"
+    config["compression"]["method"] = "int8"  # what `mmgpt quantize` recorded when torchao was its only method
+    (folder / "config.json").write_text(json.dumps(config))
+    model = MMGPT.from_pretrained(folder)
+    assert type(model.generator.model.layers[0].mlp.up_proj.weight).__name__ == "Int8Tensor"
+    assert model.generator.lm_head.weight is model.generator.get_input_embeddings().weight
+
+
+def test_int8_folder_refuses_a_device_other_than_the_cpu(folders: tuple[Path, Path]) -> None:
+    with pytest.raises(ModelLoadError, match="cpu only"):
+        MMGPT.from_pretrained(folders[1], device="meta")
 
 
 def test_int8_greedy_tokens_agree_with_fp32(folders: tuple[Path, Path]) -> None:

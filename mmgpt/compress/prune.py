@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mmgpt.compress import COMPRESSION_KEY
+from mmgpt.compress import is_quantized
 from mmgpt.outputs import add_overwrite_arg
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def prune(source: str | Path, out: str | Path, amount: float = 0.5, parts: tuple
     check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
     source_path = resolve_model_path(source)
     data = json.loads((source_path / CONFIG_NAME).read_text())
-    if (data.get(COMPRESSION_KEY) or {}).get("method") == "int8":
+    if is_quantized(data):
         raise ValueError(f"{source_path} is quantised; prune the fp32 model it came from, then quantise")
     model = MMGPT.from_pretrained(source_path)
     changes = prune_model(model, amount, tuple(parts))

@@ -1,23 +1,24 @@
-"""int8 quantisation of a saved model: int8 weights, dynamic int8 activations, for the linear layers.
+"""Quantisation of a saved model for CPU deployment: int8 (the default), bf16, or torchao's int8.
 
-    mmgpt quantize MODEL OUT [--method int8]
+    mmgpt quantize MODEL OUT [--method int8|bf16|int8-torchao]
 
-The linear layers of the generator, fusion and projector (and the image encoder's, where it has any:
-the tiny CNN has none) are quantised with torchao's `quantize_` and its int8 dynamic-activation int8-weight
-config. The tied output embedding stays fp32, because quantising it would untie it from the input embedding.
-OUT is a model folder like any other: its weights are torchao's tensor subclasses flattened into safetensors
-(qdata + scale per matrix, no pickle), and config.json records the method, the source model and the date
-under "compression", so MMGPT.from_pretrained re-applies the same quantisation to the built model before it
-loads the weights.
+int8 (mmgpt.compress.int8): every linear layer of the generator, fusion, projector and encoders gets int8
+weights, one fp32 scale per output row, and runs PyTorch's dynamic int8 kernels (`quantized::linear_dynamic`,
+x86/fbgemm: activations quantised per call); the generator's token embedding becomes an int8 table with one
+scale per row, shared with the tied output layer, so the largest matrix of a small model is read as int8
+too. It is the default because it is the fastest way found to run a model on a CPU: on a 2-core AMD EPYC,
+the ~230M configs/gpu200m.yaml model decoded about 2.5x as many tokens/s as fp32 and prefilled about 4x
+faster, where bf16 gained 1.3x and torchao's int8 was slower than fp32 (bench/cpu_inference.py, README
+"Quantisation"). It runs on the CPU only.
 
-Why torchao rather than torch.ao.quantization.quantize_dynamic: the latter measured faster on this CPU
-(one thread, 4 x (512->2048->512) linears, 640 rows: fp32 215 ms, torch.ao dynamic 196 ms, torchao 239 ms;
-20 rows: fp32 16.3, torch.ao 17.8, torchao 21.6 ms), but its packed parameters are opaque objects that
-safetensors cannot hold (torch.save/pickle only) and it is deprecated in torch 2.x; torchao's int8 tensors
-flatten to plain tensors and load back exactly. The catch, measured in bench/compress.py (wide 33M model,
-one thread): its int8 matmul is 3.7x faster than fp32's, but quantising every call's activations costs about
-as much again, so int8 answered 1.7x slower than fp32 in the timed run; its sure gain is 0.26x the bytes of the
-quantised layers.
+bf16 stores and runs every weight in bfloat16. int8-torchao is torchao's `quantize_` with
+`Int8DynamicActivationInt8WeightConfig` (the tied output embedding stays fp32): its tensor subclasses are
+flattened into safetensors (qdata + scale per matrix); its per-call activation quantisation runs as separate
+ops, which made it slower than fp32 on the CPU.
+
+OUT is a model folder like any other: plain safetensors (no pickle), and config.json records the method, the
+quantised layers, the source model and the date under "compression", so MMGPT.from_pretrained rebuilds the
+same layers before it loads the weights.
 """
 from __future__ import annotations
 
@@ -28,33 +29,28 @@ import logging
 import shutil
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from mmgpt.compress import COMPRESSION_KEY
-from mmgpt.compress.int8 import METHODS, quantize_model, tied_keys
+from mmgpt.compress import COMPRESSION_KEY, DEFAULT_QUANTIZATION, QUANTIZATION_METHODS
+from mmgpt.compress.int8 import LIBRARIES, METHODS, quantize_model, tied_keys
 from mmgpt.outputs import add_overwrite_arg
 
 logger = logging.getLogger(__name__)
 
 
 def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, overwrite: bool = False) -> None:
-    """Write OUT: the source folder's processor and part configs, flattened int8 weights and the record.
+    """Write OUT: the source folder's processor and part configs, the quantised weights and the record.
 
     An earlier model folder at OUT is replaced only with `overwrite` (mmgpt.outputs).
     """
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-
     from mmgpt.model import CONFIG_NAME, WEIGHTS_NAME
     from mmgpt.model_card import CARD_NAME, card_datasets, write_model_card
     from mmgpt.outputs import writing_output_folder
     from mmgpt.saving import TEMP_MARKER
 
-    # tied tensors appear once in the file, as save_model writes them
-    tied = tied_keys(model)
-    state = {key: value.detach() for key, value in model.state_dict().items() if key not in tied}
-    tensors, metadata = flatten_tensor_state_dict(state)
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    tensors, metadata = _flat_state(model, record["method"])
     config = json.loads((source / CONFIG_NAME).read_text())
     config[COMPRESSION_KEY] = record
     with writing_output_folder(out, "model", overwrite=overwrite) as tmp:
@@ -65,36 +61,56 @@ def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, over
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        # the source's card describes the fp32 model and its metrics: this one says what int8 changed
+        # the source's card describes the fp32 model and its metrics: this one says what quantising changed
         write_model_card(tmp, model.config, model, datasets=card_datasets(source), compression=record)
 
 
-def quantize(source: str | Path, out: str | Path, method: str = "int8", overwrite: bool = False) -> Path:
+def _flat_state(model: nn.Module, method: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The state dict as plain tensors for safetensors, each tied tensor once (as save_model writes them)."""
+    tied = tied_keys(model)
+    state = {key: value.detach() for key, value in model.state_dict().items() if key not in tied}
+    if method != "int8-torchao":
+        return {k: v.contiguous() for k, v in state.items()}, {"format": "pt"}
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    tensors, metadata = flatten_tensor_state_dict(state)
+    return {k: v.contiguous() for k, v in tensors.items()}, metadata
+
+
+def quantize(source: str | Path, out: str | Path, method: str = DEFAULT_QUANTIZATION,
+             overwrite: bool = False) -> Path:
     """Quantise the model in `source` and save it to `out` (an earlier model there: `overwrite`) -> `out`."""
     from mmgpt.model import MMGPT, resolve_model_path
     from mmgpt.outputs import check_output_folder
 
     check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
     source_path = resolve_model_path(source)
+    if method not in METHODS:
+        raise ValueError(f"unknown quantisation method {method!r}; available: {', '.join(METHODS)}")
     model = MMGPT.from_pretrained(source_path)
     if COMPRESSION_KEY in json.loads((source_path / "config.json").read_text()):
         raise ValueError(f"{source_path} is already quantised; quantise the fp32 model it came from")
     layers = quantize_model(model, method)
-    record = {"method": method, "library": "torchao", "source": str(Path(source_path).resolve()),
+    record = {"method": method, "library": LIBRARIES[method], "source": str(Path(source_path).resolve()),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "layers": layers}
     save_quantized(model, source_path, Path(out), record, overwrite=overwrite)
-    logger.info("quantised %d linear layers to %s", len(layers), out)
+    logger.info("quantised %s to %s (%s)", f"{len(layers)} layers" if layers else "every weight", out, method)
     return Path(out)
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    """`mmgpt quantize MODEL OUT [--method int8]`."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    """`mmgpt quantize MODEL OUT [--method int8|bf16|int8-torchao]`."""
+    methods = "; ".join(f"{name}: {text}" for name, text in QUANTIZATION_METHODS.items())
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0],
+        epilog="int8 is the default because it ran fastest on a CPU: on a 2-core AMD EPYC the ~230M "
+               "configs/gpu200m.yaml model decoded 2.5x the tokens/s of fp32 at batch 1 and prefilled 4x "
+               "faster; bf16 1.3x; int8-torchao slower than fp32 (README, Quantisation).")
     parser.add_argument("model", help="model folder (or hf://org/name)")
     parser.add_argument("out", help="folder to write the quantised model to (new or empty, unless --overwrite)")
-    parser.add_argument("--method", default="int8", choices=METHODS, help="quantisation method (default: int8)")
+    parser.add_argument("--method", default=DEFAULT_QUANTIZATION, choices=METHODS,
+                        help=f"default: {DEFAULT_QUANTIZATION}. {methods}")
     add_overwrite_arg(parser, "model")
     args = parser.parse_args(argv)
     print(quantize(args.model, args.out, args.method, args.overwrite))
     return 0
-

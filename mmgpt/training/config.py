@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmgpt.compress import is_quantized
 from mmgpt.config import (
     ConfigError,
     ModelConfig,
@@ -364,8 +365,8 @@ def _model_from_folder(data: dict, overrides: list[str]) -> dict:
     saved = load_json(config_file)
     if "model" not in saved:
         raise ConfigError(f"init_from: {config_file} has no 'model' key, so it is not an mmgpt model config")
-    if (saved.get("compression") or {}).get("method") == "int8":
-        raise ConfigError(f"init_from: {folder} is int8-quantised and cannot be trained; start from its fp32 source")
+    if is_quantized(saved):
+        raise ConfigError(f"init_from: {folder} is quantised and cannot be trained; start from its fp32 source")
     reference = to_dict(from_dict(ModelConfig, copy.deepcopy(saved["model"]), prefix="model"))
     for text in overrides:
         path, _ = parse_override(text)
