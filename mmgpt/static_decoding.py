@@ -1,0 +1,176 @@
+"""Greedy (and seeded-sampling) decoding of Llama-family generators with a preallocated KV cache, few ops a step.
+
+Hugging Face `generate` runs the model's module tree each step: on a CPU at batch 1, a ~135M-parameter
+Llama spends about as long in its ~55 small ops and module calls per layer as in reading its weights.
+This loop computes the same step with ~20 ops per layer: the layers' own weights and linear modules
+(fp32, bf16 or mmgpt's int8), fused RMSNorm, one rotary table per step, keys and values written into a
+cache allocated once for the whole answer, one SDPA call. The prompt (prefill) still runs through the
+generator's own forward, whose cache is then copied in, so every prefix sees Hugging Face's code.
+
+It takes what `MMGPT.generate` would otherwise hand to Hugging Face `generate` and returns the same tokens:
+greedy search (`logits_processor`, e.g. mmgpt.sampling's seeded sampler, may reshape the scores),
+`max_new_tokens`, `min_new_tokens`, eos ending a row (later tokens padded), a `streamer`. Anything else
+(beams, penalties, `use_cache=False`, another architecture) goes to Hugging Face `generate` (`supports`).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as functional
+from torch import nn
+from transformers import GenerationConfig, LogitsProcessorList
+
+# architectures whose decoder layer is exactly: RMSNorm, q/k/v projections, rotary embedding, attention,
+# o projection, residual, RMSNorm, gated MLP, residual (Qwen2's q/k/v biases live in its linear layers)
+ARCHITECTURES = ("llama", "qwen2")
+# GenerationConfig fields this loop implements; sampling fields are ignored by greedy search as by Hugging Face
+HANDLED_FIELDS = {"max_new_tokens", "min_new_tokens", "max_length", "bos_token_id", "eos_token_id", "pad_token_id",
+                  "do_sample", "num_beams", "temperature", "top_k", "top_p", "use_cache", "transformers_version",
+                  "_from_model_config", "decoder_start_token_id"}
+HANDLED_KWARGS = {"streamer", "logits_processor"}
+
+
+def _set_fields(config: GenerationConfig) -> set[str]:
+    """The fields `config` sets to other values than a bare GenerationConfig (False, 0 and None set nothing)."""
+    return {name for name, value in config.to_diff_dict().items() if value not in (None, False, 0)}
+
+
+def supports(generator: nn.Module, config: GenerationConfig, generate_kwargs: dict[str, Any]) -> bool:
+    """Whether `generate` here decodes like Hugging Face `generate` would with these settings."""
+    model_config = generator.config
+    body = getattr(generator, "model", None)
+    if (model_config.model_type not in ARCHITECTURES or generator.training or body is None
+            or not hasattr(body, "rotary_emb") or getattr(model_config, "hidden_act", "silu") != "silu"
+            or getattr(model_config, "use_sliding_window", False)
+            or (getattr(model_config, "pretraining_tp", 1) or 1) != 1):
+        return False
+    if config.do_sample or (config.num_beams or 1) != 1 or config.use_cache is False or not config.max_new_tokens:
+        return False
+    if set(generate_kwargs) - HANDLED_KWARGS:
+        return False
+    logits_processor = generate_kwargs.get("logits_processor")
+    if logits_processor is not None and not isinstance(logits_processor, LogitsProcessorList):
+        return False
+    # the generator's own generation_config is merged in by Hugging Face generate: it must add nothing either
+    return not (_set_fields(config) | _set_fields(generator.generation_config)) - HANDLED_FIELDS
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding as Hugging Face's apply_rotary_pos_emb computes it."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _layer_cache(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values (B, H_kv, L, head_dim) of one layer of a Hugging Face DynamicCache (4.x or 5.x)."""
+    if hasattr(cache, "layers"):
+        return cache.layers[index].keys, cache.layers[index].values
+    return cache.key_cache[index], cache.value_cache[index]
+
+
+class _StaticCache:
+    """Keys and values of every layer, allocated for the prompt plus every new token."""
+
+    def __init__(self, prefill: Any, num_layers: int, length: int) -> None:
+        self.keys, self.values = [], []
+        for index in range(num_layers):
+            keys, values = _layer_cache(prefill, index)
+            batch, heads, used, dim = keys.shape
+            self.keys.append(keys.new_empty(batch, heads, length, dim))
+            self.values.append(values.new_empty(batch, heads, length, dim))
+            self.keys[-1][:, :, :used] = keys
+            self.values[-1][:, :, :used] = values
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    return functional.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
+
+
+def _step(generator: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: _StaticCache, length: int,
+          mask: torch.Tensor | None) -> torch.Tensor:
+    """One token per row: embeds (B, 1, D), positions (B, 1), `length` cache slots in use with it -> logits (B, V)."""
+    body = generator.model
+    config = generator.config
+    batch = embeds.shape[0]
+    cos, sin = body.rotary_emb(embeds, positions)
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, head_dim): broadcast over heads
+    x = embeds
+    for index, layer in enumerate(body.layers):
+        attention = layer.self_attn
+        head_dim = attention.head_dim
+        h = _rms_norm(x, layer.input_layernorm)
+        q = attention.q_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
+        k = attention.k_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
+        v = attention.v_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
+        cache.keys[index][:, :, length - 1 : length] = _rotate(k, cos, sin)
+        cache.values[index][:, :, length - 1 : length] = v
+        out = functional.scaled_dot_product_attention(
+            _rotate(q, cos, sin), cache.keys[index][:, :, :length], cache.values[index][:, :, :length],
+            attn_mask=mask, scale=attention.scaling,
+            enable_gqa=config.num_attention_heads != config.num_key_value_heads)
+        x = x + attention.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
+        h = _rms_norm(x, layer.post_attention_layernorm)
+        mlp = layer.mlp
+        x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+    return generator.lm_head(_rms_norm(x, body.norm))[:, -1]
+
+
+def _eos_ids(eos: int | list[int] | None, device: torch.device) -> torch.Tensor | None:
+    if eos is None:
+        return None
+    return torch.tensor([eos] if isinstance(eos, int) else list(eos), device=device)
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+             config: GenerationConfig, streamer: Any = None,
+             logits_processor: LogitsProcessorList | None = None) -> torch.Tensor:
+    """Decode up to config.max_new_tokens tokens after the prompt embeddings (B, L, D), mask (B, L) -> (B, N).
+
+    Call it only where `supports(generator, config, kwargs)`; rows that end (eos) are padded with pad_token_id.
+    """
+    batch, prompt_length = attention_mask.shape
+    device = inputs_embeds.device
+    max_new = int(config.max_new_tokens)
+    # as Hugging Face generate does, ids the call leaves unset come from the generator's own generation_config
+    own = generator.generation_config
+    eos = _eos_ids(config.eos_token_id if config.eos_token_id is not None else own.eos_token_id, device)
+    pad = next((p for p in (config.pad_token_id, own.pad_token_id) if p is not None), 0)
+    min_new = config.min_new_tokens or own.min_new_tokens or 0
+    # as Hugging Face generate numbers positions of a left-padded prompt
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    out = generator(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
+                    use_cache=True, logits_to_keep=1)
+    prefill = next(value for key, value in out.items() if key in ("cache", "past_key_values"))  # 5.x, 4.x
+    cache = _StaticCache(prefill, len(generator.model.layers), prompt_length + max_new)
+    padded = not bool(attention_mask.all())
+    mask = torch.cat([attention_mask.bool(), attention_mask.new_ones(batch, max_new, dtype=torch.bool)], dim=1)
+    position = positions[:, -1:]
+    tokens = torch.empty(batch, 0, dtype=torch.long, device=device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=device)
+    logits = out.logits[:, -1]
+    embedding = generator.get_input_embeddings()
+    if streamer is not None:
+        streamer.put(tokens.cpu())
+    for step in range(max_new):
+        scores = logits.float()
+        if step < min_new and eos is not None:  # Hugging Face's MinNewTokensLengthLogitsProcessor, which runs first
+            scores = scores.index_fill(1, eos, float("-inf"))
+        if logits_processor is not None:
+            scores = logits_processor(tokens, scores)
+        next_tokens = scores.argmax(dim=-1).masked_fill(~unfinished, pad)
+        tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
+        if streamer is not None:
+            streamer.put(next_tokens.cpu())
+        if eos is not None:
+            unfinished &= ~torch.isin(next_tokens, eos)
+        if step == max_new - 1 or not bool(unfinished.any()):
+            break
+        position = position + 1
+        length = prompt_length + step + 1
+        logits = _step(generator, embedding(next_tokens[:, None]), position, cache, length,
+                       mask[:, None, None, :length] if padded else None)
+    if streamer is not None:
+        streamer.end()
+    return tokens

@@ -1,0 +1,119 @@
+"""mmgpt.static_decoding: the same scores and tokens as Hugging Face generate, and only where it applies."""
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import build, make_batch, one_thread, random_images, tiny_config  # noqa: F401 (autouse fixture)
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from mmgpt import static_decoding
+from mmgpt.decoding import resolve_generation_config
+from mmgpt.inference import answer, stream_answer
+
+PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes are there in this image?", "hi"]
+
+
+class Recorder(LogitsProcessor):
+    """Keeps every step's scores, makes row 0 end (eos) at step 3 and spreads the others' tokens."""
+
+    def __init__(self, eos: int) -> None:
+        self.scores: list[torch.Tensor] = []
+        self.eos = eos
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.scores.append(scores.clone())
+        scores = scores.clone()
+        step = input_ids.shape[1]
+        if step == 3:
+            scores[0, self.eos] = 1e9
+        # a random-weight model repeats one token; a per-step bonus makes the answers differ step to step
+        scores[1:, (7 * step + 3) % scores.shape[1]] += 1e3
+        return scores
+
+
+def _prompt_embeds(model, batch):
+    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    bos = torch.full((prefix.shape[0], 1), model.processor.tokenizer.bos_token_id)
+    embeds = torch.cat([prefix, model.generator.get_input_embeddings()(bos)], dim=1)
+    return embeds, torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
+
+
+@pytest.mark.parametrize("generator", ["llama", "qwen2"])
+@torch.no_grad()
+def test_scores_and_tokens_equal_hugging_face_generate(generator: str) -> None:
+    model = build(tiny_config(generator=generator)).eval()
+    embeds, mask = _prompt_embeds(model, make_batch(model, PROMPTS))
+    assert not mask.all()  # left padding is exercised
+    config, _ = resolve_generation_config(model.generation_config, max_new_tokens=10)
+    eos = model.processor.tokenizer.eos_token_id
+    hf, static = Recorder(eos), Recorder(eos)
+    expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                        logits_processor=LogitsProcessorList([hf]))
+    assert static_decoding.supports(model.generator, config, {"logits_processor": LogitsProcessorList()})
+    tokens = static_decoding.generate(model.generator, embeds, mask, config,
+                                      logits_processor=LogitsProcessorList([static]))
+    assert torch.equal(tokens, expected)
+    assert tokens[0, 3] == eos and (tokens[0, 4:] == config.pad_token_id).all()  # an ended row is padded
+    assert len(static.scores) == len(hf.scores) == 10
+    for ours, theirs in zip(static.scores, hf.scores):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_seeded_sampling_and_streaming_give_hugging_face_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build(tiny_config()).eval()
+    image = random_images(model, 1)[0]
+    calls = []
+    static_generate = static_decoding.generate
+    monkeypatch.setattr(static_decoding, "generate", lambda *a, **k: calls.append(1) or static_generate(*a, **k))
+    sampled = answer(PROMPTS[0], image, model=model, temperature=1.5, seed=3, max_new_tokens=8)
+    streamed = "".join(stream_answer(PROMPTS[0], image, model=model, temperature=1.5, seed=3, max_new_tokens=8))
+    assert len(calls) == 2 and sampled
+    monkeypatch.setattr(static_decoding, "supports", lambda *a: False)  # Hugging Face generate from here on
+    assert answer(PROMPTS[0], image, model=model, temperature=1.5, seed=3, max_new_tokens=8) == sampled == streamed
+    assert len(calls) == 2
+
+
+def test_settings_it_does_not_implement_go_to_hugging_face() -> None:
+    model = build(tiny_config()).eval()
+
+    def supported(**options) -> bool:
+        kwargs = {k: options.pop(k) for k in ("use_cache", "output_scores") if k in options}
+        config, rest = resolve_generation_config(model.generation_config, **options)
+        return static_decoding.supports(model.generator, config, {**rest, **kwargs})
+
+    assert supported()
+    assert supported(max_new_tokens=3)
+    assert not supported(num_beams=2)
+    assert not supported(repetition_penalty=1.3)
+    assert not supported(no_repeat_ngram_size=2)
+    assert not supported(use_cache=False)
+    assert not supported(output_scores=True)
+    config, _ = resolve_generation_config(model.generation_config, temperature=0.7)
+    assert not static_decoding.supports(model.generator, config, {})  # sampling inside HF's loop
+    gpt2 = build(tiny_config(generator="gpt2")).eval()
+    assert not static_decoding.supports(gpt2.generator, gpt2.generation_config, {})
+    assert not static_decoding.supports(model.train().generator, model.generation_config, {})  # dropout
+    model.eval().generator.generation_config.repetition_penalty = 1.2  # merged in by Hugging Face generate
+    assert not static_decoding.supports(model.generator, GenerationConfig(max_new_tokens=5), {})
+
+
+@torch.no_grad()
+def test_min_new_tokens_holds_eos_back_as_hugging_face_does() -> None:
+    model = build(tiny_config()).eval()
+    embeds, mask = _prompt_embeds(model, make_batch(model, PROMPTS))
+    eos = model.processor.tokenizer.eos_token_id
+
+    class EosFirst(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            scores = scores.clone()
+            scores[:, eos] += 1e3  # -inf (held back) stays -inf
+            return scores
+
+    # eos wins every step once min_new_tokens allow it
+    config, _ = resolve_generation_config(model.generation_config, max_new_tokens=8, min_new_tokens=5)
+    processors = LogitsProcessorList([EosFirst()])
+    assert static_decoding.supports(model.generator, config, {"logits_processor": processors})
+    tokens = static_decoding.generate(model.generator, embeds, mask, config, logits_processor=processors)
+    expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                        logits_processor=processors)
+    assert torch.equal(tokens, expected) and tokens.shape[1] == 6 and (tokens[:, 5] == eos).all()
