@@ -1,0 +1,374 @@
+"""CPU inference of the ~230M presets through every path, side by side in one process, from an image file.
+
+Models: configs/gpu200m.yaml (ViT-B/16 timm encoder, SmolLM2-135M-shaped Llama, cross-attention fusion) and
+the nanoVLM-222M shape of configs/nanovlm222m.yaml (concat fusion: 196 image tokens before the prompt) with its
+hub parts swapped for the same architectures built from scratch (timm vit_base_patch16_siglip_224, the
+SmolLM2-135M config of gpu200m.yaml), so nothing is downloaded. Random weights: speed only.
+
+Paths (one model each, converted from the same fp32 weights):
+
+* ``fp32-hf``: fp32 through Hugging Face ``generate`` (what ``MMGPT.generate`` ran before mmgpt.static_decoding);
+* ``fp32``, ``bf16``, ``int8``, ``int8-torchao``: the model as ``mmgpt quantize --method`` leaves it (fp32: as
+  saved), decoded by ``MMGPT.generate`` (mmgpt.static_decoding for these Llama generators).
+
+Each batch size runs ``answer()`` from the same PNG and question for the longest N (``min_new_tokens = N``,
+so eos cannot end it early), round-robin over the paths so load from other processes hits each alike; a
+logits processor reads the clock at every step, so one call gives the time to first token (image read and
+transform, encoders, fusion, prefill, first logits) and decode tokens/s up to each N:
+batch * (N - 1) / (time at step N - time at step 1). The clock is this process's CPU time by default
+(``--clock``): with one torch thread it counts the work done, while wall time on a shared machine also
+counts the turns other processes take. The memory-bandwidth bound of each path is the
+read bandwidth measured in this run (a large tensor summed) over the weight bytes one decode step reads
+(every generator weight except the input-embedding lookup; the tied output layer once). At batch 1 and the
+longest N it also times, for fp32 and int8, ``MMGPT.generate`` on the preprocessed batch and the decoding
+alone on precomputed prompt embeddings (answer() overhead), and fp32 with ``use_cache=False`` (KV-cache
+speedup). ``--memory`` saves every path as a model folder and answers once from it in a fresh process:
+peak RSS (loading included) and RSS after answering.
+
+On a shared machine only the ratios between paths of one run mean anything.
+
+    python -m bench.cpu_inference --threads 1                        # both configs, every path
+    python -m bench.cpu_inference --configs gpu200m --batch-sizes 1 --new-tokens 64
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from bench import cli, common, workloads
+
+logger = logging.getLogger("bench.cpu_inference")
+
+NAME = "cpu_inference"
+PATHS = ("fp32-hf", "fp32", "bf16", "int8", "int8-torchao")
+CONFIGS = ("gpu200m", "nanovlm222m")
+QUESTION = "what shape is in the image?"
+# configs/nanovlm222m.yaml's hub parts as the same architectures built from scratch
+NANOVLM_LOCAL = {"image_encoder": {"type": "timm", "name": "vit_base_patch16_siglip_224", "freeze": False},
+                 "generator_from": "gpu200m"}
+
+
+def build(config: str, seed: int = 0) -> Any:
+    """The named preset with random weights, built offline."""
+    from mmgpt.config import from_dict, load_yaml
+    from mmgpt.training.config import TrainConfig, config_path
+
+    data = load_yaml(config_path(config))
+    if config == "nanovlm222m":
+        data["model"]["image_encoder"] = NANOVLM_LOCAL["image_encoder"]
+        generator = load_yaml(config_path(NANOVLM_LOCAL["generator_from"]))["model"]["generator"]
+        data["model"]["generator"] = {**generator, "freeze": False}
+    return workloads.build_model(from_dict(TrainConfig, data).model, seed=seed).eval()
+
+
+def convert(model: Any, path: str) -> Any:
+    """The model as `path` runs it (a copy; fp32 and fp32-hf share the original)."""
+    from mmgpt.compress.quantize import quantize_model
+
+    if path in ("fp32", "fp32-hf"):
+        return model
+    converted = copy.deepcopy(model)
+    quantize_model(converted, path)
+    return converted.eval()
+
+
+@contextlib.contextmanager
+def hugging_face_generate(active: bool) -> Iterator[None]:
+    """While active, MMGPT.generate hands every call to Hugging Face generate (the path before static decoding)."""
+    from mmgpt import static_decoding
+
+    original = static_decoding.supports
+    if active:
+        static_decoding.supports = lambda *args: False
+    try:
+        yield
+    finally:
+        static_decoding.supports = original
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of summing a tensor far larger than the caches: what a decode step's weight reads can reach."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    best = min(_seconds(data.sum) for _ in range(repeats))
+    return data.numel() * 4 / best
+
+
+# --clock: process CPU time (default) or wall time. With one torch thread the process's CPU time is the work
+# done, barely touched by other processes taking turns on the cores; wall time is what a user waits
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
+
+
+def _seconds(fn: Callable[[], Any]) -> float:
+    start = clock()
+    fn()
+    return clock() - start
+
+
+class StepClock(LogitsProcessor):
+    """Records the clock at every decoding step (called once the step's logits exist)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.times.append(clock())
+        return scores
+
+
+def decode_bytes(model: Any) -> int:
+    """Weight bytes one decode step reads: the generator's tensors but the input-embedding table (a few rows)."""
+    generator = model.generator
+    embedding = generator.get_input_embeddings()
+    head = generator.get_output_embeddings()
+    skip = {t.data_ptr() for t in embedding.state_dict().values()} - {t.data_ptr() for t in head.state_dict().values()}
+    seen, total = set(), 0
+    for tensor in generator.state_dict().values():
+        tensor = getattr(tensor, "qdata", tensor)  # torchao's int8 tensors: their int8 data
+        if tensor.data_ptr() in seen or tensor.data_ptr() in skip:
+            continue
+        seen.add(tensor.data_ptr())
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _answer(model: Any, batch_size: int, image: str, new_tokens: int) -> Callable[[], Any]:
+    from mmgpt.inference import answer
+
+    return lambda: answer([QUESTION] * batch_size, [image] * batch_size, model=model, batch_size=batch_size,
+                          max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+
+def _timed(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call, round-robin; calls named 'fp32-hf...' run through Hugging Face generate."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            with hugging_face_generate(name.startswith("fp32-hf")):
+                times[name].append(_seconds(fn))
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+
+
+def _stepped(models: dict[str, Any], batch_size: int, image: str, n: int, repeats: int) -> dict[str, list[float]]:
+    """Per path, seconds from the call to each step's logits (median over repeats), one answer() of n tokens."""
+    steps: dict[str, list[list[float]]] = {path: [] for path in models}
+    for _ in range(repeats):
+        for path, model in models.items():
+            recorder = StepClock()
+            # answer() takes decoding options only: the recorder reaches generate through the instance
+            model.generate = functools.partial(type(model).generate, model,
+                                               logits_processor=LogitsProcessorList([recorder]))
+            try:
+                with hugging_face_generate(path == "fp32-hf"):
+                    start = clock()
+                    _answer(model, batch_size, image, n)()
+            finally:
+                del model.generate
+            steps[path].append([t - start for t in recorder.times])
+    return {path: [sorted(r[i] for r in runs)[len(runs) // 2] for i in range(n)] for path, runs in steps.items()}
+
+
+def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int], new_tokens: Sequence[int],
+                   repeats: int, overheads: bool, workdir: Path, seed: int = 0) -> dict[str, Any]:
+    """Every path of one preset: per (batch, N) time to first token and decode tokens/s; the bound; overheads."""
+    from PIL import Image
+
+    from bench.generation import prefix_inputs
+
+    base = build(config, seed)
+    info = workloads.describe(base)
+    height, width = workloads.image_size(base)
+    image = str(workdir / f"{config}.png")
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    Image.fromarray(pixels.numpy()).save(image)
+    models = {path: convert(base, path) for path in paths}
+    bandwidth = read_bandwidth()
+    logger.info("%s: %.1fM parameters, read bandwidth %.1f GB/s", config, info["params_total"] / 1e6, bandwidth / 1e9)
+    _timed({p: _answer(m, 1, image, 2) for p, m in models.items()}, 1)  # warm-up: first calls allocate
+    points = []
+    for batch_size in batch_sizes:
+        # one answer() per path gives every length: the clock at each step's logits
+        steps = _stepped(models, batch_size, image, max(new_tokens), repeats)
+        for n in new_tokens:
+            for path, model in models.items():
+                first, whole = steps[path][0], steps[path][n - 1]
+                decode = batch_size * (n - 1) / max(whole - first, 1e-9)
+                bound = bandwidth / decode_bytes(model) * batch_size
+                points.append({"path": path, "batch_size": batch_size, "new_tokens": n, "ttft_s": first,
+                               "total_s": whole, "decode_tokens_per_s": decode,
+                               "decode_bytes_per_step": decode_bytes(model), "bound_tokens_per_s": bound,
+                               "share_of_bound": decode / bound})
+            logger.info("%s batch %d, %d tokens: %s", config, batch_size, n, ", ".join(
+                f"{p['path']} {p['decode_tokens_per_s']:.1f} tok/s" for p in points[-len(models):]))
+    for point in points:
+        reference = next(q for q in points if q["path"] == "fp32-hf" and q["batch_size"] == point["batch_size"]
+                         and q["new_tokens"] == point["new_tokens"]) if "fp32-hf" in models else None
+        if reference:
+            point["decode_x_fp32_hf"] = point["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
+            point["ttft_x_fp32_hf"] = point["ttft_s"] / reference["ttft_s"]
+    result: dict[str, Any] = {"config": config, **info, "image_size": [height, width], "read_bandwidth_bytes_per_s":
+                              bandwidth, "points": points}
+    if overheads:
+        result["overheads"] = measure_overheads(models, image, max(new_tokens), repeats, prefix_inputs)
+    return result
+
+
+def measure_overheads(models: dict[str, Any], image: str, n: int, repeats: int,
+                      prefix_inputs: Callable[..., Any]) -> dict[str, Any]:
+    """Batch 1, N tokens: answer() vs MMGPT.generate vs decoding alone (fp32, int8); fp32 without the KV cache."""
+    from mmgpt import static_decoding
+    from mmgpt.inference import _batch
+
+    calls: dict[str, Callable[[], Any]] = {}
+    for path in ("fp32", "int8"):
+        if path not in models:
+            continue
+        model = models[path]
+        batch = _batch(model, [QUESTION], [image])
+        embeds, mask = prefix_inputs(model, batch)
+        config = copy.deepcopy(model.generation_config)
+        config.max_new_tokens = config.min_new_tokens = n
+        calls[f"{path}/answer"] = _answer(model, 1, image, n)
+        calls[f"{path}/generate"] = (lambda m=model, b=batch: m.generate(
+            b["input_ids"], b["attention_mask"], b["pixel_values"], max_new_tokens=n, min_new_tokens=n))
+        calls[f"{path}/decode_only"] = (lambda m=model, e=embeds, k=mask, c=config: static_decoding.generate(
+            m.generator, e, k, c))
+    if "fp32" in models:
+        model = models["fp32"]
+        batch = _batch(model, [QUESTION], [image])
+        calls["fp32/generate_no_cache"] = (lambda m=model, b=batch: m.generate(
+            b["input_ids"], b["attention_mask"], b["pixel_values"], max_new_tokens=n, min_new_tokens=n,
+            use_cache=False))
+    seconds = _timed(calls, repeats)
+    ratios = {}
+    for path in ("fp32", "int8"):
+        if f"{path}/answer" in seconds:
+            ratios[f"{path}_answer_over_generate"] = seconds[f"{path}/answer"] / seconds[f"{path}/generate"]
+            ratios[f"{path}_answer_over_decode_only"] = seconds[f"{path}/answer"] / seconds[f"{path}/decode_only"]
+    if "fp32/generate_no_cache" in seconds:
+        ratios["fp32_kv_cache_speedup"] = seconds["fp32/generate_no_cache"] / seconds["fp32/generate"]
+    return {"batch_size": 1, "new_tokens": n, "seconds": seconds, "ratios": ratios}
+
+
+MEMORY_SCRIPT = """
+import json, resource, sys, torch, psutil
+torch.set_num_threads(1)
+from mmgpt.inference import answer
+answer("{question}", "{image}", model="{folder}", device="cpu", max_new_tokens=8)
+print(json.dumps({{"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   "rss_after_answer_bytes": psutil.Process().memory_info().rss}}))
+"""
+
+
+def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int = 0) -> dict[str, Any]:
+    """Each path saved as a model folder and answered once in a fresh process: its peak and steady RSS."""
+    from mmgpt.compress.quantize import quantize
+
+    base = build(config, seed)
+    fp32 = workdir / f"{config}-fp32"
+    base.save_pretrained(fp32)
+    del base
+    height, width = (224, 224)
+    image = workdir / f"{config}-memory.png"
+    from PIL import Image
+
+    Image.new("RGB", (width, height), (200, 40, 40)).save(image)
+    memory = {}
+    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in paths):
+        folder = fp32 if path == "fp32" else quantize(fp32, workdir / f"{config}-{path}", path)
+        script = MEMORY_SCRIPT.format(question=QUESTION, image=image, folder=folder)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                             cwd=common.REPO)
+        memory[path] = {**json.loads(out.stdout.strip().splitlines()[-1]),
+                        "folder_bytes": sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())}
+        logger.info("%s %s: %s", config, path, memory[path])
+    return memory
+
+
+TABLE = [("config", "config", ""), ("path", "path", ""), ("batch_size", "batch", "d"), ("new_tokens", "new tok", "d"),
+         ("ttft_s", "TTFT s", ".2f"), ("decode_tokens_per_s", "decode tok/s", ".1f"),
+         ("decode_x_fp32_hf", "x fp32-hf", ".2f"), ("bound_tokens_per_s", "bound tok/s", ".1f"),
+         ("share_of_bound", "share", ".2f")]
+
+
+def parse_args(argv: list[str] | None = None) -> Any:
+    """Command line of this benchmark."""
+    parser = cli.new_parser(__doc__)
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--new-tokens", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per call, round-robin (median)")
+    parser.add_argument("--no-overheads", dest="overheads", action="store_false",
+                        help="skip the answer()/generate/decode and no-cache timings")
+    parser.add_argument("--memory", action="store_true", help="peak RSS of each path from a saved folder")
+    parser.add_argument("--workdir", default=None, help="where the image and --memory's folders go (default: temp)")
+    parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
+                        help="cpu: this process's CPU time (steady on a shared machine, with --threads 1); wall")
+    parser.add_argument("--device", default="cpu", choices=["cpu"])
+    cli.add_run_options(parser)
+    args = parser.parse_args(argv)
+    if min(args.batch_sizes) < 1 or min(args.new_tokens) < 2 or args.repeats < 1:
+        parser.error("batch sizes >= 1, new tokens >= 2 and repeats >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark, print the table, write the JSON; returns it."""
+    global clock
+    args = parse_args(argv)
+    device = cli.setup(args)
+    clock = CLOCKS[args.clock]
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(args.workdir or tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        results = []
+        for config in args.configs:
+            with torch.no_grad():
+                result = measure_config(config, args.paths, sorted(set(args.batch_sizes)),
+                                        sorted(set(args.new_tokens)), args.repeats, args.overheads, workdir,
+                                        args.seed)
+            if args.memory:
+                result["memory"] = measure_memory(config, args.paths, workdir, args.seed)
+            results.append(result)
+    rows = [{"config": r["config"], **p} for r in results for p in r["points"]]
+    common.print_table(f"CPU inference on {common.device_name(device)} (ratios only: shared machine)", rows, TABLE)
+    for r in results:
+        if "overheads" in r:
+            print(r["config"], json.dumps({k: round(v, 3) for k, v in r["overheads"]["ratios"].items()}))
+    return cli.write(NAME, NAME, device, args, {"cpu": cpu_model(), "results": results})
+
+
+def cpu_model() -> str:
+    """lscpu's model name, flags that matter here and core count."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except OSError:
+        return common.device_name(torch.device("cpu"))
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    wanted = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{fields.get('Model name', '?').strip()}, {fields.get('CPU(s)', '?').strip()} CPUs, "
+            f"flags {' '.join(wanted)}")
+
+
+if __name__ == "__main__":
+    main()
