@@ -234,13 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     default_metrics = run_metrics(source.parent)
     rows_spec = [
         ("default", "fp32 eager", source, default_metrics),
-        ("default", "int8 (torchao)", int8, None),
+        ("default", "int8", int8, None),
         ("default", "pruned 50% MLP + 150-step recovery", recovered / "model", run_metrics(recovered)),
         ("default", "student 0.26M, distilled, 300 steps", distilled / "model", run_metrics(distilled)),
         ("default", "student 0.26M, no distillation, 300 steps", plain / "model", run_metrics(plain)),
         ("default", "ONNX runtime", onnx, dict(default_metrics) if onnx_metrics else {}),
         ("wide (random weights)", "fp32 eager", wide, {}),
-        ("wide (random weights)", "int8 (torchao)", wide_int8, {}),
+        ("wide (random weights)", "int8", wide_int8, {}),
         ("wide (random weights)", "pruned 50% MLP (no recovery)", wide_pruned, {}),
         ("wide (random weights)", "ONNX runtime", wide_onnx, {}),
     ]

@@ -174,7 +174,7 @@ def _export(argv: list[str]) -> int:
 
 
 def _quantize(argv: list[str]) -> int:
-    """int8-quantise a model's linear layers (torchao)"""
+    """quantise a model for the CPU (int8 by default, bf16)"""
     from mmgpt.compress.quantize import main
 
     return main(argv, prog="mmgpt quantize")
