@@ -269,12 +269,13 @@ def measure_overheads(models: dict[str, Any], image: str, n: int, repeats: int,
 
 
 MEMORY_SCRIPT = """
-import json, resource, sys, torch, psutil
+import json, torch, psutil
 torch.set_num_threads(1)
 from mmgpt.inference import answer
 answer("{question}", "{image}", model="{folder}", device="cpu", max_new_tokens=8)
-print(json.dumps({{"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                   "rss_after_answer_bytes": psutil.Process().memory_info().rss}}))
+# VmHWM: this process's peak RSS (getrusage's ru_maxrss keeps the forking parent's peak across exec)
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({{"peak_rss_bytes": peak, "rss_after_answer_bytes": psutil.Process().memory_info().rss}}))
 """
 
 
