@@ -64,16 +64,19 @@ NANOVLM_LOCAL = {"image_encoder": {"type": "timm", "name": "vit_base_patch16_sig
                  "generator_from": "gpu200m"}
 
 
-def build(config: str, seed: int = 0) -> Any:
-    """The named preset with random weights, built offline."""
+def build(config: str, seed: int = 0, tiny: bool = False) -> Any:
+    """The named preset with random weights, built offline (`tiny`: every part shrunk, as bench --tiny does)."""
     from mmgpt.config import from_dict, load_yaml
     from mmgpt.training.config import TrainConfig, config_path
 
     data = load_yaml(config_path(config))
     if config == "nanovlm222m":
-        data["model"]["image_encoder"] = NANOVLM_LOCAL["image_encoder"]
+        data["model"]["image_encoder"] = dict(NANOVLM_LOCAL["image_encoder"])
         generator = load_yaml(config_path(NANOVLM_LOCAL["generator_from"]))["model"]["generator"]
         data["model"]["generator"] = {**generator, "freeze": False}
+    if tiny:
+        for section, values in workloads.TINY_GPU200M.items():
+            data["model"][section].update(copy.deepcopy(values))
     return workloads.build_model(from_dict(TrainConfig, data).model, seed=seed).eval()
 
 
@@ -186,13 +189,13 @@ def _stepped(models: dict[str, Any], batch_size: int, image: str, n: int, repeat
 
 
 def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int], new_tokens: Sequence[int],
-                   repeats: int, overheads: bool, workdir: Path, seed: int = 0) -> dict[str, Any]:
+                   repeats: int, overheads: bool, workdir: Path, seed: int = 0, tiny: bool = False) -> dict[str, Any]:
     """Every path of one preset: per (batch, N) time to first token and decode tokens/s; the bound; overheads."""
     from PIL import Image
 
     from bench.generation import prefix_inputs
 
-    base = build(config, seed)
+    base = build(config, seed, tiny)
     info = workloads.describe(base)
     height, width = workloads.image_size(base)
     image = str(workdir / f"{config}.png")
@@ -279,11 +282,12 @@ print(json.dumps({{"peak_rss_bytes": peak, "rss_after_answer_bytes": psutil.Proc
 """
 
 
-def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int = 0) -> dict[str, Any]:
+def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int = 0,
+                   tiny: bool = False) -> dict[str, Any]:
     """Each path saved as a model folder and answered once in a fresh process: its peak and steady RSS."""
     from mmgpt.compress.quantize import quantize
 
-    base = build(config, seed)
+    base = build(config, seed, tiny)
     fp32 = workdir / f"{config}-fp32"
     base.save_pretrained(fp32)
     del base
@@ -324,6 +328,7 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--workdir", default=None, help="where the image and --memory's folders go (default: temp)")
     parser.add_argument("--clock", choices=tuple(CLOCKS), default="cpu",
                         help="cpu: this process's CPU time (steady on a shared machine, with --threads 1); wall")
+    parser.add_argument("--tiny", action="store_true", help="shrink every part (a code-path check, not a timing)")
     parser.add_argument("--device", default="cpu", choices=["cpu"])
     cli.add_run_options(parser)
     args = parser.parse_args(argv)
@@ -346,16 +351,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             with torch.no_grad():
                 result = measure_config(config, args.paths, sorted(set(args.batch_sizes)),
                                         sorted(set(args.new_tokens)), args.repeats, args.overheads, workdir,
-                                        args.seed)
+                                        args.seed, args.tiny)
             if args.memory:
-                result["memory"] = measure_memory(config, args.paths, workdir, args.seed)
+                result["memory"] = measure_memory(config, args.paths, workdir, args.seed, args.tiny)
             results.append(result)
     rows = [{"config": r["config"], **p} for r in results for p in r["points"]]
     common.print_table(f"CPU inference on {common.device_name(device)} (ratios only: shared machine)", rows, TABLE)
     for r in results:
         if "overheads" in r:
             print(r["config"], json.dumps({k: round(v, 3) for k, v in r["overheads"]["ratios"].items()}))
-    return cli.write(NAME, NAME, device, args, {"cpu": cpu_model(), "results": results})
+    name = f"{NAME}-tiny" if args.tiny else NAME
+    return cli.write(NAME, name, device, args, {"cpu": cpu_model(), "results": results})
 
 
 def cpu_model() -> str:

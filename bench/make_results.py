@@ -327,7 +327,7 @@ def _cpu_point(data: dict[str, Any], path: str) -> dict[str, Any] | None:
 def target_int8_decode(data: dict[str, Any]) -> Verdict | None:
     """int8 batch-1 decode >= 3x fp32 eager (Hugging Face generate) on the ~230M config."""
     int8, fp32 = _cpu_point(data, "int8"), _cpu_point(data, "fp32-hf")
-    if int8 is None or fp32 is None:
+    if int8 is None or fp32 is None or data.get("args", {}).get("tiny"):  # --tiny checks the code path only
         return None
     ratio = int8["decode_tokens_per_s"] / fp32["decode_tokens_per_s"]
     value = (f"{ratio:.2f}x ({int8['decode_tokens_per_s']:.1f} vs {fp32['decode_tokens_per_s']:.1f} tokens/s); "

@@ -17,7 +17,15 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import common, data_pipeline, generation, make_results, nanovlm_peer, train_throughput  # noqa: E402
+from bench import (  # noqa: E402
+    common,
+    cpu_inference,
+    data_pipeline,
+    generation,
+    make_results,
+    nanovlm_peer,
+    train_throughput,
+)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +113,22 @@ def test_generation(out_dir: Path) -> None:
     positive(ratios["answer_over_bare"], "max")
     assert set(data["answer_breakdown"]["stages_s"]) == {"preprocess", "encode", "decode_loop", "detokenize"}
     assert data["cache_outputs_match"] is True  # fp32 greedy decoding: identical with and without the cache
+
+
+def test_cpu_inference_tiny(out_dir: Path, tmp_path: Path) -> None:
+    result = cpu_inference.main(["--tiny", "--configs", "gpu200m", "nanovlm222m", "--paths", "fp32-hf", "fp32",
+                                 "int8", "--batch-sizes", "1", "2", "--new-tokens", "2", "3", "--repeats", "1",
+                                 "--threads", "1", "--workdir", str(tmp_path), "--out-dir", str(out_dir)])
+    data = read(result["path"])
+    assert data["benchmark"] == "cpu_inference" and "CPUs" in data["cpu"]
+    for config in data["results"]:
+        assert len(config["points"]) == 3 * 2 * 2
+        for point in config["points"]:
+            positive(point, "ttft_s", "decode_tokens_per_s", "bound_tokens_per_s", "decode_x_fp32_hf")
+        int8 = next(p for p in config["points"] if p["path"] == "int8")
+        fp32 = next(p for p in config["points"] if p["path"] == "fp32")
+        assert int8["decode_bytes_per_step"] < 0.35 * fp32["decode_bytes_per_step"]  # int8 weights and head
+        positive(config["overheads"]["ratios"], "fp32_kv_cache_speedup", "int8_answer_over_generate")
 
 
 def test_data_pipeline(out_dir: Path) -> None:
