@@ -9,8 +9,9 @@ generator's own forward, whose cache is then copied in, so every prefix sees Hug
 
 It takes what `MMGPT.generate` would otherwise hand to Hugging Face `generate` and returns the same tokens:
 greedy search (`logits_processor`, e.g. mmgpt.sampling's seeded sampler, may reshape the scores),
-`max_new_tokens`, `min_new_tokens`, eos ending a row (later tokens padded), a `streamer`. Anything else
-(beams, penalties, `use_cache=False`, another architecture) goes to Hugging Face `generate` (`supports`).
+`max_new_tokens`, `min_new_tokens`, eos ending a row (later tokens padded), a `streamer`, and `use_cache=False`
+(every step re-runs the whole sequence: Hugging Face `generate` turns the cache back on for a prompt given as
+embeddings). Anything else (beams, penalties, another architecture) goes to Hugging Face `generate` (`supports`).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def supports(generator: nn.Module, config: GenerationConfig, generate_kwargs: di
             or getattr(model_config, "use_sliding_window", False)
             or (getattr(model_config, "pretraining_tp", 1) or 1) != 1):
         return False
-    if config.do_sample or (config.num_beams or 1) != 1 or config.use_cache is False or not config.max_new_tokens:
+    if config.do_sample or (config.num_beams or 1) != 1 or not config.max_new_tokens:
         return False
     if set(generate_kwargs) - HANDLED_KWARGS:
         return False
@@ -140,6 +141,9 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     min_new = config.min_new_tokens or own.min_new_tokens or 0
     # as Hugging Face generate numbers positions of a left-padded prompt
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    if config.use_cache is False:
+        return _generate_without_cache(generator, inputs_embeds, attention_mask, max_new, min_new, eos, pad,
+                                       streamer, logits_processor)
     out = generator(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
                     use_cache=True, logits_to_keep=1)
     prefill = next(value for key, value in out.items() if key in ("cache", "past_key_values"))  # 5.x, 4.x
@@ -154,23 +158,59 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     if streamer is not None:
         streamer.put(tokens.cpu())
     for step in range(max_new):
-        scores = logits.float()
-        if step < min_new and eos is not None:  # Hugging Face's MinNewTokensLengthLogitsProcessor, which runs first
-            scores = scores.index_fill(1, eos, float("-inf"))
-        if logits_processor is not None:
-            scores = logits_processor(tokens, scores)
-        next_tokens = scores.argmax(dim=-1).masked_fill(~unfinished, pad)
-        tokens = torch.cat([tokens, next_tokens[:, None]], dim=1)
-        if streamer is not None:
-            streamer.put(next_tokens.cpu())
-        if eos is not None:
-            unfinished &= ~torch.isin(next_tokens, eos)
+        tokens = _choose(logits, tokens, unfinished, step, min_new, eos, pad, streamer, logits_processor)
         if step == max_new - 1 or not bool(unfinished.any()):
             break
+        next_tokens = tokens[:, -1]
         position = position + 1
         length = prompt_length + step + 1
         logits = _step(generator, embedding(next_tokens[:, None]), position, cache, length,
                        mask[:, None, None, :length] if padded else None)
+    if streamer is not None:
+        streamer.end()
+    return tokens
+
+
+def _choose(logits: torch.Tensor, tokens: torch.Tensor, unfinished: torch.Tensor, step: int, min_new: int,
+            eos: torch.Tensor | None, pad: int, streamer: Any, logits_processor: LogitsProcessorList | None
+            ) -> torch.Tensor:
+    """Append each row's next token (greedy over the processed scores; pad once a row ended) -> tokens (B, t + 1).
+
+    `unfinished` (B,) is updated in place when a row produces eos.
+    """
+    scores = logits.float()
+    if step < min_new and eos is not None:  # Hugging Face's MinNewTokensLengthLogitsProcessor, which runs first
+        scores = scores.index_fill(1, eos, float("-inf"))
+    if logits_processor is not None:
+        scores = logits_processor(tokens, scores)
+    next_tokens = scores.argmax(dim=-1).masked_fill(~unfinished, pad)
+    if streamer is not None:
+        streamer.put(next_tokens.cpu())
+    if eos is not None:
+        unfinished &= ~torch.isin(next_tokens, eos)
+    return torch.cat([tokens, next_tokens[:, None]], dim=1)
+
+
+def _generate_without_cache(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
+                            max_new: int, min_new: int, eos: torch.Tensor | None, pad: int, streamer: Any,
+                            logits_processor: LogitsProcessorList | None) -> torch.Tensor:
+    """The same decoding, each step running the generator over the prompt and every token so far (no KV cache)."""
+    batch = inputs_embeds.shape[0]
+    embedding = generator.get_input_embeddings()
+    tokens = torch.empty(batch, 0, dtype=torch.long, device=inputs_embeds.device)
+    unfinished = torch.ones(batch, dtype=torch.bool, device=inputs_embeds.device)
+    if streamer is not None:
+        streamer.put(tokens.cpu())
+    embeds, mask = inputs_embeds, attention_mask
+    for step in range(max_new):
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+        logits = generator(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+                           logits_to_keep=1).logits[:, -1]
+        tokens = _choose(logits, tokens, unfinished, step, min_new, eos, pad, streamer, logits_processor)
+        if step == max_new - 1 or not bool(unfinished.any()):
+            break
+        embeds = torch.cat([embeds, embedding(tokens[:, -1:]).to(embeds.dtype)], dim=1)
+        mask = torch.cat([mask, mask.new_ones(batch, 1)], dim=1)
     if streamer is not None:
         streamer.end()
     return tokens

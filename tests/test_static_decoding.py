@@ -77,17 +77,17 @@ def test_settings_it_does_not_implement_go_to_hugging_face() -> None:
     model = build(tiny_config()).eval()
 
     def supported(**options) -> bool:
-        kwargs = {k: options.pop(k) for k in ("use_cache", "output_scores") if k in options}
         config, rest = resolve_generation_config(model.generation_config, **options)
-        return static_decoding.supports(model.generator, config, {**rest, **kwargs})
+        return static_decoding.supports(model.generator, config, rest)
 
     assert supported()
     assert supported(max_new_tokens=3)
     assert not supported(num_beams=2)
     assert not supported(repetition_penalty=1.3)
     assert not supported(no_repeat_ngram_size=2)
-    assert not supported(use_cache=False)
+    assert supported(use_cache=False)
     assert not supported(output_scores=True)
+    assert not supported(prefix_allowed_tokens_fn=lambda batch, ids: [0])
     config, _ = resolve_generation_config(model.generation_config, temperature=0.7)
     assert not static_decoding.supports(model.generator, config, {})  # sampling inside HF's loop
     gpt2 = build(tiny_config(generator="gpt2")).eval()
@@ -117,3 +117,19 @@ def test_min_new_tokens_holds_eos_back_as_hugging_face_does() -> None:
     expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
                                         logits_processor=processors)
     assert torch.equal(tokens, expected) and tokens.shape[1] == 6 and (tokens[:, 5] == eos).all()
+
+
+@torch.no_grad()
+def test_use_cache_false_reruns_the_whole_sequence_and_gives_the_cached_tokens() -> None:
+    # Hugging Face generate turns the cache back on for a prompt given as embeddings: use_cache=False was a no-op
+    model = build(tiny_config()).eval()
+    batch = make_batch(model, PROMPTS)
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    lengths = []
+    forward = model.generator.forward
+    model.generator.forward = lambda *a, **k: lengths.append(k["inputs_embeds"].shape[1]) or forward(*a, **k)
+    uncached = model.generate(*inputs, max_new_tokens=5, min_new_tokens=5, use_cache=False)
+    prompt = lengths[0]
+    assert lengths == [prompt + step for step in range(5)]
+    del model.generator.forward
+    assert torch.equal(uncached, model.generate(*inputs, max_new_tokens=5, min_new_tokens=5))
