@@ -177,6 +177,8 @@ def section_cpu_inference(data: dict[str, Any]) -> str:
     text = (f"CPU: {data.get('cpu', '?')}. Times are this process's {clock} time, one torch thread, every path "
             "in one process on a shared machine: compare ratios. Random weights; answer() from one PNG.\n\n"
             + md_table(rows, cols))
+    if data.get("note"):
+        text += f"\n\n{data['note']}"
     for r in data["results"]:
         line = (f"\n\n{r['config']} ({r['params_total'] / 1e6:.1f}M parameters): read bandwidth "
                 f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s")
