@@ -82,7 +82,7 @@ def build(config: str, seed: int = 0, tiny: bool = False) -> Any:
 
 def convert(model: Any, path: str) -> Any:
     """The model as `path` runs it (a copy; fp32 and fp32-hf share the original)."""
-    from mmgpt.compress.quantize import quantize_model
+    from mmgpt.compress.int8 import quantize_model
 
     if path in ("fp32", "fp32-hf"):
         return model
