@@ -62,6 +62,7 @@ class ParsedCaption:
     mentions: list[Mention]
     count: int | None
     relations: list[tuple[int, str, int]]  # (mention index, "left of" | "right of" | "above" | "below", index)
+    loose_positions: list[tuple[int, int]]  # positions before any object is named: true where some object is
 
 
 def _location(words: list[str], i: int) -> tuple[tuple[int, int], int] | None:
@@ -97,6 +98,7 @@ def parse_caption(caption: str) -> ParsedCaption:
     words = _WORD.findall(caption.lower())
     mentions: list[Mention] = []
     relations: list[tuple[int, str, int]] = []
+    loose_positions: list[tuple[int, int]] = []
     explicit_count: int | None = None
     number: int | None = None  # a number word waiting for its noun
     open_ = False  # the last mention still takes attributes
@@ -119,8 +121,7 @@ def parse_caption(caption: str) -> ParsedCaption:
     while i < len(words):
         word = words[i]
         if (location := _location(words, i)) is not None:
-            if mentions:
-                mentions[-1].positions.append(location[0])
+            (mentions[-1].positions if mentions else loose_positions).append(location[0])
             open_, reopened, i = False, False, location[1]
             continue
         if (relation := _relation(words, i)) is not None:
@@ -176,19 +177,41 @@ def parse_caption(caption: str) -> ParsedCaption:
     count = explicit_count
     if count is None and enumeration and mentions:
         count = sum(m.multiplicity() for m in mentions)
-    return ParsedCaption(mentions, count, relations)
+    return ParsedCaption(mentions, count, relations, loose_positions)
 
 
-def _match(mention: Mention, objects: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
-    """The scene object that agrees with most of what the mention says (the first such)."""
-    def agreement(obj: Mapping[str, Any]) -> int:
-        return ((mention.color == obj["color"]) + (mention.shape == obj["shape"]) + (mention.size == obj["size"])
-                + sum(p == (obj["row"], obj["col"]) for p in mention.positions))
-    return max(objects, key=agreement)
+def _agreement(mention: Mention, obj: Mapping[str, Any]) -> int:
+    return ((mention.color == obj["color"]) + (mention.shape == obj["shape"]) + (mention.size == obj["size"])
+            + sum(p == (obj["row"], obj["col"]) for p in mention.positions))
 
 
-def _relation_holds(a: Mapping[str, Any], relation: str, b: Mapping[str, Any]) -> bool:
-    if a is b:
+def _match(mentions: Sequence[Mention], objects: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any] | None]:
+    """Each mention's scene object, one object per mention, agreeing with the most of what is said.
+
+    A caption's mentions name different objects, so two mentions of "a green triangle" in a scene with one
+    cannot both be right; a mention left without an object (more mentions than objects) is an object that
+    is not there. Ties go to the earlier object and to giving more mentions an object.
+    """
+    best: tuple[int, int] = (-1, -1)
+    best_match: list[Mapping[str, Any] | None] = [None] * len(mentions)
+
+    def search(i: int, used: frozenset[int], chosen: list[int | None], score: int, assigned: int) -> None:
+        nonlocal best, best_match
+        if i == len(mentions):
+            if (score, assigned) > best:
+                best, best_match = (score, assigned), [None if k is None else objects[k] for k in chosen]
+            return
+        for k in range(len(objects)):
+            if k not in used:
+                search(i + 1, used | {k}, chosen + [k], score + _agreement(mentions[i], objects[k]), assigned + 1)
+        search(i + 1, used, chosen + [None], score, assigned)
+
+    search(0, frozenset(), [], 0, 0)
+    return best_match
+
+
+def _relation_holds(a: Mapping[str, Any] | None, relation: str, b: Mapping[str, Any] | None) -> bool:
+    if a is None or b is None or a is b:
         return False
     return {"left of": a["col"] < b["col"], "right of": a["col"] > b["col"],
             "above": a["row"] < b["row"], "below": a["row"] > b["row"]}[relation]
@@ -198,13 +221,14 @@ def check_caption(caption: str, scene: Mapping[str, Any]) -> dict[str, list[bool
     """Each fact the caption states about the scene, right (True) or wrong (False), by fact name."""
     parsed, objects = parse_caption(caption), scene["shapes"]
     checks: dict[str, list[bool]] = {name: [] for name in FACTS}
-    matched = [_match(m, objects) for m in parsed.mentions]
+    matched = _match(parsed.mentions, objects)
     for mention, obj in zip(parsed.mentions, matched):
-        for name, value, truth in (("colour", mention.color, obj["color"]), ("shape", mention.shape, obj["shape"]),
-                                   ("size", mention.size, obj["size"])):
+        for name, value, key in (("colour", mention.color, "color"), ("shape", mention.shape, "shape"),
+                                 ("size", mention.size, "size")):
             if value is not None:
-                checks[name].append(value == truth)
-        checks["position"] += [p == (obj["row"], obj["col"]) for p in mention.positions]
+                checks[name].append(obj is not None and value == obj[key])
+        checks["position"] += [obj is not None and p == (obj["row"], obj["col"]) for p in mention.positions]
+    checks["position"] += [any(p == (o["row"], o["col"]) for o in objects) for p in parsed.loose_positions]
     if parsed.count is not None:
         checks["count"].append(parsed.count == len(objects))
     checks["relation"] += [_relation_holds(matched[a], rel, matched[b]) for a, rel, b in parsed.relations]
