@@ -1,4 +1,4 @@
-"""Cross-attention: every text token attends to all image tokens, in a stack of layers."""
+"""Cross-attention: every text token attends to all image tokens (and, optionally, to the other text tokens)."""
 from __future__ import annotations
 
 import torch
@@ -9,10 +9,14 @@ from mmgpt.fusion.base import Fusion, register_fusion
 
 
 class CrossAttentionLayer(nn.Module):
-    """Pre-norm block: x + CrossAttn(x, image), then x + MLP(x)."""
+    """Pre-norm block: [x + SelfAttn(x) when text_self_attention], x + CrossAttn(x, image), then x + MLP(x)."""
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, null_token: bool = False) -> None:
+    def __init__(self, dim: int, num_heads: int, dropout: float, null_token: bool = False,
+                 text_self_attention: bool = False) -> None:
         super().__init__()
+        self.self_attention = (nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+                               if text_self_attention else None)
+        self.norm_self = nn.LayerNorm(dim) if text_self_attention else None
         self.norm_query = nn.LayerNorm(dim)
         self.norm_image = nn.LayerNorm(dim)
         self.attention = nn.MultiheadAttention(
@@ -21,8 +25,13 @@ class CrossAttentionLayer(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """(B, Lt, dim), (B, Li, dim) -> (B, Lt, dim)."""
+    def forward(self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Lt, dim), (B, Li, dim), T_mask (B, Lt) -> (B, Lt, dim); padded text tokens are never attended to."""
+        if self.self_attention is not None:
+            query = self.norm_self(text)
+            padding = None if text_mask is None else ~text_mask.bool()
+            attended, _ = self.self_attention(query, query, query, key_padding_mask=padding, need_weights=False)
+            text = text + attended
         image = self.norm_image(image)
         attended, _ = self.attention(self.norm_query(text), image, image, need_weights=False)
         text = text + attended
@@ -34,8 +43,11 @@ class CrossAttention(Fusion):
     """F = text tokens after `num_layers` rounds of attending to the image tokens.
 
     Alignment: queries are the text tokens, keys/values the image tokens, so F has the
-    text length and the text mask; each text token is processed independently of the
-    others, which makes the result independent of how the batch is padded.
+    text length and the text mask. Without `text_self_attention` each text token reads the image
+    independently of the others, so a fixed prompt's tokens shared with other prompts (a caption
+    prompt's "the", "image") read it as they do there; with it, each token first attends to the
+    prompt's other (unpadded) tokens, so every query knows the whole prompt. Either way the result
+    does not depend on how the batch is padded.
     """
 
     def __init__(self, cfg: FusionConfig, text_dim: int, image_dim: int) -> None:
@@ -47,12 +59,13 @@ class CrossAttention(Fusion):
                 f"model.fusion.dim ({cfg.dim}) must be divisible by model.fusion.num_heads ({cfg.num_heads})"
             )
         self.layers = nn.ModuleList(
-            CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.dropout, cfg.null_token) for _ in range(cfg.num_layers)
+            CrossAttentionLayer(cfg.dim, cfg.num_heads, cfg.dropout, cfg.null_token, cfg.text_self_attention)
+            for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(cfg.dim)
 
     def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """(B, Lt, dim), (B, Lt), (B, Li, dim) -> (B, Lt, dim)."""
         for layer in self.layers:
-            text = layer(text, image)
+            text = layer(text, image, text_mask)
         return self.norm(text)

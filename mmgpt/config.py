@@ -162,6 +162,9 @@ class FusionConfig:
     # to one, so without it a query cannot say "nothing in the image matches me" (yes/no questions;
     # +4 points there on the default run)
     null_token: bool = True
+    # cross-attention: the text tokens also attend to each other before reading the image. Without it each
+    # token reads the image alone, so a fixed caption prompt has only its own words' queries to describe a scene
+    text_self_attention: bool = False
     freeze: bool = False
 
     def __post_init__(self) -> None:

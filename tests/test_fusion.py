@@ -9,6 +9,9 @@ from mmgpt.config import ConfigError, FusionConfig
 from mmgpt.fusion import FUSIONS, Fusion, build_fusion
 
 TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
+# every fusion with its defaults, plus the options that change which tokens a fusion's tokens see
+VARIANTS = [(name, {}) for name in FUSION_NAMES] + [("cross_attention", {"text_self_attention": True})]
+VARIANT_IDS = [name + "".join(f"-{k}" for k in changes) for name, changes in VARIANTS]
 
 
 def make(name: str, open_gates: bool = True, **changes: object) -> torch.nn.Module:
@@ -62,9 +65,9 @@ def test_shapes_and_mask(name: str) -> None:
     assert (fused[fused_mask == 1].abs().sum(-1) > 0).all()
 
 
-@pytest.mark.parametrize("name", FUSION_NAMES)
-def test_valid_positions_ignore_padding_content_and_length(name: str) -> None:
-    fusion = make(name)
+@pytest.mark.parametrize(("name", "changes"), VARIANTS, ids=VARIANT_IDS)
+def test_valid_positions_ignore_padding_content_and_length(name: str, changes: dict) -> None:
+    fusion = make(name, **changes)
     text, mask, image = inputs()
     fused, fused_mask = fusion(text, mask, image)
     # other values in the padding, plus two more padding positions
@@ -93,9 +96,9 @@ def test_output_depends_on_text_and_image(name: str) -> None:
         assert ((other_image - fused).abs().sum(-1)[valid] > 0).all()
 
 
-@pytest.mark.parametrize("name", FUSION_NAMES)
-def test_every_fusion_parameter_gets_a_gradient(name: str) -> None:
-    fusion = make(name, num_layers=2).train()
+@pytest.mark.parametrize(("name", "changes"), VARIANTS, ids=VARIANT_IDS)
+def test_every_fusion_parameter_gets_a_gradient(name: str, changes: dict) -> None:
+    fusion = make(name, num_layers=2, **changes).train()
     text, mask, image = inputs()
     fused, fused_mask = fusion(text.requires_grad_(), mask, image.requires_grad_())
     (fused * torch.randn_like(fused)).sum().backward()
@@ -165,6 +168,18 @@ def test_image_positions_let_cross_attention_see_where_tokens_are() -> None:
     torch.testing.assert_close(plain(text, mask, image)[0], plain(text, mask, swapped)[0])
     placed = make("cross_attention", image_positions=True)
     assert not torch.allclose(placed(text, mask, image)[0], placed(text, mask, swapped)[0], atol=1e-4)
+
+
+def test_text_self_attention_lets_each_token_read_the_image_knowing_the_prompt() -> None:
+    text, mask, image = inputs()
+    other_first_word = text.clone()
+    other_first_word[:, 0] += 1.0
+    # without it a token's output depends only on that token: a prompt's later words cannot tell prompts apart
+    plain = make("cross_attention")
+    torch.testing.assert_close(plain(text, mask, image)[0][:, 1:], plain(other_first_word, mask, image)[0][:, 1:])
+    mixed = make("cross_attention", text_self_attention=True)
+    changed = (mixed(text, mask, image)[0] - mixed(other_first_word, mask, image)[0]).abs().sum(-1)
+    assert (changed[mask == 1] > 1e-4).all()
 
 
 def test_sincos_positions_are_distinct_and_bounded() -> None:

@@ -138,9 +138,12 @@ def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Ex
     root = require_path(spec, "images", "folder holding the COCO images", folder=True)
     data = _load_json(path, "images", "annotations")
     files: dict[Any, str] = {}
+    scenes: dict[Any, dict] = {}  # what a synthetic image shows (mmgpt.data.shapes), for checking captions' facts
     for i, img in enumerate(data["images"]):
         where = f"{path} images[{i}]"
         files[record_field(img, "id", where, (int, str))] = record_field(img, "file_name", where)
+        if isinstance(img.get("scene"), dict):
+            scenes[img["id"]] = img["scene"]
     anns = data["annotations"][: spec.max_examples or None]
     refs: dict[Any, list[str]] = defaultdict(list)
     for i, ann in enumerate(data["annotations"]):
@@ -156,7 +159,8 @@ def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Ex
             image_paths[image_id] = str(root / files[image_id])
         out.append(Example(image=image_paths[image_id], prompt=templates.caption, answer=ann["caption"].strip(),
                            task="caption", id=ann.get("id", i), source=spec.label,
-                           meta={"image_id": image_id, "references": list(refs[image_id])}))
+                           meta={"image_id": image_id, "references": list(refs[image_id]),
+                                 **({"scene": scenes[image_id]} if image_id in scenes else {})}))
     return out
 
 

@@ -1,5 +1,9 @@
 """Captioning evaluation with the COCO caption metrics (BLEU-1..4, ROUGE-L, CIDEr-D; METEOR/SPICE with Java).
 
+On the built-in shapes set (and any COCO file whose images carry the renderer's scene records) it also reports
+caption facts: how often the position, colour, shape, size, count and spatial relation a caption states are
+true of the scene (mmgpt.eval.caption_facts), as n-gram metrics reward the phrasing, not the facts.
+
 Run a model (the built-in synthetic shapes test split by default, or any COCO-format set):
     python eval_caption.py [--model DIR] [--annotations captions.json --images DIR]
 Score an existing results file [{image_id, caption}], no model needed:
@@ -9,6 +13,7 @@ Shard across processes with `accelerate launch eval_caption.py ...`; the numbers
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import sys
 from typing import Any
@@ -35,6 +40,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     from mmgpt.data.formats import read_dataset
+    from mmgpt.eval.caption_facts import facts_text, load_scenes, score_caption_facts
     from mmgpt.eval.caption_metrics import (
         available_java_metrics,
         load_coco_annotations,
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         predictions = load_coco_results(args.results)
         # the images and the prompt are shown only when the image folder is given
         examples = one_per_image(read_dataset(spec)) if args.images else []
+        scenes = load_scenes(args.annotations)
         info["results"] = args.results
     else:
         from mmgpt.eval.common import generate_for_eval
@@ -68,6 +75,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         info.update(run_info)
         references = {e.meta["image_id"]: list(e.meta["references"]) for e in examples}
         predictions = {e.meta["image_id"]: a for e, a in zip(examples, answers)}
+        scenes = {e.meta["image_id"]: e.meta["scene"] for e in examples if "scene" in e.meta}
         if args.predictions:
             write_json(args.predictions, [{"image_id": k, "caption": v} for k, v in predictions.items()])
     missing = [k for k in references if k not in predictions]
@@ -84,20 +92,26 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     references = {k: v for k, v in references.items() if k in predictions}
     metrics, per_image = score_captions(references, predictions)
     missing_java = sorted({"METEOR", "SPICE"} - set(available_java_metrics()))
+    facts = score_caption_facts(scenes, predictions) if scenes else {}
     record = {"metrics": metrics, "unavailable": {m: "needs Java and the COCO toolkit's jar" for m in missing_java},
               "num_images": len(predictions), **info, "versions": package_versions()}
+    if facts:
+        record["caption_facts"] = facts
     write_json(out, record)
     # every row is looked up by the one image_id, so its image, prompt, references and caption belong together
     shown = {e.meta["image_id"]: e for e in examples}
     rows = [{"image": shown[k].image if k in shown else None, "image_key": k,
              "prompt": shown[k].prompt if k in shown else "", "references": references[k],
              "prediction": predictions[k], "score": per_image[k].get("CIDEr", 0.0)} for k in predictions]
-    write_html_report(report, "Caption evaluation", metrics, rows, tables={"Run": info})
+    facts_html = f"<h2>Caption facts</h2><pre>{html.escape(facts_text(facts))}</pre>" if facts else ""
+    write_html_report(report, "Caption evaluation", metrics, rows, tables={"Run": info}, extra_html=facts_html)
     print(f"caption metrics on {len(predictions)} images:")
     for name, value in metrics.items():
         print(f"  {name:>8}: {value:.4f}")
     if missing_java:
         print(f"  unavailable: {', '.join(missing_java)} (need Java and the COCO toolkit's jars)")
+    if facts:
+        print(facts_text(facts))
     print(f"metrics: {out}\nreport:  {report}")
     return record
 
