@@ -214,10 +214,11 @@ def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int]
             for path, model in models.items():
                 first, whole = steps[path][0], steps[path][n - 1]
                 decode = batch_size * (n - 1) / max(whole - first, 1e-9)
-                bound = bandwidth / decode_bytes(model) * batch_size
+                step_bytes = decode_bytes(model)
+                bound = bandwidth / step_bytes * batch_size
                 points.append({"path": path, "batch_size": batch_size, "new_tokens": n, "ttft_s": first,
                                "total_s": whole, "decode_tokens_per_s": decode,
-                               "decode_bytes_per_step": decode_bytes(model), "bound_tokens_per_s": bound,
+                               "decode_bytes_per_step": step_bytes, "bound_tokens_per_s": bound,
                                "share_of_bound": decode / bound})
             logger.info("%s batch %d, %d tokens: %s", config, batch_size, n, ", ".join(
                 f"{p['path']} {p['decode_tokens_per_s']:.1f} tok/s" for p in points[-len(models):]))

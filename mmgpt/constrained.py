@@ -81,6 +81,7 @@ def constrain_to_choices(config: GenerationConfig, generate_kwargs: dict[str, An
                          tokenizer: PreTrainedTokenizerBase) -> tuple[GenerationConfig, dict[str, Any]]:
     """(config, generate kwargs) with `answer_choices` turned into the trie processor and the search it needs.
 
+    `config` comes from resolve_generation_config, which has checked its choices (check_answer_choices).
     The choices set the answer length (the longest choice and eos). A private sampler among the logits
     processors (mmgpt.sampling) means the tokens are drawn, so greedy search is not widened to beams then.
     """
@@ -89,7 +90,7 @@ def constrain_to_choices(config: GenerationConfig, generate_kwargs: dict[str, An
     choices = getattr(config, ANSWER_CHOICES, None)
     if not choices:
         return config, generate_kwargs
-    sequences = choice_token_ids(check_answer_choices(ANSWER_CHOICES, choices), tokenizer)
+    sequences = choice_token_ids(choices, tokenizer)
     config = copy.deepcopy(config)
     delattr(config, ANSWER_CHOICES)  # transformers' generate knows no such field
     config.max_new_tokens = max(len(ids) for ids in sequences)

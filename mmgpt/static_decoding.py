@@ -94,6 +94,7 @@ def _step(generator: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, c
     body = generator.model
     config = generator.config
     batch = embeds.shape[0]
+    gqa = config.num_attention_heads != config.num_key_value_heads
     cos, sin = body.rotary_emb(embeds, positions)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, head_dim): broadcast over heads
     x = embeds
@@ -108,8 +109,7 @@ def _step(generator: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, c
         cache.values[index][:, :, length - 1 : length] = v
         out = functional.scaled_dot_product_attention(
             _rotate(q, cos, sin), cache.keys[index][:, :, :length], cache.values[index][:, :, :length],
-            attn_mask=mask, scale=attention.scaling,
-            enable_gqa=config.num_attention_heads != config.num_key_value_heads)
+            attn_mask=mask, scale=attention.scaling, enable_gqa=gqa)
         x = x + attention.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
         h = _rms_norm(x, layer.post_attention_layernorm)
         mlp = layer.mlp
@@ -139,11 +139,11 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     eos = _eos_ids(config.eos_token_id if config.eos_token_id is not None else own.eos_token_id, device)
     pad = next((p for p in (config.pad_token_id, own.pad_token_id) if p is not None), 0)
     min_new = config.min_new_tokens or own.min_new_tokens or 0
-    # as Hugging Face generate numbers positions of a left-padded prompt
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     if config.use_cache is False:
         return _generate_without_cache(generator, inputs_embeds, attention_mask, max_new, min_new, eos, pad,
                                        streamer, logits_processor)
+    # as Hugging Face generate numbers positions of a left-padded prompt
+    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     out = generator(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
                     use_cache=True, logits_to_keep=1)
     prefill = next(value for key, value in out.items() if key in ("cache", "past_key_values"))  # 5.x, 4.x

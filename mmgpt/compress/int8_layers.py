@@ -41,17 +41,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
         self._packed: object | None = None
 
-    @classmethod
-    def from_float(cls, linear: nn.Linear, weight: torch.Tensor | None = None,
-                   weight_scale: torch.Tensor | None = None) -> Int8Linear:
-        """The int8 version of `linear` (`weight`/`weight_scale`: its already quantised weight, to share it)."""
-        if weight is None or weight_scale is None:
-            weight, weight_scale = quantize_rows(linear.weight)
-        module = cls(linear.in_features, linear.out_features, linear.bias is not None, weight, weight_scale)
-        if linear.bias is not None:
-            module.bias.copy_(linear.bias.detach().float())
-        return module.pack()
-
     def pack(self) -> Int8Linear:
         """Rebuild the kernel's packed weight from `weight`, `weight_scale` and `bias` (after they change)."""
         zero_points = torch.zeros(self.out_features, dtype=torch.long)
@@ -86,12 +75,6 @@ class Int8Embedding(nn.Module):
         self.register_buffer("weight", weight if weight is not None else torch.zeros(shape, dtype=torch.int8))
         self.register_buffer("weight_scale", weight_scale if weight_scale is not None
                              else torch.ones(num_embeddings, dtype=torch.float32))
-
-    @classmethod
-    def from_float(cls, embedding: nn.Embedding) -> Int8Embedding:
-        """The int8 version of `embedding`."""
-        weight, scale = quantize_rows(embedding.weight)
-        return cls(embedding.num_embeddings, embedding.embedding_dim, embedding.padding_idx, weight, scale)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """(...) token ids -> (..., embedding_dim) fp32."""
