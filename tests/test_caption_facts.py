@@ -155,17 +155,11 @@ def test_eval_caption_scores_the_facts_of_a_results_file(tmp_path: Path, shapes_
 
 
 def test_eval_caption_runs_a_tiny_model_and_reports_facts(tmp_path: Path, shapes_files: dict[str, Path]) -> None:
-    from mmgpt.config import FusionConfig, GeneratorConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+    from tiny import eval_config
+
     from mmgpt.model import MMGPT
 
-    config = ModelConfig(
-        text_encoder=TextEncoderConfig(max_length=16),
-        image_encoder=ImageEncoderConfig(kwargs={"widths": [8, 16], "stem_width": 8}),
-        fusion=FusionConfig(type="product", dim=16),
-        generator=GeneratorConfig(kwargs={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
-                                             "n_positions": 64}),
-        max_answer_length=8,
-    )
+    config = eval_config(max_answer_length=8)
     texts = ["a red circle in the top left corner", "two shapes: a blue star above a green square"] * 4
     torch.manual_seed(0)
     MMGPT.from_config(config, train_texts=texts).save_pretrained(tmp_path / "model")

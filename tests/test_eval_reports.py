@@ -100,9 +100,9 @@ def _solid_images(folder: Path, names: list[str], suffix: str) -> None:
 def _fake_generation(wrong: set[int]) -> Any:
     """A stand-in for the model: names each example's colour, except at the positions in `wrong`."""
 
-    def generate(args: Any, examples: list[Any]) -> tuple[list[str], dict[str, Any], Any]:
+    def generate(args: Any, examples: list[Any], variants: Any = ({},)) -> tuple[list[list[str]], dict[str, Any], Any]:
         answers = ["purple" if i in wrong else _colour_of(e.image) for i, e in enumerate(examples)]
-        return answers, {"model": "fake"}, SimpleNamespace(is_main_process=True)
+        return [answers], {"model": "fake"}, SimpleNamespace(is_main_process=True)
 
     return generate
 

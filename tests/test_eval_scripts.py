@@ -103,18 +103,12 @@ def test_caption_scores_a_results_file_without_a_model(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mmgpt.config import FusionConfig, GeneratorConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+    from tiny import eval_config
+
     from mmgpt.model import MMGPT
 
-    config = ModelConfig(
-        text_encoder=TextEncoderConfig(max_length=16),
-        image_encoder=ImageEncoderConfig(kwargs={"widths": [8, 16], "stem_width": 8}),
-        fusion=FusionConfig(type="product", dim=16),
-        generator=GeneratorConfig(kwargs={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
-                                             "n_positions": 64}),
-        max_answer_length=6,
-    )
-    model = MMGPT.from_config(config, train_texts=["what color is the shape?", "red", "blue circle", "yes no"] * 4)
+    model = MMGPT.from_config(eval_config(max_answer_length=6),
+                              train_texts=["what color is the shape?", "red", "blue circle", "yes no"] * 4)
     folder = tmp_path_factory.mktemp("m") / "model"
     model.save_pretrained(folder)
     return folder

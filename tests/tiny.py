@@ -126,6 +126,18 @@ def tiny_config(
     )
 
 
+def eval_config(max_answer_length: int) -> ModelConfig:
+    """The eval scripts' model: the default tiny CNN, product fusion and a 16-wide one-layer gpt2."""
+    return ModelConfig(
+        text_encoder=TextEncoderConfig(max_length=16),
+        image_encoder=ImageEncoderConfig(kwargs={"widths": [8, 16], "stem_width": 8}),
+        fusion=FusionConfig(type="product", dim=16),
+        generator=GeneratorConfig(kwargs={"model_type": "gpt2", "n_embd": 16, "n_layer": 1, "n_head": 2,
+                                             "n_positions": 64}),
+        max_answer_length=max_answer_length,
+    )
+
+
 def build(config: ModelConfig, seed: int = 0) -> MMGPT:
     """The model for `config`, initialised from a fixed seed, its tokenizer trained on TEXTS."""
     torch.manual_seed(seed)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         from mmgpt.eval.common import generate_for_eval
 
         examples = one_per_image(read_dataset(spec))[: args.max_examples or None]
-        answers, run_info, accelerator = generate_for_eval(args, examples)
+        (answers,), run_info, accelerator = generate_for_eval(args, examples)
         if not accelerator.is_main_process:
             return {}
         info.update(run_info)

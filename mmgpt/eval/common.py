@@ -8,7 +8,7 @@ import io
 import json
 import platform
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -141,10 +141,12 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
-                      **decoding_overrides: Any) -> tuple[list[str], dict[str, Any], Any]:
-    """Run the model over `examples`, sharded across accelerate processes -> (predictions, run info, accelerator).
+                      variants: Sequence[Mapping[str, Any]] = ({},)) -> tuple[list[list[str]], dict[str, Any], Any]:
+    """Run the model over `examples` once per decoding variant, sharded across accelerate processes
+    -> (predictions of each variant, run info of the first, accelerator).
 
-    `decoding_overrides` (e.g. answer_choices) replace the command line's decoding options.
+    A variant's options (e.g. answer_choices) replace the command line's decoding options. Every variant is checked
+    before the (slow) model load, which happens once for all of them.
     """
     from accelerate import Accelerator
 
@@ -159,9 +161,11 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
     from mmgpt.inference import default_model_path, load_model
     from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 
-    decoding = {**decoding_from_args(args), **decoding_overrides}  # checked before the (slow) model load
-    seed = check_seed(decoding.pop("seed"))
-    check_decoding_options(decoding)
+    options = decoding_from_args(args)
+    seed = check_seed(options.pop("seed"))
+    decodings = [{**options, **variant} for variant in variants]
+    for decoding in decodings:
+        check_decoding_options(decoding)
     if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
         raise ValueError(f"--batch-size must be an int >= 1, got {args.batch_size!r}")
     accelerator = Accelerator(cpu=cpu_processes())
@@ -170,16 +174,16 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
         set_cpu_threads()
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
-    config, _ = resolve_generation_config(model.generation_config, **decoding)
-    predictions = generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
-                                   generation_config=config)
+    configs = [resolve_generation_config(model.generation_config, **decoding)[0] for decoding in decodings]
+    predictions = [generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
+                                    generation_config=config) for config in configs]
     # every rank has the gathered answers: leave the process group now, since a rank that exits while gloo's
     # threads still run aborts ("terminate called without an active exception") and fails the launch
     accelerator.end_training()
     info = {
         "model": str(model_name),
         "prompt_template": {"vqa": model.config.vqa_template, "caption": model.config.caption_prompt},
-        "decoding": {**set_values(config), "seed": seed},  # the effective generation config
+        "decoding": {**set_values(configs[0]), "seed": seed},  # the effective generation config
         "processes": accelerator.num_processes,
     }
     return predictions, info, accelerator

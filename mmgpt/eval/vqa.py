@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         examples = read_examples(args)
         if args.questions and not args.annotations:
             parser.error("--questions without --annotations can be answered (--predictions) but not scored")
-        predictions, info, accelerator = generate_for_eval(args, examples)
-        if args.closed_set:
-            choices = sorted({e.answer for e in examples})
-            closed, _, _ = generate_for_eval(args, examples, answer_choices=choices)
+        choices = sorted({e.answer for e in examples}) if args.closed_set else []
+        # one model load for both passes: the open answers, then (--closed-set) the closed-set ones
+        variants = [{}, {"answer_choices": choices}] if args.closed_set else [{}]
+        (predictions, *closed), info, accelerator = generate_for_eval(args, examples, variants)
         is_main = accelerator.is_main_process
         questions, annotations, ids = official_files(examples)
         results = [{"question_id": qid, "answer": p} for qid, p in zip(ids, predictions)]
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
               "questions": args.questions or f"easy-vqa {args.split}", "versions": package_versions()}
     side_by_side: dict[str, dict[str, Any]] = {}
     if args.closed_set:
-        closed_results = [{"question_id": r["question_id"], "answer": p} for r, p in zip(results, closed)]
+        closed_results = [{"question_id": r["question_id"], "answer": p} for r, p in zip(results, closed[0])]
         closed_scores = vqa_score(questions, annotations, closed_results, version=args.metric_version)
         closed_scores.pop("perQuestion")
         record["closed_set"] = {"metrics": closed_scores, "answer_choices": choices}

@@ -90,6 +90,10 @@ class _PinnedConnection(http.client.HTTPConnection):
             else sock
 
 
+def _too_large(limits: FetchLimits, param: str) -> APIError:
+    return APIError(400, f"{param}: the image is over {limits.max_bytes} bytes", param=param)
+
+
 def _get(url: str, limits: FetchLimits, param: str) -> tuple[int, str | None, bytes]:
     """One GET of `url` at its checked address -> (status, Location header, body of at most max_bytes + 1)."""
     parts = urllib.parse.urlsplit(url)
@@ -101,8 +105,9 @@ def _get(url: str, limits: FetchLimits, param: str) -> tuple[int, str | None, by
         host = parts.hostname.encode("idna").decode("ascii")
     except (ValueError, UnicodeError) as e:
         raise APIError(400, f"{param}: bad host or port in the image URL ({e})", param=param) from None
-    address = _resolve(host, port or (443 if tls else 80), param)
-    connection = _PinnedConnection(address, port or (443 if tls else 80), limits.timeout_s, host if tls else None)
+    connect_port = port or (443 if tls else 80)
+    connection = _PinnedConnection(_resolve(host, connect_port, param), connect_port, limits.timeout_s,
+                                   host if tls else None)
     host_header = (f"[{host}]" if ":" in host else host) + (f":{port}" if port else "")
     # http.client sends the target as ASCII: other characters are percent-encoded, existing escapes kept
     target = urllib.parse.quote(urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, "")),
@@ -115,7 +120,7 @@ def _get(url: str, limits: FetchLimits, param: str) -> tuple[int, str | None, by
             return response.status, response.getheader("Location"), b""
         declared = response.getheader("Content-Length", "")
         if declared.isdigit() and int(declared) > limits.max_bytes:
-            return response.status, None, b"x" * (limits.max_bytes + 1)
+            raise _too_large(limits, param)
         data = bytearray()
         while len(data) <= limits.max_bytes:
             if time.monotonic() > deadline:
@@ -140,6 +145,6 @@ def _fetch(url: str, limits: FetchLimits, param: str) -> bytes:
         if status != 200:
             raise APIError(400, f"{param}: fetching the image gave HTTP {status}", param=param)
         if len(data) > limits.max_bytes:
-            raise APIError(400, f"{param}: the image is over {limits.max_bytes} bytes", param=param)
+            raise _too_large(limits, param)
         return data
     raise APIError(400, f"{param}: more than {MAX_REDIRECTS} redirects", param=param)
