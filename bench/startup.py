@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.device = "cpu"
     cli.setup(args)
     repos = [REPO, *(Path(r).resolve() for r in args.repo)]
-    from mmgpt.data.formats import default_cache_root
+    from mmgpt.data.records import default_cache_root
     from mmgpt.data.shapes import build_shapes_captions
 
     build_shapes_captions(default_cache_root() / "shapes")  # the built-in set is not part of start-up

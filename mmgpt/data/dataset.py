@@ -73,7 +73,8 @@ def check_images(
     report.total = len(sources)
 
     def decode() -> tuple[list[torch.Tensor | None], dict[int, str]]:
-        return _decode_each(list(sources.values()), image_tensor, progress, f"checking images {name}".strip())
+        return _decode_each(list(sources.values()), image_tensor, progress, f"checking images {name}".strip(),
+                            keep=cache)
 
     if cache and pixel_cache is not None:
         pixels, bad = pixel_cache.get_or_build(list(sources.values()), decode, name=name)
@@ -108,18 +109,20 @@ def check_images(
 
 
 def _decode_each(sources: Sequence[Any], image_tensor: Callable[[Any], torch.Tensor], progress: bool,
-                 desc: str) -> tuple[list[torch.Tensor | None], dict[int, str]]:
-    """Pixels of each source (None for a bad one) and {index: reason} of the bad ones."""
+                 desc: str, keep: bool = True) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+    """Pixels of each source (None for a bad one, and for every one unless `keep`) and {index: reason} of the bad
+    ones; without `keep` only the check is kept, so the decoded images are not all held in memory at once."""
     from mmgpt.images import ImageError
 
     pixels: list[torch.Tensor | None] = []
     bad: dict[int, str] = {}
     for i, source in enumerate(tqdm(sources, desc=desc, disable=not progress)):
         try:
-            pixels.append(image_tensor(source))
+            tensor = image_tensor(source)
         except (ImageError, OSError, ValueError) as e:
             bad[i] = str(e) if str(e) else type(e).__name__
-            pixels.append(None)
+            tensor = None
+        pixels.append(tensor if keep else None)
     return pixels, bad
 
 

@@ -36,7 +36,9 @@ from mmgpt.data.records import (
     conversation_examples,
     default_cache_root,
     jsonl_records,
+    local_path,
     record_field,
+    record_object,
     record_problems,
     register_format,
     require_path,
@@ -226,8 +228,7 @@ def read_vqa_v2(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
 
 def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: int) -> list[Example]:
     """Examples from one parsed JSONL record (single- or multi-turn)."""
-    image_path = Path(record_field(record, "image", where)).expanduser()
-    image = str(image_path if image_path.is_absolute() else base / image_path)
+    image = local_path(record_field(record, "image", where), base)
     ex_id = record.get("id", f"line{line_no}")
     if "conversations" not in record:
         task = record.get("task", "vqa")
@@ -264,11 +265,7 @@ def read_jsonl(spec: DatasetSpec, templates: PromptTemplates, problems: list[str
         if spec.max_examples and len(out) >= spec.max_examples:
             break
         with record_problems(problems):
-            if isinstance(record, ValueError):
-                raise record
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            out.extend(_jsonl_examples(record, where, base, spec.label, line_no))
+            out.extend(_jsonl_examples(record_object(record, where), where, base, spec.label, line_no))
     return out
 
 

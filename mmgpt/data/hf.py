@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
 from mmgpt.data.llava import llava_turns, strip_image_token
-from mmgpt.data.records import conversation_examples, default_cache_root, record_field, register_format
+from mmgpt.data.records import (
+    conversation_examples,
+    default_cache_root,
+    local_path,
+    record_field,
+    register_format,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
@@ -70,11 +76,11 @@ def resolve_columns(spec: DatasetSpec, names: Sequence[str]) -> dict[str, str]:
         if column not in names:
             raise ValueError(f"{where}: field 'columns.{key}' names column {column!r}, which the dataset lacks; "
                              f"its columns: {', '.join(names)}")
+    # a text layout the user named (turns, or question and answer) is never joined by a guessed one
+    named_text = any(k in spec.columns for k in (*TURN_COLUMNS, "question", "answer"))
     for key, guesses in GUESSES.items():
         if key not in columns:
             found = next((g for g in guesses if g in names), None)
-            # a text layout the user named (turns, or question and answer) is never joined by a guessed one
-            named_text = any(k in spec.columns for k in (*TURN_COLUMNS, "question", "answer"))
             if found and not (named_text and key in (*TURN_COLUMNS, "question", "answer")) \
                     and not (key in TURN_COLUMNS and any(k in columns for k in TURN_COLUMNS)):
                 columns[key] = found
@@ -103,8 +109,7 @@ def image_source(value: Any, where: str, base: Path) -> Any:
         if "://" in value:
             raise ValueError(f"{where}: image {value!r} is a URL; images are read from the dataset or local files "
                              "only, so download them first")
-        path = Path(value).expanduser()
-        return str(path if path.is_absolute() else base / path)
+        return local_path(value, base)
     return value  # bytes, or an image decoded by a feature this module did not switch off
 
 

@@ -25,7 +25,9 @@ from mmgpt.data.example import Example
 from mmgpt.data.records import (
     conversation_examples,
     jsonl_records,
+    local_path,
     record_field,
+    record_object,
     record_problems,
     register_format,
     require_path,
@@ -98,20 +100,16 @@ def read_llava(spec: DatasetSpec, templates: PromptTemplates, problems: list[str
         if spec.max_examples and len(out) >= spec.max_examples:
             break
         with record_problems(problems):
-            if isinstance(record, ValueError):
-                raise record
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            record = record_object(record, where)
             image = record.get("image")
             if image is None:
                 text_only += 1
                 continue
             if isinstance(image, list):
                 raise ValueError(f"{where}: field 'image' lists {len(image)} images; the model takes one per example")
-            image_path = Path(record_field(record, "image", where)).expanduser()
+            image_path = local_path(record_field(record, "image", where), base)
             turns = llava_turns(record_field(record, "conversations", where, list), where)
-            out.extend(conversation_examples(str(image_path if image_path.is_absolute() else base / image_path),
-                                             turns, where, record.get("id", index), spec.label))
+            out.extend(conversation_examples(image_path, turns, where, record.get("id", index), spec.label))
     if text_only:
         logger.warning("%s: %d records without an image skipped (the model takes one image per example)",
                        path, text_only)

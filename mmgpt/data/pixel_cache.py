@@ -59,7 +59,7 @@ def wait_for_writes(path: Path | None = None) -> None:
 
 def default_root() -> Path:
     """$MMGPT_CACHE/images (~/.cache/mmgpt/images without it)."""
-    from mmgpt.data.formats import default_cache_root
+    from mmgpt.data.records import default_cache_root
 
     return default_cache_root() / "images"
 

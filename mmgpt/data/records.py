@@ -43,6 +43,12 @@ def record_field(record: dict, key: str, where: str, types: type | tuple = str) 
     return record[key]
 
 
+def local_path(value: str, base: Path) -> str:
+    """A record's file path: `value` with ~ expanded, relative to `base` unless absolute."""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
 def default_cache_root() -> Path:
     """Where built-in synthetic datasets are cached: $MMGPT_CACHE or ~/.cache/mmgpt."""
     return Path(os.environ.get("MMGPT_CACHE") or "~/.cache/mmgpt").expanduser()
@@ -105,6 +111,16 @@ def jsonl_records(path: Path) -> Iterator[tuple[int, str, Any]]:
         except RecursionError:
             value = ValueError(f"{where}: JSON nested too deeply to parse")
         yield line_no, where, value
+
+
+def record_object(value: Any, where: str) -> dict:
+    """A value of jsonl_records (or of a JSON list) as a record object; a line's ValueError, or any other value, is
+    the error."""
+    if isinstance(value, ValueError):
+        raise value
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 @contextlib.contextmanager

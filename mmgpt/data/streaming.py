@@ -46,6 +46,8 @@ class StreamingMixture(IterableDataset):
         self.names = [name for name, _, _ in kept]
         self.sources = [data for _, data, _ in kept]
         self.counts = apportion(BLOCK, [weight for _, _, weight in kept])
+        # dataset number per slot of a block, before the block's shuffle
+        self._block = torch.cat([torch.full((c,), d) for d, c in enumerate(self.counts)])
         self.batch_size, self.image_tensor, self.seed = batch_size, image_tensor, seed
         self.rank, self.world_size, self.max_tries = rank, world_size, max_tries
         self.augment = {name: ops for name, ops in (augment or {}).items() if ops}
@@ -75,9 +77,8 @@ class StreamingMixture(IterableDataset):
 
     def dataset_of_batch(self, batch: int) -> int:
         """Which dataset gives global batch number `batch` (the same on every process)."""
-        block = torch.cat([torch.full((c,), d) for d, c in enumerate(self.counts)])
         order = torch.randperm(BLOCK, generator=torch.Generator().manual_seed(self.seed + batch // BLOCK))
-        return int(block[order[batch % BLOCK]])
+        return int(self._block[order[batch % BLOCK]])
 
     def _examples(self, d: int) -> Iterator[tuple[Example, dict]]:
         """Dataset d's examples for this process from its saved position on, forever, each with the state after it."""
