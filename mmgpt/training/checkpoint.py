@@ -258,7 +258,7 @@ def save_checkpoint(accelerator: Any, output_dir: str | Path, step: int, state: 
         root.mkdir(parents=True, exist_ok=True)
         remove_leftovers(root, CHECKPOINT_LEFTOVERS)
         for aside in root.glob(f".step_*{ASIDE_SUFFIX}"):
-            if (root / aside.name[1 : -len(ASIDE_SUFFIX)] / STATE_NAME).is_file() and _is_checkpoint(aside):
+            if _is_checkpoint(root / aside.name[1 : -len(ASIDE_SUFFIX)]) and _is_checkpoint(aside):
                 discard(aside)
         make_marked_folder(tmp)
     accelerator.wait_for_everyone()

@@ -580,9 +580,9 @@ def train(run: Run) -> bool:
 
             step = state.step
             if step == first_step:
-                took = time.perf_counter() - step_start
-                logger.info("first step after %.1f s (start-up %.1f s, the step itself %.1f s)", seconds_since_start(),
-                            seconds_since_start() - took, took)
+                took, since_start = time.perf_counter() - step_start, seconds_since_start()
+                logger.info("first step after %.1f s (start-up %.1f s, the step itself %.1f s)", since_start,
+                            since_start - took, took)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 log_window(run, window, bar)
                 check_bad_fraction(run)
