@@ -1,7 +1,7 @@
 """VQA evaluation: `python eval_vqa.py --help` (the script lives in mmgpt/eval/vqa.py)."""
 import sys
 
-from mmgpt.cli import run_reporting_errors
+from mmgpt.errors import run_reporting_errors
 from mmgpt.eval.vqa import main
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ entry point `accelerate launch` runs.
 """
 import sys
 
-from mmgpt.cli import run_reporting_errors
+from mmgpt.errors import run_reporting_errors
 from mmgpt.training.loop import main
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ NAME = "data_pipeline"
 def easy_vqa_examples(max_examples: int, seed: int = 0) -> list[Any]:
     """Shuffled easy-VQA train examples (image = PNG path), as the training mixture would draw them."""
     from mmgpt.data.formats import read_dataset
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
     try:
         examples = read_dataset(DatasetSpec(format="easy_vqa", split="train"))

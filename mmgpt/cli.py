@@ -4,46 +4,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
 
 from mmgpt.decoding import add_decoding_args, decoding_from_args
+from mmgpt.errors import run_reporting_errors
 from mmgpt.logging_setup import configure_logging
-
-# What bad input raises (arguments, files, folders, devices): reported in one line with exit status 2.
-# Anything else is a bug in mmgpt and keeps its traceback.
-# FloatingPointError: training that turned non-finite stops with one (NonFiniteTraining)
-try:
-    from safetensors import SafetensorError
-
-    SAFETENSORS_ERRORS: tuple[type[BaseException], ...] = (SafetensorError,)
-except ImportError:  # the torch-free runtime install: an exported folder holds no safetensors file
-    SAFETENSORS_ERRORS = ()
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, TypeError, RecursionError,
-                                                    FloatingPointError, *SAFETENSORS_ERRORS)
-
-
-def describe_error(error: BaseException) -> str:
-    """One line saying what went wrong; library messages without a hint of their kind get one."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, RecursionError):
-        return f"input nested too deeply to read ({message})"
-    if isinstance(error, UnicodeDecodeError):
-        return f"a file is not UTF-8 text ({message})"
-    if isinstance(error, SAFETENSORS_ERRORS):
-        return f"damaged safetensors file ({message})"
-    return message
-
-
-def run_reporting_errors(prog: str, run: Callable[[], int]) -> int:
-    """run() -> its status; an expected error becomes 'prog: error: ...' on stderr and status 2, Ctrl-C 130."""
-    try:
-        return run()
-    except EXPECTED_ERRORS as e:
-        print(f"{prog}: error: {describe_error(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def check_device(device: str | None) -> None:
@@ -137,8 +101,9 @@ def _eval_caption(argv: list[str]) -> int:
 def _validate(argv: list[str]) -> int:
     """check a dataset before training"""
     from mmgpt.data.validate import main
+    from mmgpt.training.config import prompt_templates
 
-    return main(argv, prog="mmgpt validate")
+    return main(argv, prog="mmgpt validate", config_templates=prompt_templates)
 
 
 def _compare_fusions(argv: list[str]) -> int:

@@ -8,7 +8,7 @@ from mmgpt.data.augment import augment, check_augmentations
 from mmgpt.data.dataset import RobustImages
 from mmgpt.data.example import Example
 from mmgpt.data.mixture import Mixture
-from mmgpt.training.config import DatasetSpec
+from mmgpt.data.spec import DatasetSpec
 
 
 def _image(height: int = 4, width: int = 4) -> torch.Tensor:

@@ -10,9 +10,9 @@ import torch
 from mmgpt.data.example import Example
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.hf import HFExamples, HFStream
+from mmgpt.data.spec import DatasetSpec
 from mmgpt.data.streaming import BLOCK, StreamingMixture
 from mmgpt.images import load_image
-from mmgpt.training.config import DatasetSpec
 from tests import hf_data
 
 

@@ -205,7 +205,7 @@ def test_output_folder_for_other_model_names(tmp_path: Path) -> None:
 def test_a_cpu_launch_of_several_processes_that_runs_one_is_warned_about(
     tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mmgpt.training.devices import warn_if_one_process_launched
+    from mmgpt.devices import warn_if_one_process_launched
 
     for key in ("WORLD_SIZE", "MASTER_ADDR"):
         monkeypatch.delenv(key, raising=False)

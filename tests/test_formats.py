@@ -12,8 +12,8 @@ from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
 from mmgpt.data.formats import FORMATS, question_type, read_dataset
 from mmgpt.data.mixture import Mixture, apportion
+from mmgpt.data.spec import DatasetSpec
 from mmgpt.prompts import conversation_prompt
-from mmgpt.training.config import DatasetSpec
 
 EASY_VQA_ANSWERS = {"circle", "green", "red", "gray", "yes", "teal", "black", "rectangle", "yellow",
                     "triangle", "brown", "blue", "no"}

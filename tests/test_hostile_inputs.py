@@ -515,7 +515,7 @@ def test_jsonl_meta_that_is_not_an_object_names_file_and_line(meta: Any, kind: s
     import json
 
     from mmgpt.data.formats import read_dataset
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
     good = {"image": "a.png", "prompt": "q", "answer": "a", "meta": {"k": 1}}
     path = tmp_path / "data.jsonl"
@@ -528,7 +528,7 @@ def test_jsonl_bad_bytes_and_deep_lines_name_their_line(tmp_path: Path) -> None:
     import json
 
     from mmgpt.data.formats import read_dataset
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
     good = json.dumps({"image": "a.png", "prompt": "q", "answer": "a"}) + "\n"
     path = tmp_path / "data.jsonl"

@@ -151,6 +151,35 @@ def test_metric_modules_import_nothing_of_the_runner_model_or_inference(metric_m
     assert reachable(import_graph(mmgpt_files), metric_module).isdisjoint(NOT_FOR_METRICS)
 
 
+# dependencies point down: a layer imports nothing of the layers above it (function-level imports included)
+LAYERS = {
+    "mmgpt.data": ("mmgpt.training", "mmgpt.cli", "mmgpt.eval", "mmgpt.serve", "mmgpt.compare"),
+    "mmgpt.eval": ("mmgpt.training", "mmgpt.cli", "mmgpt.serve", "mmgpt.compare"),
+    "mmgpt.model": ("mmgpt.compress", "mmgpt.serve", "mmgpt.training", "mmgpt.cli"),
+}
+
+
+def _within(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == package or module.startswith(package + ".") for package in packages)
+
+
+def test_the_package_list_is_the_distributions(mmgpt_files: dict[str, str]) -> None:
+    # setup.py's discovery, so a new subpackage is checked without being named here
+    assert {"mmgpt.compress.int8", "mmgpt.data.spec", "mmgpt.saving", "mmgpt.serve.app"} <= set(mmgpt_files)
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_a_layer_imports_nothing_above_it(layer: str, mmgpt_files: dict[str, str]) -> None:
+    graph = import_graph(mmgpt_files)
+    above = LAYERS[layer]
+    wrong = {module: sorted(target for target in targets if _within(target, above))
+             for module, targets in graph.items() if _within(module, (layer,))}
+    assert {module: targets for module, targets in wrong.items() if targets} == {}
+    # nor through another module
+    starts = [module for module in graph if _within(module, (layer,))]
+    assert starts and [m for m in starts if any(_within(t, above) for t in reachable(graph, m))] == []
+
+
 @pytest.mark.slow
 def test_importing_the_inference_and_training_code_prints_nothing() -> None:
     # torchao (pulled in by transformers when installed) made torch warn on every command's import

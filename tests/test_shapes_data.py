@@ -17,7 +17,7 @@ import mmgpt.data.shapes as shapes
 from mmgpt.config import PromptTemplates
 from mmgpt.data.formats import read_coco_captions
 from mmgpt.data.shapes import COLORS, LOCATIONS, SHAPES, SPLITS, build_shapes_captions, scene_key
-from mmgpt.training.config import DatasetSpec
+from mmgpt.data.spec import DatasetSpec
 
 SMALL = dict(num_train=24, num_val=8, num_test=8, image_size=64)
 COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")

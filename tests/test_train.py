@@ -240,7 +240,7 @@ def test_sigterm_becomes_a_stop_request() -> None:
 
 
 def test_cpu_threads_default_to_the_cores_per_local_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mmgpt.training.devices import available_cores, set_cpu_threads
+    from mmgpt.devices import available_cores, set_cpu_threads
 
     before = torch.get_num_threads()
     try:

@@ -187,6 +187,7 @@ def test_cli_model_limits_are_the_default_budgets(tmp_path: Path, images: dict[s
 
 def test_counting_uses_the_model_templates_and_refuses_unknown_tokenizers(model_dir: Path, tmp_path: Path) -> None:
     from mmgpt.data.validate import load_counting
+    from mmgpt.training.config import prompt_templates
 
     processor, templates = load_counting(str(model_dir), None)
     assert processor is not None and templates.vqa == "Question: {question} Answer:"
@@ -195,5 +196,22 @@ def test_counting_uses_the_model_templates_and_refuses_unknown_tokenizers(model_
     assert load_counting(None, None)[0] is None
     config = tmp_path / "run.yaml"
     config.write_text("model:\n  vqa_template: 'Q: {question} A:'\n")
-    processor, templates = load_counting(None, str(model_dir / "tokenizer"), str(config))
+    processor, templates = load_counting(None, str(model_dir / "tokenizer"), str(config), prompt_templates)
     assert processor is not None and templates.vqa == "Q: {question} A:"
+
+
+@pytest.mark.parametrize("entry", ["mmgpt", "module"])
+def test_config_templates_are_read_by_the_training_config_reader(tmp_path: Path, images: dict[str, str],
+                                                                 capsys: pytest.CaptureFixture, entry: str) -> None:
+    from mmgpt import cli
+    from mmgpt.training.config import prompt_templates
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"image": images["good"], "prompt": "q?", "answer": "a"}) + "\n")
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  vqa_templat: 'Q: {question} A:'\n")
+    args = ["--format", "jsonl", "--path", str(data), "--config", str(config)]
+    # the `mmgpt` command and the module's own entry both hand validation the training layer's config reader
+    status = cli.main(["validate", *args]) if entry == "mmgpt" else main(args, config_templates=prompt_templates)
+    assert status == 2
+    assert "vqa_templat" in capsys.readouterr().err

@@ -46,8 +46,8 @@ from mmgpt.data.records import (
 from mmgpt.jsonfile import read_json_file
 
 if TYPE_CHECKING:
-    # the training config imports this module to check format names, so the spec is only a type hint here
-    from mmgpt.training.config import DatasetSpec
+    # the spec imports this module to check format names, so the spec is only a type hint here
+    from mmgpt.data.spec import DatasetSpec
 
 logger = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from mmgpt.data.records import (
 if TYPE_CHECKING:
     from datasets import Dataset, IterableDataset
 
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
 logger = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from mmgpt.data.records import (
 from mmgpt.jsonfile import read_json_file
 
 if TYPE_CHECKING:
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from mmgpt.registry import registrar
 
 if TYPE_CHECKING:
     from mmgpt.config import PromptTemplates
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
 Reader = Callable[["DatasetSpec", "PromptTemplates"], "list[Example]"]
 FORMATS: dict[str, Reader] = {}

@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# reads `--config` (a training preset or YAML) -> its prompt templates; reading a training config is the training
+# layer's job, so the command that runs validation passes one in
+ConfigTemplates = Callable[[str], PromptTemplates]
+
 PROBLEMS = {
     "bad_record": "record that is not a valid example (JSON, fields)",
     "missing_image": "image file does not exist",
@@ -189,21 +193,20 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return load_saved_tokenizer(folder)
 
 
-def load_counting(model: str | None, tokenizer: str | None,
-                  config: str | None = None) -> tuple[Processor | None, PromptTemplates]:
+def load_counting(model: str | None, tokenizer: str | None, config: str | None = None,
+                  config_templates: ConfigTemplates | None = None) -> tuple[Processor | None, PromptTemplates]:
     """The processor and prompt templates training would use: a saved model's, a tokenizer's, or none.
 
-    A training `config` (preset or YAML) gives the templates when no model is named.
+    A training `config` (preset or YAML) gives the templates, read by `config_templates`, when no model is named.
     """
     from mmgpt.config import ModelConfig, from_dict, load_json
     from mmgpt.processor import Processor
 
     templates = PromptTemplates()
     if config and not model:
-        from mmgpt.training.config import load_train_config
-
-        cfg = load_train_config(config)
-        templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+        if config_templates is None:
+            raise ValueError(f"--config {config}: no reader of training configs was given to read its templates")
+        templates = config_templates(config)
     if model:
         from mmgpt.model import CONFIG_NAME, resolve_model_path
 
@@ -216,10 +219,14 @@ def load_counting(model: str | None, tokenizer: str | None,
     return None, templates
 
 
-def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
-    """CLI entry point: read one dataset, validate it, print the report; 0 ok, 1 problems, 2 unreadable."""
+def main(argv: list[str] | None = None, prog: str = "mmgpt validate",
+         config_templates: ConfigTemplates | None = None) -> int:
+    """CLI entry point: read one dataset, validate it, print the report; 0 ok, 1 problems, 2 unreadable.
+
+    `config_templates` reads `--config` (the `mmgpt` command passes the training layer's reader).
+    """
     from mmgpt.data.formats import FORMATS, read_dataset
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--format", required=True, choices=sorted(FORMATS), help="dataset format")
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
     try:
         if args.model and args.config:
             parser.error("--model carries its own prompt templates: pass --model or --config, not both")
-        processor, templates = load_counting(args.model, args.tokenizer, args.config)
+        processor, templates = load_counting(args.model, args.tokenizer, args.config, config_templates)
         columns = dict(pair.split("=", 1) for pair in args.column if "=" in pair)
         if len(columns) != len(args.column):
             parser.error(f"--column takes KEY=COLUMN, got {args.column}")
@@ -284,4 +291,6 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m mmgpt.data.validate"))
+    from mmgpt.training.config import prompt_templates
+
+    sys.exit(main(prog="python -m mmgpt.data.validate", config_templates=prompt_templates))

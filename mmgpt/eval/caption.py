@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parser.parse_args(argv)
     configure_logging(logging.INFO)
     from mmgpt.data.formats import read_dataset
+    from mmgpt.data.spec import DatasetSpec
     from mmgpt.eval.caption_facts import facts_text, load_scenes, score_caption_facts
     from mmgpt.eval.caption_metrics import (
         available_java_metrics,
@@ -48,7 +49,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         score_captions,
     )
     from mmgpt.eval.runner import one_per_image
-    from mmgpt.training.config import DatasetSpec
 
     out, report = default_outputs(args, "eval_caption", None if args.results else args.predictions)
     if args.annotations:
@@ -117,6 +117,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from mmgpt.cli import run_reporting_errors
+    from mmgpt.errors import run_reporting_errors
 
     sys.exit(run_reporting_errors("python -m mmgpt.eval.caption", lambda: 0 if main() is not None else 1))

@@ -157,9 +157,9 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
         resolve_generation_config,
         set_values,
     )
+    from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
     from mmgpt.eval.runner import generate_answers
     from mmgpt.inference import default_model_path, load_model
-    from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 
     options = decoding_from_args(args)
     seed = check_seed(options.pop("seed"))

@@ -46,7 +46,7 @@ def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
 def read_examples(args: argparse.Namespace) -> list[Example]:
     """The evaluation set: VQA v2 files when given, else the built-in easy-VQA split."""
     from mmgpt.data.formats import read_dataset
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
 
     if args.questions:
         spec = DatasetSpec(format="vqa_v2", path=args.questions, annotations=args.annotations or "",
@@ -173,6 +173,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from mmgpt.cli import run_reporting_errors
+    from mmgpt.errors import run_reporting_errors
 
     sys.exit(run_reporting_errors("python -m mmgpt.eval.vqa", lambda: 0 if main() is not None else 1))

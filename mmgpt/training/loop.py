@@ -40,6 +40,7 @@ from mmgpt.data.hf import is_stream
 from mmgpt.data.mixture import Mixture
 from mmgpt.data.pixel_cache import PixelCache
 from mmgpt.data.streaming import StreamingMixture, first_examples
+from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.hf_models import load_hf_tokenizer
 from mmgpt.logging_setup import configure_logging
@@ -62,7 +63,6 @@ from mmgpt.training.config import (
     presets,
     resumed_config,
 )
-from mmgpt.training.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.training.distill import distill_loss_sum, load_teacher
 from mmgpt.training.ema import WeightEMA
 from mmgpt.training.fsdp import (
