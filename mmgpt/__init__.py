@@ -25,7 +25,7 @@ __all__ = ["MMGPT", "ModelConfig", "ModelLoadError", "Processor", "answer", "str
 
 _LAZY = {
     "MMGPT": "mmgpt.model",
-    "ModelLoadError": "mmgpt.model",
+    "ModelLoadError": "mmgpt.model_folder",
     "ModelConfig": "mmgpt.config",
     "Processor": "mmgpt.processor",
     "answer": "mmgpt.inference",

@@ -39,7 +39,7 @@ def build_meta_model(cfg: TrainConfig) -> Any:
     # a named generator takes its vocabulary from its own config; the check against the tokenizer is skipped
     config = cfg.model
     if cfg.init_from:
-        from mmgpt.model import _use_saved_parts
+        from mmgpt.model_folder import _use_saved_parts
 
         # a later stage: its parts' configs are in the init_from folder, so nothing comes from the hub
         config = copy.deepcopy(cfg.model)

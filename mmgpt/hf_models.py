@@ -92,9 +92,16 @@ def load_hf_config(name: str | Path, sub_config: str = "", key: str = "") -> tra
     return getattr(config, sub_config, config) if sub_config else config
 
 
+# how a tokenizer was read, which transformers keeps among its init arguments and would write into every saved copy
+LOAD_ONLY_KWARGS = ("local_files_only", "is_local")
+
+
 def load_hf_tokenizer(name: str | Path, **kwargs: Any) -> Any:
-    """The tokenizer of a hub name or folder."""
-    return load_pretrained(AutoTokenizer, name, **kwargs)
+    """The tokenizer of a hub name or folder; a copy it saves holds what it was saved from, not how it was read."""
+    tokenizer = load_pretrained(AutoTokenizer, name, **kwargs)
+    for key in LOAD_ONLY_KWARGS:
+        tokenizer.init_kwargs.pop(key, None)
+    return tokenizer
 
 
 def load_hf_image_processor(name: str | Path) -> Any:

@@ -42,7 +42,7 @@ _EXPORTS: dict[str, Any] = {}  # mmgpt.runtime.OnnxVLM of each exported folder u
 
 def remember_default_model(path: str | Path) -> None:
     """Record `path` as the model answer() uses when none is named (training calls it for the main job only)."""
-    from mmgpt.model import is_model_folder
+    from mmgpt.model_folder import is_model_folder
 
     if not is_model_folder(Path(path)):
         raise FileNotFoundError(f"{path} is not a saved mmgpt model folder, so it cannot become the default model")
@@ -54,7 +54,7 @@ def remember_default_model(path: str | Path) -> None:
 
 def default_model_path() -> str | Path:
     """$MMGPT_MODEL (a folder or hf://org/name), else ./runs/default/model, else the last default run's model."""
-    from mmgpt.model import is_model_folder, saved_model_folder
+    from mmgpt.model_folder import is_model_folder, saved_model_folder
 
     named = os.environ.get("MMGPT_MODEL")
     if named:
@@ -92,7 +92,7 @@ def load_model(model: str | Path | MMGPT | None = None, device: str | torch.devi
 def _cpu_only(path: str) -> bool:
     """Whether `path` is a local model folder whose quantised layers run on the CPU only (mmgpt quantize int8)."""
     from mmgpt.compress import runs_on_cpu_only
-    from mmgpt.model import saved_model_folder
+    from mmgpt.model_folder import saved_model_folder
 
     config = saved_model_folder(Path(path).expanduser()) / "config.json"
     try:

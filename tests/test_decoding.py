@@ -14,7 +14,8 @@ from transformers import GenerationConfig
 from mmgpt import cli
 from mmgpt.decoding import add_decoding_args, decoding_from_args, resolve_generation_config, set_values
 from mmgpt.inference import answer, stream_answer
-from mmgpt.model import GENERATION_CONFIG_NAME, MMGPT, ModelLoadError
+from mmgpt.model import MMGPT
+from mmgpt.model_folder import GENERATION_CONFIG_NAME, ModelLoadError
 
 IMAGE = np.full((32, 32, 3), 120, dtype=np.uint8)
 BASE = GenerationConfig(max_new_tokens=7, do_sample=False, num_beams=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)

@@ -19,7 +19,8 @@ import mmgpt
 from mmgpt import cli
 from mmgpt.config import ConfigError, apply_overrides, load_config, load_yaml, parse_override
 from mmgpt.inference import load_model
-from mmgpt.model import MMGPT, ModelLoadError
+from mmgpt.model import MMGPT
+from mmgpt.model_folder import ModelLoadError
 from mmgpt.training.config import TrainConfig
 
 PROMPTS = ["what color is the shape?", "is there a circle?"]

@@ -8,7 +8,7 @@ import yaml
 from huggingface_hub import ModelCard
 from tiny import build, one_thread, tiny_config  # noqa: F401
 
-import mmgpt.model
+import mmgpt.model_folder
 from mmgpt.config import GeneratorConfig, ImageEncoderConfig, ModelConfig
 from mmgpt.model import MMGPT
 from mmgpt.model_card import base_models
@@ -51,7 +51,7 @@ def test_a_failing_card_leaves_the_previous_model_in_place(tmp_path: Path, monke
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(mmgpt.model, "write_model_card", broken)
+    monkeypatch.setattr(mmgpt.model_folder, "write_model_card", broken)
     with pytest.raises(OSError, match="disk full"):
         build(tiny_config(), seed=1).save_pretrained(tmp_path / "m", datasets=["second"])
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir() if p.is_file()} == before

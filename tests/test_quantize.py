@@ -14,7 +14,8 @@ from tiny import build, make_batch, one_thread, tiny_config  # noqa: F401 (autou
 from mmgpt import cli
 from mmgpt.compress.int8_layers import Int8Embedding, Int8Linear
 from mmgpt.compress.quantize import quantize
-from mmgpt.model import MMGPT, ModelLoadError
+from mmgpt.model import MMGPT
+from mmgpt.model_folder import ModelLoadError
 
 PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?",
            "is there a small green triangle on the left?"] * 4
@@ -168,7 +169,7 @@ def test_quantize_never_replaces_what_it_did_not_write_and_an_earlier_model_only
 def test_quantize_keeps_a_users_folder_at_the_aside_name_and_never_copies_a_stale_temp_marker(
     folders: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmgpt.compress.quantize as quantize_module
+    import mmgpt.model_folder as folder_module
     from mmgpt.saving import TEMP_FORMAT, TEMP_MARKER, is_marked
 
     source = tmp_path / "fp32"
@@ -183,8 +184,8 @@ def test_quantize_keeps_a_users_folder_at_the_aside_name_and_never_copies_a_stal
     (tmp_path / ".q8.old" / "notes.txt").unlink()
     # while the weights are written, the temp folder is still recognisably mmgpt's: a kill there leaves a leftover
     # that the next save removes
-    write_weights, marked = quantize_module.save_file, []
-    monkeypatch.setattr(quantize_module, "save_file", lambda tensors, path, metadata: (
+    write_weights, marked = folder_module.save_file, []
+    monkeypatch.setattr(folder_module, "save_file", lambda tensors, path, metadata: (
         marked.append(is_marked(Path(path).parent)), write_weights(tensors, path, metadata=metadata)))
     assert cli.main(["quantize", str(source), str(tmp_path / "q8")]) == 0
     assert marked == [True]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from tiny import (
     tiny_config,
 )
 
-import mmgpt.model
+import mmgpt.model_folder
 from mmgpt.config import (
     ConfigError,
     FusionConfig,
@@ -121,7 +122,7 @@ def test_a_failed_save_leaves_the_old_folder_intact(tmp_path: Path, monkeypatch:
     def fail(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(mmgpt.model, "save_model", fail)
+    monkeypatch.setattr(mmgpt.model_folder, "save_model", fail)
     perturb(model)
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(folder)
@@ -341,3 +342,34 @@ def test_a_named_generators_saved_config_records_what_was_built(tmp_path: Path) 
     recorded = json.loads((tmp_path / "saved" / "config.json").read_text())["model"]["generator"]
     assert recorded["kwargs"] == {}
     assert MMGPT.from_pretrained(tmp_path / "saved").generator.config.n_embd == GENERATOR_CONFIGS["gpt2"]["n_embd"]
+
+
+# model folders as an earlier version of mmgpt wrote them (a tiny model, fp32 and `mmgpt quantize`d to int8)
+SAVED_MODELS = Path(__file__).resolve().parent / "data" / "saved_models"
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder by its relative path; a compression record's date and source path left out."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = re.sub(rb'"(date|source)": "[^"]*"', rb'"\1": ""', path.read_bytes())
+        files[str(path.relative_to(folder))] = re.sub(rb"from `[^`]*` \([^)]*\)", b"from `` ()", data)
+    return files
+
+
+def test_folders_of_an_earlier_version_load_and_are_written_again_byte_for_byte(tmp_path: Path) -> None:
+    from mmgpt.compress.quantize import quantize
+
+    fp32 = MMGPT.from_pretrained(SAVED_MODELS / "fp32")
+    int8 = MMGPT.from_pretrained(SAVED_MODELS / "int8")
+    batch = make_batch(fp32, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        fp32_loss, int8_loss = fp32(**batch).loss, int8(**batch).loss
+    assert torch.isfinite(fp32_loss) and abs(float(int8_loss - fp32_loss)) < 0.05 * float(fp32_loss)
+    # the same model saved and quantised today gives the same files, so either version reads the other's folders
+    fp32.save_pretrained(tmp_path / "fp32", metrics={"eval/acc": 0.5}, datasets=["easy_vqa"])
+    assert _folder_bytes(tmp_path / "fp32") == _folder_bytes(SAVED_MODELS / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "int8", "int8")
+    assert _folder_bytes(tmp_path / "int8") == _folder_bytes(SAVED_MODELS / "int8")
+    with torch.no_grad():
+        assert torch.equal(MMGPT.from_pretrained(tmp_path / "int8")(**batch).logits, int8(**batch).logits)

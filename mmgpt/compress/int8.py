@@ -1,8 +1,8 @@
 """Quantised layers in a model: which layers, quantising them, and loading a quantised folder's weights back.
 
-What MMGPT.from_pretrained needs to load a folder written by `mmgpt quantize` (mmgpt/compress/quantize.py,
-which says what each method does), kept apart from that command so the model imports no command code and
-nothing here imports the model. The int8 layers themselves are mmgpt/compress/int8_layers.py.
+What the model folder's writer and loader (mmgpt.model_folder) need for a folder of `mmgpt quantize`
+(mmgpt/compress/quantize.py, which says what each method does), kept apart from that command so the folder code
+imports no command code and nothing here imports the model. The int8 layers are mmgpt/compress/int8_layers.py.
 """
 from __future__ import annotations
 
@@ -145,6 +145,19 @@ def load_quantized_weights(model: nn.Module, weights: Path, record: dict) -> Non
                 module.pack()
     else:
         model.generator.tie_weights()
+
+
+def quantized_state(model: nn.Module, record: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A quantised model's state dict as plain tensors for safetensors, each tied tensor once (as save_model writes
+    them), and the file's metadata; `record` is the folder's compression record."""
+    tied = tied_keys(model)
+    state = {key: value.detach() for key, value in model.state_dict().items() if key not in tied}
+    if recorded_method(record) != "int8-torchao":
+        return {k: v.contiguous() for k, v in state.items()}, {"format": "pt"}
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    tensors, metadata = flatten_tensor_state_dict(state)
+    return {k: v.contiguous() for k, v in tensors.items()}, metadata
 
 
 def tied_keys(model: nn.Module) -> set[str]:

@@ -102,7 +102,8 @@ def prune_model(model: nn.Module, amount: float, parts: tuple[str, ...] = PARTS)
 def prune(source: str | Path, out: str | Path, amount: float = 0.5, parts: tuple[str, ...] = PARTS,
           overwrite: bool = False) -> Path:
     """Prune the model in `source` and save the smaller model to `out` (replacing a model there: `overwrite`)."""
-    from mmgpt.model import CONFIG_NAME, MMGPT, resolve_model_path
+    from mmgpt.model import MMGPT
+    from mmgpt.model_folder import CONFIG_NAME, resolve_model_path
     from mmgpt.outputs import check_output_folder
 
     check_amount(amount)

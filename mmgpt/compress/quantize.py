@@ -26,61 +26,21 @@ import argparse
 import datetime
 import json
 import logging
-import shutil
 from pathlib import Path
 
-import torch
-from safetensors.torch import save_file
-from torch import nn
-
 from mmgpt.compress import COMPRESSION_KEY, DEFAULT_QUANTIZATION, QUANTIZATION_METHODS
-from mmgpt.compress.int8 import LIBRARIES, METHODS, quantize_model, tied_keys
+from mmgpt.compress.int8 import LIBRARIES, METHODS, quantize_model
+from mmgpt.model_folder import CONFIG_NAME, resolve_model_path
 from mmgpt.outputs import add_overwrite_arg
 
 logger = logging.getLogger(__name__)
 
 
-def save_quantized(model: nn.Module, source: Path, out: Path, record: dict, overwrite: bool = False) -> None:
-    """Write OUT: the source folder's processor and part configs, the quantised weights and the record.
-
-    An earlier model folder at OUT is replaced only with `overwrite` (mmgpt.outputs).
-    """
-    from mmgpt.model import CONFIG_NAME, WEIGHTS_NAME
-    from mmgpt.model_card import CARD_NAME, card_datasets, write_model_card
-    from mmgpt.outputs import writing_output_folder
-    from mmgpt.saving import TEMP_MARKER
-
-    tensors, metadata = _flat_state(model, record["method"])
-    config = json.loads((source / CONFIG_NAME).read_text())
-    config[COMPRESSION_KEY] = record
-    with writing_output_folder(out, "model", overwrite=overwrite) as tmp:
-        for path in source.iterdir():
-            # a marker a killed save left in the source names that save's temp folder, not this one
-            if path.name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, TEMP_MARKER):
-                continue
-            (shutil.copytree if path.is_dir() else shutil.copy2)(path, tmp / path.name)
-        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))
-        # the source's card describes the fp32 model and its metrics: this one says what quantising changed
-        write_model_card(tmp, model.config, model, datasets=card_datasets(source), compression=record)
-
-
-def _flat_state(model: nn.Module, method: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The state dict as plain tensors for safetensors, each tied tensor once (as save_model writes them)."""
-    tied = tied_keys(model)
-    state = {key: value.detach() for key, value in model.state_dict().items() if key not in tied}
-    if method != "int8-torchao":
-        return {k: v.contiguous() for k, v in state.items()}, {"format": "pt"}
-    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
-
-    tensors, metadata = flatten_tensor_state_dict(state)
-    return {k: v.contiguous() for k, v in tensors.items()}, metadata
-
-
 def quantize(source: str | Path, out: str | Path, method: str = DEFAULT_QUANTIZATION,
              overwrite: bool = False) -> Path:
     """Quantise the model in `source` and save it to `out` (an earlier model there: `overwrite`) -> `out`."""
-    from mmgpt.model import MMGPT, resolve_model_path
+    from mmgpt.model import MMGPT
+    from mmgpt.model_card import card_datasets
     from mmgpt.outputs import check_output_folder
 
     check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
@@ -88,12 +48,13 @@ def quantize(source: str | Path, out: str | Path, method: str = DEFAULT_QUANTIZA
     if method not in METHODS:
         raise ValueError(f"unknown quantisation method {method!r}; available: {', '.join(METHODS)}")
     model = MMGPT.from_pretrained(source_path)
-    if COMPRESSION_KEY in json.loads((source_path / "config.json").read_text()):
+    if COMPRESSION_KEY in json.loads((source_path / CONFIG_NAME).read_text()):
         raise ValueError(f"{source_path} is already quantised; quantise the fp32 model it came from")
     layers = quantize_model(model, method)
     record = {"method": method, "library": LIBRARIES[method], "source": str(Path(source_path).resolve()),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "layers": layers}
-    save_quantized(model, source_path, Path(out), record, overwrite=overwrite)
+    # the source's card describes the fp32 model and its metrics: this one says what quantising changed
+    model.save_pretrained(out, overwrite=overwrite, compression=record, datasets=card_datasets(source_path))
     logger.info("quantised %s to %s (%s)", f"{len(layers)} layers" if layers else "every weight", out, method)
     return Path(out)
 

@@ -177,8 +177,7 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
 
 def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     """A tokenizer from a local folder, or from the hub when named hf://org/name (nothing else goes to the hub)."""
-    from mmgpt.hf_models import load_hf_tokenizer
-    from mmgpt.model import HUB_PREFIX
+    from mmgpt.hf_models import HUB_PREFIX, load_hf_tokenizer
     from mmgpt.processor import load_saved_tokenizer
 
     if name.startswith(HUB_PREFIX):
@@ -208,7 +207,7 @@ def load_counting(model: str | None, tokenizer: str | None, config: str | None =
             raise ValueError(f"--config {config}: no reader of training configs was given to read its templates")
         templates = config_templates(config)
     if model:
-        from mmgpt.model import CONFIG_NAME, resolve_model_path
+        from mmgpt.model_folder import CONFIG_NAME, resolve_model_path
 
         folder = resolve_model_path(model)
         config = from_dict(ModelConfig, load_json(folder / CONFIG_NAME).get("model", {}), prefix="model")

@@ -171,7 +171,7 @@ def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
 
 def previous_run(output_dir: str | Path) -> list[str]:
     """What an earlier run left in output_dir that a fresh run would mix with: its checkpoints and final model."""
-    from mmgpt.model import is_model_folder, saved_model_folder
+    from mmgpt.model_folder import is_model_folder, saved_model_folder
 
     output_dir = Path(output_dir)
     found = []
