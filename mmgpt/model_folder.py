@@ -78,7 +78,7 @@ def save_model_folder(model: Any, folder: str | Path, merge_lora: bool = True, m
     """
     folder = Path(folder)
     quantized = is_quantized({COMPRESSION_KEY: compression})
-    # a quantised model's layers are written as they are
+    # quantised layers are written as they are: no LoRA merge, no adapter-only split
     adapters = lora.has_adapters(model) and not quantized
     config = lora.merged_config(model.config) if adapters and merge_lora else model.config
     if adapters and not merge_lora:
