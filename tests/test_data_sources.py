@@ -11,7 +11,7 @@ from mmgpt.data.example import Example
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.hf import HFExamples, HFStream
 from mmgpt.data.spec import DatasetSpec
-from mmgpt.data.streaming import BLOCK, StreamingMixture
+from mmgpt.data.streaming import BLOCK, BatchImages, StreamingMixture
 from mmgpt.images import load_image
 from tests import hf_data
 
@@ -126,8 +126,9 @@ def test_streaming_mixture_keeps_weights_splits_the_stream_and_replaces_bad_imag
     seen: list[dict] = []
     for rank in range(2):
         mixture = StreamingMixture([("list", listed, 1.0), ("stream", read_dataset(spec), 3.0)], batch_size=4,
-                                   image_tensor=image_tensor, seed=5, rank=rank, world_size=2)
-        batches = [items for (items, _), _ in zip(mixture, range(BLOCK))]
+                                   seed=5, rank=rank, world_size=2)
+        images = BatchImages(image_tensor)
+        batches = [images[planned][0] for planned, _ in zip(mixture, range(BLOCK))]
         sources = [{ex.source for ex, _ in items} for items in batches]
         assert all(len(s) == 1 for s in sources), "a batch comes from one dataset"
         assert [s.pop() for s in sources].count("stream") == 75  # weights 3:1, exactly per block

@@ -1,28 +1,32 @@
 """Training batches from a mixture with at least one streamed dataset: no pass over the data before step one.
 
-`StreamingMixture` yields this process's batches forever. Each batch comes from one dataset, chosen so that in
-every block of `BLOCK` batches each dataset gives its weight's share (largest remainder, mmgpt.data.mixture's
-`apportion`), in an order drawn from (seed, block): the same choice on every process, so the weights hold across
-datasets of both kinds. A streamed dataset (mmgpt.data.hf.HFStream) is read by each process from its own shard
-(`split_dataset_by_node`) and restarts with the next pass when its shard ends; a sequence of Examples is walked
-in a fresh seeded permutation per pass, each process taking every world_size-th position. As no dataset ever
-runs out, every process runs the same number of steps.
+`StreamingMixture` plans this process's batches forever: each a `PlannedBatch` of undecoded Examples (image
+bytes or paths). Each batch comes from one dataset, chosen so that in every block of `BLOCK` batches each
+dataset gives its weight's share (largest remainder, mmgpt.data.mixture's `apportion`), in an order drawn from
+(seed, block): the same choice on every process, so the weights hold across datasets of both kinds. A streamed
+dataset (mmgpt.data.hf.HFStream) is read by each process from its own shard (`split_dataset_by_node`) and
+restarts with the next pass when its shard ends; a sequence of Examples is walked in a fresh seeded permutation
+per pass, each process taking every world_size-th position. As no dataset ever runs out, every process runs the
+same number of steps.
 
-Images are decoded as batches are formed; one that fails is skipped, counted, and replaced by the dataset's next
-example (as `RobustImages` does). Each batch carries the mixture's `state_dict` after it, so a checkpoint records
-exactly where every dataset stands; a resumed run continues from there (approximate only within a streamed
-dataset's shuffle buffer, see HFStream). Resuming needs the same number of processes.
+The plan is made where the DataLoader iterates its sampler (the main process: reading rows is cheap);
+`BatchImages` decodes, transforms and augments a planned batch where the DataLoader fetches (its workers), so
+any number of workers gives the same batches in the same order. An image that fails to load is counted and
+replaced by the next good image of its batch, which keeps the batch full and the plan independent of decoding.
+Each batch carries the mixture's `state_dict` after it, so a checkpoint records exactly where every dataset
+stands; a resumed run continues from there (approximate only within a streamed dataset's shuffle buffer, see
+HFStream). Resuming needs the same number of processes.
 """
 from __future__ import annotations
 
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from torch.utils.data import IterableDataset
+from torch.utils.data import Dataset
 
 from mmgpt.data.augment import augment
 from mmgpt.data.example import Example
@@ -34,12 +38,21 @@ logger = logging.getLogger(__name__)
 BLOCK = 100
 
 
-class StreamingMixture(IterableDataset):
-    """This process's batches of (Example with pixels, failures) pairs, each with the mixture state after it."""
+@dataclass
+class PlannedBatch:
+    """One batch before its images are read: global batch number, dataset, examples, mixture state after it."""
 
-    def __init__(self, datasets: Sequence[tuple[str, Any, float]], batch_size: int,
-                 image_tensor: Callable[[Any], torch.Tensor], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 augment: dict[str, list[str]] | None = None, max_tries: int = 16) -> None:
+    number: int
+    dataset: str
+    examples: list[Example]
+    state: dict[str, Any]
+
+
+class StreamingMixture:
+    """This process's `PlannedBatch`es, endless: iterate it where the DataLoader iterates its sampler."""
+
+    def __init__(self, datasets: Sequence[tuple[str, Any, float]], batch_size: int, seed: int = 0, rank: int = 0,
+                 world_size: int = 1) -> None:
         kept = [(name, data, float(weight)) for name, data, weight in datasets if weight > 0]
         if not kept:
             raise ValueError("mixture has no dataset with weight > 0")
@@ -48,9 +61,7 @@ class StreamingMixture(IterableDataset):
         self.counts = apportion(BLOCK, [weight for _, _, weight in kept])
         # dataset number per slot of a block, before the block's shuffle
         self._block = torch.cat([torch.full((c,), d) for d, c in enumerate(self.counts)])
-        self.batch_size, self.image_tensor, self.seed = batch_size, image_tensor, seed
-        self.rank, self.world_size, self.max_tries = rank, world_size, max_tries
-        self.augment = {name: ops for name, ops in (augment or {}).items() if ops}
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         for source in self.sources:
             if is_stream(source):
                 source.shard(rank, world_size)
@@ -103,36 +114,61 @@ class StreamingMixture(IterableDataset):
                 yield source[mine[position]], state
             state = {"epoch": state["epoch"] + 1, "position": 0}
 
-    def _load(self, d: int, example: Example, number: int) -> torch.Tensor:
-        pixels = self.image_tensor(example.image)
-        name = self.names[d]
-        if name in self.augment:
-            pixels = augment(pixels, self.augment[name], self.seed, 0, f"{name} {number}")
-        return pixels
-
-    def __iter__(self) -> Iterator[tuple[list[tuple[Example, list[str]]], dict[str, Any]]]:
-        from mmgpt.images import ImageError
-
+    def __iter__(self) -> Iterator[PlannedBatch]:
         streams = [self._examples(d) for d in range(len(self.sources))]
         for batch in itertools.count(self._state["batches"]):
             d = self.dataset_of_batch(batch)
-            items = []
-            while len(items) < self.batch_size:
-                failures = []
-                for _ in range(self.max_tries):
-                    example, self._state["sources"][d] = next(streams[d])
-                    try:
-                        pixels = self._load(d, example, batch * self.batch_size + len(items))
-                    except (ImageError, OSError, ValueError) as e:
-                        failures.append(str(e))
-                        continue
-                    items.append((replace(example, image=pixels, source=example.source or self.names[d]), failures))
-                    break
-                else:
-                    raise RuntimeError(f"{self.max_tries} consecutive images of {self.names[d]!r} failed to load: "
-                                       f"{failures[-1]}")
+            examples = []
+            for _ in range(self.batch_size):
+                example, self._state["sources"][d] = next(streams[d])
+                examples.append(example if example.source else replace(example, source=self.names[d]))
             self._state["batches"] = batch + 1
-            yield items, self.state_dict()
+            yield PlannedBatch(batch, self.names[d], examples, self.state_dict())
+
+
+class BatchImages(Dataset):
+    """Reads the images of a `PlannedBatch` -> ((Example with pixels, failures) pairs, mixture state).
+
+    Indexed by PlannedBatch (DataLoader(BatchImages(...), sampler=StreamingMixture(...), batch_size=None)), so
+    the DataLoader's workers do the decoding. A failed image is replaced by the next good one of the batch,
+    whose pair carries the failure; a batch with no good image is an error.
+    """
+
+    def __init__(self, image_tensor: Callable[[Any], torch.Tensor], seed: int = 0,
+                 augment: dict[str, list[str]] | None = None) -> None:
+        self.image_tensor, self.seed = image_tensor, seed
+        self.augment = {name: ops for name, ops in (augment or {}).items() if ops}
+
+    def _load(self, planned: PlannedBatch, position: int) -> torch.Tensor:
+        pixels = self.image_tensor(planned.examples[position].image)
+        if planned.dataset in self.augment:
+            number = planned.number * len(planned.examples) + position
+            pixels = augment(pixels, self.augment[planned.dataset], self.seed, 0, f"{planned.dataset} {number}")
+        return pixels
+
+    def __getitem__(self, planned: PlannedBatch) -> tuple[list[tuple[Example, list[str]]], dict[str, Any]]:
+        from mmgpt.images import ImageError
+
+        loaded: list[Example | None] = []
+        failures: list[str] = []
+        for position, example in enumerate(planned.examples):
+            try:
+                loaded.append(replace(example, image=self._load(planned, position)))
+            except (ImageError, OSError, ValueError) as e:
+                loaded.append(None)
+                failures.append(str(e))
+        good = [i for i, example in enumerate(loaded) if example is not None]
+        if not good:
+            raise RuntimeError(f"all {len(loaded)} images of a batch of {planned.dataset!r} failed to load: "
+                               f"{failures[-1]}")
+        items, failed = [], iter(failures)
+        for i, example in enumerate(loaded):
+            if example is None:
+                # the next good image of the batch, wrapping round
+                items.append((loaded[next((g for g in good if g > i), good[0])], [next(failed)]))
+            else:
+                items.append((example, []))
+        return items, planned.state
 
 
 def first_examples(dataset: Any, limit: int) -> list[Example]:

@@ -39,7 +39,7 @@ from mmgpt.data.formats import read_dataset
 from mmgpt.data.hf import is_stream
 from mmgpt.data.mixture import Mixture
 from mmgpt.data.pixel_cache import PixelCache
-from mmgpt.data.streaming import StreamingMixture, first_examples
+from mmgpt.data.streaming import BatchImages, StreamingMixture, first_examples
 from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.hf_models import load_hf_tokenizer
@@ -275,19 +275,25 @@ TOKENIZER_SAMPLE = 20_000
 
 def build_stream_loader(cfg: TrainConfig, checked: list, processor: Any,
                         accelerator: Accelerator) -> tuple[DataLoader, StreamingMixture]:
-    """This process's batches of a mixture with a streamed set: read on the fly, from this process's shard."""
-    stream = StreamingMixture([(n, ex, w) for n, ex, w, _ in checked], cfg.batch_size, processor.image_tensor,
-                              seed=cfg.seed, rank=accelerator.process_index, world_size=accelerator.num_processes,
-                              augment={spec.label: spec.augment for spec in cfg.data.train})
+    """This process's batches of a mixture with a streamed set: read on the fly, from this process's shard.
+
+    The mixture plans each batch in this process (rows read, images still bytes); data.num_workers workers
+    decode and transform the images, and the loader hands the batches back in plan order, so the data and the
+    position each batch carries are the same with any number of workers.
+    """
+    stream = StreamingMixture([(n, ex, w) for n, ex, w, _ in checked], cfg.batch_size, seed=cfg.seed,
+                              rank=accelerator.process_index, world_size=accelerator.num_processes)
+    images = BatchImages(processor.image_tensor, seed=cfg.seed,
+                         augment={spec.label: spec.augment for spec in cfg.data.train})
     collate = make_collate(processor)
 
     def collate_with_state(element: tuple[list, dict]) -> dict:
         items, state = element
-        return {**collate(items), "data_state": state}
+        # a failed image was replaced by another of its batch, not by an extra read (as make_collate counts)
+        return {**collate(items), "images_read": torch.tensor(len(items)), "data_state": state}
 
-    # one worker at most: the position a batch carries is only exact when one reader forms the batches in order
-    loader = DataLoader(stream, batch_size=None, collate_fn=collate_with_state,
-                        num_workers=min(cfg.data.num_workers, 1), pin_memory=torch.cuda.is_available())
+    loader = DataLoader(images, sampler=stream, batch_size=None, collate_fn=collate_with_state,
+                        num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available())
     return loader, stream
 
 
