@@ -1,7 +1,9 @@
 """Training on a streamed Hugging Face dataset mixed with a list: no pass first, exact resume, bad images."""
 from __future__ import annotations
 
+import itertools
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -59,3 +61,31 @@ def test_bad_images_of_a_stream_are_skipped_and_stop_the_run_past_max_bad_fracti
     config = _config(tmp_path, (parquet, sets[1]), tmp_path / "stop", max_steps=3, **{"data.max_bad_fraction": 0.05})
     with pytest.raises(TooManyBadImages, match=r"images read during training failed to load.*max_bad_fraction=0.05"):
         main(["--config", str(config)])
+
+
+def test_stream_loader_decodes_in_every_worker_and_gives_the_same_batches_with_any_number(
+        sets: tuple[Path, Path]) -> None:
+    from types import SimpleNamespace
+
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.training.config import DatasetSpec
+    from mmgpt.training.loop import build_stream_loader
+
+    def image_tensor(image: object) -> torch.Tensor:
+        # the decoding process's id in the pixels, so a batch says where its images were read
+        return torch.full((3, 2, 2), float(os.getpid()), dtype=torch.float64)
+
+    processor = SimpleNamespace(image_tensor=image_tensor, collate=lambda examples: {
+        "pixel_values": torch.stack([e.image for e in examples]), "ids": [e.id for e in examples]})
+    spec = DatasetSpec(format="hf", path=str(sets[0]), streaming=True, shuffle_buffer=0, name="stream")
+    runs = {}
+    for workers in (0, 2):
+        cfg = SimpleNamespace(batch_size=4, seed=0, data=SimpleNamespace(num_workers=workers, train=[spec]))
+        accelerator = SimpleNamespace(process_index=0, num_processes=1)
+        loader, _ = build_stream_loader(cfg, [("stream", read_dataset(spec), 1.0, None)], processor, accelerator)
+        runs[workers] = list(itertools.islice(loader, 6))
+    assert [b["ids"] for b in runs[0]] == [b["ids"] for b in runs[2]]
+    assert [b["data_state"] for b in runs[0]] == [b["data_state"] for b in runs[2]]
+    assert {float(b["pixel_values"][0, 0, 0, 0]) for b in runs[0]} == {os.getpid()}
+    readers = {float(b["pixel_values"][0, 0, 0, 0]) for b in runs[2]}
+    assert len(readers) == 2 and os.getpid() not in readers, "both workers decode, the main process does not"
