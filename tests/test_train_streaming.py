@@ -89,3 +89,44 @@ def test_stream_loader_decodes_in_every_worker_and_gives_the_same_batches_with_a
     assert {float(b["pixel_values"][0, 0, 0, 0]) for b in runs[0]} == {os.getpid()}
     readers = {float(b["pixel_values"][0, 0, 0, 0]) for b in runs[2]}
     assert len(readers) == 2 and os.getpid() not in readers, "both workers decode, the main process does not"
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_stream_run_alike_and_resume_exactly(tmp_path: Path, sets: tuple[Path, Path]) -> None:
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.data.streaming import StreamingMixture
+    from mmgpt.training.config import load_train_config
+    from tests.test_train import launch_two_processes
+
+    def launch(out: Path, *args: str, **overrides) -> None:
+        proc = launch_two_processes(_config(tmp_path, sets, out, batch_size=4, max_steps=8, **overrides), tmp_path,
+                                    *args)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "2 process(es)" in proc.stderr
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    launch(full)
+    launch(resumed, stop_at_step=3)
+    saved = json.loads((resumed / "checkpoints" / "step_3" / "trainer_state.json").read_text())["data_state"]
+    launch(resumed, "--resume", "latest")
+    history = [json.loads((run / "history.json").read_text())["train"] for run in (full, resumed)]
+    assert len(history[0]) == 8 and history[0] == history[1]
+    a, b = weights(full), weights(resumed)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+    # each rank's saved position is where its own plan of the mixture stands after 3 batches, so the runs read
+    # what these plans read: a shard of the stream per rank, and the same dataset for a batch on both ranks
+    cfg = load_train_config(str(_config(tmp_path, sets, tmp_path / "plan", batch_size=4)), [])
+    plans, rows = [], []
+    for rank in range(2):
+        mixture = StreamingMixture([(s.label, read_dataset(s), s.weight) for s in cfg.data.train], batch_size=4,
+                                   seed=cfg.seed, rank=rank, world_size=2)
+        plan = list(itertools.islice(mixture, 3))
+        assert plan[-1].state == saved[rank] and saved[rank]["batches"] == 3
+        plans.append([p.dataset for p in plan])
+        stream = read_dataset(cfg.data.train[0])
+        stream.shard(rank, 2)
+        rows.append({int(str(example.id).split(":")[0]) for example in stream})  # ids are row:turn
+    assert plans[0] == plans[1]
+    assert not rows[0] & rows[1] and rows[0] | rows[1] == set(range(120)), "disjoint shards, together complete"

@@ -289,8 +289,9 @@ class HFStream:
     """A streamed hf dataset: Examples read on the fly, resumable at the row and turn it stopped at.
 
     Iterate it for one pass over this process's shard (see `shard`); `state_dict` after any Example says where
-    the next one comes from. With a shuffle buffer the resumed order is approximate: the buffer's rows are not
-    saved, so those rows may be skipped or seen again after a resume (datasets' own limit).
+    the next one comes from. Without a shuffle buffer a resumed pass continues exactly. With one it is
+    approximate, as datasets saves the position behind the buffer, not the rows in it: in the pass under way up
+    to `shuffle_buffer` rows are missed and a few seen twice, in another order than an uninterrupted pass's.
     """
 
     def __init__(self, ds: IterableDataset, reader: RowReader, shuffle_buffer: int, seed: int,
