@@ -173,8 +173,8 @@ def _status_kib(pid: int, field: str) -> int:
 
 
 class RssSampler(threading.Thread):
-    """Samples, every `interval` s, the training process under `root` (the first train.py whose parent is not
-    one) for its peak RSS (VmHWM) and the RSS summed over it and its dataloader workers."""
+    """Samples, every `interval` s, the training process (the child of the launcher `root`) for its peak RSS
+    (VmHWM) and the RSS summed over it and its dataloader workers."""
 
     def __init__(self, root: int, interval: float = 0.05) -> None:
         super().__init__(daemon=True)
@@ -192,7 +192,7 @@ class RssSampler(threading.Thread):
                     p = table[p][0]
                 if p == self.root and pid != self.root:
                     under.add(pid)
-            trainers = [p for p in under if "train.py" in table[p][1] and "train.py" not in table[table[p][0]][1]]
+            trainers = [p for p in under if table[p][0] == self.root]  # the launcher's child runs train.py
             for trainer in trainers:
                 self.peak_kib = max(self.peak_kib, _status_kib(trainer, "VmHWM"))
                 family = {trainer} | {p for p in under if table[p][0] == trainer}
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from mmgpt.data.records import default_cache_root
 
     cache = default_cache_root()
-    folder = generate(cache / "bench" / NAME, max(max(args.sizes), ROWS_PER_SHARD))
+    folder = generate(cache / "bench" / NAME, max(SIZES))  # the smaller sets are its first shards
     startup = []
     for rows in ([] if args.skip_startup else args.sizes):
         path = subset_path(folder, rows)

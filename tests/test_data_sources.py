@@ -193,3 +193,22 @@ def test_a_stream_with_a_shuffle_buffer_resumes_missing_and_repeating_at_most_th
         # datasets saves the position behind the buffer, not the rows in it: approximate, within the buffer
         repeated, missed = rows(set(head) & set(tail)), rows(set(whole) - set(head) - set(tail))
         assert len(tail) == len(set(tail)) and len(repeated) <= 16 and 0 < len(missed) <= 16, (repeated, missed)
+
+
+def test_planning_a_stream_copies_datasets_position_once_a_batch_and_heads_skip_the_shuffle(
+        sets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmgpt.data.streaming import first_examples
+
+    spec = DatasetSpec(format="hf", path=str(sets / "parquet"), streaming=True, shuffle_buffer=16, name="stream",
+                       columns={"question": "question", "answer": "answer"})
+    stream = read_dataset(spec)
+    # a tokenizer's sample and an eval set: the stored order, with no shuffle buffer to fill (nor, in datasets,
+    # its reader threads to wind down when the read stops early)
+    assert [e.id for e in first_examples(stream, 10)] == list(range(10))
+    copies = []
+    original = type(stream.ds).state_dict
+    monkeypatch.setattr(type(stream.ds), "state_dict", lambda ds: copies.append(1) or original(ds))
+    planned = list(itertools.islice(StreamingMixture([("stream", stream, 1.0)], batch_size=8), 10))
+    assert len({e.id for p in planned for e in p.examples}) == 80
+    # copying datasets' state costs more than reading a row: once a batch (and once a pass), not once a row
+    assert len(copies) <= 10 + 1, len(copies)

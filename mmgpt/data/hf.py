@@ -24,6 +24,7 @@ turns; ``streaming: true`` (an `HFStream`) reads rows on the fly, shuffled withi
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -301,6 +302,8 @@ class HFStream:
         self.label = reader.label
         self.skipped_rows = 0
         self._state = self._fresh(0)
+        # just after a row's last example, where datasets' own state is the position (copied only when asked)
+        self._after_row = False
 
     def shard(self, rank: int, world_size: int) -> None:
         """Read only this process's part (whole shards where they divide evenly, else every world_size-th row)."""
@@ -309,13 +312,25 @@ class HFStream:
         if world_size > 1:
             self.ds = split_dataset_by_node(self.ds, rank=rank, world_size=world_size)
 
+    def head(self, limit: int) -> list[Example]:
+        """The first `limit` examples in stored order (a tokenizer's sample, an eval set), this stream's position kept.
+
+        Read without the shuffle buffer: no buffer to fill first, and nothing left running once read.
+        """
+        return list(itertools.islice(HFStream(self.source, self.reader, 0, seed=0, limit=limit), limit or None))
+
     def state_dict(self) -> dict[str, Any]:
         """Where the next Example comes from: pass number, datasets' state before its row, turns of it done."""
+        if self._after_row:
+            # copying datasets' state costs more than reading a row (more with many shards), so it is taken when
+            # asked (once a batch), not after every row
+            self._state.update(row_state=self.ds.state_dict(), turns_done=0)
+            self._after_row = False
         return dict(self._state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a `state_dict`."""
-        self._state = dict(state)
+        self._state, self._after_row = dict(state), False
 
     def __iter__(self) -> Iterator[Example]:
         """One pass (from the saved position); the next iteration starts the next pass."""
@@ -324,21 +339,28 @@ class HFStream:
         if state["row_state"] is not None:
             self.ds.load_state_dict(state["row_state"])
         rows = iter(self.ds)
+        # a stop inside a row of several examples resumes at its next turn, from datasets' state before the row
+        several = self.reader.turns_column is not None
         while not (self.limit and state["examples"] >= self.limit):
-            # datasets' position before the row: a stop within a multi-turn row resumes at that row's next turn
-            before = self.ds.state_dict()
+            before = self.ds.state_dict() if several else None
+            self._after_row = False
             row = next(rows, None)
             if row is None:
                 break
             examples = self.reader.examples(row, state["rows"])
             if not examples:
                 self.skipped_rows += 1
-            for turn in range(state["turns_done"], len(examples)):
+                state["rows"] += 1
+            start, state["turns_done"] = state["turns_done"], 0
+            for turn in range(start, len(examples)):
                 if self.limit and state["examples"] >= self.limit:
                     break
-                state.update(row_state=before, turns_done=turn + 1, examples=state["examples"] + 1)
+                last = turn + 1 == len(examples)
+                state.update(row_state=None if last else before, turns_done=0 if last else turn + 1,
+                             examples=state["examples"] + 1, rows=state["rows"] + last)
+                self._after_row = last
                 yield examples[turn]
-            state.update(row_state=self.ds.state_dict(), turns_done=0, rows=state["rows"] + 1)
+        self._after_row = False
         self._state = self._fresh(state["epoch"] + 1)
 
     @staticmethod

@@ -91,37 +91,44 @@ class StreamingMixture:
         order = torch.randperm(BLOCK, generator=torch.Generator().manual_seed(self.seed + batch // BLOCK))
         return int(self._block[order[batch % BLOCK]])
 
-    def _examples(self, d: int) -> Iterator[tuple[Example, dict]]:
-        """Dataset d's examples for this process from its saved position on, forever, each with the state after it."""
+    def _examples(self, d: int) -> Iterator[Example]:
+        """Dataset d's examples for this process from its saved position on, forever (`_position` says where)."""
         source = self.sources[d]
         if is_stream(source):
             while True:
                 fresh, empty = source.state_dict()["row_state"] is None, True
                 for example in source:
                     empty = False
-                    yield example, source.state_dict()
+                    yield example
                 if empty and fresh:  # a pass resumed at its very end is empty too
                     raise ValueError(f"dataset {self.names[d]!r} gives no examples to process {self.rank} of "
                                      f"{self.world_size}")
-        state = dict(self._state["sources"][d])
+        state = self._list_positions[d] = dict(self._state["sources"][d])
         while True:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + 7919 * d + state["epoch"])
             mine = torch.randperm(len(source), generator=generator)[self.rank::self.world_size].tolist()
             if not mine:
                 raise ValueError(f"dataset {self.names[d]!r} has fewer examples than processes")
             for position in range(state["position"], len(mine)):
-                state = {"epoch": state["epoch"], "position": position + 1}
-                yield source[mine[position]], state
+                state = self._list_positions[d] = {"epoch": state["epoch"], "position": position + 1}
+                yield source[mine[position]]
             state = {"epoch": state["epoch"] + 1, "position": 0}
 
+    def _position(self, d: int) -> dict[str, Any]:
+        """Where dataset d stands after the last example `_examples` gave (asked once a batch: a stream's costs)."""
+        source = self.sources[d]
+        return source.state_dict() if is_stream(source) else dict(self._list_positions[d])
+
     def __iter__(self) -> Iterator[PlannedBatch]:
+        self._list_positions: dict[int, dict[str, Any]] = {}
         streams = [self._examples(d) for d in range(len(self.sources))]
         for batch in itertools.count(self._state["batches"]):
             d = self.dataset_of_batch(batch)
             examples = []
             for _ in range(self.batch_size):
-                example, self._state["sources"][d] = next(streams[d])
+                example = next(streams[d])
                 examples.append(example if example.source else replace(example, source=self.names[d]))
+            self._state["sources"][d] = self._position(d)
             self._state["batches"] = batch + 1
             yield PlannedBatch(batch, self.names[d], examples, self.state_dict())
 
@@ -172,10 +179,7 @@ class BatchImages(Dataset):
 
 
 def first_examples(dataset: Any, limit: int) -> list[Example]:
-    """Up to `limit` examples from the start of a list, a lazy sequence or a stream (a stream's position is kept)."""
+    """Up to `limit` examples from the start of a list, a lazy sequence or a stream (stored order: HFStream.head)."""
     if not is_stream(dataset):
         return list(dataset[:limit]) if limit else list(dataset)
-    saved = dataset.state_dict()
-    examples = list(itertools.islice(iter(dataset), limit or None))
-    dataset.load_state_dict(saved)
-    return examples
+    return dataset.head(limit)
