@@ -21,6 +21,7 @@ from bench import (  # noqa: E402
     common,
     cpu_inference,
     data_pipeline,
+    data_scale,
     generation,
     make_results,
     nanovlm_peer,
@@ -180,3 +181,25 @@ def test_flop_formula() -> None:
     assert common.training_multiplier(True, False) == 3
     assert common.training_multiplier(False, True) == 2
     assert common.training_multiplier(False, False) == 1
+
+
+def test_data_scale_set_is_generated_once_and_read_as_a_stream(tmp_path: Path) -> None:
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.images import load_image
+    from mmgpt.training.config import DatasetSpec
+
+    folder = data_scale.generate(tmp_path / "set", 2 * data_scale.ROWS_PER_SHARD)
+    shards = sorted(folder.glob("train-*.parquet"))
+    assert len(shards) == 2
+    written = shards[0].stat().st_mtime_ns
+    data_scale.generate(folder, 2 * data_scale.ROWS_PER_SHARD)
+    assert shards[0].stat().st_mtime_ns == written, "a matching set is reused, not rewritten"
+    path = data_scale.subset_path(folder, data_scale.ROWS_PER_SHARD)
+    assert path == str(shards[0]) and data_scale.subset_path(folder, 2 * data_scale.ROWS_PER_SHARD) == str(folder)
+    stream = read_dataset(DatasetSpec(format="hf", path=path, streaming=True, shuffle_buffer=0))
+    for example in stream.head(4):
+        image = load_image(example.image)
+        assert image.size == (64, 64) and example.answer in (*data_scale.COLORS, *data_scale.SHAPES)
+        # the answer is what the image shows: its colour is the shape's, or the shape is named
+        if example.answer in data_scale.COLORS:
+            assert data_scale.COLORS[example.answer] in {c for _, c in image.getcolors()}
