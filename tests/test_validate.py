@@ -215,3 +215,16 @@ def test_config_templates_are_read_by_the_training_config_reader(tmp_path: Path,
     status = cli.main(["validate", *args]) if entry == "mmgpt" else main(args, config_templates=prompt_templates)
     assert status == 2
     assert "vqa_templat" in capsys.readouterr().err
+
+
+def test_limit_on_a_stream_checks_its_first_rows_in_stored_order(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    from tests import hf_data
+
+    # rows 0, 7, 14, ... hold bytes that are no image: the first three rows stored include row 0, a shuffled
+    # sample need not
+    parquet = hf_data.parquet_shards(tmp_path / "parquet", 200, shards=4, bad_every=7)
+    code = main(["--format", "hf", "--path", str(parquet), "--streaming", "--limit", "3", "--column",
+                 "question=question", "--column", "answer=answer"])
+    out = capsys.readouterr().out
+    assert code != 0 and "checked 3 examples" in out and "[hf] id=0: not an image" in out, out

@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt validate",
             parser.error(f"--column takes KEY=COLUMN, got {args.column}")
         spec = DatasetSpec(format=args.format, path=args.path, images=args.images, annotations=args.annotations,
                            split=args.split, max_examples=args.max_examples, subset=args.subset, columns=columns,
-                           streaming=args.streaming)
+                           # --limit checks the first N rows as stored, not a shuffle buffer's draw
+                           streaming=args.streaming, shuffle_buffer=0)
         bad_records: list[str] = []
         examples = read_dataset(spec, templates, problems=bad_records)
     except (ValueError, OSError) as e:
