@@ -68,7 +68,7 @@ def test_stream_loader_decodes_in_every_worker_and_gives_the_same_batches_with_a
     from types import SimpleNamespace
 
     from mmgpt.data.formats import read_dataset
-    from mmgpt.training.config import DatasetSpec
+    from mmgpt.data.spec import DatasetSpec
     from mmgpt.training.loop import build_stream_loader
 
     def image_tensor(image: object) -> torch.Tensor:
