@@ -185,8 +185,8 @@ def test_flop_formula() -> None:
 
 def test_data_scale_set_is_generated_once_and_read_as_a_stream(tmp_path: Path) -> None:
     from mmgpt.data.formats import read_dataset
-    from mmgpt.images import load_image
     from mmgpt.data.spec import DatasetSpec
+    from mmgpt.images import load_image
 
     folder = data_scale.generate(tmp_path / "set", 2 * data_scale.ROWS_PER_SHARD)
     shards = sorted(folder.glob("train-*.parquet"))
