@@ -29,6 +29,7 @@ from mmgpt.model import MMGPT
 from mmgpt.prompts import conversation_prompt
 from mmgpt.serve.app import ServerSettings, create_app, served_name
 from mmgpt.serve.command import uvicorn_config
+from mmgpt.serve.events import Delta, Done, Event, Failed, First
 from mmgpt.serve.metrics import Metrics
 from mmgpt.serve.worker import Job, Worker
 
@@ -296,7 +297,7 @@ def test_client_errors_through_openai(server: str) -> None:
 
 
 def test_unknown_fields_are_ignored_with_a_log_line(server: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="mmgpt.serve.app"):
+    with caplog.at_level("INFO", logger="mmgpt.serve"):
         response = post(server, {"model": NAME, "messages": user(QUESTION, png((7, 7, 7))), "frequency_penalty": 0.5,
                                  "logit_bias": {}})
     assert response.status_code == 200
@@ -484,7 +485,7 @@ def test_a_request_failing_in_a_batch_fails_alone(model: MMGPT) -> None:
     metrics = Metrics()
     worker = Worker(model, metrics, max_batch_size=16, max_wait_ms=1000)
     images = [png((30 * i, 60, 90), box=i) for i in range(5)]
-    events: list[list[tuple]] = [[] for _ in images]
+    events: list[list[Event]] = [[] for _ in images]
     prompts = [model.config.vqa_template.format(question=QUESTION)] * 5
     prompts[2] = "what\ud800 color?"
     for i, (prompt, image) in enumerate(zip(prompts, images)):
@@ -492,12 +493,14 @@ def test_a_request_failing_in_a_batch_fails_alone(model: MMGPT) -> None:
                           emit=events[i].append, stream=i == 3))
     worker.start()
     worker.stop(timeout=30)  # decodes what is queued: the five in one batch
-    assert events[2][-1][0] == "error" and "TypeError" in events[2][-1][1]
+    assert isinstance(events[2][-1], Failed) and "TypeError" in events[2][-1].message
     for i in (0, 1, 3, 4):
-        assert events[i][-1][0] == "done", events[i]
-        assert [e[0] for e in events[i]].count("first") == 1
-        assert events[i][-1][1][0].text == answer(QUESTION, images[i], model=model)
-    assert "".join(e[2] for e in events[3] if e[0] == "delta") == events[3][-1][1][0].text  # streamed once
+        done = events[i][-1]
+        assert isinstance(done, Done), events[i]
+        assert [isinstance(e, First) for e in events[i]].count(True) == 1
+        assert done.choices[0].text == answer(QUESTION, images[i], model=model)
+    streamed = "".join(e.text for e in events[3] if isinstance(e, Delta))
+    assert streamed == events[3][-1].choices[0].text  # streamed once
 
 
 def test_max_tokens_over_either_limit_is_400_naming_both(model: MMGPT) -> None:
