@@ -817,3 +817,18 @@ def test_a_batch_encodes_each_distinct_image_once(model: MMGPT) -> None:
         assert calls == [2]
         for i in range(5):
             assert events[i][-1].choices[0].text == answer(QUESTION, images[i % 2], model=model)
+
+
+def test_the_docs_state_the_serving_defaults_the_command_uses() -> None:
+    """Each `--flag` (N) in README.md and docs/ is ServerSettings' default, which is also the command line's."""
+    from mmgpt.serve.command import SETTING_FLAGS, build_parser
+
+    root = Path(__file__).resolve().parent.parent
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("**/*.md"))])
+    stated = {flag: float(value) for flag, value in re.findall(r"`(--[a-z-]+)`\s+\((\d+(?:\.\d+)?)\)", text)}
+    flags = {flag: flag[2:].replace("-", "_") for flag, _, _ in SETTING_FLAGS}
+    defaults = vars(build_parser("mmgpt serve").parse_args([]))
+    assert {"--max-batch-size", "--max-wait-ms", "--max-queue", "--image-cache-mb"} <= stated.keys()
+    for flag, value in stated.items():
+        if flag in flags:
+            assert value == getattr(ServerSettings(NAME), flags[flag]) == defaults[flags[flag]], flag
