@@ -79,10 +79,11 @@ def inputs(count: int, seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def body(model: str, question: str, image: bytes) -> dict[str, Any]:
+def body(model: str, question: str, image: bytes, max_tokens: int | None = None) -> dict[str, Any]:
     url = "data:image/png;base64," + base64.b64encode(image).decode()
     return {"model": model, "stream": True, "temperature": 0, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]}]}
+        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]}],
+        **({"max_tokens": max_tokens} if max_tokens else {})}
 
 
 async def one_request(client: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str, Any]:
@@ -209,13 +210,14 @@ def gil_profile(path: str) -> dict[str, Any]:
             "top_self": [{"function": k, "share": v / max(total, 1)} for k, v in top]}
 
 
-def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, mode: str, threads: int | None, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen,
+                                                                                                  str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     process = subprocess.Popen([sys.executable, "-m", "mmgpt.serve", "--model", model, "--model-name", "bench",
-                                "--port", str(port), "--device", "cpu", *MODES[mode]], env=env,
+                                "--port", str(port), "--device", "cpu", *MODES[mode], *extra], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -232,21 +234,24 @@ def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess
             time.sleep(0.2)
 
 
-def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]]) -> dict[str, Any]:
+def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]],
+                         max_tokens: int | None = None) -> dict[str, Any]:
     """Concurrency 1, alternating answer() in this process with one server request on the same input.
 
     The server's requests share one kept-alive connection, as a client's do.
     """
     from mmgpt.inference import answer
 
+    options = {"max_new_tokens": max_tokens} if max_tokens else {}
+
     async def run() -> dict[str, Any]:
         direct, served, texts, served_texts, ttft = [], [], [], [], []
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
             for question, image in asks:
                 start = time.perf_counter()
-                texts.append(answer(question, image, model=mm))
+                texts.append(answer(question, image, model=mm, **options))
                 direct.append(time.perf_counter() - start)
-                result = await one_request(client, body("bench", question, image))
+                result = await one_request(client, body("bench", question, image, max_tokens))
                 served.append(result["latency_s"])
                 ttft.append(result["ttft_s"])
                 served_texts.append(result["text"])
@@ -266,13 +271,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="py-spy the server (what holds the GIL) during the batching run at the top concurrency")
     parser.add_argument("--profile-out", default="/tmp/mmgpt-serve-py-spy.txt", help="py-spy's raw stacks")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="the server runs on CPU here")
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="instead of the load runs: the concurrency-1 comparison with answer() only, on these "
+                             "presets (configs/NAME.yaml) built with random weights, e.g. default gpu200m")
+    parser.add_argument("--max-tokens", type=int, nargs="+", default=[0],
+                        help="with --configs: new tokens per answer, one comparison each (0: the model's default)")
+    parser.add_argument("--server-args", default="", help="with --configs: extra `mmgpt serve` options")
     cli.add_run_options(parser)
     return parser.parse_args(argv)
+
+
+def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Server p50 over answer()'s at concurrency 1, round-robin, on random-weight presets -> results JSON."""
+    import tempfile
+
+    from bench.cpu_inference import build
+
+    comparisons = []
+    with tempfile.TemporaryDirectory() as folder:
+        for config in args.configs:
+            mm = build(config, seed=args.seed)
+            mm.save_pretrained(Path(folder) / config)
+            process, url = start_server(str(Path(folder) / config), "batching", args.threads,
+                                        tuple(args.server_args.split()))
+            try:
+                for max_tokens in args.max_tokens:
+                    warm = inputs(args.warmup, args.seed + 99)
+                    baseline_round_robin(url, mm, warm, max_tokens)
+                    before = server_metrics(url)
+                    result = baseline_round_robin(url, mm, inputs(args.requests, args.seed + 1), max_tokens)
+                    after = server_metrics(url)
+                    inside = ((after["mmgpt_request_latency_seconds_sum"] - before["mmgpt_request_latency_seconds_sum"])
+                              / max(after["mmgpt_request_latency_seconds_count"]
+                                    - before["mmgpt_request_latency_seconds_count"], 1))
+                    ratio = result["server_latency_s"]["p50"] / result["answer_latency_s"]["p50"]
+                    comparisons.append({"config": config, "max_tokens": max_tokens or None, "ratio_p50": ratio,
+                                        "answer_p50_ms": 1e3 * result["answer_latency_s"]["p50"],
+                                        "server_p50_ms": 1e3 * result["server_latency_s"]["p50"],
+                                        "inside_server_mean_ms": 1e3 * inside,
+                                        "answers_equal": result["answers"] == result["server_answers"]})
+                    logger.info("%s max_tokens %s: server p50 / answer() p50 = %.3f (%s)", config, max_tokens or
+                                "default", ratio, comparisons[-1])
+            finally:
+                process.terminate()
+                process.wait(30)
+    return cli.write(NAME, f"{NAME}-c1", device, args, {"comparisons": comparisons})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = cli.setup(args)
+    if args.configs:
+        return concurrency_one(args, device)
     from mmgpt.inference import load_model
 
     mm = load_model(args.model, "cpu")

@@ -832,3 +832,19 @@ def test_the_docs_state_the_serving_defaults_the_command_uses() -> None:
     for flag, value in stated.items():
         if flag in flags:
             assert value == getattr(ServerSettings(NAME), flags[flag]) == defaults[flags[flag]], flag
+
+
+def test_streamed_requests_with_stop_strings_decode_as_answer_does(model: MMGPT, server: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker watches each step without leaving answer()'s decoding loop (mmgpt.static_decoding)."""
+    from mmgpt import static_decoding
+
+    calls = []
+    fast = static_decoding.generate
+    monkeypatch.setattr(static_decoding, "generate", lambda *a, **k: calls.append(sorted(k)) or fast(*a, **k))
+    image = png((90, 20, 160))
+    stream = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image), stream=True,
+                                                    stop=["zzz"], temperature=0)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == answer(QUESTION, image, model=model)
+    assert calls[0] == ["stopping_criteria"]  # the request's decoding, before answer()'s
