@@ -210,14 +210,17 @@ def gil_profile(path: str) -> dict[str, Any]:
             "top_self": [{"function": k, "share": v / max(total, 1)} for k, v in top]}
 
 
-def start_server(model: str, mode: str, threads: int | None, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen,
-                                                                                                  str]:
+def start_server(model: str, mode: str, threads: int | None, extra: tuple[str, ...] = (),
+                 source_tree: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m mmgpt.serve` on a free port (mmgpt imported from `source_tree` if given) -> (process, URL)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+           **({"PYTHONPATH": str(Path(source_tree).resolve())} if source_tree else {})}
     process = subprocess.Popen([sys.executable, "-m", "mmgpt.serve", "--model", model, "--model-name", "bench",
                                 "--port", str(port), "--device", "cpu", *MODES[mode], *extra], env=env,
+                               cwd=source_tree,  # `python -m` puts the working folder first on sys.path
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -277,12 +280,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[0],
                         help="with --configs: new tokens per answer, one comparison each (0: the model's default)")
     parser.add_argument("--server-args", default="", help="with --configs: extra `mmgpt serve` options")
+    parser.add_argument("--baseline-tree", default=None,
+                        help="with --configs: also serve from this source tree (e.g. a checkout of main), "
+                             "in the same round-robin")
     cli.add_run_options(parser)
     return parser.parse_args(argv)
 
 
+def round_robin(mm: Any, urls: dict[str, str], asks: list[tuple[str, bytes]],
+                max_tokens: int | None) -> dict[str, Any]:
+    """Concurrency 1: for each ask, answer() in this process, then one streaming request to each server in turn
+    -> {"answer()" and each server's name: {"latency_s": percentiles, "answers": [...]}}."""
+    from mmgpt.inference import answer
+
+    options = {"max_new_tokens": max_tokens} if max_tokens else {}
+
+    async def run() -> dict[str, Any]:
+        out: dict[str, Any] = {name: {"latency": [], "answers": []} for name in ["answer()", *urls]}
+        clients = {name: httpx.AsyncClient(base_url=url, timeout=300) for name, url in urls.items()}
+        try:
+            for question, image in asks:
+                start = time.perf_counter()
+                out["answer()"]["answers"].append(answer(question, image, model=mm, **options))
+                out["answer()"]["latency"].append(time.perf_counter() - start)
+                for name, client in clients.items():
+                    result = await one_request(client, body("bench", question, image, max_tokens))
+                    out[name]["latency"].append(result["latency_s"])
+                    out[name]["answers"].append(result["text"])
+        finally:
+            for client in clients.values():
+                await client.aclose()
+        return {name: {"latency_s": percentiles(v["latency"]), "answers": v["answers"]} for name, v in out.items()}
+
+    return asyncio.run(run())
+
+
 def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Server p50 over answer()'s at concurrency 1, round-robin, on random-weight presets -> results JSON."""
+    """Each server's p50 over answer()'s at concurrency 1, round-robin, on random-weight presets -> results JSON.
+
+    With --baseline-tree, a second server runs that source tree's mmgpt (e.g. a checkout of the previous
+    commit) in the same round-robin, so before and after are measured side by side.
+    """
     import tempfile
 
     from bench.cpu_inference import build
@@ -292,29 +330,29 @@ def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str,
         for config in args.configs:
             mm = build(config, seed=args.seed)
             mm.save_pretrained(Path(folder) / config)
-            process, url = start_server(str(Path(folder) / config), "batching", args.threads,
-                                        tuple(args.server_args.split()))
+            servers = {"server": start_server(str(Path(folder) / config), "batching", args.threads,
+                                              tuple(args.server_args.split()))}
+            if args.baseline_tree:
+                servers["baseline server"] = start_server(str(Path(folder) / config), "batching", args.threads,
+                                                          tuple(args.server_args.split()), args.baseline_tree)
+            urls = {name: url for name, (_, url) in servers.items()}
             try:
                 for max_tokens in args.max_tokens:
-                    warm = inputs(args.warmup, args.seed + 99)
-                    baseline_round_robin(url, mm, warm, max_tokens)
-                    before = server_metrics(url)
-                    result = baseline_round_robin(url, mm, inputs(args.requests, args.seed + 1), max_tokens)
-                    after = server_metrics(url)
-                    inside = ((after["mmgpt_request_latency_seconds_sum"] - before["mmgpt_request_latency_seconds_sum"])
-                              / max(after["mmgpt_request_latency_seconds_count"]
-                                    - before["mmgpt_request_latency_seconds_count"], 1))
-                    ratio = result["server_latency_s"]["p50"] / result["answer_latency_s"]["p50"]
-                    comparisons.append({"config": config, "max_tokens": max_tokens or None, "ratio_p50": ratio,
-                                        "answer_p50_ms": 1e3 * result["answer_latency_s"]["p50"],
-                                        "server_p50_ms": 1e3 * result["server_latency_s"]["p50"],
-                                        "inside_server_mean_ms": 1e3 * inside,
-                                        "answers_equal": result["answers"] == result["server_answers"]})
-                    logger.info("%s max_tokens %s: server p50 / answer() p50 = %.3f (%s)", config, max_tokens or
-                                "default", ratio, comparisons[-1])
+                    round_robin(mm, urls, inputs(args.warmup, args.seed + 99), max_tokens)
+                    result = round_robin(mm, urls, inputs(args.requests, args.seed + 1), max_tokens)
+                    direct = result.pop("answer()")
+                    row = {"config": config, "max_tokens": max_tokens or None,
+                           "answer_p50_ms": 1e3 * direct["latency_s"]["p50"]}
+                    for name, served in result.items():
+                        row[f"{name} p50_ms"] = 1e3 * served["latency_s"]["p50"]
+                        row[f"{name} ratio"] = served["latency_s"]["p50"] / direct["latency_s"]["p50"]
+                        row[f"{name} answers equal"] = served["answers"] == direct["answers"]
+                    comparisons.append(row)
+                    logger.info("%s", row)
             finally:
-                process.terminate()
-                process.wait(30)
+                for process, _ in servers.values():
+                    process.terminate()
+                    process.wait(30)
     return cli.write(NAME, f"{NAME}-c1", device, args, {"comparisons": comparisons})
 
 

@@ -135,12 +135,17 @@ async def admit(model: MMGPT, settings: ServerSettings, worker: Worker, limits: 
         raise APIError(404, f"model {chat.model!r} does not exist; this server serves {settings.model_name!r}",
                        param="model", code="model_not_found")
     stops = chat.stop_strings()
-    asked = await asyncio.to_thread(conversation, model, chat.messages)
-    form = answer_format(chat.response_format, chat.guided_choice)
-    config = decoding(model, settings, chat, form, await asyncio.to_thread(prompt_positions, model, asked.prompt))
-    # the request is checked whole before its image is decoded or fetched
-    image = await asyncio.to_thread(asked.image, limits)
-    pixels, key = await asyncio.to_thread(_pixels, model, image, asked.image_param)
+
+    def prepare() -> tuple[str, AnswerFormat, GenerationConfig, torch.Tensor, str]:
+        # one trip to a thread: each hop costs a wake-up of the event loop, and at concurrency 1 they add up
+        asked = conversation(model, chat.messages)
+        form = answer_format(chat.response_format, chat.guided_choice)
+        config = decoding(model, settings, chat, form, prompt_positions(model, asked.prompt))
+        # the request is checked whole before its image is decoded or fetched
+        pixels, key = _pixels(model, asked.image(limits), asked.image_param)
+        return asked.prompt, form, config, pixels, key
+
+    prompt, form, config, pixels, key = await asyncio.to_thread(prepare)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -148,7 +153,7 @@ async def admit(model: MMGPT, settings: ServerSettings, worker: Worker, limits: 
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-    job = Job(prompt=asked.prompt, pixels=pixels, config=config, emit=emit, n=chat.n, seed=chat.seed,
+    job = Job(prompt=prompt, pixels=pixels, config=config, emit=emit, n=chat.n, seed=chat.seed,
               stops=stops, stream=chat.stream, arrival=arrival, render=form.render, image_key=key)
     try:
         worker.submit(job)
