@@ -79,10 +79,11 @@ def inputs(count: int, seed: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def body(model: str, question: str, image: bytes) -> dict[str, Any]:
+def body(model: str, question: str, image: bytes, max_tokens: int | None = None) -> dict[str, Any]:
     url = "data:image/png;base64," + base64.b64encode(image).decode()
     return {"model": model, "stream": True, "temperature": 0, "messages": [{"role": "user", "content": [
-        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]}]}
+        {"type": "text", "text": question}, {"type": "image_url", "image_url": {"url": url}}]}],
+        **({"max_tokens": max_tokens} if max_tokens else {})}
 
 
 async def one_request(client: httpx.AsyncClient, payload: dict[str, Any]) -> dict[str, Any]:
@@ -209,13 +210,17 @@ def gil_profile(path: str) -> dict[str, Any]:
             "top_self": [{"function": k, "share": v / max(total, 1)} for k, v in top]}
 
 
-def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, mode: str, threads: int | None, extra: tuple[str, ...] = (),
+                 source_tree: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m mmgpt.serve` on a free port (mmgpt imported from `source_tree` if given) -> (process, URL)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}),
+           **({"PYTHONPATH": str(Path(source_tree).resolve())} if source_tree else {})}
     process = subprocess.Popen([sys.executable, "-m", "mmgpt.serve", "--model", model, "--model-name", "bench",
-                                "--port", str(port), "--device", "cpu", *MODES[mode]], env=env,
+                                "--port", str(port), "--device", "cpu", *MODES[mode], *extra], env=env,
+                               cwd=source_tree,  # `python -m` puts the working folder first on sys.path
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -232,21 +237,24 @@ def start_server(model: str, mode: str, threads: int | None) -> tuple[subprocess
             time.sleep(0.2)
 
 
-def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]]) -> dict[str, Any]:
+def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]],
+                         max_tokens: int | None = None) -> dict[str, Any]:
     """Concurrency 1, alternating answer() in this process with one server request on the same input.
 
     The server's requests share one kept-alive connection, as a client's do.
     """
     from mmgpt.inference import answer
 
+    options = {"max_new_tokens": max_tokens} if max_tokens else {}
+
     async def run() -> dict[str, Any]:
         direct, served, texts, served_texts, ttft = [], [], [], [], []
         async with httpx.AsyncClient(base_url=url, timeout=300) as client:
             for question, image in asks:
                 start = time.perf_counter()
-                texts.append(answer(question, image, model=mm))
+                texts.append(answer(question, image, model=mm, **options))
                 direct.append(time.perf_counter() - start)
-                result = await one_request(client, body("bench", question, image))
+                result = await one_request(client, body("bench", question, image, max_tokens))
                 served.append(result["latency_s"])
                 ttft.append(result["ttft_s"])
                 served_texts.append(result["text"])
@@ -266,13 +274,93 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="py-spy the server (what holds the GIL) during the batching run at the top concurrency")
     parser.add_argument("--profile-out", default="/tmp/mmgpt-serve-py-spy.txt", help="py-spy's raw stacks")
     parser.add_argument("--device", default="cpu", choices=["cpu"], help="the server runs on CPU here")
+    parser.add_argument("--configs", nargs="+", default=None,
+                        help="instead of the load runs: the concurrency-1 comparison with answer() only, on these "
+                             "presets (configs/NAME.yaml) built with random weights, e.g. default gpu200m")
+    parser.add_argument("--max-tokens", type=int, nargs="+", default=[0],
+                        help="with --configs: new tokens per answer, one comparison each (0: the model's default)")
+    parser.add_argument("--server-args", default="", help="with --configs: extra `mmgpt serve` options")
+    parser.add_argument("--baseline-tree", default=None,
+                        help="with --configs: also serve from this source tree (e.g. a checkout of main), "
+                             "in the same round-robin")
     cli.add_run_options(parser)
     return parser.parse_args(argv)
+
+
+def round_robin(mm: Any, urls: dict[str, str], asks: list[tuple[str, bytes]],
+                max_tokens: int | None) -> dict[str, Any]:
+    """Concurrency 1: for each ask, answer() in this process, then one streaming request to each server in turn
+    -> {"answer()" and each server's name: {"latency_s": percentiles, "answers": [...]}}."""
+    from mmgpt.inference import answer
+
+    options = {"max_new_tokens": max_tokens} if max_tokens else {}
+
+    async def run() -> dict[str, Any]:
+        out: dict[str, Any] = {name: {"latency": [], "answers": []} for name in ["answer()", *urls]}
+        clients = {name: httpx.AsyncClient(base_url=url, timeout=300) for name, url in urls.items()}
+        try:
+            for question, image in asks:
+                start = time.perf_counter()
+                out["answer()"]["answers"].append(answer(question, image, model=mm, **options))
+                out["answer()"]["latency"].append(time.perf_counter() - start)
+                for name, client in clients.items():
+                    result = await one_request(client, body("bench", question, image, max_tokens))
+                    out[name]["latency"].append(result["latency_s"])
+                    out[name]["answers"].append(result["text"])
+        finally:
+            for client in clients.values():
+                await client.aclose()
+        return {name: {"latency_s": percentiles(v["latency"]), "answers": v["answers"]} for name, v in out.items()}
+
+    return asyncio.run(run())
+
+
+def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Each server's p50 over answer()'s at concurrency 1, round-robin, on random-weight presets -> results JSON.
+
+    With --baseline-tree, a second server runs that source tree's mmgpt (e.g. a checkout of the previous
+    commit) in the same round-robin, so before and after are measured side by side.
+    """
+    import tempfile
+
+    from bench.cpu_inference import build
+
+    comparisons = []
+    with tempfile.TemporaryDirectory() as folder:
+        for config in args.configs:
+            mm = build(config, seed=args.seed)
+            mm.save_pretrained(Path(folder) / config)
+            servers = {"server": start_server(str(Path(folder) / config), "batching", args.threads,
+                                              tuple(args.server_args.split()))}
+            if args.baseline_tree:
+                servers["baseline server"] = start_server(str(Path(folder) / config), "batching", args.threads,
+                                                          tuple(args.server_args.split()), args.baseline_tree)
+            urls = {name: url for name, (_, url) in servers.items()}
+            try:
+                for max_tokens in args.max_tokens:
+                    round_robin(mm, urls, inputs(args.warmup, args.seed + 99), max_tokens)
+                    result = round_robin(mm, urls, inputs(args.requests, args.seed + 1), max_tokens)
+                    direct = result.pop("answer()")
+                    row = {"config": config, "max_tokens": max_tokens or None,
+                           "answer_p50_ms": 1e3 * direct["latency_s"]["p50"]}
+                    for name, served in result.items():
+                        row[f"{name} p50_ms"] = 1e3 * served["latency_s"]["p50"]
+                        row[f"{name} ratio"] = served["latency_s"]["p50"] / direct["latency_s"]["p50"]
+                        row[f"{name} answers equal"] = served["answers"] == direct["answers"]
+                    comparisons.append(row)
+                    logger.info("%s", row)
+            finally:
+                for process, _ in servers.values():
+                    process.terminate()
+                    process.wait(30)
+    return cli.write(NAME, f"{NAME}-c1", device, args, {"comparisons": comparisons})
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = cli.setup(args)
+    if args.configs:
+        return concurrency_one(args, device)
     from mmgpt.inference import load_model
 
     mm = load_model(args.model, "cpu")

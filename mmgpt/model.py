@@ -140,14 +140,8 @@ class MMGPT(nn.Module):
         processor.text_tokenizer = model.text_encoder.tokenizer
         return model
 
-    def prefix_embeds(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
-
-        Encode text, encode image (each distinct image once), fuse, project; left-padded (`pad_left`).
-        """
-        text, text_mask = self.text_encoder(input_ids, attention_mask)
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The image encoder's tokens: (B, 3, H, W) -> (B, Li, D), each distinct image encoded once."""
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype, and
         # frozen parts may be kept in another dtype than the trained ones (TrainConfig.frozen_dtype)
         dtype = _dtype(self.projector, torch.float32)  # an int8 projector has no floating-point parameter
@@ -157,8 +151,20 @@ class MMGPT(nn.Module):
         autocast = self.train_image_autocast if self.training and self.image_encoder.training else None
         with torch.autocast(pixels.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
             image = self.image_encoder(pixels)
-        if image_index is not None:
-            image = image[image_index]
+        return image if image_index is None else image[image_index]
+
+    def prefix_embeds(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        image_features: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
+
+        Encode text, encode image (`encode_images`, unless its output (B, Li, D) is given as `image_features`),
+        fuse, project; left-padded (`pad_left`).
+        """
+        text, text_mask = self.text_encoder(input_ids, attention_mask)
+        image = self.encode_images(pixel_values) if image_features is None else image_features
+        dtype = _dtype(self.projector, torch.float32)
         fusion_dtype = _dtype(self.fusion, dtype)
         fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype))
         return pad_left(self.projector(fused.to(dtype)), fused_mask)
@@ -238,9 +244,12 @@ class MMGPT(nn.Module):
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor,
         generation_config: GenerationConfig | None = None,
+        image_features: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N).
+
+        `image_features`: the image encoder's output (B, Li, D) when already at hand (`encode_images`).
 
         `generation_config` and GenerationConfig fields given as keywords update self.generation_config
         (mmgpt.decoding.resolve_generation_config); other keywords (`streamer`, ...) go to `generate`.
@@ -250,7 +259,7 @@ class MMGPT(nn.Module):
         config, generate_kwargs = constrain_to_choices(config, generate_kwargs, self.processor.tokenizer)
         if config.max_new_tokens == 0:
             return torch.empty((input_ids.shape[0], 0), dtype=torch.long, device=input_ids.device)
-        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)
+        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values, image_features)
         check_answer_length(config.max_new_tokens, int(prefix_mask.sum(1).max()), self.max_positions)
         tokenizer = self.processor.tokenizer
         bos = torch.full((prefix.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=prefix.device)

@@ -9,7 +9,9 @@ generator's own forward, whose cache is then copied in, so every prefix sees Hug
 
 It takes what `MMGPT.generate` would otherwise hand to Hugging Face `generate` and returns the same tokens:
 greedy search (`logits_processor`, e.g. mmgpt.sampling's seeded sampler, may reshape the scores),
-`max_new_tokens`, `min_new_tokens`, eos ending a row (later tokens padded), a `streamer`, and `use_cache=False`
+`max_new_tokens`, `min_new_tokens`, eos ending a row (later tokens padded), a `streamer`, `stopping_criteria`
+(called after each step with the tokens so far, as Hugging Face calls them; a row they end is padded after), and
+`use_cache=False`
 (every step re-runs the whole sequence: Hugging Face `generate` turns the cache back on for a prompt given as
 embeddings). Anything else (beams, penalties, another architecture) goes to Hugging Face `generate` (`supports`).
 """
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as functional
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
 # architectures whose decoder layer is exactly: RMSNorm, q/k/v projections, rotary embedding, attention,
 # o projection, residual, RMSNorm, gated MLP, residual (Qwen2's q/k/v biases live in its linear layers)
@@ -29,7 +31,7 @@ ARCHITECTURES = ("llama", "qwen2")
 HANDLED_FIELDS = {"max_new_tokens", "min_new_tokens", "max_length", "bos_token_id", "eos_token_id", "pad_token_id",
                   "do_sample", "num_beams", "temperature", "top_k", "top_p", "use_cache", "transformers_version",
                   "_from_model_config", "decoder_start_token_id"}
-HANDLED_KWARGS = {"streamer", "logits_processor"}
+HANDLED_KWARGS = {"streamer", "logits_processor", "stopping_criteria"}
 
 
 def _set_fields(config: GenerationConfig) -> set[str]:
@@ -126,7 +128,8 @@ def _eos_ids(eos: int | list[int] | None, device: torch.device) -> torch.Tensor 
 @torch.no_grad()
 def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
              config: GenerationConfig, streamer: Any = None,
-             logits_processor: LogitsProcessorList | None = None) -> torch.Tensor:
+             logits_processor: LogitsProcessorList | None = None,
+             stopping_criteria: StoppingCriteriaList | None = None) -> torch.Tensor:
     """Decode up to config.max_new_tokens tokens after the prompt embeddings (B, L, D), mask (B, L) -> (B, N).
 
     Call it only where `supports(generator, config, kwargs)`; rows that end (eos) are padded with pad_token_id.
@@ -141,7 +144,7 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     min_new = config.min_new_tokens or own.min_new_tokens or 0
     if config.use_cache is False:
         return _generate_without_cache(generator, inputs_embeds, attention_mask, max_new, min_new, eos, pad,
-                                       streamer, logits_processor)
+                                       streamer, logits_processor, stopping_criteria)
     # as Hugging Face generate numbers positions of a left-padded prompt
     positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
     out = generator(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
@@ -159,6 +162,7 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
         streamer.put(tokens.cpu())
     for step in range(max_new):
         tokens = _choose(logits, tokens, unfinished, step, min_new, eos, pad, streamer, logits_processor)
+        _stop(stopping_criteria, tokens, logits, unfinished)
         if step == max_new - 1 or not bool(unfinished.any()):
             break
         next_tokens = tokens[:, -1]
@@ -191,9 +195,17 @@ def _choose(logits: torch.Tensor, tokens: torch.Tensor, unfinished: torch.Tensor
     return torch.cat([tokens, next_tokens[:, None]], dim=1)
 
 
+def _stop(stopping_criteria: StoppingCriteriaList | None, tokens: torch.Tensor, logits: torch.Tensor,
+          unfinished: torch.Tensor) -> None:
+    """End (in `unfinished`, in place) the rows `stopping_criteria` says are done after this step's tokens (B, t)."""
+    if stopping_criteria is not None:
+        unfinished &= ~stopping_criteria(tokens, logits).to(unfinished.device)
+
+
 def _generate_without_cache(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
                             max_new: int, min_new: int, eos: torch.Tensor | None, pad: int, streamer: Any,
-                            logits_processor: LogitsProcessorList | None) -> torch.Tensor:
+                            logits_processor: LogitsProcessorList | None,
+                            stopping_criteria: StoppingCriteriaList | None = None) -> torch.Tensor:
     """The same decoding, each step running the generator over the prompt and every token so far (no KV cache)."""
     batch = inputs_embeds.shape[0]
     embedding = generator.get_input_embeddings()
@@ -207,6 +219,7 @@ def _generate_without_cache(generator: nn.Module, inputs_embeds: torch.Tensor, a
         logits = generator(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
                            logits_to_keep=1).logits[:, -1]
         tokens = _choose(logits, tokens, unfinished, step, min_new, eos, pad, streamer, logits_processor)
+        _stop(stopping_criteria, tokens, logits, unfinished)
         if step == max_new - 1 or not bool(unfinished.any()):
             break
         embeds = torch.cat([embeds, embedding(tokens[:, -1:]).to(embeds.dtype)], dim=1)

@@ -29,6 +29,8 @@ from mmgpt.model import MMGPT
 from mmgpt.prompts import conversation_prompt
 from mmgpt.serve.app import ServerSettings, create_app, served_name
 from mmgpt.serve.command import uvicorn_config
+from mmgpt.serve.events import Delta, Done, Event, Failed, First
+from mmgpt.serve.image_cache import ImageCache, image_key
 from mmgpt.serve.metrics import Metrics
 from mmgpt.serve.worker import Job, Worker
 
@@ -296,7 +298,7 @@ def test_client_errors_through_openai(server: str) -> None:
 
 
 def test_unknown_fields_are_ignored_with_a_log_line(server: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("INFO", logger="mmgpt.serve.app"):
+    with caplog.at_level("INFO", logger="mmgpt.serve"):
         response = post(server, {"model": NAME, "messages": user(QUESTION, png((7, 7, 7))), "frequency_penalty": 0.5,
                                  "logit_bias": {}})
     assert response.status_code == 200
@@ -484,7 +486,7 @@ def test_a_request_failing_in_a_batch_fails_alone(model: MMGPT) -> None:
     metrics = Metrics()
     worker = Worker(model, metrics, max_batch_size=16, max_wait_ms=1000)
     images = [png((30 * i, 60, 90), box=i) for i in range(5)]
-    events: list[list[tuple]] = [[] for _ in images]
+    events: list[list[Event]] = [[] for _ in images]
     prompts = [model.config.vqa_template.format(question=QUESTION)] * 5
     prompts[2] = "what\ud800 color?"
     for i, (prompt, image) in enumerate(zip(prompts, images)):
@@ -492,12 +494,14 @@ def test_a_request_failing_in_a_batch_fails_alone(model: MMGPT) -> None:
                           emit=events[i].append, stream=i == 3))
     worker.start()
     worker.stop(timeout=30)  # decodes what is queued: the five in one batch
-    assert events[2][-1][0] == "error" and "TypeError" in events[2][-1][1]
+    assert isinstance(events[2][-1], Failed) and "TypeError" in events[2][-1].message
     for i in (0, 1, 3, 4):
-        assert events[i][-1][0] == "done", events[i]
-        assert [e[0] for e in events[i]].count("first") == 1
-        assert events[i][-1][1][0].text == answer(QUESTION, images[i], model=model)
-    assert "".join(e[2] for e in events[3] if e[0] == "delta") == events[3][-1][1][0].text  # streamed once
+        done = events[i][-1]
+        assert isinstance(done, Done), events[i]
+        assert [isinstance(e, First) for e in events[i]].count(True) == 1
+        assert done.choices[0].text == answer(QUESTION, images[i], model=model)
+    streamed = "".join(e.text for e in events[3] if isinstance(e, Delta))
+    assert streamed == events[3][-1].choices[0].text  # streamed once
 
 
 def test_max_tokens_over_either_limit_is_400_naming_both(model: MMGPT) -> None:
@@ -725,3 +729,122 @@ def test_the_readmes_usage_figures_are_what_the_server_counts() -> None:
                                    (client_question, client_prompt_tokens)):
             reply = client(url).chat.completions.create(model=NAME, messages=user(question, image), max_tokens=2)
             assert (question, reply.usage.prompt_tokens) == (question, expected)
+
+
+@contextlib.contextmanager
+def encoded_images(model: MMGPT) -> Iterator[list[int]]:
+    """The number of images in each call of the model's image encoder while inside."""
+    calls: list[int] = []
+    handle = model.image_encoder.register_forward_hook(lambda _module, args, _out: calls.append(len(args[0])))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def test_a_repeated_image_is_encoded_once(model: MMGPT) -> None:
+    """A chat re-sending its image every turn: the image encoder reads it once, the cache answers the other turns."""
+    image = png((40, 90, 200), box=5)
+    turns = [user(QUESTION, image), user("is there a circle?", image),
+             [*user(QUESTION, image), {"role": "assistant", "content": "red"}, *user("and the shape?", None)]]
+    with running_server(model, max_wait_ms=1) as url, encoded_images(model) as calls:
+        replies = [client(url).chat.completions.create(model=NAME, messages=m) for m in turns]
+        assert metric(url, "mmgpt_image_cache_misses_total") == {"": 1.0}
+        assert metric(url, "mmgpt_image_cache_hits_total") == {"": 2.0}
+        stored = metric(url, "mmgpt_image_cache_bytes")[""]
+    assert sum(calls) == 1
+    assert 0 < stored <= ServerSettings(NAME).image_cache_mb * 2**20
+    assert replies[0].choices[0].message.content == answer(QUESTION, image, model=model)
+    assert replies[1].choices[0].message.content == answer("is there a circle?", image, model=model)
+
+
+def test_the_same_text_with_another_image_never_gets_the_first_images_answer(model: MMGPT) -> None:
+    """Images differing in one pixel have their own cache entries: each answer is answer()'s for its own image."""
+    first = png((255, 0, 0))  # the tiny model's answer to QUESTION differs for this colour and the others below
+    pixels = Image.open(io.BytesIO(first)).convert("RGB")
+    pixels.putpixel((0, 0), (0, 0, 255))
+    buffer = io.BytesIO()
+    pixels.save(buffer, "PNG")
+    others = [buffer.getvalue(), png((0, 0, 0)), png((0, 255, 0)), png((0, 0, 255), box=20)]
+    expected = {image: answer(QUESTION, image, model=model) for image in [first, *others]}
+    assert all(expected[first] != expected[image] for image in others[1:]), "the images must differ in answer"
+    with running_server(model, max_wait_ms=1) as url:
+        for image in [first, *others, first, *others]:  # the second round from the cache
+            reply = client(url).chat.completions.create(model=NAME, messages=user(QUESTION, image))
+            assert reply.choices[0].message.content == expected[image]
+        assert metric(url, "mmgpt_image_cache_misses_total") == {"": 1.0 + len(others)}
+
+
+def test_the_image_cache_keeps_its_byte_bound_dropping_the_least_recently_used() -> None:
+    """Outputs beyond max_bytes push out the least recently used; one larger than the bound is not kept."""
+    metrics = Metrics()
+    entry = torch.zeros(4, 8)  # 128 bytes
+    cache = ImageCache(max_bytes=3 * 128 + 100, metrics=metrics)
+    for key in "abc":
+        cache.put(key, entry + ord(key))
+    assert cache.get("a") is not None  # "a" is now the most recently used, "b" the least
+    cache.put("d", entry)
+    assert cache.get("b") is None and all(cache.get(k) is not None for k in "acd")
+    assert len(cache) == 3 and cache.bytes == 3 * 128 <= cache.max_bytes
+    cache.put("huge", torch.zeros(1000))
+    assert cache.get("huge") is None and cache.bytes == 3 * 128
+    assert metrics.image_cache_bytes._value.get() == 3 * 128
+
+
+def test_an_image_key_is_the_full_sha256_of_dtype_shape_and_every_pixel() -> None:
+    pixels = torch.rand(3, 8, 8)
+    changed = pixels.clone()
+    changed[2, 7, 7] += 1e-6
+    keys = {image_key(pixels), image_key(changed), image_key(pixels.reshape(3, 4, 16)), image_key(pixels.double())}
+    assert len(keys) == 4
+    assert image_key(pixels) == image_key(pixels.clone()) and re.fullmatch(r"[0-9a-f]{64}", image_key(pixels))
+
+
+def test_a_batch_encodes_each_distinct_image_once(model: MMGPT) -> None:
+    """Five requests over two images in one batch: one encoder call of two images, with and without the cache."""
+    images = [png((10, 200, 10)), png((10, 10, 200), box=3)]
+    prompt = model.config.vqa_template.format(question=QUESTION)
+    model.prefix_length(1)  # reads the encoder's token count once, as create_app does
+    for cache_mb in (0.0, 1.0):
+        worker = Worker(model, Metrics(), max_batch_size=16, max_wait_ms=1000, image_cache_mb=cache_mb)
+        events: list[list[Event]] = [[] for _ in range(5)]
+        for i in range(5):
+            worker.submit(Job(prompt=prompt, pixels=model.processor.image_tensor(images[i % 2]),
+                              config=model.generation_config, emit=events[i].append))
+        with encoded_images(model) as calls:
+            worker.start()
+            worker.stop(timeout=30)
+        assert calls == [2]
+        for i in range(5):
+            assert events[i][-1].choices[0].text == answer(QUESTION, images[i % 2], model=model)
+
+
+def test_the_docs_state_the_serving_defaults_the_command_uses() -> None:
+    """Each `--flag` (N) in README.md and docs/ is ServerSettings' default, which is also the command line's."""
+    from mmgpt.serve.command import SETTING_FLAGS, build_parser
+
+    root = Path(__file__).resolve().parent.parent
+    text = "\n".join(p.read_text() for p in [root / "README.md", *sorted((root / "docs").glob("**/*.md"))])
+    stated = {flag: float(value) for flag, value in re.findall(r"`(--[a-z-]+)`\s+\((\d+(?:\.\d+)?)\)", text)}
+    flags = {flag: flag[2:].replace("-", "_") for flag, _, _ in SETTING_FLAGS}
+    defaults = vars(build_parser("mmgpt serve").parse_args([]))
+    assert {"--max-batch-size", "--max-wait-ms", "--max-queue", "--image-cache-mb"} <= stated.keys()
+    for flag, value in stated.items():
+        if flag in flags:
+            assert value == getattr(ServerSettings(NAME), flags[flag]) == defaults[flags[flag]], flag
+
+
+def test_streamed_requests_with_stop_strings_decode_as_answer_does(model: MMGPT, server: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker watches each step without leaving answer()'s decoding loop (mmgpt.static_decoding)."""
+    from mmgpt import static_decoding
+
+    calls = []
+    fast = static_decoding.generate
+    monkeypatch.setattr(static_decoding, "generate", lambda *a, **k: calls.append(sorted(k)) or fast(*a, **k))
+    image = png((90, 20, 160))
+    stream = client(server).chat.completions.create(model=NAME, messages=user(QUESTION, image), stream=True,
+                                                    stop=["zzz"], temperature=0)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == answer(QUESTION, image, model=model)
+    assert calls[0] == ["stopping_criteria"]  # the request's decoding, before answer()'s

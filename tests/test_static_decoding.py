@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import build, make_batch, one_thread, random_images, tiny_config  # noqa: F401 (autouse fixture)
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from mmgpt import static_decoding
 from mmgpt.decoding import resolve_generation_config
@@ -133,3 +133,37 @@ def test_use_cache_false_reruns_the_whole_sequence_and_gives_the_cached_tokens()
     assert lengths == [prompt + step for step in range(5)]
     del model.generator.forward
     assert torch.equal(uncached, model.generate(*inputs, max_new_tokens=5, min_new_tokens=5))
+
+
+class StopRow1At(StoppingCriteria):
+    """Ends row 1 once it has `length` tokens; keeps what it was called with."""
+
+    def __init__(self, length: int) -> None:
+        self.length, self.seen = length, []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        self.seen.append(input_ids.clone())
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool)
+        done[1] = input_ids.shape[1] >= self.length
+        return done
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+@torch.no_grad()
+def test_stopping_criteria_end_rows_as_in_hugging_face_generate(use_cache: bool) -> None:
+    """A stopping criterion (the server's stop strings, cancellations) sees the same tokens, ends the same rows."""
+    model = build(tiny_config()).eval()
+    embeds, mask = _prompt_embeds(model, make_batch(model, PROMPTS))
+    config, _ = resolve_generation_config(model.generation_config, max_new_tokens=8, use_cache=use_cache)
+    eos = model.processor.tokenizer.eos_token_id
+    hf, static = StopRow1At(3), StopRow1At(3)
+    expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                        logits_processor=LogitsProcessorList([Recorder(eos)]),
+                                        stopping_criteria=StoppingCriteriaList([hf]))
+    kwargs = {"logits_processor": LogitsProcessorList([Recorder(eos)]),
+              "stopping_criteria": StoppingCriteriaList([static])}
+    assert static_decoding.supports(model.generator, config, kwargs)
+    tokens = static_decoding.generate(model.generator, embeds, mask, config, **kwargs)
+    assert torch.equal(tokens, expected)
+    assert (tokens[1, 3:] == config.pad_token_id).all() and (tokens[2:, 3:] != config.pad_token_id).any()
+    assert len(static.seen) == len(hf.seen) and all(torch.equal(a, b) for a, b in zip(static.seen, hf.seen))

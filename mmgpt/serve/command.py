@@ -9,10 +9,28 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from mmgpt.serve.app import ServerSettings, create_app, served_name
+from mmgpt.serve.app import create_app
 from mmgpt.serve.ray_app import serve_on_ray
+from mmgpt.serve.settings import ServerSettings, default, served_name
 
 logger = logging.getLogger(__name__)
+
+
+# the options that set a ServerSettings field of the same name, and its default
+SETTING_FLAGS = (
+    ("--max-batch-size", int, "rows decoded together at most"),
+    ("--max-wait-ms", float, "how long the first waiting request waits for others to batch with"),
+    ("--max-queue", int, "waiting requests beyond which 429 is answered"),
+    ("--max-body-mb", float, "request bodies over this get 413"),
+    ("--timeout-s", float, "requests not answered by then get 504"),
+    ("--max-tokens", int, "new tokens a request may ask for (max_tokens); the model's positions limit it too"),
+    ("--body-timeout-s", float, "a request body not received within this gets 408"),
+    ("--keep-alive-s", float, "a connection that has not sent a request's headers this long after connecting or "
+                              "after its last answer is closed"),
+    ("--max-connections", int, "connections beyond this get 503"),
+    ("--image-cache-mb", float, "image-encoder outputs kept for images sent again, least recently used dropped "
+                                "first; 0: none"),
+)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -26,20 +44,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--max-batch-size", type=int, default=32, help="rows decoded together at most")
-    parser.add_argument("--max-wait-ms", type=float, default=5.0,
-                        help="how long the first waiting request waits for others to batch with")
-    parser.add_argument("--max-queue", type=int, default=256, help="waiting requests beyond which 429 is answered")
-    parser.add_argument("--max-body-mb", type=float, default=20.0, help="request bodies over this get 413")
-    parser.add_argument("--timeout-s", type=float, default=60.0, help="requests not answered by then get 504")
-    parser.add_argument("--max-tokens", type=int, default=1024,
-                        help="new tokens a request may ask for (max_tokens); the model's positions limit it too")
-    parser.add_argument("--body-timeout-s", type=float, default=10.0,
-                        help="a request body not received within this gets 408")
-    parser.add_argument("--keep-alive-s", type=float, default=5.0,
-                        help="a connection that has not sent a request's headers this long after connecting or "
-                             "after its last answer is closed")
-    parser.add_argument("--max-connections", type=int, default=512, help="connections beyond this get 503")
+    for flag, kind, text in SETTING_FLAGS:
+        name = flag[2:].replace("-", "_")
+        parser.add_argument(flag, type=kind, default=default(name), help=f"{text} (default: %(default)s)")
     parser.add_argument("--api-key", default=os.environ.get("MMGPT_API_KEY"),
                         help="require 'Authorization: Bearer KEY' on /v1/* (default: $MMGPT_API_KEY)")
     parser.add_argument("--allow-image-urls", action="store_true",
@@ -60,15 +67,15 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("max_wait_ms", "max_body_mb", "timeout_s", "body_timeout_s", "keep_alive_s"):
         if not getattr(args, name) > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    if not args.image_cache_mb >= 0:
+        raise ValueError(f"--image-cache-mb must be >= 0, got {args.image_cache_mb}")
 
 
 def settings_from(args: argparse.Namespace, model_path: str | Path) -> ServerSettings:
     """The ServerSettings the command line asks for."""
-    return ServerSettings(model_name=args.model_name or served_name(model_path), max_batch_size=args.max_batch_size,
-                          max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_body_mb=args.max_body_mb,
-                          timeout_s=args.timeout_s, api_key=args.api_key, allow_image_urls=args.allow_image_urls,
-                          max_tokens=args.max_tokens, body_timeout_s=args.body_timeout_s,
-                          keep_alive_s=args.keep_alive_s, max_connections=args.max_connections)
+    chosen = {flag[2:].replace("-", "_") for flag, _, _ in SETTING_FLAGS} | {"api_key", "allow_image_urls"}
+    return ServerSettings(model_name=args.model_name or served_name(model_path),
+                          **{name: getattr(args, name) for name in chosen})
 
 
 def _http_protocol(request_timeout_s: float) -> type:

@@ -10,7 +10,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    """Requests by status, latency and time to first token, batch sizes, queue depth, tokens."""
+    """Requests by status, latency and time to first token, batch sizes, queue depth, tokens, the image cache."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -28,6 +28,12 @@ class Metrics:
                                         registry=self.registry)
         self.prompt_tokens = Counter("mmgpt_prompt_tokens", "prefix positions (fused text and image) read",
                                      registry=self.registry)
+        self.image_cache_hits = Counter("mmgpt_image_cache_hits", "images whose encoder output was cached",
+                                        registry=self.registry)
+        self.image_cache_misses = Counter("mmgpt_image_cache_misses", "images encoded (not in the cache)",
+                                          registry=self.registry)
+        self.image_cache_bytes = Gauge("mmgpt_image_cache_bytes", "bytes of image-encoder outputs cached",
+                                       registry=self.registry)
 
 
 class RequestCounter:

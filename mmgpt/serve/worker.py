@@ -2,7 +2,8 @@
 
 Requests that arrive within `max_wait_ms` of the first waiting one, and that decode with the same
 GenerationConfig, are decoded in one `MMGPT.generate` call of up to `max_batch_size` rows, exactly as
-answer() decodes a batch (same processor, same generate, same seeded sampling). A seeded sampling
+answer() decodes a batch (same processor, same generate, same seeded sampling). Each distinct image of a
+batch is encoded once, and not at all when its encoder output is in the image cache. A seeded sampling
 request is decoded on its own, so its answer depends on its seed and nothing else. Each step's tokens
 reach the requests through a stopping criterion, which also ends rows that hit a stop string or whose
 client went away.
@@ -26,13 +27,15 @@ from mmgpt.constrained import ANSWER_CHOICES
 from mmgpt.decoding import set_values
 from mmgpt.model import MMGPT
 from mmgpt.sampling import seeded_decoding
+from mmgpt.serve.events import Choice, Delta, Done, Event, Failed, First
+from mmgpt.serve.image_cache import ImageCache, image_key
 from mmgpt.serve.metrics import Metrics
+from mmgpt.serve.settings import default
 
 logger = logging.getLogger(__name__)
 
 _UNIQUE = itertools.count()
 LATE_WAIT_S = 0.05  # at most this long past max_wait for requests that arrived in time but are still being read
-Event = tuple[Any, ...]
 
 
 class QueueFull(Exception):
@@ -40,20 +43,11 @@ class QueueFull(Exception):
 
 
 @dataclass
-class Choice:
-    """One finished answer: text, why it ended ('stop' or 'length') and the tokens it took."""
-
-    text: str
-    finish_reason: str
-    completion_tokens: int
-
-
-@dataclass
 class Job:
     """One chat completion request waiting for, or in, a batch; `emit` is called from the worker thread.
 
-    Events: ("first",) at its first token, ("delta", choice, text) when streaming, then
-    ("done", [Choice], prompt_tokens) or ("error", message).
+    Events (mmgpt.serve.events): First at its first token, Delta when streaming, then Done or Failed.
+    `image_key` (image_cache.image_key of `pixels`) is computed here unless given.
     """
 
     prompt: str
@@ -70,8 +64,10 @@ class Job:
     started: bool = False  # its "first" event was sent
     streamed: bool = False  # text was sent: it cannot be decoded again from the start
     render: Callable[[str], str] = str  # how an answer is written in the reply (a JSON value for response_format)
+    image_key: str = ""
 
     def __post_init__(self) -> None:
+        self.image_key = self.image_key or image_key(self.pixels)
         self.key = json.dumps(set_values(self.config), sort_keys=True, default=str)
         if self.config.do_sample and self.seed is not None:
             self.key += f"#seeded-{next(_UNIQUE)}"
@@ -122,7 +118,7 @@ class _Steps(StoppingCriteria):
             for row in self.rows:
                 if row.choice == 0 and not row.job.started:
                     row.job.started = True
-                    row.job.emit(("first",))
+                    row.job.emit(First())
 
     def count(self, tokens: torch.Tensor) -> None:
         """Each row's token count and end from the finished answers (B, N), when no step was watched."""
@@ -143,7 +139,7 @@ class _Steps(StoppingCriteria):
         text = text.rstrip("\ufffd")
         if row.job.stream and len(text) > len(row.sent) and text.startswith(row.sent):
             row.job.streamed = True
-            row.job.emit(("delta", row.choice, text[len(row.sent):]))
+            row.job.emit(Delta(row.choice, text[len(row.sent):]))
             row.sent = text
 
 
@@ -156,10 +152,12 @@ def stop_index(text: str, stops: list[str]) -> int | None:
 class Worker:
     """Owns the model; `submit` queues a Job from any thread, a background thread decodes batches."""
 
-    def __init__(self, model: MMGPT, metrics: Metrics, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256) -> None:
+    def __init__(self, model: MMGPT, metrics: Metrics, max_batch_size: int = default("max_batch_size"),
+                 max_wait_ms: float = default("max_wait_ms"), max_queue: int = default("max_queue"),
+                 image_cache_mb: float = default("image_cache_mb")) -> None:
         self.model, self.metrics = model, metrics
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
+        self.image_cache = ImageCache(int(image_cache_mb * 2**20), metrics)
         self.device = next(model.parameters()).device
         self._pending: list[Job] = []
         # arrival times of requests still being read and preprocessed (not yet submitted)
@@ -271,7 +269,19 @@ class Worker:
     @staticmethod
     def _fail(job: Job, error: Exception) -> None:
         logger.error("decoding a request failed", exc_info=error)
-        job.emit(("error", f"decoding failed: {type(error).__name__}: {error}"))
+        job.emit(Failed(f"decoding failed: {type(error).__name__}: {error}"))
+
+    def _encode_images(self, jobs: list[Job], rows: list[_Row]) -> torch.Tensor:
+        """Each row's image-encoder output (B, Li, D): from the cache, or encoded once per distinct image."""
+        pixels = {job.image_key: job.pixels for job in jobs}
+        features = {key: self.image_cache.get(key) for key in pixels}
+        missing = [key for key, found in features.items() if found is None]
+        if missing:
+            encoded = self.model.encode_images(torch.stack([pixels[key] for key in missing]).to(self.device))
+            for key, output in zip(missing, encoded):
+                features[key] = output
+                self.image_cache.put(key, output)
+        return torch.stack([features[row.job.image_key] for row in rows])
 
     @torch.inference_mode()
     def _decode(self, jobs: list[Job]) -> None:
@@ -287,9 +297,11 @@ class Worker:
         watch = {} if choices else {"stopping_criteria": StoppingCriteriaList([steps])}
         if choices:
             steps.first_step()
+        image_features = self._encode_images(jobs, rows)
         with seeded_decoding(config, seed, self.device) as (decoding, extra):
             tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                         generation_config=decoding, **watch, **extra)
+                                         generation_config=decoding, image_features=image_features,
+                                         **watch, **extra)
         if choices:
             steps.count(tokens)
         texts = [row.job.render(text) for row, text in zip(rows, processor.decode(tokens))]
@@ -301,7 +313,7 @@ class Worker:
                 text, row.stopped = text[:cut], True
             if row.job.stream and len(text) > len(row.sent):
                 if text.startswith(row.sent):
-                    row.job.emit(("delta", row.choice, text[len(row.sent):]))
+                    row.job.emit(Delta(row.choice, text[len(row.sent):]))
                 else:
                     logger.warning("streamed text %r is not a prefix of the answer %r", row.sent, text)
             results.setdefault(id(row.job), []).append(
@@ -310,5 +322,5 @@ class Worker:
         offset = 0
         for job in jobs:
             self.metrics.prompt_tokens.inc(int(lengths[offset]))
-            job.emit(("done", results[id(job)], int(lengths[offset])))
+            job.emit(Done(results[id(job)], int(lengths[offset])))
             offset += job.n
