@@ -19,6 +19,7 @@ VQA questions (pooled over the seeds both rows have) against the fusion of best 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import statistics
@@ -53,6 +54,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every fusion")
     parser.add_argument("--eval-points", type=int, default=4,
                         help="periodic evaluations per run, the points of the eval curves (default 4)")
+    parser.add_argument("--match-params", type=int, default=None, metavar="N",
+                        help="give each fusion the width (model.fusion.dim) that makes its trainable parameters "
+                             "within 5%% of N (the table's 'fusion params'); default: the config's width for all")
     parser.add_argument("--out", default="runs/compare-fusions",
                         help="folder of the runs and the report: new, empty, or an earlier comparison (continued); "
                              "a file or another non-empty folder is refused")
@@ -64,13 +68,39 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
         parser.error(f"unknown fusion(s) {', '.join(unknown)}; available: all, {', '.join(sorted(FUSIONS))}")
     if args.steps < 1 or args.eval_points < 1:
         parser.error(f"--steps and --eval-points must be >= 1, got {args.steps} and {args.eval_points}")
-    owned = [o for o in args.overrides if o.split("=", 1)[0] in ("model.fusion.type", "seed", "max_steps",
-                                                                  "output_dir", "data.blind")]
+    if args.match_params is not None and args.match_params < 1:
+        parser.error(f"--match-params must be >= 1, got {args.match_params}")
+    owned_keys = ("model.fusion.type", "seed", "max_steps", "output_dir", "data.blind",
+                  *(("model.fusion.dim",) if args.match_params is not None else ()))
+    owned = [o for o in args.overrides if o.split("=", 1)[0] in owned_keys]
     if owned:
-        parser.error(f"{', '.join(owned)}: set by compare-fusions itself (use --fusions, --seeds, --steps, --out)")
+        parser.error(f"{', '.join(owned)}: set by compare-fusions itself "
+                     "(use --fusions, --seeds, --steps, --out, --match-params)")
     args.fusions = list(dict.fromkeys(fusions))
     args.seeds = list(dict.fromkeys(args.seeds))
+    args.widths = {}
     return args
+
+
+def matched_widths(args: argparse.Namespace) -> dict[str, int]:
+    """Each compared fusion's width for --match-params (the blind control's is its architecture's); {} without."""
+    from mmgpt.dry_run import build_meta_model
+    from mmgpt.fusion.width import matched_width
+    from mmgpt.training.loop import parse_args as parse_train_args
+
+    if args.match_params is None:
+        return {}
+    cfg, _ = parse_train_args(["--config", args.config, *args.overrides])
+    model = build_meta_model(cfg)  # for the widths the fusion reads: the encoders' outputs
+    widths = {}
+    for fusion in dict.fromkeys([*args.fusions, cfg.model.fusion.type]):
+        fusion_cfg = dataclasses.replace(cfg.model.fusion, type=fusion)
+        widths[fusion], parameters = matched_width(fusion_cfg, model.text_encoder.output_dim,
+                                                   model.image_encoder.output_dim, args.match_params)
+        logger.info("%s: width %d, %d trainable fusion parameters (target %d)", fusion, widths[fusion],
+                    parameters, args.match_params)
+    widths[BLIND] = widths[cfg.model.fusion.type]
+    return widths
 
 
 def run_folder(out: Path, fusion: str, seed: int) -> Path:
@@ -86,6 +116,8 @@ def train_argv(args: argparse.Namespace, fusion: str, seed: int) -> list[str]:
     every = max(args.steps // args.eval_points, 1)
     # the blind control keeps the config's own fusion and sees one constant image
     architecture = ["data.blind=true"] if fusion == BLIND else [f"model.fusion.type={fusion}"]
+    if fusion in args.widths:
+        architecture.append(f"model.fusion.dim={args.widths[fusion]}")
     overrides = [*args.overrides, f"output_dir={folder}", f"seed={seed}", f"max_steps={args.steps}",
                  *architecture, f"eval_every={every}", f"save_every={every}"]
     if checkpoint_dirs(folder):
@@ -173,7 +205,8 @@ def train_one(args: argparse.Namespace, fusion: str, seed: int) -> dict[str, Any
     types, per_question = question_scores(run.eval_sets,
                                           lambda vqa: generate_answers(model, vqa, batch_size=256))
     record = {
-        "fusion": fusion, "seed": seed, "architecture": run.cfg.model.fusion.type, "steps": run.state.step,
+        "fusion": fusion, "seed": seed, "architecture": run.cfg.model.fusion.type, "width": run.cfg.model.fusion.dim,
+        "steps": run.state.step,
         "folder": str(folder),
         "parameters": model.num_parameters(), "fusion_parameters": sum(p.numel() for p in model.fusion.parameters()),
         # the steps of this process only: a resumed run's earlier steps ran elsewhere
@@ -218,6 +251,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 curve[int(step)].append(loss)
         summary[fusion] = {"seeds": sorted(r["seed"] for r in runs if r["seed"] is not None),
                            "architecture": runs[0].get("architecture"),
+                           # the runs' own widths: one value unless runs of different --match-params were mixed
+                           "widths": sorted({r["width"] for r in runs if r.get("width") is not None}),
                            "columns": {k: seed_statistics(v) for k, v in columns.items()},
                            "eval_curve": [[s, statistics.fmean(v)] for s, v in sorted(curve.items())]}
     return summary
@@ -261,7 +296,8 @@ def compare_to_best(records: list[dict[str, Any]], summary: dict[str, dict[str, 
 def table_columns(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
     """(column key, heading) of the report table, in order: size, speed, final metrics, question types."""
     keys = {k for s in summary.values() for k in s["columns"]}
-    columns = [("parameters", "params"), ("fusion_parameters", "fusion params"), ("seconds_per_step", "s/step")]
+    columns = [("width", "width"), ("parameters", "params"), ("fusion_parameters", "fusion params"),
+               ("seconds_per_step", "s/step")]
     main = main_metric(summary)
     for suffix, heading in FINAL_METRICS.items():
         for k in sorted(keys):
@@ -291,6 +327,8 @@ def _row_cell(item: dict[str, Any], key: str, main: str | None) -> str:
         if value["n"] < 2:
             return "-"
         return f"{value['mean'] - value['ci95']:.1f} to {value['mean'] + value['ci95']:.1f}"
+    if key == "width":
+        return "/".join(str(w) for w in item.get("widths", [])) or "-"
     if key == "gain_over_blind":
         return f"{item['gain_over_blind']:+.1f}" if "gain_over_blind" in item else "-"
     if key == "p_vs_best":
@@ -395,10 +433,12 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], pendin
     compare_to_best(records, summary)
     plots = plot(summary, out)
     report = {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fusions": args.fusions,
-              "overrides": args.overrides, "pending": pending, "summary": summary, "runs": records}
+              "overrides": args.overrides, "match_params": args.match_params, "widths": args.widths, "pending": pending, "summary": summary, "runs": records}
     write_json(out / "report.json", report, indent=2)
+    matched = ("" if args.match_params is None else
+               f", widths chosen for {args.match_params:,} trainable fusion parameters (within 5%)")
     heading = (f"config `{args.config}`, {args.steps} steps, seeds {args.seeds}, overrides "
-               f"`{' '.join(args.overrides) or 'none'}`; mean ± std over seeds (one seed: its value, n=1) with the "
+               f"`{' '.join(args.overrides) or 'none'}`{matched}; width = model.fusion.dim; mean ± std over seeds (one seed: its value, n=1) with the "
                "95% t-interval of the mean; s/step leaves out the periodic evaluation; VQA columns are exact match "
                "(%), question-type columns are on the VQA set. Controls: blind = the config's fusion with every "
                "image one constant image, prior = the most frequent training answer per question type. "
@@ -416,6 +456,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
 
     args = parse_args(argv, prog)
     configure_logging(logging.INFO)
+    args.widths = matched_widths(args)  # before the folder is touched: an unreachable target changes nothing
     prepare_output_folder(args.out, "compare-fusions", reuse=True)
     records, pending = [], []
     for fusion in [*args.fusions, BLIND]:

@@ -168,8 +168,46 @@ def test_out_must_be_new_empty_or_an_earlier_comparison(config: Path, tmp_path: 
     (["--fusions", "sum"], "unknown fusion(s) sum; available: all, "),
     (["--steps", "0"], "--steps and --eval-points must be >= 1"),
     (["model.fusion.type=concat"], "model.fusion.type=concat: set by compare-fusions itself"),
+    (["--match-params", "5000", "model.fusion.dim=64"], "model.fusion.dim=64: set by compare-fusions itself"),
+    (["--match-params", "0"], "--match-params must be >= 1, got 0"),
 ])
 def test_bad_arguments_name_the_fix(bad: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         compare.parse_args(bad)
     assert message in capsys.readouterr().err
+
+
+def test_match_params_gives_every_fusion_a_width_within_five_percent(config: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    from mmgpt.config import FusionConfig
+    from mmgpt.fusion import FUSIONS, build_fusion
+
+    target = 30000
+    args = compare.parse_args(["--config", str(config), "--match-params", str(target), "--out", str(tmp_path / "c")])
+    widths = compare.matched_widths(args)
+    assert set(widths) == set(FUSIONS) | {"blind"} and widths["blind"] == widths["cross_attention"]
+    # the tiny config's encoders: lm_embeddings of the 32-wide generator, the CNN's last stage of 16
+    base = FusionConfig(**CONFIG["model"]["fusion"])
+    counts = {}
+    for fusion in FUSIONS:
+        built = build_fusion(dataclasses.replace(base, type=fusion, dim=widths[fusion]), 32, 16)
+        counts[fusion] = sum(p.numel() for p in built.parameters())
+        assert abs(counts[fusion] - target) <= 0.05 * target, (fusion, widths[fusion], counts[fusion])
+        assert widths[fusion] % base.num_heads == 0
+    # matching changes the widths: at one width the fusions' sizes differ by far more than 5%
+    assert len(set(widths.values())) > 1
+    args.widths = widths
+    assert f"model.fusion.dim={widths['film']}" in compare.train_argv(args, "film", 0)
+    assert "model.fusion.dim=" not in " ".join(compare.train_argv(compare.parse_args(["--out", "x"]), "film", 0))
+
+
+def test_match_params_names_the_fusion_that_cannot_reach_the_target(config: Path, tmp_path: Path) -> None:
+    from mmgpt.config import ConfigError
+
+    out = tmp_path / "c"
+    with pytest.raises(ConfigError, match=r"fusion 'cross_attention' cannot have 50 trainable parameters within 5%: "
+                                          r"width 2 gives [\d,]+"):
+        compare.main(["--config", str(config), "--fusions", "cross_attention", "--match-params", "50",
+                      "--out", str(out)])
+    assert not out.exists()  # refused before anything was written
