@@ -433,13 +433,14 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], pendin
     compare_to_best(records, summary)
     plots = plot(summary, out)
     report = {"config": args.config, "steps": args.steps, "seeds": args.seeds, "fusions": args.fusions,
-              "overrides": args.overrides, "match_params": args.match_params, "widths": args.widths, "pending": pending, "summary": summary, "runs": records}
+              "overrides": args.overrides, "match_params": args.match_params, "widths": args.widths,
+              "pending": pending, "summary": summary, "runs": records}
     write_json(out / "report.json", report, indent=2)
     matched = ("" if args.match_params is None else
                f", widths chosen for {args.match_params:,} trainable fusion parameters (within 5%)")
     heading = (f"config `{args.config}`, {args.steps} steps, seeds {args.seeds}, overrides "
-               f"`{' '.join(args.overrides) or 'none'}`{matched}; width = model.fusion.dim; mean ± std over seeds (one seed: its value, n=1) with the "
-               "95% t-interval of the mean; s/step leaves out the periodic evaluation; VQA columns are exact match "
+               f"`{' '.join(args.overrides) or 'none'}`{matched}; width = model.fusion.dim; mean ± std over seeds "
+               "(one seed: its value, n=1) with the 95% t-interval of the mean; s/step leaves out the periodic evaluation; VQA columns are exact match "
                "(%), question-type columns are on the VQA set. Controls: blind = the config's fusion with every "
                "image one constant image, prior = the most frequent training answer per question type. "
                "p vs best: paired bootstrap over questions (pooled over seeds) against the best fusion.")
