@@ -10,7 +10,7 @@ import pytest
 import yaml
 from tiny import one_thread  # noqa: F401 (autouse fixture)
 
-from mmgpt import compare
+from mmgpt import compare, compare_report
 from mmgpt.eval.significance import paired_bootstrap, seed_statistics
 
 CONFIG = {
@@ -89,12 +89,18 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     markdown = (out / "report.md").read_text()
     assert "| mlb | 1 |" in markdown and "| film | 1 |" in markdown and "Not finished" not in markdown
     assert "| blind (cross_attention) | 1 |" in markdown and "| prior | - |" in markdown
-    # one seed: the value alone, saying n=1, never a spread of zero
-    assert "(n=1)" in markdown and "± 0.0" not in markdown
+    # one seed: the value alone, the interval column saying n=1, never a spread of zero
+    tables = "\n".join(line for line in markdown.splitlines() if line.startswith("|"))
+    assert "n=1, no interval" in tables and "±" not in tables
+    assert "Wall time of the finished runs: setup" in markdown
+    wall = json.loads((out / "report.json").read_text())["wall_seconds"]
+    assert set(wall) == {"setup", "training", "evaluation"} and all(v > 0 for v in wall.values())
+    assert all(set(r["wall_seconds"]) == set(wall) for r in report["runs"])
     assert "gain over blind" in markdown and "p vs best" in markdown
     html = (out / "report.html").read_text()
-    assert "<table>" in html and "eval_curves.png" in html
+    assert "<table id='main'>" in html and "<figure id='eval_curves'><svg" in html
     assert (out / "eval_curves.png").stat().st_size > 1000 and (out / "vqa.png").is_file()
+    assert "![eval_curves](eval_curves.png)" in markdown
 
     # a third call trains nothing: every run has its record
     def no_training(*args: object) -> None:
@@ -138,16 +144,16 @@ def test_table_has_controls_gain_interval_and_p_value() -> None:
 
     records = [run(f, seed, a) for f, a in (("film", 0.9), ("mlb", 0.5), ("blind", 0.3)) for seed in (0, 1, 2)]
     records.append(run("prior", None, 0.2))
-    summary = compare.summarise(records)
-    compare.compare_to_best(records, summary)
+    summary = compare_report.summarise(records)
+    compare_report.compare_to_best(records, summary)
     assert summary["film"]["best"] and summary["mlb"]["p_vs_best"] < 0.01 and summary["mlb"]["paired_seeds"] == 3
     assert summary["prior"]["p_vs_best"] < 0.01 and summary["prior"]["paired_seeds"] == 3
     means = {f: summary[f]["columns"]["s/vqa_exact_match"]["mean"] for f in summary}
     gain = means["film"] - means["blind"]
     assert summary["film"]["gain_over_blind"] == pytest.approx(gain) and gain > 0
-    markdown = compare.markdown_table(summary)
+    markdown = compare_report.markdown_table(summary)
     film = next(line for line in markdown.splitlines() if line.startswith("| film |"))
-    assert "| best |" in film and f"{gain:+.1f}" in film and " to " in film and "(n=1)" not in film
+    assert "| best |" in film and f"{gain:+.1f}" in film and " to " in film and "n=1" not in film
     assert "| blind (film) | 3 |" in markdown
 
 

@@ -150,3 +150,44 @@ def test_eval_vqa_explain_adds_maps_to_its_report(tmp_path: Path) -> None:
     plain = tmp_path / "plain.json"
     eval_vqa.main(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(plain)])
     assert "Explained answers" not in plain.with_suffix(".html").read_text()
+
+
+def square_picture(cell: int, colour: tuple[int, int, int]) -> Image.Image:
+    """A white 32 px image with one 8 px square filling cell `cell` of the encoder's 4x4 grid."""
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    row, col = divmod(cell, 4)
+    image.paste(colour, (8 * col, 8 * row, 8 * col + 8, 8 * row + 8))
+    return image
+
+
+def test_masking_the_most_weighted_cell_changes_the_answer_more_than_the_least() -> None:
+    """On a model trained to name the colour of one square, the map points at the square: hiding the
+    most-weighted cell moves the answer's log-probability more than hiding the least-weighted one."""
+    from mmgpt.data.example import Example
+
+    colours = {"red": (220, 30, 30), "blue": (30, 30, 220)}
+    question = "what color is the shape?"
+    model = build(tiny_config(fusion="cross_attention"), seed=0)
+    generator = torch.Generator().manual_seed(0)
+    cells = torch.randint(0, 16, (256,), generator=generator).tolist()
+    names = [list(colours)[i] for i in torch.randint(0, 2, (256,), generator=generator).tolist()]
+    pictures = [square_picture(cell, colours[name]) for cell, name in zip(cells, names)]
+    batch = model.processor([question] * 256, pictures, names)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(120):
+        rows = torch.randint(0, 256, (32,), generator=generator)
+        loss = model(**{k: v[rows] for k, v in batch.items()}).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    # questions the model never trained on: every cell once, colours alternating
+    examples = [Example(image=square_picture(cell, colours[name]), prompt=question, answer=name,
+                        meta={"question": question})
+                for cell, name in zip(range(0, 16, 2), ["red", "blue"] * 4)]
+    answers = [explaining.explain(model, e.image, question).answer for e in examples]
+    assert answers == [e.answer for e in examples]  # it learned the task, so its maps are worth testing
+    result = explaining.faithfulness(model, examples)
+    assert result["examples"] == len(examples)
+    assert result["most"] > 2 * result["least"], result

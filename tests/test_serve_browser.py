@@ -4,30 +4,17 @@ Needs Debian's chromium and chromium-driver (.ci/run installs them); skipped, wi
 outside CI."""
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from optional import missing
+from chromium import browser, require_chromium  # noqa: F401 - fixture
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from test_serve import NAME, model, model_dir, png, running_server  # noqa: F401 - fixtures
 
 from mmgpt.inference import answer
 from mmgpt.model import MMGPT
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1100,720")
-
-
-def require_chromium(chromium: str = CHROMIUM, driver: str = CHROMEDRIVER) -> None:
-    """Skip (fail under CI) unless the browser and its driver are installed."""
-    if not (shutil.which(chromium) and shutil.which(driver)):
-        missing(f"needs {chromium} and {driver}: apt-get install chromium chromium-driver")
 
 
 def test_without_chromium_the_browser_test_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,21 +24,6 @@ def test_without_chromium_the_browser_test_says_what_to_install(monkeypatch: pyt
     monkeypatch.setenv("CI", "1")
     with pytest.raises(pytest.fail.Exception, match="apt-get install chromium chromium-driver"):
         require_chromium("/nowhere/chromium", "/nowhere/chromedriver")
-
-
-@pytest.fixture()
-def browser(tmp_path: Path) -> webdriver.Chrome:
-    require_chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(20)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.mark.slow
