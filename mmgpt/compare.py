@@ -1,13 +1,16 @@
 """Compare fusions: train each on the same data, budget and seeds, evaluate, and report side by side.
 
-    mmgpt compare-fusions [--config default] [--fusions all] [--steps N] [--seeds 0 1 2] [--out DIR] [key=value ...]
+    mmgpt compare-fusions [--config default] [--fusions all] [--steps N] [--seeds 0 1 2] [--match-params N]
+                          [--out DIR] [key=value ...]
 
 Every (fusion, seed) pair is an ordinary training run (mmgpt.training.loop: build_run -> train -> finish) in
 DIR/runs/FUSION-seedS, with only model.fusion.type, seed, max_steps and the run folder changed; the
 key=value overrides apply to every run alike. A run with checkpoints resumes (--resume latest semantics);
 a run with its DIR/runs/FUSION-seedS/compare.json is finished and is not redone. A stop request (Ctrl-C,
 SIGTERM) checkpoints the current run and ends the comparison; the next call resumes it. DIR/report.md,
-report.json, report.html and the PNG plots are rewritten from every finished run's record at the end.
+report.json, report.html and the plots are rewritten from every finished run's record at the end
+(mmgpt.compare_report). --match-params N sets model.fusion.dim per fusion so that its trainable parameters are
+within 5% of N (mmgpt.fusion.width).
 DIR must be new, empty, or a comparison folder mmgpt wrote: a file or any other non-empty folder is refused.
 
 Two controls are always in the table: "blind" (the config's own fusion, trained and evaluated with every
