@@ -242,10 +242,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, An
                 pending.append(f"{fusion}-seed{seed}")
             else:
                 records.append(record)
-    began = time.perf_counter()
-    prior = prior_record(args)
-    prior["wall_seconds"] = {"setup": 0.0, "training": 0.0, "evaluation": time.perf_counter() - began}
-    records.append(prior)
+    records.append(prior_record(args))
     report = write_report(args, records, pending)
     print(markdown_table(report["summary"]))
     print(f"report: {Path(args.out) / 'report.md'} (and report.html, report.json)")

@@ -97,7 +97,7 @@ def compare_to_best(records: list[dict[str, Any]], summary: dict[str, dict[str, 
 
 
 def wall_seconds(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Setup, training and evaluation seconds summed over the records (the record of an older run has none)."""
+    """Setup, training and evaluation seconds summed over the trained runs' records (the prior has none)."""
     total = {"setup": 0.0, "training": 0.0, "evaluation": 0.0}
     for record in records:
         for phase, seconds in record.get("wall_seconds", {}).items():
@@ -351,8 +351,7 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], pendin
                "best fusion.")
     timing = ("Wall time of the finished runs: " + ", ".join(f"{phase} {sec:.1f} s" for phase, sec in wall.items())
               + " (setup: config, data, image checks and model before the first step; evaluation: periodic and "
-              "final evaluation, saving, the per-question answers and the prior; a resumed run counts its last "
-              "process only).")
+              "final evaluation, saving and the per-question answers; a resumed run counts its last process only).")
     waiting = f"Not finished yet (run the command again to resume): {', '.join(pending)}" if pending else ""
     types = type_table(summary)
     text = ["# Fusion comparison", heading, markdown_table(summary), timing, waiting,
