@@ -2,6 +2,8 @@
 
 Run a model (easy-VQA test by default, or any VQA v2-format set):
     python eval_vqa.py [--model DIR] [--questions Q.json --annotations A.json --images DIR]
+Write the evaluated questions as an lmms-eval task folder too (mmgpt.eval.lmms_task), to score them there:
+    python eval_vqa.py --model DIR --lmms-task tasks/mmgpt_vqa
 Score an existing results file, no model needed:
     python eval_vqa.py --results R.json --questions Q.json --annotations A.json --out metrics.json
 Shard across processes with `accelerate launch eval_vqa.py ...`; the numbers equal one process's.
@@ -89,10 +91,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--closed-set", action="store_true",
                         help="also answer with the evaluated questions' answer set as answer_choices, and report "
                              "open and closed-set accuracy side by side")
+    parser.add_argument("--lmms-task", metavar="DIR",
+                        help="also write the evaluated questions as an lmms-eval task folder (new or empty; its name "
+                             "is the task's), to score the same questions with lmms-eval (mmgpt.eval.lmms_task)")
     add_model_args(parser)
     args = parser.parse_args(argv)
     if args.closed_set and args.results:
         parser.error("--closed-set runs a model; it cannot score a --results file")
+    if args.lmms_task and args.results:
+        parser.error("--lmms-task writes the questions a model run answers; it cannot come from a --results file")
+    if args.lmms_task:
+        from mmgpt.eval.lmms_task import check_task_folder
+
+        try:
+            check_task_folder(args.lmms_task)
+        except ValueError as e:
+            parser.error(str(e))
     configure_logging(logging.INFO)
     from mmgpt.eval.vqa_metrics import load_vqa_files, vqa_score
 
@@ -128,6 +142,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         if is_main and args.export_official:
             write_json(f"{args.export_official}/questions.json", questions)
             write_json(f"{args.export_official}/annotations.json", annotations)
+        if is_main and args.lmms_task:
+            from mmgpt.eval.lmms_task import write_lmms_task
+
+            # the same answer length as these answers had, so a served model answers alike
+            write_lmms_task(examples, args.lmms_task, questions, annotations,
+                            max_new_tokens=info["decoding"].get("max_new_tokens") or 16)
+            info["lmms_task"] = args.lmms_task
     if not is_main:
         return {}
     scores = vqa_score(questions, annotations, results, version=args.metric_version)
