@@ -67,7 +67,8 @@ def test_lmms_task_folder_holds_the_evaluated_questions_and_their_pixels(trained
     examples = read_dataset(DatasetSpec(format="easy_vqa", split="test", max_examples=QUESTIONS, name="easy_vqa"))
     for doc, example in zip(docs, examples):
         assert doc["question"] == example.meta["question"] and doc["answer"] == example.answer
-        assert [a["answer"] for a in doc["answers"]] == [example.answer] * 10  # as eval_vqa.py scores it
+        # ten official answer records, as eval_vqa.py scores it
+        assert [(a["answer"], a["answer_id"]) for a in doc["answers"]] == [(example.answer, i) for i in range(1, 11)]
         # lossless: the served model reads the pixels eval_vqa.py read
         assert np.array_equal(np.asarray(load_image(task / doc["image"]).convert("RGB")),
                               np.asarray(load_image(example.image).convert("RGB")))
@@ -107,13 +108,14 @@ def test_lmms_eval_scores_the_served_model_as_eval_vqa_does(trained_model: tuple
              f"model={NAME},base_url={url}/v1,num_concurrent=1", "--include_path", str(task), "--tasks", "mmgpt_vqa",
              "--batch_size", "1", "--output_path", str(tmp_path / "lmms"), "--log_samples"],
             env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    results = next((tmp_path / "lmms").rglob("*results.json"))
+    found = list((tmp_path / "lmms").rglob("*results.json"))
+    assert run.returncode == 0 and found, run.stdout[-3000:] + run.stderr[-3000:]
+    results = found[0]
     score = json.loads(results.read_text())["results"]["mmgpt_vqa"]["exact_match,none"]
     assert 100 * score == pytest.approx(record["metrics"]["overall"], abs=0.01)
     # answer by answer, not only on average
     samples = [json.loads(line) for path in (tmp_path / "lmms").rglob("*mmgpt_vqa*.jsonl")
                for line in path.read_text().splitlines()]
-    served = {s["doc"]["question_id"]: s["filtered_resps"][0] for s in samples}
-    answered = {p["question_id"]: p["answer"] for p in json.loads((tmp_path / "pred.json").read_text())}
-    assert served == answered
+    served = {s["doc_id"]: s["filtered_resps"] for s in samples}
+    answered = [p["answer"] for p in json.loads((tmp_path / "pred.json").read_text())]
+    assert [served[i] for i in range(QUESTIONS)] == answered

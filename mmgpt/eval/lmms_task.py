@@ -88,7 +88,9 @@ def write_lmms_task(examples: Sequence[Example], folder: str | Path, questions: 
         lines.append(json.dumps({
             "question_id": question["question_id"], "question": question["question"],
             "answer": annotation["multiple_choice_answer"],
-            "answers": [{"answer": a["answer"]} for a in annotation["answers"]], "image": image}))
+            # the official answer records, answer_id included: lmms-eval's scorer leaves out each answer by
+            # comparing records, so ten identical {"answer": a} would leave none and score 0
+            "answers": annotation["answers"], "image": image}))
     (folder / "questions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (folder / f"{task}.yaml").write_text(TASK_YAML.format(
         task=task, questions=json.dumps(str((folder / "questions.jsonl").resolve())),
