@@ -215,12 +215,13 @@ def markdown_table(summary: dict[str, dict[str, Any]]) -> str:
 
 
 def _plain(value: float, _: int) -> str:
-    return f"{value:.3g}"
+    # four digits: the ticks of a narrow range (5.375, 5.4, 5.425) keep their true values
+    return f"{value:.4g}"
 
 
 def _eval_curves_figure(summary: dict[str, dict[str, Any]], plt: Any) -> Any:
     """Every fusion's mean eval loss over steps, on a log axis labelled with plain numbers."""
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)  # twenty colours: ten fusions and controls all differ
@@ -229,6 +230,7 @@ def _eval_curves_figure(summary: dict[str, dict[str, Any]], plt: Any) -> Any:
             steps, losses = zip(*item["eval_curve"])
             ax.plot(steps, losses, "o-", label=fusion)
     ax.set(xlabel="optimizer step", ylabel="eval loss (nats / answer token, mean over seeds)", yscale="log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.yaxis.set_major_formatter(FuncFormatter(_plain))  # "4.4", not "4.4 x 10^0"
     # minor ticks labelled only when less than a decade is in view (no major tick may be); across decades
     # their labels would run into each other
