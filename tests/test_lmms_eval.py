@@ -15,10 +15,10 @@ import torch
 from tiny import eval_config, one_thread  # noqa: F401 (autouse fixture)
 
 from mmgpt.data.formats import read_dataset
+from mmgpt.data.spec import DatasetSpec
 from mmgpt.eval import vqa as eval_vqa
 from mmgpt.images import load_image
 from mmgpt.model import MMGPT
-from mmgpt.training.config import DatasetSpec
 
 QUESTIONS = 40
 
