@@ -79,7 +79,7 @@ def evaluate_folder(folder: Path) -> dict[str, float]:
     from mmgpt.training.loop import evaluate, read_splits
 
     model = MMGPT.from_pretrained(folder)
-    templates = PromptTemplates(vqa=model.config.vqa_template, caption=model.config.caption_prompt)
+    templates = PromptTemplates.from_config(model.config)
     metrics = evaluate(model, read_splits(TrainConfig().data.eval, templates), None, max_examples=0)
     return {"vqa_em": metrics.get("easy_vqa_test/vqa_exact_match"),
             "cider": metrics.get("shapes_captions_val/caption_CIDEr")}

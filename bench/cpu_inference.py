@@ -239,14 +239,14 @@ def measure_overheads(models: dict[str, Any], image: str, n: int, repeats: int,
                       prefix_inputs: Callable[..., Any]) -> dict[str, Any]:
     """Batch 1, N tokens: answer() vs MMGPT.generate vs decoding alone (fp32, int8); fp32 without the KV cache."""
     from mmgpt import static_decoding
-    from mmgpt.inference import _batch
+    from mmgpt.inference import question_batch
 
     calls: dict[str, Callable[[], Any]] = {}
     for path in ("fp32", "int8"):
         if path not in models:
             continue
         model = models[path]
-        batch = _batch(model, [QUESTION], [image])
+        batch = question_batch(model, [QUESTION], [image])
         embeds, mask = prefix_inputs(model, batch)
         config = copy.deepcopy(model.generation_config)
         config.max_new_tokens = config.min_new_tokens = n
@@ -257,7 +257,7 @@ def measure_overheads(models: dict[str, Any], image: str, n: int, repeats: int,
             m.generator, e, k, c))
     if "fp32" in models:
         model = models["fp32"]
-        batch = _batch(model, [QUESTION], [image])
+        batch = question_batch(model, [QUESTION], [image])
         calls["fp32/generate_no_cache"] = (lambda m=model, b=batch: m.generate(
             b["input_ids"], b["attention_mask"], b["pixel_values"], max_new_tokens=n, min_new_tokens=n,
             use_cache=False))

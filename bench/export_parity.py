@@ -29,7 +29,7 @@ import torch
 
 from bench.common import setup_logging, write_results
 from mmgpt.export import export_onnx
-from mmgpt.inference import _prompts, answer
+from mmgpt.inference import answer, question_prompts
 from mmgpt.model import MMGPT
 from mmgpt.runtime import OnnxVLM
 
@@ -48,7 +48,7 @@ def test_questions(count: int) -> tuple[list[str], list[str], list[str]]:
 
 def logit_differences(model: MMGPT, vlm: OnnxVLM, texts: list[str], images: list[str], steps: int) -> dict[str, float]:
     """Max abs differences of prefix, first-step logits and KV-cache step logits along the runtime's greedy path."""
-    batch = model.processor(_prompts(model, texts), images)
+    batch = model.processor(question_prompts(model, texts), images)
     ids = vlm.encode_prompts(vlm.prompts(texts))
     pixels = vlm.encode_images(images)
     with torch.no_grad():
@@ -62,10 +62,10 @@ def logit_differences(model: MMGPT, vlm: OnnxVLM, texts: list[str], images: list
     for _ in range(steps):
         logits, past = vlm.decode_step(embeds, mask, past)
         with torch.no_grad():
-            full = torch.cat([prefix, model.generator.get_input_embeddings()(torch.as_tensor(tokens))], dim=1)
-            torch_mask = torch.as_tensor(mask)
-            eager = model.generator(inputs_embeds=full, attention_mask=torch_mask,
-                                    position_ids=(torch_mask.cumsum(1) - 1).clamp(min=0), use_cache=False).logits
+            inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                            torch.as_tensor(tokens))
+            eager = model.generator(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                                    position_ids=inputs.position_ids, use_cache=False).logits
         step_diffs.append(float(np.abs(logits - eager[:, -1].numpy()).max()))
         next_tokens = logits.argmax(-1)[:, None]
         tokens = np.concatenate([tokens, next_tokens], axis=1)

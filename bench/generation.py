@@ -68,12 +68,8 @@ def random_images(n: int, size: tuple[int, int], seed: int = 0) -> list[Image.Im
 @torch.no_grad()
 def prefix_inputs(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The inputs_embeds and attention mask MMGPT.generate hands to the generator: prefix + bos."""
-    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-    bos_id = model.processor.tokenizer.bos_token_id
-    bos = torch.full((prefix.shape[0], 1), bos_id, dtype=torch.long, device=prefix.device)
-    bos_embeds = model.generator.get_input_embeddings()(bos)
-    embeds = torch.cat([prefix.to(bos_embeds.dtype), bos_embeds], dim=1)
-    return embeds, torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
+    inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    return inputs.inputs_embeds, inputs.attention_mask
 
 
 def bare_generate(model: Any, embeds: torch.Tensor, mask: torch.Tensor, new_tokens: int,
@@ -190,12 +186,12 @@ def measure(config: str = "default", tiny: bool = False, device: torch.device | 
 def answer_breakdown(model: Any, prompts: list[str], images: list[Image.Image], new_tokens: int,
                      device: torch.device, autocast: Callable[[], Any], warmup: int, repeats: int) -> dict[str, Any]:
     """Median time of each stage answer() goes through, at one batch size and length."""
-    from mmgpt.inference import _prompts
+    from mmgpt.inference import question_prompts
 
     state: dict[str, Any] = {}
 
     def preprocess() -> None:
-        batch = model.processor(_prompts(model, prompts), images)
+        batch = model.processor(question_prompts(model, prompts), images)
         state["batch"] = {k: v.to(device) for k, v in batch.items()}
 
     def encode() -> None:

@@ -160,7 +160,7 @@ def prior_record(args: argparse.Namespace) -> dict[str, Any]:
     from mmgpt.training.loop import read_splits
 
     cfg, _ = parse_train_args(["--config", args.config, *args.overrides])
-    templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    templates = PromptTemplates.from_config(cfg.model)
     counts: dict[str, Counter] = defaultdict(Counter)
     for _, examples in read_splits(cfg.data.train, templates):
         for e in examples:

@@ -13,6 +13,7 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union
@@ -244,13 +245,19 @@ class TokenizerConfig:
 
 @dataclass
 class PromptTemplates:
-    """Task templates turning raw questions into model prompts.
+    """Task templates turning raw questions into model prompts; its defaults are ModelConfig's.
 
-    Built from ModelConfig.vqa_template and caption_prompt.
+    Built from a model's config with `from_config` (ModelConfig.vqa_template and caption_prompt).
     """
 
     vqa: str = "{question}"
     caption: str = "Describe the image."
+
+    @classmethod
+    def from_config(cls, config: ModelConfig | Mapping[str, str]) -> PromptTemplates:
+        """The templates of a ModelConfig, or of a mapping with its vqa_template and caption_prompt (an export's)."""
+        fields = config if isinstance(config, Mapping) else vars(config)
+        return cls(vqa=fields["vqa_template"], caption=fields["caption_prompt"])
 
     def __post_init__(self) -> None:
         if "{question}" not in self.vqa:
@@ -285,8 +292,8 @@ class ModelConfig:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_answer_length: int = 32
     # prompt used when answer() is given an empty prompt (captioning)
-    caption_prompt: str = "Describe the image."
-    vqa_template: str = "{question}"
+    caption_prompt: str = PromptTemplates.caption
+    vqa_template: str = PromptTemplates.vqa
     # prompts go through the generator tokenizer's chat template when it has one (instruct models)
     chat_template: bool = True
     # the system message of chat-template prompts; empty = the template's own default, if any

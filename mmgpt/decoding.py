@@ -28,6 +28,16 @@ SAMPLING_OPTIONS = ("temperature", "top_k", "top_p")
 GREEDY_TEMPERATURE = 1e-5
 
 
+def position_ids(attention_mask: Any) -> Any:
+    """Each position's index among the real tokens of a mask (B, L) -> (B, L); left padding gets 0.
+
+    The same for a torch tensor and a numpy array (mmgpt.runtime has no torch); masked positions are never
+    attended to, so their value only has to be a valid index.
+    """
+    positions = attention_mask.cumsum(1) - 1
+    return positions * (positions > 0)
+
+
 def int_option(name: str, value: Any, minimum: int, maximum: int | None = None, none: str = "") -> int | None:
     """`value` as an int in [minimum, maximum], None when `none` says what None means, else TypeError/ValueError."""
     allowed = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"

@@ -32,9 +32,9 @@ import torch
 from torch import nn
 
 from mmgpt.images import ImageInput, load_image
+from mmgpt.inference import load_model, question_batch
 from mmgpt.model import MMGPT
 from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
-from mmgpt.prompts import PromptTemplates, question_prompt
 
 logger = logging.getLogger("mmgpt.explain")
 
@@ -111,14 +111,6 @@ def eager_attention(generator: nn.Module) -> Iterator[None]:
         generator.set_attn_implementation(before)
 
 
-def _batch(model: MMGPT, question: str, image: Any) -> dict:
-    """A processor batch of one question about one image, on the model's device."""
-    templates = PromptTemplates(vqa=model.config.vqa_template, caption=model.config.caption_prompt)
-    batch = model.processor([question_prompt(question, templates)], [image])
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in batch.items()}
-
-
 def _answer_ids(model: MMGPT, batch: dict, max_new_tokens: int | None) -> list[int]:
     """Greedy answer token ids, without eos and padding."""
     options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
@@ -137,14 +129,11 @@ def _teacher_forced(model: MMGPT, batch: dict, answer: list[int], attentions: bo
                     ) -> tuple[torch.Tensor, int, Any]:
     """Run prefix + [bos] + answer through the generator -> (log-probs of the answer tokens (N,), prefix length,
     generator output with attentions)."""
-    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-    tokenizer = model.processor.tokenizer
-    ids = torch.tensor([[tokenizer.bos_token_id, *answer]], device=prefix.device)
-    embeds = torch.cat([prefix, model.generator.get_input_embeddings()(ids)], dim=1)
-    mask = torch.cat([prefix_mask, torch.ones_like(ids)], dim=1)
-    out = model.generator(inputs_embeds=embeds, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                          use_cache=False, output_attentions=attentions)
-    start = prefix.shape[1]
+    ids = torch.tensor([[model.processor.tokenizer.bos_token_id, *answer]], device=batch["input_ids"].device)
+    inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], ids)
+    out = model.generator(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                          position_ids=inputs.position_ids, use_cache=False, output_attentions=attentions)
+    start = inputs.prefix_mask.shape[1]
     logits = out.logits[0, start : start + len(answer)].float()
     log_probs = torch.log_softmax(logits, dim=-1).gather(1, ids[0, 1:, None])[:, 0]
     return log_probs, start, out
@@ -155,12 +144,10 @@ def explain(
     answer: str | None = None,
 ) -> Explanation:
     """Answer `question` about `image` (greedy, or the given `answer`) and map every answer token over the image."""
-    from mmgpt.inference import load_model
-
     model = load_model(model)
     model.eval()
     picture = load_image(image)
-    batch = _batch(model, question, picture)
+    batch = question_batch(model, [question], [picture])
     if answer is None:
         answer_ids = _answer_ids(model, batch, max_new_tokens)
     else:
@@ -339,7 +326,7 @@ def faithfulness(model: MMGPT, examples: Sequence[Any]) -> dict[str, float]:
 
 @torch.no_grad()
 def _answer_log_prob(model: MMGPT, example: Any, explanation: Explanation, cell: int | None) -> float:
-    batch = _batch(model, explanation.question, explanation.image)
+    batch = question_batch(model, [explanation.question], [explanation.image])
     if cell is not None:
         rows, cols = explanation.maps.shape[1:]
         height, width = batch["pixel_values"].shape[-2:]

@@ -178,14 +178,15 @@ def _load_quietly(model: str | Path | MMGPT | None, device: str | torch.device |
         return load_model(model, device)
 
 
-def _prompts(model: MMGPT, texts: Sequence[str]) -> list[str]:
+def question_prompts(model: MMGPT, texts: Sequence[str]) -> list[str]:
     """Apply the model's VQA template; an empty prompt asks for a caption."""
-    templates = PromptTemplates(vqa=model.config.vqa_template, caption=model.config.caption_prompt)
+    templates = PromptTemplates.from_config(model.config)
     return [question_prompt(text, templates) for text in texts]
 
 
-def _batch(model: MMGPT, texts: Sequence[str], images: Sequence[Any]) -> dict[str, torch.Tensor]:
-    batch = model.processor(_prompts(model, texts), images)
+def question_batch(model: MMGPT, texts: Sequence[str], images: Sequence[Any]) -> dict[str, torch.Tensor]:
+    """The processor batch of questions (through the model's templates) about images, on the model's device."""
+    batch = model.processor(question_prompts(model, texts), images)
     device = next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -220,7 +221,7 @@ def answer(
     answers: list[str] = []
     with seeded_decoding(config, seed, next(mm.parameters()).device) as (decoding, extra):
         for start in range(0, len(texts), batch_size):
-            batch = _batch(mm, texts[start : start + batch_size], images[start : start + batch_size])
+            batch = question_batch(mm, texts[start : start + batch_size], images[start : start + batch_size])
             tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                  generation_config=decoding, **extra)
             answers.extend(mm.processor.decode(tokens))
@@ -256,7 +257,7 @@ def stream_answer(
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     if (config.num_beams or 1) > 1:
         raise ValueError(f"num_beams must be 1 for streaming (greedy or sampled decoding), got {config.num_beams}")
-    batch = _batch(mm, texts, images)
+    batch = question_batch(mm, texts, images)
     if getattr(config, ANSWER_CHOICES, None):  # a search over the choices ends all at once: one piece
         with seeded_decoding(config, seed, batch["input_ids"].device) as (decoding, extra):
             tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as functional
@@ -24,7 +24,13 @@ from transformers import GenerationConfig
 from mmgpt import lora, static_decoding
 from mmgpt.config import ConfigError, ModelConfig
 from mmgpt.constrained import constrain_to_choices
-from mmgpt.decoding import check_answer_length, default_generation_config, position_limit, resolve_generation_config
+from mmgpt.decoding import (
+    check_answer_length,
+    default_generation_config,
+    position_ids,
+    position_limit,
+    resolve_generation_config,
+)
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
 from mmgpt.generator import build_generator
@@ -71,6 +77,15 @@ def _first_rows(inverse: torch.Tensor, count: int) -> torch.Tensor:
     """For each of `count` groups, the index of one row that belongs to it."""
     first = torch.empty(count, dtype=torch.long, device=inverse.device)
     return first.scatter_(0, inverse, torch.arange(len(inverse), device=inverse.device))
+
+
+class GeneratorInputs(NamedTuple):
+    """What the generator reads: the left-padded prefix, then the embeddings of some tokens (bos, answer, ...)."""
+
+    inputs_embeds: torch.Tensor  # (B, Lf + N, width)
+    attention_mask: torch.Tensor  # (B, Lf + N)
+    position_ids: torch.Tensor  # (B, Lf + N)
+    prefix_mask: torch.Tensor  # (B, Lf): the tokens start at prefix_mask.shape[1]
 
 
 @dataclass
@@ -140,18 +155,38 @@ class MMGPT(nn.Module):
         processor.text_tokenizer = model.text_encoder.tokenizer
         return model
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """The image encoder's tokens: (B, 3, H, W) -> (B, Li, D), each distinct image encoded once."""
+    def encode_images(self, pixel_values: torch.Tensor, share_images: bool = True) -> torch.Tensor:
+        """The image encoder's tokens: (B, 3, H, W) -> (B, Li, D).
+
+        With `share_images` each distinct image of the batch is encoded once (an exported graph cannot hold
+        that data-dependent shortcut).
+        """
         # pixels arrive as float32 from the processor; a model cast to bf16/fp16 needs them in its dtype, and
         # frozen parts may be kept in another dtype than the trained ones (TrainConfig.frozen_dtype)
         dtype = _dtype(self.projector, torch.float32)  # an int8 projector has no floating-point parameter
         pixel_values = pixel_values.to(_dtype(self.image_encoder, dtype))
-        pixels, image_index = unique_images(pixel_values)
+        pixels, image_index = unique_images(pixel_values) if share_images else (pixel_values, None)
         # TrainConfig.image_encoder_autocast: a training-time choice, so evaluation and inference stay exact
         autocast = self.train_image_autocast if self.training and self.image_encoder.training else None
         with torch.autocast(pixels.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
             image = self.image_encoder(pixels)
         return image if image_index is None else image[image_index]
+
+    def fused_prefix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        image_features: torch.Tensor | None = None, share_images: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode text, encode image, fuse, project: (B, Lt), (B, Lt), (B, 3, H, W) -> (B, Lf, width), (B, Lf).
+
+        The fusion's positions in its own order, not yet left-padded. The image goes through `encode_images`
+        (`share_images`), unless its output (B, Li, D) is given as `image_features`.
+        """
+        text, text_mask = self.text_encoder(input_ids, attention_mask)
+        image = self.encode_images(pixel_values, share_images) if image_features is None else image_features
+        dtype = _dtype(self.projector, torch.float32)
+        fusion_dtype = _dtype(self.fusion, dtype)
+        fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype))
+        return self.projector(fused.to(dtype)), fused_mask
 
     def prefix_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
@@ -159,15 +194,28 @@ class MMGPT(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
 
-        Encode text, encode image (`encode_images`, unless its output (B, Li, D) is given as `image_features`),
-        fuse, project; left-padded (`pad_left`).
+        `fused_prefix`, left-padded (`pad_left`).
         """
-        text, text_mask = self.text_encoder(input_ids, attention_mask)
-        image = self.encode_images(pixel_values) if image_features is None else image_features
-        dtype = _dtype(self.projector, torch.float32)
-        fusion_dtype = _dtype(self.fusion, dtype)
-        fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype))
-        return pad_left(self.projector(fused.to(dtype)), fused_mask)
+        return pad_left(*self.fused_prefix(input_ids, attention_mask, pixel_values, image_features))
+
+    def generator_inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        token_ids: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+    ) -> GeneratorInputs:
+        """The prefix followed by `token_ids` (B, N) (mask `token_mask`, default all ones), as the generator reads it.
+
+        Training (bos + answer), generation (bos, the default) and explanation (bos + answer) build their input here.
+        """
+        if token_ids is None:
+            token_ids = torch.full((input_ids.shape[0], 1), self.processor.tokenizer.bos_token_id, dtype=torch.long,
+                                   device=input_ids.device)
+        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values, image_features)
+        token_embeds = self.generator.get_input_embeddings()(token_ids)
+        inputs_embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)
+        token_mask = torch.ones_like(token_ids) if token_mask is None else token_mask
+        mask = torch.cat([prefix_mask, token_mask], dim=1)
+        return GeneratorInputs(inputs_embeds, mask, position_ids(mask), prefix_mask)
 
     @property
     def max_positions(self) -> int | None:
@@ -199,15 +247,11 @@ class MMGPT(nn.Module):
         answer_mask: torch.Tensor,
     ) -> MMGPTOutput:
         """Teacher-forced answer loss; only answer tokens after bos are supervised."""
-        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values)
-        answer_embeds = self.generator.get_input_embeddings()(answer_ids)
-        inputs_embeds = torch.cat([prefix.to(answer_embeds.dtype), answer_embeds], dim=1)
-        mask = torch.cat([prefix_mask, answer_mask], dim=1)
-        position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, answer_ids, answer_mask)
         out = self.generator(
-            inputs_embeds=inputs_embeds,
-            attention_mask=mask,
-            position_ids=position_ids,
+            inputs_embeds=inputs.inputs_embeds,
+            attention_mask=inputs.attention_mask,
+            position_ids=inputs.position_ids,
             use_cache=False,
             logits_to_keep=answer_ids.shape[1],
         )
@@ -259,22 +303,17 @@ class MMGPT(nn.Module):
         config, generate_kwargs = constrain_to_choices(config, generate_kwargs, self.processor.tokenizer)
         if config.max_new_tokens == 0:
             return torch.empty((input_ids.shape[0], 0), dtype=torch.long, device=input_ids.device)
-        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values, image_features)
-        check_answer_length(config.max_new_tokens, int(prefix_mask.sum(1).max()), self.max_positions)
-        tokenizer = self.processor.tokenizer
-        bos = torch.full((prefix.shape[0], 1), tokenizer.bos_token_id, dtype=torch.long, device=prefix.device)
-        bos_embeds = self.generator.get_input_embeddings()(bos)
-        inputs_embeds = torch.cat([prefix.to(bos_embeds.dtype), bos_embeds], dim=1)
-        mask = torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
+        inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, image_features=image_features)
+        check_answer_length(config.max_new_tokens, int(inputs.prefix_mask.sum(1).max()), self.max_positions)
         if static_decoding.supports(self.generator, config, generate_kwargs):
             # greedy or seeded sampling: the same tokens with far fewer ops per step (CPU decoding is op-bound)
-            return static_decoding.generate(self.generator, inputs_embeds, mask, config, **generate_kwargs)
+            return static_decoding.generate(self.generator, inputs.inputs_embeds, inputs.attention_mask, config,
+                                            **generate_kwargs)
         with warnings.catch_warnings():
             # the prompt is embeddings, so penalties apply to generated tokens only, as intended
             warnings.filterwarnings("ignore", message=r"Passing `(no_repeat_ngram_size|repetition_penalty)`")
-            return self.generator.generate(
-                inputs_embeds=inputs_embeds, attention_mask=mask, generation_config=config, **generate_kwargs
-            )
+            return self.generator.generate(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                                           generation_config=config, **generate_kwargs)
 
     @property
     def _no_split_modules(self) -> list[str]:

@@ -24,6 +24,8 @@ import torch.nn.functional as functional
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
+from mmgpt.decoding import position_ids
+
 # architectures whose decoder layer is exactly: RMSNorm, q/k/v projections, rotary embedding, attention,
 # o projection, residual, RMSNorm, gated MLP, residual (Qwen2's q/k/v biases live in its linear layers)
 ARCHITECTURES = ("llama", "qwen2")
@@ -145,8 +147,7 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     if config.use_cache is False:
         return _generate_without_cache(generator, inputs_embeds, attention_mask, max_new, min_new, eos, pad,
                                        streamer, logits_processor, stopping_criteria)
-    # as Hugging Face generate numbers positions of a left-padded prompt
-    positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 1)
+    positions = position_ids(attention_mask)
     out = generator(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=positions,
                     use_cache=True, logits_to_keep=1)
     prefill = next(value for key, value in out.items() if key in ("cache", "past_key_values"))  # 5.x, 4.x
@@ -215,8 +216,7 @@ def _generate_without_cache(generator: nn.Module, inputs_embeds: torch.Tensor, a
         streamer.put(tokens.cpu())
     embeds, mask = inputs_embeds, attention_mask
     for step in range(max_new):
-        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
-        logits = generator(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False,
+        logits = generator(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
                            logits_to_keep=1).logits[:, -1]
         tokens = _choose(logits, tokens, unfinished, step, min_new, eos, pad, streamer, logits_processor)
         _stop(stopping_criteria, tokens, logits, unfinished)

@@ -73,11 +73,11 @@ def test_answer_only_loss_supervises_no_template_token(folders: dict) -> None:
 
 
 def test_answer_and_training_use_the_same_prompt(folders: dict) -> None:
-    # answer() (and the server's single-turn requests, which share inference._prompts) and the training
+    # answer() (and the server's single-turn requests, which share inference.question_prompts) and the training
     # data hand the Processor the same plain prompt; the Processor renders it
     model = build(folders["chat"])
     question = "is there a circle?"
-    from_answer = inference._batch(model, [question], [torch.zeros(3, 32, 32)])["input_ids"][0].tolist()
+    from_answer = inference.question_batch(model, [question], [torch.zeros(3, 32, 32)])["input_ids"][0].tolist()
     from_training = model.processor.collate([Example(image=torch.zeros(3, 32, 32), prompt=question,
                                                      answer="no")])["input_ids"][0].tolist()
     assert from_answer == from_training == model.processor.prompt_ids(question)

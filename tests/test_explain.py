@@ -11,6 +11,7 @@ from tiny import build, one_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from mmgpt import explain as explaining
 from mmgpt.fusion import FUSIONS
+from mmgpt.inference import question_batch
 
 METHODS = {"cross_attention": "fusion attention", "gated_cross_attention": "fusion attention",
            "film": "fusion attention", "concat": "generator attention"}
@@ -57,7 +58,7 @@ def test_every_fusion_gives_a_distribution_per_answer_token(fusion: str) -> None
 def test_attention_maps_are_the_fusion_weights_mixed_by_the_generator() -> None:
     model = tiny_model("cross_attention")
     layer = model.fusion.layers[0]
-    batch = explaining._batch(model, "what color is the shape?", picture())
+    batch = question_batch(model, ["what color is the shape?"], [picture()])
     result = explaining.explain(model, picture(), "what color is the shape?", answer="red")
     # recompute the fusion's attention by hand: text queries over the normalised image tokens (+ the null key)
     with torch.no_grad():

@@ -13,7 +13,7 @@ from tiny import TEXTS, build, one_thread, tiny_config  # noqa: F401  (one_threa
 import mmgpt.export
 from mmgpt import cli
 from mmgpt.export import ExportError, export_onnx
-from mmgpt.inference import _prompts, answer, stream_answer
+from mmgpt.inference import answer, question_prompts, stream_answer
 from mmgpt.model import MMGPT
 from mmgpt.runtime import OnnxVLM
 
@@ -75,7 +75,7 @@ def test_prefix_pixels_and_step_logits_match_eager(exported: tuple[MMGPT, Path])
     model, folder = exported
     vlm = OnnxVLM(folder)
     texts, images = questions_and_images(8, seed=1)
-    batch = model.processor(_prompts(model, texts), images)
+    batch = model.processor(question_prompts(model, texts), images)
     ids = vlm.encode_prompts(vlm.prompts(texts))
     pixels = vlm.encode_images(images)
     assert np.array_equal(ids["input_ids"], batch["input_ids"].numpy())
@@ -110,7 +110,7 @@ def test_greedy_tokens_and_answers_equal_eager(exported: tuple[MMGPT, Path]) -> 
     model, folder = exported
     vlm = OnnxVLM(folder)
     texts, images = questions_and_images(QUESTIONS)
-    batch = model.processor(_prompts(model, texts), images)
+    batch = model.processor(question_prompts(model, texts), images)
     ids = vlm.encode_prompts(vlm.prompts(texts))
     expected = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).numpy()
     assert np.array_equal(vlm.generate(ids["input_ids"], ids["attention_mask"], vlm.encode_images(images)), expected)

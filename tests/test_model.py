@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,8 @@ from tiny import (
 )
 
 from mmgpt.config import ConfigError, ModelConfig
-from mmgpt.model import MMGPT
+from mmgpt.decoding import position_ids
+from mmgpt.model import MMGPT, pad_left
 
 PROMPTS = ["what color?", "is there a small green triangle on the left?", "Describe the image."]
 ANSWERS = ["a big red circle next to a blue square", "no", "a small green triangle"]
@@ -359,3 +361,41 @@ def test_prefix_length_is_the_prefix_mask_without_encoding(fusion: str) -> None:
     lengths = [model.prefix_length(n) for n in batch["attention_mask"].sum(1).tolist()]
     assert lengths == mask.sum(1).tolist()
     assert len(set(lengths)) == 3 and (min(lengths) > NUM_PATCHES) == (fusion == "concat")
+
+
+def test_generator_inputs_are_the_left_padded_prefix_then_the_tokens_numbered_from_the_first_real_position() -> None:
+    model = build(tiny_config(fusion="cross_attention")).eval()
+    batch = make_batch(model, PROMPTS, ANSWERS)
+    with torch.no_grad():
+        prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                        batch["answer_ids"], batch["answer_mask"])
+        start = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    assert not prefix_mask.all()  # left padding is exercised
+    width = prefix.shape[1]
+    assert torch.equal(inputs.prefix_mask, prefix_mask)
+    assert torch.equal(inputs.inputs_embeds[:, :width], prefix)
+    embed = model.generator.get_input_embeddings()
+    assert torch.equal(inputs.inputs_embeds[:, width:], embed(batch["answer_ids"]))
+    assert torch.equal(inputs.attention_mask, torch.cat([prefix_mask, batch["answer_mask"]], dim=1))
+    for row, mask in zip(inputs.position_ids.tolist(), inputs.attention_mask.tolist()):
+        real = [p for p, m in zip(row, mask) if m]
+        first = mask.index(1)
+        assert real == list(range(len(real))) and row[:first] == [0] * first  # the left padding
+    # generation starts from bos alone
+    bos = model.processor.tokenizer.bos_token_id
+    assert start.inputs_embeds.shape[1] == width + 1
+    assert torch.equal(start.inputs_embeds[:, -1], embed(torch.tensor([bos])).expand(len(PROMPTS), -1))
+    # the runtime (numpy, no torch) numbers positions with the same function
+    assert np.array_equal(position_ids(inputs.attention_mask.numpy()), inputs.position_ids.numpy())
+
+
+def test_fused_prefix_without_sharing_images_is_the_prefix_before_padding() -> None:
+    model = build(tiny_config(fusion="concat")).eval()
+    batch = make_batch(model, PROMPTS[:2] * 2, ANSWERS[:2] * 2)
+    batch["pixel_values"][2:] = batch["pixel_values"][:2]  # repeated images take the shared path
+    with torch.no_grad():
+        shared = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+        each = pad_left(*model.fused_prefix(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                            share_images=False))
+    torch.testing.assert_close(each, shared, atol=1e-6, rtol=0)

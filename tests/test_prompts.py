@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from tiny import build, tiny_config
 
-from mmgpt.config import PromptTemplates
+from mmgpt.config import ModelConfig, PromptTemplates
 from mmgpt.inference import answer
 from mmgpt.prompts import question_prompt
 
@@ -32,6 +32,14 @@ def test_answer_prompts_are_question_prompt(monkeypatch: pytest.MonkeyPatch) -> 
     image = Image.new("RGB", (32, 32), "red")
     with torch.random.fork_rng(devices=[]):
         answer(["what color?", ""], [image, image], model=model, max_new_tokens=1)
-    templates = PromptTemplates(vqa=config.vqa_template, caption=config.caption_prompt)
+    templates = PromptTemplates.from_config(config)
     assert seen == [question_prompt("what color?", templates), question_prompt("", templates)]
     assert seen[0] == "Question: what color? Answer:"
+
+
+def test_templates_come_from_a_config_or_an_exports_manifest_with_one_set_of_defaults() -> None:
+    assert PromptTemplates.from_config(ModelConfig()) == PromptTemplates()
+    config = ModelConfig(vqa_template="Q: {question}", caption_prompt="Caption:")
+    manifest_prompts = {"vqa_template": "Q: {question}", "caption_prompt": "Caption:"}
+    assert PromptTemplates.from_config(config) == PromptTemplates.from_config(manifest_prompts)
+    assert PromptTemplates.from_config(config) == PromptTemplates(vqa="Q: {question}", caption="Caption:")

@@ -32,10 +32,8 @@ class Recorder(LogitsProcessor):
 
 
 def _prompt_embeds(model, batch):
-    prefix, prefix_mask = model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
-    bos = torch.full((prefix.shape[0], 1), model.processor.tokenizer.bos_token_id)
-    embeds = torch.cat([prefix, model.generator.get_input_embeddings()(bos)], dim=1)
-    return embeds, torch.cat([prefix_mask, torch.ones_like(bos)], dim=1)
+    inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"])
+    return inputs.inputs_embeds, inputs.attention_mask
 
 
 @pytest.mark.parametrize("generator", ["llama", "qwen2"])

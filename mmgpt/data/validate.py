@@ -211,8 +211,7 @@ def load_counting(model: str | None, tokenizer: str | None, config: str | None =
 
         folder = resolve_model_path(model)
         config = from_dict(ModelConfig, load_json(folder / CONFIG_NAME).get("model", {}), prefix="model")
-        return (Processor.from_pretrained(folder),
-                PromptTemplates(vqa=config.vqa_template, caption=config.caption_prompt))
+        return Processor.from_pretrained(folder), PromptTemplates.from_config(config)
     if tokenizer:
         return Processor(load_tokenizer(tokenizer), None), templates
     return None, templates

@@ -20,7 +20,7 @@ from mmgpt.model import MMGPT
 
 
 class PrefixGraph(nn.Module):
-    """MMGPT.prefix_embeds without its shortcuts that graphs cannot hold (dedup of equal images)."""
+    """MMGPT.prefix_embeds without its shortcut that graphs cannot hold (encoding equal images once)."""
 
     def __init__(self, model: MMGPT) -> None:
         super().__init__()
@@ -30,12 +30,8 @@ class PrefixGraph(nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf), left-padded."""
-        model = self.model
-        text, text_mask = model.text_encoder(input_ids, attention_mask)
         # encoding each image once is only a saving: the eager result is the same per row
-        image = model.image_encoder(pixel_values)
-        fused, fused_mask = model.fusion(text, text_mask, image)
-        prefix = model.projector(fused)
+        prefix, fused_mask = self.model.fused_prefix(input_ids, attention_mask, pixel_values, share_images=False)
         # mmgpt.model.pad_left sorts stably; distinct keys make any sort (ONNX TopK is not stable) give that order
         length = fused_mask.shape[1]
         keys = fused_mask.to(torch.int64) * length + torch.arange(length, device=fused_mask.device)

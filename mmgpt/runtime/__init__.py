@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmgpt.config import PromptTemplates
-from mmgpt.decoding import check_answer_length
+from mmgpt.decoding import check_answer_length, position_ids
 from mmgpt.images import ImageInput, load_image
 from mmgpt.prompts import question_prompt
 from mmgpt.runtime.image import ImageTransform
@@ -67,8 +67,7 @@ class OnnxVLM:
         self.tokens = manifest["tokens"]
         self.limits = manifest["limits"]
         self.generation = manifest["generation"]
-        self.templates = PromptTemplates(vqa=manifest["prompts"]["vqa_template"],
-                                         caption=manifest["prompts"]["caption_prompt"])
+        self.templates = PromptTemplates.from_config(manifest["prompts"])
         options = onnxruntime.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -145,10 +144,10 @@ class OnnxVLM:
                     ) -> tuple[np.ndarray, list[np.ndarray]]:
         """One decoder step: -> next-token logits (B, vocab) and the grown cache."""
         length = inputs_embeds.shape[1]
-        position_ids = np.maximum(np.cumsum(attention_mask, axis=1) - 1, 0)[:, -length:].astype(np.int64)
         outputs = self.decoder_session.run(None, {"inputs_embeds": inputs_embeds.astype(np.float32),
                                                   "attention_mask": attention_mask.astype(np.int64),
-                                                  "position_ids": position_ids,
+                                                  "position_ids": position_ids(attention_mask)[:, -length:]
+                                                  .astype(np.int64),
                                                   **dict(zip(self.past_names, past))})
         return outputs[0][:, -1], outputs[1:]
 

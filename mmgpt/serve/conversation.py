@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mmgpt import prompts
-from mmgpt.inference import _prompts, check_text
+from mmgpt.inference import check_text, question_prompts
 from mmgpt.model import MMGPT
 from mmgpt.serve.images import FetchLimits, image_bytes
 from mmgpt.serve.schemas import APIError, Message
@@ -90,7 +90,7 @@ def conversation(model: MMGPT, messages: Sequence[Message]) -> Conversation:
     if not turns or turns[-1][0] != "user":
         raise APIError(400, "the last message (of role user or assistant) must be a user message", param="messages")
     if len(turns) == 1:
-        prompt = _prompts(model, [turns[0][1]])[0]
+        prompt = question_prompts(model, [turns[0][1]])[0]
     else:
         prompt = prompts.conversation_prompt(turns)
     return Conversation(prompt=prompt, image_url=images[0][0], image_param=images[0][1])

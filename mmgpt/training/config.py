@@ -298,7 +298,7 @@ def load_train_config(name_or_path: str | Path, overrides: list[str] | None = No
 def prompt_templates(name_or_path: str | Path) -> PromptTemplates:
     """The prompt templates a training preset or YAML trains with (what `mmgpt validate --config` reads)."""
     cfg = load_train_config(name_or_path)
-    return PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    return PromptTemplates.from_config(cfg.model)
 
 
 def config_from_data(data: dict, overrides: list[str] | None = None) -> TrainConfig:

@@ -334,7 +334,7 @@ def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     if resume_dir is not None:
         check_checkpoint(accelerator, resume_dir)
 
-    templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    templates = PromptTemplates.from_config(cfg.model)
     train_sets = read_splits(cfg.data.train, templates, cfg.data.blind)
     eval_sets = read_splits(cfg.data.eval, templates, cfg.data.blind)
     model = build_model(cfg, train_sets, accelerator, resume_dir)
