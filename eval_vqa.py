@@ -5,4 +5,4 @@ from mmgpt.errors import run_reporting_errors
 from mmgpt.eval.vqa import main
 
 if __name__ == "__main__":
-    sys.exit(run_reporting_errors("eval_vqa.py", lambda: 0 if main() is not None else 1))
+    sys.exit(run_reporting_errors("eval_vqa.py", main))

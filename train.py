@@ -9,4 +9,4 @@ from mmgpt.errors import run_reporting_errors
 from mmgpt.training.loop import main
 
 if __name__ == "__main__":
-    sys.exit(run_reporting_errors("train.py", lambda: main() and 0))
+    sys.exit(run_reporting_errors("train.py", main))

@@ -34,7 +34,6 @@ never goes down between measurements made in one process.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 import platform
@@ -51,6 +50,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from mmgpt.saving import write_json
 
 logger = logging.getLogger("bench")
 
@@ -70,6 +71,16 @@ PEAK_FLOPS_BF16: list[tuple[str, float]] = [
 
 
 # ----------------------------------------------------------------------------- setup
+
+
+def exit_status(run: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
+    """A bench script's main: run(argv) (its result goes to the results JSON; tests call run) -> exit status 0."""
+    def main(argv: list[str] | None = None) -> int:
+        run(argv)
+        return 0
+
+    main.__doc__ = run.__doc__
+    return main
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -512,11 +523,8 @@ def write_results(name: str, device: torch.device, payload: dict[str, Any], out_
     variant (train_throughput-gpu200m-compile); it defaults to `benchmark`.
     """
     path = results_path(name, device, out_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": benchmark or name, "variant": name, "env": environment(device), **payload}
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
+    write_json(path, data, indent=2, default=_json_default, newline=True)
     logger.info("wrote %s", path)
     return path
 

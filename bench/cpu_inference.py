@@ -338,7 +338,7 @@ def parse_args(argv: list[str] | None = None) -> Any:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; returns it."""
     global clock
     args = parse_args(argv)
@@ -378,5 +378,8 @@ def cpu_model() -> str:
             f"flags {' '.join(wanted)}")
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

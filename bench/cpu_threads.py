@@ -91,7 +91,7 @@ def step_time(env: dict[str, str], steps: int, warmup: int, busy: int) -> float:
             p.join()
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure every setting idle and under load, interleaved, print the table, write the JSON."""
     parser = cli.new_parser(__doc__)
     parser.add_argument("--busy", type=int, nargs="+", default=[1, 2],
@@ -131,5 +131,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return cli.write(NAME, NAME, torch.device("cpu"), args, {"cores": cores, "rows": rows})
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,6 +27,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from bench import common
 from bench.common import setup_logging, write_results
 from mmgpt.export import export_onnx
 from mmgpt.inference import answer, question_prompts
@@ -87,7 +88,7 @@ def latency(fn: Any, items: list[tuple[str, str]]) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the parity measurement and write its results file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/default/model", help="saved model folder")
@@ -143,5 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return payload
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -266,7 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write the JSON; returns it."""
     args = parse_args(argv)
     device = cli.setup(args)
@@ -287,5 +287,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return cli.write(NAME, cli.result_name(NAME, result["config"]), device, args, result)
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

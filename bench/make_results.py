@@ -455,7 +455,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> str:
+def run(argv: list[str] | None = None) -> str:
     """Write RESULTS.md; returns its text."""
     args = parse_args(argv)
     common.setup_logging()
@@ -468,5 +468,8 @@ def main(argv: list[str] | None = None) -> str:
     return text
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

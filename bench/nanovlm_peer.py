@@ -334,7 +334,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure nanoVLM (and mmgpt alongside), print the table, write the JSON; returns it."""
     args = parse_args(argv)
     device = cli.setup(args)
@@ -363,5 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                 "samples_per_s_ratio_mmgpt_over_nanovlm": ratio})
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -356,7 +356,7 @@ def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str,
     return cli.write(NAME, f"{NAME}-c1", device, args, {"comparisons": comparisons})
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = cli.setup(args)
     if args.configs:
@@ -482,6 +482,9 @@ def write_section(data: dict[str, Any], results_md: Path = common.REPO / "bench"
     results_md.write_text(text)
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
     torch.set_grad_enabled(False)
-    main()
+    sys.exit(main())

@@ -78,7 +78,7 @@ def launch(repo: Path, cache: Path, extra: list[str]) -> dict[str, Any]:
     return {"launch_to_first_step_s": first, "in_process_s": in_process}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Measure cold and warm start-up of each checkout, interleaved; print the table, write the JSON."""
     parser = cli.new_parser(__doc__)
     parser.add_argument("--repo", action="append", default=[], help="another checkout to measure (repeatable)")
@@ -118,5 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{repo} {condition}": runs for (repo, condition), runs in samples.items()}})
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -68,14 +69,15 @@ def error_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print the error table of each results file."""
+def main(argv: list[str] | None = None) -> int:
+    """Print the error table of each results file -> exit status 0."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", nargs="+", type=Path, help="official-format results JSON files")
     args = parser.parse_args(argv)
     for path in args.results:
         print(f"## {path}\n\n{error_table(json.loads(path.read_text()))}\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,7 +1,6 @@
 """Hugging Face vision towers (CLIP, SigLIP, ...) as the image encoder."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import timm
@@ -12,6 +11,7 @@ from transformers import AutoModel, BaseImageProcessor, CLIPImageProcessor
 from mmgpt.config import ConfigError, ImageEncoderConfig
 from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
 from mmgpt.hf_models import build_hf_model, load_hf_image_processor
+from mmgpt.saving import write_json
 
 # towers with a class token in front of the patch tokens
 _CLASS_TOKEN_TYPES = ("clip_vision_model", "vit", "dinov2")
@@ -100,7 +100,7 @@ class HFImageTransform(ImageTransform):
     def save(self, folder: Path) -> None:
         """Write the processor's own files into `folder`."""
         self.processor.save_pretrained(folder)
-        (folder / "transform.json").write_text(json.dumps({"type": "hf"}))
+        write_json(folder / "transform.json", {"type": "hf"})
 
     @classmethod
     def load(cls, folder: Path) -> HFImageTransform:

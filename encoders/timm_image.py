@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from timm.data import create_transform, resolve_data_config
 
 from mmgpt.config import ConfigError, ImageEncoderConfig, load_json
 from mmgpt.encoders.base import ImageEncoder, ImageTransform, register_image_encoder, register_transform
+from mmgpt.saving import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class TimmTransform(ImageTransform):
     def save(self, folder: Path) -> None:
         """Write the data config as JSON."""
         config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}
-        (folder / "transform.json").write_text(json.dumps({"type": "timm", "data_config": config}, indent=2))
+        write_json(folder / "transform.json", {"type": "timm", "data_config": config}, indent=2)
 
     @classmethod
     def load(cls, folder: Path) -> TimmTransform:

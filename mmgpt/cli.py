@@ -1,9 +1,15 @@
-"""The `mmgpt` command: one subcommand per entry of COMMANDS, the table `mmgpt --help` is printed from."""
+"""The `mmgpt` command: one subcommand per entry of COMMANDS, the table `mmgpt --help` is printed from.
+
+Every command's main(argv, prog) returns its exit status: 0 done, 1 problems found (validate), 2 bad input.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import NamedTuple
 
 from mmgpt.decoding import add_decoding_args, decoding_from_args
 from mmgpt.errors import run_reporting_errors
@@ -30,9 +36,9 @@ def check_device(device: str | None) -> None:
         raise ValueError(f"--device {device}: no MPS device available")
 
 
-def _answer(argv: list[str]) -> int:
-    """answer a question about an image"""
-    parser = argparse.ArgumentParser(prog="mmgpt answer", description="Answer a question about an image.")
+def answer_main(argv: list[str] | None = None, prog: str = "mmgpt answer") -> int:
+    """`mmgpt answer`: print the answer to a question about an image."""
+    parser = argparse.ArgumentParser(prog=prog, description="Answer a question about an image.")
     parser.add_argument("question", help="the question; an empty string asks for a caption")
     parser.add_argument("--image", required=True, help="image file (png, jpg, ...)")
     parser.add_argument("--model", default=None,
@@ -55,9 +61,9 @@ def _answer(argv: list[str]) -> int:
     return 0
 
 
-def _caption(argv: list[str]) -> int:
-    """caption one or more images"""
-    parser = argparse.ArgumentParser(prog="mmgpt caption", description="Caption images, one line per image.")
+def caption_main(argv: list[str] | None = None, prog: str = "mmgpt caption") -> int:
+    """`mmgpt caption`: print a caption for each image, one line per image."""
+    parser = argparse.ArgumentParser(prog=prog, description="Caption images, one line per image.")
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--model", default=None,
                         help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
@@ -75,54 +81,16 @@ def _caption(argv: list[str]) -> int:
     return 0
 
 
-def _train(argv: list[str]) -> int:
-    """train a model (one process; use `accelerate launch train.py` for several)"""
-    from mmgpt.training.loop import main
-
-    # prog: each command's --help and errors name it as typed, not as the bare `mmgpt`
-    main(argv, prog="mmgpt train")
-    return 0
-
-
-def _eval_vqa(argv: list[str]) -> int:
-    """VQA accuracy of a model, or of a results file"""
-    from mmgpt.eval.vqa import main
-
-    return 0 if main(argv, prog="mmgpt eval-vqa") is not None else 1
-
-
-def _eval_caption(argv: list[str]) -> int:
-    """COCO caption metrics of a model, or of a results file"""
-    from mmgpt.eval.caption import main
-
-    return 0 if main(argv, prog="mmgpt eval-caption") is not None else 1
-
-
-def _validate(argv: list[str]) -> int:
-    """check a dataset before training"""
+def validate_main(argv: list[str] | None = None, prog: str = "mmgpt validate") -> int:
+    """`mmgpt validate`: mmgpt.data.validate, reading --config through the training layer's reader."""
     from mmgpt.data.validate import main
     from mmgpt.training.config import prompt_templates
 
-    return main(argv, prog="mmgpt validate", config_templates=prompt_templates)
+    return main(argv, prog=prog, config_templates=prompt_templates)
 
 
-def _compare_fusions(argv: list[str]) -> int:
-    """train every fusion alike and report them side by side"""
-    from mmgpt.compare import main
-
-    main(argv, prog="mmgpt compare-fusions")
-    return 0
-
-
-def _explain(argv: list[str]) -> int:
-    """answer with a map over the image for each answer token"""
-    from mmgpt.explain import main
-
-    return main(argv, prog="mmgpt explain")
-
-
-def _serve(argv: list[str], prog: str = "mmgpt serve") -> int:
-    """serve a model on the OpenAI Chat Completions API"""
+def serve_main(argv: list[str] | None = None, prog: str = "mmgpt serve") -> int:
+    """`mmgpt serve`: serve a model until stopped."""
     from mmgpt.serve.command import build_parser, serve
 
     args = build_parser(prog).parse_args(argv)
@@ -131,50 +99,44 @@ def _serve(argv: list[str], prog: str = "mmgpt serve") -> int:
     return serve(args)
 
 
-def _export(argv: list[str]) -> int:
-    """export a model to ONNX for torch-free runtimes (mmgpt.runtime)"""
-    from mmgpt.export import main
+class Command(NamedTuple):
+    """One `mmgpt` subcommand: where its `main(argv, prog) -> exit status` lives, and its line in `mmgpt --help`."""
 
-    return main(argv, prog="mmgpt export")
-
-
-def _quantize(argv: list[str]) -> int:
-    """quantise a model for the CPU (int8 by default, bf16)"""
-    from mmgpt.compress.quantize import main
-
-    return main(argv, prog="mmgpt quantize")
+    run: str | Callable[[list[str], str], int]  # a module with a main(), imported when the command runs, or main
+    summary: str
 
 
-def _prune(argv: list[str]) -> int:
-    """remove MLP channels of a model's generator (structured pruning)"""
-    from mmgpt.compress.prune import main
-
-    return main(argv, prog="mmgpt prune")
-
-
-# the command table: `mmgpt --help` lists it in this order, each command's summary its function's docstring
-COMMANDS = {
-    "answer": _answer,
-    "caption": _caption,
-    "train": _train,
-    "eval-vqa": _eval_vqa,
-    "eval-caption": _eval_caption,
-    "validate": _validate,
-    "export": _export,
-    "quantize": _quantize,
-    "prune": _prune,
-    "serve": _serve,
-    "compare-fusions": _compare_fusions,
-    "explain": _explain,
+# the command table: `mmgpt --help` lists it in this order
+COMMANDS: dict[str, Command] = {
+    "answer": Command(answer_main, "answer a question about an image"),
+    "caption": Command(caption_main, "caption one or more images"),
+    "train": Command("mmgpt.training.loop",
+                     "train a model (one process; use `accelerate launch train.py` for several)"),
+    "eval-vqa": Command("mmgpt.eval.vqa", "VQA accuracy of a model, or of a results file"),
+    "eval-caption": Command("mmgpt.eval.caption", "COCO caption metrics of a model, or of a results file"),
+    "validate": Command(validate_main, "check a dataset before training"),
+    "export": Command("mmgpt.export", "export a model to ONNX for torch-free runtimes (mmgpt.runtime)"),
+    "quantize": Command("mmgpt.compress.quantize", "quantise a model for the CPU (int8 by default, bf16)"),
+    "prune": Command("mmgpt.compress.prune", "remove MLP channels of a model's generator (structured pruning)"),
+    "serve": Command(serve_main, "serve a model on the OpenAI Chat Completions API"),
+    "compare-fusions": Command("mmgpt.compare", "train every fusion alike and report them side by side"),
+    "explain": Command("mmgpt.explain", "answer with a map over the image for each answer token"),
 }
 
 
 def usage() -> str:
     """`mmgpt --help`: the commands and their summaries, in aligned columns."""
     width = max(map(len, COMMANDS))
-    lines = [f"  {name:<{width}}  {(handler.__doc__ or '').strip()}" for name, handler in COMMANDS.items()]
+    lines = [f"  {name:<{width}}  {command.summary}" for name, command in COMMANDS.items()]
     return "\n".join(["mmgpt <command> [options]", "", "commands:", *lines, "",
                       "`mmgpt <command> --help` explains each command's options."])
+
+
+def _run(name: str, argv: list[str]) -> int:
+    """Run command `name` on `argv`; its --help and errors name it as typed (`mmgpt train`), not the bare `mmgpt`."""
+    run = COMMANDS[name].run
+    main = importlib.import_module(run).main if isinstance(run, str) else run
+    return main(argv, prog=f"mmgpt {name}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # quiet for answer/caption; train, eval and validate raise it to INFO themselves
     configure_logging(logging.WARNING)
-    return run_reporting_errors(f"mmgpt {command}", lambda: COMMANDS[command](rest))
+    return run_reporting_errors(f"mmgpt {command}", lambda: _run(command, rest))
 
 
 if __name__ == "__main__":

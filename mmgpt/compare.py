@@ -225,7 +225,13 @@ def train_one(args: argparse.Namespace, fusion: str, seed: int) -> dict[str, Any
     return record
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`mmgpt compare-fusions` -> exit status 0 (bad input raises; mmgpt.cli reports it with status 2)."""
+    compare_fusions(argv, prog)
+    return 0
+
+
+def compare_fusions(argv: list[str] | None = None, prog: str | None = None) -> dict[str, Any]:
     """Train every missing run, then write the report; returns the report record."""
     from mmgpt.logging_setup import configure_logging
 

@@ -20,6 +20,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
+from mmgpt.ranges import check_range
+
 T = TypeVar("T")
 
 
@@ -27,44 +29,11 @@ class ConfigError(ValueError):
     """A config key or value is wrong; the message names it."""
 
 
-_BOUND = re.compile(r"(>=|>)\s*(\S+)")
-_INTERVAL = re.compile(r"([\[(])\s*([^,\s]+)\s*,\s*([^\])\s]+)\s*([\])])")
-
-
-def _within(value: float, allowed: str) -> bool:
-    """Whether `value` lies in `allowed`: '>= 1', '> 0', '[0, 1)' or '[0, 1]' (a note in parentheses may follow)."""
-    if bound := _BOUND.fullmatch(allowed.split(" (")[0]):
-        low = float(bound.group(2))
-        return value >= low if bound.group(1) == ">=" else value > low
-    interval = _INTERVAL.fullmatch(allowed.split(" (")[0])
-    if interval is None:
-        raise ValueError(f"unreadable range {allowed!r}")
-    low, high = float(interval.group(2)), float(interval.group(3))
-    above = value >= low if interval.group(1) == "[" else value > low
-    below = value <= high if interval.group(4) == "]" else value < high
-    return above and below
-
-
-def check_range(key: str, value: Any, allowed: str, integer: bool = False) -> None:
-    """Raise ConfigError naming `key`, `value` and `allowed` unless value is a finite number (an int) in range."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if integer and not isinstance(value, int):
-        is_number = False
-    if is_number and math.isfinite(value) and _within(value, allowed):
-        return
-    if integer:
-        kind = "" if isinstance(value, int) and not isinstance(value, bool) else "an integer "
-    else:
-        kind = "a finite number "
-    where = f"in {allowed}" if allowed.startswith(("[", "(")) else allowed
-    raise ConfigError(f"{key} must be {kind}{where}, got {value!r}")
-
-
 def check_fields(section: Any, prefix: str, **allowed: str) -> None:
     """check_range on each named field of a config dataclass; int-annotated fields must hold ints."""
     hints = typing.get_type_hints(type(section))
     for name, spec in allowed.items():
-        check_range(f"{prefix}{name}", getattr(section, name), spec, integer=hints[name] is int)
+        check_range(f"{prefix}{name}", getattr(section, name), spec, integer=hints[name] is int, error=ConfigError)
 
 
 def check_finite_values(key: str, data: Any) -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from mmgpt.ranges import within
+
 if TYPE_CHECKING:  # transformers is imported when a config is built, so `mmgpt --help` stays quick
     from transformers import GenerationConfig, PreTrainedTokenizerBase
 
@@ -40,25 +42,27 @@ def position_ids(attention_mask: Any) -> Any:
 
 def int_option(name: str, value: Any, minimum: int, maximum: int | None = None, none: str = "") -> int | None:
     """`value` as an int in [minimum, maximum], None when `none` says what None means, else TypeError/ValueError."""
-    allowed = f"an int >= {minimum}" if maximum is None else f"an int in [{minimum}, {maximum}]"
+    bounds = f">= {minimum}" if maximum is None else f"[{minimum}, {maximum}]"
+    allowed = f"an int {bounds}" if maximum is None else f"an int in {bounds}"
     allowed = f"None ({none}) or {allowed}" if none else allowed
     if value is None and none:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
+    if not within(value, bounds):
         raise ValueError(f"{name} must be {allowed}, got {value}")
     return int(value)
 
 
-def real_option(name: str, value: Any, allowed: str, valid: Callable[[float], bool], none: str = "") -> float | None:
-    """`value` as a finite float accepted by `valid`, None when `none` says what None means."""
+def real_option(name: str, value: Any, bounds: str, none: str = "") -> float | None:
+    """`value` as a finite float within `bounds` (a mmgpt.ranges range), None when `none` says what None means."""
     if value is None and none:
         return None
+    allowed = f"a number in {bounds}" if bounds.startswith(("[", "(")) else f"a finite number {bounds}"
     allowed = f"None ({none}) or {allowed}" if none else allowed
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {allowed}, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or not valid(value):
+    if not math.isfinite(value) or not within(value, bounds):
         raise ValueError(f"{name} must be {allowed}, got {value}")
     return float(value)
 
@@ -89,16 +93,15 @@ DECODING_OPTIONS: dict[str, DecodingOption] = {
                                      "answer length limit (0 answers ''; default: the model's)"),
     "num_beams": DecodingOption(lambda n, v: int_option(n, v, 1), int, "beam search width (1 = greedy)"),
     "do_sample": DecodingOption(_bool_option),
-    "temperature": DecodingOption(lambda n, v: real_option(n, v, "a finite number > 0", lambda x: x > 0, none="1.0"),
+    "temperature": DecodingOption(lambda n, v: real_option(n, v, "> 0", none="1.0"),
                                   float, "sample with this temperature"),
     "top_k": DecodingOption(lambda n, v: int_option(n, v, 0, none="no top-k filter"), int,
                             "sample from the k most likely tokens"),
-    "top_p": DecodingOption(lambda n, v: real_option(n, v, "a number in (0, 1]", lambda x: 0 < x <= 1,
-                                                     none="no top-p filter"),
+    "top_p": DecodingOption(lambda n, v: real_option(n, v, "(0, 1]", none="no top-p filter"),
                             float, "sample from the smallest set with this mass"),
     "no_repeat_ngram_size": DecodingOption(lambda n, v: int_option(n, v, 0), int,
                                            "forbid repeating n-grams of this size"),
-    "repetition_penalty": DecodingOption(lambda n, v: real_option(n, v, "a finite number > 0", lambda x: x > 0),
+    "repetition_penalty": DecodingOption(lambda n, v: real_option(n, v, "> 0"),
                                          float, ">1 discourages repeated tokens"),
     # mmgpt's own field (mmgpt.constrained): GenerationConfig keeps it as an attribute and saves it
     "answer_choices": DecodingOption(lambda n, v: _answer_choices(n, v)),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from torch import nn
 from mmgpt.config import ConfigError, LoraConfig, ModelConfig
 from mmgpt.hf_models import HUB_PREFIX
 from mmgpt.model_size import check_lora_rank
+from mmgpt.saving import write_json
 
 PARTS = ("generator", "text_encoder", "image_encoder")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -199,7 +199,7 @@ def save_adapter_folder(model: nn.Module, config: ModelConfig, tmp: Path, folder
                       "sha256": weights_digest(base_state(model, part))} for part, name in bases.items()}
     lora = {part: {"r": getattr(config, part).lora.r, "alpha": getattr(config, part).lora.alpha,
                    "target_modules": getattr(config, part).lora.target_modules} for part in bases}
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps({"base_models": records, "lora": lora}, indent=2))
+    write_json(tmp / ADAPTER_CONFIG, {"base_models": records, "lora": lora}, indent=2)
 
 
 def is_adapter_folder(folder: Path) -> bool:

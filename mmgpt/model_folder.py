@@ -10,7 +10,6 @@ compression code itself.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from mmgpt.hf_models import HUB_PREFIX
 from mmgpt.model_card import write_model_card
 from mmgpt.outputs import writing_output_folder
 from mmgpt.processor import Processor
-from mmgpt.saving import existing_copy
+from mmgpt.saving import existing_copy, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def save_model_folder(model: Any, folder: str | Path, merge_lora: bool = True, m
         lora.base_names(model, config)  # refused before anything is written
     record = {"model": to_dict(config), **({COMPRESSION_KEY: compression} if compression else {})}
     with writing_output_folder(folder, "model", overwrite=overwrite) as tmp:
-        (tmp / CONFIG_NAME).write_text(json.dumps(record, indent=2))
+        write_json(tmp / CONFIG_NAME, record, indent=2)
         if quantized:
             tensors, metadata = quantized_state(model, compression)
             save_file(tensors, str(tmp / WEIGHTS_NAME), metadata=metadata)

@@ -21,6 +21,7 @@ from mmgpt.encoders import ImageTransform, load_transform
 from mmgpt.hf_models import load_hf_tokenizer
 from mmgpt.images import DEFAULT_MAX_PIXELS, load_image
 from mmgpt.prompts import chat_prompt
+from mmgpt.saving import write_json
 from mmgpt.tokenizer import ensure_special_tokens
 from mmgpt.truncation import char_budget, head_token_ids, tail_token_ids
 
@@ -239,7 +240,7 @@ class Processor:
             "chat_template": self.chat_template,
             "system_prompt": self.system_prompt,
         }
-        (folder / "processor.json").write_text(json.dumps(limits, indent=2))
+        write_json(folder / "processor.json", limits, indent=2)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Processor:

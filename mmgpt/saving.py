@@ -306,6 +306,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             tmp.unlink()
 
 
-def write_json(path: Path, value: Any, indent: int | None = None) -> None:
-    """Write strict JSON (NaN and infinities as null) atomically, so a reader never sees half a file."""
-    write_text_atomic(path, json.dumps(json_safe(value), indent=indent, allow_nan=False))
+def write_json(path: str | Path, value: Any, indent: int | None = None, default: Callable[[Any], Any] | None = None,
+               newline: bool = False) -> None:
+    """Write strict JSON (NaN and infinities as null) atomically, so a reader never sees half a file.
+
+    mmgpt writes every JSON file through here. `default` turns what JSON lacks (a Path, a tensor) into a JSON
+    value; `newline` ends the file with one.
+    """
+    text = json.dumps(json_safe(value), indent=indent, allow_nan=False, default=default)
+    write_text_atomic(path, text + "\n" if newline else text)

@@ -72,7 +72,7 @@ def positive(record: dict, *keys: str) -> None:
 
 
 def test_train_throughput_default(out_dir: Path) -> None:
-    result = train_throughput.main(["--batch-size", "4", "--steps", "1", "--warmup", "0", "--device", "cpu",
+    result = train_throughput.run(["--batch-size", "4", "--steps", "1", "--warmup", "0", "--device", "cpu",
                                     "--out-dir", str(out_dir)])
     data = read(result["path"])
     assert data["benchmark"] == "train_throughput"
@@ -86,7 +86,7 @@ def test_train_throughput_default(out_dir: Path) -> None:
 
 
 def test_train_throughput_gpu200m_tiny_all_fusions(out_dir: Path) -> None:
-    result = train_throughput.main(["--config", "gpu200m", "--tiny", "--fusion", "all", "--batch-size", "2",
+    result = train_throughput.run(["--config", "gpu200m", "--tiny", "--fusion", "all", "--batch-size", "2",
                                     "--steps", "1", "--warmup", "0", "--device", "cpu", "--no-count-flops",
                                     "--out-dir", str(out_dir)])
     data = read(result["path"])
@@ -98,7 +98,7 @@ def test_train_throughput_gpu200m_tiny_all_fusions(out_dir: Path) -> None:
 
 
 def test_generation(out_dir: Path) -> None:
-    result = generation.main(["--batch-sizes", "1", "2", "--new-tokens", "2", "3", "--repeats", "1", "--warmup", "0",
+    result = generation.run(["--batch-sizes", "1", "2", "--new-tokens", "2", "3", "--repeats", "1", "--warmup", "0",
                               "--device", "cpu", "--out-dir", str(out_dir)])
     data = read(result["path"])
     assert data["benchmark"] == "generation"
@@ -117,7 +117,7 @@ def test_generation(out_dir: Path) -> None:
 
 
 def test_cpu_inference_tiny(out_dir: Path, tmp_path: Path) -> None:
-    result = cpu_inference.main(["--tiny", "--configs", "gpu200m", "nanovlm222m", "--paths", "fp32-hf", "fp32",
+    result = cpu_inference.run(["--tiny", "--configs", "gpu200m", "nanovlm222m", "--paths", "fp32-hf", "fp32",
                                  "int8", "--batch-sizes", "1", "2", "--new-tokens", "2", "3", "--repeats", "1",
                                  "--threads", "1", "--workdir", str(tmp_path), "--out-dir", str(out_dir)])
     data = read(result["path"])
@@ -134,7 +134,7 @@ def test_cpu_inference_tiny(out_dir: Path, tmp_path: Path) -> None:
 
 def test_data_pipeline(out_dir: Path) -> None:
     pytest.importorskip("easy_vqa")
-    result = data_pipeline.main(["--batch-size", "4", "--batches", "2", "--workers", "0", "--max-examples", "8",
+    result = data_pipeline.run(["--batch-size", "4", "--batches", "2", "--workers", "0", "--max-examples", "8",
                                  "--train-steps", "1", "--cache-steps", "1", "--device", "cpu",
                                  "--out-dir", str(out_dir)])
     data = read(result["path"])
@@ -149,12 +149,12 @@ def test_data_pipeline(out_dir: Path) -> None:
 
 def test_nanovlm_peer_needs_a_checkout(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not a nanoVLM checkout"):
-        nanovlm_peer.main(["--nanovlm", str(tmp_path), "--tiny", "--device", "cpu", "--out-dir", str(tmp_path)])
+        nanovlm_peer.run(["--nanovlm", str(tmp_path), "--tiny", "--device", "cpu", "--out-dir", str(tmp_path)])
 
 
 @pytest.mark.skipif(not os.environ.get("NANOVLM"), reason="set NANOVLM to a huggingface/nanoVLM checkout")
 def test_nanovlm_peer_tiny(out_dir: Path) -> None:
-    result = nanovlm_peer.main(["--nanovlm", os.environ["NANOVLM"], "--tiny", "--drop-padding-mask",
+    result = nanovlm_peer.run(["--nanovlm", os.environ["NANOVLM"], "--tiny", "--drop-padding-mask",
                                 "--batch-size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu",
                                 "--no-count-flops", "--out-dir", str(out_dir)])
     data = read(result["path"])
@@ -167,7 +167,7 @@ def test_make_results(out_dir: Path, tmp_path: Path) -> None:
     if not list(out_dir.glob("*.json")):
         pytest.skip("reads the JSON the other tests of this module write; run them together")
     output = tmp_path / "RESULTS.md"
-    text = make_results.main(["--results-dir", str(out_dir), "--output", str(output)])
+    text = make_results.run(["--results-dir", str(out_dir), "--output", str(output)])
     assert output.read_text() == text
     assert "## Targets" in text and "## Training throughput" in text and "## Generation" in text
     # the CPU run has no H100 result: MFU is "not measured"; the generation targets get a status

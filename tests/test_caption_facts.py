@@ -143,7 +143,8 @@ def test_eval_caption_scores_the_facts_of_a_results_file(tmp_path: Path, shapes_
     results = [{"image_id": img["id"], "caption": f"a {o['color']} {o['shape']}" if img is one else
                 f"a {wrong_color} {o['shape']}"} for img in images]
     (tmp_path / "r.json").write_text(json.dumps(results))
-    record = eval_caption.main(["--results", str(tmp_path / "r.json"), "--annotations", str(shapes_files["test"]),
+    record = eval_caption.evaluate_captions(["--results", str(tmp_path / "r.json"), "--annotations",
+                                             str(shapes_files["test"]),
                                 "--out", str(tmp_path / "m.json")])
     colour = record["caption_facts"]["colour"]
     assert colour["1"]["right"] == sum(
@@ -164,14 +165,16 @@ def test_eval_caption_runs_a_tiny_model_and_reports_facts(tmp_path: Path, shapes
     torch.manual_seed(0)
     MMGPT.from_config(config, train_texts=texts).save_pretrained(tmp_path / "model")
     folder = shapes_files["test"].parent
-    record = eval_caption.main(["--model", str(tmp_path / "model"), "--annotations", str(shapes_files["test"]),
+    record = eval_caption.evaluate_captions(["--model", str(tmp_path / "model"), "--annotations",
+                                             str(shapes_files["test"]),
                                 "--images", str(folder / "images" / "test"), "--out", str(tmp_path / "cap.json"),
                                 "--predictions", str(tmp_path / "pred.json")])
     assert record["num_images"] == 6
     assert set(record["caption_facts"]) == set(FACTS)
     assert record["caption_facts"]["colour"]["all"]["captions"] == 6
     # the facts are those of the captions written: scoring them again without the model gives the same numbers
-    again = eval_caption.main(["--results", str(tmp_path / "pred.json"), "--annotations", str(shapes_files["test"]),
+    again = eval_caption.evaluate_captions(["--results", str(tmp_path / "pred.json"), "--annotations",
+                                            str(shapes_files["test"]),
                                "--out", str(tmp_path / "again.json")])
     assert again["caption_facts"] == record["caption_facts"]
     assert "<h2>Caption facts</h2>" in (tmp_path / "cap.html").read_text()

@@ -41,3 +41,13 @@ def test_installed_command_help() -> None:
         pytest.skip("the mmgpt console script is not installed next to this Python")
     out = subprocess.run([script, "train", "--help"], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.startswith("usage: mmgpt train ")
+
+
+def test_every_command_and_script_main_returns_its_exit_status() -> None:
+    import importlib
+    import inspect
+
+    mains = [importlib.import_module(c.run).main if isinstance(c.run, str) else c.run for c in cli.COMMANDS.values()]
+    for script in ("train", "eval_vqa", "eval_caption"):
+        mains.append(importlib.import_module(script).main)
+    assert all(inspect.signature(main).return_annotation in (int, "int") for main in mains)

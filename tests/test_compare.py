@@ -49,14 +49,14 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
     argv = ["--config", str(config), "--fusions", "mlb", "film", "--steps", "4", "--seeds", "0",
             "--eval-points", "2", "--out", str(out)]
     # stopped at step 2 as a stop request leaves it: a checkpoint, no record; the comparison ends there
-    stopped = compare.main([*argv, "stop_at_step=2"])
+    stopped = compare.compare_fusions([*argv, "stop_at_step=2"])
     assert [r["fusion"] for r in stopped["runs"]] == ["prior"]  # the prior needs no training
     assert stopped["pending"] == ["mlb-seed0", "film-seed0", "blind-seed0"]
     assert "Not finished yet" in (out / "report.md").read_text()
     assert (out / "runs" / "mlb-seed0" / "checkpoints" / "step_2").is_dir()
     assert not (out / "runs" / "film-seed0").exists()
 
-    report = compare.main(argv)
+    report = compare.compare_fusions(argv)
     assert report["pending"] == []
     records = {r["fusion"]: r for r in report["runs"]}
     assert set(records) == {"mlb", "film", "blind", "prior"}
@@ -107,7 +107,7 @@ def test_an_interrupted_comparison_resumes_and_finished_runs_are_not_redone(
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr("mmgpt.training.loop.build_run", no_training)
-    again = compare.main(argv)
+    again = compare.compare_fusions(argv)
     assert again["runs"] == report["runs"]
 
 
@@ -164,7 +164,7 @@ def test_out_must_be_new_empty_or_an_earlier_comparison(config: Path, tmp_path: 
     (tmp_path / "notes.txt").write_text("keep me")
     for out, problem in ((mine, "is a folder that mmgpt did not write"), (tmp_path / "notes.txt", "is a file")):
         with pytest.raises(FileExistsError, match=f"{out} {problem}"):
-            compare.main(["--config", str(config), "--fusions", "mlb", "--steps", "1", "--seeds", "0",
+            compare.compare_fusions(["--config", str(config), "--fusions", "mlb", "--steps", "1", "--seeds", "0",
                           "--eval-points", "1", "--out", str(out)])
     assert sorted(p.name for p in mine.iterdir()) == ["report.md"]
     assert (mine / "report.md").read_text() == "# my own report" and (tmp_path / "notes.txt").read_text() == "keep me"
@@ -214,6 +214,6 @@ def test_match_params_names_the_fusion_that_cannot_reach_the_target(config: Path
     out = tmp_path / "c"
     with pytest.raises(ConfigError, match=r"fusion 'cross_attention' cannot have 50 trainable parameters within 5%: "
                                           r"width 2 gives [\d,]+"):
-        compare.main(["--config", str(config), "--fusions", "cross_attention", "--match-params", "50",
-                      "--out", str(out)])
+        compare.compare_fusions(["--config", str(config), "--fusions", "cross_attention", "--match-params", "50",
+                                 "--out", str(out)])
     assert not out.exists()  # refused before anything was written

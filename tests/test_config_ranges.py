@@ -52,3 +52,24 @@ def test_bad_numbers_name_the_key_the_value_and_the_range(override: str, message
     with pytest.raises(ConfigError) as info:
         load_config(TrainConfig, None, [override])
     assert str(info.value) == message
+
+
+def test_one_range_check_for_configs_command_lines_and_python_options() -> None:
+    from mmgpt.decoding import int_option, real_option
+    from mmgpt.ranges import check_range, within
+    from mmgpt.serve.command import _check_args, build_parser
+
+    # an int bound is exact: float(2**64 - 1) would round up and let 2**64 through
+    assert within(2**64 - 1, f"[0, {2**64 - 1}]") and not within(2**64, f"[0, {2**64 - 1}]")
+    with pytest.raises(ValueError, match=rf"seed must be an int in \[0, {2**64 - 1}\], got {2**64}"):
+        int_option("seed", 2**64, 0, 2**64 - 1)
+    with pytest.raises(ValueError, match=r"top_p must be a number in \(0, 1\], got 1.5"):
+        real_option("top_p", 1.5, "(0, 1]")
+    with pytest.raises(ConfigError, match=r"optim.lr must be a finite number > 0, got 0.0"):
+        check_range("optim.lr", 0.0, "> 0", error=ConfigError)
+    # the server's flags: the same check and wording
+    for flags, message in ((["--port", "70000"], r"--port must be in \[0, 65535\], got 70000"),
+                           (["--timeout-s", "nan"], r"--timeout-s must be a finite number > 0, got nan"),
+                           (["--max-queue", "0"], r"--max-queue must be >= 1, got 0")):
+        with pytest.raises(ValueError, match=message):
+            _check_args(build_parser("mmgpt serve").parse_args(flags))

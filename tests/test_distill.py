@@ -15,7 +15,7 @@ from mmgpt.config import ConfigError
 from mmgpt.model import MMGPT
 from mmgpt.training.config import DistillConfig
 from mmgpt.training.distill import check_same_tokenizer, distill_loss_sum, distill_token_loss
-from mmgpt.training.loop import main
+from mmgpt.training.loop import run_training
 
 # the student: half the teacher's MLP width
 STUDENT = {"model.generator.kwargs": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 32,
@@ -71,7 +71,7 @@ def test_bad_distill_settings_name_the_key(tmp_path: Path) -> None:
 def teacher(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("distill")
     data = make_jsonl(root)
-    main(["--config", str(tiny_config(root, data, root / "teacher", max_steps=6))])
+    run_training(["--config", str(tiny_config(root, data, root / "teacher", max_steps=6))])
     return data, root / "teacher" / "model"
 
 
@@ -84,16 +84,16 @@ def test_distilled_training_resumes_exactly_and_two_processes_match_one(tmp_path
                                                                         teacher: tuple[Path, Path]) -> None:
     data, teacher_model = teacher
     cfg = _student(tmp_path, data, "full", teacher_model, max_steps=4)
-    main(["--config", str(cfg)])
+    run_training(["--config", str(cfg)])
     plain = tiny_config(tmp_path, data, tmp_path / "plain", max_steps=4, **STUDENT)
-    main(["--config", str(plain)])
+    run_training(["--config", str(plain)])
     a, b = weights(tmp_path / "full"), weights(tmp_path / "plain")
     assert any(not torch.equal(a[k], b[k]) for k in a), "the teacher changed nothing"
 
     cfg = _student(tmp_path, data, "resumed", teacher_model, max_steps=4, stop_at_step=2)
-    assert main(["--config", str(cfg)]) == {"stopped_at_step": 2}
+    assert run_training(["--config", str(cfg)]) == {"stopped_at_step": 2}
     cfg = _student(tmp_path, data, "resumed", teacher_model, max_steps=4)
-    main(["--config", str(cfg), "--resume", "latest"])
+    run_training(["--config", str(cfg), "--resume", "latest"])
     resumed = weights(tmp_path / "resumed")
     for name in a:
         assert torch.equal(a[name], resumed[name]), name

@@ -126,7 +126,7 @@ def test_vqa_report_rows_pair_each_image_with_its_texts(tmp_path: Path, monkeypa
     (tmp_path / "a.json").write_text(json.dumps(annotations))
     monkeypatch.setattr(common, "generate_for_eval", _fake_generation(wrong={1, 4, 8}))
     out = tmp_path / "vqa.json"
-    record = eval_vqa.main(["--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
+    record = eval_vqa.evaluate_vqa(["--questions", str(tmp_path / "q.json"), "--annotations", str(tmp_path / "a.json"),
                             "--images", str(tmp_path / "images"), "--out", str(out)])
     assert record["metrics"]["overall"] == pytest.approx(75.0)
     rows = _example_rows(tmp_path / "vqa.html")
@@ -151,7 +151,8 @@ def test_caption_report_rows_pair_each_image_with_its_texts(tmp_path: Path, monk
                    for i in ids for k in range(2)]
     (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     monkeypatch.setattr(common, "generate_for_eval", _fake_generation(wrong={0, 2}))
-    record = eval_caption.main(["--annotations", str(tmp_path / "captions.json"), "--images", str(tmp_path / "images"),
+    record = eval_caption.evaluate_captions(["--annotations", str(tmp_path / "captions.json"), "--images",
+                                             str(tmp_path / "images"),
                                 "--out", str(tmp_path / "cap.json")])
     assert record["num_images"] == 6
     rows = _example_rows(tmp_path / "cap.html")
@@ -169,7 +170,8 @@ def test_caption_report_of_a_results_file_pairs_images_by_id(tmp_path: Path) -> 
     (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     results = [{"image_id": i, "caption": f"{NAMES[i]} square" if i % 2 else "purple"} for i in (1, 4, 0, 3, 5, 2)]
     (tmp_path / "results.json").write_text(json.dumps(results))
-    eval_caption.main(["--results", str(tmp_path / "results.json"), "--annotations", str(tmp_path / "captions.json"),
+    eval_caption.evaluate_captions(["--results", str(tmp_path / "results.json"), "--annotations",
+                                    str(tmp_path / "captions.json"),
                        "--images", str(tmp_path / "images"), "--out", str(tmp_path / "m.json")])
     rows = _example_rows(tmp_path / "m.html")
     for row in rows["Best examples"] + rows["Worst examples"]:

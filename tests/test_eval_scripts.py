@@ -44,7 +44,8 @@ def _vqa_files(folder: Path) -> tuple[Path, Path, Path]:
 def test_vqa_scores_a_results_file_without_a_model(tmp_path: Path) -> None:
     q, a, r = _vqa_files(tmp_path)
     out = tmp_path / "metrics.json"
-    record = eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a), "--out", str(out)])
+    record = eval_vqa.evaluate_vqa(["--results", str(r), "--questions", str(q), "--annotations", str(a), "--out",
+                                    str(out)])
     metrics = json.loads(out.read_text())["metrics"]
     assert record["metrics"] == metrics
     # (0.6 + 1.0 + 0.0) / 3 = 53.33
@@ -59,22 +60,23 @@ def test_existing_outputs_are_replaced_only_with_overwrite_and_a_folder_never(tm
     out.write_text("my notes")
     argv = ["--results", str(r), "--questions", str(q), "--annotations", str(a), "--out", str(out)]
     with pytest.raises(FileExistsError, match=f"{out} already exists: replace it with --overwrite"):
-        eval_vqa.main(argv)
+        eval_vqa.evaluate_vqa(argv)
     assert out.read_text() == "my notes" and not (tmp_path / "metrics.html").exists()
     (tmp_path / "metrics.html").write_text("my page")
     with pytest.raises(FileExistsError, match="metrics.html already exists"):
-        eval_vqa.main([*argv[:-1], str(tmp_path / "other.json"), "--report", str(tmp_path / "metrics.html")])
-    assert eval_vqa.main([*argv, "--overwrite"])["metrics"]["overall"] == pytest.approx(53.33)
+        eval_vqa.evaluate_vqa([*argv[:-1], str(tmp_path / "other.json"), "--report", str(tmp_path / "metrics.html")])
+    assert eval_vqa.evaluate_vqa([*argv, "--overwrite"])["metrics"]["overall"] == pytest.approx(53.33)
     assert json.loads(out.read_text())["metrics"]["overall"] == pytest.approx(53.33)
     with pytest.raises(FileExistsError, match=f"{tmp_path} is a folder, not a file"):
-        eval_caption.main(["--results", str(r), "--annotations", str(a), "--out", str(tmp_path), "--overwrite"])
+        eval_caption.evaluate_captions(["--results", str(r), "--annotations", str(a), "--out", str(tmp_path),
+                                        "--overwrite"])
 
 
 def test_vqa_rejects_results_missing_questions(tmp_path: Path) -> None:
     q, a, r = _vqa_files(tmp_path)
     r.write_text(json.dumps([{"question_id": 1, "answer": "red"}]))
     with pytest.raises(ValueError, match="question"):
-        eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a),
+        eval_vqa.evaluate_vqa(["--results", str(r), "--questions", str(q), "--annotations", str(a),
                        "--out", str(tmp_path / "m.json")])
 
 
@@ -89,7 +91,8 @@ def test_caption_scores_a_results_file_without_a_model(tmp_path: Path) -> None:
     (tmp_path / "captions.json").write_text(json.dumps(annotations))
     (tmp_path / "results.json").write_text(json.dumps(results))
     out = tmp_path / "caption_metrics.json"
-    eval_caption.main(["--results", str(tmp_path / "results.json"), "--annotations", str(tmp_path / "captions.json"),
+    eval_caption.evaluate_captions(["--results", str(tmp_path / "results.json"), "--annotations",
+                                    str(tmp_path / "captions.json"),
                        "--out", str(out)])
     record = json.loads(out.read_text())
     metrics = record["metrics"]
@@ -117,14 +120,15 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_vqa_runs_a_model_on_easy_vqa(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "vqa.json"
     predictions = tmp_path / "pred.json"
-    record = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "12", "--out", str(out),
+    record = eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--max-examples", "12", "--out", str(out),
                             "--predictions", str(predictions), "--export-official", str(tmp_path / "official")])
     assert record["num_questions"] == 12
     assert 0.0 <= record["metrics"]["overall"] <= 100.0
     assert record["decoding"]["num_beams"] == 1 and "torch" in record["versions"]
     assert record["decoding"]["max_new_tokens"] == 6, "the record holds the model's effective generation config"
     # the exported official files score the written predictions to the same number
-    again = eval_vqa.main(["--results", str(predictions), "--questions", str(tmp_path / "official" / "questions.json"),
+    again = eval_vqa.evaluate_vqa(["--results", str(predictions), "--questions",
+                                   str(tmp_path / "official" / "questions.json"),
                            "--annotations", str(tmp_path / "official" / "annotations.json"),
                            "--out", str(tmp_path / "again.json")])
     assert again["metrics"] == record["metrics"]
@@ -139,7 +143,8 @@ def test_caption_runs_a_model_on_a_coco_folder(tmp_path: Path, tiny_model: Path)
         annotations += [{"id": 10 * i + k, "image_id": i, "caption": f"caption {k} of image {i}"} for k in range(5)]
     (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     out = tmp_path / "cap.json"
-    record = eval_caption.main(["--model", str(tiny_model), "--annotations", str(tmp_path / "captions.json"),
+    record = eval_caption.evaluate_captions(["--model", str(tiny_model), "--annotations",
+                                             str(tmp_path / "captions.json"),
                                 "--images", str(tmp_path / "images"), "--out", str(out)])
     assert record["num_images"] == 3
     assert "CIDEr" in record["metrics"]
@@ -152,7 +157,8 @@ def test_two_processes_give_the_same_numbers(tmp_path: Path, tiny_model: Path) -
     import subprocess
     import sys
 
-    single = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "24", "--out", str(tmp_path / "one.json"),
+    single = eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--max-examples", "24", "--out",
+                                    str(tmp_path / "one.json"),
                             "--predictions", str(tmp_path / "one_predictions.json")])
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "LOCAL_RANK", "RANK", "WORLD_SIZE"))}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -177,7 +183,7 @@ def test_default_outputs_go_beside_the_model_not_into_it_or_the_current_folder(
     here.mkdir()
     monkeypatch.chdir(here)
     before = sorted(p.relative_to(tiny_model) for p in tiny_model.rglob("*"))
-    eval_vqa.main(["--model", str(tiny_model), "--max-examples", "4"])
+    eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--max-examples", "4"])
     expected = tiny_model.parent / "eval"  # the tiny model is saved as <run>/model
     assert (expected / "eval_vqa.json").is_file() and (expected / "eval_vqa.html").is_file()
     assert f"metrics: {expected / 'eval_vqa.json'}" in capsys.readouterr().out
@@ -185,9 +191,9 @@ def test_default_outputs_go_beside_the_model_not_into_it_or_the_current_folder(
     assert sorted(p.relative_to(tiny_model) for p in tiny_model.rglob("*")) == before
     # a results file is scored into its own folder; --out still wins
     q, a, r = _vqa_files(tmp_path)
-    eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a)])
+    eval_vqa.evaluate_vqa(["--results", str(r), "--questions", str(q), "--annotations", str(a)])
     assert (tmp_path / "eval_vqa.json").is_file() and (tmp_path / "eval_vqa.html").is_file()
-    eval_vqa.main(["--results", str(r), "--questions", str(q), "--annotations", str(a),
+    eval_vqa.evaluate_vqa(["--results", str(r), "--questions", str(q), "--annotations", str(a),
                    "--out", str(tmp_path / "x" / "m.json"), "--report", str(tmp_path / "y.html")])
     assert (tmp_path / "x" / "m.json").is_file() and (tmp_path / "y.html").is_file()
     assert not any(here.iterdir())
@@ -214,21 +220,24 @@ def test_a_cpu_launch_of_several_processes_that_runs_one_is_warned_about(
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     assert not warn_if_one_process_launched(4, "x.py")
     with caplog.at_level("WARNING"):
-        eval_vqa.main(["--model", str(tiny_model), "--max-examples", "2", "--out", str(tmp_path / "m.json")])
+        eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--max-examples", "2", "--out", str(tmp_path / "m.json")])
     assert "--multi_gpu --num_processes N" in caplog.text
 
 
 def test_vqa_closed_set_reports_open_and_closed_accuracy_side_by_side(tmp_path: Path, tiny_model: Path) -> None:
-    record = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "12", "--out", str(tmp_path / "v.json"),
+    record = eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--max-examples", "12", "--out",
+                                    str(tmp_path / "v.json"),
                             "--closed-set"])
     choices = record["closed_set"]["answer_choices"]
     assert choices and choices == sorted(set(choices))
     assert 0.0 <= record["closed_set"]["metrics"]["overall"] <= 100.0
     # the open answers are the plain run's: the closed-set pass leaves them as they were
-    plain = eval_vqa.main(["--model", str(tiny_model), "--max-examples", "12", "--out", str(tmp_path / "o.json")])
+    plain = eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--max-examples", "12", "--out",
+                                   str(tmp_path / "o.json")])
     assert plain["metrics"] == record["metrics"] and "closed_set" not in plain
     report = (tmp_path / "v.html").read_text()
     assert f"Open vs closed-set accuracy ({len(choices)} choices)" in report
     assert f"{record['closed_set']['metrics']['overall']:.2f} closed-set" in report
     with pytest.raises(SystemExit):
-        eval_vqa.main(["--results", "r.json", "--questions", "q.json", "--annotations", "a.json", "--closed-set"])
+        eval_vqa.evaluate_vqa(["--results", "r.json", "--questions", "q.json", "--annotations", "a.json",
+                               "--closed-set"])

@@ -144,12 +144,13 @@ def test_eval_vqa_explain_adds_maps_to_its_report(tmp_path: Path) -> None:
 
     tiny_model("cross_attention").save_pretrained(tmp_path / "model")
     out = tmp_path / "eval.json"
-    eval_vqa.main(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(out), "--explain", "2"])
+    eval_vqa.evaluate_vqa(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(out), "--explain",
+                           "2"])
     page = out.with_suffix(".html").read_text()
     assert "Explained answers (first 2)" in page
     assert page.count("class='explanation'") == 2 and "fusion attention" in page
     plain = tmp_path / "plain.json"
-    eval_vqa.main(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(plain)])
+    eval_vqa.evaluate_vqa(["--model", str(tmp_path / "model"), "--max-examples", "3", "--out", str(plain)])
     assert "Explained answers" not in plain.with_suffix(".html").read_text()
 
 

@@ -11,7 +11,7 @@ from test_train import REPO, launch_two_processes, make_jsonl, tiny_config, weig
 
 from mmgpt.config import ConfigError
 from mmgpt.training.fsdp import check_checkpoint, check_fsdp_settings
-from mmgpt.training.loop import main
+from mmgpt.training.loop import run_training
 
 FSDP_CONFIG = REPO / "configs" / "accelerate" / "fsdp.yaml"
 # the README's command: `accelerate launch --config_file configs/accelerate/fsdp.yaml train.py`
@@ -65,7 +65,7 @@ def test_fsdp_matches_one_process_with_the_same_global_batch(tmp_path: Path, dat
     # trained one normalises each process's half batch by itself (SyncBatchNorm needs a GPU)
     knobs = {"model.image_encoder": {**DEFAULT_PARTS["model.image_encoder"], "freeze": True}}
     single = tmp_path / "single"
-    main(["--config", str(fsdp_config(tmp_path, data, "single", batch_size=8, **knobs))])
+    run_training(["--config", str(fsdp_config(tmp_path, data, "single", batch_size=8, **knobs))])
     launch_fsdp(fsdp_config(tmp_path, data, "sharded", **knobs), tmp_path)
     a, b = weights(single), weights(tmp_path / "sharded")
     assert a.keys() == b.keys()

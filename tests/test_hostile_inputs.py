@@ -336,10 +336,10 @@ def test_cli_reports_library_errors_in_one_line(error: BaseException, monkeypatc
                                                capsys: pytest.CaptureFixture) -> None:
     from mmgpt import cli
 
-    def command(argv: list[str]) -> int:
+    def command(argv: list[str], prog: str) -> int:
         raise error
 
-    monkeypatch.setitem(cli.COMMANDS, "answer", command)
+    monkeypatch.setitem(cli.COMMANDS, "answer", cli.Command(command, "raises"))
     assert cli.main(["answer", "--image", "x.png", "q"]) == 2
     _one_error_line(capsys.readouterr().err, "mmgpt answer: error:")
 
@@ -347,10 +347,10 @@ def test_cli_reports_library_errors_in_one_line(error: BaseException, monkeypatc
 def test_cli_interrupt_is_status_130(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     from mmgpt import cli
 
-    def command(argv: list[str]) -> int:
+    def command(argv: list[str], prog: str) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(cli.COMMANDS, "caption", command)
+    monkeypatch.setitem(cli.COMMANDS, "caption", cli.Command(command, "interrupted"))
     assert cli.main(["caption", "x.png"]) == 130
     _one_error_line(capsys.readouterr().err, "interrupted")
 
@@ -419,7 +419,8 @@ def test_utf16_results_file_scores_like_utf8(tmp_path: Path) -> None:
     questions, annotations, results = _vqa_files(tmp_path)
     utf16 = tmp_path / "results16.json"
     utf16.write_text(results.read_text(), encoding="utf-16")
-    scores = [eval_vqa.main(["--results", str(r), "--questions", str(questions), "--annotations", str(annotations),
+    scores = [eval_vqa.evaluate_vqa(["--results", str(r), "--questions", str(questions), "--annotations",
+                                     str(annotations),
                              "--out", str(tmp_path / f"{r.stem}.metrics.json")])["metrics"] for r in (results, utf16)]
     assert scores[0] == scores[1]
     assert json.loads((tmp_path / "results16.metrics.json").read_text())["metrics"] == scores[0]
@@ -452,7 +453,7 @@ def test_report_with_a_lone_surrogate_is_written(tmp_path: Path) -> None:
     records[0]["answer"] = "yel\udc80low"  # what a decoder with errors="surrogateescape" leaves behind
     results.write_text(json.dumps(records))
     out = tmp_path / "metrics.json"
-    eval_vqa.main(["--results", str(results), "--questions", str(questions), "--annotations", str(annotations),
+    eval_vqa.evaluate_vqa(["--results", str(results), "--questions", str(questions), "--annotations", str(annotations),
                    "--out", str(out)])
     report = (tmp_path / "metrics.html").read_text(encoding="utf-8")
     assert "yel\\udc80low" in report and report.rstrip().endswith("</html>")
@@ -501,12 +502,12 @@ def test_caption_results_for_some_images_fail_loudly(tmp_path: Path) -> None:
     annotations, results = _caption_files(tmp_path, captioned=1)
     argv = ["--results", str(results), "--annotations", str(annotations), "--out", str(tmp_path / "m.json")]
     with pytest.raises(ValueError, match=r"no caption for 3 of the 4 images .*image_id 2, 3, 4.*--allow-partial"):
-        eval_caption.main(argv)
+        eval_caption.evaluate_captions(argv)
     assert not (tmp_path / "m.json").exists()
-    record = eval_caption.main([*argv, "--allow-partial"])
+    record = eval_caption.evaluate_captions([*argv, "--allow-partial"])
     assert record["num_images"] == 1 and record["images_without_result"] == 3
     complete_annotations, complete = _caption_files(tmp_path, captioned=4)
-    assert eval_caption.main(["--results", str(complete), "--annotations", str(complete_annotations),
+    assert eval_caption.evaluate_captions(["--results", str(complete), "--annotations", str(complete_annotations),
                               "--out", str(tmp_path / "m.json"), "--overwrite"])["num_images"] == 4
 
 

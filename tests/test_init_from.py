@@ -14,7 +14,7 @@ from tiny import one_thread  # noqa: F401 (autouse fixture)
 from mmgpt.compress.prune import prune
 from mmgpt.config import ConfigError
 from mmgpt.training.config import load_train_config
-from mmgpt.training.loop import main
+from mmgpt.training.loop import run_training
 
 ZERO_LR = {name: 0.0 for name in ("text_encoder", "image_encoder", "fusion", "projector", "generator")}
 
@@ -23,7 +23,7 @@ ZERO_LR = {name: 0.0 for name in ("text_encoder", "image_encoder", "fusion", "pr
 def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     root = tmp_path_factory.mktemp("init_from")
     data = make_jsonl(root)
-    main(["--config", str(tiny_config(root, data, root / "source", max_steps=3))])
+    run_training(["--config", str(tiny_config(root, data, root / "source", max_steps=3))])
     prune(root / "source" / "model", root / "pruned", 0.5)
     return root, data, root / "pruned"
 
@@ -48,7 +48,7 @@ def test_recovery_training_starts_from_the_folders_weights(pruned: tuple[Path, P
     # with every learning rate zero the run ends where it started: exactly the folder's weights
     config = tiny_config(root, data, root / "frozen", max_steps=2, init_from=str(folder),
                          **{"optim.lr_multipliers": ZERO_LR})
-    main(["--config", str(config)])
+    run_training(["--config", str(config)])
     start, end = load_file(str(folder / "model.safetensors")), weights(root / "frozen")
     assert start.keys() == end.keys()
     for name in start:
@@ -58,7 +58,7 @@ def test_recovery_training_starts_from_the_folders_weights(pruned: tuple[Path, P
     assert saved["model"]["generator"]["kwargs"]["intermediate_size"] == 32
 
     config = tiny_config(root, data, root / "recovered", max_steps=3, init_from=str(folder))
-    main(["--config", str(config)])
+    run_training(["--config", str(config)])
     end = weights(root / "recovered")
     assert end["generator.model.layers.0.mlp.up_proj.weight"].shape == (32, 32)
     assert any(not torch.equal(start[k], end[k]) for k in start)

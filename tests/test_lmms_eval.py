@@ -53,8 +53,9 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[MMGPT, Path
 def evaluate(folder: Path, out: Path) -> tuple[dict, Path]:
     """eval_vqa.py on the first QUESTIONS test questions, writing the task folder -> (record, task folder)."""
     task = out / "mmgpt_vqa"
-    record = eval_vqa.main(["--model", str(folder), "--max-examples", str(QUESTIONS), "--out", str(out / "vqa.json"),
-                            "--predictions", str(out / "pred.json"), "--lmms-task", str(task)])
+    record = eval_vqa.evaluate_vqa(["--model", str(folder), "--max-examples", str(QUESTIONS), "--out",
+                                    str(out / "vqa.json"), "--predictions", str(out / "pred.json"), "--lmms-task",
+                                    str(task)])
     return record, task
 
 
@@ -88,7 +89,7 @@ def test_a_bad_task_folder_is_refused_before_the_model_runs(bad: str, message: s
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
     with pytest.raises(SystemExit):
-        eval_vqa.main(["--model", str(tmp_path / "none"), "--lmms-task", str(tmp_path / bad)])
+        eval_vqa.evaluate_vqa(["--model", str(tmp_path / "none"), "--lmms-task", str(tmp_path / bad)])
     assert message in capsys.readouterr().err
     assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
 

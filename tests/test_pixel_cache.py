@@ -17,7 +17,7 @@ import mmgpt.data.dataset as dataset
 from mmgpt.data.dataset import check_images
 from mmgpt.data.example import Example
 from mmgpt.data.pixel_cache import PixelCache, wait_for_writes
-from mmgpt.training.loop import main
+from mmgpt.training.loop import run_training
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +180,11 @@ def test_a_run_with_a_warm_cache_trains_byte_identical_weights(tmp_path: Path, m
     data = make_jsonl(tmp_path / "data", n=16)
     cold, warm = tmp_path / "cold", tmp_path / "warm"
     with caplog.at_level(logging.INFO):
-        main(["--config", str(tiny_config(tmp_path, data, cold, max_steps=4))])
+        run_training(["--config", str(tiny_config(tmp_path, data, cold, max_steps=4))])
     assert any(r.getMessage().startswith("first step after ") for r in caplog.records)
     wait_for_writes()
     assert _entries(tmp_path / "mmgpt-cache" / "images")
     _no_decoding(monkeypatch)
-    main(["--config", str(tiny_config(tmp_path, data, warm, max_steps=4))])
+    run_training(["--config", str(tiny_config(tmp_path, data, warm, max_steps=4))])
     model = Path("model") / "model.safetensors"
     assert (cold / model).read_bytes() == (warm / model).read_bytes()

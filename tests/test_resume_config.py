@@ -11,7 +11,7 @@ from tiny import one_thread  # noqa: F401  (autouse fixture)
 
 from mmgpt.config import ConfigError, to_dict
 from mmgpt.training.config import RESUMABLE_KEYS, TrainConfig, load_train_config
-from mmgpt.training.loop import main, parse_args
+from mmgpt.training.loop import parse_args, run_training
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def test_resume_latest_continues_with_the_runs_own_config(tmp_path: Path, data: 
     out = tmp_path / "run"
     config = tiny_config(tmp_path, data, out, max_steps=5)
     started = ["optim.lr=5e-3", "model.fusion.type=product", "batch_size=4"]
-    assert main(["--config", str(config), *started, "stop_at_step=2"]) == {"stopped_at_step": 2}
+    assert run_training(["--config", str(config), *started, "stop_at_step=2"]) == {"stopped_at_step": 2}
     # the command line names only the config that locates the run, as `train.py --resume latest` does
     cfg, _ = parse_args(["--config", str(config), "--resume", "latest"])
     assert (cfg.optim.lr, cfg.model.fusion.type, cfg.batch_size) == (5e-3, "product", 4)
@@ -35,7 +35,7 @@ def test_resume_latest_continues_with_the_runs_own_config(tmp_path: Path, data: 
         parse_args(["--config", str(config), "--resume", "latest", "model.fusion.type=cross_attention"])
     # repeating a setting the run already has changes nothing, so it is accepted
     assert parse_args(["--config", str(config), "--resume", "latest", "batch_size=4"])[0] == cfg
-    result = main(["--config", str(config), "--resume", "latest", "max_steps=6", "log_every=2"])
+    result = run_training(["--config", str(config), "--resume", "latest", "max_steps=6", "log_every=2"])
     assert result["step"] == 6
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert (saved["batch_size"], saved["max_steps"], saved["model"]["fusion"]["type"]) == (4, 6, "product")
@@ -93,7 +93,7 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path: Path
     from mmgpt.cli import main as cli
 
     mine = write(tmp_path / "mine.yaml", f"base: default\noutput_dir: {tmp_path / 'run'}\nmax_steps: 9\n")
-    main(["--print-config", "--config", str(mine), "batch_size=3"])
+    run_training(["--print-config", "--config", str(mine), "batch_size=3"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert (printed["max_steps"], printed["batch_size"]) == (9, 3) and "base" not in printed
     assert printed["model"] == to_dict(TrainConfig())["model"]

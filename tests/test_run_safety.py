@@ -23,7 +23,7 @@ import mmgpt.inference as inference
 from mmgpt.model import MMGPT
 from mmgpt.training.checkpoint import STATE_NAME, OutputDirInUse, checkpoint_dirs, run_id_of, save_checkpoint
 from mmgpt.training.config import is_default_job
-from mmgpt.training.loop import main, parse_args
+from mmgpt.training.loop import parse_args, run_training
 from mmgpt.training.nonfinite import NonFiniteTraining
 
 
@@ -53,12 +53,12 @@ def state_of(checkpoint: Path) -> dict:
 @pytest.mark.slow
 def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
     before = {p.name: run_id_of(p) for p in checkpoint_dirs(out)}
     assert list(before) == ["step_2", "step_4"]
     config = tiny_config(tmp_path, data, out, max_steps=2, save_every=1)
     with pytest.raises(OutputDirInUse) as info:
-        main(["--config", str(config)])
+        run_training(["--config", str(config)])
     message = str(info.value)
     for expected in (str(out), "--resume latest", "--overwrite", "output_dir="):
         assert expected in message, message
@@ -70,10 +70,10 @@ def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path, data: Pat
 @pytest.mark.slow
 def test_overwrite_clears_the_old_run_and_resume_latest_finds_the_new_one(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=3))])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=3))])
     old_ids = {run_id_of(p) for p in checkpoint_dirs(out)}
     config = tiny_config(tmp_path, data, out, max_steps=4, save_every=1, keep_checkpoints=2, stop_at_step=2)
-    assert main(["--config", str(config), "--overwrite"]) == {"stopped_at_step": 2}
+    assert run_training(["--config", str(config), "--overwrite"]) == {"stopped_at_step": 2}
     found = checkpoint_dirs(out)
     # the new run keeps its own two newest checkpoints: nothing of the old run survives, nothing of the new is lost
     assert [p.name for p in found] == ["step_1", "step_2"]
@@ -81,7 +81,7 @@ def test_overwrite_clears_the_old_run_and_resume_latest_finds_the_new_one(tmp_pa
     assert new_id not in old_ids
     assert not (out / "model").exists() and not (out / "metrics.json").exists()
     # the resumed run continues the new run (its id), and rotation then drops only its own old checkpoints
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=1, keep_checkpoints=2)),
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=1, keep_checkpoints=2)),
           "--resume", "latest"])
     assert [(p.name, run_id_of(p)) for p in checkpoint_dirs(out)] == [("step_3", new_id), ("step_4", new_id)]
     with pytest.raises(SystemExit):
@@ -97,22 +97,23 @@ def test_an_output_dir_mmgpt_did_not_write_is_refused_even_with_overwrite(tmp_pa
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     for extra in ([], ["--overwrite"]):
         with pytest.raises(FileExistsError, match=f"{out} is a folder that mmgpt did not write .* even with"):
-            main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
+            run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="notes.txt is a file, not a folder"):
-        main(["--config", str(tiny_config(tmp_path, data, tmp_path / "notes.txt", max_steps=2)), "--overwrite"])
+        run_training(["--config", str(tiny_config(tmp_path, data, tmp_path / "notes.txt", max_steps=2)), "--overwrite"])
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_a_run_folder_from_before_markers_is_still_resumed_and_guarded(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
-    assert main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2, stop_at_step=2))]) == \
+    assert run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2,
+                         stop_at_step=2))]) == \
         {"stopped_at_step": 2}
     (out / ".mmgpt-output.json").unlink()  # as earlier versions of mmgpt left a run folder
     with pytest.raises(OutputDirInUse):
-        main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2)), "--resume", "latest"])
+        run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2))])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2)), "--resume", "latest"])
     assert [p.name for p in checkpoint_dirs(out)] == ["step_2", "step_4"]
     assert (out / ".mmgpt-output.json").is_file() and (out / "model" / ".mmgpt-output.json").is_file()
 
@@ -192,7 +193,7 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkp
     monkeypatch.setattr("mmgpt.training.loop.is_default_job", lambda cfg: True)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteTraining, match=r"step 3: the loss is nan .*step_2"):
-        main(["--config", str(tiny_config(tmp_path, data, out, max_steps=5, save_every=1))])
+        run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=5, save_every=1))])
     assert [p.name for p in checkpoint_dirs(out)] == ["step_1", "step_2"]
     for checkpoint in checkpoint_dirs(out):
         assert all(torch.isfinite(t).all() for t in load_file(str(checkpoint / "model.safetensors")).values())
@@ -204,7 +205,7 @@ def test_skip_nonfinite_steps_skips_and_counts_them(tmp_path: Path, data: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     poison_step(monkeypatch, {2, 4})
     out = tmp_path / "run"
-    result = main(["--config", str(tiny_config(tmp_path, data, out, max_steps=5)), "skip_nonfinite_steps=true"])
+    result = run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=5)), "skip_nonfinite_steps=true"])
     assert result["nonfinite_steps_skipped"] == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["nonfinite_steps_skipped"] == 2
@@ -218,7 +219,7 @@ def test_metrics_json_is_strict_json(tmp_path: Path, data: Path, monkeypatch: py
     monkeypatch.setattr("mmgpt.training.loop.evaluate",
                         lambda *args, **kwargs: {"eval/loss": math.nan, "eval/acc": 0.5})
     out = tmp_path / "run"
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2))])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2))])
 
     def refuse(constant: str) -> None:
         raise ValueError(f"bare {constant} in strict JSON")
@@ -240,7 +241,7 @@ def test_weights_that_became_nan_are_never_saved(tmp_path: Path, data: Path, mon
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     out = tmp_path / "run"
     with pytest.raises(NonFiniteTraining, match=r"step \d: \d+ weight tensor\(s\) hold NaN or inf"):
-        main(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=1)),
+        run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=1)),
               "skip_nonfinite_steps=true"])
     assert [p.name for p in checkpoint_dirs(out)] == ["step_1"]
     assert not (out / "model").exists()
@@ -250,7 +251,7 @@ def test_weights_that_became_nan_are_never_saved(tmp_path: Path, data: Path, mon
 
 
 def test_a_toy_run_does_not_become_the_default_model(tmp_path: Path, data: Path, pointer: Path) -> None:
-    main(["--config", str(tiny_config(tmp_path, data, tmp_path / "run", max_steps=2))])
+    run_training(["--config", str(tiny_config(tmp_path, data, tmp_path / "run", max_steps=2))])
     assert not pointer.exists()
 
 
@@ -271,9 +272,9 @@ def test_a_completed_main_job_records_its_model(
     monkeypatch.setattr("mmgpt.training.loop.is_default_job", lambda cfg: True)
     out = tmp_path / "run"
     # stopped part-way: not completed, so not recorded
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=3, stop_at_step=2))])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=3, stop_at_step=2))])
     assert not pointer.exists()
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=3)), "--resume", "latest"])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=3)), "--resume", "latest"])
     assert Path(pointer.read_text()) == (out / "model").resolve()
 
 
@@ -343,7 +344,7 @@ def test_sigterm_checkpoints_within_a_step_and_the_run_resumes(tmp_path: Path, d
     (checkpoint,) = checkpoint_dirs(out)
     step = state_of(checkpoint)["step"]
     assert step >= 3
-    result = main(["--config", str(config), "--resume", "latest", f"max_steps={step + 2}"])
+    result = run_training(["--config", str(config), "--resume", "latest", f"max_steps={step + 2}"])
     assert result["step"] == step + 2 and (out / "model" / "model.safetensors").is_file()
 
 
@@ -393,5 +394,5 @@ def test_a_users_folders_named_like_leftovers_survive_checkpoints_and_overwrite(
     (out / ".model.old" / "notes.txt").write_text("mine")
     for extra in ([], ["--overwrite"]):
         with pytest.raises(FileExistsError, match=r"\.model\.old .*did not write.* move it"):
-            main(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
+            run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
     assert (out / ".model.old" / "notes.txt").read_text() == "mine"

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mmgpt.data.dataset import TooManyBadImages
-from mmgpt.training.loop import main
+from mmgpt.training.loop import run_training
 
 REPO = Path(__file__).resolve().parent.parent
 COLORS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 230, 20)}
@@ -110,7 +110,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_training_writes_a_loadable_model_and_learns(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
-    result = main(["--config", str(tiny_config(tmp_path, data, out, max_steps=30, **{"optim.lr": 1e-2}))])
+    result = run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=30, **{"optim.lr": 1e-2}))])
     history = json.loads((out / "history.json").read_text())["train"]
     assert len(history) == 30
     assert history[-1][1] < history[0][1] * 0.5, history
@@ -127,7 +127,7 @@ def test_training_writes_a_loadable_model_and_learns(tmp_path: Path, data: Path)
 @pytest.mark.slow
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Path, data: Path) -> None:
     single = tmp_path / "single"
-    main(["--config", str(tiny_config(tmp_path, data, single, batch_size=8))])
+    run_training(["--config", str(tiny_config(tmp_path, data, single, batch_size=8))])
     double = tmp_path / "double"
     config = tiny_config(tmp_path, data, double, batch_size=4)
     proc = launch_two_processes(config, tmp_path)
@@ -150,10 +150,10 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: 
     # the second case is the default's setting: EMA on, image encoder under bf16 autocast where native
     knobs = {"optim.ema_decay": ema_decay, "image_encoder_autocast": autocast}
     full = tmp_path / "full"
-    main(["--config", str(tiny_config(tmp_path, data, full, max_steps=9, **knobs))])
+    run_training(["--config", str(tiny_config(tmp_path, data, full, max_steps=9, **knobs))])
     resumed = tmp_path / "resumed"
     config = tiny_config(tmp_path, data, resumed, max_steps=9, stop_at_step=4, **knobs)
-    assert main(["--config", str(config)]) == {"stopped_at_step": 4}
+    assert run_training(["--config", str(config)]) == {"stopped_at_step": 4}
     # the weight average travels in the checkpoint: restarting it from the resumed weights would differ
     assert (resumed / "checkpoints" / "step_4" / "ema.safetensors").is_file() == (ema_decay > 0)
     state = json.loads((resumed / "checkpoints" / "step_4" / "trainer_state.json").read_text())
@@ -161,7 +161,7 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: 
     assert (state["epoch"], state["batches_in_epoch"]) == (0, 4)
     assert not (resumed / "model").exists()
     config = tiny_config(tmp_path, data, resumed, max_steps=9, **knobs)
-    main(["--config", str(config), "--resume", "latest"])
+    run_training(["--config", str(config), "--resume", "latest"])
     history_full = json.loads((full / "history.json").read_text())["train"]
     history_resumed = json.loads((resumed / "history.json").read_text())["train"]
     assert history_full == history_resumed
@@ -173,7 +173,7 @@ def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: 
 @pytest.mark.slow
 def test_checkpoints_are_complete_or_absent(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "ckpt"
-    main(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=2, keep_checkpoints=2))])
+    run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=6, save_every=2, keep_checkpoints=2))])
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["step_4", "step_6"], names
     for name in names:
@@ -207,7 +207,7 @@ def test_bad_images_are_skipped_and_counted(tmp_path: Path, data: Path) -> None:
         cfg = yaml.safe_load(f)
     cfg["data"]["max_bad_fraction"] = 0.5
     config.write_text(yaml.safe_dump(cfg))
-    result = main(["--config", str(config)])
+    result = run_training(["--config", str(config)])
     summary = result["bad_images"]["train"]
     assert summary.startswith(f"{num_bad} of "), summary
     assert (out / "model" / "model.safetensors").is_file()
@@ -217,13 +217,13 @@ def test_too_many_bad_images_fail_with_a_clear_message(tmp_path: Path, data: Pat
     mixed, _ = _with_bad_images(tmp_path, data)
     config = tiny_config(tmp_path, mixed, tmp_path / "strict", max_steps=2)
     with pytest.raises(TooManyBadImages, match=r"max_bad_fraction=0\.01"):
-        main(["--config", str(config)])
+        run_training(["--config", str(config)])
 
 
 def test_bad_config_key_names_the_key(tmp_path: Path, data: Path) -> None:
     config = tiny_config(tmp_path, data, tmp_path / "x")
     with pytest.raises(ValueError, match="optim.lrr"):
-        main(["--config", str(config), "optim.lrr=1"])
+        run_training(["--config", str(config), "optim.lrr=1"])
 
 
 def test_sigterm_becomes_a_stop_request() -> None:
@@ -258,7 +258,7 @@ def test_cpu_threads_default_to_the_cores_per_local_process(monkeypatch: pytest.
 def test_negative_cpu_threads_is_refused(tmp_path: Path, data: Path) -> None:
     config = tiny_config(tmp_path, data, tmp_path / "x")
     with pytest.raises(ValueError, match="cpu_threads"):
-        main(["--config", str(config), "cpu_threads=-1"])
+        run_training(["--config", str(config), "cpu_threads=-1"])
 
 
 def test_a_repeated_signal_is_the_same_stop_request_only_at_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from mmgpt.data.dataset import TooManyBadImages
 from mmgpt.training import loop
-from mmgpt.training.loop import main
+from mmgpt.training.loop import run_training
 from tests import hf_data
 from tests.test_train import make_jsonl, tiny_config, weights
 
@@ -34,15 +34,15 @@ def _config(tmp_path: Path, sets: tuple[Path, Path], out: Path, **overrides) -> 
 
 def test_streamed_run_stops_and_resumes_exactly(tmp_path: Path, sets: tuple[Path, Path]) -> None:
     full = tmp_path / "full"
-    result = main(["--config", str(_config(tmp_path, sets, full, max_steps=8))])
+    result = run_training(["--config", str(_config(tmp_path, sets, full, max_steps=8))])
     assert "eval/loss" in result["metrics"]
     resumed = tmp_path / "resumed"
-    assert main(["--config", str(_config(tmp_path, sets, resumed, max_steps=8, stop_at_step=3))]) == \
+    assert run_training(["--config", str(_config(tmp_path, sets, resumed, max_steps=8, stop_at_step=3))]) == \
         {"stopped_at_step": 3}
     state = json.loads((resumed / "checkpoints" / "step_3" / "trainer_state.json").read_text())
     (position,) = state["data_state"]
     assert position["batches"] == 3 and state["images_read_runtime"] == 24
-    main(["--config", str(_config(tmp_path, sets, resumed, max_steps=8)), "--resume", "latest"])
+    run_training(["--config", str(_config(tmp_path, sets, resumed, max_steps=8)), "--resume", "latest"])
     history = [json.loads((run / "history.json").read_text())["train"] for run in (full, resumed)]
     assert history[0] == history[1]
     a, b = weights(full), weights(resumed)
@@ -54,13 +54,13 @@ def test_bad_images_of_a_stream_are_skipped_and_stop_the_run_past_max_bad_fracti
         tmp_path: Path, sets: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     parquet = hf_data.parquet_shards(tmp_path / "bad", 64, shards=2, bad_every=4)
     config = _config(tmp_path, (parquet, sets[1]), tmp_path / "ok", max_steps=3, **{"data.max_bad_fraction": 0.5})
-    result = main(["--config", str(config)])
+    result = run_training(["--config", str(config)])
     # a quarter of the stream's rows are bad: each is skipped, counted, and replaced by the next row
     assert result["bad_images_during_training"] > 0
     monkeypatch.setattr(loop, "MIN_IMAGES_FOR_BAD_FRACTION", 16)
     config = _config(tmp_path, (parquet, sets[1]), tmp_path / "stop", max_steps=3, **{"data.max_bad_fraction": 0.05})
     with pytest.raises(TooManyBadImages, match=r"images read during training failed to load.*max_bad_fraction=0.05"):
-        main(["--config", str(config)])
+        run_training(["--config", str(config)])
 
 
 def test_stream_loader_decodes_in_every_worker_and_gives_the_same_batches_with_any_number(

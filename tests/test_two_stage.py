@@ -13,7 +13,7 @@ from tiny import one_thread  # noqa: F401
 
 from mmgpt import lora
 from mmgpt.model import MMGPT
-from mmgpt.training.loop import build_run, finish, main, parse_args, train
+from mmgpt.training.loop import build_run, finish, parse_args, run_training, train
 from mmgpt.training.memory import cast_frozen
 from mmgpt.training.optim import apply_freezing
 
@@ -105,16 +105,16 @@ def test_two_stages_train_only_what_each_stage_names(setup: dict) -> None:
 
 def test_a_lora_stage_resumes_exactly(setup: dict) -> None:
     stage1 = setup["root"] / "resume_base"
-    main(["--config", str(write_config(setup, "resume_base", stage1, max_steps=1))])
+    run_training(["--config", str(write_config(setup, "resume_base", stage1, max_steps=1))])
     model = {"generator": {"freeze": False, "lora": {"r": 2}}}
     full = setup["root"] / "full"
-    main(["--config", str(write_config(setup, "full", full, init_from=str(stage1 / "model"), model=model,
+    run_training(["--config", str(write_config(setup, "full", full, init_from=str(stage1 / "model"), model=model,
                                        max_steps=4))])
     resumed = setup["root"] / "resumed"
     config = write_config(setup, "resumed", resumed, init_from=str(stage1 / "model"), model=model, max_steps=4,
                           stop_at_step=2)
-    assert main(["--config", str(config)]) == {"stopped_at_step": 2}
-    main(["--config", str(write_config(setup, "resumed", resumed, init_from=str(stage1 / "model"), model=model,
+    assert run_training(["--config", str(config)]) == {"stopped_at_step": 2}
+    run_training(["--config", str(write_config(setup, "resumed", resumed, init_from=str(stage1 / "model"), model=model,
                                        max_steps=4)), "--resume", "latest"])
     one, two = (load_file(folder / "model" / "model.safetensors") for folder in (full, resumed))
     assert one.keys() == two.keys()

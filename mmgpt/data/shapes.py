@@ -20,7 +20,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from mmgpt.saving import folder_lock, replacing_folder
+from mmgpt.saving import folder_lock, replacing_folder, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -178,10 +178,10 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
         info = {"description": f"mmgpt synthetic shapes captions, {split} split", "version": str(VERSION),
                 "contributor": "mmgpt.data.shapes", **params}
         data = {"info": info, "licenses": [], "images": images, "annotations": annotations}
-        (folder / f"captions_{split}.json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        write_json(folder / f"captions_{split}.json", data, indent=1, newline=True)
     meta = {"generator": "mmgpt.data.shapes", "version": VERSION, "params": params, "counts": counts,
             "pillow": Image.__version__}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")  # last: marks complete
+    write_json(folder / "meta.json", meta, indent=1, newline=True)  # last: marks complete
 
 
 def _generated_here(folder: Path) -> bool:

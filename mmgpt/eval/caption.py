@@ -18,27 +18,26 @@ import logging
 import sys
 from typing import Any
 
-from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
-from mmgpt.logging_setup import configure_logging
+from mmgpt.eval.common import default_outputs, finish_evaluation, package_versions, parse_evaluation_args
+from mmgpt.saving import write_json
 
 logger = logging.getLogger("mmgpt.eval_caption")
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results",
-                        help="score this COCO results file [{image_id, caption}] instead of running a model")
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", help="COCO captions JSON (default: built-in shapes test split)")
     parser.add_argument("--images", help="image folder of the annotations' file_name entries")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"],
                         help="built-in split (default test)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="score a --results file that captions only some of the annotated images (default: refuse)")
-    add_model_args(parser)
-    args = parser.parse_args(argv)
-    configure_logging(logging.INFO)
+
+
+def evaluate_captions(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record ({} off rank 0)."""
+    args, parser = parse_evaluation_args(
+        argv, prog, __doc__, "score this COCO results file [{image_id, caption}] instead of running a model",
+        _add_arguments)
     from mmgpt.data.formats import read_dataset
     from mmgpt.data.spec import DatasetSpec
     from mmgpt.eval.caption_facts import facts_text, load_scenes, score_caption_facts
@@ -77,7 +76,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         predictions = {e.meta["image_id"]: a for e, a in zip(examples, answers)}
         scenes = {e.meta["image_id"]: e.meta["scene"] for e in examples if "scene" in e.meta}
         if args.predictions:
-            write_json(args.predictions, [{"image_id": k, "caption": v} for k, v in predictions.items()])
+            write_json(args.predictions, [{"image_id": k, "caption": v} for k, v in predictions.items()], indent=2,
+                       default=str)
     missing = [k for k in references if k not in predictions]
     if missing and not args.allow_partial:
         raise ValueError(
@@ -97,26 +97,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
               "num_images": len(predictions), **info, "versions": package_versions()}
     if facts:
         record["caption_facts"] = facts
-    write_json(out, record)
     # every row is looked up by the one image_id, so its image, prompt, references and caption belong together
     shown = {e.meta["image_id"]: e for e in examples}
     rows = [{"image": shown[k].image if k in shown else None, "image_key": k,
              "prompt": shown[k].prompt if k in shown else "", "references": references[k],
              "prediction": predictions[k], "score": per_image[k].get("CIDEr", 0.0)} for k in predictions]
     facts_html = f"<h2>Caption facts</h2><pre>{html.escape(facts_text(facts))}</pre>" if facts else ""
-    write_html_report(report, "Caption evaluation", metrics, rows, tables={"Run": info}, extra_html=facts_html)
-    print(f"caption metrics on {len(predictions)} images:")
-    for name, value in metrics.items():
-        print(f"  {name:>8}: {value:.4f}")
+    summary = [f"caption metrics on {len(predictions)} images:",
+               *(f"  {name:>8}: {value:.4f}" for name, value in metrics.items())]
     if missing_java:
-        print(f"  unavailable: {', '.join(missing_java)} (need Java and the COCO toolkit's jars)")
+        summary.append(f"  unavailable: {', '.join(missing_java)} (need Java and the COCO toolkit's jars)")
     if facts:
-        print(facts_text(facts))
-    print(f"metrics: {out}\nreport:  {report}")
-    return record
+        summary.append(facts_text(facts))
+    return finish_evaluation(out, report, record, "Caption evaluation", metrics, rows, {"Run": info}, summary,
+                             extra_html=lambda: facts_html)
 
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`mmgpt eval-caption` and eval_caption.py -> exit status 0 (bad input raises; mmgpt.cli reports it, status 2)."""
+    evaluate_captions(argv, prog)
+    return 0
 
 if __name__ == "__main__":
     from mmgpt.errors import run_reporting_errors
 
-    sys.exit(run_reporting_errors("python -m mmgpt.eval.caption", lambda: 0 if main() is not None else 1))
+    sys.exit(run_reporting_errors("python -m mmgpt.eval.caption", main))

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from mmgpt.jsonfile import read_json_file
+from mmgpt.saving import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -517,8 +518,7 @@ def _spice(image_ids: list[Any], refs: list[list[str]], hyps: list[str]) -> tupl
     jar = _toolkit_dir() / "spice" / "spice-1.0.jar"
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "in.json", Path(tmp) / "out.json"
-        src.write_text(json.dumps([{"image_id": i, "test": h, "refs": r}
-                                   for i, r, h in zip(image_ids, refs, hyps)]))
+        write_json(src, [{"image_id": i, "test": h, "refs": r} for i, r, h in zip(image_ids, refs, hyps)])
         subprocess.run(["java", "-jar", "-Xmx8G", jar.name, str(src), "-out", str(out), "-subset", "-silent"],
                        cwd=jar.parent, check=True)
         results = json.loads(out.read_text())

@@ -1,4 +1,4 @@
-"""What both evaluation scripts share: their options, the result record, the HTML report."""
+"""What both evaluation scripts share: their command line, the result record, the HTML report, the run over a model."""
 from __future__ import annotations
 
 import argparse
@@ -6,16 +6,19 @@ import base64
 import html
 import io
 import json
+import logging
 import platform
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from mmgpt.decoding import add_decoding_args
+from mmgpt.logging_setup import configure_logging
 from mmgpt.outputs import check_output_file
-from mmgpt.saving import write_text_atomic
+from mmgpt.ranges import check_range
+from mmgpt.saving import write_json, write_text_atomic
 
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
 
@@ -29,11 +32,6 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[name] = "not installed"
     return versions
-
-
-def write_json(path: str | Path, data: Any) -> None:
-    """Write a report's JSON atomically (temp file then rename); values JSON lacks are written as strings."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _thumbnail(image: Any, size: int = 128) -> str:
@@ -124,6 +122,30 @@ def write_html_report(
     write_text_atomic(path, "\n".join(parts))
 
 
+def parse_evaluation_args(argv: list[str] | None, prog: str | None, description: str, results_help: str,
+                          add_arguments: Callable[[argparse.ArgumentParser], None]
+                          ) -> tuple[argparse.Namespace, argparse.ArgumentParser]:
+    """An evaluation script's command line: --results (score a file), its own options, then add_model_args."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", help=results_help)
+    add_arguments(parser)
+    add_model_args(parser)
+    args = parser.parse_args(argv)
+    configure_logging(logging.INFO)
+    return args, parser
+
+
+def finish_evaluation(out: Path, report: Path, record: dict[str, Any], title: str, metrics: dict[str, Any],
+                      rows: Sequence[dict[str, Any]], tables: dict[str, dict[str, Any]], summary: Sequence[str],
+                      extra_html: Callable[[], str] = str) -> dict[str, Any]:
+    """Write the metrics record and the HTML report (`extra_html()` after its examples), print `summary` -> record."""
+    write_json(out, record, indent=2, default=str)
+    write_html_report(report, title, metrics, rows, tables=tables, extra_html=extra_html())
+    print("\n".join([*summary, f"metrics: {out}", f"report:  {report}"]))
+    return record
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     """--model, --batch-size, --max-examples and --out/--report/--predictions, shared by both scripts."""
     parser.add_argument("--model", default=None,
@@ -166,8 +188,7 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
     decodings = [{**options, **variant} for variant in variants]
     for decoding in decodings:
         check_decoding_options(decoding)
-    if isinstance(args.batch_size, bool) or not isinstance(args.batch_size, int) or args.batch_size < 1:
-        raise ValueError(f"--batch-size must be an int >= 1, got {args.batch_size!r}")
+    check_range("--batch-size", args.batch_size, ">= 1", integer=True)
     accelerator = Accelerator(cpu=cpu_processes())
     warn_if_one_process_launched(accelerator.num_processes, Path(sys.argv[0]).name or "eval_vqa.py")
     if accelerator.device.type == "cpu":

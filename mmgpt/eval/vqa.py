@@ -16,9 +16,9 @@ import sys
 from typing import Any
 
 from mmgpt.data.example import Example
-from mmgpt.eval.common import add_model_args, default_outputs, package_versions, write_html_report, write_json
+from mmgpt.eval.common import default_outputs, finish_evaluation, package_versions, parse_evaluation_args
 from mmgpt.eval.vqa_metrics import VERSIONS, official_header
-from mmgpt.logging_setup import configure_logging
+from mmgpt.saving import write_json
 
 logger = logging.getLogger("mmgpt.eval_vqa")
 
@@ -72,12 +72,7 @@ def explained(args: argparse.Namespace, examples: list[Example]) -> str:
     return "\n".join(parts)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results",
-                        help="score this official results file [{question_id, answer}] instead of running a model")
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", help="official VQA questions JSON (default: easy-VQA)")
     parser.add_argument("--annotations", help="official VQA annotations JSON")
     parser.add_argument("--images", help="image folder of a VQA v2 set (COCO_<subtype>_<id>.jpg names)")
@@ -94,8 +89,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser.add_argument("--lmms-task", metavar="DIR",
                         help="also write the evaluated questions as an lmms-eval task folder (new or empty; its name "
                              "is the task's), to score the same questions with lmms-eval (mmgpt.eval.lmms_task)")
-    add_model_args(parser)
-    args = parser.parse_args(argv)
+
+
+def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict:
+    """Evaluate or score, write the metrics JSON and the HTML report; return the metrics record ({} off rank 0)."""
+    args, parser = parse_evaluation_args(
+        argv, prog, __doc__, "score this official results file [{question_id, answer}] instead of running a model",
+        _add_arguments)
     if args.closed_set and args.results:
         parser.error("--closed-set runs a model; it cannot score a --results file")
     if args.lmms_task and args.results:
@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
             check_task_folder(args.lmms_task)
         except ValueError as e:
             parser.error(str(e))
-    configure_logging(logging.INFO)
     from mmgpt.eval.vqa_metrics import load_vqa_files, vqa_score
 
     # what a model run writes besides the metrics and the report (scoring a results file writes neither)
@@ -138,10 +137,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         questions, annotations, ids = official_files(examples)
         results = [{"question_id": qid, "answer": p} for qid, p in zip(ids, predictions)]
         if is_main and args.predictions:
-            write_json(args.predictions, results)
+            write_json(args.predictions, results, indent=2, default=str)
         if is_main and args.export_official:
-            write_json(f"{args.export_official}/questions.json", questions)
-            write_json(f"{args.export_official}/annotations.json", annotations)
+            write_json(f"{args.export_official}/questions.json", questions, indent=2, default=str)
+            write_json(f"{args.export_official}/annotations.json", annotations, indent=2, default=str)
         if is_main and args.lmms_task:
             from mmgpt.eval.lmms_task import write_lmms_task
 
@@ -167,7 +166,6 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         side_by_side[f"Open vs closed-set accuracy ({len(choices)} choices)"] = {
             kind: f"{open_value:.2f} open, {closed_value:.2f} closed-set" for kind, (open_value, closed_value) in
             pairs.items()}
-    write_json(out, record)
     answers = {r["question_id"]: r["answer"] for r in results}
     text = {q["question_id"]: q["question"] for q in questions["questions"]}
     # the question ids are unique in the official files (checked when scoring), so one id pairs a row's parts
@@ -179,21 +177,23 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
              "prompt": text.get(qid, ""), "references": sorted({x["answer"] for x in a["answers"]}),
              "prediction": answers[qid], "score": per_question.get(qid, 0.0) / 100.0}
             for a in annotations["annotations"] if (qid := a["question_id"]) in answers]
-    write_html_report(report, "VQA evaluation", {"overall": scores["overall"]}, rows,
-                      tables={"Per answer type": dict(sorted(scores["perAnswerType"].items())), **side_by_side,
-                              "Run": info},
-                      extra_html=explained(args, examples))
-    print(f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions")
-    for answer_type, value in sorted(scores["perAnswerType"].items()):
-        print(f"  {answer_type:>10}: {value:.2f}")
+    summary = [f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions",
+               *(f"  {answer_type:>10}: {value:.2f}" for answer_type, value in sorted(scores["perAnswerType"].items()))]
     if args.closed_set:
-        print(f"closed-set VQA accuracy {record['closed_set']['metrics']['overall']:.2f} "
-              f"(answers limited to the {len(choices)} answers of these questions)")
-    print(f"metrics: {out}\nreport:  {report}")
-    return record
+        summary.append(f"closed-set VQA accuracy {record['closed_set']['metrics']['overall']:.2f} "
+                       f"(answers limited to the {len(choices)} answers of these questions)")
+    return finish_evaluation(out, report, record, "VQA evaluation", {"overall": scores["overall"]}, rows,
+                             {"Per answer type": dict(sorted(scores["perAnswerType"].items())), **side_by_side,
+                              "Run": info}, summary, extra_html=lambda: explained(args, examples))
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`mmgpt eval-vqa` and eval_vqa.py -> exit status 0 (bad input raises; mmgpt.cli reports it with status 2)."""
+    evaluate_vqa(argv, prog)
+    return 0
 
 
 if __name__ == "__main__":
     from mmgpt.errors import run_reporting_errors
 
-    sys.exit(run_reporting_errors("python -m mmgpt.eval.vqa", lambda: 0 if main() is not None else 1))
+    sys.exit(run_reporting_errors("python -m mmgpt.eval.vqa", main))

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmgpt.config import PromptTemplates
-from mmgpt.decoding import check_answer_length, position_ids
+from mmgpt.decoding import check_answer_length, int_option, position_ids
 from mmgpt.images import ImageInput, load_image
 from mmgpt.prompts import question_prompt
 from mmgpt.runtime.image import ImageTransform
@@ -200,12 +200,8 @@ class OnnxVLM:
             raise TypeError("text must be a str or a list of str")
         if len(texts) != len(images):
             raise ValueError(f"got {len(texts)} texts but {len(images)} images")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
-                                           or max_new_tokens < 0):
-            raise ValueError(f"max_new_tokens must be None (the export's generation config) or an int >= 0, "
-                             f"got {max_new_tokens!r}")
+        int_option("batch_size", batch_size, 1)
+        int_option("max_new_tokens", max_new_tokens, 0, none="the export's generation config")
         answers: list[str] = []
         for start in range(0, len(texts), batch_size):
             batch = self.encode_prompts(self.prompts(texts[start : start + batch_size]))

@@ -9,6 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from mmgpt.ranges import check_range
 from mmgpt.serve.app import create_app
 from mmgpt.serve.ray_app import serve_on_ray
 from mmgpt.serve.settings import ServerSettings, default, served_name
@@ -58,17 +59,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name, minimum in (("max_batch_size", 1), ("max_queue", 1), ("port", 0), ("num_replicas", 1), ("max_tokens", 1),
-                          ("max_connections", 1)):
-        if getattr(args, name) < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {getattr(args, name)}")
-    if args.port > 65535:
-        raise ValueError(f"--port must be in [0, 65535], got {args.port}")
-    for name in ("max_wait_ms", "max_body_mb", "timeout_s", "body_timeout_s", "keep_alive_s"):
-        if not getattr(args, name) > 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    if not args.image_cache_mb >= 0:
-        raise ValueError(f"--image-cache-mb must be >= 0, got {args.image_cache_mb}")
+    ranges = {"max_batch_size": ">= 1", "max_queue": ">= 1", "port": "[0, 65535]", "num_replicas": ">= 1",
+              "max_tokens": ">= 1", "max_connections": ">= 1", "max_wait_ms": "> 0", "max_body_mb": "> 0",
+              "timeout_s": "> 0", "body_timeout_s": "> 0", "keep_alive_s": "> 0", "image_cache_mb": ">= 0"}
+    for name, allowed in ranges.items():
+        value = getattr(args, name)
+        check_range(f"--{name.replace('_', '-')}", value, allowed, integer=isinstance(value, int))
 
 
 def settings_from(args: argparse.Namespace, model_path: str | Path) -> ServerSettings:

@@ -15,7 +15,6 @@ from mmgpt.config import (
     apply_overrides,
     check_config_size,
     check_fields,
-    check_range,
     from_dict,
     load_yaml,
     parse_override,
@@ -23,6 +22,7 @@ from mmgpt.config import (
     upgrade_keys,
 )
 from mmgpt.data.spec import DatasetSpec
+from mmgpt.ranges import check_range
 
 
 def _default_train_data() -> list:
@@ -96,7 +96,7 @@ class OptimConfig:
         if len(self.betas) != 2:
             raise ConfigError(f"optim.betas must have two values, got {self.betas}")
         for i, beta in enumerate(self.betas):
-            check_range(f"optim.betas[{i}]", beta, "[0, 1)")
+            check_range(f"optim.betas[{i}]", beta, "[0, 1)", error=ConfigError)
         allowed = {"text_encoder", "image_encoder", "fusion", "projector", "generator"}
         unknown = set(self.lr_multipliers) - allowed
         if unknown:
@@ -104,7 +104,7 @@ class OptimConfig:
                 f"optim.lr_multipliers: unknown component {sorted(unknown)}; available: {sorted(allowed)}"
             )
         for component, multiplier in self.lr_multipliers.items():
-            check_range(f"optim.lr_multipliers.{component}", multiplier, ">= 0")
+            check_range(f"optim.lr_multipliers.{component}", multiplier, ">= 0", error=ConfigError)
 
 
 @dataclass

@@ -182,10 +182,17 @@ class Run:
         return Path(self.cfg.output_dir)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`mmgpt train` and train.py -> exit status 0 (bad input raises; mmgpt.cli reports it with status 2)."""
+    run_training(argv, prog)
+    return 0
+
+
+def run_training(argv: list[str] | None = None, prog: str | None = None) -> dict:
     """Train, checkpoint, evaluate and save the final model (build_run -> train -> finish).
 
-    Returns the final metrics.
+    Returns the final metrics ({"stopped_at_step": N} for a run stopped early; the report of --dry-run, the
+    config of --print-config).
     """
     cfg, args = parse_args(argv, prog)
     if args.print_config:
