@@ -40,6 +40,7 @@ if __package__ in (None, ""):
 import torch
 
 from bench import cli, common
+from mmgpt.saving import write_json
 
 logger = logging.getLogger("bench.data_scale")
 
@@ -118,7 +119,7 @@ def generate(folder: Path, rows: int) -> Path:
         # as real images are: stored once per row and incompressible (no dictionary folding the repeated PNGs)
         pq.write_table(table, folder / f"train-{shard:05d}.parquet", row_group_size=1000, use_dictionary=False,
                        compression={"image": "none", "question": "snappy", "answer": "snappy", "id": "snappy"})
-    manifest.write_text(json.dumps(wanted))
+    write_json(manifest, wanted)
     logger.info("generated %d rows in %s in %.1f s", rows, folder, time.perf_counter() - start)
     return folder
 
@@ -246,7 +247,7 @@ def loader_rate(path: str, workers: int, batches: int) -> dict[str, Any]:
 
     cfg = load_train_config("default", [f"data.num_workers={workers}", *train_overrides(path)])
     model = workloads.build_model(cfg.model)
-    templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    templates = PromptTemplates.from_config(cfg.model)
     checked = [(name, data, spec.weight, None)
                for (name, data), spec in zip(read_splits(cfg.data.train, templates), cfg.data.train)]
     loader, _ = build_stream_loader(cfg, checked, model.processor, SimpleNamespace(process_index=0, num_processes=1))
@@ -277,7 +278,7 @@ def consumption(steps: int) -> float:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Generate the set (once), then start-up + memory per size and loading vs consumption; write the JSON."""
     parser = cli.new_parser(__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -336,5 +337,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                  "consumption_samples_per_s": consumed})
 
 
+main = common.exit_status(run)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

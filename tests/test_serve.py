@@ -719,7 +719,7 @@ def test_the_readmes_usage_figures_are_what_the_server_counts() -> None:
     assert curl_usage["total_tokens"] == curl_usage["prompt_tokens"] + curl_usage["completion_tokens"]
 
     cfg = load_train_config("default")
-    templates = PromptTemplates(vqa=cfg.model.vqa_template, caption=cfg.model.caption_prompt)
+    templates = PromptTemplates.from_config(cfg.model)
     texts = [t for _, examples in read_splits(cfg.data.train, templates) for e in examples
              for t in (e.prompt, e.answer)]
     model = MMGPT.from_config(cfg.model, tokenizer=train_tokenizer(texts, cfg.model.tokenizer)).eval()

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mmgpt.decoding import position_ids
 from mmgpt.model import MMGPT
 from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
 from mmgpt.runtime.image import check_transform_config
@@ -140,7 +141,7 @@ def _example_inputs(mm: MMGPT) -> dict[str, Any]:
         "prefix": (input_ids, attention_mask, torch.randn(2, 3, height, image_width, generator=g)),
         "embed_tokens": (input_ids,),
         "decoder": (torch.randn(2, length, width, generator=g), decoder_mask,
-                    (decoder_mask.cumsum(1) - 1).clamp(min=0)[:, past_length:],
+                    position_ids(decoder_mask)[:, past_length:],
                     tuple(torch.randn(2, kv_heads, past_length, head_dim, generator=g) for _ in range(2 * layers))),
         "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "width": width,
         "image_size": (height, image_width),
