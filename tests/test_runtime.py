@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from tiny import build, one_thread, tiny_config  # noqa: F401  (one_thread: auto
 
 from mmgpt import cli
 from mmgpt.encoders.timm_image import TimmTransform
-from mmgpt.export import export_onnx
+from mmgpt.export import ExportError, export_onnx, quantize_export
 from mmgpt.inference import answer
 from mmgpt.runtime import ExportFolderError, OnnxVLM
 from mmgpt.runtime.image import ImageTransform
@@ -234,6 +235,14 @@ def test_int8_export_is_what_the_runtime_runs(exported: tuple, tmp_path: Path) -
     assert not np.array_equal(logits[0], logits[1])
     assert np.abs(logits[0] - logits[1]).max() <= 0.05 * np.abs(logits[1]).max()
     assert answer(texts, images, model=folder) == int8.answer(texts, images)
+    # an fp32 export quantised afterwards holds the same graphs; a quantised one is not quantised twice
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_folder, copy)
+    quantize_export(copy)
+    assert json.loads((copy / "manifest.json").read_text())["dtype"] == "int8"
+    assert OnnxVLM(copy).answer(texts, images) == int8.answer(texts, images)
+    with pytest.raises(ExportError, match=r"copy is already quantised \(dtype 'int8'\)"):
+        quantize_export(copy)
 
 
 def test_an_unknown_dtype_is_refused(exported: tuple, tmp_path: Path) -> None:
