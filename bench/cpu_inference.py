@@ -104,6 +104,7 @@ def convert(model: Any, path: str, workdir: Path, seed: int = 0) -> Any:
         if path == "onnx-int8":
             # what `mmgpt export --int8` writes, without exporting a second time
             folder = workdir / "onnx-int8"
+            shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(fp32, folder)
             quantize_export(folder)
         return OnnxPath(folder, torch.get_num_threads())
