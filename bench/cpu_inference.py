@@ -9,7 +9,10 @@ Paths (one model each, converted from the same fp32 weights):
 
 * ``fp32-hf``: fp32 through Hugging Face ``generate`` (what ``MMGPT.generate`` ran before mmgpt.static_decoding);
 * ``fp32``, ``bf16``, ``int8``, ``int8-torchao``: the model as ``mmgpt quantize --method`` leaves it (fp32: as
-  saved), decoded by ``MMGPT.generate`` (mmgpt.static_decoding for these Llama generators).
+  saved), decoded by ``MMGPT.generate`` (mmgpt.static_decoding for these Llama generators);
+* ``onnx``, ``onnx-int8``: the model as ``mmgpt export`` (``--int8``) writes it, answered by mmgpt.runtime;
+* ``smolvlm``: transformers' SmolVLM-256M architecture with random weights (bench/cpu_paths.py), with the
+  gpu200m rows.
 
 Each batch size runs ``answer()`` from the same PNG and question for the longest N (``min_new_tokens = N``,
 so eos cannot end it early), round-robin over the paths so load from other processes hits each alike; a
@@ -21,8 +24,8 @@ counts the turns other processes take. The memory-bandwidth bound of each path i
 read bandwidth measured in this run (a large tensor summed) over the weight bytes one decode step reads
 (every generator weight except the input-embedding lookup; the tied output layer once). At batch 1 and the
 longest N it also times, for fp32 and int8, ``MMGPT.generate`` on the preprocessed batch and the decoding
-alone on precomputed prompt embeddings (answer() overhead), and fp32 with ``use_cache=False`` (KV-cache
-speedup). ``--memory`` saves every path as a model folder and answers once from it in a fresh process:
+alone on precomputed prompt embeddings (answer() overhead), and ``use_cache=False`` (KV-cache speedup).
+``--memory`` saves every torch path as a model folder and answers once from it in a fresh process:
 peak RSS (loading included) and RSS after answering.
 
 On a shared machine only the ratios between paths of one run mean anything.
@@ -37,6 +40,7 @@ import copy
 import functools
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +60,9 @@ from bench import cli, common, workloads
 logger = logging.getLogger("bench.cpu_inference")
 
 NAME = "cpu_inference"
-PATHS = ("fp32-hf", "fp32", "bf16", "int8", "int8-torchao")
+PATHS = ("fp32-hf", "fp32", "bf16", "int8", "int8-torchao", "onnx", "onnx-int8", "smolvlm")
+# paths that are not an MMGPT in torch (bench/cpu_paths.py); smolvlm is one model, timed with the gpu200m rows
+EXTERNAL_PATHS = ("onnx", "onnx-int8", "smolvlm")
 CONFIGS = ("gpu200m", "nanovlm222m")
 QUESTION = "what shape is in the image?"
 # configs/nanovlm222m.yaml's hub parts as the same architectures built from scratch
@@ -80,12 +86,28 @@ def build(config: str, seed: int = 0, tiny: bool = False) -> Any:
     return workloads.build_model(from_dict(TrainConfig, data).model, seed=seed).eval()
 
 
-def convert(model: Any, path: str) -> Any:
-    """The model as `path` runs it (a copy; fp32 and fp32-hf share the original)."""
+def convert(model: Any, path: str, workdir: Path, seed: int = 0) -> Any:
+    """The model as `path` runs it (a copy; fp32 and fp32-hf share the original; ONNX paths: exported to workdir)."""
+    from bench.cpu_paths import OnnxPath, SmolVLMPath
     from mmgpt.compress.int8 import quantize_model
+    from mmgpt.export import export_onnx, quantize_export
 
     if path in ("fp32", "fp32-hf"):
         return model
+    if path == "smolvlm":
+        return SmolVLMPath(seed)
+    if path in ("onnx", "onnx-int8"):
+        fp32 = workdir / "onnx"
+        if not fp32.exists():
+            export_onnx(model, fp32)
+        folder = fp32
+        if path == "onnx-int8":
+            # what `mmgpt export --int8` writes, without exporting a second time
+            folder = workdir / "onnx-int8"
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(fp32, folder)
+            quantize_export(folder)
+        return OnnxPath(folder, torch.get_num_threads())
     converted = copy.deepcopy(model)
     quantize_model(converted, path)
     return converted.eval()
@@ -155,6 +177,9 @@ def decode_bytes(model: Any) -> int:
 def _answer(model: Any, batch_size: int, image: str, new_tokens: int) -> Callable[[], Any]:
     from mmgpt.inference import answer
 
+    if hasattr(model, "record"):  # bench.cpu_paths: answers from the image file too
+        return lambda: model.answer([QUESTION] * batch_size, [image] * batch_size, batch_size=batch_size,
+                                    max_new_tokens=new_tokens)
     return lambda: answer([QUESTION] * batch_size, [image] * batch_size, model=model, batch_size=batch_size,
                           max_new_tokens=new_tokens, min_new_tokens=new_tokens)
 
@@ -175,15 +200,21 @@ def _stepped(models: dict[str, Any], batch_size: int, image: str, n: int, repeat
     for _ in range(repeats):
         for path, model in models.items():
             recorder = StepClock()
-            # answer() takes decoding options only: the recorder reaches generate through the instance
-            model.generate = functools.partial(type(model).generate, model,
-                                               logits_processor=LogitsProcessorList([recorder]))
+            if hasattr(model, "record"):
+                model.record(lambda r=recorder: r.times.append(clock()))
+            else:
+                # answer() takes decoding options only: the recorder reaches generate through the instance
+                model.generate = functools.partial(type(model).generate, model,
+                                                   logits_processor=LogitsProcessorList([recorder]))
             try:
                 with hugging_face_generate(path == "fp32-hf"):
                     start = clock()
                     _answer(model, batch_size, image, n)()
             finally:
-                del model.generate
+                if hasattr(model, "record"):
+                    model.record(None)
+                else:
+                    del model.generate
             steps[path].append([t - start for t in recorder.times])
     return {path: [sorted(r[i] for r in runs)[len(runs) // 2] for i in range(n)] for path, runs in steps.items()}
 
@@ -202,7 +233,8 @@ def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int]
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
     Image.fromarray(pixels.numpy()).save(image)
-    models = {path: convert(base, path) for path in paths}
+    paths = [p for p in paths if p != "smolvlm" or config == "gpu200m"]
+    models = {path: convert(base, path, workdir / config, seed) for path in paths}
     bandwidth = read_bandwidth()
     logger.info("%s: %.1fM parameters, read bandwidth %.1f GB/s", config, info["params_total"] / 1e6, bandwidth / 1e9)
     _timed({p: _answer(m, 1, image, 2) for p, m in models.items()}, 1)  # warm-up: first calls allocate
@@ -214,7 +246,7 @@ def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int]
             for path, model in models.items():
                 first, whole = steps[path][0], steps[path][n - 1]
                 decode = batch_size * (n - 1) / max(whole - first, 1e-9)
-                step_bytes = decode_bytes(model)
+                step_bytes = model.decode_bytes() if hasattr(model, "decode_bytes") else decode_bytes(model)
                 bound = bandwidth / step_bytes * batch_size
                 points.append({"path": path, "batch_size": batch_size, "new_tokens": n, "ttft_s": first,
                                "total_s": whole, "decode_tokens_per_s": decode,
@@ -223,11 +255,16 @@ def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int]
             logger.info("%s batch %d, %d tokens: %s", config, batch_size, n, ", ".join(
                 f"{p['path']} {p['decode_tokens_per_s']:.1f} tok/s" for p in points[-len(models):]))
     for point in points:
-        reference = next(q for q in points if q["path"] == "fp32-hf" and q["batch_size"] == point["batch_size"]
-                         and q["new_tokens"] == point["new_tokens"]) if "fp32-hf" in models else None
-        if reference:
-            point["decode_x_fp32_hf"] = point["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
-            point["ttft_x_fp32_hf"] = point["ttft_s"] / reference["ttft_s"]
+        for name in ("fp32-hf", "fp32"):
+            if name not in models:
+                continue
+            reference = next(q for q in points if q["path"] == name and q["batch_size"] == point["batch_size"]
+                             and q["new_tokens"] == point["new_tokens"])
+            key = name.replace("-", "_")
+            point[f"decode_x_{key}"] = point["decode_tokens_per_s"] / reference["decode_tokens_per_s"]
+            point[f"ttft_x_{key}"] = point["ttft_s"] / reference["ttft_s"]
+            # the whole answer's latency against eager fp32's
+            point[f"total_x_{key}"] = point["total_s"] / reference["total_s"]
     result: dict[str, Any] = {"config": config, **info, "image_size": [height, width], "read_bandwidth_bytes_per_s":
                               bandwidth, "points": points}
     if overheads:
@@ -255,20 +292,21 @@ def measure_overheads(models: dict[str, Any], image: str, n: int, repeats: int,
             b["input_ids"], b["attention_mask"], b["pixel_values"], max_new_tokens=n, min_new_tokens=n))
         calls[f"{path}/decode_only"] = (lambda m=model, e=embeds, k=mask, c=config: static_decoding.generate(
             m.generator, e, k, c))
-    if "fp32" in models:
-        model = models["fp32"]
-        batch = question_batch(model, [QUESTION], [image])
-        calls["fp32/generate_no_cache"] = (lambda m=model, b=batch: m.generate(
-            b["input_ids"], b["attention_mask"], b["pixel_values"], max_new_tokens=n, min_new_tokens=n,
-            use_cache=False))
+    for path in ("fp32", "int8"):
+        if path in models:
+            model = models[path]
+            batch = question_batch(model, [QUESTION], [image])
+            calls[f"{path}/generate_no_cache"] = (lambda m=model, b=batch: m.generate(
+                b["input_ids"], b["attention_mask"], b["pixel_values"], max_new_tokens=n, min_new_tokens=n,
+                use_cache=False))
     seconds = _timed(calls, repeats)
     ratios = {}
     for path in ("fp32", "int8"):
         if f"{path}/answer" in seconds:
             ratios[f"{path}_answer_over_generate"] = seconds[f"{path}/answer"] / seconds[f"{path}/generate"]
             ratios[f"{path}_answer_over_decode_only"] = seconds[f"{path}/answer"] / seconds[f"{path}/decode_only"]
-    if "fp32/generate_no_cache" in seconds:
-        ratios["fp32_kv_cache_speedup"] = seconds["fp32/generate_no_cache"] / seconds["fp32/generate"]
+        if f"{path}/generate_no_cache" in seconds:
+            ratios[f"{path}_kv_cache_speedup"] = seconds[f"{path}/generate_no_cache"] / seconds[f"{path}/generate"]
     return {"batch_size": 1, "new_tokens": n, "seconds": seconds, "ratios": ratios}
 
 
@@ -298,7 +336,7 @@ def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int =
 
     Image.new("RGB", (width, height), (200, 40, 40)).save(image)
     memory = {}
-    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in paths):
+    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in paths if p not in EXTERNAL_PATHS):
         folder = fp32 if path == "fp32" else quantize(fp32, workdir / f"{config}-{path}", path)
         script = MEMORY_SCRIPT.format(question=QUESTION, image=image, folder=folder)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -311,7 +349,8 @@ def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int =
 
 TABLE = [("config", "config", ""), ("path", "path", ""), ("batch_size", "batch", "d"), ("new_tokens", "new tok", "d"),
          ("ttft_s", "TTFT s", ".2f"), ("decode_tokens_per_s", "decode tok/s", ".1f"),
-         ("decode_x_fp32_hf", "x fp32-hf", ".2f"), ("bound_tokens_per_s", "bound tok/s", ".1f"),
+         ("decode_x_fp32_hf", "x fp32-hf", ".2f"), ("decode_x_fp32", "x fp32", ".2f"),
+         ("total_x_fp32", "latency x fp32", ".2f"), ("bound_tokens_per_s", "bound tok/s", ".1f"),
          ("share_of_bound", "share", ".2f")]
 
 

@@ -17,6 +17,7 @@ embeddings). Anything else (beams, penalties, another architecture) goes to Hugg
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -92,32 +93,68 @@ def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
     return functional.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
+class _Int8Fused:
+    """Per layer, the int8 q/k/v projections packed as one weight and gate/up as another (None where a layer's
+    are not all mmgpt int8 layers): two int8 kernels a layer instead of five, each input quantised once.
+
+    Built on the first step and kept while the layers' packed weights are the same objects (pack() replaces them).
+    """
+
+    _built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, generator: nn.Module) -> list[tuple[object | None, object | None]]:
+        from mmgpt.compress.int8_layers import Int8Linear, pack_side_by_side
+
+        groups = [((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                   (layer.mlp.gate_proj, layer.mlp.up_proj)) for layer in generator.model.layers]
+        key = tuple(id(getattr(m, "_packed", m)) for group in groups for part in group for m in part)
+        built = cls._built.get(generator)
+        if built is None or built[0] != key:
+            fused = [tuple(pack_side_by_side(part) if all(type(m) is Int8Linear for m in part) else None
+                           for part in group) for group in groups]
+            built = cls._built[generator] = (key, fused)
+        return built[1]
+
+
 def _step(generator: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: _StaticCache, length: int,
           mask: torch.Tensor | None) -> torch.Tensor:
     """One token per row: embeds (B, 1, D), positions (B, 1), `length` cache slots in use with it -> logits (B, V)."""
+    from mmgpt.compress.int8_layers import linear_dynamic
+
     body = generator.model
     config = generator.config
     batch = embeds.shape[0]
-    gqa = config.num_attention_heads != config.num_key_value_heads
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     cos, sin = body.rotary_emb(embeds, positions)
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, head_dim): broadcast over heads
     x = embeds
-    for index, layer in enumerate(body.layers):
+    for index, (layer, (qkv, gate_up)) in enumerate(zip(body.layers, _Int8Fused.of(generator))):
         attention = layer.self_attn
         head_dim = attention.head_dim
         h = _rms_norm(x, layer.input_layernorm)
-        q = attention.q_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
-        k = attention.k_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
-        v = attention.v_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
-        cache.keys[index][:, :, length - 1 : length] = _rotate(k, cos, sin)
+        if qkv is not None:
+            projected = linear_dynamic(h, qkv).view(batch, 1, -1, head_dim).transpose(1, 2)
+            # queries and keys rotate as one tensor
+            rotated = _rotate(projected[:, : heads + kv_heads], cos, sin)
+            q, k, v = rotated[:, :heads], rotated[:, heads:], projected[:, heads + kv_heads :]
+        else:
+            q = _rotate(attention.q_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2), cos, sin)
+            k = _rotate(attention.k_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2), cos, sin)
+            v = attention.v_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
+        cache.keys[index][:, :, length - 1 : length] = k
         cache.values[index][:, :, length - 1 : length] = v
         out = functional.scaled_dot_product_attention(
-            _rotate(q, cos, sin), cache.keys[index][:, :, :length], cache.values[index][:, :, :length],
-            attn_mask=mask, scale=attention.scaling, enable_gqa=gqa)
+            q, cache.keys[index][:, :, :length], cache.values[index][:, :, :length],
+            attn_mask=mask, scale=attention.scaling, enable_gqa=heads != kv_heads)
         x = x + attention.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
         h = _rms_norm(x, layer.post_attention_layernorm)
         mlp = layer.mlp
-        x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+        if gate_up is not None:
+            gate, up = linear_dynamic(h, gate_up).chunk(2, dim=-1)
+        else:
+            gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+        x = x + mlp.down_proj(mlp.act_fn(gate) * up)
     return generator.lm_head(_rms_norm(x, body.norm))[:, -1]
 
 

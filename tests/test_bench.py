@@ -132,6 +132,20 @@ def test_cpu_inference_tiny(out_dir: Path, tmp_path: Path) -> None:
         positive(config["overheads"]["ratios"], "fp32_kv_cache_speedup", "int8_answer_over_generate")
 
 
+@pytest.mark.slow
+def test_cpu_inference_onnx_paths_tiny(out_dir: Path, tmp_path: Path) -> None:
+    result = cpu_inference.main(["--tiny", "--configs", "gpu200m", "--paths", "fp32", "onnx", "onnx-int8",
+                                 "--batch-sizes", "1", "--new-tokens", "2", "3", "--repeats", "1", "--threads", "1",
+                                 "--no-overheads", "--workdir", str(tmp_path), "--out-dir", str(out_dir)])
+    points = read(result["path"])["results"][0]["points"]
+    assert [p["path"] for p in points[:3]] == ["fp32", "onnx", "onnx-int8"]
+    for point in points:
+        positive(point, "ttft_s", "decode_tokens_per_s", "decode_x_fp32", "total_x_fp32")
+    onnx, int8 = points[1], points[2]
+    assert int8["decode_bytes_per_step"] < 0.35 * onnx["decode_bytes_per_step"]  # int8 matmul weights
+    assert json.loads((tmp_path / "gpu200m" / "onnx-int8" / "manifest.json").read_text())["dtype"] == "int8"
+
+
 def test_data_pipeline(out_dir: Path) -> None:
     pytest.importorskip("easy_vqa")
     result = data_pipeline.run(["--batch-size", "4", "--batches", "2", "--workers", "0", "--max-examples", "8",

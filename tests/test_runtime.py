@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from tiny import build, one_thread, tiny_config  # noqa: F401  (one_thread: auto
 
 from mmgpt import cli
 from mmgpt.encoders.timm_image import TimmTransform
-from mmgpt.export import export_onnx
+from mmgpt.export import ExportError, export_onnx, quantize_export
 from mmgpt.inference import answer
 from mmgpt.runtime import ExportFolderError, OnnxVLM
 from mmgpt.runtime.image import ImageTransform
@@ -203,3 +204,55 @@ def test_the_runtime_install_answers_without_torch(exported: tuple, mmgpt_wheel:
     proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "not a folder written by `mmgpt export`" in proc.stderr and "needs torch" in proc.stderr
+
+
+def test_int8_export_is_what_the_runtime_runs(exported: tuple, tmp_path: Path) -> None:
+    import onnx
+
+    model, fp32_folder = exported
+    folder = export_onnx(model, tmp_path / "int8", exporter="torchscript", int8=True)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["dtype"] == "int8" and manifest["quantization"]["graphs"] == ["prefix", "decoder"]
+    assert manifest["graphs"]["decoder"]["fp32_max_abs_diff_vs_eager"] <= 1e-4
+    for name, quantized in (("prefix.onnx", True), ("decoder.onnx", True), ("embed_tokens.onnx", False)):
+        ops = {node.op_type for node in onnx.load(str(folder / name)).graph.node}
+        assert ("DynamicQuantizeLinear" in ops) == quantized, name
+    assert sorted(p.name for p in folder.glob("*.onnx")) == ["decoder.onnx", "embed_tokens.onnx", "prefix.onnx"]
+    # the same folder layout, so the runtime and answer() take it with no flag; int8 logits stay near fp32's
+    int8, fp32 = OnnxVLM(folder), OnnxVLM(fp32_folder)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(6)]
+    texts = ["what color is the shape?", "", "is there a circle?", "how many shapes are there?", "red", "no"]
+    ids = fp32.encode_prompts(fp32.prompts(texts))
+    pixels = fp32.encode_images(images)
+    logits = []
+    for vlm in (int8, fp32):
+        prefix, mask = vlm.prefix(ids["input_ids"], ids["attention_mask"], pixels)
+        bos = vlm.embed(np.full((6, 1), vlm.tokens["bos_token_id"]))
+        step, _ = vlm.decode_step(np.concatenate([prefix, bos], 1), np.concatenate([mask, np.ones((6, 1))], 1),
+                                  vlm.empty_past(6))
+        logits.append(step)
+    assert not np.array_equal(logits[0], logits[1])
+    assert np.abs(logits[0] - logits[1]).max() <= 0.05 * np.abs(logits[1]).max()
+    assert answer(texts, images, model=folder) == int8.answer(texts, images)
+    # an fp32 export quantised afterwards holds the same graphs; a quantised one is not quantised twice
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_folder, copy)
+    quantize_export(copy)
+    assert json.loads((copy / "manifest.json").read_text())["dtype"] == "int8"
+    assert OnnxVLM(copy).answer(texts, images) == int8.answer(texts, images)
+    with pytest.raises(ExportError, match=r"copy is already quantised \(dtype 'int8'\)"):
+        quantize_export(copy)
+
+
+def test_an_unknown_dtype_is_refused(exported: tuple, tmp_path: Path) -> None:
+    _, folder = exported
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for file in folder.iterdir():
+        if file.is_file():
+            (copy / file.name).write_bytes(file.read_bytes())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "dtype": "float16"}))
+    with pytest.raises(ExportFolderError, match=r"'dtype' must be one of float32, int8, got 'float16'"):
+        OnnxVLM(copy)

@@ -165,3 +165,31 @@ def test_stopping_criteria_end_rows_as_in_hugging_face_generate(use_cache: bool)
     assert torch.equal(tokens, expected)
     assert (tokens[1, 3:] == config.pad_token_id).all() and (tokens[2:, 3:] != config.pad_token_id).any()
     assert len(static.seen) == len(hf.seen) and all(torch.equal(a, b) for a, b in zip(static.seen, hf.seen))
+
+
+@pytest.mark.parametrize("generator", ["llama", "qwen2"])
+@torch.no_grad()
+def test_int8_layers_fused_per_step_give_hugging_face_scores(generator: str) -> None:
+    from mmgpt.compress.int8 import quantize_model
+
+    model = build(tiny_config(generator=generator)).eval()
+    quantize_model(model, "int8")
+    embeds, mask = _prompt_embeds(model, make_batch(model, PROMPTS))
+    config, _ = resolve_generation_config(model.generation_config, max_new_tokens=8)
+    eos = model.processor.tokenizer.eos_token_id
+    hf, static = Recorder(eos), Recorder(eos)
+    expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                        logits_processor=LogitsProcessorList([hf]))
+    tokens = static_decoding.generate(model.generator, embeds, mask, config,
+                                      logits_processor=LogitsProcessorList([static]))
+    # q/k/v and gate/up each ran as one int8 kernel (qwen2's q/k/v biases included)
+    fused = static_decoding._Int8Fused.of(model.generator)
+    assert len(fused) == 1 and all(part is not None for part in fused[0])
+    assert torch.equal(tokens, expected)
+    for ours, theirs in zip(static.scores, hf.scores, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+    # packing a layer again (new weights) builds the fused weights again
+    layer = model.generator.model.layers[0].self_attn.q_proj
+    layer.weight.zero_()
+    layer.pack()
+    assert static_decoding._Int8Fused.of(model.generator)[0][0] is not fused[0][0]

@@ -10,6 +10,7 @@ input embedding share one int8 matrix.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as functional
@@ -56,12 +57,32 @@ class Int8Linear(nn.Module):
         """(..., in_features) -> (..., out_features), in x's dtype."""
         if self._packed is None:
             raise RuntimeError("Int8Linear has no packed weight: call pack() after loading its state")
-        out = torch.ops.quantized.linear_dynamic(x.float().contiguous(), self._packed, REDUCE_RANGE)
-        return out if x.dtype == torch.float32 else out.to(x.dtype)
+        return linear_dynamic(x, self._packed)
 
     def extra_repr(self) -> str:
         """in/out features and bias, as nn.Linear prints them."""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def linear_dynamic(x: torch.Tensor, packed: object) -> torch.Tensor:
+    """(..., in_features) -> (..., out_features) through a packed int8 weight, in x's dtype."""
+    out = torch.ops.quantized.linear_dynamic(x.float().contiguous(), packed, REDUCE_RANGE)
+    return out if x.dtype == torch.float32 else out.to(x.dtype)
+
+
+def pack_side_by_side(layers: Sequence[Int8Linear]) -> object:
+    """One packed weight whose output is the `layers`' outputs concatenated (layers that read the same input).
+
+    One call quantises the input once and runs one kernel: the same numbers as calling each layer (the input's
+    scale depends on the input alone, and each output column on its own weight row and scale).
+    """
+    fused = Int8Linear(layers[0].in_features, sum(layer.out_features for layer in layers),
+                       any(layer.bias is not None for layer in layers), torch.cat([layer.weight for layer in layers]),
+                       torch.cat([layer.weight_scale for layer in layers]))
+    if fused.bias is not None:
+        fused.bias = torch.cat([layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
+                                for layer in layers])
+    return fused.pack()._packed
 
 
 class Int8Embedding(nn.Module):

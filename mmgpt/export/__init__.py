@@ -40,6 +40,8 @@ from mmgpt.runtime.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     PREFIX_GRAPH,
+    external_data_locations,
+    read_manifest,
 )
 from mmgpt.saving import write_json
 
@@ -54,6 +56,9 @@ GREEDY_DEFAULTS = {"num_beams": 1, "do_sample": False, "repetition_penalty": 1.0
 TOLERANCE = 1e-4
 # a graph above protobuf's 2 GB limit keeps its weights in a side file
 EXTERNAL_DATA_BYTES = 1_500_000_000
+# --int8: the graphs whose matmuls get int8 weights (embed_tokens is a row lookup: its bytes are not read per token)
+INT8_GRAPHS = ("prefix", "decoder")
+INT8_METHOD = "onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)"
 
 
 class ExportError(ValueError):
@@ -61,13 +66,14 @@ class ExportError(ValueError):
 
 
 def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "auto", opset: int = OPSET,
-                overwrite: bool = False) -> Path:
+                overwrite: bool = False, int8: bool = False) -> Path:
     """Export `model` (a folder or an MMGPT, which is cast to float32 in place) to the folder `out` -> `out`.
 
     An earlier export at `out` is replaced only with `overwrite`; a file or another folder never (mmgpt.outputs).
 
     Each graph is checked against the eager model on example inputs (max abs difference <= TOLERANCE, recorded
-    in the manifest); see the module docstring for the folder's contents.
+    in the manifest); see the module docstring for the folder's contents. `int8`: the checked fp32 prefix and
+    decoder graphs are then quantised (INT8_GRAPHS), their difference from eager recorded but not bounded.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
@@ -87,7 +93,11 @@ def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "aut
             difference = _check_graph(module, args, tmp / file, spec)
             graphs[name] = {"file": file, "exporter": used, "max_abs_diff": difference,
                             **{k: spec[k] for k in ("inputs", "outputs")}}
-        manifest = _manifest(mm, source, graphs, generation, opset, inputs)
+            if int8 and name in INT8_GRAPHS:
+                quantize_graph(tmp / file)
+                graphs[name]["max_abs_diff_fp32"] = difference
+                graphs[name]["max_abs_diff"] = _check_graph(module, args, tmp / file, spec, tolerance=None)
+        manifest = _manifest(mm, source, graphs, generation, opset, inputs, int8)
         write_json(tmp / MANIFEST_NAME, manifest, indent=2)
     logger.info("exported %s to %s (%s)", source, out, ", ".join(f"{k}: {g['exporter']}" for k, g in graphs.items()))
     return out
@@ -199,8 +209,10 @@ def _flat(args: tuple) -> list[torch.Tensor]:
     return [t for a in args for t in (a if isinstance(a, tuple) else (a,))]
 
 
-def _check_graph(module: torch.nn.Module, args: tuple, path: Path, spec: dict) -> float:
-    """Max abs difference of the graph in onnxruntime from eager on the example inputs; ExportError above TOLERANCE.
+def _check_graph(module: torch.nn.Module, args: tuple, path: Path, spec: dict,
+                 tolerance: float | None = TOLERANCE) -> float:
+    """Max abs difference of the graph in onnxruntime from eager on the example inputs; ExportError above
+    `tolerance` (None: no bound, for quantised graphs).
 
     Rows of the KV cache at padded positions are left out: every later step masks them, and the exporters'
     attention may fill them differently where a query sees only padding.
@@ -223,10 +235,64 @@ def _check_graph(module: torch.nn.Module, args: tuple, path: Path, spec: dict) -
         if valid is not None and name.startswith("present_"):
             error = error * valid[:, None, :, None]
         difference = max(difference, float(error.max()) if error.size else 0.0)
-    if not difference <= TOLERANCE:
-        raise ExportError(f"{path.name} differs from the eager model by {difference:.3g} (more than {TOLERANCE}) "
+    if tolerance is not None and not difference <= tolerance:
+        raise ExportError(f"{path.name} differs from the eager model by {difference:.3g} (more than {tolerance}) "
                           "on the example inputs; try the other --exporter")
     return difference
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message contains `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """False for the records to drop."""
+        return self.text not in record.getMessage()
+
+
+def quantize_graph(path: Path) -> None:
+    """Replace the fp32 graph at `path` by one with int8 MatMul weights (one scale per output column) whose
+    activations are quantised at run time (onnxruntime's DynamicQuantizeMatMul on x86)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantized = path.with_suffix(".int8.onnx")
+    fp32_data = external_data_locations(path)
+    root = logging.getLogger()
+    # its advice to pre-process for static calibration does not apply to dynamic quantisation
+    advice = _DropMessage("consider to run pre-processing")
+    root.addFilter(advice)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # int8 weights are a quarter of the fp32 bytes: below protobuf's limit for any graph exported here
+            quantize_dynamic(path, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                             weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(advice)
+    quantized.replace(path)
+    for location in fp32_data:
+        (path.parent / location).unlink(missing_ok=True)
+
+
+def quantize_export(folder: str | Path) -> Path:
+    """An fp32 export's INT8_GRAPHS quantised in place (the graphs `--int8` writes, without their check against
+    the eager model, which this folder no longer has) -> folder."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    if manifest.get("dtype", "float32") != "float32":
+        raise ExportError(f"{folder} is already quantised (dtype {manifest['dtype']!r})")
+    for name in INT8_GRAPHS:
+        quantize_graph(folder / manifest["graphs"][name]["file"])
+    write_json(folder / MANIFEST_NAME, {**manifest, **_int8_record()}, indent=2)
+    return folder
+
+
+def _int8_record() -> dict[str, Any]:
+    """The manifest entries of an int8 export."""
+    return {"dtype": "int8", "quantization": {"method": INT8_METHOD, "graphs": list(INT8_GRAPHS)}}
 
 
 def _dynamic_axes(spec: dict) -> dict[str, dict[int, str]]:
@@ -264,15 +330,18 @@ def _export_torchscript(module: torch.nn.Module, args: tuple, path: Path, spec: 
 
 
 def _manifest(mm: MMGPT, source: str, graphs: dict, generation: dict, opset: int,
-              inputs: dict[str, Any]) -> dict[str, Any]:
+              inputs: dict[str, Any], int8: bool = False) -> dict[str, Any]:
     """What the runtime needs besides the graphs, and how the folder was made."""
     tokenizer, text_tokenizer = mm.processor.tokenizer, mm.processor.text_tokenizer
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "opset": opset, "dtype": "float32",
+        **(_int8_record() if int8 else {}),
         "torch_version": torch.__version__,
         "source_model": source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "graphs": {name: {"file": g["file"], "exporter": f"torch.onnx.export(dynamo={g['exporter'] == 'dynamo'})",
                           "max_abs_diff_vs_eager": g["max_abs_diff"],
+                          **({"fp32_max_abs_diff_vs_eager": g["max_abs_diff_fp32"]} if "max_abs_diff_fp32" in g
+                             else {}),
                           "inputs": [{"name": n, "shape": s, "dtype": t} for n, (s, t) in g["inputs"].items()],
                           "outputs": [{"name": n, "shape": s, "dtype": t} for n, (s, t) in g["outputs"].items()]}
                    for name, g in graphs.items()},
@@ -305,10 +374,14 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt export") -> int:
     parser.add_argument("--exporter", default="auto", choices=EXPORTERS,
                         help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    parser.add_argument("--int8", action="store_true",
+                        help="quantise the prefix and decoder graphs to int8 weights (onnxruntime dynamic int8: "
+                             "the fastest on a CPU; the runtime needs no flag to run them)")
     add_overwrite_arg(parser, "onnx")
     args = parser.parse_args(argv)
-    print(export_onnx(args.model, args.out, exporter=args.exporter, opset=args.opset, overwrite=args.overwrite))
+    print(export_onnx(args.model, args.out, exporter=args.exporter, opset=args.opset, overwrite=args.overwrite,
+                      int8=args.int8))
     return 0
 
 
-__all__ = ["ExportError", "export_onnx", "main"]
+__all__ = ["ExportError", "export_onnx", "main", "quantize_export"]

@@ -18,6 +18,8 @@ PREFIX_GRAPH = "prefix.onnx"
 EMBED_GRAPH = "embed_tokens.onnx"
 DECODER_GRAPH = "decoder.onnx"
 GRAPH_FILES = {"prefix": PREFIX_GRAPH, "embed_tokens": EMBED_GRAPH, "decoder": DECODER_GRAPH}
+# the graphs' weights: fp32, or int8 matmul weights (`mmgpt export --int8`); the runtime runs either as it is
+DTYPES = ("float32", "int8")
 
 
 class ExportFolderError(ValueError):
@@ -51,6 +53,8 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
             f"{path}: format_version {version!r} is not one this mmgpt reads "
             f"({', '.join(map(str, SUPPORTED_VERSIONS))}); export the model again with this mmgpt or upgrade mmgpt"
         )
+    if manifest.get("dtype", "float32") not in DTYPES:
+        raise ExportFolderError(f"{path}: 'dtype' must be one of {', '.join(DTYPES)}, got {manifest.get('dtype')!r}")
     for key in ("graphs", "tokens", "prompts", "limits", "decoder"):
         if not isinstance(manifest.get(key), dict):
             raise ExportFolderError(f"{path}: the '{key}' entry is missing or not an object")
