@@ -529,6 +529,26 @@ def write_results(name: str, device: torch.device, payload: dict[str, Any], out_
     return path
 
 
+def write_marked_section(path: Path, name: str, body: str, empty: str = "", replace_unmarked: bool = False) -> str:
+    """Put `body` between `<!-- name:start -->` and `<!-- name:end -->` in the markdown file `path`; returns its text.
+
+    Whatever stands outside the markers (hand-written sections, other generated ones) is kept. Where the file
+    (or `empty`, when there is none) has no such markers, the block is appended, or with `replace_unmarked`
+    becomes the whole file.
+    """
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else empty
+    block = f"{start}\n{body}\n{end}\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) + 1:]
+    elif replace_unmarked or not text:
+        text = block
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    path.write_text(text)
+    return text
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()

@@ -472,14 +472,7 @@ def section(data: dict[str, Any]) -> str:
 
 def write_section(data: dict[str, Any], results_md: Path = common.REPO / "bench" / "RESULTS.md") -> None:
     """Put (or replace) the Serving section at the end of bench/RESULTS.md."""
-    text = results_md.read_text() if results_md.exists() else "# Benchmark results\n"
-    start, end = "<!-- serve:start -->", "<!-- serve:end -->"
-    block = f"{start}\n{section(data)}\n{end}\n"
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end) + 1:]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    results_md.write_text(text)
+    common.write_marked_section(results_md, "serve", section(data), empty="# Benchmark results\n")
 
 
 main = common.exit_status(run)

@@ -189,6 +189,26 @@ def test_make_results(out_dir: Path, tmp_path: Path) -> None:
     assert "could not render" not in text
 
 
+def test_make_results_keeps_what_it_does_not_generate(tmp_path: Path) -> None:
+    output = tmp_path / "RESULTS.md"
+    kept = "## Data at scale\n\nhand-written, measured by hand\n"
+    serving = "<!-- serve:start -->\n## Serving\n\nwritten by bench/serve.py\n<!-- serve:end -->\n"
+    output.write_text(f"<!-- {make_results.GENERATED}:start -->\n# old generated text\n"
+                      f"<!-- {make_results.GENERATED}:end -->\n\n{serving}\n{kept}")
+    (tmp_path / "results").mkdir()
+    text = make_results.run(["--results-dir", str(tmp_path / "results"), "--output", str(output)])
+    assert output.read_text() == text
+    assert "old generated text" not in text and "## Targets" in text
+    assert text.endswith(f"<!-- {make_results.GENERATED}:end -->\n\n{serving}\n{kept}")
+    # bench/serve.py's section is replaced in place, the rest kept
+    common.write_marked_section(output, "serve", "## Serving\n\nnew")
+    assert output.read_text() == text.replace("written by bench/serve.py", "new")
+    # a file without the markers is generated whole, as before
+    output.write_text("# an old, all-generated file\n")
+    assert make_results.run(["--results-dir", str(tmp_path / "results"), "--output", str(output)]).startswith(
+        f"<!-- {make_results.GENERATED}:start -->\n# Benchmark results")
+
+
 def test_flop_formula() -> None:
     # nanoGPT / PaLM: forward 2N + 4*L*d*T per token
     assert common.transformer_forward_flops(1000, 2, 8, [4]) == 2 * 1000 * 4 + 4 * 2 * 8 * 4 * 4
