@@ -7,6 +7,7 @@ built on the meta device, so a count costs no memory and no weights are initiali
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -36,6 +37,7 @@ def matched_width(cfg: FusionConfig, text_dim: int, image_dim: int, target: int,
                           "parameters to match")
     step = math.lcm(cfg.num_heads, 4 if cfg.image_positions else 1)
 
+    @functools.cache  # the search and the messages ask for the same widths again
     def count(multiple: int) -> int:
         return fusion_parameters(dataclasses.replace(cfg, dim=multiple * step), text_dim, image_dim)
 
