@@ -243,25 +243,11 @@ def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]],
 
     The server's requests share one kept-alive connection, as a client's do.
     """
-    from mmgpt.inference import answer
-
-    options = {"max_new_tokens": max_tokens} if max_tokens else {}
-
-    async def run() -> dict[str, Any]:
-        direct, served, texts, served_texts, ttft = [], [], [], [], []
-        async with httpx.AsyncClient(base_url=url, timeout=300) as client:
-            for question, image in asks:
-                start = time.perf_counter()
-                texts.append(answer(question, image, model=mm, **options))
-                direct.append(time.perf_counter() - start)
-                result = await one_request(client, body("bench", question, image, max_tokens))
-                served.append(result["latency_s"])
-                ttft.append(result["ttft_s"])
-                served_texts.append(result["text"])
-        return {"answer_latency_s": percentiles(direct), "answers": texts, "server_latency_s": percentiles(served),
-                "server_ttft_s": percentiles(ttft), "server_answers": served_texts}
-
-    return asyncio.run(run())
+    result = round_robin(mm, {"server": url}, asks, max_tokens)
+    direct, served = result["answer()"], result["server"]
+    return {"answer_latency_s": direct["latency_s"], "answers": direct["answers"],
+            "server_latency_s": served["latency_s"], "server_ttft_s": served["ttft_s"],
+            "server_answers": served["answers"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -290,13 +276,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def round_robin(mm: Any, urls: dict[str, str], asks: list[tuple[str, bytes]],
                 max_tokens: int | None) -> dict[str, Any]:
     """Concurrency 1: for each ask, answer() in this process, then one streaming request to each server in turn
-    -> {"answer()" and each server's name: {"latency_s": percentiles, "answers": [...]}}."""
+    -> {"answer()" and each server's name: {"latency_s": percentiles, "answers": [...]}}, a server's with
+    "ttft_s" too. Each server's requests share one kept-alive connection, as a client's do."""
     from mmgpt.inference import answer
 
     options = {"max_new_tokens": max_tokens} if max_tokens else {}
 
     async def run() -> dict[str, Any]:
-        out: dict[str, Any] = {name: {"latency": [], "answers": []} for name in ["answer()", *urls]}
+        out: dict[str, Any] = {name: {"latency": [], "ttft": [], "answers": []} for name in ["answer()", *urls]}
         clients = {name: httpx.AsyncClient(base_url=url, timeout=300) for name, url in urls.items()}
         try:
             for question, image in asks:
@@ -306,11 +293,13 @@ def round_robin(mm: Any, urls: dict[str, str], asks: list[tuple[str, bytes]],
                 for name, client in clients.items():
                     result = await one_request(client, body("bench", question, image, max_tokens))
                     out[name]["latency"].append(result["latency_s"])
+                    out[name]["ttft"].append(result["ttft_s"])
                     out[name]["answers"].append(result["text"])
         finally:
             for client in clients.values():
                 await client.aclose()
-        return {name: {"latency_s": percentiles(v["latency"]), "answers": v["answers"]} for name, v in out.items()}
+        return {name: {"latency_s": percentiles(v["latency"]), "answers": v["answers"],
+                       **({"ttft_s": percentiles(v["ttft"])} if v["ttft"] else {})} for name, v in out.items()}
 
     return asyncio.run(run())
 
