@@ -173,13 +173,14 @@ class MMGPT(nn.Module):
         return image if image_index is None else image[image_index]
 
     def fused_prefix(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         image_features: torch.Tensor | None = None, share_images: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode text, encode image, fuse, project: (B, Lt), (B, Lt), (B, 3, H, W) -> (B, Lf, width), (B, Lf).
 
         The fusion's positions in its own order, not yet left-padded. The image goes through `encode_images`
-        (`share_images`), unless its output (B, Li, D) is given as `image_features`.
+        (`share_images`), unless its output (B, Li, D) is given as `image_features` (then `pixel_values` may be
+        None).
         """
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         image = self.encode_images(pixel_values, share_images) if image_features is None else image_features
@@ -189,7 +190,7 @@ class MMGPT(nn.Module):
         return self.projector(fused.to(dtype)), fused_mask
 
     def prefix_embeds(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         image_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
@@ -199,7 +200,7 @@ class MMGPT(nn.Module):
         return pad_left(*self.fused_prefix(input_ids, attention_mask, pixel_values, image_features))
 
     def generator_inputs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         token_ids: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None,
     ) -> GeneratorInputs:
@@ -286,14 +287,15 @@ class MMGPT(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
+        pixel_values: torch.Tensor | None,
         generation_config: GenerationConfig | None = None,
         image_features: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N).
 
-        `image_features`: the image encoder's output (B, Li, D) when already at hand (`encode_images`).
+        `image_features`: the image encoder's output (B, Li, D) when already at hand (`encode_images`); then
+        `pixel_values` may be None.
 
         `generation_config` and GenerationConfig fields given as keywords update self.generation_config
         (mmgpt.decoding.resolve_generation_config); other keywords (`streamer`, ...) go to `generate`.

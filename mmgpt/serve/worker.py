@@ -287,8 +287,8 @@ class Worker:
     def _decode(self, jobs: list[Job]) -> None:
         rows = [_Row(job, choice) for job in jobs for choice in range(job.n)]
         processor = self.model.processor
-        batch = processor([row.job.prompt for row in rows], [row.job.pixels for row in rows])
-        batch = {k: v.to(self.device) for k, v in batch.items()}
+        # the prompts only: the images reach the model as encoder outputs (`_encode_images`)
+        batch = {k: v.to(self.device) for k, v in processor.encode_prompts([row.job.prompt for row in rows]).items()}
         self.metrics.batch_size.observe(len(rows))
         config, seed = jobs[0].config, jobs[0].seed
         steps = _Steps(rows, self.model)
@@ -299,7 +299,7 @@ class Worker:
             steps.first_step()
         image_features = self._encode_images(jobs, rows)
         with seeded_decoding(config, seed, self.device) as (decoding, extra):
-            tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+            tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], None,
                                          generation_config=decoding, image_features=image_features,
                                          **watch, **extra)
         if choices:
