@@ -25,12 +25,10 @@ import io
 import json
 import logging
 import os
-import re
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,7 @@ if __package__ in (None, ""):
 
 import torch
 
-from bench import cli, common
+from bench import cli, common, startup
 from mmgpt.saving import write_json
 
 logger = logging.getLogger("bench.data_scale")
@@ -52,7 +50,6 @@ SIZES = (10_000, 100_000, 1_000_000)
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 220), "yellow": (230, 220, 40),
           "black": (20, 20, 20), "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (140, 80, 30)}
 SHAPES = ("circle", "rectangle", "triangle")
-_FIRST_STEP = re.compile(r"training:.*\| 1/\d+")
 
 TABLE_STARTUP = [("rows", "rows", ","), ("shards", "shards", ""),
                  ("launch_to_first_step_s", "launch to step 1 (s)", ".1f"),
@@ -204,33 +201,19 @@ class RssSampler(threading.Thread):
 
 def launch(path: str, cache: Path, workers: int, extra: list[str]) -> dict[str, Any]:
     """The README's training command on the streamed set: seconds to step 1 and peak RSS of the trainer."""
-    with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                   str(REPO / "configs" / "accelerate" / "cpu.yaml"), "train.py", f"output_dir={out}/run",
-                   "stop_at_step=1", "max_steps=100", f"data.num_workers={workers}", *train_overrides(path), *extra]
-        env = {**os.environ, "MMGPT_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-        start = time.perf_counter()
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        sampler = RssSampler(process.pid)
+    def watch(pid: int) -> Callable[[], dict[str, Any]]:
+        sampler = RssSampler(pid)
         sampler.start()
-        seen, first, in_process, text = b"", None, None, []
-        assert process.stdout is not None
-        while chunk := process.stdout.read1(65536):
-            seen += chunk
-            *lines, seen = re.split(rb"[\r\n]", seen)
-            for line in (raw.decode(errors="replace") for raw in lines):
-                text.append(line)
-                if first is None and _FIRST_STEP.search(line):
-                    first = time.perf_counter() - start
-                if match := re.search(r"first step after ([\d.]+) s", line):
-                    in_process = float(match.group(1))
-        sampler.done.set()
-        sampler.join()
-        if process.wait() != 0 or first is None:
-            raise RuntimeError(f"{' '.join(command)} failed (status {process.returncode}):\n" + "\n".join(text[-20:]))
-    return {"launch_to_first_step_s": first, "in_process_s": in_process,
-            "peak_rss_bytes": sampler.peak_kib * 1024,
-            "peak_rss_with_workers_bytes": sampler.peak_with_workers_kib * 1024}
+
+        def peaks() -> dict[str, Any]:
+            sampler.done.set()
+            sampler.join()
+            return {"peak_rss_bytes": sampler.peak_kib * 1024,
+                    "peak_rss_with_workers_bytes": sampler.peak_with_workers_kib * 1024}
+        return peaks
+
+    return startup.launch(REPO, cache, [f"data.num_workers={workers}", *train_overrides(path), *extra],
+                          python=sys.executable, watch=watch)
 
 
 # ----------------------------------------------------------------------------- loading vs consumption

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,21 @@ def python_of(repo: Path) -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def launch(repo: Path, cache: Path, extra: list[str]) -> dict[str, Any]:
-    """Run the README's training command once; seconds until the first step, from here and as the run logs it."""
+def launch(repo: Path, cache: Path, extra: list[str], python: str | None = None,
+           watch: Callable[[int], Callable[[], dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Run the README's training command once; seconds until the first step, from here and as the run logs it.
+
+    `python`: the interpreter (default: the checkout's, `python_of`). `watch`, if given, is called with the
+    launcher's pid once it started, and what it returns once the launcher's output ends: a dict added to the result.
+    """
     with tempfile.TemporaryDirectory() as out:
-        command = [python_of(repo), "-m", "accelerate.commands.launch", "--config_file",
+        command = [python or python_of(repo), "-m", "accelerate.commands.launch", "--config_file",
                    str(repo / "configs" / "accelerate" / "cpu.yaml"), "train.py", f"output_dir={out}/run",
                    "stop_at_step=1", "max_steps=100", *extra]
         env = {**os.environ, "MMGPT_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
         start = time.perf_counter()
         process = subprocess.Popen(command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        watched = watch(process.pid) if watch else dict
         seen, first, in_process, text = b"", None, None, []
         assert process.stdout is not None
         while chunk := process.stdout.read1(65536):
@@ -73,9 +80,10 @@ def launch(repo: Path, cache: Path, extra: list[str]) -> dict[str, Any]:
                     first = time.perf_counter() - start
                 if match := _IN_PROCESS.search(line):
                     in_process = float(match.group(1))
+        more = watched()
         if process.wait() != 0 or first is None:
             raise RuntimeError(f"{' '.join(command)} failed (status {process.returncode}):\n" + "\n".join(text[-20:]))
-    return {"launch_to_first_step_s": first, "in_process_s": in_process}
+    return {"launch_to_first_step_s": first, "in_process_s": in_process, **more}
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
