@@ -134,7 +134,7 @@ def test_cpu_inference_tiny(out_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cpu_inference_onnx_paths_tiny(out_dir: Path, tmp_path: Path) -> None:
-    result = cpu_inference.main(["--tiny", "--configs", "gpu200m", "--paths", "fp32", "onnx", "onnx-int8",
+    result = cpu_inference.run(["--tiny", "--configs", "gpu200m", "--paths", "fp32", "onnx", "onnx-int8",
                                  "--batch-sizes", "1", "--new-tokens", "2", "3", "--repeats", "1", "--threads", "1",
                                  "--no-overheads", "--workdir", str(tmp_path), "--out-dir", str(out_dir)])
     points = read(result["path"])["results"][0]["points"]
