@@ -1,7 +1,7 @@
 """`answer(text, image)`: the Python API for asking a trained model about an image.
 
 torch, transformers and the model are imported when a saved model is used, not at import: a folder written by
-`mmgpt export` is answered through mmgpt.runtime, in an install without torch (README, *Export to ONNX*).
+`mmgpt export` is answered through mmgpt.runtime, in an install without torch (docs/deployment.md, *Export to ONNX*).
 """
 from __future__ import annotations
 

@@ -142,18 +142,19 @@ def test_streaming_mixture_keeps_weights_splits_the_stream_and_replaces_bad_imag
     assert not set(seen[0]["stream"]) & set(seen[1]["stream"]), "each process reads its own shard"
 
 
-def _readme_section() -> str:
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
-    return text.split("### Your data", 1)[1].split("\n## ", 1)[0].split("Check a dataset before training", 1)[0]
+def _your_data_section() -> str:
+    """docs/data.md's *Your data* section, up to its `mmgpt validate` commands."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "data.md").read_text(encoding="utf-8")
+    return text.split("\n## Your data", 1)[1].split("\n## ", 1)[0].split("Check a dataset before training", 1)[0]
 
 
-def test_readme_your_data_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_data_guides_your_data_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
     import sys
 
     import yaml
 
-    section = _readme_section()
+    section = _your_data_section()
     (tmp_path / "images").mkdir()
     hf_data.llava_json(tmp_path, 10)
     (tmp_path / "llava.json").rename(tmp_path / "llava_instruct.json")

@@ -151,9 +151,9 @@ def test_max_new_tokens_past_the_position_limit_is_the_same_clear_error(exported
 
 
 def runtime_packages() -> list[str]:
-    """The packages the README installs for the torch-free runtime (its `pip install --no-deps .` command)."""
-    readme = (REPO / "README.md").read_text()
-    return re.search(r"^pip install --no-deps \. && pip install ([\w -]+)$", readme, re.M)[1].split()
+    """The packages docs/deployment.md installs for the torch-free runtime (its `pip install --no-deps .` command)."""
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    return re.search(r"^pip install --no-deps \. && pip install ([\w -]+)$", guide, re.M)[1].split()
 
 
 def linked_site(folder: Path, distributions: list[str]) -> Path:

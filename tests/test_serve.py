@@ -702,7 +702,7 @@ def test_image_count_is_checked_before_any_image_is_fetched(model: MMGPT, monkey
 
 
 @pytest.mark.slow
-def test_the_readmes_usage_figures_are_what_the_server_counts() -> None:
+def test_the_serving_guides_usage_figures_are_what_the_server_counts() -> None:
     # the main job's model as far as counting goes: the default config and its tokenizer, trained as train.py
     # trains it on the default training text (the weights do not change how many prefix positions there are)
     from mmgpt.prompts import PromptTemplates
@@ -710,8 +710,7 @@ def test_the_readmes_usage_figures_are_what_the_server_counts() -> None:
     from mmgpt.training.config import load_train_config
     from mmgpt.training.loop import read_splits
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    serving = readme[readme.index("## Serving"):]
+    serving = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
     curl_question = re.search(r'"type": "text", "text": "([^"]+)"', serving)[1]
     curl_usage = json.loads(re.search(r'"usage": (\{[^}]*\})', serving)[1])
     client_question = re.search(r'"type": "text", "text": "([^"]+)"}', serving[serving.index("```python"):])[1]

@@ -8,7 +8,7 @@ from typing import Any
 
 COMPRESSION_KEY = "compression"
 
-# `mmgpt quantize --method`: name -> what it does (the first is the default; README "Quantisation" has the timings)
+# `mmgpt quantize --method`: name -> what it does (the first is the default; timings: docs/deployment.md)
 QUANTIZATION_METHODS: dict[str, str] = {
     "int8": "int8 weights (one scale per output row) and int8 dynamic activations, PyTorch's x86 (fbgemm) kernels, "
             "for every linear layer and the token embedding with its tied output layer; CPU only",

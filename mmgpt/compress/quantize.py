@@ -9,7 +9,7 @@ scale per row, shared with the tied output layer, so the largest matrix of a sma
 too. It is the default because it is the fastest way found to run a model on a CPU: on a 2-core AMD EPYC,
 the ~230M configs/gpu200m.yaml model decoded 2.8x the tokens/s of fp32 (Hugging Face generate) at batch 1 and
 reached its first token in 0.34x the time, where bf16 gained 1.1x and torchao's int8 ran at 0.46x
-(bench/cpu_inference.py, README "Quantisation"). It runs on the CPU only.
+(bench/cpu_inference.py, docs/deployment.md "Quantisation"). It runs on the CPU only.
 
 bf16 stores and runs every weight in bfloat16. int8-torchao is torchao's `quantize_` with
 `Int8DynamicActivationInt8WeightConfig` (the tied output embedding stays fp32): its tensor subclasses are
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         prog=prog, description=__doc__.split("\n\n")[0],
         epilog="int8 is the default because it ran fastest on a CPU: on a 2-core AMD EPYC the ~230M "
                "configs/gpu200m.yaml model decoded 2.8x the tokens/s of fp32 at batch 1 and reached its first token "
-               "in 0.34x the time; bf16 1.1x; int8-torchao 0.46x, slower than fp32 (README, Quantisation).")
+               "in 0.34x the time; bf16 1.1x; int8-torchao 0.46x, slower than fp32 (docs/deployment.md, Quantisation).")
     parser.add_argument("model", help="model folder (or hf://org/name)")
     parser.add_argument("out", help="folder to write the quantised model to (new or empty, unless --overwrite)")
     parser.add_argument("--method", default=DEFAULT_QUANTIZATION, choices=METHODS,
