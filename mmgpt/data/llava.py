@@ -21,17 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mmgpt.config import PromptTemplates
+from mmgpt.data import records
 from mmgpt.data.example import Example
-from mmgpt.data.records import (
-    conversation_examples,
-    jsonl_records,
-    local_path,
-    record_field,
-    record_object,
-    record_problems,
-    register_format,
-    require_path,
-)
 from mmgpt.jsonfile import read_json_file
 
 if TYPE_CHECKING:
@@ -58,7 +49,7 @@ def llava_turns(conversations: Any, where: str, field_name: str = "conversations
         twhere = f"{where}: {field_name}[{t}]"
         if not isinstance(turn, dict):
             raise ValueError(f"{twhere} must be an object with 'from' and 'value'")
-        speaker, value = record_field(turn, "from", twhere), record_field(turn, "value", twhere)
+        speaker, value = records.record_field(turn, "from", twhere), records.record_field(turn, "value", twhere)
         if speaker == "system":
             continue
         if speaker not in ROLES:
@@ -82,34 +73,34 @@ def _records(path: Path) -> Iterator[tuple[str, Any]]:
         for i, record in enumerate(data):
             yield f"{path} [index {i}]", record
         return
-    for _, where, record in jsonl_records(path):
+    for _, where, record in records.jsonl_records(path):
         yield where, record
 
 
-@register_format("llava")
+@records.register_format("llava")
 def read_llava(spec: DatasetSpec, templates: PromptTemplates, problems: list[str] | None = None) -> list[Example]:
     """LLaVA JSON or JSONL conversations over an image folder (schema at the top of this module).
 
     A record that is not a valid example is an error, or with a `problems` list, appended to it and skipped.
     """
-    path = require_path(spec, "path", "LLaVA JSON (a list of records) or JSONL file")
-    base = require_path(spec, "images", "image root folder", folder=True) if spec.images else path.parent
+    path = records.require_path(spec, "path", "LLaVA JSON (a list of records) or JSONL file")
+    base = records.require_path(spec, "images", "image root folder", folder=True) if spec.images else path.parent
     out: list[Example] = []
     text_only = 0
     for index, (where, record) in enumerate(_records(path)):
         if spec.max_examples and len(out) >= spec.max_examples:
             break
-        with record_problems(problems):
-            record = record_object(record, where)
+        with records.record_problems(problems):
+            record = records.record_object(record, where)
             image = record.get("image")
             if image is None:
                 text_only += 1
                 continue
             if isinstance(image, list):
                 raise ValueError(f"{where}: field 'image' lists {len(image)} images; the model takes one per example")
-            image_path = local_path(record_field(record, "image", where), base)
-            turns = llava_turns(record_field(record, "conversations", where, list), where)
-            out.extend(conversation_examples(image_path, turns, where, record.get("id", index), spec.label))
+            image_path = records.local_path(records.record_field(record, "image", where), base)
+            turns = llava_turns(records.record_field(record, "conversations", where, list), where)
+            out.extend(records.conversation_examples(image_path, turns, where, record.get("id", index), spec.label))
     if text_only:
         logger.warning("%s: %d records without an image skipped (the model takes one image per example)",
                        path, text_only)
