@@ -414,7 +414,7 @@ def _transformers_loads() -> list[tuple[str, int, list]]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("from_pretrained", "from_config")
-                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("MMGPT", "Processor"))):
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("MMGPT", "Processor", "PromptTemplates"))):
                 trusted = [ast.literal_eval(k.value) if isinstance(k.value, ast.Constant) else ast.unparse(k.value)
                            for k in node.keywords if k.arg == "trust_remote_code"]
                 calls.append((str(path.relative_to(root)), node.lineno, trusted))
