@@ -403,6 +403,9 @@ def test_the_cli_answers_yes_in_vain_and_exits_2(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+OWN_CLASSES = ("MMGPT", "Processor", "PromptTemplates")  # mmgpt's own from_pretrained / from_config
+
+
 def _transformers_loads() -> list[tuple[str, int, list]]:
     """Every from_pretrained / from_config call of the package on anything but mmgpt's own classes."""
     import ast
@@ -414,7 +417,7 @@ def _transformers_loads() -> list[tuple[str, int, list]]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr in ("from_pretrained", "from_config")
-                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in ("MMGPT", "Processor", "PromptTemplates"))):
+                    and not (isinstance(node.func.value, ast.Name) and node.func.value.id in OWN_CLASSES)):
                 trusted = [ast.literal_eval(k.value) if isinstance(k.value, ast.Constant) else ast.unparse(k.value)
                            for k in node.keywords if k.arg == "trust_remote_code"]
                 calls.append((str(path.relative_to(root)), node.lineno, trusted))
