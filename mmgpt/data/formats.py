@@ -6,6 +6,8 @@ Formats (`DatasetSpec.format`):
 * ``coco_captions`` - official ``captions_*.json`` (path) + image folder (images); one Example per caption.
 * ``shapes_captions`` - built-in synthetic captions (mmgpt.data.shapes); path = cache root folder
   (default ``$MMGPT_CACHE/shapes`` or ``~/.cache/mmgpt/shapes``); split train/val/test.
+* ``highres_shapes`` - built-in synthetic VQA on 448 px scenes of small shapes, asked about by position
+  (mmgpt.data.shapes_vqa); path = cache root folder (default as shapes_captions); split train/val/test.
 * ``vqa_v2`` - official questions JSON (path) + optional annotations JSON (annotations) + COCO image
   folder (images). An image is looked up as ``COCO_{data_subtype}_{image_id:012d}.jpg`` (the official
   name; ``data_subtype`` is read from the questions file, e.g. "val2014"), then ``{image_id:012d}.jpg``,
@@ -25,6 +27,7 @@ import inspect
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,6 +184,37 @@ def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[
                    images=str(captions.parent / "images" / spec.split),
                    annotations="", weight=1.0, name=spec.label, augment=[])
     return read_coco_captions(coco, templates)
+
+
+def built_in_vqa(spec: DatasetSpec, templates: PromptTemplates,
+                 build: Callable[[Path], dict[str, Path]], folder: str) -> list[Example]:
+    """A built-in generated VQA set (mmgpt.data.shapes_vqa): its split's JSONL, the vqa template applied."""
+    root = Path(spec.path).expanduser() if spec.path else default_cache_root() / folder
+    files = build(root)
+    if spec.split not in files:
+        raise ValueError(f"{spec.format} dataset {spec.label!r}: field 'split' must be one of "
+                         f"{sorted(files)}, got {spec.split!r}")
+    out = []
+    for _, where, record in jsonl_records(files[spec.split]):
+        if spec.max_examples and len(out) >= spec.max_examples:
+            break
+        record = record_object(record, where)
+        meta = record["meta"]
+        images = [local_path(p, files[spec.split].parent) for p in record.get("images", [record.get("image")])]
+        out.append(Example(image=images[0] if "image" in record else images,
+                           prompt=templates.vqa.format(question=meta["question"]), answer=record["answer"],
+                           task="vqa", id=record["id"], source=spec.label,
+                           meta={"question": meta["question"], "question_type": meta["question_type"],
+                                 "answer_type": meta["answer_type"], "scenes": meta["scenes"]}))
+    return out
+
+
+@register_format("highres_shapes")
+def read_highres_shapes(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Built-in high-res shapes VQA (448 px scenes, questions about one small shape by position)."""
+    from mmgpt.data.shapes_vqa import build_highres_shapes
+
+    return built_in_vqa(spec, templates, build_highres_shapes, "shapes")
 
 
 def _vqa_image(root: Path, names: set[str], subtype: str, image_id: int) -> str:
