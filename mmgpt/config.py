@@ -260,6 +260,8 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_answer_length: int = 32
+    # images one prompt may hold; above 1, image tokens carry a learned embedding of which image they are
+    max_images: int = 1
     # prompt used when answer() is given an empty prompt (captioning)
     caption_prompt: str = PromptTemplates.caption
     vqa_template: str = PromptTemplates.vqa
@@ -269,7 +271,7 @@ class ModelConfig:
     system_prompt: str = ""
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.", max_answer_length=">= 2")
+        check_fields(self, "model.", max_answer_length=">= 2", max_images=">= 1")
         if "{question}" not in self.vqa_template:
             raise ConfigError(f"model.vqa_template must contain '{{question}}', got {self.vqa_template!r}")
 

@@ -149,3 +149,14 @@ def test_read_as_dataset(highres, monkeypatch):
                             PromptTemplates(vqa="Q: {question}"))
     assert len(examples) == 3 and all(Path(e.image).is_file() for e in examples)
     assert examples[0].prompt == "Q: " + examples[0].meta["question"] and examples[0].answer
+
+
+def test_multi_image_read_as_dataset(multi, monkeypatch):
+    monkeypatch.setattr(shapes_vqa, "build_multi_image_shapes",
+                        lambda root: build_multi_image_shapes(root, seed=0, **SMALL))
+    examples = read_dataset(DatasetSpec(format="multi_image_shapes", path=str(multi["train"].parent.parent),
+                                        split="val"))
+    assert len(examples) == SMALL["num_val"]
+    assert all(isinstance(e.image, list) and 2 <= len(e.image) <= 3 and all(Path(p).is_file() for p in e.image)
+               for e in examples)
+    assert examples[0].prompt == examples[0].meta["question"]  # the default template, no placeholders

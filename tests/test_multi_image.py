@@ -1,0 +1,172 @@
+"""Several images per prompt: batches, slots, image identity, readers, answer(); one-image models unchanged."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny import FUSION_NAMES, build, one_thread, random_images, tiny_config  # noqa: F401
+
+from mmgpt import cli
+from mmgpt.config import FusionConfig, PromptTemplates
+from mmgpt.data.dataset import check_images
+from mmgpt.data.formats import read_dataset
+from mmgpt.fusion.base import ImageLayout, build_fusion
+from mmgpt.fusion.concat import Concat
+from mmgpt.inference import answer
+from mmgpt.prompts import IMAGE_SLOT, conversation_prompt, question_prompt
+from mmgpt.training.config import DatasetSpec
+
+FIXTURE = Path(__file__).parent / "data" / "one_image_model"
+PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?"]
+
+
+def several_images_model(fusion: str = "cross_attention", max_images: int = 3):
+    config = tiny_config(fusion=fusion)
+    config.max_images = max_images
+    return build(config).eval()
+
+
+def prefix(model, batch):
+    return model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                               image_mask=batch.get("image_mask"), image_slots=batch.get("image_slots"))
+
+
+@pytest.mark.parametrize("fusion", FUSION_NAMES)
+def test_mixed_image_counts_equal_each_alone(fusion):
+    model = several_images_model(fusion)
+    images = random_images(model, 4)
+    sets = [[images[0]], [images[1], images[2], images[3]], [images[0], images[1]]]
+    batch = model.processor(PROMPTS, sets, ["red", "yes", "no"])
+    assert batch["pixel_values"].shape[:2] == (3, 3) and batch["image_mask"].tolist() == [[1, 0, 0], [1, 1, 1],
+                                                                                          [1, 1, 0]]
+    together, mask = prefix(model, batch)
+    for i in range(3):
+        alone, alone_mask = prefix(model, model.processor([PROMPTS[i]], [sets[i]]))
+        n = int(alone_mask.sum())
+        assert int(mask[i].sum()) == n  # no image token cut, none of the padding kept
+        torch.testing.assert_close(together[i, -n:], alone[0, -n:], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(model(**batch).loss)
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat", "product"])
+def test_image_identity_and_order_reach_the_prefix(fusion):
+    model = several_images_model(fusion)
+    a, b = random_images(model, 2)
+    ab, _ = prefix(model, model.processor(PROMPTS[:1], [[a, b]]))
+    ba, _ = prefix(model, model.processor(PROMPTS[:1], [[b, a]]))
+    assert not torch.allclose(ab, ba, atol=1e-4)  # "the first image" and "the second" differ
+
+
+def test_each_distinct_image_encoded_once():
+    model = several_images_model()
+    a, b, c = random_images(model, 3)
+    seen = []
+    model.image_encoder.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[0]))
+    prefix(model, model.processor(PROMPTS[:2], [[a, b], [b, c, a]]))
+    assert seen == [3]  # five image slots, three distinct images, padding never encoded
+
+
+def test_concat_puts_each_image_at_its_slot():
+    text_mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
+    layout = ImageLayout(mask=torch.tensor([[1, 1, 0]]), slots=torch.tensor([[1, 3, 0]]), tokens_per_image=2)
+    order = Concat._order(text_mask, layout)[0].tolist()
+    # [image tokens 0..5 (image 2 is padding), text 6..11]: t0, image 0, t1, t2, image 1, t3, t4, then padding
+    assert order[:9] == [6, 0, 1, 7, 8, 2, 3, 9, 10]
+    assert sorted(order[9:]) == [4, 5, 11]
+    fusion = build_fusion(FusionConfig(type="concat", dim=8), 8, 8, max_images=3)
+    _, mask = fusion(torch.randn(1, 6, 8), text_mask, torch.randn(1, 6, 8), layout)
+    assert mask[0].tolist() == [1] * 9 + [0] * 3
+
+
+def test_placeholders_become_slots_typed_text_never_does():
+    model = several_images_model("concat")
+    a, b = random_images(model, 2)
+    # typed by a user, "<image>" and even the slot character are text: no slot, images first
+    typed = question_prompt(f"is <image> {IMAGE_SLOT}red?", PromptTemplates())
+    assert IMAGE_SLOT not in typed and "<image>" in typed
+    assert IMAGE_SLOT not in conversation_prompt([("user", f"a {IMAGE_SLOT} b")])
+    batch = model.processor([typed], [[a, b]])
+    assert batch["image_slots"].tolist() == [[0, 0]]
+    placed = model.processor([f"first {IMAGE_SLOT} then {IMAGE_SLOT} which is red?"], [[a, b]])
+    ids = placed["input_ids"][0].tolist()
+    slots = placed["image_slots"][0].tolist()
+    assert 0 < slots[0] < slots[1] < len(ids)
+    assert model.processor.tokenizer.decode(ids[slots[0]:slots[1]]).strip() == "then"
+    with pytest.raises(ValueError, match="1 image placeholders but 2 images"):
+        model.processor([f"only {IMAGE_SLOT} one"], [[a, b]])
+    with pytest.raises(ValueError, match="not cut"):
+        model.processor([f"{IMAGE_SLOT} " + "red " * 100 + IMAGE_SLOT], [[a, b]])
+    with pytest.raises(ValueError, match="max_images=3"):
+        prefix(model, model.processor(PROMPTS[:1], [[a, b, a, b]]))
+
+
+def write_images(folder: Path, n: int) -> list[str]:
+    names = []
+    for i in range(n):
+        Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(folder / f"{i}.png")
+        names.append(f"{i}.png")
+    return names
+
+
+def test_jsonl_images_and_placeholders(tmp_path):
+    names = write_images(tmp_path, 3)
+    records = [
+        {"images": names[:2], "prompt": "same color?", "answer": "no"},
+        {"images": names, "conversations": [
+            {"role": "user", "content": "<image> what is it?"}, {"role": "assistant", "content": "a square"},
+            {"role": "user", "content": "and <image> <image>?"}, {"role": "assistant", "content": "two more"}]},
+        {"image": names[0], "prompt": "what is <image>?", "answer": "text"},
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    examples = read_dataset(DatasetSpec(format="jsonl", path=str(tmp_path / "d.jsonl")))
+    assert [len(e.image) if isinstance(e.image, list) else 1 for e in examples] == [2, 1, 3, 1]
+    assert IMAGE_SLOT not in examples[0].prompt and examples[2].prompt.count(IMAGE_SLOT) == 3
+    assert examples[3].prompt == "what is <image>?"  # a one-image record has no placeholders
+    kept, report = check_images(examples, lambda p: torch.zeros(3, 4, 4), cache=True, max_bad_fraction=0.0,
+                                progress=False)
+    assert report.total == 3 and len(kept) == 4 and isinstance(kept[1].image, list)
+    bad = [{"images": names[:2], "prompt": "<image> only one", "answer": "x"}]
+    (tmp_path / "bad.jsonl").write_text(json.dumps(bad[0]) + "\n")
+    with pytest.raises(ValueError, match=r"line 1.*1 <image> placeholders for 2 images"):
+        read_dataset(DatasetSpec(format="jsonl", path=str(tmp_path / "bad.jsonl")))
+
+
+def test_answer_with_several_images(tmp_path, capsys):
+    model = several_images_model("concat")
+    model.save_pretrained(tmp_path / "m")
+    a, b = (np.full((32, 32, 3), v, dtype=np.uint8) for v in (30, 220))
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    argv = ["answer", "--model", str(tmp_path / "m"), "--image", str(tmp_path / "a.png"), "--image",
+            str(tmp_path / "b.png"), "--max-new-tokens", "4", "same color?"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.strip() == answer("same color?", images=[a, b], model=str(tmp_path / "m"),
+                                                     max_new_tokens=4)
+    one = answer("same color?", images=[a, b], model=str(tmp_path / "m"), max_new_tokens=4)
+    batched = answer(["same color?", "is there a circle?"], images=[[a, b], [b]], model=str(tmp_path / "m"),
+                     max_new_tokens=4)
+    assert isinstance(one, str) and batched[0] == one
+    assert batched[1] == answer("is there a circle?", images=[b], model=str(tmp_path / "m"), max_new_tokens=4)
+    with pytest.raises(TypeError, match="either image or images"):
+        answer("x", a, images=[a], model=str(tmp_path / "m"))
+
+
+def test_one_image_model_saved_before_gives_the_same_answers():
+    # saved, and its answers recorded, by mmgpt before prompts could hold several images
+    expected = json.loads((FIXTURE / "answers.json").read_text())
+    images = [np.asarray(Image.open(FIXTURE / f"image{i}.png").convert("RGB")) for i in range(3)]
+    got = answer(expected["questions"], images, model=str(FIXTURE / "model"),
+                 max_new_tokens=expected["max_new_tokens"])
+    assert got == expected["answers"]
+
+
+def test_one_image_config_adds_no_parameters():
+    one = build(tiny_config())
+    assert one.config.max_images == 1 and not any("image_index" in k for k in one.state_dict())
+    batch = one.processor(PROMPTS, random_images(one, 3))
+    assert set(batch) == {"input_ids", "attention_mask", "pixel_values"}
+    assert any("image_index" in k for k in several_images_model().state_dict())
