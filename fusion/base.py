@@ -35,13 +35,14 @@ FUSIONS: dict[str, type[Fusion]] = {}
 register_fusion = registrar(FUSIONS, "fusion", name_attribute="registry_name")
 
 
-def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int, max_images: int = 1) -> Fusion:
-    """Look up `cfg.type` in the registry and build it for the given input widths and images per prompt."""
+def build_fusion(cfg: FusionConfig, text_dim: int, image_dim: int, max_images: int = 1, views: int = 1) -> Fusion:
+    """Look up `cfg.type` in the registry and build it for the given input widths, images per prompt and views
+    per image (tiling)."""
     cls = lookup(FUSIONS, cfg.type, "model.fusion.type")
     if cfg.dim <= 0:
         raise ConfigError(f"model.fusion.dim must be positive, got {cfg.dim}")
     fusion = cls(cfg, text_dim, image_dim)
-    fusion.enable_images(max_images)
+    fusion.enable_images(max_images, views)
     return fusion
 
 
@@ -52,10 +53,12 @@ class ImageLayout:
     mask: torch.Tensor  # (B, K): 1 for an image, 0 for padding (a prompt with fewer than K images)
     slots: torch.Tensor  # (B, K): the text position each image's tokens go before (0: before all the text)
     tokens_per_image: int  # Li
+    # with tiling, each image is V views (the whole, then its tiles): the K entries are K / V images' views
+    views: int = 1
 
     @property
     def count(self) -> int:
-        """K, the most images of any prompt in the batch."""
+        """K, the most images (with tiling: views) of any prompt in the batch."""
         return self.mask.shape[1]
 
     def token_mask(self) -> torch.Tensor:
@@ -64,7 +67,13 @@ class ImageLayout:
 
     def token_image(self) -> torch.Tensor:
         """(K * Li,): which image each token of I belongs to."""
-        return torch.arange(self.count, device=self.mask.device).repeat_interleave(self.tokens_per_image)
+        entry = torch.arange(self.count, device=self.mask.device)
+        return (entry // self.views).repeat_interleave(self.tokens_per_image)
+
+    def token_view(self) -> torch.Tensor:
+        """(K * Li,): which view of its image each token comes from (0: the whole image, 1 + r * cols + c: a tile)."""
+        entry = torch.arange(self.count, device=self.mask.device)
+        return (entry % self.views).repeat_interleave(self.tokens_per_image)
 
 
 class Fusion(nn.Module, abc.ABC):
@@ -80,18 +89,22 @@ class Fusion(nn.Module, abc.ABC):
         self.text_proj = nn.Linear(text_dim, cfg.dim)
         self.image_proj = nn.Linear(image_dim, cfg.dim)
         self.image_index: nn.Embedding | None = None
+        self.view_position: nn.Embedding | None = None
         self.max_images = 1
 
-    def enable_images(self, max_images: int) -> None:
-        """Accept up to `max_images` images per prompt; more than one adds the learned image-index embedding.
+    def enable_images(self, max_images: int, views: int = 1) -> None:
+        """Accept up to `max_images` images per prompt of `views` views each (tiling): more than one image adds
+        the learned image-index embedding, more than one view the learned view (tile position) embedding.
 
-        One image adds nothing, so a one-image model keeps its parameters and its outputs.
+        One image of one view adds nothing, so a one-image model keeps its parameters and its outputs.
         """
         if max_images < 1:
             raise ConfigError(f"model.max_images must be >= 1, got {max_images}")
         self.max_images = max_images
         if max_images > 1:
             self.image_index = nn.Embedding(max_images, self.dim)
+        if views > 1:
+            self.view_position = nn.Embedding(views, self.dim)
 
     def project(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, Lt, d_text), (B, Li, d_image) -> (B, Lt, dim), (B, Li, dim)."""
@@ -134,11 +147,13 @@ class Fusion(nn.Module, abc.ABC):
 
     def _combine_images(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
                         images: ImageLayout) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.count > self.max_images:
-            raise ValueError(f"a prompt has {images.count} images, more than this model's "
+        if images.count > self.max_images * images.views:
+            raise ValueError(f"a prompt has {-(-images.count // images.views)} images, more than this model's "
                              f"model.max_images={self.max_images}")
         if self.image_index is not None:
             image = image + self.image_index(images.token_image()).to(image.dtype)
+        if self.view_position is not None:
+            image = image + self.view_position(images.token_view()).to(image.dtype)
         if self.reads_all_images:
             return self.combine(text, text_mask, image, images), self.images_mask(text_mask, image, images)
         fused = [self.combine(text, text_mask, one) for one in image.split(images.tokens_per_image, dim=1)]

@@ -91,6 +91,29 @@ class TextEncoderConfig:
 
 
 @dataclass
+class TilingConfig:
+    """Splitting a large image into tiles of the encoder's input size, plus a downscaled view of the whole.
+
+    rows x cols > 0: each image is resized to rows x cols tiles and gives 1 + rows * cols views (the whole
+    image first), each encoded on its own, each view's tokens marked with a learned tile-position embedding.
+    """
+
+    rows: int = 0  # 0: off, one view of the whole image
+    cols: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.image_encoder.tiling.", rows=">= 0", cols=">= 0")
+        if (self.rows == 0) != (self.cols == 0):
+            raise ConfigError(f"model.image_encoder.tiling: rows and cols must both be 0 (off) or both be >= 1, "
+                              f"got rows={self.rows}, cols={self.cols}")
+
+    @property
+    def views(self) -> int:
+        """Views per image: 1 without tiling, else the whole image and every tile."""
+        return 1 + self.rows * self.cols
+
+
+@dataclass
 class ImageEncoderConfig:
     """Which image encoder turns pixels into I of shape (batch, image_len, d_image)."""
 
@@ -109,8 +132,13 @@ class ImageEncoderConfig:
     freeze: bool = False
     # type "hf" only
     lora: LoraConfig = field(default_factory=LoraConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    # f > 1: each f x f block of a square token grid becomes one token of f * f times the width (nanoVLM's
+    # pixel shuffle), so a view costs f * f times fewer tokens
+    pixel_shuffle: int = 1
 
     def __post_init__(self) -> None:
+        check_fields(self, "model.image_encoder.", pixel_shuffle=">= 1")
         check_finite_values("model.image_encoder.kwargs", self.kwargs)
         self.lora.check("model.image_encoder.lora.")
 

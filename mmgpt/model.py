@@ -37,7 +37,7 @@ from mmgpt.fusion.base import ImageLayout
 from mmgpt.generator import build_generator
 from mmgpt.model_folder import load_model_folder, save_model_folder
 from mmgpt.processor import Processor
-from mmgpt.projector import build_projector
+from mmgpt.projector import build_projector, pixel_shuffle
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -112,8 +112,10 @@ class MMGPT(nn.Module):
             config.text_encoder, self.generator, processor.tokenizer, load_weights=load_weights
         )
         self.image_encoder = build_image_encoder(config.image_encoder, load_weights=load_weights)
-        self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim, self.image_encoder.output_dim,
-                                   config.max_images)
+        tiling, shuffle = config.image_encoder.tiling, config.image_encoder.pixel_shuffle
+        self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim,
+                                   self.image_encoder.output_dim * shuffle * shuffle, config.max_images, tiling.views)
+        processor.tiling = (tiling.rows, tiling.cols)
         width = self.generator.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, config.fusion.dim, width)
         lora.add_adapters(self, config)
@@ -172,6 +174,8 @@ class MMGPT(nn.Module):
         autocast = self.train_image_autocast if self.training and self.image_encoder.training else None
         with torch.autocast(pixels.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
             image = self.image_encoder(pixels)
+        if self.config.image_encoder.pixel_shuffle > 1:
+            image = pixel_shuffle(image, self.config.image_encoder.pixel_shuffle)
         return image if image_index is None else image[image_index]
 
     def fused_prefix(
@@ -189,6 +193,9 @@ class MMGPT(nn.Module):
         """
         text, text_mask = self.text_encoder(input_ids, attention_mask)
         several = pixel_values.dim() == 5 if image_features is None else image_features.dim() == 4
+        if not several and self.config.image_encoder.tiling.views > 1:
+            raise ValueError("this model splits each image into tiles (model.image_encoder.tiling): build its "
+                             "batches with its processor, which gives pixel_values (B, K, 3, H, W)")
         if not several and self.config.max_images > 1:
             # one image each, read as a set of one: the same prefix as in a batch that mixes image counts
             pixel_values = None if pixel_values is None else pixel_values[:, None]
@@ -222,7 +229,8 @@ class MMGPT(nn.Module):
                    else image_features[present])
         image = encoded.new_zeros(batch, count, *encoded.shape[1:])
         image[present] = encoded
-        layout = ImageLayout(mask=image_mask, slots=image_slots, tokens_per_image=encoded.shape[1])
+        layout = ImageLayout(mask=image_mask, slots=image_slots, tokens_per_image=encoded.shape[1],
+                             views=self.config.image_encoder.tiling.views)
         return image.flatten(1, 2), layout
 
     def prefix_embeds(
@@ -272,15 +280,18 @@ class MMGPT(nn.Module):
         """
         image_tokens = self.__dict__.get("_image_tokens")
         if image_tokens is None:
-            pixels = self.processor.image_tensor(Image.new("RGB", (8, 8)))[None]
+            pixels = self.processor.image_tensor(Image.new("RGB", (8, 8)))
+            pixels = pixels.reshape(-1, *pixels.shape[-3:])[:1]  # one view
             pixels = pixels.to(next(self.parameters()).device, _dtype(self.image_encoder, torch.float32))
             with torch.no_grad():
-                image_tokens = self.image_encoder(pixels).shape[1]
+                image_tokens = self.encode_images(pixels).shape[1]
             self.__dict__["_image_tokens"] = image_tokens
         text_mask = torch.ones(1, text_tokens, dtype=torch.long)
-        layout = None if num_images == 1 else ImageLayout(torch.ones(1, num_images, dtype=torch.long),
-                                                          torch.zeros(1, num_images, dtype=torch.long), image_tokens)
-        image = torch.zeros(1, image_tokens * num_images, self.fusion.dim)
+        views = self.config.image_encoder.tiling.views
+        entries = num_images * views
+        layout = None if entries == 1 else ImageLayout(torch.ones(1, entries, dtype=torch.long),
+                                                       torch.zeros(1, entries, dtype=torch.long), image_tokens, views)
+        image = torch.zeros(1, image_tokens * entries, self.fusion.dim)
         return int(self.fusion.images_mask(text_mask, image, layout).sum())
 
     def forward(

@@ -11,12 +11,14 @@ from PIL import Image
 from tiny import FUSION_NAMES, build, one_thread, random_images, tiny_config  # noqa: F401
 
 from mmgpt import cli
-from mmgpt.config import FusionConfig, PromptTemplates
+from mmgpt.config import ConfigError, FusionConfig, ImageEncoderConfig, PromptTemplates, TilingConfig
 from mmgpt.data.dataset import check_images
 from mmgpt.data.formats import read_dataset
 from mmgpt.fusion.base import ImageLayout, build_fusion
 from mmgpt.fusion.concat import Concat
+from mmgpt.images import tile_views
 from mmgpt.inference import answer
+from mmgpt.projector import pixel_shuffle
 from mmgpt.prompts import IMAGE_SLOT, conversation_prompt, question_prompt
 from mmgpt.training.config import DatasetSpec
 
@@ -170,3 +172,90 @@ def test_one_image_config_adds_no_parameters():
     batch = one.processor(PROMPTS, random_images(one, 3))
     assert set(batch) == {"input_ids", "attention_mask", "pixel_values"}
     assert any("image_index" in k for k in several_images_model().state_dict())
+
+
+def tiled_model(fusion: str = "cross_attention", rows: int = 2, cols: int = 3, shuffle: int = 1, max_images: int = 1):
+    config = tiny_config(fusion=fusion)
+    config.max_images = max_images
+    config.image_encoder.tiling = TilingConfig(rows=rows, cols=cols)
+    config.image_encoder.pixel_shuffle = shuffle
+    return build(config).eval()
+
+
+def test_tile_views_cut_the_resized_grid():
+    image = Image.new("RGB", (60, 40))
+    for x in range(60):
+        for y in range(40):
+            image.putpixel((x, y), (x * 4, y * 6, 0))
+    whole, *tiles = tile_views(image, (8, 8), 2, 3)
+    assert whole is image and len(tiles) == 6 and all(t.size == (8, 8) for t in tiles)
+    # row by row: the red channel grows along a row of tiles, the green one down a column
+    red = [np.asarray(t)[..., 0].mean() for t in tiles]
+    green = [np.asarray(t)[..., 1].mean() for t in tiles]
+    assert red[0] < red[1] < red[2] and green[0] < green[3]
+
+
+def test_tiling_gives_views_marked_by_position_and_reloads(tmp_path):
+    model = tiled_model(rows=2, cols=3, max_images=2)
+    assert model.processor.views == 7 and model.fusion.view_position.num_embeddings == 7
+    big = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    batch = model.processor(PROMPTS[:2], [big, [big, big[::-1].copy()]])
+    assert batch["pixel_values"].shape[:2] == (2, 14)
+    assert batch["image_mask"].sum(1).tolist() == [7, 14]
+    # the whole image is the first view, downscaled; the tiles follow
+    whole = model.processor.image_transform(Image.fromarray(big))
+    torch.testing.assert_close(batch["pixel_values"][0, 0], whole)
+    out, mask = prefix(model, batch)
+    # swapping two tiles changes the prefix: each tile's tokens carry its position
+    swapped = {**batch, "pixel_values": batch["pixel_values"][:, [0, 2, 1, *range(3, 14)]]}
+    assert not torch.allclose(prefix(model, swapped)[0][0], out[0], atol=1e-5)
+    model.save_pretrained(tmp_path / "m")
+    again = type(model).from_pretrained(tmp_path / "m").eval()
+    assert again.processor.tiling == (2, 3)
+    torch.testing.assert_close(prefix(again, again.processor(PROMPTS[:2], [big, [big, big[::-1].copy()]]))[0], out)
+    with pytest.raises(ValueError, match="tiles"):
+        model.prefix_embeds(batch["input_ids"], batch["attention_mask"], batch["pixel_values"][:, 0])
+
+
+def test_pixel_shuffle_cuts_tokens_keeps_every_value():
+    tokens = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 16, 3)
+    shuffled = pixel_shuffle(tokens, 2)
+    assert shuffled.shape == (2, 4, 12)
+    assert sorted(shuffled.flatten().tolist()) == sorted(tokens.flatten().tolist())
+    # the first token holds the top-left 2x2 block of the 4x4 grid: tokens 0, 1, 4, 5
+    assert shuffled[0, 0].reshape(4, 3)[:, 0].tolist() == [0.0, 3.0, 12.0, 15.0]
+    with pytest.raises(ConfigError, match="pixel_shuffle=3"):
+        pixel_shuffle(tokens, 3)
+    model = tiled_model("concat", rows=1, cols=2, shuffle=2)
+    # concat's prefix: 3 views of 2x2 tokens (a 4x4 grid shuffled) and the text
+    assert model.prefix_length(5) == 3 * 4 + 5
+
+
+def test_tiling_config_errors():
+    with pytest.raises(ConfigError, match="rows and cols"):
+        TilingConfig(rows=2, cols=0)
+    with pytest.raises(ConfigError, match="pixel_shuffle"):
+        ImageEncoderConfig(pixel_shuffle=0)
+
+
+def test_nanovlm_tiles_preset_on_stand_ins(tmp_path):
+    from standins import causal_lm, vision_tower
+
+    from mmgpt.model import MMGPT
+    from mmgpt.training.config import load_train_config
+
+    config = load_train_config("nanovlm222m_tiles").model
+    assert (config.image_encoder.tiling.rows, config.image_encoder.tiling.cols) == (2, 2)
+    assert config.image_encoder.pixel_shuffle == 2 and config.fusion.type == "concat"
+    # the hub parts replaced by one-layer stand-ins of the same kinds (32 px SigLIP: a 4 x 4 token grid)
+    config.image_encoder.name = str(vision_tower("siglip", tmp_path / "siglip"))
+    config.generator.name = str(causal_lm("llama", tmp_path / "llama"))
+    config.fusion.dim, config.fusion.num_heads = 32, 2
+    model = MMGPT.from_config(config).eval()
+    big = np.random.default_rng(0).integers(0, 256, (448, 448, 3), dtype=np.uint8)
+    batch = model.processor(["what color is the shape in the center?"], [big], ["red"])
+    assert batch["pixel_values"].shape[:2] == (1, 5)
+    _, mask = prefix(model, batch)
+    text = int(batch["attention_mask"].sum())
+    assert int(mask.sum()) == 5 * 4 + text == model.prefix_length(text)  # 5 views of 2 x 2 shuffled tokens
+    assert torch.isfinite(model(**batch).loss)
