@@ -259,3 +259,33 @@ def test_nanovlm_tiles_preset_on_stand_ins(tmp_path):
     text = int(batch["attention_mask"].sum())
     assert int(mask.sum()) == 5 * 4 + text == model.prefix_length(text)  # 5 views of 2 x 2 shuffled tokens
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_one_image_reads_the_same_alone_or_beside_several():
+    model = several_images_model("concat")
+    a, b = random_images(model, 2)
+    alone, alone_mask = prefix(model, model.processor(PROMPTS[:1], [a]))
+    mixed, mixed_mask = prefix(model, model.processor(PROMPTS[:2], [a, [a, b]]))
+    n = int(alone_mask.sum())
+    assert int(mixed_mask[0].sum()) == n
+    torch.testing.assert_close(mixed[0, -n:], alone[0, -n:])
+
+
+@pytest.mark.parametrize("change", ["max_images", "tiling", "pixel_shuffle"])
+def test_export_refuses_several_images_and_tiling(tmp_path, change):
+    from mmgpt.export import ExportError, export_onnx
+
+    model = {"max_images": lambda: several_images_model(max_images=2), "tiling": lambda: tiled_model(rows=1, cols=2),
+             "pixel_shuffle": lambda: tiled_model(rows=0, cols=0, shuffle=2)}[change]()
+    with pytest.raises(ExportError, match=f"{change} is .* ONNX runtime reads one whole image"):
+        export_onnx(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_explain_refuses_several_images():
+    from mmgpt.explain import explain
+
+    model = several_images_model()
+    a, b = random_images(model, 2)
+    with pytest.raises(ValueError, match="explain .* takes one image"):
+        explain(model, [a, b], "same color?")
