@@ -289,3 +289,12 @@ def test_explain_refuses_several_images():
     a, b = random_images(model, 2)
     with pytest.raises(ValueError, match="explain .* takes one image"):
         explain(model, [a, b], "same color?")
+
+
+def test_cached_pixels_of_one_view_are_never_taken_for_tiles():
+    from mmgpt.data.pixel_cache import processor_identity
+
+    single, tiled = build(tiny_config()), tiled_model(rows=2, cols=2)
+    assert processor_identity(single.processor) != processor_identity(tiled.processor)
+    tiled.processor.tiling = (0, 0)
+    assert processor_identity(single.processor) == processor_identity(tiled.processor)
