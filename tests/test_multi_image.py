@@ -298,3 +298,20 @@ def test_cached_pixels_of_one_view_are_never_taken_for_tiles():
     assert processor_identity(single.processor) != processor_identity(tiled.processor)
     tiled.processor.tiling = (0, 0)
     assert processor_identity(single.processor) == processor_identity(tiled.processor)
+
+
+def test_multi_image_jsonl_evaluates_like_any_set(tmp_path):
+    from mmgpt.eval.runner import generate_answers, mean_loss, score
+
+    model = several_images_model()
+    names = write_images(tmp_path, 3)
+    lines = [{"images": names[:2], "prompt": "same color?", "answer": "no"},
+             {"images": names, "prompt": "<image> <image> <image> which is red?", "answer": "first"},
+             {"image": names[2], "prompt": "what color?", "answer": "red"}]
+    (tmp_path / "e.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    examples = read_dataset(DatasetSpec(format="jsonl", path=str(tmp_path / "e.jsonl")))
+    predictions = generate_answers(model, examples, batch_size=2, max_new_tokens=3)
+    alone = [generate_answers(model, [e], max_new_tokens=3)[0] for e in examples]
+    assert predictions == alone  # batching mixed image counts changes no answer
+    assert np.isfinite(mean_loss(model, examples, batch_size=2))
+    assert "vqa_exact_match" in score(examples, predictions)
