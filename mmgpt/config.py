@@ -280,6 +280,11 @@ class ModelConfig:
         "generator.hf_config": "generator.kwargs",
         "generator.freeze_projector": "projector.freeze",
     }
+    # settings a saved config.json leaves out at these values, so one-image model folders stay readable by
+    # versions of mmgpt that predate them (model_dict)
+    UNWRITTEN_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "max_images": 1, "image_encoder.tiling": {"rows": 0, "cols": 0}, "image_encoder.pixel_shuffle": 1,
+    }
 
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -456,6 +461,19 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
 def to_dict(cfg: Any) -> dict:
     """Turn a config dataclass into plain dicts and lists (for YAML/JSON)."""
     return dataclasses.asdict(cfg)
+
+
+def model_dict(config: ModelConfig) -> dict:
+    """A ModelConfig as a saved model's config.json holds it: `to_dict`, less ModelConfig.UNWRITTEN_DEFAULTS."""
+    data = to_dict(config)
+    for dotted, value in ModelConfig.UNWRITTEN_DEFAULTS.items():
+        *parents, name = dotted.split(".")
+        section = data
+        for parent in parents:
+            section = section[parent]
+        if section.get(name) == value:
+            del section[name]
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -315,3 +315,16 @@ def test_multi_image_jsonl_evaluates_like_any_set(tmp_path):
     assert predictions == alone  # batching mixed image counts changes no answer
     assert np.isfinite(mean_loss(model, examples, batch_size=2))
     assert "vqa_exact_match" in score(examples, predictions)
+
+
+def test_saved_config_names_the_new_settings_only_when_used(tmp_path):
+    build(tiny_config()).save_pretrained(tmp_path / "one")
+    saved = json.loads((tmp_path / "one" / "config.json").read_text())["model"]
+    # a one-image folder is what earlier versions wrote, so they can read it
+    assert "max_images" not in saved and not {"tiling", "pixel_shuffle"} & set(saved["image_encoder"])
+    model = tiled_model(rows=1, cols=2, shuffle=2, max_images=2)
+    model.save_pretrained(tmp_path / "tiled")
+    saved = json.loads((tmp_path / "tiled" / "config.json").read_text())["model"]
+    assert saved["max_images"] == 2 and saved["image_encoder"]["tiling"] == {"rows": 1, "cols": 2}
+    again = type(model).from_pretrained(tmp_path / "tiled")
+    assert again.config == model.config
