@@ -14,13 +14,13 @@ from mmgpt import cli
 from mmgpt.config import ConfigError, FusionConfig, ImageEncoderConfig, PromptTemplates, TilingConfig
 from mmgpt.data.dataset import check_images
 from mmgpt.data.formats import read_dataset
+from mmgpt.data.spec import DatasetSpec
 from mmgpt.fusion.base import ImageLayout, build_fusion
 from mmgpt.fusion.concat import Concat
 from mmgpt.images import tile_views
 from mmgpt.inference import answer
 from mmgpt.projector import pixel_shuffle
 from mmgpt.prompts import IMAGE_SLOT, conversation_prompt, question_prompt
-from mmgpt.training.config import DatasetSpec
 
 FIXTURE = Path(__file__).parent / "data" / "one_image_model"
 PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes are there?"]

@@ -15,7 +15,7 @@ from mmgpt.config import PromptTemplates
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.shapes import COLORS, LOCATIONS, SPLITS
 from mmgpt.data.shapes_vqa import build_highres_shapes, build_multi_image_shapes
-from mmgpt.training.config import DatasetSpec
+from mmgpt.data.spec import DatasetSpec
 
 SMALL = dict(num_train=60, num_val=10, num_test=30)
 ORDINALS = ("first", "second", "third")
