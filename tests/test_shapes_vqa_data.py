@@ -1,7 +1,6 @@
 """Built-in multi-image and high-res shapes VQA: deterministic, cached, answers true of the pixels."""
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,21 +15,10 @@ from mmgpt.data.formats import read_dataset
 from mmgpt.data.shapes import COLORS, LOCATIONS, SPLITS
 from mmgpt.data.shapes_vqa import build_highres_shapes, build_multi_image_shapes
 from mmgpt.data.spec import DatasetSpec
+from tests.built_data import fingerprint
 
 SMALL = dict(num_train=60, num_val=10, num_test=30)
 ORDINALS = ("first", "second", "third")
-
-
-def fingerprint(files: dict[str, Path]) -> str:
-    """Hash of every JSONL's bytes and every image's decoded pixels."""
-    h = hashlib.sha256()
-    folder = files["train"].parent
-    for split in SPLITS:
-        h.update(files[split].read_bytes())
-        for png in sorted((folder / "images" / split).iterdir()):
-            with Image.open(png) as im:
-                h.update(png.name.encode() + np.asarray(im).tobytes())
-    return h.hexdigest()
 
 
 def records(files: dict[str, Path], split: str) -> list[dict]:
