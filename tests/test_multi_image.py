@@ -1,6 +1,7 @@
 """Several images per prompt: batches, slots, image identity, readers, answer(); one-image models unchanged."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -328,3 +329,97 @@ def test_saved_config_names_the_new_settings_only_when_used(tmp_path):
     assert saved["max_images"] == 2 and saved["image_encoder"]["tiling"] == {"rows": 1, "cols": 2}
     again = type(model).from_pretrained(tmp_path / "tiled")
     assert again.config == model.config
+
+
+def test_server_takes_several_image_parts_checked_before_decoding(tmp_path, monkeypatch):
+    from test_serve import NAME, data_url, png, post, running_server
+
+    import mmgpt.serve.conversation as conversation
+    from mmgpt.serve.app import create_app
+    from mmgpt.serve.settings import ServerSettings
+
+    model = several_images_model("concat")
+    a, b = png((200, 30, 30)), png((30, 30, 200), box=8)
+    parts = [{"type": "image_url", "image_url": {"url": data_url(x)}} for x in (a, b, a)]
+    question = "same color?"
+    with running_server(model, max_images_per_prompt=2) as url:
+        two = post(url, {"model": NAME, "max_tokens": 4, "messages": [
+            {"role": "user", "content": [parts[0], {"type": "text", "text": question}, parts[1]]}]}).json()
+        assert two["choices"][0]["message"]["content"] == answer(question, images=[a, b], model=model,
+                                                                 max_new_tokens=4)
+        text_tokens = len(model.processor.prompt_ids(question))
+        # concat: both images' tokens and the text
+        assert two["usage"]["prompt_tokens"] == model.prefix_length(text_tokens, 2) > model.prefix_length(text_tokens)
+        decoded = []
+        real = conversation.image_bytes
+        monkeypatch.setattr(conversation, "image_bytes", lambda *args: decoded.append(args) or real(*args))
+        three = post(url, {"model": NAME, "messages": [{"role": "user", "content": [
+            parts[0], {"type": "text", "text": question}]}, {"role": "assistant", "content": "no"},
+            {"role": "user", "content": [parts[1], parts[2], {"type": "text", "text": "and now?"}]}]})
+        assert three.status_code == 400 and three.json()["error"]["code"] == "too_many_images"
+        assert decoded == []  # refused before any image was decoded
+    with pytest.raises(ValueError, match="max-images-per-prompt 4"):
+        create_app(model, ServerSettings(model_name=NAME, max_images_per_prompt=4))
+
+
+def test_server_caches_each_image_under_its_own_key(monkeypatch):
+    """A chat re-sending one of its two images with a new one: only the new one is encoded."""
+    from test_serve import NAME, data_url, encoded_images, metric, png, post, running_server
+
+    model = several_images_model("cross_attention")
+    a, b, c = png((200, 30, 30)), png((30, 30, 200), box=8), png((30, 200, 30), box=4)
+
+    def ask(images, question):
+        parts = [{"type": "image_url", "image_url": {"url": data_url(x)}} for x in images]
+        return {"role": "user", "content": [*parts, {"type": "text", "text": question}]}
+
+    with running_server(model, max_wait_ms=1) as url, encoded_images(model) as calls:
+        first = post(url, {"model": NAME, "max_tokens": 4, "messages": [ask([a, b], "same color?")]}).json()
+        second = post(url, {"model": NAME, "max_tokens": 4, "messages": [
+            ask([a, b], "same color?"), {"role": "assistant", "content": "no"}, ask([c], "and now?")]}).json()
+        assert metric(url, "mmgpt_image_cache_misses_total") == {"": 3.0}
+        assert metric(url, "mmgpt_image_cache_hits_total") == {"": 2.0}
+    assert calls == [2, 1]
+    assert first["choices"][0]["message"]["content"] == answer("same color?", images=[a, b], model=model,
+                                                               max_new_tokens=4)
+    prompt = conversation_prompt([("user", "same color?"), ("assistant", "no"), ("user", "and now?")])
+    batch = model.processor([prompt], [[a, b, c]])
+    expected = model.processor.decode(model.generate(batch["input_ids"], batch["attention_mask"],
+                                                     batch["pixel_values"], max_new_tokens=4,
+                                                     image_mask=batch["image_mask"], image_slots=batch["image_slots"]))
+    assert second["choices"][0]["message"]["content"] == expected[0]
+
+
+@pytest.mark.parametrize("tiles", [False, True])
+def test_server_batch_encodes_each_distinct_image_once(tiles):
+    """Requests of one, two and three images over two distinct ones, tiled or not: one encoder call of the two
+    images' distinct views, and each answer is answer()'s."""
+    from test_serve import png
+
+    from mmgpt.serve.metrics import Metrics
+    from mmgpt.serve.worker import Job, Worker
+
+    model = tiled_model(rows=1, cols=2, max_images=3) if tiles else several_images_model("concat")
+    config = copy.deepcopy(model.generation_config)
+    config.max_new_tokens = 4  # three images' tokens and the answer within the tiny generator's positions
+    a, b = png((10, 200, 10)), png((10, 10, 200), box=3)
+    sets = [[a], [a, b], [b, a, b]]
+    prompt = question_prompt("same color?", PromptTemplates.from_config(model.config))
+    model.prefix_length(1)
+    worker = Worker(model, Metrics(), max_batch_size=16, max_wait_ms=1000)
+    events = [[] for _ in sets]
+    for images, sink in zip(sets, events):
+        pixels = [model.processor.image_tensor(x) for x in images]
+        worker.submit(Job(prompt=prompt, pixels=pixels[0] if len(pixels) == 1 else pixels,
+                          config=config, emit=sink.append))
+    calls = []
+    handle = model.image_encoder.register_forward_hook(lambda _m, args, _out: calls.append(len(args[0])))
+    try:
+        worker.start()
+        worker.stop(timeout=30)
+    finally:
+        handle.remove()
+    views = [v for x in (a, b) for v in model.processor._views(x)]
+    assert calls == [len({v.numpy().tobytes() for v in views})] and len(views) == 2 * (3 if tiles else 1)
+    for images, sink in zip(sets, events):
+        assert sink[-1].choices[0].text == answer("same color?", images=images, model=model, max_new_tokens=4)
