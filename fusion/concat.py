@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mmgpt.config import FusionConfig
-from mmgpt.fusion.base import Fusion, register_fusion
+from mmgpt.fusion.base import Fusion, ImageLayout, register_fusion
 
 
 @register_fusion("concat")
@@ -15,17 +15,43 @@ class Concat(Fusion):
     Alignment: no alignment is forced; F is Li + Lt long and its mask is all ones over the image
     tokens followed by the text mask. The image tokens keep their spatial order, so the
     generator sees where things are, not only what they are.
+
+    Several images: each image's tokens go before the text token at its slot (its `<image>` placeholder;
+    all images first when the prompt has none), in image order, each token carrying its image's index
+    embedding; a padded image's tokens are masked out.
     """
+
+    reads_all_images = True
 
     def __init__(self, cfg: FusionConfig, text_dim: int, image_dim: int) -> None:
         super().__init__(cfg, text_dim, image_dim)
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                images: ImageLayout | None = None) -> torch.Tensor:
         """(B, Lt, dim), (B, Lt), (B, Li, dim) -> (B, Li + Lt, dim)."""
-        return self.norm(torch.cat([image, text * text_mask.unsqueeze(-1).to(text.dtype)], dim=1))
+        fused = torch.cat([image, text * text_mask.unsqueeze(-1).to(text.dtype)], dim=1)
+        if images is not None:
+            fused = fused.gather(1, self._order(text_mask, images).unsqueeze(-1).expand_as(fused))
+        return self.norm(fused)
 
-    def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """(B, Lt), (B, Li, dim) -> (B, Li + Lt): every image token is valid."""
-        image_mask = torch.ones(image.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
-        return torch.cat([image_mask, text_mask], dim=1)
+    def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor, images: ImageLayout | None = None
+                   ) -> torch.Tensor:
+        """(B, Lt), (B, Li, dim) -> (B, Li + Lt): every image token is valid (of several, every real image's)."""
+        if images is None:
+            image_mask = torch.ones(image.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
+            return torch.cat([image_mask, text_mask], dim=1)
+        mask = torch.cat([images.token_mask().to(text_mask.dtype), text_mask], dim=1)
+        return mask.gather(1, self._order(text_mask, images))
+
+    @staticmethod
+    def _order(text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
+        """(B, K * Li + Lt): where each position of [images' tokens, text] goes so each image sits at its slot."""
+        count, per = images.count, images.tokens_per_image
+        text_key = (2 * torch.arange(text_mask.shape[1], device=text_mask.device) + 1) * (count * per)
+        # image k's tokens sort just before text token slots[k], in image then token order; padding goes last
+        token = torch.arange(count * per, device=text_mask.device)
+        image_key = 2 * images.slots.repeat_interleave(per, dim=1) * (count * per) + token
+        image_key = image_key.masked_fill(images.token_mask() == 0, torch.iinfo(torch.long).max)
+        keys = torch.cat([image_key, text_key.expand(text_mask.shape[0], -1)], dim=1)
+        return torch.argsort(keys, dim=1, stable=True)

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from mmgpt.config import ConfigError, FusionConfig
-from mmgpt.fusion.base import Fusion, register_fusion
+from mmgpt.fusion.base import Fusion, ImageLayout, register_fusion
 
 
 class CrossAttentionLayer(nn.Module):
@@ -25,15 +25,21 @@ class CrossAttentionLayer(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, Lt, dim), (B, Li, dim), T_mask (B, Lt) -> (B, Lt, dim); padded text tokens are never attended to."""
+    def forward(self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor | None = None,
+                image_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, Lt, dim), (B, Li, dim), T_mask (B, Lt), I_mask (B, Li) -> (B, Lt, dim).
+
+        Padded text tokens and padded image tokens (I_mask 0: a prompt with fewer images) are never attended to.
+        """
         if self.self_attention is not None:
             query = self.norm_self(text)
             padding = None if text_mask is None else ~text_mask.bool()
             attended, _ = self.self_attention(query, query, query, key_padding_mask=padding, need_weights=False)
             text = text + attended
         image = self.norm_image(image)
-        attended, _ = self.attention(self.norm_query(text), image, image, need_weights=False)
+        padding = None if image_mask is None else ~image_mask.bool()
+        attended, _ = self.attention(self.norm_query(text), image, image, key_padding_mask=padding,
+                                     need_weights=False)
         text = text + attended
         return text + self.mlp(self.norm_mlp(text))
 
@@ -48,7 +54,12 @@ class CrossAttention(Fusion):
     prompt's "the", "image") read it as they do there; with it, each token first attends to the
     prompt's other (unpadded) tokens, so every query knows the whole prompt. Either way the result
     does not depend on how the batch is padded.
+
+    Several images: every text token attends over all images' tokens at once, each token carrying its
+    image's index embedding, so a question can compare images ("which image shows a circle?").
     """
+
+    reads_all_images = True
 
     def __init__(self, cfg: FusionConfig, text_dim: int, image_dim: int) -> None:
         super().__init__(cfg, text_dim, image_dim)
@@ -64,8 +75,15 @@ class CrossAttention(Fusion):
         )
         self.norm = nn.LayerNorm(cfg.dim)
 
-    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                images: ImageLayout | None = None) -> torch.Tensor:
         """(B, Lt, dim), (B, Lt), (B, Li, dim) -> (B, Lt, dim)."""
+        image_mask = None if images is None else images.token_mask()
         for layer in self.layers:
-            text = layer(text, image, text_mask)
+            text = layer(text, image, text_mask, image_mask)
         return self.norm(text)
+
+    def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor, images: ImageLayout | None = None
+                   ) -> torch.Tensor:
+        """F follows the text: T_mask (B, Lt)."""
+        return text_mask

@@ -40,7 +40,9 @@ def answer_main(argv: list[str] | None = None, prog: str = "mmgpt answer") -> in
     """`mmgpt answer`: print the answer to a question about an image."""
     parser = argparse.ArgumentParser(prog=prog, description="Answer a question about an image.")
     parser.add_argument("question", help="the question; an empty string asks for a caption")
-    parser.add_argument("--image", required=True, help="image file (png, jpg, ...)")
+    parser.add_argument("--image", required=True, action="append",
+                        help="image file (png, jpg, ...); repeat it to ask about several images, which come before "
+                        "the question in order (a model trained with model.max_images > 1)")
     parser.add_argument("--model", default=None,
                         help="model folder, a folder written by `mmgpt export` (run without torch), or hf://org/name "
                         "for a hub model (default: $MMGPT_MODEL or the main job's)")
@@ -52,12 +54,14 @@ def answer_main(argv: list[str] | None = None, prog: str = "mmgpt answer") -> in
     from mmgpt.inference import answer, stream_answer
 
     decoding = decoding_from_args(args)
+    # one image keeps the one-image call, so a one-image model answers exactly as it always did
+    images = {"image": args.image[0]} if len(args.image) == 1 else {"images": args.image}
     if args.stream:
-        for piece in stream_answer(args.question, args.image, model=args.model, device=args.device, **decoding):
+        for piece in stream_answer(args.question, model=args.model, device=args.device, **images, **decoding):
             print(piece, end="", flush=True)
         print()
     else:
-        print(answer(args.question, args.image, model=args.model, device=args.device, **decoding))
+        print(answer(args.question, model=args.model, device=args.device, **images, **decoding))
     return 0
 
 

@@ -91,6 +91,29 @@ class TextEncoderConfig:
 
 
 @dataclass
+class TilingConfig:
+    """Splitting a large image into tiles of the encoder's input size, plus a downscaled view of the whole.
+
+    rows x cols > 0: each image is resized to rows x cols tiles and gives 1 + rows * cols views (the whole
+    image first), each encoded on its own, each view's tokens marked with a learned tile-position embedding.
+    """
+
+    rows: int = 0  # 0: off, one view of the whole image
+    cols: int = 0
+
+    def __post_init__(self) -> None:
+        check_fields(self, "model.image_encoder.tiling.", rows=">= 0", cols=">= 0")
+        if (self.rows == 0) != (self.cols == 0):
+            raise ConfigError(f"model.image_encoder.tiling: rows and cols must both be 0 (off) or both be >= 1, "
+                              f"got rows={self.rows}, cols={self.cols}")
+
+    @property
+    def views(self) -> int:
+        """Views per image: 1 without tiling, else the whole image and every tile."""
+        return 1 + self.rows * self.cols
+
+
+@dataclass
 class ImageEncoderConfig:
     """Which image encoder turns pixels into I of shape (batch, image_len, d_image)."""
 
@@ -109,8 +132,13 @@ class ImageEncoderConfig:
     freeze: bool = False
     # type "hf" only
     lora: LoraConfig = field(default_factory=LoraConfig)
+    tiling: TilingConfig = field(default_factory=TilingConfig)
+    # f > 1: each f x f block of a square token grid becomes one token of f * f times the width (nanoVLM's
+    # pixel shuffle), so a view costs f * f times fewer tokens
+    pixel_shuffle: int = 1
 
     def __post_init__(self) -> None:
+        check_fields(self, "model.image_encoder.", pixel_shuffle=">= 1")
         check_finite_values("model.image_encoder.kwargs", self.kwargs)
         self.lora.check("model.image_encoder.lora.")
 
@@ -252,6 +280,11 @@ class ModelConfig:
         "generator.hf_config": "generator.kwargs",
         "generator.freeze_projector": "projector.freeze",
     }
+    # settings a saved config.json leaves out at these values, so one-image model folders stay readable by
+    # versions of mmgpt that predate them (model_dict)
+    UNWRITTEN_DEFAULTS: ClassVar[dict[str, Any]] = {
+        "max_images": 1, "image_encoder.tiling": {"rows": 0, "cols": 0}, "image_encoder.pixel_shuffle": 1,
+    }
 
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image_encoder: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
@@ -260,6 +293,8 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     max_answer_length: int = 32
+    # images one prompt may hold; above 1, image tokens carry a learned embedding of which image they are
+    max_images: int = 1
     # prompt used when answer() is given an empty prompt (captioning)
     caption_prompt: str = PromptTemplates.caption
     vqa_template: str = PromptTemplates.vqa
@@ -269,7 +304,7 @@ class ModelConfig:
     system_prompt: str = ""
 
     def __post_init__(self) -> None:
-        check_fields(self, "model.", max_answer_length=">= 2")
+        check_fields(self, "model.", max_answer_length=">= 2", max_images=">= 1")
         if "{question}" not in self.vqa_template:
             raise ConfigError(f"model.vqa_template must contain '{{question}}', got {self.vqa_template!r}")
 
@@ -426,6 +461,19 @@ def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
 def to_dict(cfg: Any) -> dict:
     """Turn a config dataclass into plain dicts and lists (for YAML/JSON)."""
     return dataclasses.asdict(cfg)
+
+
+def model_dict(config: ModelConfig) -> dict:
+    """A ModelConfig as a saved model's config.json holds it: `to_dict`, less ModelConfig.UNWRITTEN_DEFAULTS."""
+    data = to_dict(config)
+    for dotted, value in ModelConfig.UNWRITTEN_DEFAULTS.items():
+        *parents, name = dotted.split(".")
+        section = data
+        for parent in parents:
+            section = section[parent]
+        if section.get(name) == value:
+            del section[name]
+    return data
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -146,6 +146,9 @@ def explain(
     """Answer `question` about `image` (greedy, or the given `answer`) and map every answer token over the image."""
     model = load_model(model)
     model.eval()
+    if isinstance(image, (list, tuple)) or model.config.image_encoder.tiling.views > 1:
+        raise ValueError("explain maps answers over one image seen whole: it takes one image, and a model without "
+                         "model.image_encoder.tiling")
     picture = load_image(image)
     batch = question_batch(model, [question], [picture])
     if answer is None:

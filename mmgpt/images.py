@@ -277,3 +277,11 @@ def array_to_rgb(a: np.ndarray) -> Image.Image:
     if a8.ndim == 3 and a8.shape[2] == 1:
         a8 = a8[:, :, 0]
     return to_rgb(Image.fromarray(np.ascontiguousarray(a8)), src)  # uint8 HxW / HxWx3 / HxWx4: L / RGB / RGBA
+
+
+def tile_views(image: Image.Image, tile_size: tuple[int, int], rows: int, cols: int) -> list[Image.Image]:
+    """The whole image, then rows x cols tiles of `tile_size` (H, W) cut from it resized to the grid, row by row."""
+    height, width = tile_size
+    grid = image.resize((cols * width, rows * height), Image.Resampling.BICUBIC)
+    return [image] + [grid.crop((c * width, r * height, (c + 1) * width, (r + 1) * height))
+                      for r in range(rows) for c in range(cols)]

@@ -142,8 +142,22 @@ def check_text(text: Any, name: str) -> str:
     return text
 
 
-def _as_lists(text: Any, image: Any) -> tuple[list[str], list[Any], bool]:
-    """(texts, images, single) for one text and image, or equal-length lists/tuples of both."""
+def _as_lists(text: Any, image: Any, images: Any = None) -> tuple[list[str], list[Any], bool]:
+    """(texts, images, single) for one text and image, or equal-length lists/tuples of both.
+
+    With `images` (and no `image`): one text and a list of its images, or a list of texts and a list of image
+    lists; each text's images are then one list (the Processor's several-images form).
+    """
+    if images is not None:
+        if image is not None:
+            raise TypeError("give either image or images, not both")
+        several = [images] if isinstance(text, str) else images
+        if not isinstance(several, (list, tuple)) or not all(isinstance(s, (list, tuple)) and s for s in several):
+            raise TypeError("images must be a non-empty list of images for one text, or a list of such lists for "
+                            "a list of texts")
+        image = list(several[0]) if isinstance(text, str) else [list(s) for s in several]
+    elif image is None:
+        raise TypeError("an image is required: give image=... (or images=[...] for several)")
     if isinstance(text, str):
         return [check_text(text, "text")], [image], True
     if not isinstance(text, (list, tuple)):
@@ -156,13 +170,20 @@ def _as_lists(text: Any, image: Any) -> tuple[list[str], list[Any], bool]:
     return texts, list(image), False
 
 
-def _check_request(text: Any, image: Any, batch_size: int, seed: Any,
-                   options: dict[str, Any]) -> tuple[list[str], list[Any], bool, int | None]:
+def _check_request(text: Any, image: Any, batch_size: int, seed: Any, options: dict[str, Any],
+                   images: Any = None) -> tuple[list[str], list[Any], bool, int | None]:
     """The one validator of answer() and stream_answer(), run before the model loads: (texts, images, single, seed)."""
-    texts, images, single = _as_lists(text, image)
+    texts, images, single = _as_lists(text, image, images)
     int_option("batch_size", batch_size, 1)
     check_decoding_options(options)
     return texts, images, single, check_seed(seed)
+
+
+def _one_image_each(images: list[Any], folder: Any) -> None:
+    """An exported model reads one image per prompt: several are refused before anything runs."""
+    if any(isinstance(image, list) for image in images):
+        raise ValueError(f"{folder}: an exported model takes one image per prompt; answer several images with "
+                         f"the saved model folder it was exported from")
 
 
 def _load_quietly(model: str | Path | MMGPT | None, device: str | torch.device | None) -> MMGPT:
@@ -193,9 +214,10 @@ def question_batch(model: MMGPT, texts: Sequence[str], images: Sequence[Any]) ->
 
 def answer(
     text: str | Sequence[str],
-    image: ImageInput | Sequence[ImageInput],
+    image: ImageInput | Sequence[ImageInput] | None = None,
     model: str | Path | MMGPT | None = None,
     *,
+    images: Sequence[ImageInput] | Sequence[Sequence[ImageInput]] | None = None,
     generation_config: GenerationConfig | None = None,
     seed: int | None = None,
     batch_size: int = 64,
@@ -204,18 +226,23 @@ def answer(
 ) -> str | list[str]:
     """Answer a question about an image (or lists of both, batched); an empty question asks for a caption.
 
-    `image` may be a path, a PIL image, a numpy array or raw bytes. Decoding follows the model's
+    `image` may be a path, a PIL image, a numpy array or raw bytes. Several images for one question:
+    `answer(text, images=[a, b])` (for a list of texts, a list of image lists); they come before the
+    question in the prompt, in order (a literal "<image>" in the text is text). Decoding follows the model's
     generation_config (greedy by default), updated by `generation_config` and then by GenerationConfig
     fields given as keywords (mmgpt.decoding.DECODING_OPTIONS: `num_beams`, `temperature`/`top_k`/`top_p`
     with `seed` for sampling, ...). `max_new_tokens=0` answers "" (the images are still read and checked).
     `answer_choices=["yes", "no", ...]` answers with one of them only (greedy: the most probable; mmgpt.constrained).
     """
-    texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs)
+    texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
+        _one_image_each(images, exported)
         answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs)
         return answers[0] if single else answers
     mm = _load_quietly(model, device)
-    from mmgpt.sampling import seeded_decoding  # torch: after the load, which says so when it is missing
+    # torch: after the load, which says so when it is missing
+    from mmgpt.processor import image_set_inputs
+    from mmgpt.sampling import seeded_decoding
 
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     answers: list[str] = []
@@ -223,16 +250,17 @@ def answer(
         for start in range(0, len(texts), batch_size):
             batch = question_batch(mm, texts[start : start + batch_size], images[start : start + batch_size])
             tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                 generation_config=decoding, **extra)
+                                 generation_config=decoding, **image_set_inputs(batch), **extra)
             answers.extend(mm.processor.decode(tokens))
     return answers[0] if single else answers
 
 
 def stream_answer(
     text: str,
-    image: ImageInput,
+    image: ImageInput | None = None,
     model: str | Path | MMGPT | None = None,
     *,
+    images: Sequence[ImageInput] | None = None,
     generation_config: GenerationConfig | None = None,
     seed: int | None = None,
     device: str | torch.device | None = None,
@@ -244,14 +272,16 @@ def stream_answer(
     """
     if not isinstance(text, str):
         raise TypeError(f"stream_answer takes one text (a str) and one image, got text of type {type(text).__name__}")
-    texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs)
+    texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
+        _one_image_each(images, exported)
         # the runtime decodes a whole batch at once: the answer comes as one piece
         piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs)[0]
         return iter([piece] if piece else [])
     mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing
     from mmgpt.constrained import ANSWER_CHOICES
+    from mmgpt.processor import image_set_inputs
     from mmgpt.sampling import seeded_decoding
 
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
@@ -261,12 +291,14 @@ def stream_answer(
     if getattr(config, ANSWER_CHOICES, None):  # a search over the choices ends all at once: one piece
         with seeded_decoding(config, seed, batch["input_ids"].device) as (decoding, extra):
             tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                 generation_config=decoding, **extra)
+                                 generation_config=decoding, **image_set_inputs(batch), **extra)
         return iter(mm.processor.decode(tokens))
     if config.max_new_tokens == 0:
         return iter(())
     # generate checks this too, but in the streaming thread: here it is raised at the call
-    check_answer_length(config.max_new_tokens, mm.prefix_length(int(batch["attention_mask"].sum())), mm.max_positions)
+    images_asked = batch["pixel_values"].shape[1] if batch["pixel_values"].dim() == 5 else 1
+    check_answer_length(config.max_new_tokens, mm.prefix_length(int(batch["attention_mask"].sum()), images_asked),
+                        mm.max_positions)
     return _stream(mm, batch, config, seed)
 
 
@@ -274,6 +306,7 @@ def _stream(mm: MMGPT, batch: dict[str, torch.Tensor], config: GenerationConfig,
     """Run generate in a thread and yield the streamer's pieces; its errors are re-raised here."""
     from transformers import TextIteratorStreamer
 
+    from mmgpt.processor import image_set_inputs
     from mmgpt.sampling import seeded_decoding
 
     streamer = TextIteratorStreamer(mm.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
@@ -283,7 +316,7 @@ def _stream(mm: MMGPT, batch: dict[str, torch.Tensor], config: GenerationConfig,
         try:
             with seeded_decoding(config, seed, batch["input_ids"].device) as (decoding, extra):
                 mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], streamer=streamer,
-                            generation_config=decoding, **extra)
+                            generation_config=decoding, **image_set_inputs(batch), **extra)
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
             streamer.end()

@@ -33,10 +33,11 @@ from mmgpt.decoding import (
 )
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.fusion import build_fusion
+from mmgpt.fusion.base import ImageLayout
 from mmgpt.generator import build_generator
 from mmgpt.model_folder import load_model_folder, save_model_folder
 from mmgpt.processor import Processor
-from mmgpt.projector import build_projector
+from mmgpt.projector import build_projector, pixel_shuffle
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -111,7 +112,10 @@ class MMGPT(nn.Module):
             config.text_encoder, self.generator, processor.tokenizer, load_weights=load_weights
         )
         self.image_encoder = build_image_encoder(config.image_encoder, load_weights=load_weights)
-        self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim, self.image_encoder.output_dim)
+        tiling, shuffle = config.image_encoder.tiling, config.image_encoder.pixel_shuffle
+        self.fusion = build_fusion(config.fusion, self.text_encoder.output_dim,
+                                   self.image_encoder.output_dim * shuffle * shuffle, config.max_images, tiling.views)
+        processor.tiling = (tiling.rows, tiling.cols)
         width = self.generator.get_input_embeddings().embedding_dim
         self.projector = build_projector(config.projector, config.fusion.dim, width)
         lora.add_adapters(self, config)
@@ -170,48 +174,93 @@ class MMGPT(nn.Module):
         autocast = self.train_image_autocast if self.training and self.image_encoder.training else None
         with torch.autocast(pixels.device.type, dtype=autocast) if autocast else contextlib.nullcontext():
             image = self.image_encoder(pixels)
+        if self.config.image_encoder.pixel_shuffle > 1:
+            image = pixel_shuffle(image, self.config.image_encoder.pixel_shuffle)
         return image if image_index is None else image[image_index]
 
     def fused_prefix(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
-        image_features: torch.Tensor | None = None, share_images: bool = True,
+        image_features: torch.Tensor | None = None, share_images: bool = True, *,
+        image_mask: torch.Tensor | None = None, image_slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode text, encode image, fuse, project: (B, Lt), (B, Lt), (B, 3, H, W) -> (B, Lf, width), (B, Lf).
 
         The fusion's positions in its own order, not yet left-padded. The image goes through `encode_images`
         (`share_images`), unless its output (B, Li, D) is given as `image_features` (then `pixel_values` may be
-        None).
+        None). Several images per prompt: pixel_values (B, K, 3, H, W) with image_mask (B, K) (0: padding) and
+        image_slots (B, K) (the prompt token each image goes before; default 0, all images first), as the
+        Processor makes them; `image_features` is then (B, K, Li, D) when given.
         """
         text, text_mask = self.text_encoder(input_ids, attention_mask)
-        image = self.encode_images(pixel_values, share_images) if image_features is None else image_features
+        several = pixel_values.dim() == 5 if image_features is None else image_features.dim() == 4
+        if not several and self.config.image_encoder.tiling.views > 1:
+            raise ValueError("this model splits each image into tiles (model.image_encoder.tiling): build its "
+                             "batches with its processor, which gives pixel_values (B, K, 3, H, W)")
+        if not several and self.config.max_images > 1:
+            # one image each, read as a set of one: the same prefix as in a batch that mixes image counts
+            pixel_values = None if pixel_values is None else pixel_values[:, None]
+            image_features = None if image_features is None else image_features[:, None]
+            several = True
+        layout = None
+        if several:
+            image, layout = self._encode_image_sets(pixel_values, image_mask, image_slots, image_features,
+                                                    share_images)
+        else:
+            image = self.encode_images(pixel_values, share_images) if image_features is None else image_features
         dtype = _dtype(self.projector, torch.float32)
         fusion_dtype = _dtype(self.fusion, dtype)
-        fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype))
+        fused, fused_mask = self.fusion(text.to(fusion_dtype), text_mask, image.to(fusion_dtype), layout)
         return self.projector(fused.to(dtype)), fused_mask
+
+    def _encode_image_sets(self, pixel_values: torch.Tensor | None, image_mask: torch.Tensor | None,
+                           image_slots: torch.Tensor | None, image_features: torch.Tensor | None = None,
+                           share_images: bool = True) -> tuple[torch.Tensor, ImageLayout]:
+        """(B, K, 3, H, W) (or their outputs (B, K, Li, D)) -> every image's tokens one image after another
+        (B, K * Li, d_image) and their layout."""
+        given = pixel_values if image_features is None else image_features
+        batch, count = given.shape[:2]
+        if image_mask is None:
+            image_mask = torch.ones(batch, count, dtype=torch.long, device=given.device)
+        if image_slots is None:
+            image_slots = torch.zeros(batch, count, dtype=torch.long, device=given.device)
+        present = image_mask.bool()
+        # padding is never encoded
+        encoded = (self.encode_images(pixel_values[present], share_images) if image_features is None
+                   else image_features[present])
+        image = encoded.new_zeros(batch, count, *encoded.shape[1:])
+        image[present] = encoded
+        layout = ImageLayout(mask=image_mask, slots=image_slots, tokens_per_image=encoded.shape[1],
+                             views=self.config.image_encoder.tiling.views)
+        return image.flatten(1, 2), layout
 
     def prefix_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
-        image_features: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None, *, image_mask: torch.Tensor | None = None,
+        image_slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
 
         `fused_prefix`, left-padded (`pad_left`).
         """
-        return pad_left(*self.fused_prefix(input_ids, attention_mask, pixel_values, image_features))
+        return pad_left(*self.fused_prefix(input_ids, attention_mask, pixel_values, image_features,
+                                           image_mask=image_mask, image_slots=image_slots))
 
     def generator_inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         token_ids: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None, *, image_mask: torch.Tensor | None = None,
+        image_slots: torch.Tensor | None = None,
     ) -> GeneratorInputs:
         """The prefix followed by `token_ids` (B, N) (mask `token_mask`, default all ones), as the generator reads it.
 
-        Training (bos + answer), generation (bos, the default) and explanation (bos + answer) build their input here.
+        Training (bos + answer), generation (bos, the default) and explanation (bos + answer) build their input here;
+        `image_mask` and `image_slots` as in `fused_prefix`.
         """
         if token_ids is None:
             token_ids = torch.full((input_ids.shape[0], 1), self.processor.tokenizer.bos_token_id, dtype=torch.long,
                                    device=input_ids.device)
-        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values, image_features)
+        prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values, image_features,
+                                                 image_mask=image_mask, image_slots=image_slots)
         token_embeds = self.generator.get_input_embeddings()(token_ids)
         inputs_embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)
         token_mask = torch.ones_like(token_ids) if token_mask is None else token_mask
@@ -223,21 +272,27 @@ class MMGPT(nn.Module):
         """How many positions the generator reads (prefix, bos and answer together); None when unlimited."""
         return position_limit(self.generator.config)
 
-    def prefix_length(self, text_tokens: int) -> int:
-        """Positions the prefix of a prompt of `text_tokens` tokens (processor ids) and one image takes.
+    def prefix_length(self, text_tokens: int, num_images: int = 1) -> int:
+        """Positions the prefix of a prompt of `text_tokens` tokens (processor ids) and `num_images` images takes.
 
         The fusion's mask decides it (the text's length, or more for a fusion that adds the image's tokens);
         the image encoder's token count is read once, from a blank image of the processor's size.
         """
         image_tokens = self.__dict__.get("_image_tokens")
         if image_tokens is None:
-            pixels = self.processor.image_tensor(Image.new("RGB", (8, 8)))[None]
+            pixels = self.processor.image_tensor(Image.new("RGB", (8, 8)))
+            pixels = pixels.reshape(-1, *pixels.shape[-3:])[:1]  # one view
             pixels = pixels.to(next(self.parameters()).device, _dtype(self.image_encoder, torch.float32))
             with torch.no_grad():
-                image_tokens = self.image_encoder(pixels).shape[1]
+                image_tokens = self.encode_images(pixels).shape[1]
             self.__dict__["_image_tokens"] = image_tokens
         text_mask = torch.ones(1, text_tokens, dtype=torch.long)
-        return int(self.fusion.fused_mask(text_mask, torch.zeros(1, image_tokens, self.fusion.dim)).sum())
+        views = self.config.image_encoder.tiling.views
+        entries = num_images * views
+        layout = None if entries == 1 else ImageLayout(torch.ones(1, entries, dtype=torch.long),
+                                                       torch.zeros(1, entries, dtype=torch.long), image_tokens, views)
+        image = torch.zeros(1, image_tokens * entries, self.fusion.dim)
+        return int(self.fusion.images_mask(text_mask, image, layout).sum())
 
     def forward(
         self,
@@ -246,9 +301,12 @@ class MMGPT(nn.Module):
         pixel_values: torch.Tensor,
         answer_ids: torch.Tensor,
         answer_mask: torch.Tensor,
+        image_mask: torch.Tensor | None = None,
+        image_slots: torch.Tensor | None = None,
     ) -> MMGPTOutput:
-        """Teacher-forced answer loss; only answer tokens after bos are supervised."""
-        inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, answer_ids, answer_mask)
+        """Teacher-forced answer loss; only answer tokens after bos are supervised (several images: fused_prefix)."""
+        inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, answer_ids, answer_mask,
+                                       image_mask=image_mask, image_slots=image_slots)
         out = self.generator(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -290,6 +348,8 @@ class MMGPT(nn.Module):
         pixel_values: torch.Tensor | None,
         generation_config: GenerationConfig | None = None,
         image_features: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        image_slots: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Decode answers with the generator's own `generate` (KV cache, beams, sampling) -> new token ids (B, N).
@@ -299,13 +359,15 @@ class MMGPT(nn.Module):
 
         `generation_config` and GenerationConfig fields given as keywords update self.generation_config
         (mmgpt.decoding.resolve_generation_config); other keywords (`streamer`, ...) go to `generate`.
+        Several images per prompt: `image_mask` and `image_slots` as in fused_prefix.
         """
         config, generate_kwargs = resolve_generation_config(self.generation_config, generation_config,
                                                             **generate_kwargs)
         config, generate_kwargs = constrain_to_choices(config, generate_kwargs, self.processor.tokenizer)
         if config.max_new_tokens == 0:
             return torch.empty((input_ids.shape[0], 0), dtype=torch.long, device=input_ids.device)
-        inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, image_features=image_features)
+        inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, image_features=image_features,
+                                       image_mask=image_mask, image_slots=image_slots)
         check_answer_length(config.max_new_tokens, int(inputs.prefix_mask.sum(1).max()), self.max_positions)
         if static_decoding.supports(self.generator, config, generate_kwargs):
             # greedy or seeded sampling: the same tokens with far fewer ops per step (CPU decoding is op-bound)

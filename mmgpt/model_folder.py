@@ -24,7 +24,7 @@ from transformers import GenerationConfig
 from mmgpt import lora
 from mmgpt.compress import COMPRESSION_KEY, is_quantized, runs_on_cpu_only
 from mmgpt.compress.int8 import load_quantized_weights, quantized_state
-from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, to_dict
+from mmgpt.config import ConfigError, ModelConfig, from_dict, load_json, model_dict
 from mmgpt.decoding import resolve_generation_config
 from mmgpt.encoders import build_image_encoder, build_text_encoder
 from mmgpt.generator import build_generator
@@ -82,7 +82,7 @@ def save_model_folder(model: Any, folder: str | Path, merge_lora: bool = True, m
     config = lora.merged_config(model.config) if adapters and merge_lora else model.config
     if adapters and not merge_lora:
         lora.base_names(model, config)  # refused before anything is written
-    record = {"model": to_dict(config), **({COMPRESSION_KEY: compression} if compression else {})}
+    record = {"model": model_dict(config), **({COMPRESSION_KEY: compression} if compression else {})}
     with writing_output_folder(folder, "model", overwrite=overwrite) as tmp:
         write_json(tmp / CONFIG_NAME, record, indent=2)
         if quantized:

@@ -19,8 +19,8 @@ from mmgpt.config import load_json
 from mmgpt.data.example import Example
 from mmgpt.encoders import ImageTransform, load_transform
 from mmgpt.hf_models import load_hf_tokenizer
-from mmgpt.images import DEFAULT_MAX_PIXELS, load_image
-from mmgpt.prompts import chat_prompt
+from mmgpt.images import DEFAULT_MAX_PIXELS, load_image, tile_views
+from mmgpt.prompts import IMAGE_SLOT, chat_prompt
 from mmgpt.saving import write_json
 from mmgpt.tokenizer import ensure_special_tokens
 from mmgpt.truncation import char_budget, head_token_ids, tail_token_ids
@@ -28,6 +28,12 @@ from mmgpt.truncation import char_budget, head_token_ids, tail_token_ids
 logger = logging.getLogger(__name__)
 
 IDS_CACHE_SIZE = 16_384  # token-id lists kept, least recently used dropped first
+IMAGE_SET_KEYS = ("image_mask", "image_slots")  # what a batch of several images per prompt adds
+
+
+def image_set_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments MMGPT.generate takes for several images per prompt, where the batch has them."""
+    return {key: batch[key] for key in IMAGE_SET_KEYS if key in batch}
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +74,8 @@ class Processor:
         self.max_prompt_length = max_prompt_length
         self.max_answer_length = max_answer_length
         self.max_image_pixels = max_image_pixels
+        # (rows, cols) of model.image_encoder.tiling, set by the model it serves; (0, 0): one view per image
+        self.tiling = (0, 0)
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -160,6 +168,38 @@ class Processor:
             )
         return ids
 
+    def prompt_ids_with_slots(self, prompt: str, num_images: int) -> tuple[list[int], list[int]]:
+        """Token ids of a prompt about `num_images` images, and the token each image goes before (0: first).
+
+        A prompt without image slots (mmgpt.prompts.IMAGE_SLOT) has all its images first and is tokenized
+        as any prompt; with slots, each piece between them is tokenized on its own and the prompt must fit
+        whole, since cutting it would move or drop an image.
+        """
+        pieces = prompt.split(IMAGE_SLOT)
+        if len(pieces) == 1:
+            return self.prompt_ids(prompt), [0] * num_images
+        if len(pieces) - 1 != num_images:
+            raise ValueError(f"prompt has {len(pieces) - 1} image placeholders but {num_images} images: "
+                             f"{prompt[:80]!r}")
+        if self.text_tokenizer is not None:
+            raise ValueError("image placeholders need a text encoder that reads the generator's tokens "
+                             "(model.text_encoder.type lm_embeddings); put no placeholder to have the images first")
+        ids: list[int] = []
+        if self.uses_chat_template:
+            pieces = chat_prompt(prompt, self.tokenizer, self.system_prompt).split(IMAGE_SLOT)
+        else:
+            ids.append(self.tokenizer.bos_token_id)
+        slots = []
+        for k, piece in enumerate(pieces):
+            if k:
+                slots.append(len(ids))
+            ids += self.tokenizer.encode(piece, add_special_tokens=False)
+        if len(ids) > self.max_prompt_length:
+            raise ValueError(f"prompt with image placeholders has {len(ids)} tokens, more than the text encoder's "
+                             f"limit of {self.max_prompt_length}; it is not cut, as that would move its images: "
+                             f"{prompt[:80]!r}")
+        return ids, slots
+
     def prompt_length(self, prompt: str) -> int:
         """Tokens of `prompt` as the text encoder reads it (special tokens included), before truncation."""
         return len(self._prompt_encoder()(prompt))
@@ -190,23 +230,72 @@ class Processor:
         answer_ids, answer_mask = pad_sequences([self.answer_ids(a) for a in answers], self.tokenizer.pad_token_id)
         return {"answer_ids": answer_ids, "answer_mask": answer_mask}
 
+    @property
+    def views(self) -> int:
+        """Views each image gives: 1, or with tiling the whole image and every tile."""
+        return 1 + self.tiling[0] * self.tiling[1]
+
     def image_tensor(self, image: Any) -> torch.Tensor:
-        """Any supported image input (path, bytes, PIL, numpy) -> (3, H, W); an already-processed tensor passes."""
+        """Any supported image input (path, bytes, PIL, numpy) -> (3, H, W), or with tiling its views (V, 3, H, W);
+        an already-processed tensor passes."""
         if isinstance(image, torch.Tensor):
             return image
-        return self.image_transform(load_image(image, max_pixels=self.max_image_pixels))
+        picture = load_image(image, max_pixels=self.max_image_pixels)
+        if self.views == 1:
+            return self.image_transform(picture)
+        whole = self.image_transform(picture)
+        tiles = tile_views(picture, tuple(whole.shape[-2:]), *self.tiling)[1:]
+        return torch.stack([whole, *(self.image_transform(tile) for tile in tiles)])
 
     def encode_images(self, images: Sequence[Any]) -> torch.Tensor:
         """Images -> pixel_values (B, 3, H, W)."""
         return torch.stack([self.image_tensor(image) for image in images])
 
+    def encode_image_sets(self, prompts: Sequence[str], image_sets: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Prompts about several images each (a list per prompt; a lone image counts as a list of one) ->
+        input_ids, attention_mask (B, Lt), pixel_values (B, K, 3, H, W), image_mask (B, K), image_slots (B, K).
+
+        With tiling, K counts views: image j of a prompt is its views j * V ... (j + 1) * V - 1.
+        """
+        sets = [list(s) if isinstance(s, (list, tuple)) else [s] for s in image_sets]
+        for i, images in enumerate(sets):
+            if not images:
+                raise ValueError(f"example {i} has an empty list of images")
+        ids, slots = zip(*(self.prompt_ids_with_slots(p, len(images)) for p, images in zip(prompts, sets)))
+        input_ids, attention_mask = pad_sequences(ids, (self.text_tokenizer or self.tokenizer).pad_token_id)
+        views = self.views
+        # with tiling each image is its V views, one after another: (V, 3, H, W) -> V rows
+        pixels = [torch.cat([self._views(image) for image in images]) for images in sets]
+        count = max(len(row) for row in pixels)
+        pixel_values = torch.zeros(len(sets), count, *pixels[0].shape[1:])
+        image_mask = torch.zeros(len(sets), count, dtype=torch.long)
+        image_slots = torch.zeros(len(sets), count, dtype=torch.long)
+        for i, (row, row_slots) in enumerate(zip(pixels, slots)):
+            pixel_values[i, : len(row)] = row
+            image_mask[i, : len(row)] = 1
+            image_slots[i, : len(row)] = torch.tensor(row_slots, dtype=torch.long).repeat_interleave(views)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values,
+                "image_mask": image_mask, "image_slots": image_slots}
+
+    def _views(self, image: Any) -> torch.Tensor:
+        """An image's views (V, 3, H, W): V = 1 without tiling."""
+        pixels = self.image_tensor(image)
+        return pixels.reshape(self.views, *pixels.shape[-3:])
+
     def __call__(
         self, prompts: Sequence[str], images: Sequence[Any], answers: Sequence[str] | None = None
     ) -> dict[str, torch.Tensor]:
-        """Prompts, images (and answers, for training) -> a batch dict for MMGPT."""
+        """Prompts, images (and answers, for training) -> a batch dict for MMGPT.
+
+        An image given as a list or tuple is several images for one prompt: the batch then has the keys of
+        `encode_image_sets`; with one image per prompt it is exactly as it always was.
+        """
         if len(prompts) != len(images):
             raise ValueError(f"got {len(prompts)} prompts but {len(images)} images")
-        batch = {**self.encode_prompts(prompts), "pixel_values": self.encode_images(images)}
+        if self.views > 1 or any(isinstance(image, (list, tuple)) for image in images):
+            batch = self.encode_image_sets(prompts, images)
+        else:
+            batch = {**self.encode_prompts(prompts), "pixel_values": self.encode_images(images)}
         if answers is not None:
             batch.update(self.encode_answers(answers))
         return batch

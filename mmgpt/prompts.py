@@ -22,11 +22,26 @@ from typing import Any
 from mmgpt.config import PromptTemplates
 
 ROLES = ("user", "assistant")
+# Where an image goes in a prompt (U+FFFC, Unicode's "object replacement character"). Data formats write
+# IMAGE_PLACEHOLDER in their files (`with_image_slots`); text a user types never holds a slot, because every
+# question and message passes through `text_only`, so a typed "<image>" stays text.
+IMAGE_SLOT = "\ufffc"
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def text_only(text: str) -> str:
+    """`text` as plain text: any image slot character removed."""
+    return text.replace(IMAGE_SLOT, "")
+
+
+def with_image_slots(prompt: str) -> str:
+    """A data file's prompt with each IMAGE_PLACEHOLDER made an image slot (and nothing else one)."""
+    return text_only(prompt).replace(IMAGE_PLACEHOLDER, IMAGE_SLOT)
 
 
 def question_prompt(question: str, templates: PromptTemplates) -> str:
     """A single question through the VQA template; an empty (or blank) question asks for a caption."""
-    question = question.strip()
+    question = text_only(question).strip()
     return templates.caption if not question else templates.vqa.format(question=question)
 
 
@@ -49,7 +64,7 @@ def _role_content(message: Any, index: int) -> tuple[str, str]:
 def conversation_prompt(messages: Sequence[Any]) -> str:
     """The dialogue so far as "User: ...\\nAssistant: ...\\nUser: ...", the multi-turn prompt format."""
     turns = [_role_content(message, i) for i, message in enumerate(messages)]
-    return "\n".join(f"{role.capitalize()}: {content}" for role, content in turns)
+    return "\n".join(f"{role.capitalize()}: {text_only(content)}" for role, content in turns)
 
 
 def prompt_messages(prompt: str, system_prompt: str = "") -> list[dict[str, str]]:

@@ -63,7 +63,8 @@ def test_the_default_run_keeps_its_settings() -> None:
 
 
 def test_every_preset_parses_into_a_valid_config() -> None:
-    assert presets() == ["default", "gpu200m", "llava", "llava_lora", "nanovlm222m", "nanovlm222m_sft", "qwen2",
+    assert presets() == ["default", "gpu200m", "highres_shapes", "highres_shapes_tiles", "llava", "llava_lora",
+                         "multi_image_shapes", "nanovlm222m", "nanovlm222m_sft", "nanovlm222m_tiles", "qwen2",
                          "qwen2_lora"]
     stage_two = {"llava_lora": "llava", "nanovlm222m_sft": "nanovlm222m", "qwen2_lora": "qwen2"}
     for name in presets():
@@ -95,7 +96,7 @@ def test_config_takes_a_preset_name_or_a_path(tmp_path: Path) -> None:
     path = tmp_path / "gpu200m"
     path.write_text("batch_size: 3\n")
     assert config_path(str(path)) == path, "an existing file wins over a preset's name"
-    with pytest.raises(ConfigError, match="unknown config preset 'gpu2000m'; available: default, gpu200m, llava"):
+    with pytest.raises(ConfigError, match="unknown config preset 'gpu2000m'; available: default, gpu200m, "):
         parse_args(["--config", "gpu2000m"])
     with pytest.raises(ConfigError, match="config file not found"):
         parse_args(["--config", str(tmp_path / "absent.yaml")])

@@ -1,7 +1,6 @@
 """Synthetic shapes captions: deterministic, cached, atomic, COCO layout, captions true of the pixels."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,23 +17,12 @@ from mmgpt.config import PromptTemplates
 from mmgpt.data.formats import read_coco_captions
 from mmgpt.data.shapes import COLORS, LOCATIONS, SHAPES, SPLITS, build_shapes_captions, scene_key
 from mmgpt.data.spec import DatasetSpec
+from tests.built_data import fingerprint
 
 SMALL = dict(num_train=24, num_val=8, num_test=8, image_size=64)
+META = ("meta.json",)
 COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
 SHAPE_RE = re.compile(r"\b(" + "|".join(SHAPES) + r")s?\b")
-
-
-def fingerprint(files: dict[str, Path]) -> str:
-    """Hash of every captions JSON's bytes and every image's decoded pixels."""
-    h = hashlib.sha256()
-    folder = files["train"].parent
-    for split in SPLITS:
-        h.update(files[split].read_bytes())
-        for png in sorted((folder / "images" / split).iterdir()):
-            with Image.open(png) as im:
-                h.update(png.name.encode() + np.asarray(im).tobytes())
-    h.update((folder / "meta.json").read_bytes())
-    return h.hexdigest()
 
 
 def load(files: dict[str, Path], split: str) -> dict:
@@ -61,9 +49,9 @@ def built(tmp_path_factory) -> dict[str, Path]:
 def test_same_seed_identical_other_seed_differs(built, tmp_path):
     again = build_shapes_captions(tmp_path / "a", seed=0, **SMALL)
     assert again["train"] != built["train"]  # really generated twice
-    assert fingerprint(again) == fingerprint(built)
+    assert fingerprint(again, META) == fingerprint(built, META)
     assert all(again[s].read_bytes() == built[s].read_bytes() for s in SPLITS)
-    assert fingerprint(build_shapes_captions(tmp_path / "b", seed=1, **SMALL)) != fingerprint(built)
+    assert fingerprint(build_shapes_captions(tmp_path / "b", seed=1, **SMALL), META) != fingerprint(built, META)
 
 
 def test_identical_under_another_hash_seed(built, tmp_path):
@@ -74,7 +62,7 @@ def test_identical_under_another_hash_seed(built, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, check=True,
                          capture_output=True, text=True).stdout
     files = {k: Path(v) for k, v in json.loads(out).items()}
-    assert fingerprint(files) == fingerprint(built)
+    assert fingerprint(files, META) == fingerprint(built, META)
 
 
 def test_cache_reused_without_rewrite(built):

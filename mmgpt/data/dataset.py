@@ -24,10 +24,17 @@ class TooManyBadImages(RuntimeError):
 
 
 def image_key(image: Any) -> Any:
-    """A hashable identity for an image source (its path for files)."""
+    """A hashable identity for an image source (its path for files; a tuple of those for several images)."""
+    if isinstance(image, (list, tuple)):
+        return tuple(image_key(one) for one in image)
     if isinstance(image, (str, Path)):
         return str(image)
     return id(image)
+
+
+def each_image(image: Any) -> list[Any]:
+    """An example's images as a list: several (a list or tuple) or one."""
+    return list(image) if isinstance(image, (list, tuple)) else [image]
 
 
 @dataclass
@@ -69,7 +76,8 @@ def check_images(
     report = ImageReport()
     sources = {}
     for example in examples:
-        sources.setdefault(image_key(example.image), example.image)
+        for image in each_image(example.image):
+            sources.setdefault(image_key(image), image)
     report.total = len(sources)
 
     def decode() -> tuple[list[torch.Tensor | None], dict[int, str]]:
@@ -99,11 +107,11 @@ def check_images(
         )
     kept = []
     for example in examples:
-        value = tensors[image_key(example.image)]
-        if value is None:
+        values = [tensors[image_key(image)] for image in each_image(example.image)]
+        if any(value is None for value in values):  # one bad image spoils a question about several
             continue
         if cache:
-            example = replace(example, image=value)
+            example = replace(example, image=values if isinstance(example.image, (list, tuple)) else values[0])
         kept.append(example)
     return kept, report
 
@@ -148,7 +156,8 @@ class RobustImages(Dataset):
         for name, examples in zip(getattr(dataset, "names", []), getattr(dataset, "datasets", [])):
             if name in self.augment:
                 for example in examples:
-                    self._image_numbers.setdefault(image_key(example.image), len(self._image_numbers))
+                    for image in each_image(example.image):
+                        self._image_numbers.setdefault(image_key(image), len(self._image_numbers))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -165,16 +174,18 @@ class RobustImages(Dataset):
         for offset in range(self.max_tries):
             example = self.dataset[(index + offset) % len(self.dataset)]
             try:
-                pixels = self.image_tensor(example.image)
+                pixels = [self.image_tensor(image) for image in each_image(example.image)]
             except (ImageError, OSError, ValueError) as e:
                 failures.append(str(e))
                 continue
             if example.source in self.augment:
-                number = self._image_numbers.get(image_key(example.image))
-                key = f"image {number}" if number is not None else f"position {index}"
                 epoch = getattr(self.dataset, "epoch", 0)
-                pixels = augment(pixels, self.augment[example.source], self.seed, epoch, key)
-            return replace(example, image=pixels), failures
+                for k, image in enumerate(each_image(example.image)):
+                    number = self._image_numbers.get(image_key(image))
+                    key = f"image {number}" if number is not None else f"position {index}" + (f" {k}" if k else "")
+                    pixels[k] = augment(pixels[k], self.augment[example.source], self.seed, epoch, key)
+            several = isinstance(example.image, (list, tuple))
+            return replace(example, image=pixels if several else pixels[0]), failures
         raise RuntimeError(f"{self.max_tries} consecutive images failed to load near index {index}: {failures[-1]}")
 
 

@@ -6,6 +6,10 @@ Formats (`DatasetSpec.format`):
 * ``coco_captions`` - official ``captions_*.json`` (path) + image folder (images); one Example per caption.
 * ``shapes_captions`` - built-in synthetic captions (mmgpt.data.shapes); path = cache root folder
   (default ``$MMGPT_CACHE/shapes`` or ``~/.cache/mmgpt/shapes``); split train/val/test.
+* ``multi_image_shapes`` - built-in synthetic VQA with 2-3 one-shape images per question about the set
+  (mmgpt.data.shapes_vqa); path = cache root folder (default as shapes_captions); split train/val/test.
+* ``highres_shapes`` - built-in synthetic VQA on 448 px scenes of small shapes, asked about by position
+  (mmgpt.data.shapes_vqa); path = cache root folder (default as shapes_captions); split train/val/test.
 * ``vqa_v2`` - official questions JSON (path) + optional annotations JSON (annotations) + COCO image
   folder (images). An image is looked up as ``COCO_{data_subtype}_{image_id:012d}.jpg`` (the official
   name; ``data_subtype`` is read from the questions file, e.g. "val2014"), then ``{image_id:012d}.jpg``,
@@ -17,6 +21,10 @@ Formats (`DatasetSpec.format`):
   Each assistant turn becomes one "chat" Example prompted with the dialogue before it
   (`mmgpt.prompts.conversation_prompt`: "User: ..." / "Assistant: ..." lines).
   Relative image paths resolve against `images` if given, else against the JSONL file's folder.
+  Several images: ``"images": [path, ...]`` instead of ``image``, with one ``<image>`` placeholder per image
+  in ``prompt`` or in the conversation turns saying where each goes (none: all images first, in order; in a
+  dialogue, each example gets the images placed so far). Only a record with ``images`` has placeholders: in
+  an ``image`` record, and in any text a user types elsewhere, ``<image>`` is text.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import inspect
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +53,7 @@ from mmgpt.data.records import (
     require_path,
 )
 from mmgpt.jsonfile import read_json_file
+from mmgpt.prompts import IMAGE_PLACEHOLDER, IMAGE_SLOT, with_image_slots
 
 if TYPE_CHECKING:
     # the spec imports this module to check format names, so the spec is only a type hint here
@@ -183,6 +193,45 @@ def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[
     return read_coco_captions(coco, templates)
 
 
+def built_in_vqa(spec: DatasetSpec, templates: PromptTemplates,
+                 build: Callable[[Path], dict[str, Path]], folder: str) -> list[Example]:
+    """A built-in generated VQA set (mmgpt.data.shapes_vqa): its split's JSONL, the vqa template applied."""
+    root = Path(spec.path).expanduser() if spec.path else default_cache_root() / folder
+    files = build(root)
+    if spec.split not in files:
+        raise ValueError(f"{spec.format} dataset {spec.label!r}: field 'split' must be one of "
+                         f"{sorted(files)}, got {spec.split!r}")
+    out = []
+    for _, where, record in jsonl_records(files[spec.split]):
+        if spec.max_examples and len(out) >= spec.max_examples:
+            break
+        record = record_object(record, where)
+        meta = record["meta"]
+        images = [local_path(p, files[spec.split].parent) for p in record.get("images", [record.get("image")])]
+        out.append(Example(image=images[0] if "image" in record else images,
+                           prompt=templates.vqa.format(question=meta["question"]), answer=record["answer"],
+                           task="vqa", id=record["id"], source=spec.label,
+                           meta={"question": meta["question"], "question_type": meta["question_type"],
+                                 "answer_type": meta["answer_type"], "scenes": meta["scenes"]}))
+    return out
+
+
+@register_format("highres_shapes")
+def read_highres_shapes(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Built-in high-res shapes VQA (448 px scenes, questions about one small shape by position)."""
+    from mmgpt.data.shapes_vqa import build_highres_shapes
+
+    return built_in_vqa(spec, templates, build_highres_shapes, "shapes")
+
+
+@register_format("multi_image_shapes")
+def read_multi_image_shapes(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Built-in multi-image shapes VQA (2-3 one-shape images per question about the set); needs model.max_images 3."""
+    from mmgpt.data.shapes_vqa import build_multi_image_shapes
+
+    return built_in_vqa(spec, templates, build_multi_image_shapes, "shapes")
+
+
 def _vqa_image(root: Path, names: set[str], subtype: str, image_id: int) -> str:
     """Image path by the official COCO name, else the fallbacks documented at the top of this module."""
     candidates = [f"{image_id:012d}.jpg", f"{image_id}.jpg"]
@@ -226,9 +275,49 @@ def read_vqa_v2(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     return out
 
 
+def _record_images(record: dict, where: str, base: Path) -> Any:
+    """A record's image path, or the list of its paths (field 'images'), resolved against `base`."""
+    if "images" not in record:
+        return local_path(record_field(record, "image", where), base)
+    if "image" in record:
+        raise ValueError(f"{where}: give either field 'image' or field 'images', not both")
+    paths = record_field(record, "images", where, list)
+    if not paths or not all(isinstance(p, str) for p in paths):
+        raise ValueError(f"{where}: field 'images' must be a non-empty list of image paths")
+    return [local_path(p, base) for p in paths]
+
+
+def _place_images(examples: list[Example], where: str) -> list[Example]:
+    """Examples of a several-images record with their placeholders made slots, each with the images it shows.
+
+    A prompt without placeholders has all the record's images first; with them, a dialogue's example gets
+    the images of the placeholders so far, and the record's placeholders must number its images.
+    """
+    images = examples[0].image
+    prompts = [with_image_slots(e.prompt) for e in examples]
+    if not any(IMAGE_SLOT in p for p in prompts):
+        return [replace(e, prompt=p) for e, p in zip(examples, prompts)]
+    total = max(p.count(IMAGE_SLOT) for p in prompts)
+    if total != len(images):
+        raise ValueError(f"{where}: {total} {IMAGE_PLACEHOLDER} placeholders for {len(images)} images in field "
+                         f"'images'; put one per image, or none to have all images first")
+    out = []
+    for example, prompt in zip(examples, prompts):
+        if IMAGE_SLOT not in prompt:
+            raise ValueError(f"{where}: example {example.id!r} comes before the first {IMAGE_PLACEHOLDER} "
+                             f"placeholder; put it in the first user turn")
+        out.append(replace(example, prompt=prompt, image=images[: prompt.count(IMAGE_SLOT)]))
+    return out
+
+
 def _jsonl_examples(record: dict, where: str, base: Path, source: str, line_no: int) -> list[Example]:
-    """Examples from one parsed JSONL record (single- or multi-turn)."""
-    image = local_path(record_field(record, "image", where), base)
+    """Examples from one parsed JSONL record (single- or multi-turn, one image or several)."""
+    image = _record_images(record, where, base)
+    examples = _jsonl_record_examples(record, where, image, source, line_no)
+    return _place_images(examples, where) if isinstance(image, list) else examples
+
+
+def _jsonl_record_examples(record: dict, where: str, image: Any, source: str, line_no: int) -> list[Example]:
     ex_id = record.get("id", f"line{line_no}")
     if "conversations" not in record:
         task = record.get("task", "vqa")

@@ -93,7 +93,8 @@ def processor_identity(processor: Any) -> str:
                        "transform_code": _source_file_digest(type(transform)),
                        "decode_code": _source_file_digest(mmgpt.images),
                        "processor_code": _source_file_digest(type(processor)),
-                       "max_pixels": processor.max_image_pixels, "versions": versions}, sort_keys=True)
+                       "max_pixels": processor.max_image_pixels, "tiling": list(getattr(processor, "tiling", (0, 0))),
+                       "versions": versions}, sort_keys=True)
 
 
 def _version(module: str) -> str:

@@ -15,6 +15,7 @@ import math
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,9 @@ def scene_key(scene: dict[str, Any]) -> tuple:
             frozenset((o["shape"], o["color"], o["size"], o["row"], o["col"]) for o in scene["shapes"]))
 
 
-def render_scene(scene: dict[str, Any], image_size: int) -> Image.Image:
-    """Draw a scene as an image_size x image_size RGB image."""
-    s, n = _SUPERSAMPLE, image_size * _SUPERSAMPLE
+def render_scene(scene: dict[str, Any], image_size: int, supersample: int = _SUPERSAMPLE) -> Image.Image:
+    """Draw a scene as an image_size x image_size RGB image, drawn `supersample` times larger and reduced."""
+    s, n = supersample, image_size * supersample
     bg = BACKGROUNDS[scene["background"]]
     im = Image.new("RGB", (n, n), bg)
     draw = ImageDraw.Draw(im)
@@ -184,23 +185,51 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
     write_json(folder / "meta.json", meta, indent=1, newline=True)  # last: marks complete
 
 
-def _generated_here(folder: Path) -> bool:
-    """Whether `folder` is a shapes set this module generated (any version or parameters)."""
+def _read_meta(folder: Path) -> dict | None:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("generator") == "mmgpt.data.shapes"
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
-def _complete(folder: Path, params: dict[str, Any]) -> bool:
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        return (meta.get("version") == VERSION and meta.get("params") == params
-                and all((folder / f"captions_{s}.json").is_file() for s in SPLITS)
-                and all(len(os.listdir(folder / "images" / s)) == params[f"num_{s}"] for s in SPLITS))
-    except (OSError, ValueError):
-        return False
+def check_params(caller: str, params: dict[str, Any], minimum: dict[str, int]) -> None:
+    """Raise a ValueError naming the first of `params` that is not an int >= its minimum (default 0)."""
+    for key, value in params.items():
+        low = minimum.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{caller}: {key} must be an int >= {low}, got {value!r}")
+
+
+def build_cached(folder: Path, generator: str, version: int, params: dict[str, Any],
+                 generate: Callable[[Path], None], files_ok: Callable[[Path], bool]) -> None:
+    """Run `generate(tmp)` once into `folder` unless a complete copy (its meta.json and `files_ok`) is there.
+
+    `generate` writes meta.json last, with `generator`, `version` and `params`: that marks the copy complete.
+    """
+    def complete() -> bool:
+        meta = _read_meta(folder)
+        try:
+            return (meta is not None and meta.get("generator") == generator and meta.get("version") == version
+                    and meta.get("params") == params and files_ok(folder))
+        except OSError:
+            return False
+
+    def generated_here(path: Path) -> bool:  # any version or parameters
+        meta = _read_meta(path)
+        return meta is not None and meta.get("generator") == generator
+
+    if complete():
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # one generator per cache folder at a time: a second process waits, then finds the set complete
+    with folder_lock(folder.parent):
+        if complete():
+            return
+        logger.info("generating %s in %s", generator, folder)
+        # built beside the target and swapped in by renames: an interrupted run leaves only a hidden temp folder
+        with replacing_folder(folder, is_ours=generated_here) as tmp:  # replaces a stale or damaged copy
+            generate(tmp)
 
 
 def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000, num_val: int = 500,
@@ -208,24 +237,12 @@ def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000
     """Generate (once; cached under root) the shapes captions set; returns {split: captions_{split}.json path}."""
     params = {"seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
               "image_size": image_size}
-    for key, value in params.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < (16 if key == "image_size" else 0):
-            raise ValueError(f"build_shapes_captions: {key} must be an int >= {16 if key == 'image_size' else 0}, "
-                             f"got {value!r}")
-    root = Path(root).expanduser()
-    folder = root / f"shapes-v{VERSION}-s{seed}-{image_size}px-{num_train}-{num_val}-{num_test}"
-    files = {split: folder / f"captions_{split}.json" for split in SPLITS}
-    if _complete(folder, params):
-        return files
-    root.mkdir(parents=True, exist_ok=True)
-    # one generator per cache folder at a time: a second process waits, then finds the set complete
-    with folder_lock(root):
-        if _complete(folder, params):
-            return files
-        logger.info("generating shapes captions in %s (%d images)", folder, num_train + num_val + num_test)
-        # built beside the target and swapped in by renames: an interrupted run leaves only a hidden temp folder
-        with replacing_folder(folder, is_ours=_generated_here) as tmp:  # replaces a stale or damaged copy
-            _generate(tmp, params)
-    return files
+    check_params("build_shapes_captions", params, {"image_size": 16})
+    folder = Path(root).expanduser() / f"shapes-v{VERSION}-s{seed}-{image_size}px-{num_train}-{num_val}-{num_test}"
 
+    def files_ok(path: Path) -> bool:
+        return (all((path / f"captions_{s}.json").is_file() for s in SPLITS)
+                and all(len(os.listdir(path / "images" / s)) == params[f"num_{s}"] for s in SPLITS))
 
+    build_cached(folder, "mmgpt.data.shapes", VERSION, params, lambda tmp: _generate(tmp, params), files_ok)
+    return {split: folder / f"captions_{split}.json" for split in SPLITS}

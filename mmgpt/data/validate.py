@@ -146,15 +146,16 @@ def validate_examples(examples: Iterable[Example], max_prompt_tokens: int | None
         who = f"[{ex.source or '?'}] id={ex.id!r}"
         if check_images:
             # many questions share one image: decode each file once (in-memory images are checked each time)
-            if isinstance(ex.image, (str, Path)):
-                key = str(ex.image)
-                if key not in image_cache:
-                    image_cache[key] = _check_image(ex.image)
-                problem = image_cache[key]
-            else:
-                problem = _check_image(ex.image)
-            if problem:
-                report.add(problem[0], f"{who}: {problem[1]}")
+            for image in ex.image if isinstance(ex.image, (list, tuple)) else [ex.image]:
+                if isinstance(image, (str, Path)):
+                    key = str(image)
+                    if key not in image_cache:
+                        image_cache[key] = _check_image(image)
+                    problem = image_cache[key]
+                else:
+                    problem = _check_image(image)
+                if problem:
+                    report.add(problem[0], f"{who}: {problem[1]}")
         if ex.task != "caption" and _is_blank(ex.prompt):
             report.add("empty_prompt", f"{who}: task {ex.task!r} has an empty prompt")
         if _is_blank(ex.answer):

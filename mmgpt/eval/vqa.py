@@ -65,6 +65,8 @@ def explained(args: argparse.Namespace, examples: list[Example]) -> str:
     from mmgpt.explain import explain, explanation_html
     from mmgpt.inference import default_model_path
 
+    # explain maps one image: questions about several are left out of this section
+    examples = [e for e in examples if not isinstance(e.image, (list, tuple))]
     parts = [f"<h2>Explained answers (first {min(args.explain, len(examples))})</h2>"]
     for example in examples[: args.explain]:
         question = example.meta.get("question", example.prompt)

@@ -111,6 +111,13 @@ def _check_exportable(mm: MMGPT) -> dict[str, Any]:
             check_transform_config(json.loads((Path(folder) / "transform.json").read_text()), "the image transform")
         except ValueError as e:
             raise ExportError(f"model.image_encoder cannot be exported: {e}") from e
+    image = mm.config.image_encoder
+    for key, value, plain in (("model.max_images", mm.config.max_images, 1), ("model.image_encoder.tiling",
+                              (image.tiling.rows, image.tiling.cols), (0, 0)),
+                              ("model.image_encoder.pixel_shuffle", image.pixel_shuffle, 1)):
+        if value != plain:
+            raise ExportError(f"{key} is {value}, but the ONNX runtime reads one whole image per prompt with one "
+                              f"token per encoder output; serve this model from its saved folder instead")
     if getattr(mm.processor, "uses_chat_template", False):
         raise ExportError("the model's prompts go through its tokenizer's chat template, which the ONNX runtime does "
                           "not render (it needs transformers); export a model trained without chat_template")

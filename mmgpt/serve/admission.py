@@ -1,7 +1,7 @@
-"""A chat completion request from its bytes to a queued Job: body limits, JSON and schema, decoding options, image.
+"""A chat completion request from its bytes to a queued Job: body limits, JSON and schema, decoding options, images.
 
-Everything here answers a problem with an APIError naming the field; the whole request is checked before
-its image is decoded or fetched.
+Everything here answers a problem with an APIError naming the field; the whole request, its image count
+included, is checked before any image is decoded or fetched.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from mmgpt.serve.events import Event
 from mmgpt.serve.image_cache import image_key
 from mmgpt.serve.images import FetchLimits
 from mmgpt.serve.schemas import APIError, ChatCompletionRequest
-from mmgpt.serve.settings import ServerSettings
+from mmgpt.serve.settings import ServerSettings, images_per_prompt
 from mmgpt.serve.structured import AnswerFormat, answer_format
 from mmgpt.serve.worker import Job, QueueFull, Worker
 
@@ -113,9 +113,9 @@ def decoding(model: MMGPT, settings: ServerSettings, chat: ChatCompletionRequest
         raise APIError(400, f"decoding options: {e}") from None
 
 
-def prompt_positions(model: MMGPT, prompt: str) -> int:
-    """Positions the prompt's prefix takes (its ids are cached by the processor for the batch)."""
-    return model.prefix_length(len(model.processor.prompt_ids(prompt)))
+def prompt_positions(model: MMGPT, prompt: str, num_images: int = 1) -> int:
+    """Positions the prompt's prefix takes, every image's included (its ids are cached by the processor)."""
+    return model.prefix_length(len(model.processor.prompt_ids(prompt)), num_images)
 
 
 def _pixels(model: MMGPT, image: bytes, param: str) -> tuple[torch.Tensor, str]:
@@ -136,16 +136,16 @@ async def admit(model: MMGPT, settings: ServerSettings, worker: Worker, limits: 
                        param="model", code="model_not_found")
     stops = chat.stop_strings()
 
-    def prepare() -> tuple[str, AnswerFormat, GenerationConfig, torch.Tensor, str]:
+    def prepare() -> tuple[str, AnswerFormat, GenerationConfig, list[torch.Tensor], tuple[str, ...]]:
         # one trip to a thread: each hop costs a wake-up of the event loop, and at concurrency 1 they add up
-        asked = conversation(model, chat.messages)
+        asked = conversation(model, chat.messages, images_per_prompt(settings, model.config.max_images))
         form = answer_format(chat.response_format, chat.guided_choice)
-        config = decoding(model, settings, chat, form, prompt_positions(model, asked.prompt))
-        # the request is checked whole before its image is decoded or fetched
-        pixels, key = _pixels(model, asked.image(limits), asked.image_param)
-        return asked.prompt, form, config, pixels, key
+        config = decoding(model, settings, chat, form, prompt_positions(model, asked.prompt, asked.num_images))
+        # the request is checked whole, its image count included, before any image is decoded or fetched
+        pixels, keys = zip(*(_pixels(model, image, param) for image, param in asked.images(limits)))
+        return asked.prompt, form, config, list(pixels), keys
 
-    prompt, form, config, pixels, key = await asyncio.to_thread(prepare)
+    prompt, form, config, pixels, keys = await asyncio.to_thread(prepare)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -153,8 +153,9 @@ async def admit(model: MMGPT, settings: ServerSettings, worker: Worker, limits: 
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-    job = Job(prompt=prompt, pixels=pixels, config=config, emit=emit, n=chat.n, seed=chat.seed,
-              stops=stops, stream=chat.stream, arrival=arrival, render=form.render, image_key=key)
+    # one image stays a lone tensor: a one-image request is batched exactly as before
+    job = Job(prompt=prompt, pixels=pixels[0] if len(pixels) == 1 else pixels, config=config, emit=emit, n=chat.n,
+              seed=chat.seed, stops=stops, stream=chat.stream, arrival=arrival, render=form.render, image_keys=keys)
     try:
         worker.submit(job)
     except QueueFull as e:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
-from mmgpt.serve.settings import ServerSettings, served_name
+from mmgpt.serve.settings import ServerSettings, images_per_prompt, served_name
 
 __all__ = ["ROUTES", "ServerSettings", "create_app", "served_name"]
 
@@ -40,6 +40,7 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     from mmgpt.serve.metrics import Metrics, RequestCounter
     from mmgpt.serve.worker import Worker
 
+    images_per_prompt(settings, model.config.max_images)  # a setting the model cannot serve stops it here
     metrics = Metrics()
     worker = Worker(model, metrics, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
                     settings.image_cache_mb)

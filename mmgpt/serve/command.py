@@ -31,6 +31,8 @@ SETTING_FLAGS = (
     ("--max-connections", int, "connections beyond this get 503"),
     ("--image-cache-mb", float, "image-encoder outputs kept for images sent again, least recently used dropped "
                                 "first; 0: none"),
+    ("--max-images-per-prompt", int, "image_url parts one request may carry, counted before any is decoded or "
+                                     "fetched; 0: the model's model.max_images"),
 )
 
 
@@ -61,7 +63,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def _check_args(args: argparse.Namespace) -> None:
     ranges = {"max_batch_size": ">= 1", "max_queue": ">= 1", "port": "[0, 65535]", "num_replicas": ">= 1",
               "max_tokens": ">= 1", "max_connections": ">= 1", "max_wait_ms": "> 0", "max_body_mb": "> 0",
-              "timeout_s": "> 0", "body_timeout_s": "> 0", "keep_alive_s": "> 0", "image_cache_mb": ">= 0"}
+              "timeout_s": "> 0", "body_timeout_s": "> 0", "keep_alive_s": "> 0", "image_cache_mb": ">= 0",
+              "max_images_per_prompt": ">= 0"}
     for name, allowed in ranges.items():
         value = getattr(args, name)
         check_range(f"--{name.replace('_', '-')}", value, allowed, integer=isinstance(value, int))

@@ -1,9 +1,11 @@
-"""OpenAI chat messages -> the model's prompt and its one image, through the prompt functions training uses.
+"""OpenAI chat messages -> the model's prompt and its images, through the prompt functions training uses.
 
 One user question becomes what answer() asks (the model's VQA template, mmgpt.inference); a dialogue
 becomes what a JSONL `conversations` record trains on (mmgpt.prompts.conversation_prompt). Image parts
-are taken out of the text; each request carries exactly one image, since the model reads one. Its URL
-is decoded or fetched (`Conversation.image`) only once the whole request has been checked.
+are taken out of the text: a request carries one image, or several (in any user messages, across turns)
+up to the server's images per prompt, which then come before the prompt in the order they were sent, as
+answer(text, images=[...]) puts them. Their URLs are decoded or fetched (`Conversation.images`) only once
+the whole request, their count included, has been checked.
 """
 from __future__ import annotations
 
@@ -22,15 +24,20 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Conversation:
-    """What one request asks: the model's prompt text, and its image's URL and where in the request it is."""
+    """What one request asks: the model's prompt text, and its images' URLs and where in the request each is."""
 
     prompt: str
-    image_url: str
-    image_param: str
+    image_urls: tuple[tuple[str, str], ...]  # (url, param), in the order sent
 
-    def image(self, limits: FetchLimits) -> bytes:
-        """The image's bytes: a data: URL decoded, an http(s) one fetched (if `limits` allow); else APIError(400)."""
-        return image_bytes(self.image_url, limits, self.image_param)
+    @property
+    def num_images(self) -> int:
+        """How many images the request carries."""
+        return len(self.image_urls)
+
+    def images(self, limits: FetchLimits) -> list[tuple[bytes, str]]:
+        """Each image's (bytes, param): a data: URL decoded, an http(s) one fetched (if `limits` allow); else
+        APIError(400)."""
+        return [(image_bytes(url, limits, param), param) for url, param in self.image_urls]
 
 
 def _text(text: str, param: str) -> str:
@@ -72,8 +79,8 @@ def _parts(message: Message, index: int) -> tuple[str, list[tuple[str, str]]]:
     return "\n".join(texts), images
 
 
-def conversation(model: MMGPT, messages: Sequence[Message]) -> Conversation:
-    """The prompt and single image URL of a request's messages; APIError(400) names what is wrong."""
+def conversation(model: MMGPT, messages: Sequence[Message], max_images: int = 1) -> Conversation:
+    """The prompt and the image URLs (1 to `max_images`) of a request's messages; APIError(400) names what is wrong."""
     turns: list[tuple[str, str]] = []
     images: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
@@ -84,14 +91,17 @@ def conversation(model: MMGPT, messages: Sequence[Message]) -> Conversation:
                         i, message.role)
             continue
         turns.append((message.role, text))
-    if len(images) != 1:
+    if max_images == 1 and len(images) != 1:
         raise APIError(400, f"a request must carry exactly one image (an image_url content part); got {len(images)}",
                        param="messages", code="one_image_required")
+    if not 1 <= len(images) <= max_images:
+        raise APIError(400, f"a request must carry 1 to {max_images} images (image_url content parts; the server's "
+                            f"--max-images-per-prompt); got {len(images)}", param="messages", code="too_many_images")
     if not turns or turns[-1][0] != "user":
         raise APIError(400, "the last message (of role user or assistant) must be a user message", param="messages")
     if len(turns) == 1:
         prompt = question_prompts(model, [turns[0][1]])[0]
     else:
         prompt = prompts.conversation_prompt(turns)
-    return Conversation(prompt=prompt, image_url=images[0][0], image_param=images[0][1])
+    return Conversation(prompt=prompt, image_urls=tuple(images))
 

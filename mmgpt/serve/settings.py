@@ -23,6 +23,16 @@ class ServerSettings:
     keep_alive_s: float = 5.0  # a connection without a request (idle, or its headers unfinished) is closed
     max_connections: int = 512  # connections beyond this get 503
     image_cache_mb: float = 256.0  # image-encoder outputs kept for images sent again (0: none)
+    max_images_per_prompt: int = 0  # image_url parts one request may carry; 0: the model's model.max_images
+
+
+def images_per_prompt(settings: ServerSettings, model_max_images: int) -> int:
+    """The image_url parts one request may carry: the setting, or the model's max_images; ValueError above it."""
+    allowed = settings.max_images_per_prompt or model_max_images
+    if not 1 <= allowed <= model_max_images:
+        raise ValueError(f"--max-images-per-prompt {allowed}: this model reads 1 to {model_max_images} images per "
+                         f"prompt (model.max_images)")
+    return allowed
 
 
 def default(name: str) -> object:

@@ -3,7 +3,8 @@
 Requests that arrive within `max_wait_ms` of the first waiting one, and that decode with the same
 GenerationConfig, are decoded in one `MMGPT.generate` call of up to `max_batch_size` rows, exactly as
 answer() decodes a batch (same processor, same generate, same seeded sampling). Each distinct image of a
-batch is encoded once, and not at all when its encoder output is in the image cache. A seeded sampling
+batch (a request may carry several) is encoded once, and not at all when its encoder output is in the
+image cache, which keeps each image under its own key. A seeded sampling
 request is decoded on its own, so its answer depends on its seed and nothing else. Each step's tokens
 reach the requests through a stopping criterion, which also ends rows that hit a stop string or whose
 client went away.
@@ -47,11 +48,12 @@ class Job:
     """One chat completion request waiting for, or in, a batch; `emit` is called from the worker thread.
 
     Events (mmgpt.serve.events): First at its first token, Delta when streaming, then Done or Failed.
-    `image_key` (image_cache.image_key of `pixels`) is computed here unless given.
+    `image_keys` (image_cache.image_key of each image's pixels) are computed here unless given.
     """
 
     prompt: str
-    pixels: torch.Tensor  # (3, H, W), preprocessed
+    # one image, preprocessed: (3, H, W), with tiling (V, 3, H, W); or a list of such: several, in prompt order
+    pixels: torch.Tensor | list[torch.Tensor]
     config: GenerationConfig
     emit: Callable[[Event], None]
     n: int = 1
@@ -64,13 +66,18 @@ class Job:
     started: bool = False  # its "first" event was sent
     streamed: bool = False  # text was sent: it cannot be decoded again from the start
     render: Callable[[str], str] = str  # how an answer is written in the reply (a JSON value for response_format)
-    image_key: str = ""
+    image_keys: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.image_key = self.image_key or image_key(self.pixels)
+        self.image_keys = tuple(self.image_keys) or tuple(image_key(pixels) for pixels in self.images)
         self.key = json.dumps(set_values(self.config), sort_keys=True, default=str)
         if self.config.do_sample and self.seed is not None:
             self.key += f"#seeded-{next(_UNIQUE)}"
+
+    @property
+    def images(self) -> list[torch.Tensor]:
+        """Each image's pixels, in prompt order."""
+        return self.pixels if isinstance(self.pixels, list) else [self.pixels]
 
 
 class _Row:
@@ -271,17 +278,34 @@ class Worker:
         logger.error("decoding a request failed", exc_info=error)
         job.emit(Failed(f"decoding failed: {type(error).__name__}: {error}"))
 
-    def _encode_images(self, jobs: list[Job], rows: list[_Row]) -> torch.Tensor:
-        """Each row's image-encoder output (B, Li, D): from the cache, or encoded once per distinct image."""
-        pixels = {job.image_key: job.pixels for job in jobs}
+    def _encode_images(self, jobs: list[Job], rows: list[_Row]) -> dict[str, torch.Tensor]:
+        """Each row's image-encoder outputs, as generate's keywords: `image_features` (B, Li, D) for one whole
+        image per row, else (B, K, Li, D) with each row's images' views first, in prompt order (as the processor
+        lays them out), and their `image_mask` (B, K).
+
+        Each distinct image of the batch is encoded once, or not at all when the cache has it.
+        """
+        pixels = {key: image for job in jobs for key, image in zip(job.image_keys, job.images)}
         features = {key: self.image_cache.get(key) for key in pixels}
         missing = [key for key, found in features.items() if found is None]
         if missing:
-            encoded = self.model.encode_images(torch.stack([pixels[key] for key in missing]).to(self.device))
-            for key, output in zip(missing, encoded):
-                features[key] = output
-                self.image_cache.put(key, output)
-        return torch.stack([features[row.job.image_key] for row in rows])
+            # a tiled image is its views: the encoder reads views, and each image takes back its own
+            views = [pixels[key].reshape(-1, *pixels[key].shape[-3:]) for key in missing]
+            encoded = self.model.encode_images(torch.cat(views).to(self.device))
+            for key, output in zip(missing, encoded.split([len(v) for v in views])):
+                features[key] = output.reshape(*pixels[key].shape[:-3], *output.shape[1:])
+                self.image_cache.put(key, features[key])
+        # each row's entries (views of its images, in order): (entries, Li, D)
+        entries = [torch.cat([features[key].reshape(-1, *features[key].shape[-2:]) for key in row.job.image_keys])
+                   for row in rows]
+        if self.model.config.max_images == 1 and self.model.config.image_encoder.tiling.views == 1:
+            return {"image_features": torch.cat(entries)}
+        image = entries[0].new_zeros(len(rows), max(len(e) for e in entries), *entries[0].shape[1:])
+        image_mask = torch.zeros(image.shape[:2], dtype=torch.long, device=image.device)
+        for i, row_entries in enumerate(entries):
+            image[i, : len(row_entries)] = row_entries
+            image_mask[i, : len(row_entries)] = 1
+        return {"image_features": image, "image_mask": image_mask}
 
     @torch.inference_mode()
     def _decode(self, jobs: list[Job]) -> None:
@@ -297,15 +321,15 @@ class Worker:
         watch = {} if choices else {"stopping_criteria": StoppingCriteriaList([steps])}
         if choices:
             steps.first_step()
-        image_features = self._encode_images(jobs, rows)
+        images = self._encode_images(jobs, rows)
         with seeded_decoding(config, seed, self.device) as (decoding, extra):
             tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], None,
-                                         generation_config=decoding, image_features=image_features,
-                                         **watch, **extra)
+                                         generation_config=decoding, **images, **watch, **extra)
         if choices:
             steps.count(tokens)
         texts = [row.job.render(text) for row, text in zip(rows, processor.decode(tokens))]
-        lengths = [self.model.prefix_length(n) for n in batch["attention_mask"].sum(1).tolist()]
+        lengths = [self.model.prefix_length(n, len(row.job.images))
+                   for n, row in zip(batch["attention_mask"].sum(1).tolist(), rows)]
         results: dict[int, list[Choice]] = {}
         for row, text in zip(rows, texts):
             cut = stop_index(text, row.job.stops)
