@@ -6,7 +6,10 @@ entry point `accelerate launch` runs.
 import sys
 
 from mmgpt.errors import run_reporting_errors
-from mmgpt.training.loop import main
+from mmgpt.startup import imports_without_gc
+
+with imports_without_gc():
+    from mmgpt.training.loop import main
 
 if __name__ == "__main__":
     sys.exit(run_reporting_errors("train.py", main))

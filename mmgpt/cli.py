@@ -14,6 +14,7 @@ from typing import NamedTuple
 from mmgpt.decoding import add_decoding_args, decoding_from_args
 from mmgpt.errors import run_reporting_errors
 from mmgpt.logging_setup import configure_logging
+from mmgpt.startup import imports_without_gc
 
 
 def check_device(device: str | None) -> None:
@@ -139,7 +140,11 @@ def usage() -> str:
 def _run(name: str, argv: list[str]) -> int:
     """Run command `name` on `argv`; its --help and errors name it as typed (`mmgpt train`), not the bare `mmgpt`."""
     run = COMMANDS[name].run
-    main = importlib.import_module(run).main if isinstance(run, str) else run
+    if isinstance(run, str):
+        with imports_without_gc():  # torch, transformers and timm: about 1 CPU second less (mmgpt.startup)
+            main = importlib.import_module(run).main
+    else:
+        main = run
     return main(argv, prog=f"mmgpt {name}")
 
 

@@ -47,7 +47,7 @@ from mmgpt.logging_setup import configure_logging
 from mmgpt.model import MMGPT
 from mmgpt.outputs import write_marker
 from mmgpt.saving import write_json
-from mmgpt.tokenizer import train_tokenizer
+from mmgpt.tokenizer import cached_train_tokenizer
 from mmgpt.training.checkpoint import (
     StopRequest,
     TrainState,
@@ -271,7 +271,8 @@ def build_model(cfg: TrainConfig, train_sets: list, accelerator: Accelerator, re
         texts = [t for _, examples in train_sets
                  for e in (examples if isinstance(examples, list) else first_examples(examples, TOKENIZER_SAMPLE))
                  for t in (e.prompt, e.answer)]
-        train_tokenizer(texts, cfg.model.tokenizer).save_pretrained(tokenizer_dir)
+        # the same text trains the same tokenizer: a run on the data of an earlier one reads it from $MMGPT_CACHE
+        cached_train_tokenizer(texts, cfg.model.tokenizer).save_pretrained(tokenizer_dir)
     accelerator.wait_for_everyone()
     return MMGPT.from_config(cfg.model, tokenizer=load_hf_tokenizer(tokenizer_dir))
 
