@@ -5,7 +5,8 @@ Each measurement launches the README's command in a fresh process,
     accelerate launch --config_file configs/accelerate/cpu.yaml train.py output_dir=TMP stop_at_step=1
 
 and times, from this process, the moment the progress bar first shows step 1 (the run then checkpoints and
-stops). "cold" runs with an empty image cache ($MMGPT_CACHE/images), "warm" with the one the cold run left;
+stops). "cold" runs with an empty image cache and no cached tokenizer ($MMGPT_CACHE/images, .../tokenizers), "warm"
+with what the cold run left;
 both share the built-in datasets of this process's $MMGPT_CACHE, generated first when missing. With
 `--repo`, other checkouts (each with its own `.venv`, e.g. the commit before a change) are measured too,
 every checkout and condition once per round, so a change in the machine's other load spreads over all.
@@ -62,7 +63,8 @@ def launch(repo: Path, cache: Path, extra: list[str], python: str | None = None,
     launcher's pid once it started, and what it returns once the launcher's output ends: a dict added to the result.
     """
     with tempfile.TemporaryDirectory() as out:
-        command = [python or python_of(repo), "-m", "accelerate.commands.launch", "--config_file",
+        # the `accelerate` command itself (its CLI imports every subcommand), not the lighter accelerate.commands.launch
+        command = [python or python_of(repo), "-m", "accelerate.commands.accelerate_cli", "launch", "--config_file",
                    str(repo / "configs" / "accelerate" / "cpu.yaml"), "train.py", f"output_dir={out}/run",
                    "stop_at_step=1", "max_steps=100", *extra]
         env = {**os.environ, "MMGPT_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}

@@ -5,8 +5,8 @@ else runs. This runs `train.py`'s `main` in a fresh process (the checkout's own 
 functions of `mmgpt.training.loop` that build a run wrapped to add up the CPU time spent in each, and stops the
 run after its first step (`stop_at_step=1`, whose checkpoint is not counted).
 
-    python -m bench.startup_phases                        # this checkout, warm image cache ($MMGPT_CACHE)
-    python -m bench.startup_phases --cold                 # a fresh, empty $MMGPT_CACHE/images
+    python -m bench.startup_phases                        # this checkout, warm caches ($MMGPT_CACHE), 3 runs
+    python -m bench.startup_phases --cold                 # no $MMGPT_CACHE/images, no $MMGPT_CACHE/tokenizers
     python -m bench.startup_phases --repo /tmp/before     # another checkout (e.g. the commit before a change)
 
 Phases that a checkout does not have (a function renamed or removed) are left out; "other" is what the build
@@ -19,6 +19,7 @@ import json
 import os
 import resource
 import runpy
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,8 +87,8 @@ def measure(repo: Path, cold: bool, overrides: list[str]) -> dict[str, float]:
         if cold:
             fresh = Path(tmp) / "cache"
             fresh.mkdir()
-            for entry in cache.iterdir():  # every built-in dataset, no image cache
-                if entry.name != "images":
+            for entry in cache.iterdir():  # every built-in dataset; no cached images or tokenizers
+                if entry.name not in ("images", "tokenizers"):
                     (fresh / entry.name).symlink_to(entry)
             env["MMGPT_CACHE"] = str(fresh)
         result = Path(tmp) / "phases.json"
@@ -101,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     """Print the CPU seconds of each phase for each checkout (cold or warm)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", action="append", default=[], help="another checkout to measure (repeatable)")
-    parser.add_argument("--cold", action="store_true", help="start from an empty image cache")
+    parser.add_argument("--cold", action="store_true", help="start with no cached images or tokenizers")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per checkout, alternated (the median is kept)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra config overrides")
     args = parser.parse_args(argv)
@@ -110,11 +112,16 @@ def main(argv: list[str] | None = None) -> None:
         Path(args.child).write_text(json.dumps(child(args.overrides)))
         return
     repos = [REPO, *(Path(r).resolve() for r in args.repo)]
-    results = {repo: measure(repo, args.cold, args.overrides) for repo in repos}
+    runs: dict[Path, list[dict[str, float]]] = {repo: [] for repo in repos}
+    for _ in range(args.rounds):
+        for repo in repos:
+            runs[repo].append(measure(repo, args.cold, args.overrides))
+    results = {repo: {name: statistics.median(r[name] for r in rs if name in r) for name in rs[0]}
+               for repo, rs in runs.items()}
     names = list(next(iter(results.values())))
     for r in results.values():
         names += [n for n in r if n not in names]
-    print("CPU seconds" + ("  (cold image cache)" if args.cold else "  (warm image cache)"))
+    print(f"CPU seconds, median of {args.rounds}" + ("  (cold caches)" if args.cold else "  (warm caches)"))
     print(f"{'phase':<26}" + "".join(f"{repo.name[-14:]:>16}" for repo in repos))
     for name in names:
         print(f"{name:<26}" + "".join(f"{results[repo].get(name, float('nan')):>16.2f}" for repo in repos))
