@@ -174,8 +174,8 @@ def test_least_recently_used_entries_go_when_the_cache_is_full(tmp_path: Path, p
     assert len(_entries(tmp_path / "cache")) == 2 and not first.exists()
 
 
-def test_a_run_with_a_warm_cache_trains_byte_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_a_run_with_warm_caches_trains_byte_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("MMGPT_CACHE", str(tmp_path / "mmgpt-cache"))
     data = make_jsonl(tmp_path / "data", n=16)
     cold, warm = tmp_path / "cold", tmp_path / "warm"
@@ -184,7 +184,13 @@ def test_a_run_with_a_warm_cache_trains_byte_identical_weights(tmp_path: Path, m
     assert any(r.getMessage().startswith("first step after ") for r in caplog.records)
     wait_for_writes()
     assert _entries(tmp_path / "mmgpt-cache" / "images")
+    assert list((tmp_path / "mmgpt-cache" / "tokenizers").glob("*.json"))
     _no_decoding(monkeypatch)
+    # the tokenizer comes from $MMGPT_CACHE/tokenizers too
+    monkeypatch.setattr("mmgpt.tokenizer.train_tokenizer", lambda *a, **k: pytest.fail("trained the tokenizer again"))
     run_training(["--config", str(tiny_config(tmp_path, data, warm, max_steps=4))])
     model = Path("model") / "model.safetensors"
     assert (cold / model).read_bytes() == (warm / model).read_bytes()
+    tokenizer_files = sorted(p.name for p in (cold / "tokenizer").iterdir())
+    assert tokenizer_files and all((cold / "tokenizer" / n).read_bytes() == (warm / "tokenizer" / n).read_bytes()
+                                   for n in tokenizer_files)
