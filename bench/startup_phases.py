@@ -23,7 +23,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # (phase, attribute of mmgpt.training.loop): the steps of building a run, in the order they run
@@ -48,8 +50,8 @@ def child(argv: list[str]) -> dict[str, float]:
     phases = {"interpreter + imports": cpu_seconds()}
     spent: dict[str, float] = {}
 
-    def timed(name: str, function):
-        def wrapper(*args, **kwargs):
+    def timed(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = cpu_seconds()
             try:
                 return function(*args, **kwargs)
