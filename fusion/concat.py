@@ -44,6 +44,10 @@ class Concat(Fusion):
         mask = torch.cat([images.token_mask().to(text_mask.dtype), text_mask], dim=1)
         return mask.gather(1, self._order(text_mask, images))
 
+    def image_token_positions(self, text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
+        """(B, K * Li): the position in F of each image token of I, in I's order."""
+        return torch.argsort(self._order(text_mask, images), dim=1)[:, : images.count * images.tokens_per_image]
+
     @staticmethod
     def _order(text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
         """(B, K * Li + Lt): where each position of [images' tokens, text] goes so each image sits at its slot."""

@@ -1,6 +1,6 @@
 """Explain an answer: for each answer token, a map over the image of what it drew on.
 
-    mmgpt explain --model M --image IMG "question" [--out DIR]
+    mmgpt explain --model M --image IMG [--image IMG2 ...] "question" [--out DIR]
 
 The method follows the fusion (mmgpt.fusion):
 * attention-based fusions (cross_attention, gated_cross_attention, film's pooling): the fusion's text -> image
@@ -12,6 +12,7 @@ The method follows the fusion (mmgpt.fusion):
 * pooled fusions (weighted_sum, product, mlb, mfb, mutan, block): Grad-CAM on the image encoder's last feature
   grid I (B, Li, D): ReLU(sum_c w_c I[:, c]) with w_c the mean gradient of the token's log-probability.
 Every map is non-negative and sums to 1 over the grid (a null-token column of the attention is left out).
+Several images or tiles: one map per image and tile, a token's maps summing to 1 over all of them.
 """
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mmgpt.images import ImageInput, load_image
+from mmgpt.fusion.base import ImageLayout
+from mmgpt.images import ImageInput, load_image, tile_views
 from mmgpt.inference import load_model, question_batch
 from mmgpt.model import MMGPT
 from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
+from mmgpt.processor import image_set_inputs
 
 logger = logging.getLogger("mmgpt.explain")
 
@@ -44,7 +47,8 @@ GENERATOR_ATTENTION_FUSIONS = ("concat",)
 
 @dataclass
 class Explanation:
-    """An answer with, per answer token, a (rows, cols) map over the image grid that sums to 1."""
+    """An answer with, per answer token, a (rows, cols) map over the image grid that sums to 1 (per view, with
+    several images or tiles)."""
 
     question: str
     answer: str
@@ -54,6 +58,9 @@ class Explanation:
     image: Any  # the PIL image the maps lie over
     layer_maps: torch.Tensor | None = None  # (N tokens, layers, rows, cols), where the method has layers
     token_ids: list[int] = field(default_factory=list)
+    # several images or tiles: (label, picture) of each view, maps (N, views, rows, cols) and layer_maps
+    # (N, layers, views, rows, cols), a token's maps summing to 1 over all views; image is the list of images
+    views: list[tuple[str, Any]] = field(default_factory=list)
 
 
 def method_for(model: MMGPT) -> str:
@@ -114,7 +121,8 @@ def eager_attention(generator: nn.Module) -> Iterator[None]:
 def _answer_ids(model: MMGPT, batch: dict, max_new_tokens: int | None) -> list[int]:
     """Greedy answer token ids, without eos and padding."""
     options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    ids = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **options)[0].tolist()
+    ids = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                         **image_set_inputs(batch), **options)[0].tolist()
     tokenizer = model.processor.tokenizer
     stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     kept = []
@@ -130,7 +138,9 @@ def _teacher_forced(model: MMGPT, batch: dict, answer: list[int], attentions: bo
     """Run prefix + [bos] + answer through the generator -> (log-probs of the answer tokens (N,), prefix length,
     generator output with attentions)."""
     ids = torch.tensor([[model.processor.tokenizer.bos_token_id, *answer]], device=batch["input_ids"].device)
-    inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], ids)
+    # each view encoded on its own, so the image encoder's output has one row per view (Grad-CAM's grid)
+    inputs = model.generator_inputs(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], ids,
+                                    share_images=False, **image_set_inputs(batch))
     out = model.generator(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
                           position_ids=inputs.position_ids, use_cache=False, output_attentions=attentions)
     start = inputs.prefix_mask.shape[1]
@@ -139,23 +149,44 @@ def _teacher_forced(model: MMGPT, batch: dict, answer: list[int], attentions: bo
     return log_probs, start, out
 
 
+def _views(model: MMGPT, pictures: list[Any]) -> list[tuple[str, Any]]:
+    """(label, picture) of every view the model encodes, in the order of its image tokens: per image the whole
+    image, then with tiling its tiles row by row, each as the encoder sees it."""
+    rows, cols = model.processor.tiling
+    size = tuple(model.processor.image_transform.data_config["input_size"][1:])
+    views = []
+    for k, picture in enumerate(pictures):
+        name = f"image {k + 1}" if len(pictures) > 1 else "image"
+        pieces = tile_views(picture, size, rows, cols) if rows * cols else [picture]
+        views.append((name, pieces[0]))
+        views += [(f"{name} tile {divmod(t, cols)[0] + 1},{divmod(t, cols)[1] + 1}", tile)
+                  for t, tile in enumerate(pieces[1:])]
+    return views
+
+
 def explain(
-    model: str | Path | MMGPT | None, image: ImageInput, question: str, max_new_tokens: int | None = None,
-    answer: str | None = None,
+    model: str | Path | MMGPT | None, image: ImageInput | Sequence[ImageInput], question: str,
+    max_new_tokens: int | None = None, answer: str | None = None,
 ) -> Explanation:
-    """Answer `question` about `image` (greedy, or the given `answer`) and map every answer token over the image."""
+    """Answer `question` about `image` (greedy, or the given `answer`) and map every answer token over the image.
+
+    Several images (a list) or a model with tiling: one map per image and tile (`Explanation.views`), all of a
+    token's maps summing to 1 together.
+    """
     model = load_model(model)
     model.eval()
-    if isinstance(image, (list, tuple)) or model.config.image_encoder.tiling.views > 1:
-        raise ValueError("explain maps answers over one image seen whole: it takes one image, and a model without "
-                         "model.image_encoder.tiling")
-    picture = load_image(image)
-    batch = question_batch(model, [question], [picture])
+    method = method_for(model)
+    several = isinstance(image, (list, tuple)) or model.config.image_encoder.tiling.views > 1
+    if several and method == "fusion attention" and not model.fusion.reads_all_images:
+        raise ValueError(f"explain cannot map fusion '{model.config.fusion.type}' over several images or tiles: "
+                         "it pools each one's attention on its own, so the generator's attention to the text does "
+                         "not say which image a token drew on")
+    pictures = [load_image(i) for i in image] if isinstance(image, (list, tuple)) else [load_image(image)]
+    batch = question_batch(model, [question], [pictures] if several else pictures)
     if answer is None:
         answer_ids = _answer_ids(model, batch, max_new_tokens)
     else:
         answer_ids = model.processor.tokenizer(answer, add_special_tokens=False)["input_ids"]
-    method = method_for(model)
     layer_maps = None
     grid: list[torch.Tensor] = []  # keeps the image encoder output for Grad-CAM
 
@@ -171,38 +202,48 @@ def explain(
         with eager_attention(model.generator), recorded_attention(attention_modules) as fusion_weights, \
                 torch.set_grad_enabled(method == "grad-cam"):
             log_probs, start, out = _teacher_forced(model, batch, answer_ids)
+            views = grid[0].shape[0]
+            # the fusion's tokens per view: pixel shuffle merges s x s encoder tokens into one
+            tokens = grid[0].shape[1] // model.config.image_encoder.pixel_shuffle ** 2
             # rows of generator attention from the position that predicts each answer token
             generator = torch.stack([a[0].float().mean(dim=0) for a in out.attentions])
             generator = generator[:, start : start + len(answer_ids), :start]  # (layers, N, prefix)
             if method == "grad-cam":
                 maps = _grad_cam(grid[0], log_probs)
+                tokens = grid[0].shape[1]
             elif method == "generator attention":
-                # concat puts the Li image tokens first in the prefix
-                layer_maps = normalise(generator[..., : grid[0].shape[1]]).transpose(0, 1)  # (N, layers, Li)
+                # concat puts one image's tokens first in the prefix, several at their slots
+                positions = (torch.arange(tokens) if not several else
+                             model.fusion.image_token_positions(batch["attention_mask"], ImageLayout(
+                                 batch["image_mask"], batch["image_slots"], tokens, views))[0])
+                layer_maps = normalise(generator[..., positions]).transpose(0, 1)  # (N, layers, views * Li)
                 maps = normalise(layer_maps.mean(dim=1))
             else:
-                layer_maps = _fusion_attention_maps(fusion_weights, generator, grid[0].shape[1])
+                layer_maps = _fusion_attention_maps(fusion_weights, generator, views * tokens)
                 maps = normalise(layer_maps.mean(dim=1))
     finally:
         hook.remove()
-    shape = grid_shape(maps.shape[-1])
+    shape = grid_shape(tokens)
+    grids = (views, *shape) if several else shape
     pieces = [model.processor.tokenizer.decode([t]) for t in answer_ids]
     return Explanation(
         question=question, answer=model.processor.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
-        tokens=pieces, method=method, maps=maps.reshape(len(answer_ids), *shape).detach().cpu(), image=picture,
-        layer_maps=None if layer_maps is None else layer_maps.reshape(*layer_maps.shape[:2], *shape).detach().cpu(),
-        token_ids=answer_ids,
+        tokens=pieces, method=method, maps=maps.reshape(len(answer_ids), *grids).detach().cpu(),
+        image=pictures if several else pictures[0],
+        layer_maps=None if layer_maps is None else layer_maps.reshape(*layer_maps.shape[:2], *grids).detach().cpu(),
+        token_ids=answer_ids, views=_views(model, pictures) if several else [],
     )
 
 
 def _grad_cam(features: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """(1, Li, D) image features and (N,) token log-probs -> (N, Li) Grad-CAM maps."""
+    """(V, Li, D) image features of V views and (N,) token log-probs -> (N, V * Li) Grad-CAM maps."""
     maps = []
     for log_prob in log_probs:
         # autograd.grad, not backward: the model's own .grad fields stay untouched
-        gradient = torch.autograd.grad(log_prob, features, retain_graph=True)[0][0]  # (Li, D)
-        maps.append(torch.relu(features[0].detach() @ gradient.mean(dim=0)))
-    return normalise(torch.stack(maps)) if maps else torch.zeros(0, features.shape[1])
+        gradient = torch.autograd.grad(log_prob, features, retain_graph=True)[0]  # (V, Li, D)
+        maps.append(torch.cat([torch.relu(features[v].detach() @ gradient[v].mean(dim=0))
+                               for v in range(len(features))]))
+    return normalise(torch.stack(maps)) if maps else torch.zeros(0, features.shape[0] * features.shape[1])
 
 
 def _fusion_attention_maps(weights: list[torch.Tensor], generator: torch.Tensor, image_tokens: int) -> torch.Tensor:
@@ -221,7 +262,8 @@ def _fusion_attention_maps(weights: list[torch.Tensor], generator: torch.Tensor,
 
 
 def token_png(explanation: Explanation, index: int) -> bytes:
-    """A PNG of token `index`'s map upsampled over the image, then each layer's map when there are layers."""
+    """A PNG of token `index`'s map upsampled over the image, then each layer's map when there are layers; with
+    several images or tiles, one panel per image and tile."""
     try:
         import matplotlib
     except ImportError as e:
@@ -231,13 +273,17 @@ def token_png(explanation: Explanation, index: int) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = [("mean over layers" if explanation.layer_maps is not None else explanation.method,
-               explanation.maps[index])]
-    if explanation.layer_maps is not None and explanation.layer_maps.shape[1] > 1:
-        panels += [(f"layer {i}", m) for i, m in enumerate(explanation.layer_maps[index])]
-    picture = np.asarray(explanation.image.convert("RGB"))
+    if explanation.views:
+        # one panel per image and tile, each map over the view it was drawn from
+        panels = [(label, view, heat) for (label, view), heat in zip(explanation.views, explanation.maps[index])]
+    else:
+        panels = [("mean over layers" if explanation.layer_maps is not None else explanation.method,
+                   explanation.image, explanation.maps[index])]
+        if explanation.layer_maps is not None and explanation.layer_maps.shape[1] > 1:
+            panels += [(f"layer {i}", explanation.image, m) for i, m in enumerate(explanation.layer_maps[index])]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
-    for ax, (title, heat) in zip(axes[0], panels):
+    for ax, (title, image, heat) in zip(axes[0], panels):
+        picture = np.asarray(image.convert("RGB"))
         ax.imshow(picture)
         # the grid stretched over the whole picture: each cell lies on the patch of the image it encodes
         ax.imshow(heat.numpy(), cmap="jet", alpha=0.5, extent=(0, picture.shape[1], picture.shape[0], 0),
@@ -272,9 +318,10 @@ def explanation_html(explanation: Explanation, sources: Sequence[str] | None = N
     # an empty question asks for a caption: no empty "Q:" line
     asked = (f"<b>Q:</b> {html.escape(explanation.question)}<br><b>A:</b>" if explanation.question.strip()
              else "<b>Caption:</b>")
-    return (f"<div class='explanation'><img style='width:192px;image-rendering:pixelated' "
-            f"src='{_data_uri(image_png(explanation.image))}' "
-            f"alt='image'><p>{asked} "
+    images = explanation.image if isinstance(explanation.image, list) else [explanation.image]
+    shown = "".join(f"<img style='width:192px;image-rendering:pixelated' src='{_data_uri(image_png(image))}' "
+                    f"alt='image'>" for image in images)
+    return (f"<div class='explanation'>{shown}<p>{asked} "
             f"{html.escape(explanation.answer)} <i>({html.escape(explanation.method)})</i></p>"
             f"<div style='display:flex;flex-wrap:wrap;gap:8px'>{maps}</div></div>")
 
@@ -316,6 +363,9 @@ def faithfulness(model: MMGPT, examples: Sequence[Any]) -> dict[str, float]:
     """
     most, least = [], []
     for example in examples:
+        if isinstance(example.image, (list, tuple)) or model.config.image_encoder.tiling.views > 1:
+            raise ValueError("faithfulness masks cells of one image seen whole: it takes one-image examples and a "
+                             "model without model.image_encoder.tiling")
         explanation = explain(model, example.image, example.meta.get("question", example.prompt))
         if not explanation.token_ids:
             continue
@@ -347,7 +397,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("question", help="the question about the image")
-    parser.add_argument("--image", required=True, help="the image file")
+    parser.add_argument("--image", required=True, action="append",
+                        help="the image file; repeat it for a question about several images (one map each)")
     parser.add_argument("--model", default=None,
                         help="model folder, or hf://org/name for a hub model (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--out", default="explain",
@@ -358,7 +409,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(logging.WARNING)
     check_output_folder(args.out, "explain", overwrite=args.overwrite)  # before the model is loaded
-    explanation = explain(args.model, args.image, args.question, args.max_new_tokens)
+    images = args.image[0] if len(args.image) == 1 else args.image
+    explanation = explain(args.model, images, args.question, args.max_new_tokens)
     written = save_explanation(explanation, args.out, overwrite=args.overwrite)
     print(explanation.answer)
     print(f"{explanation.method} maps: {len(written) - 1} PNG(s) and {written[-1]}")

@@ -236,31 +236,32 @@ class MMGPT(nn.Module):
     def prefix_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         image_features: torch.Tensor | None = None, *, image_mask: torch.Tensor | None = None,
-        image_slots: torch.Tensor | None = None,
+        image_slots: torch.Tensor | None = None, share_images: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The generator's prefix: (B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf).
 
         `fused_prefix`, left-padded (`pad_left`).
         """
-        return pad_left(*self.fused_prefix(input_ids, attention_mask, pixel_values, image_features,
+        return pad_left(*self.fused_prefix(input_ids, attention_mask, pixel_values, image_features, share_images,
                                            image_mask=image_mask, image_slots=image_slots))
 
     def generator_inputs(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
         token_ids: torch.Tensor | None = None, token_mask: torch.Tensor | None = None,
         image_features: torch.Tensor | None = None, *, image_mask: torch.Tensor | None = None,
-        image_slots: torch.Tensor | None = None,
+        image_slots: torch.Tensor | None = None, share_images: bool = True,
     ) -> GeneratorInputs:
         """The prefix followed by `token_ids` (B, N) (mask `token_mask`, default all ones), as the generator reads it.
 
         Training (bos + answer), generation (bos, the default) and explanation (bos + answer) build their input here;
-        `image_mask` and `image_slots` as in `fused_prefix`.
+        `image_mask`, `image_slots` and `share_images` as in `fused_prefix`.
         """
         if token_ids is None:
             token_ids = torch.full((input_ids.shape[0], 1), self.processor.tokenizer.bos_token_id, dtype=torch.long,
                                    device=input_ids.device)
         prefix, prefix_mask = self.prefix_embeds(input_ids, attention_mask, pixel_values, image_features,
-                                                 image_mask=image_mask, image_slots=image_slots)
+                                                 image_mask=image_mask, image_slots=image_slots,
+                                                 share_images=share_images)
         token_embeds = self.generator.get_input_embeddings()(token_ids)
         inputs_embeds = torch.cat([prefix.to(token_embeds.dtype), token_embeds], dim=1)
         token_mask = torch.ones_like(token_ids) if token_mask is None else token_mask

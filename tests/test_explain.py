@@ -193,3 +193,80 @@ def test_masking_the_most_weighted_cell_changes_the_answer_more_than_the_least()
     result = explaining.faithfulness(model, examples)
     assert result["examples"] == len(examples)
     assert result["most"] > 2 * result["least"], result
+
+
+def several_images_model(fusion: str, max_images: int = 2, rows: int = 0, cols: int = 0,
+                         shuffle: int = 1) -> torch.nn.Module:
+    from mmgpt.config import TilingConfig
+
+    config = tiny_config(fusion=fusion)
+    config.max_images = max_images
+    config.image_encoder.tiling = TilingConfig(rows=rows, cols=cols)
+    config.image_encoder.pixel_shuffle = shuffle
+    model = build(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.fusion.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)
+    return model
+
+
+def second_picture() -> Image.Image:
+    image = Image.new("RGB", (32, 32), (255, 255, 255))
+    image.paste((30, 30, 220), (16, 2, 30, 12))
+    return image
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "gated_cross_attention", "concat", "weighted_sum"])
+def test_one_map_per_image_of_a_several_image_prompt(fusion: str, tmp_path: Path) -> None:
+    model = several_images_model(fusion)
+    result = explaining.explain(model, [picture(), second_picture()], "same color?", answer="no it is not")
+    count = len(result.token_ids)
+    assert result.maps.shape == (count, 2, 4, 4) and [label for label, _ in result.views] == ["image 1", "image 2"]
+    # a token's maps share one distribution over both images
+    assert (result.maps >= 0).all()
+    torch.testing.assert_close(result.maps.sum(dim=(1, 2, 3)), torch.ones(count))
+    assert (result.maps.sum(dim=(2, 3)) > 0).all()
+    if result.layer_maps is not None:
+        assert result.layer_maps.shape[2:] == (2, 4, 4)
+    # one image in a list of one reads as in a set of one: the same map as that image given alone
+    alone = explaining.explain(model, picture(), "same color?", answer="no it is not")
+    listed = explaining.explain(model, [picture()], "same color?", answer="no it is not")
+    torch.testing.assert_close(listed.maps[:, 0], alone.maps)
+    written = explaining.save_explanation(result, tmp_path / "out")
+    assert len(written) == count + 1
+    assert (tmp_path / "out" / "index.html").read_text().count("alt='image'") == 2
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written[:-1])
+
+
+@pytest.mark.parametrize("fusion,shuffle,grid", [("cross_attention", 2, (2, 2)), ("concat", 1, (4, 4)),
+                                                 ("weighted_sum", 2, (4, 4))])
+def test_one_map_per_tile(fusion: str, shuffle: int, grid: tuple[int, int]) -> None:
+    model = several_images_model(fusion, max_images=1, rows=1, cols=2, shuffle=shuffle)
+    result = explaining.explain(model, picture(), "what color is the shape?", answer="red circle")
+    count = len(result.token_ids)
+    # the whole image and its two tiles; pixel shuffle merges 2x2 tokens (Grad-CAM stays on the encoder's grid)
+    assert result.maps.shape == (count, 3, *grid)
+    assert [label for label, _ in result.views] == ["image", "image tile 1,1", "image tile 1,2"]
+    assert all(view.size == (32, 32) for _, view in result.views)
+    torch.testing.assert_close(result.maps.sum(dim=(1, 2, 3)), torch.ones(count))
+    assert len(explaining.token_png(result, 0)) > 0
+
+
+def test_film_refuses_several_images_naming_the_fusion() -> None:
+    model = several_images_model("film")
+    with pytest.raises(ValueError, match="fusion 'film' over several images"):
+        explaining.explain(model, [picture(), second_picture()], "same color?", answer="no")
+
+
+def test_command_line_takes_several_images(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    several_images_model("concat").save_pretrained(tmp_path / "model")
+    picture().save(tmp_path / "a.png")
+    second_picture().save(tmp_path / "b.png")
+    from mmgpt.cli import main
+
+    code = main(["explain", "--model", str(tmp_path / "model"), "--image", str(tmp_path / "a.png"),
+                 "--image", str(tmp_path / "b.png"), "--max-new-tokens", "2", "--out", str(tmp_path / "maps"),
+                 "same color?"])
+    assert code == 0
+    assert (tmp_path / "maps" / "index.html").read_text().count("alt='image'") == 2

@@ -283,15 +283,6 @@ def test_export_refuses_several_images_and_tiling(tmp_path, change):
     assert not (tmp_path / "out").exists()
 
 
-def test_explain_refuses_several_images():
-    from mmgpt.explain import explain
-
-    model = several_images_model()
-    a, b = random_images(model, 2)
-    with pytest.raises(ValueError, match="explain .* takes one image"):
-        explain(model, [a, b], "same color?")
-
-
 def test_cached_pixels_of_one_view_are_never_taken_for_tiles():
     from mmgpt.data.pixel_cache import processor_identity
 
