@@ -56,6 +56,9 @@ class Concat(Fusion):
         # image k's tokens sort just before text token slots[k], in image then token order; padding goes last
         token = torch.arange(count * per, device=text_mask.device)
         image_key = 2 * images.slots.repeat_interleave(per, dim=1) * (count * per) + token
-        image_key = image_key.masked_fill(images.token_mask() == 0, torch.iinfo(torch.long).max)
+        # every key distinct (padding after everything, in token order), so any sort gives this one order: ONNX
+        # has no stable sort
+        last = (2 * text_mask.shape[1] + 2) * (count * per)
+        image_key = torch.where(images.token_mask() == 0, last + token, image_key)
         keys = torch.cat([image_key, text_key.expand(text_mask.shape[0], -1)], dim=1)
-        return torch.argsort(keys, dim=1, stable=True)
+        return torch.argsort(keys, dim=1)

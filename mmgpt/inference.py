@@ -179,13 +179,6 @@ def _check_request(text: Any, image: Any, batch_size: int, seed: Any, options: d
     return texts, images, single, check_seed(seed)
 
 
-def _one_image_each(images: list[Any], folder: Any) -> None:
-    """An exported model reads one image per prompt: several are refused before anything runs."""
-    if any(isinstance(image, list) for image in images):
-        raise ValueError(f"{folder}: an exported model takes one image per prompt; answer several images with "
-                         f"the saved model folder it was exported from")
-
-
 def _load_quietly(model: str | Path | MMGPT | None, device: str | torch.device | None) -> MMGPT:
     """load_model without a trace in torch's global RNG (building the parts draws initial weights from it)."""
     try:
@@ -236,7 +229,6 @@ def answer(
     """
     texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
-        _one_image_each(images, exported)
         answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs)
         return answers[0] if single else answers
     mm = _load_quietly(model, device)
@@ -274,7 +266,6 @@ def stream_answer(
         raise TypeError(f"stream_answer takes one text (a str) and one image, got text of type {type(text).__name__}")
     texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
-        _one_image_each(images, exported)
         # the runtime decodes a whole batch at once: the answer comes as one piece
         piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs)[0]
         return iter([piece] if piece else [])

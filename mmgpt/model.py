@@ -223,12 +223,18 @@ class MMGPT(nn.Module):
             image_mask = torch.ones(batch, count, dtype=torch.long, device=given.device)
         if image_slots is None:
             image_slots = torch.zeros(batch, count, dtype=torch.long, device=given.device)
-        present = image_mask.bool()
-        # padding is never encoded
-        encoded = (self.encode_images(pixel_values[present], share_images) if image_features is None
-                   else image_features[present])
-        image = encoded.new_zeros(batch, count, *encoded.shape[1:])
-        image[present] = encoded
+        if image_features is None and not share_images:
+            # an exported graph cannot select the present images (a data-dependent shape): every entry is
+            # encoded and padding zeroed, which gives the real images' tokens the same values
+            encoded = self.encode_images(pixel_values.flatten(0, 1), share_images=False)
+            image = encoded.unflatten(0, (batch, count)) * image_mask[:, :, None, None].to(encoded.dtype)
+        else:
+            present = image_mask.bool()
+            # padding is never encoded
+            encoded = (self.encode_images(pixel_values[present], share_images) if image_features is None
+                       else image_features[present])
+            image = encoded.new_zeros(batch, count, *encoded.shape[1:])
+            image[present] = encoded
         layout = ImageLayout(mask=image_mask, slots=image_slots, tokens_per_image=encoded.shape[1],
                              views=self.config.image_encoder.tiling.views)
         return image.flatten(1, 2), layout

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from tiny import TEXTS, build, one_thread, tiny_config  # noqa: F401  (one_threa
 
 import mmgpt.export
 from mmgpt import cli
+from mmgpt.config import TilingConfig
 from mmgpt.export import ExportError, export_onnx
 from mmgpt.inference import answer, question_prompts, stream_answer
 from mmgpt.model import MMGPT
@@ -21,9 +23,15 @@ TOLERANCE = 1e-4
 QUESTIONS = 36
 
 
-def diverse_model(generator: str = "llama", seed: int = 0) -> MMGPT:
-    """A tiny model whose weights are spread out, so greedy answers differ from question to question."""
-    model = build(tiny_config(generator=generator), seed=seed).eval()
+def diverse_model(generator: str = "llama", seed: int = 0, **changes: Any) -> MMGPT:
+    """A tiny model whose weights are spread out, so greedy answers differ from question to question; `changes`
+    set model config fields (fusion, max_images, tiling, pixel_shuffle)."""
+    config = tiny_config(generator=generator, fusion=changes.pop("fusion", "cross_attention"))
+    config.max_images = changes.pop("max_images", 1)
+    config.image_encoder.tiling = TilingConfig(*changes.pop("tiling", (0, 0)))
+    config.image_encoder.pixel_shuffle = changes.pop("pixel_shuffle", 1)
+    assert not changes, changes
+    model = build(config, seed=seed).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -205,3 +213,56 @@ def test_parts_the_runtime_cannot_reproduce_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="exporter must be one of auto, dynamo, torchscript"):
         export_onnx(model, tmp_path / "x", exporter="tflite")
     assert not (tmp_path / "clip").exists() and not (tmp_path / "beams").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fusion", ["concat", "weighted_sum"])
+def test_several_images_per_prompt_export_answers_equal_eager(tmp_path: Path, fusion: str) -> None:
+    # concat places each image's tokens in the prompt; weighted_sum fuses each image on its own
+    model = diverse_model(fusion=fusion, max_images=2)
+    folder = export_onnx(model, tmp_path / "onnx")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format_version"] == 2 and manifest["images"] == {"max_images": 2, "tiling": [0, 0], "entries": 2}
+    assert manifest["graphs"]["prefix"]["exporter"] == "torch.onnx.export(dynamo=True)"
+    vlm = OnnxVLM(folder)
+    texts, images = questions_and_images(12, seed=3)
+    sets = [images[i : i + 1 + i % 2] for i in range(12)]  # one or two images per prompt, mixed in a batch
+    expected = model.generate(**{k: v for k, v in model.processor(question_prompts(model, texts), sets).items()})
+    batch = vlm.encode_prompts(vlm.prompts(texts))
+    got = vlm.generate(batch["input_ids"], batch["attention_mask"], **vlm.encode_image_sets(sets))
+    assert np.array_equal(got, expected.numpy())
+    eager = answer(texts, images=sets, model=model, batch_size=4)
+    assert len(set(eager)) > 6
+    assert vlm.answer(texts, sets, batch_size=4) == eager
+    # a lone image is a set of one, as in the eager model
+    assert vlm.answer(texts[:4], images[:4]) == answer(texts[:4], images[:4], model=model)
+    assert answer(texts[1], images=sets[1], model=str(folder)) == eager[1]
+    with pytest.raises(ValueError, match="3 images, more than this model's model.max_images=2"):
+        vlm.answer(texts[0], images[:3])
+
+
+@pytest.mark.slow
+def test_tiled_export_reproduces_the_tiles_and_answers_equal_eager(tmp_path: Path) -> None:
+    model = diverse_model(tiling=(1, 2), pixel_shuffle=2)
+    folder = export_onnx(model, tmp_path / "onnx")
+    assert json.loads((folder / "manifest.json").read_text())["images"] == {"max_images": 1, "tiling": [1, 2],
+                                                                           "entries": 3}
+    vlm = OnnxVLM(folder)
+    texts, images = questions_and_images(12, seed=4)
+    batch = model.processor(question_prompts(model, texts), images)
+    sets = vlm.encode_image_sets([[image] for image in images])
+    # the whole image and its tiles, cut and transformed in numpy as the processor does
+    assert sets["pixel_values"].shape == tuple(batch["pixel_values"].shape) == (12, 3, 3, 32, 32)
+    assert np.abs(sets["pixel_values"] - batch["pixel_values"].numpy()).max() <= 1e-6
+    assert np.array_equal(sets["image_mask"], batch["image_mask"].numpy())
+    eager = answer(texts, images, model=model, batch_size=4)
+    assert len(set(eager)) > 6
+    assert vlm.answer(texts, images, batch_size=4) == eager
+
+
+@pytest.mark.slow
+def test_one_image_export_refuses_a_list_of_images(exported: tuple[MMGPT, Path]) -> None:
+    _, folder = exported
+    texts, images = questions_and_images(2)
+    with pytest.raises(ValueError, match="takes one image per prompt .*model.max_images 1"):
+        OnnxVLM(folder).answer(texts[0], [images])

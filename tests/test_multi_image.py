@@ -272,17 +272,6 @@ def test_one_image_reads_the_same_alone_or_beside_several():
     torch.testing.assert_close(mixed[0, -n:], alone[0, -n:])
 
 
-@pytest.mark.parametrize("change", ["max_images", "tiling", "pixel_shuffle"])
-def test_export_refuses_several_images_and_tiling(tmp_path, change):
-    from mmgpt.export import ExportError, export_onnx
-
-    model = {"max_images": lambda: several_images_model(max_images=2), "tiling": lambda: tiled_model(rows=1, cols=2),
-             "pixel_shuffle": lambda: tiled_model(rows=0, cols=0, shuffle=2)}[change]()
-    with pytest.raises(ExportError, match=f"{change} is .* ONNX runtime reads one whole image"):
-        export_onnx(model, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
 def test_cached_pixels_of_one_view_are_never_taken_for_tiles():
     from mmgpt.data.pixel_cache import processor_identity
 

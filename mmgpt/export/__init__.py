@@ -4,8 +4,10 @@ OUT holds three graphs (mmgpt.export.graphs): prefix.onnx (text encoder + image 
 embed_tokens.onnx (the generator's token embeddings) and decoder.onnx (the generator, with the KV cache as
 explicit past/present tensors, so one graph runs the first step with an empty past and every later step),
 plus the tokenizer(s), image transform, processor limits, generation config and manifest.json
-(mmgpt.runtime.manifest), written crash-safely as one folder (mmgpt.outputs.writing_output_folder: an earlier
-export at OUT is replaced only with --overwrite, anything else there is refused).
+(mmgpt.runtime.manifest; with several images per prompt or tiling, format version 2 and a prefix graph that
+takes (B, K, 3, H, W) pixels, an image mask and slots, K = max_images x views), written crash-safely as one
+folder (mmgpt.outputs.writing_output_folder: an earlier export at OUT is replaced only with --overwrite,
+anything else there is refused).
 
 Exporter: torch.onnx.export with dynamo=True (torch.export + onnxscript), the path torch maintains and
 the default since torch 2.9; it exports the llama, qwen2 and gpt2 generators, the timm encoders and the
@@ -38,6 +40,7 @@ from mmgpt.runtime.manifest import (
     EMBED_GRAPH,
     FORMAT,
     FORMAT_VERSION,
+    IMAGE_SETS_VERSION,
     MANIFEST_NAME,
     PREFIX_GRAPH,
     external_data_locations,
@@ -111,13 +114,6 @@ def _check_exportable(mm: MMGPT) -> dict[str, Any]:
             check_transform_config(json.loads((Path(folder) / "transform.json").read_text()), "the image transform")
         except ValueError as e:
             raise ExportError(f"model.image_encoder cannot be exported: {e}") from e
-    image = mm.config.image_encoder
-    for key, value, plain in (("model.max_images", mm.config.max_images, 1), ("model.image_encoder.tiling",
-                              (image.tiling.rows, image.tiling.cols), (0, 0)),
-                              ("model.image_encoder.pixel_shuffle", image.pixel_shuffle, 1)):
-        if value != plain:
-            raise ExportError(f"{key} is {value}, but the ONNX runtime reads one whole image per prompt with one "
-                              f"token per encoder output; serve this model from its saved folder instead")
     if getattr(mm.processor, "uses_chat_template", False):
         raise ExportError("the model's prompts go through its tokenizer's chat template, which the ONNX runtime does "
                           "not render (it needs transformers); export a model trained without chat_template")
@@ -154,8 +150,20 @@ def _example_inputs(mm: MMGPT) -> dict[str, Any]:
     past_length, length = 3, 2
     decoder_mask = torch.ones(2, past_length + length, dtype=torch.long)
     decoder_mask[1, :2] = 0
+    if image_entries(mm) == 1:
+        prefix = (input_ids, attention_mask, torch.randn(2, 3, height, image_width, generator=g))
+    else:
+        # every prompt is padded to the most entries (max_images x views), so the graph has one fixed K: a
+        # fusion that loops over the images is traced for the only K the runtime gives it
+        views, count = mm.config.image_encoder.tiling.views, image_entries(mm)
+        image_mask = torch.ones(2, count, dtype=torch.long)
+        image_mask[1, views:] = 0  # the second prompt has one image
+        image_slots = torch.zeros(2, count, dtype=torch.long)
+        image_slots[0, count - views:] = 2  # the first prompt's last image before its third token
+        prefix = (input_ids, attention_mask, torch.randn(2, count, 3, height, image_width, generator=g), image_mask,
+                  image_slots)
     return {
-        "prefix": (input_ids, attention_mask, torch.randn(2, 3, height, image_width, generator=g)),
+        "prefix": prefix,
         "embed_tokens": (input_ids,),
         "decoder": (torch.randn(2, length, width, generator=g), decoder_mask,
                     position_ids(decoder_mask)[:, past_length:],
@@ -163,6 +171,12 @@ def _example_inputs(mm: MMGPT) -> dict[str, Any]:
         "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "width": width,
         "image_size": (height, image_width),
     }
+
+
+def image_entries(mm: MMGPT) -> int:
+    """K of the prefix graph: 1 for a one-image model (pixels (B, 3, H, W)), else max_images x views per image."""
+    views = mm.config.image_encoder.tiling.views
+    return 1 if mm.config.max_images == 1 and views == 1 else mm.config.max_images * views
 
 
 def _graph_specs(mm: MMGPT, inputs: dict[str, Any]) -> list[tuple[str, str, torch.nn.Module, tuple, dict]]:
@@ -173,10 +187,13 @@ def _graph_specs(mm: MMGPT, inputs: dict[str, Any]) -> list[tuple[str, str, torc
     height, image_width = inputs["image_size"]
     past = [f"past_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
     present = [f"present_{kind}_{i}" for i in range(layers) for kind in ("key", "value")]
+    count = image_entries(mm)
+    pixels = {"pixel_values": (["batch", 3, height, image_width], "float32")} if count == 1 else {
+        "pixel_values": (["batch", count, 3, height, image_width], "float32"),
+        "image_mask": (["batch", count], "int64"), "image_slots": (["batch", count], "int64")}
     prefix = {
         "inputs": {"input_ids": (["batch", "text_length"], "int64"),
-                   "attention_mask": (["batch", "text_length"], "int64"),
-                   "pixel_values": (["batch", 3, height, image_width], "float32")},
+                   "attention_mask": (["batch", "text_length"], "int64"), **pixels},
         "outputs": {"prefix_embeds": (["batch", "prefix_length", width], "float32"),
                     "prefix_mask": (["batch", "prefix_length"], "int64")},
     }
@@ -341,7 +358,8 @@ def _manifest(mm: MMGPT, source: str, graphs: dict, generation: dict, opset: int
     """What the runtime needs besides the graphs, and how the folder was made."""
     tokenizer, text_tokenizer = mm.processor.tokenizer, mm.processor.text_tokenizer
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "opset": opset, "dtype": "float32",
+        "format": FORMAT, "format_version": FORMAT_VERSION if image_entries(mm) == 1 else IMAGE_SETS_VERSION,
+        "opset": opset, "dtype": "float32",
         **(_int8_record() if int8 else {}),
         "torch_version": torch.__version__,
         "source_model": source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -365,6 +383,10 @@ def _manifest(mm: MMGPT, source: str, graphs: dict, generation: dict, opset: int
                    "max_answer_length": mm.processor.max_answer_length,
                    "max_image_pixels": mm.processor.max_image_pixels},
         "generation": generation,
+        **({} if image_entries(mm) == 1 else {"images": {
+            "max_images": mm.config.max_images,
+            "tiling": [mm.config.image_encoder.tiling.rows, mm.config.image_encoder.tiling.cols],
+            "entries": image_entries(mm)}}),
         "files": {"tokenizer": "tokenizer/tokenizer.json",
                   "text_tokenizer": "text_tokenizer/tokenizer.json" if text_tokenizer is not None else None,
                   "image_transform": "image_transform/transform.json", "generation_config": "generation_config.json",

@@ -1,6 +1,7 @@
 """The modules that become the exported graphs: each wraps parts of an eager MMGPT with plain tensors in and out.
 
     prefix:        input_ids (B, Lt), attention_mask (B, Lt), pixel_values (B, 3, H, W)
+                   (several images or tiles: pixel_values (B, K, 3, H, W), image_mask (B, K), image_slots (B, K))
                    -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf)
     embed_tokens:  input_ids (B, L) -> inputs_embeds (B, L, width)
     decoder:       inputs_embeds (B, L, width), attention_mask (B, P + L), position_ids (B, L),
@@ -27,11 +28,16 @@ class PrefixGraph(nn.Module):
         self.model = model
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        image_mask: torch.Tensor | None = None, image_slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf), left-padded."""
+        """(B, Lt), (B, Lt), (B, 3, H, W) -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf), left-padded.
+
+        Several images (or tiles): pixel_values (B, K, 3, H, W), image_mask (B, K), image_slots (B, K).
+        """
         # encoding each image once is only a saving: the eager result is the same per row
-        prefix, fused_mask = self.model.fused_prefix(input_ids, attention_mask, pixel_values, share_images=False)
+        prefix, fused_mask = self.model.fused_prefix(input_ids, attention_mask, pixel_values, share_images=False,
+                                                     image_mask=image_mask, image_slots=image_slots)
         # mmgpt.model.pad_left sorts stably; distinct keys make any sort (ONNX TopK is not stable) give that order
         length = fused_mask.shape[1]
         keys = fused_mask.to(torch.int64) * length + torch.arange(length, device=fused_mask.device)

@@ -6,7 +6,8 @@
 
 Nothing here imports torch or transformers: prompts come from mmgpt.prompts, token limits from
 mmgpt.truncation, image loading from mmgpt.images, the image transform is timm's eval transform redone
-in numpy (mmgpt.runtime.image), and decoding is greedy with the KV cache kept as numpy arrays.
+in numpy (mmgpt.runtime.image), tiles are cut by mmgpt.images.tile_views as the Processor cuts them, and
+decoding is greedy with the KV cache kept as numpy arrays.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from mmgpt.config import PromptTemplates
 from mmgpt.decoding import check_answer_length, int_option, position_ids
-from mmgpt.images import ImageInput, load_image
+from mmgpt.images import ImageInput, load_image, tile_views
 from mmgpt.prompts import question_prompt
 from mmgpt.runtime.image import ImageTransform
 from mmgpt.runtime.manifest import (
@@ -84,6 +85,11 @@ class OnnxVLM:
                                                          decoder["head_dim"])
         self.past_names = [f"past_{kind}_{i}" for i in range(self.num_layers) for kind in ("key", "value")]
         self.max_positions = decoder.get("max_positions")  # absent from older exports: not checked there
+        # several images per prompt or tiling: every prompt's views padded to `entries` (the graph's fixed K)
+        images = manifest.get("images") or {}
+        self.max_images = int(images.get("max_images", 1))
+        self.tiling = tuple(images.get("tiling", (0, 0)))
+        self.entries = int(images.get("entries", 1)) if images else None
 
     # ---- preprocessing, as mmgpt.processor.Processor does it ----
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -120,16 +126,49 @@ class OnnxVLM:
         return np.stack([self.image_transform(load_image(image, max_pixels=self.limits["max_image_pixels"]))
                          for image in images]).astype(np.float32)
 
+    def image_views(self, image: ImageInput) -> list[np.ndarray]:
+        """An image's views (3, H, W) as Processor.image_tensor makes them: the whole image, then with tiling its
+        tiles (mmgpt.images.tile_views) row by row, each through the image transform."""
+        picture = load_image(image, max_pixels=self.limits["max_image_pixels"])
+        rows, cols = self.tiling
+        pictures = tile_views(picture, (self.image_transform.height, self.image_transform.width), rows, cols
+                              ) if rows * cols else [picture]
+        return [self.image_transform(view) for view in pictures]
+
+    def encode_image_sets(self, image_sets: Sequence[Sequence[ImageInput]]) -> dict[str, np.ndarray]:
+        """Lists of images, one per prompt, all before the prompt's text -> pixel_values (B, K, 3, H, W),
+        image_mask (B, K), image_slots (B, K), K the export's fixed count (max_images x views), padding zeros."""
+        views = 1 + self.tiling[0] * self.tiling[1]
+        pixel_values = np.zeros((len(image_sets), self.entries, 3, self.image_transform.height,
+                                 self.image_transform.width), dtype=np.float32)
+        image_mask = np.zeros((len(image_sets), self.entries), dtype=np.int64)
+        for i, images in enumerate(image_sets):
+            if not images:
+                raise ValueError(f"example {i} has an empty list of images")
+            if len(images) > self.max_images:
+                raise ValueError(f"a prompt has {len(images)} images, more than this model's "
+                                 f"model.max_images={self.max_images}")
+            row = [view for image in images for view in self.image_views(image)]
+            pixel_values[i, : len(row)] = row
+            image_mask[i, : len(images) * views] = 1
+        return {"pixel_values": pixel_values, "image_mask": image_mask,
+                "image_slots": np.zeros_like(image_mask)}
+
     def prompts(self, texts: Sequence[str]) -> list[str]:
         """The model's VQA template applied to each question; an empty one asks for a caption."""
         return [question_prompt(text, self.templates) for text in texts]
 
     # ---- the graphs ----
-    def prefix(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-               pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The prefix graph: -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf), left-padded."""
+    def prefix(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray,
+               image_mask: np.ndarray | None = None, image_slots: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """The prefix graph: -> prefix_embeds (B, Lf, width), prefix_mask (B, Lf), left-padded.
+
+        An export of several images or tiles takes encode_image_sets' pixel_values, image_mask and image_slots.
+        """
+        sets = {} if image_mask is None else {"image_mask": image_mask, "image_slots": image_slots}
         embeds, mask = self.prefix_session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask,
-                                                      "pixel_values": pixel_values})
+                                                      "pixel_values": pixel_values, **sets})
         return embeds, mask
 
     def embed(self, input_ids: np.ndarray) -> np.ndarray:
@@ -152,13 +191,14 @@ class OnnxVLM:
         return outputs[0][:, -1], outputs[1:]
 
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray,
-                 max_new_tokens: int | None = None) -> np.ndarray:
+                 max_new_tokens: int | None = None, image_mask: np.ndarray | None = None,
+                 image_slots: np.ndarray | None = None) -> np.ndarray:
         """Greedy decoding with the KV cache -> new token ids (B, N), pad after eos, as MMGPT.generate."""
         limit = self.generation["max_new_tokens"] if max_new_tokens is None else max_new_tokens
         batch = input_ids.shape[0]
         if limit == 0:
             return np.zeros((batch, 0), dtype=np.int64)
-        prefix, prefix_mask = self.prefix(input_ids, attention_mask, pixel_values)
+        prefix, prefix_mask = self.prefix(input_ids, attention_mask, pixel_values, image_mask, image_slots)
         check_answer_length(limit, int(prefix_mask.sum(1).max()), self.max_positions)
         bos = np.full((batch, 1), self.tokens["bos_token_id"], dtype=np.int64)
         inputs_embeds = np.concatenate([prefix, self.embed(bos)], axis=1)
@@ -193,9 +233,15 @@ class OnnxVLM:
 
     def answer(self, text: str | Sequence[str], image: ImageInput | Sequence[ImageInput], *,
                batch_size: int = 64, max_new_tokens: int | None = None) -> str | list[str]:
-        """Answer a question about an image (or equal-length lists of both, batched); "" asks for a caption."""
+        """Answer a question about an image (or equal-length lists of both, batched); "" asks for a caption.
+
+        An export of several images per prompt also takes, per text, a list of its images (before the text).
+        """
         single = isinstance(text, str)
         texts, images = ([text], [image]) if single else (list(text), list(image))
+        if self.entries is None and any(isinstance(i, (list, tuple)) for i in images):
+            raise ValueError(f"{self.folder}: this export takes one image per prompt (it was exported from a model "
+                             "with model.max_images 1)")
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("text must be a str or a list of str")
         if len(texts) != len(images):
@@ -205,8 +251,13 @@ class OnnxVLM:
         answers: list[str] = []
         for start in range(0, len(texts), batch_size):
             batch = self.encode_prompts(self.prompts(texts[start : start + batch_size]))
-            pixels = self.encode_images(images[start : start + batch_size])
-            tokens = self.generate(batch["input_ids"], batch["attention_mask"], pixels, max_new_tokens)
+            chunk = images[start : start + batch_size]
+            if self.entries is None:
+                pixels = {"pixel_values": self.encode_images(chunk)}
+            else:
+                pixels = self.encode_image_sets([list(i) if isinstance(i, (list, tuple)) else [i] for i in chunk])
+            tokens = self.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens,
+                                   **pixels)
             answers.extend(self.decode(tokens))
         return answers[0] if single else answers
 

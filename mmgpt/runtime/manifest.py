@@ -13,7 +13,10 @@ from typing import Any
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mmgpt-onnx"
 FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+# version 2: several images per prompt or tiling (the manifest's "images" entry, a prefix graph that takes
+# (B, K, 3, H, W) pixels with an image mask and slots); a one-image export stays version 1
+IMAGE_SETS_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 PREFIX_GRAPH = "prefix.onnx"
 EMBED_GRAPH = "embed_tokens.onnx"
 DECODER_GRAPH = "decoder.onnx"
