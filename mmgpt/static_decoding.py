@@ -3,7 +3,8 @@
 Hugging Face `generate` runs the model's module tree each step: on a CPU at batch 1, a ~135M-parameter
 Llama spends about as long in its ~55 small ops and module calls per layer as in reading its weights.
 This loop computes the same step with ~20 ops per layer: the layers' own weights and linear modules
-(fp32, bf16 or mmgpt's int8), fused RMSNorm, one rotary table per step, keys and values written into a
+(fp32, bf16 or mmgpt's int8) called as bare functions, fused RMSNorm, rotary tables computed once per answer,
+keys and values written into a
 cache allocated once for the whole answer, one SDPA call. The prompt (prefill) still runs through the
 generator's own forward, whose cache is then copied in, so every prefix sees Hugging Face's code.
 
@@ -17,8 +18,10 @@ embeddings). Anything else (beams, penalties, another architecture) goes to Hugg
 """
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as functional
@@ -62,10 +65,22 @@ def supports(generator: nn.Module, config: GenerationConfig, generate_kwargs: di
     return not (_set_fields(config) | _set_fields(generator.generation_config)) - HANDLED_FIELDS
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding as Hugging Face's apply_rotary_pos_emb computes it."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _rotary_tables(generator: nn.Module, embeds: torch.Tensor, positions: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin (B, N, 1, 1, head_dim) of positions (B, N), computed once for every step of an answer.
+
+    The sin table's first half is negated, so that rotating is x * cos + roll(x, head_dim / 2) * sin: the same
+    numbers as Hugging Face's x * cos + cat(-x2, x1) * sin, in two ops fewer.
+    """
+    cos, sin = generator.model.rotary_emb(embeds, positions)
+    half = sin.shape[-1] // 2
+    sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos[:, :, None, None], sin[:, :, None, None]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x (B, H, 1, head_dim) with one step's tables (`_rotary_tables`)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def _layer_cache(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,15 +104,11 @@ class _StaticCache:
             self.values[-1][:, :, :used] = values
 
 
-def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    return functional.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
-
-
 class _Int8Fused:
     """Per layer, the int8 q/k/v projections packed as one weight and gate/up as another (None where a layer's
     are not all mmgpt int8 layers): two int8 kernels a layer instead of five, each input quantised once.
 
-    Built on the first step and kept while the layers' packed weights are the same objects (pack() replaces them).
+    Built on first use and kept while the layers' packed weights are the same objects (pack() replaces them).
     """
 
     _built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -117,45 +128,103 @@ class _Int8Fused:
         return built[1]
 
 
-def _step(generator: nn.Module, embeds: torch.Tensor, positions: torch.Tensor, cache: _StaticCache, length: int,
-          mask: torch.Tensor | None) -> torch.Tensor:
-    """One token per row: embeds (B, 1, D), positions (B, 1), `length` cache slots in use with it -> logits (B, V)."""
+def _linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """module's forward as a bare function call where it is a plain nn.Linear or an mmgpt int8 layer without hooks.
+
+    nn.Module's call machinery costs about as much as a small op; a step makes ~200 linear calls.
+    """
+    from mmgpt.compress.int8_layers import Int8Linear, linear_dynamic
+
+    if module._forward_hooks or module._forward_pre_hooks:
+        return module
+    if type(module) is nn.Linear:
+        return functools.partial(functional.linear, weight=module.weight, bias=module.bias)
+    if type(module) is Int8Linear and module._packed is not None:
+        return functools.partial(linear_dynamic, packed=module._packed)
+    return module
+
+
+def _fused(packed: object | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The int8 kernel of a packed weight from `_Int8Fused` (None: the layer has none)."""
     from mmgpt.compress.int8_layers import linear_dynamic
 
-    body = generator.model
-    config = generator.config
+    return None if packed is None else functools.partial(linear_dynamic, packed=packed)
+
+
+def _norm(norm: nn.Module) -> tuple[list[int], torch.Tensor, float]:
+    """An RMSNorm module's arguments to functional.rms_norm after the input."""
+    return list(norm.weight.shape), norm.weight, norm.variance_epsilon
+
+
+class _Layer(NamedTuple):
+    """One decoder layer as the calls and tensors of a step (`qkv`, `gate_up`: fused int8 kernels, else None)."""
+
+    input_norm: tuple[list[int], torch.Tensor, float]
+    qkv: Callable[[torch.Tensor], torch.Tensor] | None
+    q: Callable[[torch.Tensor], torch.Tensor]
+    k: Callable[[torch.Tensor], torch.Tensor]
+    v: Callable[[torch.Tensor], torch.Tensor]
+    o: Callable[[torch.Tensor], torch.Tensor]
+    scaling: float
+    post_norm: tuple[list[int], torch.Tensor, float]
+    gate_up: Callable[[torch.Tensor], torch.Tensor] | None
+    gate: Callable[[torch.Tensor], torch.Tensor]
+    up: Callable[[torch.Tensor], torch.Tensor]
+    down: Callable[[torch.Tensor], torch.Tensor]
+
+
+class _Plan:
+    """The generator's decoder as the calls one step makes, looked up once per answer rather than once per step."""
+
+    def __init__(self, generator: nn.Module) -> None:
+        config, body = generator.config, generator.model
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = body.layers[0].self_attn.head_dim
+        self.layers = []
+        for layer, (qkv, gate_up) in zip(body.layers, _Int8Fused.of(generator)):
+            attention, mlp = layer.self_attn, layer.mlp
+            self.layers.append(_Layer(
+                _norm(layer.input_layernorm), _fused(qkv),
+                _linear(attention.q_proj), _linear(attention.k_proj), _linear(attention.v_proj),
+                _linear(attention.o_proj), attention.scaling, _norm(layer.post_attention_layernorm),
+                _fused(gate_up),
+                _linear(mlp.gate_proj), _linear(mlp.up_proj), _linear(mlp.down_proj)))
+        self.norm = _norm(body.norm)
+        self.lm_head = _linear(generator.lm_head)
+
+
+def _step(plan: _Plan, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: _StaticCache,
+          length: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """One token per row: embeds (B, 1, D), its rotary tables (B, 1, 1, head_dim), `length` cache slots in use
+    with it -> logits (B, V)."""
     batch = embeds.shape[0]
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    cos, sin = body.rotary_emb(embeds, positions)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, 1, head_dim): broadcast over heads
+    heads, kv_heads, head_dim = plan.heads, plan.kv_heads, plan.head_dim
+    rotated_heads = heads + kv_heads
     x = embeds
-    for index, (layer, (qkv, gate_up)) in enumerate(zip(body.layers, _Int8Fused.of(generator))):
-        attention = layer.self_attn
-        head_dim = attention.head_dim
-        h = _rms_norm(x, layer.input_layernorm)
-        if qkv is not None:
-            projected = linear_dynamic(h, qkv).view(batch, 1, -1, head_dim).transpose(1, 2)
-            # queries and keys rotate as one tensor
-            rotated = _rotate(projected[:, : heads + kv_heads], cos, sin)
-            q, k, v = rotated[:, :heads], rotated[:, heads:], projected[:, heads + kv_heads :]
+    for index, layer in enumerate(plan.layers):
+        h = functional.rms_norm(x, *layer.input_norm)
+        # one position: (B, 1, H * head_dim) read as (B, H, 1, head_dim) is the usual view-and-transpose
+        if layer.qkv is not None:
+            projected = layer.qkv(h).view(batch, -1, 1, head_dim)
+            rotated = _rotate(projected[:, :rotated_heads], cos, sin)  # queries and keys rotate as one tensor
+            q, k, v = rotated[:, :heads], rotated[:, heads:], projected[:, rotated_heads:]
         else:
-            q = _rotate(attention.q_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2), cos, sin)
-            k = _rotate(attention.k_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2), cos, sin)
-            v = attention.v_proj(h).view(batch, 1, -1, head_dim).transpose(1, 2)
-        cache.keys[index][:, :, length - 1 : length] = k
-        cache.values[index][:, :, length - 1 : length] = v
-        out = functional.scaled_dot_product_attention(
-            q, cache.keys[index][:, :, :length], cache.values[index][:, :, :length],
-            attn_mask=mask, scale=attention.scaling, enable_gqa=heads != kv_heads)
-        x = x + attention.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
-        h = _rms_norm(x, layer.post_attention_layernorm)
-        mlp = layer.mlp
-        if gate_up is not None:
-            gate, up = linear_dynamic(h, gate_up).chunk(2, dim=-1)
+            q = _rotate(layer.q(h).view(batch, -1, 1, head_dim), cos, sin)
+            k = _rotate(layer.k(h).view(batch, -1, 1, head_dim), cos, sin)
+            v = layer.v(h).view(batch, -1, 1, head_dim)
+        keys, values = cache.keys[index], cache.values[index]
+        keys[:, :, length - 1 : length] = k
+        values[:, :, length - 1 : length] = v
+        out = functional.scaled_dot_product_attention(q, keys[:, :, :length], values[:, :, :length], attn_mask=mask,
+                                                      scale=layer.scaling, enable_gqa=heads != kv_heads)
+        x = x + layer.o(out.reshape(batch, 1, -1))
+        h = functional.rms_norm(x, *layer.post_norm)
+        if layer.gate_up is not None:
+            gate, up = layer.gate_up(h).chunk(2, dim=-1)
         else:
-            gate, up = mlp.gate_proj(h), mlp.up_proj(h)
-        x = x + mlp.down_proj(mlp.act_fn(gate) * up)
-    return generator.lm_head(_rms_norm(x, body.norm))[:, -1]
+            gate, up = layer.gate(h), layer.up(h)
+        x = x + layer.down(functional.silu(gate) * up)
+    return plan.lm_head(functional.rms_norm(x, *plan.norm))[:, -1]
 
 
 def _eos_ids(eos: int | list[int] | None, device: torch.device) -> torch.Tensor | None:
@@ -191,7 +260,10 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
     cache = _StaticCache(prefill, len(generator.model.layers), prompt_length + max_new)
     padded = not bool(attention_mask.all())
     mask = torch.cat([attention_mask.bool(), attention_mask.new_ones(batch, max_new, dtype=torch.bool)], dim=1)
-    position = positions[:, -1:]
+    plan = _Plan(generator)
+    # step s (from 1) decodes position last + s: every step's rotary tables at once
+    cos, sin = _rotary_tables(generator, inputs_embeds,
+                              positions[:, -1:] + torch.arange(1, max_new, device=device))
     tokens = torch.empty(batch, 0, dtype=torch.long, device=device)
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)
     logits = out.logits[:, -1]
@@ -203,10 +275,8 @@ def generate(generator: nn.Module, inputs_embeds: torch.Tensor, attention_mask: 
         _stop(stopping_criteria, tokens, logits, unfinished)
         if step == max_new - 1 or not bool(unfinished.any()):
             break
-        next_tokens = tokens[:, -1]
-        position = position + 1
         length = prompt_length + step + 1
-        logits = _step(generator, embedding(next_tokens[:, None]), position, cache, length,
+        logits = _step(plan, embedding(tokens[:, -1:]), cos[:, step], sin[:, step], cache, length,
                        mask[:, None, None, :length] if padded else None)
     if streamer is not None:
         streamer.end()
