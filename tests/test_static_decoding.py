@@ -193,3 +193,43 @@ def test_int8_layers_fused_per_step_give_hugging_face_scores(generator: str) -> 
     layer.weight.zero_()
     layer.pack()
     assert static_decoding._Int8Fused.of(model.generator)[0][0] is not fused[0][0]
+
+
+@torch.no_grad()
+def test_rotary_tables_computed_once_rotate_exactly_as_hugging_face_each_step() -> None:
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    generator = build(tiny_config()).eval().generator
+    rotary = generator.model.rotary_emb
+    heads, head_dim = generator.config.num_attention_heads, generator.model.layers[0].self_attn.head_dim
+    positions = torch.tensor([[5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6]])  # a left-padded row starts lower
+    embeds = torch.randn(2, 1, generator.config.hidden_size)
+    cos, sin = static_decoding._rotary_tables(generator, embeds, positions)
+    for step in range(positions.shape[1]):
+        x = torch.randn(2, heads, 1, head_dim)
+        step_cos, step_sin = rotary(embeds, positions[:, step : step + 1])
+        expected, _ = apply_rotary_pos_emb(x, x, step_cos, step_sin)
+        assert torch.equal(static_decoding._rotate(x, cos[:, step], sin[:, step]), expected)
+
+
+@torch.no_grad()
+def test_forward_hooks_on_linear_layers_run_in_the_static_loop() -> None:
+    """Linear layers are called as bare functions for speed, except those someone hooked: their hooks still run."""
+    model = build(tiny_config()).eval()
+    embeds, mask = _prompt_embeds(model, make_batch(model, PROMPTS))
+    config, _ = resolve_generation_config(model.generation_config, max_new_tokens=6)
+    layer = model.generator.model.layers[0]
+    calls = []
+    for module in (layer.self_attn.o_proj, layer.mlp.down_proj):
+        module.register_forward_hook(lambda module, args, out: calls.append(1) or out * 5)
+    eos = model.processor.tokenizer.eos_token_id
+    hf, static = Recorder(eos), Recorder(eos)
+    expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config,
+                                        logits_processor=LogitsProcessorList([hf]))
+    hf_calls, calls[:] = len(calls), []
+    tokens = static_decoding.generate(model.generator, embeds, mask, config,
+                                      logits_processor=LogitsProcessorList([static]))
+    assert len(calls) == hf_calls == 2 * 6  # prefill and 5 steps, two hooked layers
+    assert torch.equal(tokens, expected)
+    for ours, theirs in zip(static.scores, hf.scores, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
