@@ -121,8 +121,7 @@ def eager_attention(generator: nn.Module) -> Iterator[None]:
 def _answer_ids(model: MMGPT, batch: dict, max_new_tokens: int | None) -> list[int]:
     """Greedy answer token ids, without eos and padding."""
     options = {} if max_new_tokens is None else {"max_new_tokens": max_new_tokens}
-    ids = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                         **image_set_inputs(batch), **options)[0].tolist()
+    ids = model.generate_batch(batch, **options)[0].tolist()
     tokenizer = model.processor.tokenizer
     stop = {tokenizer.eos_token_id, tokenizer.pad_token_id}
     kept = []

@@ -233,7 +233,6 @@ def answer(
         return answers[0] if single else answers
     mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing
-    from mmgpt.processor import image_set_inputs
     from mmgpt.sampling import seeded_decoding
 
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
@@ -241,8 +240,7 @@ def answer(
     with seeded_decoding(config, seed, next(mm.parameters()).device) as (decoding, extra):
         for start in range(0, len(texts), batch_size):
             batch = question_batch(mm, texts[start : start + batch_size], images[start : start + batch_size])
-            tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                 generation_config=decoding, **image_set_inputs(batch), **extra)
+            tokens = mm.generate_batch(batch, generation_config=decoding, **extra)
             answers.extend(mm.processor.decode(tokens))
     return answers[0] if single else answers
 
@@ -272,7 +270,6 @@ def stream_answer(
     mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing
     from mmgpt.constrained import ANSWER_CHOICES
-    from mmgpt.processor import image_set_inputs
     from mmgpt.sampling import seeded_decoding
 
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
@@ -281,8 +278,7 @@ def stream_answer(
     batch = question_batch(mm, texts, images)
     if getattr(config, ANSWER_CHOICES, None):  # a search over the choices ends all at once: one piece
         with seeded_decoding(config, seed, batch["input_ids"].device) as (decoding, extra):
-            tokens = mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                 generation_config=decoding, **image_set_inputs(batch), **extra)
+            tokens = mm.generate_batch(batch, generation_config=decoding, **extra)
         return iter(mm.processor.decode(tokens))
     if config.max_new_tokens == 0:
         return iter(())
@@ -297,7 +293,6 @@ def _stream(mm: MMGPT, batch: dict[str, torch.Tensor], config: GenerationConfig,
     """Run generate in a thread and yield the streamer's pieces; its errors are re-raised here."""
     from transformers import TextIteratorStreamer
 
-    from mmgpt.processor import image_set_inputs
     from mmgpt.sampling import seeded_decoding
 
     streamer = TextIteratorStreamer(mm.processor.tokenizer, skip_prompt=False, skip_special_tokens=True)
@@ -306,8 +301,7 @@ def _stream(mm: MMGPT, batch: dict[str, torch.Tensor], config: GenerationConfig,
     def run() -> None:
         try:
             with seeded_decoding(config, seed, batch["input_ids"].device) as (decoding, extra):
-                mm.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], streamer=streamer,
-                            generation_config=decoding, **image_set_inputs(batch), **extra)
+                mm.generate_batch(batch, streamer=streamer, generation_config=decoding, **extra)
         except BaseException as e:  # re-raised in the caller's thread
             errors.append(e)
             streamer.end()

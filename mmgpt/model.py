@@ -36,7 +36,7 @@ from mmgpt.fusion import build_fusion
 from mmgpt.fusion.base import ImageLayout
 from mmgpt.generator import build_generator
 from mmgpt.model_folder import load_model_folder, save_model_folder
-from mmgpt.processor import Processor
+from mmgpt.processor import Processor, image_set_inputs
 from mmgpt.projector import build_projector, pixel_shuffle
 from mmgpt.tokenizer import load_tokenizer, train_tokenizer
 
@@ -348,6 +348,11 @@ class MMGPT(nn.Module):
         self.__dict__["_generation_config"] = config
 
     @torch.no_grad()
+    def generate_batch(self, batch: dict[str, Any], **generate_kwargs: Any) -> torch.Tensor:
+        """generate() on a processor batch: its prompts, images and, where it has them, several images' slots."""
+        return self.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                             **image_set_inputs(batch), **generate_kwargs)
+
     def generate(
         self,
         input_ids: torch.Tensor,

@@ -13,7 +13,6 @@ from transformers import GenerationConfig
 
 from mmgpt.data.example import Example
 from mmgpt.decoding import resolve_generation_config
-from mmgpt.processor import image_set_inputs
 from mmgpt.sampling import seeded_decoding
 
 logger = logging.getLogger(__name__)
@@ -66,8 +65,7 @@ def generate_answers(
             chunk = local[start : start + batch_size]
             batch = processor([e.prompt for e in chunk], [e.image for e in chunk])
             batch = {k: v.to(device) for k, v in batch.items()}
-            tokens = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                                    generation_config=decoding, **image_set_inputs(batch), **extra)
+            tokens = model.generate_batch(batch, generation_config=decoding, **extra)
             answers.extend(processor.decode(tokens))
     model.train(was_training)
     return _gather(answers, accelerator)
