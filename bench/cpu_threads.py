@@ -5,8 +5,9 @@ down far more than the lost core explains: OpenMP's worker threads spin at every
 thread the scheduler has parked. This runs bench/train_throughput.py (the training loop's own step, default
 config) in a fresh process per setting, so OpenMP reads its environment at start, on an idle machine and
 beside each count of `--busy` processes that each spin one core, all conditions interleaved within each round,
-and reports median step times side by side. "mmgpt default" is the environment mmgpt sets when it is imported
-before torch (mmgpt.OPENMP_DEFAULTS); "OpenMP default" is what torch does without it.
+and reports median step times side by side. A training run with cpu_threads: 0 takes the OpenMP default with
+the thread count mmgpt.devices.threads_beside picks for the cores other processes keep busy during its start-up;
+the table's last rows ("mmgpt's choice") repeat the row of that setting for each load.
 
     python -m bench.cpu_threads                  # idle, 1 and 2 busy processes
     python -m bench.cpu_threads --busy 1 --steps 10
@@ -30,8 +31,8 @@ if __package__ in (None, ""):
 
 import torch
 
-import mmgpt
 from bench import cli, common
+from mmgpt.devices import threads_beside
 
 logger = logging.getLogger("bench.cpu_threads")
 
@@ -56,7 +57,6 @@ _WAIT_KEYS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 def settings(cores: int) -> dict[str, dict[str, str]]:
     """Name -> environment for the training process: thread counts and how OpenMP's threads wait."""
     found: dict[str, dict[str, str]] = {
-        f"{cores} threads, mmgpt default": {"OMP_NUM_THREADS": str(cores), **mmgpt.OPENMP_DEFAULTS},
         f"{cores} threads, OpenMP default": {"OMP_NUM_THREADS": str(cores)},
         f"{cores} threads, spin-wait": {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "ACTIVE"},
         f"{cores} threads, passive wait": {"OMP_NUM_THREADS": str(cores), "OMP_WAIT_POLICY": "PASSIVE"},
@@ -121,6 +121,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
                 samples.setdefault((name, busy), []).append(t)
                 logger.info("%s, %d busy: %.0f ms", name, busy, 1e3 * t)
     times = {key: statistics.median(values) for key, values in samples.items()}
+    for busy in (0, *args.busy):
+        threads = threads_beside(cores, float(busy))
+        name = f"{cores} threads, OpenMP default" if threads == cores else "1 thread" if threads == 1 else None
+        if name in chosen:
+            times["mmgpt's choice", busy] = times[name, busy]
+            samples["mmgpt's choice", busy] = samples[name, busy]
     best_idle = min(times[name, 0] for name in chosen)
     rows = [{"setting": name, "load": busy, "step_ms": 1e3 * t, "vs_idle": t / times[name, 0], "vs_best": t / best_idle,
              "rounds_ms": [round(1e3 * v, 1) for v in samples[name, busy]]}

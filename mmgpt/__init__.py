@@ -6,15 +6,7 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
-
-# OpenMP's threads spin at every barrier by default; beside one other busy process on two cores a training
-# step then took 2.7x its idle time (bench/cpu_threads.py). OpenMP reads this once, when torch loads it, so it
-# is set here, before anything of mmgpt imports torch; a value already in the environment is kept.
-OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-for _key, _value in OPENMP_DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
 
 # transformers imports torchao when it is installed, and torchao registers enums with torch's pytree, which
 # torch >= 2.14 warns about at import: a note about torchao's code, printed by every command, so filtered

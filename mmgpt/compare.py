@@ -59,7 +59,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
                         help="folder of the runs and the report: new, empty, or an earlier comparison (continued); "
                              "a file or another non-empty folder is refused")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. batch_size=64")
-    args = parser.parse_args(argv)
+    # intermixed: overrides may come before or after the options
+    args = parser.parse_intermixed_args(argv)
     fusions = sorted(FUSIONS) if args.fusions == ["all"] else args.fusions
     unknown = [f for f in fusions if f not in FUSIONS]
     if unknown:

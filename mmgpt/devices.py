@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 
@@ -52,3 +53,97 @@ def set_cpu_threads(threads: int = 0) -> int:
         threads = max(1, available_cores() // max(local, 1))
     torch.set_num_threads(threads)
     return threads
+
+
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy clock ticks of every CPU, this process's ticks) from /proc, or None where they cannot be compared.
+
+    None off Linux, and where /proc/stat counts more CPUs than this process may use (a container given a few
+    of a host's cores sees the host's totals there).
+    """
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+        mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    cpus = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    if cpus != available_cores():
+        return None
+    # user, nice, system, irq, softirq: time a hypervisor steals (and idle, iowait) is no process's here
+    ticks = [int(v) for v in lines[0].split()[1:8]]
+    busy = sum(ticks[i] for i in (0, 1, 2, 5, 6) if i < len(ticks))
+    return busy, int(mine[11]) + int(mine[12])  # utime + stime
+
+
+def busy_cores_of_others(start: tuple[int, int] | None, seconds: float) -> float | None:
+    """Cores other processes kept busy on average since `start` (a cpu_jiffies()); None when unknown."""
+    end = cpu_jiffies()
+    if start is None or end is None or seconds <= 0:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, ((end[0] - start[0]) - (end[1] - start[1])) / hz / seconds)
+
+
+def threads_beside(threads: int, others: float | None) -> int:
+    """The training thread count for a machine where other processes keep `others` cores busy.
+
+    OpenMP's threads wait for each other at every operation: when another process holds a core, the thread
+    the scheduler parks stalls them all, and a 2-thread step beside one busy process took 2.9x its idle time
+    against 1.5x for one thread (bench/cpu_threads.py). So a core that others keep busy is not counted.
+    """
+    if others is None or threads < 2:
+        return threads
+    return max(1, min(threads, available_cores() - round(others)))
+
+
+class ThreadWatch:
+    """Moves a CPU training run to one thread when another process starts competing for its cores, and back.
+
+    A step that suddenly takes `slowdown` times the fastest steps seen with all threads means a neighbour came
+    (a 2-thread step beside one busy process on 2 cores took 2.9x its idle time, one thread 1.5x); while on
+    one thread it tries all threads again every `every` steps (doubling while they keep losing). A run that
+    meets no neighbour never changes its count, so it rounds the same every time.
+    """
+
+    def __init__(self, threads: int, full: int, window: int = 8, slowdown: float = 1.8, every: int = 200):
+        self.current, self.full = threads, full
+        self.window, self.slowdown, self.base_every = window, slowdown, every
+        self.every, self.since = every, 0
+        self.recent: list[float] = []
+        self.fastest: float | None = None  # median of the fastest window with all threads
+        self.one_thread: float | None = None  # one thread's median before a try of all threads, when trying
+
+    def step_done(self, seconds: float) -> int | None:
+        """Record a step's wall time -> the thread count to change to now, or None to keep the current one."""
+        self.recent = (self.recent + [seconds])[-self.window:]
+        if len(self.recent) < self.window:
+            return None
+        median = sorted(self.recent)[self.window // 2]
+        if self.current == self.full and self.one_thread is None:
+            if self.fastest is not None and median > self.slowdown * self.fastest:
+                return self._change(1, f"a step takes {median / self.fastest:.1f}x the fastest with "
+                                       f"{self.full} threads: another process competes for the cores")
+            self.fastest = median if self.fastest is None else min(self.fastest, median)
+            return None
+        if self.one_thread is not None:  # the try of all threads is done
+            one, self.one_thread = self.one_thread, None
+            if median < 0.8 * one:
+                self.every = self.base_every
+                self.fastest = median if self.fastest is None else min(self.fastest, median)
+                return self._change(self.full, f"{self.full} threads are faster again ({median / one:.2f}x)",
+                                    keep_window=True)
+            self.every = min(2 * self.every, 8 * self.base_every)
+            return self._change(1, None)
+        self.since += 1
+        if self.since >= self.every:
+            self.one_thread = median
+            return self._change(self.full, None)
+        return None
+
+    def _change(self, threads: int, why: str | None, keep_window: bool = False) -> int:
+        if why:
+            logger.info("CPU threads %d -> %d: %s", self.current, threads, why)
+        self.current, self.since = threads, 0
+        if not keep_window:
+            self.recent = []
+        return threads

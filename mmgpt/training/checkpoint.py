@@ -71,6 +71,9 @@ class TrainState:
     images_read_runtime: int = 0
     # with a streamed dataset: each process's position in its data (mmgpt.data.streaming), else None
     data_state: list | None = None
+    # the CPU threads mmgpt chose for this run (cpu_threads: 0) at its first step, kept by a resumed run because
+    # a thread count can change how a CPU rounds; 0 = not chosen
+    cpu_threads: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written as trainer_state.json."""

@@ -40,7 +40,15 @@ from mmgpt.data.hf import is_stream
 from mmgpt.data.mixture import Mixture
 from mmgpt.data.pixel_cache import PixelCache
 from mmgpt.data.streaming import BatchImages, StreamingMixture, first_examples
-from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
+from mmgpt.devices import (
+    ThreadWatch,
+    busy_cores_of_others,
+    cpu_jiffies,
+    cpu_processes,
+    set_cpu_threads,
+    threads_beside,
+    warn_if_one_process_launched,
+)
 from mmgpt.eval.runner import generate_answers, mean_loss, one_per_image, score
 from mmgpt.hf_models import load_hf_tokenizer
 from mmgpt.logging_setup import configure_logging
@@ -111,7 +119,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> tuple[
                         help="build the model on the meta device (no weights; a hub name's config.json is still "
                              "fetched), print parameters per part, trainable share and estimated memory, and exit")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. optim.lr=1e-3 model.fusion.type=product")
-    args = parser.parse_args(argv)
+    # intermixed: overrides may come before or after the options (`train.py --overwrite max_steps=10`)
+    args = parser.parse_intermixed_args(argv)
     if args.overwrite and args.resume:
         parser.error("--overwrite starts over and --resume continues: pass one of them")
     cfg = load_train_config(args.config, args.overrides)
@@ -165,6 +174,9 @@ class Run:
     stream_position: dict | None = None
     # under FSDP: the model as built, before sharding, into which evaluation and saving gather the weights
     template: MMGPT | None = None
+    # (cpu_jiffies(), time.monotonic()) when the run started: how busy the machine's other processes kept
+    # its cores during start-up picks the thread count (choose_cpu_threads)
+    load_start: tuple | None = None
 
     def eval_model(self) -> MMGPT:
         """The model evaluation and saving use: the weights' moving average when there is one.
@@ -338,6 +350,7 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
 
 def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     accelerator = start_accelerator(cfg)
+    load_start = (cpu_jiffies(), time.monotonic())
     resume_dir = prepare_output_dir(cfg, args, accelerator)
     if resume_dir is not None:
         check_checkpoint(accelerator, resume_dir)
@@ -423,7 +436,8 @@ def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     return Run(cfg=cfg, accelerator=accelerator, model=model, raw_model=raw_model,
                forward=torch.compile(model) if cfg.compile else model, optimizer=optimizer, scheduler=scheduler,
                loader=loader, batch_sampler=batch_sampler, frozen=frozen, eval_sets=eval_sets, checked=checked,
-               state=state, teacher=teacher, ema=ema, stream=stream, template=template)
+               state=state, teacher=teacher, ema=ema, stream=stream, template=template,
+               load_start=load_start)
 
 
 def image_autocast(setting: str, device: torch.device) -> bool:
@@ -572,6 +586,7 @@ def train(run: Run) -> bool:
     set_train_mode(run.raw_model, run.frozen)
     # the bar closes on an error too, so the error message starts on a line of its own
     first_step = state.step + 1
+    watch = choose_cpu_threads(run)
     with StopRequest() as stop, bar:
         while state.step < cfg.max_steps:
             step_start = time.perf_counter()
@@ -591,6 +606,11 @@ def train(run: Run) -> bool:
             state.step += 1
             window.steps += 1
             bar.update(1)
+            if watch is not None:
+                threads = watch.step_done(time.perf_counter() - step_start)
+                if threads is not None:
+                    torch.set_num_threads(threads)
+                    state.cpu_threads = threads
 
             step = state.step
             if step == first_step:
@@ -617,6 +637,31 @@ def train(run: Run) -> bool:
                 logger.warning("stopped at step %d; continue with --resume latest", step)
                 return False
     return True
+
+
+def choose_cpu_threads(run: Run) -> ThreadWatch | None:
+    """Set a one-process CPU run's threads (cpu_threads: 0) for the load met at start-up -> its ThreadWatch.
+
+    A resumed run continues with the count its checkpoint recorded: a thread count can change how a CPU rounds
+    (it does on the AMD EPYC measured), so only a run that met a busy neighbour rounds differently from a quiet
+    one. None (nothing changes during the run) for GPU, several processes, one core or a set cpu_threads.
+    """
+    cfg, state = run.cfg, run.state
+    full = torch.get_num_threads()
+    if run.accelerator.device.type != "cpu" or cfg.cpu_threads != 0 or run.accelerator.num_processes != 1 or full < 2:
+        return None
+    if state.cpu_threads:
+        threads = min(state.cpu_threads, full)
+    else:
+        start, started = run.load_start or (None, 0.0)
+        others = busy_cores_of_others(start, time.monotonic() - started)
+        threads = threads_beside(full, others)
+        if threads != full:
+            logger.info("other processes kept %.1f cores busy during start-up: training with %d CPU thread(s) "
+                        "(cpu_threads sets a count)", others, threads)
+    state.cpu_threads = threads
+    torch.set_num_threads(threads)
+    return ThreadWatch(threads, full)
 
 
 # ----------------------------------------------------------------------------- finish
