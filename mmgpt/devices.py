@@ -130,6 +130,7 @@ class ThreadWatch:
             if median < 0.8 * one:
                 self.every = self.base_every
                 self.fastest = median if self.fastest is None else min(self.fastest, median)
+                self.current = 1  # the try ran on all threads; the change is from the one the run was on
                 return self._change(self.full, f"{self.full} threads are faster again ({median / one:.2f}x)",
                                     keep_window=True)
             self.every = min(2 * self.every, 8 * self.base_every)
