@@ -54,7 +54,7 @@ def test_another_spinning_process_counts_and_this_ones_work_does_not() -> None:
 
 
 def simulate(watch: ThreadWatch, seconds_per_threads: list[dict[int, float]], steps_each: int) -> list[int]:
-    """Drive `watch` through phases of step times per thread count (a caption-like slow step every 7th) -> counts used."""
+    """Drive `watch` through phases of step times per thread count (every 7th step slower) -> the counts used."""
     used = []
     for phase in seconds_per_threads:
         for i in range(steps_each):

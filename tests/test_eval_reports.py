@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from mmgpt.config import PromptTemplates
 from mmgpt.eval import caption as eval_caption
 from mmgpt.eval import common
 from mmgpt.eval import vqa as eval_vqa
@@ -100,9 +101,10 @@ def _solid_images(folder: Path, names: list[str], suffix: str) -> None:
 def _fake_generation(wrong: set[int]) -> Any:
     """A stand-in for the model: names each example's colour, except at the positions in `wrong`."""
 
-    def generate(args: Any, examples: list[Any], variants: Any = ({},)) -> tuple[list[list[str]], dict[str, Any], Any]:
+    def generate(args: Any, read: Any, variants: Any = None) -> tuple[list[Any], list[list[str]], dict[str, Any], Any]:
+        examples = read(PromptTemplates())
         answers = ["purple" if i in wrong else _colour_of(e.image) for i, e in enumerate(examples)]
-        return [answers], {"model": "fake"}, SimpleNamespace(is_main_process=True)
+        return examples, [answers], {"model": "fake"}, SimpleNamespace(is_main_process=True)
 
     return generate
 

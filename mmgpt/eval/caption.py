@@ -67,8 +67,8 @@ def evaluate_captions(argv: list[str] | None = None, prog: str | None = None) ->
     else:
         from mmgpt.eval.common import generate_for_eval
 
-        examples = one_per_image(read_dataset(spec))[: args.max_examples or None]
-        (answers,), run_info, accelerator = generate_for_eval(args, examples)
+        examples, (answers,), run_info, accelerator = generate_for_eval(
+            args, lambda templates: one_per_image(read_dataset(spec, templates))[: args.max_examples or None])
         if not accelerator.is_main_process:
             return {}
         info.update(run_info)

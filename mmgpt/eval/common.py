@@ -14,6 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mmgpt.config import PromptTemplates
 from mmgpt.decoding import add_decoding_args
 from mmgpt.logging_setup import configure_logging
 from mmgpt.outputs import check_output_file
@@ -162,13 +163,16 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     add_decoding_args(parser)
 
 
-def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
-                      variants: Sequence[Mapping[str, Any]] = ({},)) -> tuple[list[list[str]], dict[str, Any], Any]:
-    """Run the model over `examples` once per decoding variant, sharded across accelerate processes
-    -> (predictions of each variant, run info of the first, accelerator).
+def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates], Sequence[Any]],
+                      variants: Callable[[Sequence[Any]], Sequence[Mapping[str, Any]]] | None = None,
+                      ) -> tuple[Sequence[Any], list[list[str]], dict[str, Any], Any]:
+    """Load the model, read the evaluation set with the model's own prompt templates and run the model over it once
+    per decoding variant (`variants(examples)`; default one), sharded across accelerate processes
+    -> (examples, predictions of each variant, run info of the first, accelerator).
 
-    A variant's options (e.g. answer_choices) replace the command line's decoding options. Every variant is checked
-    before the (slow) model load, which happens once for all of them.
+    A model trained with its own vqa_template or caption_prompt is asked in those words, as in training. A
+    variant's options (e.g. answer_choices) replace the command line's decoding options; the command line's are
+    checked before the (slow) model load, which happens once for all variants.
     """
     from accelerate import Accelerator
 
@@ -185,9 +189,7 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
 
     options = decoding_from_args(args)
     seed = check_seed(options.pop("seed"))
-    decodings = [{**options, **variant} for variant in variants]
-    for decoding in decodings:
-        check_decoding_options(decoding)
+    check_decoding_options(options)
     check_range("--batch-size", args.batch_size, ">= 1", integer=True)
     accelerator = Accelerator(cpu=cpu_processes())
     warn_if_one_process_launched(accelerator.num_processes, Path(sys.argv[0]).name or "eval_vqa.py")
@@ -195,6 +197,10 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
         set_cpu_threads()
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
+    examples = read(PromptTemplates.from_config(model.config))
+    decodings = [{**options, **variant} for variant in (variants(examples) if variants else [{}])]
+    for decoding in decodings:
+        check_decoding_options(decoding)
     configs = [resolve_generation_config(model.generation_config, **decoding)[0] for decoding in decodings]
     predictions = [generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
                                     generation_config=config) for config in configs]
@@ -207,7 +213,7 @@ def generate_for_eval(args: argparse.Namespace, examples: Sequence[Any],
         "decoding": {**set_values(configs[0]), "seed": seed},  # the effective generation config
         "processes": accelerator.num_processes,
     }
-    return predictions, info, accelerator
+    return examples, predictions, info, accelerator
 
 
 def output_folder(args: argparse.Namespace) -> Path:

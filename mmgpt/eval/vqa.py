@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import Any
 
+from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
 from mmgpt.eval.common import default_outputs, finish_evaluation, package_versions, parse_evaluation_args
 from mmgpt.eval.vqa_metrics import VERSIONS, official_header
@@ -45,8 +46,8 @@ def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
     return official_header(questions=questions), official_header(annotations=annotations), ids
 
 
-def read_examples(args: argparse.Namespace) -> list[Example]:
-    """The evaluation set: VQA v2 files when given, else the built-in easy-VQA split."""
+def read_examples(args: argparse.Namespace, templates: PromptTemplates | None = None) -> list[Example]:
+    """The evaluation set: VQA v2 files when given, else the built-in easy-VQA split (prompts by `templates`)."""
     from mmgpt.data.formats import read_dataset
     from mmgpt.data.spec import DatasetSpec
 
@@ -55,7 +56,7 @@ def read_examples(args: argparse.Namespace) -> list[Example]:
                            images=args.images or "", max_examples=args.max_examples, name="vqa")
     else:
         spec = DatasetSpec(format="easy_vqa", split=args.split, max_examples=args.max_examples, name="easy_vqa")
-    return read_dataset(spec)
+    return read_dataset(spec, templates)
 
 
 def explained(args: argparse.Namespace, examples: list[Example]) -> str:
@@ -128,13 +129,16 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
     else:
         from mmgpt.eval.common import generate_for_eval
 
-        examples = read_examples(args)
         if args.questions and not args.annotations:
             parser.error("--questions without --annotations can be answered (--predictions) but not scored")
+
+        def variants(examples: list[Example]) -> list[dict[str, Any]]:
+            # one model load for both passes: the open answers, then (--closed-set) the closed-set ones
+            return [{}, {"answer_choices": sorted({e.answer for e in examples})}] if args.closed_set else [{}]
+
+        examples, (predictions, *closed), info, accelerator = generate_for_eval(
+            args, lambda templates: read_examples(args, templates), variants)
         choices = sorted({e.answer for e in examples}) if args.closed_set else []
-        # one model load for both passes: the open answers, then (--closed-set) the closed-set ones
-        variants = [{}, {"answer_choices": choices}] if args.closed_set else [{}]
-        (predictions, *closed), info, accelerator = generate_for_eval(args, examples, variants)
         is_main = accelerator.is_main_process
         questions, annotations, ids = official_files(examples)
         results = [{"question_id": qid, "answer": p} for qid, p in zip(ids, predictions)]
