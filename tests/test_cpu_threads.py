@@ -96,20 +96,32 @@ def test_a_run_records_its_choice_and_a_resumed_run_keeps_it(tmp_path: Path, dat
     out = tmp_path / "run"
     # start-up met a busy neighbour: one thread, recorded with the checkpoint
     monkeypatch.setattr(loop, "threads_beside", lambda threads, others: 1)
-    config = tiny_config(tmp_path, data, out, max_steps=4, stop_at_step=2)
+    config = tiny_config(tmp_path, data, out, max_steps=4, stop_at_step=2, follow_cpu_load=True)
     assert loop.run_training(["--config", str(config)]) == {"stopped_at_step": 2}
     state = json.loads((out / "checkpoints" / "step_2" / "trainer_state.json").read_text())
     assert state["cpu_threads"] == 1
     # resumed on a quiet machine: it keeps the count it rounded with
     monkeypatch.setattr(loop, "threads_beside", lambda threads, others: 2)
     torch.set_num_threads(2)
-    loop.run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4)), "--resume", "latest"])
+    loop.run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, follow_cpu_load=True)),
+                       "--resume", "latest"])
     assert torch.get_num_threads() == 1
+
+
+def test_by_default_the_load_never_changes_the_threads(tmp_path: Path, data: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "threads_beside", lambda threads, others: 1)
+    out = tmp_path / "run"
+    torch.set_num_threads(2)
+    loop.run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2, save_every=2))])
+    assert torch.get_num_threads() == 2
+    assert json.loads((out / "checkpoints" / "step_2" / "trainer_state.json").read_text())["cpu_threads"] == 0
 
 
 def test_a_set_thread_count_is_never_changed(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "threads_beside", lambda threads, others: 1)
     out = tmp_path / "run"
-    loop.run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2, save_every=2, cpu_threads=2))])
+    loop.run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2, save_every=2, cpu_threads=2,
+                                                   follow_cpu_load=True))])
     assert torch.get_num_threads() == 2
     assert json.loads((out / "checkpoints" / "step_2" / "trainer_state.json").read_text())["cpu_threads"] == 0

@@ -213,3 +213,25 @@ def test_planning_a_stream_copies_datasets_position_once_a_batch_and_heads_skip_
     assert len({e.id for p in planned for e in p.examples}) == 80
     # copying datasets' state costs more than reading a row: once a batch (and once a pass), not once a row
     assert len(copies) <= 10 + 1, len(copies)
+
+
+def test_a_question_answer_set_is_indexed_from_its_columns_as_row_by_row(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    from mmgpt.data import hf
+
+    data = hf_data.rows(40)
+    for i in (3, 17):  # rows without an image: skipped, and counted
+        data[i]["image"] = None
+    data[25]["image"] = {"bytes": b"", "path": str(tmp_path / "on-disk.png")}  # a path, no bytes
+    features = hf_data.hf_dataset(1).features
+    datasets.Dataset.from_list(data, features=features).save_to_disk(str(tmp_path / "qa"))
+    spec = DatasetSpec(format="hf", path=str(tmp_path / "qa"), columns={"question": "question", "answer": "answer"})
+    fast = read_dataset(spec)
+    assert isinstance(fast.index, hf.FirstTurns)  # no pass over the rows in Python
+    monkeypatch.setattr(hf, "_one_example_rows", lambda ds, reader: None)
+    slow = read_dataset(spec)
+    assert len(fast) == len(slow) == 38
+    assert [(e.id, e.prompt, e.answer, e.image) for e in fast] == [(e.id, e.prompt, e.answer, e.image) for e in slow]
+    assert [e.id for e in read_dataset(spec.__class__(**{**vars(spec), "max_examples": 5}))] == [0, 1, 2, 4, 5]

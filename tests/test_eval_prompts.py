@@ -38,7 +38,8 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_eval_vqa_asks_with_the_models_template(custom_prompt_model: Path, asked: list[str], tmp_path: Path) -> None:
-    eval_vqa.evaluate_vqa(["--model", str(custom_prompt_model), "--max-examples", "5", "--out", str(tmp_path / "m.json")])
+    eval_vqa.evaluate_vqa(["--model", str(custom_prompt_model), "--max-examples", "5",
+                           "--out", str(tmp_path / "m.json")])
     assert len(asked) == 5
     assert all(p.startswith("Q: ") and p.endswith(" A:") for p in asked), asked
 

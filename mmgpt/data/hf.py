@@ -244,7 +244,7 @@ def _no_decode(feature: Any) -> Any:
 class HFExamples(Sequence):
     """A map-style hf dataset as a lazy sequence of Examples: position -> (row, turn), the row read when asked."""
 
-    def __init__(self, ds: Dataset, reader: RowReader, index: list[tuple[int, int]]) -> None:
+    def __init__(self, ds: Dataset, reader: RowReader, index: Sequence[tuple[int, int]]) -> None:
         self.ds, self.reader, self.index = ds, reader, index
 
     def __len__(self) -> int:
@@ -257,25 +257,83 @@ class HFExamples(Sequence):
         return self.reader.examples(self.ds[row], row)[turn]
 
 
-def _row_index(ds: Dataset, reader: RowReader, limit: int) -> list[tuple[int, int]]:
+class FirstTurns(Sequence):
+    """(row, 0) for each of an array of row numbers: the index of a set whose rows hold one example each."""
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return FirstTurns(self.rows[i])
+        return int(self.rows[i]), 0
+
+
+def _one_example_rows(ds: Dataset, reader: RowReader) -> Any:
+    """Row numbers of a question/answer set whose rows are one example each, from its Arrow columns alone, or None.
+
+    A million rows are indexed in a fraction of a second this way, instead of ~20 s of reading every row's text in
+    Python. None (read row by row, so that the first bad row is named before training) for conversation columns,
+    lists of images or answers, a missing question or answer, or an image path that is a URL.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if reader.turns_column:
+        return None
+    image, question, answer = (reader.columns[k] for k in ("image", "question", "answer"))
+    for column in (question, answer):
+        if getattr(ds.features[column], "dtype", None) not in ("string", "large_string"):
+            return None
+    table = ds.select_columns([image, question, answer]).with_format("arrow")[:]
+    if table.column(question).null_count or table.column(answer).null_count:
+        return None
+    images = table.column(image).combine_chunks()
+    if pa.types.is_struct(images.type) and {"bytes", "path"} <= {f.name for f in images.type}:
+        data, path = images.field("bytes"), images.field("path")
+        has_bytes = pc.fill_null(pc.greater(pc.binary_length(data), 0), False)
+        present = pc.and_(pc.is_valid(images), pc.or_(has_bytes, pc.is_valid(path)))
+        paths = pc.if_else(has_bytes, pa.scalar(None, path.type), path)
+    elif pa.types.is_string(images.type) or pa.types.is_large_string(images.type):
+        present, paths = pc.is_valid(images), images
+    else:
+        return None
+    if pc.any(pc.fill_null(pc.match_substring(paths, "://"), False)).as_py():
+        return None
+    return np.flatnonzero(present.to_numpy(zero_copy_only=False))
+
+
+def _row_index(ds: Dataset, reader: RowReader, limit: int) -> Sequence[tuple[int, int]]:
     """(row, turn) of every example, from the text columns and image-list lengths only (no image is read)."""
+    rows = _one_example_rows(ds, reader)
+    if rows is not None:
+        if len(rows) < len(ds):
+            logger.warning("hf dataset %r: %d rows without exactly one image skipped", reader.label,
+                           len(ds) - len(rows))
+        return FirstTurns(rows[:limit] if limit else rows)
+    import pyarrow.compute as pc
+
     columns = [c for k, c in reader.columns.items() if k != "image"]
     texts = ds.select_columns(columns)
     image_column = reader.columns["image"]
-    counts = None
+    images = ds.select_columns([image_column]).with_format("arrow")[:][image_column]
     feature = ds.features[image_column]
     if isinstance(feature, list) or type(feature).__name__ in ("List", "LargeList", "Sequence"):
         # a list of images per row (The Cauldron): rows need exactly one
-        import pyarrow.compute as pc
-
-        lengths = pc.list_value_length(ds.with_format("arrow").select_columns([image_column])[:][image_column])
-        counts = lengths.to_pylist()
+        one_image = pc.equal(pc.list_value_length(images), 1)
+    else:
+        one_image = pc.is_valid(images)
+    one_image = pc.fill_null(one_image, False).to_pylist()
     index: list[tuple[int, int]] = []
     skipped = 0
     for row_number, row in enumerate(texts):
         if limit and len(index) >= limit:
             break
-        if counts is not None and counts[row_number] != 1:
+        if not one_image[row_number]:
             skipped += 1
             continue
         # a placeholder image: only the turns are counted here (and checked, so a bad row fails before training)

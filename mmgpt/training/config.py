@@ -149,6 +149,10 @@ class TrainConfig:
     # CPU threads per process when training on CPU; 0 = this machine's cores / local processes
     # (`accelerate launch` exports OMP_NUM_THREADS=1 by default, which would leave cores idle)
     cpu_threads: int = 0
+    # one-process CPU run, cpu_threads 0: fewer threads while other processes keep cores busy (beside one busy
+    # process a 2-core step takes 1.5x its idle time instead of 2.9x). Off by default: a thread count changes
+    # how a CPU rounds, so the weights then depend on the load the run met
+    follow_cpu_load: bool = False
     # checkpoint and exit once this step is reached (0 = never): for time-limited jobs, resume later
     stop_at_step: int = 0
     # a step whose loss or gradient norm is NaN/inf: false = stop with an error (the last checkpoint stays
@@ -179,7 +183,8 @@ class TrainConfig:
 
 # keys that change neither the trained model nor its data: a run that differs from configs/default.yaml
 # only in these is still the README's main job
-NEUTRAL_KEYS = ("cpu_threads", "log_every", "stop_at_step", "save_every", "keep_checkpoints", "data.num_workers")
+NEUTRAL_KEYS = ("cpu_threads", "follow_cpu_load", "log_every", "stop_at_step", "save_every", "keep_checkpoints",
+                "data.num_workers")
 
 
 def _configs_folder() -> Path:
@@ -214,7 +219,7 @@ def config_path(name_or_path: str | Path) -> Path:
 # resumed run may change (output_dir only says where the run is). max_steps stretches the cosine schedule:
 # the learning rate follows the new schedule from the step the run stopped at
 RESUMABLE_KEYS = ("max_steps", "eval_every", "log_every", "save_every", "keep_checkpoints", "stop_at_step",
-                  "cpu_threads", "output_dir", "data.num_workers", "data.eval_max_examples")
+                  "cpu_threads", "follow_cpu_load", "output_dir", "data.num_workers", "data.eval_max_examples")
 # dataset fields that name files: relative ones are read from the folder of the config file that sets them
 DATA_PATH_FIELDS = ("path", "images", "annotations")
 

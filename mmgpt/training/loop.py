@@ -640,15 +640,17 @@ def train(run: Run) -> bool:
 
 
 def choose_cpu_threads(run: Run) -> ThreadWatch | None:
-    """Set a one-process CPU run's threads (cpu_threads: 0) for the load met at start-up -> its ThreadWatch.
+    """With follow_cpu_load, set a one-process CPU run's threads for the load met at start-up -> its ThreadWatch.
 
-    A resumed run continues with the count its checkpoint recorded: a thread count can change how a CPU rounds
-    (it does on the AMD EPYC measured), so only a run that met a busy neighbour rounds differently from a quiet
-    one. None (nothing changes during the run) for GPU, several processes, one core or a set cpu_threads.
+    A resumed run continues with the count its checkpoint recorded. A thread count can change how a CPU rounds
+    (it does on the AMD EPYC measured), so a run that met a busy neighbour rounds differently from a quiet one.
+    None (nothing changes during the run) without follow_cpu_load, for GPU, several processes, one core or a
+    set cpu_threads.
     """
     cfg, state = run.cfg, run.state
     full = torch.get_num_threads()
-    if run.accelerator.device.type != "cpu" or cfg.cpu_threads != 0 or run.accelerator.num_processes != 1 or full < 2:
+    if (not cfg.follow_cpu_load or run.accelerator.device.type != "cpu" or cfg.cpu_threads != 0
+            or run.accelerator.num_processes != 1 or full < 2):
         return None
     if state.cpu_threads:
         threads = min(state.cpu_threads, full)
