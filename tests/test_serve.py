@@ -402,6 +402,24 @@ def test_queue_limit_gives_429(model: MMGPT) -> None:
         assert post(url, body).status_code == 200
 
 
+def test_requests_coming_one_at_a_time_skip_the_batching_window(model: MMGPT) -> None:
+    body = {"model": NAME, "messages": user(QUESTION, png((70, 20, 120))), "stream": True}
+
+    def latency() -> float:
+        start = time.monotonic()
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=20) as response:
+            assert response.status_code == 200 and [e for e in response.iter_lines() if e][-1] == "data: [DONE]"
+        return time.monotonic() - start
+
+    with running_server(model, max_wait_ms=800) as url:
+        first, second, third = latency(), latency(), latency()
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:  # company again: they wait and share a batch
+            assert all(r.status_code == 200 for r in pool.map(lambda _: post(url, body), range(4)))
+        assert metric(url, "mmgpt_batch_size_count")[""] < 3 + 4
+    assert first >= 0.8  # a server starts out waiting for company
+    assert second < 0.4 and third < 0.4, (second, third)
+
+
 def test_timeout_gives_504_and_a_gone_client_is_not_decoded(model: MMGPT) -> None:
     body = {"model": NAME, "messages": user(QUESTION, png((60, 60, 60)))}
     with running_server(model, max_wait_ms=800, timeout_s=0.3) as url:

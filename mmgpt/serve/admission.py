@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from typing import Any
 
 import torch
@@ -128,36 +129,43 @@ def _pixels(model: MMGPT, image: bytes, param: str) -> tuple[torch.Tensor, str]:
 
 
 async def admit(model: MMGPT, settings: ServerSettings, worker: Worker, limits: FetchLimits, body: bytes,
-                arrival: float) -> tuple[ChatCompletionRequest, Job, asyncio.Queue[Event]]:
-    """Check and preprocess a request's body and queue its job -> (request, job, the queue of its events)."""
+                arrival: float, arrived: int | None = None) -> tuple[ChatCompletionRequest, Job, asyncio.Queue[Event]]:
+    """Check and preprocess a request's body and queue its job (ending its `Worker.arriving` mark `arrived`)
+    -> (request, job, the queue of its events)."""
     chat = parse(body)
     if chat.model != settings.model_name:
         raise APIError(404, f"model {chat.model!r} does not exist; this server serves {settings.model_name!r}",
                        param="model", code="model_not_found")
     stops = chat.stop_strings()
-
-    def prepare() -> tuple[str, AnswerFormat, GenerationConfig, list[torch.Tensor], tuple[str, ...]]:
-        # one trip to a thread: each hop costs a wake-up of the event loop, and at concurrency 1 they add up
-        asked = conversation(model, chat.messages, images_per_prompt(settings, model.config.max_images))
-        form = answer_format(chat.response_format, chat.guided_choice)
-        config = decoding(model, settings, chat, form, prompt_positions(model, asked.prompt, asked.num_images))
-        # the request is checked whole, its image count included, before any image is decoded or fetched
-        pixels, keys = zip(*(_pixels(model, image, param) for image, param in asked.images(limits)))
-        return asked.prompt, form, config, list(pixels), keys
-
-    prompt, form, config, pixels, keys = await asyncio.to_thread(prepare)
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
+    cancelled = threading.Event()
 
     def emit(event: Event) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening
             loop.call_soon_threadsafe(events.put_nowait, event)
 
-    # one image stays a lone tensor: a one-image request is batched exactly as before
-    job = Job(prompt=prompt, pixels=pixels[0] if len(pixels) == 1 else pixels, config=config, emit=emit, n=chat.n,
-              seed=chat.seed, stops=stops, stream=chat.stream, arrival=arrival, render=form.render, image_keys=keys)
+    def prepare() -> Job:
+        # one trip to a thread, which also queues the job: each hop costs a wake-up of the event loop, and at
+        # concurrency 1 they add up
+        asked = conversation(model, chat.messages, images_per_prompt(settings, model.config.max_images))
+        form = answer_format(chat.response_format, chat.guided_choice)
+        config = decoding(model, settings, chat, form, prompt_positions(model, asked.prompt, asked.num_images))
+        # the request is checked whole, its image count included, before any image is decoded or fetched
+        pixels, keys = zip(*(_pixels(model, image, param) for image, param in asked.images(limits)))
+        # one image stays a lone tensor: a one-image request is batched exactly as before
+        job = Job(prompt=asked.prompt, pixels=pixels[0] if len(pixels) == 1 else list(pixels), config=config,
+                  emit=emit, n=chat.n, seed=chat.seed, stops=stops, stream=chat.stream, arrival=arrival,
+                  render=form.render, image_keys=keys, cancelled=cancelled)
+        try:
+            worker.submit(job, arrived)
+        except QueueFull as e:
+            raise APIError(429, f"server busy: {e}; retry later", code="queue_full",
+                           type="rate_limit_error") from None
+        return job
+
     try:
-        worker.submit(job)
-    except QueueFull as e:
-        raise APIError(429, f"server busy: {e}; retry later", code="queue_full", type="rate_limit_error") from None
-    return chat, job, events
+        return chat, await asyncio.to_thread(prepare), events
+    except asyncio.CancelledError:
+        cancelled.set()  # the thread may still queue the job: nobody waits for its answer
+        raise

@@ -8,6 +8,10 @@ image cache, which keeps each image under its own key. A seeded sampling
 request is decoded on its own, so its answer depends on its seed and nothing else. Each step's tokens
 reach the requests through a stopping criterion, which also ends rows that hit a stop string or whose
 client went away.
+
+Requests that come one at a time skip the window: once a batch held a lone request, the next request is decoded
+at once when nothing else is queued or arriving (waiting would only add `max_wait_ms` to every answer); a batch
+of several requests turns the window back on. A server starts with it on.
 """
 from __future__ import annotations
 
@@ -171,6 +175,7 @@ class Worker:
         self._arriving: dict[int, float] = {}
         self._cond = threading.Condition()
         self._stopping = False
+        self._alone = False  # the last batch held one request: a lone next one does not wait for company
         self._thread = threading.Thread(target=self._run, name="mmgpt-serve-worker", daemon=True)
 
     def start(self) -> None:
@@ -191,21 +196,27 @@ class Worker:
             return len(self._pending)
 
     @contextlib.contextmanager
-    def arriving(self, arrival: float) -> Iterator[None]:
-        """Mark a request as arrived while it is read and preprocessed: a batch due meanwhile waits for it."""
+    def arriving(self, arrival: float) -> Iterator[int]:
+        """Mark a request as arrived while it is read and preprocessed: a batch due meanwhile waits for it.
+
+        Yields its key: `submit(job, arrived=key)` ends the mark as the job is queued.
+        """
         key = next(_UNIQUE)
         with self._cond:
             self._arriving[key] = arrival
         try:
-            yield
+            yield key
         finally:
             with self._cond:
-                del self._arriving[key]
-                self._cond.notify_all()
+                if self._arriving.pop(key, None) is not None:
+                    self._cond.notify_all()
 
-    def submit(self, job: Job) -> None:
-        """Queue `job`, or raise QueueFull when max_queue requests already wait."""
+    def submit(self, job: Job, arrived: int | None = None) -> None:
+        """Queue `job`, ending its `arriving` mark `arrived`; QueueFull when max_queue requests already wait."""
         with self._cond:
+            if arrived is not None:
+                # in the same step as queueing it: the worker never sees the job as both queued and still arriving
+                self._arriving.pop(arrived, None)
             if self._stopping:
                 raise QueueFull("the server is shutting down")
             if len(self._pending) >= self.max_queue:
@@ -222,7 +233,8 @@ class Worker:
                     return None
                 self._cond.wait()
             first = self._pending[0]
-            due = first.arrival + self.max_wait
+            lone = self._alone and len(self._pending) == 1 and not self._arriving
+            due = time.monotonic() if lone else first.arrival + self.max_wait
             while not self._stopping:
                 rows = sum(j.n for j in self._pending if j.key == first.key)
                 left = due - time.monotonic()
@@ -243,6 +255,7 @@ class Worker:
                     rows += job.n
             self._pending = [j for j in self._pending if all(j is not t for t in taken)]
             self.metrics.queue_depth.set(len(self._pending))
+            self._alone = len(taken) == 1
         live = [job for job in taken if not job.cancelled.is_set()]
         if len(live) < len(taken):
             logger.info("dropped %d request(s) whose client went away before decoding", len(taken) - len(live))
