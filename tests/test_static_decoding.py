@@ -213,6 +213,25 @@ def test_rotary_tables_computed_once_rotate_exactly_as_hugging_face_each_step() 
 
 
 @torch.no_grad()
+def test_a_steps_rms_norm_is_hugging_faces_to_the_bit() -> None:
+    norm = build(tiny_config()).eval().generator.model.layers[0].input_layernorm
+    norm.weight.normal_()
+    x = torch.randn(3, 1, norm.weight.shape[0]) * 10
+    assert torch.equal(static_decoding._rms_norm(x, static_decoding._norm(norm)), norm(x))
+
+
+@torch.no_grad()
+def test_the_output_layers_transposed_copy_follows_in_place_weight_updates() -> None:
+    model = build(tiny_config()).eval()
+    embeds, mask = _prompt_embeds(model, make_batch(model, PROMPTS))
+    config, _ = resolve_generation_config(model.generation_config, max_new_tokens=6)
+    static_decoding.generate(model.generator, embeds, mask, config)  # the copy is made
+    model.generator.lm_head.weight.mul_(-1)  # in place, as an optimizer step updates it
+    expected = model.generator.generate(inputs_embeds=embeds, attention_mask=mask, generation_config=config)
+    assert torch.equal(static_decoding.generate(model.generator, embeds, mask, config), expected)
+
+
+@torch.no_grad()
 def test_forward_hooks_on_linear_layers_run_in_the_static_loop() -> None:
     """Linear layers are called as bare functions for speed, except those someone hooked: their hooks still run."""
     model = build(tiny_config()).eval()
