@@ -142,7 +142,8 @@ class _OutputLayer:
         head = generator.lm_head
         weight = getattr(head, "weight", None)
         if (type(head) is not nn.Linear or head._forward_hooks or head._forward_pre_hooks
-                or weight.dtype != torch.float32 or weight.shape[0] < 2 * weight.shape[1]):
+                or weight.dtype != torch.float32 or weight.device.type != "cpu"
+                or weight.shape[0] < 2 * weight.shape[1]):
             return _linear(head)
         key = (id(weight), weight.data_ptr(), weight._version)  # in-place updates (training) bump the version
         built = cls._built.get(generator)
@@ -237,28 +238,32 @@ class _Plan:
 
 def _step(plan: _Plan, embeds: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: _StaticCache,
           length: int, mask: torch.Tensor | None) -> torch.Tensor:
-    """One token per row: embeds (B, 1, D) (this step's own tensor: the residual stream adds to it in place), its rotary tables (B, 1, 1, head_dim), `length` cache slots in use
-    with it -> logits (B, V)."""
+    """One token per row: embeds (B, 1, D) (this step's own: the residual stream adds to it in place), its rotary
+    tables (B, 1, 1, head_dim), `length` cache slots in use with it -> logits (B, V).
+
+    Slices are taken with narrow: Python indexing costs about as much again as the view it makes.
+    """
     batch = embeds.shape[0]
     heads, kv_heads, head_dim = plan.heads, plan.kv_heads, plan.head_dim
-    rotated_heads = heads + kv_heads
+    rotated_heads, gqa = heads + kv_heads, heads != kv_heads
     x = embeds
     for index, layer in enumerate(plan.layers):
         h = _rms_norm(x, layer.input_norm)
         # one position: (B, 1, H * head_dim) read as (B, H, 1, head_dim) is the usual view-and-transpose
         if layer.qkv is not None:
             projected = layer.qkv(h).view(batch, -1, 1, head_dim)
-            rotated = _rotate(projected[:, :rotated_heads], cos, sin)  # queries and keys rotate as one tensor
-            q, k, v = rotated[:, :heads], rotated[:, heads:], projected[:, rotated_heads:]
+            rotated = _rotate(projected.narrow(1, 0, rotated_heads), cos, sin)  # queries and keys rotate as one
+            q, k = rotated.narrow(1, 0, heads), rotated.narrow(1, heads, kv_heads)
+            v = projected.narrow(1, rotated_heads, kv_heads)
         else:
             q = _rotate(layer.q(h).view(batch, -1, 1, head_dim), cos, sin)
             k = _rotate(layer.k(h).view(batch, -1, 1, head_dim), cos, sin)
             v = layer.v(h).view(batch, -1, 1, head_dim)
         keys, values = cache.keys[index], cache.values[index]
-        keys[:, :, length - 1 : length] = k
-        values[:, :, length - 1 : length] = v
-        out = functional.scaled_dot_product_attention(q, keys[:, :, :length], values[:, :, :length], attn_mask=mask,
-                                                      scale=layer.scaling, enable_gqa=heads != kv_heads)
+        keys.narrow(2, length - 1, 1).copy_(k)
+        values.narrow(2, length - 1, 1).copy_(v)
+        out = functional.scaled_dot_product_attention(q, keys.narrow(2, 0, length), values.narrow(2, 0, length),
+                                                      attn_mask=mask, scale=layer.scaling, enable_gqa=gqa)
         x = x.add_(layer.o(out.reshape(batch, 1, -1)))  # x is this step's own tensor: added to in place
         h = _rms_norm(x, layer.post_norm)
         if layer.gate_up is not None:
