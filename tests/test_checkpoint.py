@@ -11,7 +11,7 @@ def test_train_state_is_written_with_the_keys_of_trainer_state_json() -> None:
     state = TrainState(step=3, epoch=1, batches_in_epoch=2, default_job=True)
     data = json.loads(json.dumps(state.to_dict()))
     assert list(data) == ["step", "epoch", "batches_in_epoch", "history", "bad_images_runtime", "run_id",
-                          "default_job", "nonfinite_steps", "images_read_runtime", "data_state"]
+                          "default_job", "nonfinite_steps", "images_read_runtime", "data_state", "cpu_threads"]
     assert data["history"] == {"train": [], "eval": []} and len(data["run_id"]) == 12
     assert TrainState(**data) == state
     assert TrainState().run_id != TrainState().run_id, "every fresh run gets its own id"
