@@ -7,7 +7,7 @@ config) in a fresh process per setting, so OpenMP reads its environment at start
 beside each count of `--busy` processes that each spin one core, all conditions interleaved within each round,
 and reports median step times side by side. A training run with cpu_threads: 0 takes the OpenMP default with
 the thread count mmgpt.devices.threads_beside picks for the cores other processes keep busy during its start-up;
-the table's last rows ("mmgpt's choice") repeat the row of that setting for each load.
+the table's last rows ("follow_cpu_load: true") repeat the row of that setting for each load.
 
     python -m bench.cpu_threads                  # idle, 1 and 2 busy processes
     python -m bench.cpu_threads --busy 1 --steps 10
@@ -125,8 +125,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         threads = threads_beside(cores, float(busy))
         name = f"{cores} threads, OpenMP default" if threads == cores else "1 thread" if threads == 1 else None
         if name in chosen:
-            times["mmgpt's choice", busy] = times[name, busy]
-            samples["mmgpt's choice", busy] = samples[name, busy]
+            times["follow_cpu_load: true", busy] = times[name, busy]
+            samples["follow_cpu_load: true", busy] = samples[name, busy]
     best_idle = min(times[name, 0] for name in chosen)
     rows = [{"setting": name, "load": busy, "step_ms": 1e3 * t, "vs_idle": t / times[name, 0], "vs_best": t / best_idle,
              "rounds_ms": [round(1e3 * v, 1) for v in samples[name, busy]]}
