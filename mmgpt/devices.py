@@ -123,16 +123,17 @@ class ThreadWatch:
             if self.fastest is not None and median > self.slowdown * self.fastest:
                 return self._change(1, f"a step takes {median / self.fastest:.1f}x the fastest with "
                                        f"{self.full} threads: another process competes for the cores")
-            self.fastest = median if self.fastest is None else min(self.fastest, median)
+            self.fastest = min(self.fastest or median, median)
             return None
         if self.one_thread is not None:  # the try of all threads is done
             one, self.one_thread = self.one_thread, None
             if median < 0.8 * one:
                 self.every = self.base_every
-                self.fastest = median if self.fastest is None else min(self.fastest, median)
-                self.current = 1  # the try ran on all threads; the change is from the one the run was on
-                return self._change(self.full, f"{self.full} threads are faster again ({median / one:.2f}x)",
-                                    keep_window=True)
+                self.fastest = min(self.fastest or median, median)
+                # the try ran on all threads: the change is from the one thread the run was on
+                logger.info("CPU threads 1 -> %d: faster again (%.2fx)", self.full, median / one)
+                self.since = 0
+                return self.full
             self.every = min(2 * self.every, 8 * self.base_every)
             return self._change(1, None)
         self.since += 1
@@ -141,10 +142,8 @@ class ThreadWatch:
             return self._change(self.full, None)
         return None
 
-    def _change(self, threads: int, why: str | None, keep_window: bool = False) -> int:
+    def _change(self, threads: int, why: str | None) -> int:
         if why:
             logger.info("CPU threads %d -> %d: %s", self.current, threads, why)
-        self.current, self.since = threads, 0
-        if not keep_window:
-            self.recent = []
+        self.current, self.since, self.recent = threads, 0, []
         return threads

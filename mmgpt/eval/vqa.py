@@ -132,13 +132,16 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
         if args.questions and not args.annotations:
             parser.error("--questions without --annotations can be answered (--predictions) but not scored")
 
+        def choices_of(examples: list[Example]) -> list[str]:
+            return sorted({e.answer for e in examples}) if args.closed_set else []
+
         def variants(examples: list[Example]) -> list[dict[str, Any]]:
             # one model load for both passes: the open answers, then (--closed-set) the closed-set ones
-            return [{}, {"answer_choices": sorted({e.answer for e in examples})}] if args.closed_set else [{}]
+            return [{}, {"answer_choices": choices_of(examples)}] if args.closed_set else [{}]
 
         examples, (predictions, *closed), info, accelerator = generate_for_eval(
             args, lambda templates: read_examples(args, templates), variants)
-        choices = sorted({e.answer for e in examples}) if args.closed_set else []
+        choices = choices_of(examples)
         is_main = accelerator.is_main_process
         questions, annotations, ids = official_files(examples)
         results = [{"question_id": qid, "answer": p} for qid, p in zip(ids, predictions)]

@@ -350,7 +350,7 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
 
 def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     accelerator = start_accelerator(cfg)
-    load_start = (cpu_jiffies(), time.monotonic())
+    load_start = (cpu_jiffies(), time.monotonic()) if cfg.follow_cpu_load else None
     resume_dir = prepare_output_dir(cfg, args, accelerator)
     if resume_dir is not None:
         check_checkpoint(accelerator, resume_dir)
