@@ -14,13 +14,16 @@
    (its own high-water mark, and the largest sum over it and its dataloader workers, sampled every 50 ms).
 3. Loading vs consumption: images/s of the streamed training loader (`build_stream_loader`: rows read in the
    main process, PNG decode + transform + collate in the workers) with 0, 1 and 2 workers, against the
-   samples/s of training steps of the default model on the same batches.
+   samples/s of training steps of the default model on the same batches. The rate runs to the last batch
+   received: closing a stream mid-pass makes datasets wait 5 s for pyarrow's reader threads
+   (SLEEP_TIME_ON_THREADS_SHUTDOWN), reported apart as the close time, not as loading.
 
     python -m bench.data_scale                       # generate (first time), then all three measurements
     python -m bench.data_scale --sizes 10000 --workers 0 2
 """
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -56,7 +59,8 @@ TABLE_STARTUP = [("rows", "rows", ","), ("shards", "shards", ""),
                  ("in_process_s", "in the process (s)", ".1f"), ("peak_rss", "peak RSS, trainer", ""),
                  ("peak_rss_with_workers", "peak RSS, with workers", "")]
 TABLE_LOADING = [("workers", "workers", ""), ("images_per_s", "images/s", ".0f"),
-                 ("first_batch_s", "first batch (s)", ".2f"), ("x_consumption", "x training consumption", ".2f")]
+                 ("first_batch_s", "first batch (s)", ".2f"), ("x_consumption", "x training consumption", ".2f"),
+                 ("close_s", "closing the stream (s)", ".1f")]
 
 
 # ----------------------------------------------------------------------------- the set
@@ -237,7 +241,8 @@ def loader_rate(path: str, workers: int, batches: int) -> dict[str, Any]:
     start = time.perf_counter()
     first = None
     images = 0
-    for count, batch in enumerate(loader, start=1):
+    batches_in = iter(loader)
+    for count, batch in enumerate(batches_in, start=1):
         if first is None:
             first = time.perf_counter()
         else:
@@ -245,8 +250,12 @@ def loader_rate(path: str, workers: int, batches: int) -> dict[str, Any]:
         if count > batches:
             break
     end = time.perf_counter()
+    # closing a stream mid-pass is not loading: datasets then waits SLEEP_TIME_ON_THREADS_SHUTDOWN (5 s) for
+    # pyarrow's reader threads, which a rate taken after the loop would count as loading time
+    del batch, batches_in
+    gc.collect()
     return {"workers": workers, "batches": batches, "batch_size": cfg.batch_size, "first_batch_s": first - start,
-            "images_per_s": images / (end - first)}
+            "images_per_s": images / (end - first), "close_s": time.perf_counter() - end}
 
 
 def consumption(steps: int) -> float:
@@ -308,6 +317,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             loading.append({"workers": workers, "images_per_s": images_per_s,
                             "first_batch_s": statistics.median(r["first_batch_s"] for r in runs),
                             "x_consumption": images_per_s / rate,
+                            "close_s": statistics.median(r["close_s"] for r in runs),
                             "rounds": [round(r["images_per_s"]) for r in runs]})
     device = torch.device("cpu")
     if startup:

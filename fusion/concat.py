@@ -30,35 +30,51 @@ class Concat(Fusion):
     def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
                 images: ImageLayout | None = None) -> torch.Tensor:
         """(B, Lt, dim), (B, Lt), (B, Li, dim) -> (B, Li + Lt, dim)."""
-        fused = torch.cat([image, text * text_mask.unsqueeze(-1).to(text.dtype)], dim=1)
-        if images is not None:
-            fused = fused.gather(1, self._order(text_mask, images).unsqueeze(-1).expand_as(fused))
-        return self.norm(fused)
+        return self.norm(image_prefix(text, text_mask, image, images))
 
     def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor, images: ImageLayout | None = None
                    ) -> torch.Tensor:
         """(B, Lt), (B, Li, dim) -> (B, Li + Lt): every image token is valid (of several, every real image's)."""
-        if images is None:
-            image_mask = torch.ones(image.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
-            return torch.cat([image_mask, text_mask], dim=1)
-        mask = torch.cat([images.token_mask().to(text_mask.dtype), text_mask], dim=1)
-        return mask.gather(1, self._order(text_mask, images))
+        return image_prefix_mask(text_mask, image, images)
 
     def image_token_positions(self, text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
         """(B, K * Li): the position in F of each image token of I, in I's order."""
-        return torch.argsort(self._order(text_mask, images), dim=1)[:, : images.count * images.tokens_per_image]
+        return image_prefix_positions(text_mask, images)
 
-    @staticmethod
-    def _order(text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
-        """(B, K * Li + Lt): where each position of [images' tokens, text] goes so each image sits at its slot."""
-        count, per = images.count, images.tokens_per_image
-        text_key = (2 * torch.arange(text_mask.shape[1], device=text_mask.device) + 1) * (count * per)
-        # image k's tokens sort just before text token slots[k], in image then token order; padding goes last
-        token = torch.arange(count * per, device=text_mask.device)
-        image_key = 2 * images.slots.repeat_interleave(per, dim=1) * (count * per) + token
-        # every key distinct (padding after everything, in token order), so any sort gives this one order: ONNX
-        # has no stable sort
-        last = (2 * text_mask.shape[1] + 2) * (count * per)
-        image_key = torch.where(images.token_mask() == 0, last + token, image_key)
-        keys = torch.cat([image_key, text_key.expand(text_mask.shape[0], -1)], dim=1)
-        return torch.argsort(keys, dim=1)
+
+def image_prefix(text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, images: ImageLayout | None
+                 ) -> torch.Tensor:
+    """(B, Lt, dim), (B, Lt), (B, Li, dim) -> [I, T] (B, Li + Lt, dim), each image before its slot's text token."""
+    fused = torch.cat([image, text * text_mask.unsqueeze(-1).to(text.dtype)], dim=1)
+    if images is not None:
+        fused = fused.gather(1, _order(text_mask, images).unsqueeze(-1).expand_as(fused))
+    return fused
+
+
+def image_prefix_mask(text_mask: torch.Tensor, image: torch.Tensor, images: ImageLayout | None) -> torch.Tensor:
+    """The mask (B, Li + Lt) of `image_prefix`'s output: the real images' tokens, then the text mask."""
+    if images is None:
+        image_mask = torch.ones(image.shape[:2], dtype=text_mask.dtype, device=text_mask.device)
+        return torch.cat([image_mask, text_mask], dim=1)
+    mask = torch.cat([images.token_mask().to(text_mask.dtype), text_mask], dim=1)
+    return mask.gather(1, _order(text_mask, images))
+
+
+def image_prefix_positions(text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
+    """(B, K * Li): the position in `image_prefix`'s output of each image token of I, in I's order."""
+    return torch.argsort(_order(text_mask, images), dim=1)[:, : images.count * images.tokens_per_image]
+
+
+def _order(text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
+    """(B, K * Li + Lt): where each position of [images' tokens, text] goes so each image sits at its slot."""
+    count, per = images.count, images.tokens_per_image
+    text_key = (2 * torch.arange(text_mask.shape[1], device=text_mask.device) + 1) * (count * per)
+    # image k's tokens sort just before text token slots[k], in image then token order; padding goes last
+    token = torch.arange(count * per, device=text_mask.device)
+    image_key = 2 * images.slots.repeat_interleave(per, dim=1) * (count * per) + token
+    # every key distinct (padding after everything, in token order), so any sort gives this one order: ONNX
+    # has no stable sort
+    last = (2 * text_mask.shape[1] + 2) * (count * per)
+    image_key = torch.where(images.token_mask() == 0, last + token, image_key)
+    keys = torch.cat([image_key, text_key.expand(text_mask.shape[0], -1)], dim=1)
+    return torch.argsort(keys, dim=1)

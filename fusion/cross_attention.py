@@ -6,6 +6,7 @@ from torch import nn
 
 from mmgpt.config import ConfigError, FusionConfig
 from mmgpt.fusion.base import Fusion, ImageLayout, register_fusion
+from mmgpt.fusion.concat import image_prefix, image_prefix_mask, image_prefix_positions
 
 
 class CrossAttentionLayer(nn.Module):
@@ -57,6 +58,9 @@ class CrossAttention(Fusion):
 
     Several images: every text token attends over all images' tokens at once, each token carrying its
     image's index embedding, so a question can compare images ("which image shows a circle?").
+
+    With `image_prefix`, F = [I, those text tokens] laid out as concat lays them out (each image at its slot):
+    the image tokens keep their grid order in the generator's positions, which a set of keys does not.
     """
 
     reads_all_images = True
@@ -74,6 +78,7 @@ class CrossAttention(Fusion):
             for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(cfg.dim)
+        self.image_norm = nn.LayerNorm(cfg.dim) if cfg.image_prefix else None
 
     def combine(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
                 images: ImageLayout | None = None) -> torch.Tensor:
@@ -81,9 +86,18 @@ class CrossAttention(Fusion):
         image_mask = None if images is None else images.token_mask()
         for layer in self.layers:
             text = layer(text, image, text_mask, image_mask)
-        return self.norm(text)
+        text = self.norm(text)
+        if self.image_norm is None:
+            return text
+        return image_prefix(text, text_mask, self.image_norm(image), images)
 
     def fused_mask(self, text_mask: torch.Tensor, image: torch.Tensor, images: ImageLayout | None = None
                    ) -> torch.Tensor:
-        """F follows the text: T_mask (B, Lt)."""
-        return text_mask
+        """F follows the text: T_mask (B, Lt); with `image_prefix`, concat's mask (B, Li + Lt)."""
+        if self.image_norm is None:
+            return text_mask
+        return image_prefix_mask(text_mask, image, images)
+
+    def image_token_positions(self, text_mask: torch.Tensor, images: ImageLayout) -> torch.Tensor:
+        """(B, K * Li): with `image_prefix`, the position in F of each image token of I, in I's order."""
+        return image_prefix_positions(text_mask, images)

@@ -163,6 +163,9 @@ class FusionConfig:
     # cross-attention: the text tokens also attend to each other before reading the image. Without it each
     # token reads the image alone, so a fixed caption prompt has only its own words' queries to describe a scene
     text_self_attention: bool = False
+    # cross-attention: F also keeps the image tokens, in grid order before the text (as concat does), so the
+    # generator reads where each thing is from its own positions, not only what the text tokens gathered
+    image_prefix: bool = False
     freeze: bool = False
 
     def __post_init__(self) -> None:

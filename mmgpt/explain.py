@@ -218,7 +218,17 @@ def explain(
                 layer_maps = normalise(generator[..., positions]).transpose(0, 1)  # (N, layers, views * Li)
                 maps = normalise(layer_maps.mean(dim=1))
             else:
-                layer_maps = _fusion_attention_maps(fusion_weights, generator, views * tokens)
+                image_columns = _prefix_image_columns(model, batch, tokens, views, several)
+                if image_columns is None:
+                    layer_maps = _fusion_attention_maps(fusion_weights, generator, views * tokens)
+                else:
+                    # the generator reads the image through the text tokens and, with image_prefix, directly:
+                    # the direct attention is one more map beside each fusion layer's
+                    text_columns = torch.ones(generator.shape[-1], dtype=torch.bool)
+                    text_columns[image_columns] = False
+                    layer_maps = torch.cat([
+                        _fusion_attention_maps(fusion_weights, generator[..., text_columns], views * tokens),
+                        normalise(generator[..., image_columns].mean(dim=0)).unsqueeze(1)], dim=1)
                 maps = normalise(layer_maps.mean(dim=1))
     finally:
         hook.remove()
@@ -243,6 +253,17 @@ def _grad_cam(features: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
         maps.append(torch.cat([torch.relu(features[v].detach() @ gradient[v].mean(dim=0))
                                for v in range(len(features))]))
     return normalise(torch.stack(maps)) if maps else torch.zeros(0, features.shape[0] * features.shape[1])
+
+
+def _prefix_image_columns(model: MMGPT, batch: dict, tokens: int, views: int, several: bool
+                          ) -> torch.Tensor | None:
+    """Where the image tokens sit in the generator's prefix when the fusion keeps them there (image_prefix)."""
+    if not getattr(model.config.fusion, "image_prefix", False):
+        return None
+    if not several:
+        return torch.arange(tokens)
+    return model.fusion.image_token_positions(batch["attention_mask"], ImageLayout(
+        batch["image_mask"], batch["image_slots"], tokens, views))[0]
 
 
 def _fusion_attention_maps(weights: list[torch.Tensor], generator: torch.Tensor, image_tokens: int) -> torch.Tensor:

@@ -55,6 +55,17 @@ def test_every_fusion_gives_a_distribution_per_answer_token(fusion: str) -> None
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_image_prefix_maps_add_the_generators_own_look_at_the_image() -> None:
+    model = several_images_model("cross_attention+image_prefix", max_images=1)
+    result = explaining.explain(model, picture(), "what color is the shape?", answer="a small green triangle")
+    count = len(result.token_ids)
+    # one map per fusion layer, then the generator's direct attention to the image tokens of its prefix
+    assert result.method == "fusion attention" and result.layer_maps.shape == (count, 2, 4, 4)
+    torch.testing.assert_close(result.layer_maps.sum(dim=(2, 3)), torch.ones(count, 2))
+    torch.testing.assert_close(result.maps, result.layer_maps.mean(dim=1))
+    assert result.layer_maps[:, 1].flatten(1).std(dim=1).max() > 1e-6
+
+
 def test_attention_maps_are_the_fusion_weights_mixed_by_the_generator() -> None:
     model = tiny_model("cross_attention")
     layer = model.fusion.layers[0]
@@ -199,7 +210,8 @@ def several_images_model(fusion: str, max_images: int = 2, rows: int = 0, cols: 
                          shuffle: int = 1) -> torch.nn.Module:
     from mmgpt.config import TilingConfig
 
-    config = tiny_config(fusion=fusion)
+    config = tiny_config(fusion=fusion.split("+")[0])
+    config.fusion.image_prefix = fusion.endswith("+image_prefix")
     config.max_images = max_images
     config.image_encoder.tiling = TilingConfig(rows=rows, cols=cols)
     config.image_encoder.pixel_shuffle = shuffle
@@ -217,7 +229,8 @@ def second_picture() -> Image.Image:
     return image
 
 
-@pytest.mark.parametrize("fusion", ["cross_attention", "gated_cross_attention", "concat", "weighted_sum"])
+@pytest.mark.parametrize("fusion", ["cross_attention", "gated_cross_attention", "concat", "weighted_sum",
+                                    "cross_attention+image_prefix"])
 def test_one_map_per_image_of_a_several_image_prompt(fusion: str, tmp_path: Path) -> None:
     model = several_images_model(fusion)
     result = explaining.explain(model, [picture(), second_picture()], "same color?", answer="no it is not")
@@ -240,7 +253,8 @@ def test_one_map_per_image_of_a_several_image_prompt(fusion: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("fusion,shuffle,grid", [("cross_attention", 2, (2, 2)), ("concat", 1, (4, 4)),
-                                                 ("weighted_sum", 2, (4, 4))])
+                                                 ("weighted_sum", 2, (4, 4)),
+                                                 ("cross_attention+image_prefix", 2, (2, 2))])
 def test_one_map_per_tile(fusion: str, shuffle: int, grid: tuple[int, int]) -> None:
     model = several_images_model(fusion, max_images=1, rows=1, cols=2, shuffle=shuffle)
     result = explaining.explain(model, picture(), "what color is the shape?", answer="red circle")

@@ -10,7 +10,8 @@ from mmgpt.fusion import FUSIONS, Fusion, build_fusion
 
 TEXT_DIM, IMAGE_DIM, DIM = 6, 10, 8
 # every fusion with its defaults, plus the options that change which tokens a fusion's tokens see
-VARIANTS = [(name, {}) for name in FUSION_NAMES] + [("cross_attention", {"text_self_attention": True})]
+VARIANTS = [(name, {}) for name in FUSION_NAMES] + [("cross_attention", {"text_self_attention": True}),
+                                                       ("cross_attention", {"image_prefix": True})]
 VARIANT_IDS = [name + "".join(f"-{k}" for k in changes) for name, changes in VARIANTS]
 
 
@@ -168,6 +169,23 @@ def test_image_positions_let_cross_attention_see_where_tokens_are() -> None:
     torch.testing.assert_close(plain(text, mask, image)[0], plain(text, mask, swapped)[0])
     placed = make("cross_attention", image_positions=True)
     assert not torch.allclose(placed(text, mask, image)[0], placed(text, mask, swapped)[0], atol=1e-4)
+
+
+def test_image_prefix_puts_the_image_tokens_in_grid_order_before_the_text() -> None:
+    text, mask, image = inputs()
+    swapped = image[:, [1, 0, 2, 3]]
+    # plain cross-attention reads the image tokens as a set: swapping two changes nothing the generator sees
+    plain = make("cross_attention")
+    torch.testing.assert_close(plain(text, mask, image)[0], plain(text, mask, swapped)[0], atol=1e-5, rtol=1e-5)
+    prefixed = make("cross_attention", image_prefix=True)
+    fused, fused_mask = prefixed(text, mask, image)
+    assert fused.shape == (2, 4 + 5, DIM) and torch.equal(fused_mask, torch.cat([torch.ones(2, 4).long(), mask], 1))
+    again, _ = prefixed(text, mask, swapped)
+    torch.testing.assert_close(again[:, :4], fused[:, [1, 0, 2, 3]])  # each token where its grid cell is
+    torch.testing.assert_close(again[:, 4:], fused[:, 4:], atol=1e-5, rtol=1e-5)
+    # the same seed builds the same layers: the text part is plain cross-attention's F
+    torch.testing.assert_close(fused[:, 4:], plain(text, mask, image)[0])
+    assert (fused[:, 4:][mask == 0] == 0).all()
 
 
 def test_text_self_attention_lets_each_token_read_the_image_knowing_the_prompt() -> None:

@@ -16,8 +16,8 @@ from mmgpt.config import ConfigError, FusionConfig, ImageEncoderConfig, PromptTe
 from mmgpt.data.dataset import check_images
 from mmgpt.data.formats import read_dataset
 from mmgpt.data.spec import DatasetSpec
+from mmgpt.fusion import concat
 from mmgpt.fusion.base import ImageLayout, build_fusion
-from mmgpt.fusion.concat import Concat
 from mmgpt.images import tile_views
 from mmgpt.inference import answer
 from mmgpt.projector import pixel_shuffle
@@ -28,8 +28,9 @@ PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes ar
 
 
 def several_images_model(fusion: str = "cross_attention", max_images: int = 3):
-    config = tiny_config(fusion=fusion)
+    config = tiny_config(fusion=fusion.split("+")[0])
     config.max_images = max_images
+    config.fusion.image_prefix = fusion.endswith("+image_prefix")
     return build(config).eval()
 
 
@@ -38,7 +39,7 @@ def prefix(model, batch):
                                image_mask=batch.get("image_mask"), image_slots=batch.get("image_slots"))
 
 
-@pytest.mark.parametrize("fusion", FUSION_NAMES)
+@pytest.mark.parametrize("fusion", [*FUSION_NAMES, "cross_attention+image_prefix"])
 def test_mixed_image_counts_equal_each_alone(fusion):
     model = several_images_model(fusion)
     images = random_images(model, 4)
@@ -55,7 +56,7 @@ def test_mixed_image_counts_equal_each_alone(fusion):
     assert torch.isfinite(model(**batch).loss)
 
 
-@pytest.mark.parametrize("fusion", ["cross_attention", "concat", "product"])
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat", "product", "cross_attention+image_prefix"])
 def test_image_identity_and_order_reach_the_prefix(fusion):
     model = several_images_model(fusion)
     a, b = random_images(model, 2)
@@ -76,7 +77,7 @@ def test_each_distinct_image_encoded_once():
 def test_concat_puts_each_image_at_its_slot():
     text_mask = torch.tensor([[1, 1, 1, 1, 1, 0]])
     layout = ImageLayout(mask=torch.tensor([[1, 1, 0]]), slots=torch.tensor([[1, 3, 0]]), tokens_per_image=2)
-    order = Concat._order(text_mask, layout)[0].tolist()
+    order = concat._order(text_mask, layout)[0].tolist()
     # [image tokens 0..5 (image 2 is padding), text 6..11]: t0, image 0, t1, t2, image 1, t3, t4, then padding
     assert order[:9] == [6, 0, 1, 7, 8, 2, 3, 9, 10]
     assert sorted(order[9:]) == [4, 5, 11]
