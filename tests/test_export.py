@@ -26,7 +26,9 @@ QUESTIONS = 36
 def diverse_model(generator: str = "llama", seed: int = 0, **changes: Any) -> MMGPT:
     """A tiny model whose weights are spread out, so greedy answers differ from question to question; `changes`
     set model config fields (fusion, max_images, tiling, pixel_shuffle)."""
-    config = tiny_config(generator=generator, fusion=changes.pop("fusion", "cross_attention"))
+    fusion = changes.pop("fusion", "cross_attention")
+    config = tiny_config(generator=generator, fusion=fusion.split("+")[0])
+    config.fusion.image_prefix = fusion.endswith("+image_prefix")
     config.max_images = changes.pop("max_images", 1)
     config.image_encoder.tiling = TilingConfig(*changes.pop("tiling", (0, 0)))
     config.image_encoder.pixel_shuffle = changes.pop("pixel_shuffle", 1)
@@ -216,9 +218,9 @@ def test_parts_the_runtime_cannot_reproduce_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fusion", ["concat", "weighted_sum"])
+@pytest.mark.parametrize("fusion", ["concat", "weighted_sum", "cross_attention+image_prefix"])
 def test_several_images_per_prompt_export_answers_equal_eager(tmp_path: Path, fusion: str) -> None:
-    # concat places each image's tokens in the prompt; weighted_sum fuses each image on its own
+    # concat (and image_prefix) place each image's tokens in the prompt; weighted_sum fuses each image on its own
     model = diverse_model(fusion=fusion, max_images=2)
     folder = export_onnx(model, tmp_path / "onnx")
     manifest = json.loads((folder / "manifest.json").read_text())
