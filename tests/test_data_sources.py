@@ -196,6 +196,28 @@ def test_a_stream_with_a_shuffle_buffer_resumes_missing_and_repeating_at_most_th
         assert len(tail) == len(set(tail)) and len(repeated) <= 16 and 0 < len(missed) <= 16, (repeated, missed)
 
 
+def test_a_shuffled_pass_that_runs_out_does_not_wait_for_reader_threads(sets: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import gc
+    import time
+
+    from datasets import config
+
+    waits = []
+    sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: waits.append(s) or sleep(min(s, 0.01)))
+    stream = read_dataset(DatasetSpec(format="hf", path=str(sets / "parquet"), streaming=True, shuffle_buffer=16))
+    # datasets waits 5 s whenever a shuffled stream's reader ends; two whole passes end twice, and never wait
+    assert [len(list(stream)) for _ in range(2)] == [400, 400]
+    assert waits.count(config.SLEEP_TIME_ON_THREADS_SHUTDOWN) == 0 and config.SLEEP_TIME_ON_THREADS_SHUTDOWN == 5
+    # one dropped mid-pass still waits (its scan was left half read)
+    half = iter(stream)
+    next(half)
+    del half
+    gc.collect()
+    assert waits.count(config.SLEEP_TIME_ON_THREADS_SHUTDOWN) == 1
+
+
 def test_planning_a_stream_copies_datasets_position_once_a_batch_and_heads_skip_the_shuffle(
         sets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mmgpt.data.streaming import first_examples

@@ -398,7 +398,7 @@ class HFStream:
         while not (self.limit and state["examples"] >= self.limit):
             before = self.ds.state_dict() if several else None
             self._after_row = False
-            row = next(rows, None)
+            row = _next_row(rows)
             if row is None:
                 break
             examples = self.reader.examples(row, state["rows"])
@@ -421,6 +421,24 @@ class HFStream:
     def _fresh(epoch: int) -> dict[str, Any]:
         """The state at the start of pass `epoch`."""
         return {"epoch": epoch, "row_state": None, "turns_done": 0, "examples": 0, "rows": 0}
+
+
+def _next_row(rows: Iterator[dict]) -> dict | None:
+    """The stream's next row, or None where its pass ends.
+
+    A shuffled stream's readers end by waiting datasets' SLEEP_TIME_ON_THREADS_SHUTDOWN (5 s), so that pyarrow's
+    threads of a scan left half read can wind down (apache/arrow#45214). A pass that runs out has read every scan to
+    its end, yet waited too: 5 s a pass, most of a small set's pass. The wait is skipped only inside this call,
+    where a pass can run out; a stream dropped mid-pass (a stopped run, a `head`) still waits.
+    """
+    from datasets import config
+
+    wait = config.SLEEP_TIME_ON_THREADS_SHUTDOWN
+    config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
+    try:
+        return next(rows, None)
+    finally:
+        config.SLEEP_TIME_ON_THREADS_SHUTDOWN = wait
 
 
 def is_stream(dataset: Any) -> bool:
