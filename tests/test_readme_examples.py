@@ -115,3 +115,17 @@ def test_the_first_python_example_prints_readable_text_and_writes_under_runs(tmp
     # an untrained model's arbitrary tokens (often broken UTF-8) are not printed as if they were an answer
     assert proc.stdout == ""
     assert [p.name for p in tmp_path.iterdir()] == ["runs"]
+
+
+@pytest.mark.slow
+def test_your_data_commands_run_verbatim(tmp_path: Path) -> None:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Your data"):]
+    script = section[section.index("```bash\n") + len("```bash\n"):section.index("\n```\n")]
+    # the commands name train.py and configs/ from the repository root; the files they write stay in tmp_path
+    for name in ("train.py", "configs"):
+        (tmp_path / name).symlink_to(Path(readme_examples.REPO, name))
+    done = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for run in ("my_jsonl", "my_llava", "my_hf"):
+        assert (tmp_path / "runs" / run / "model" / "model.safetensors").is_file(), run
