@@ -1,6 +1,7 @@
 """eval_vqa.py --lmms-task: the evaluated questions as an lmms-eval task folder, and lmms-eval's score of a served
-model on it equal to eval_vqa.py's. The second test needs lmms-eval (`pip install lmms-eval`, a separate
-environment is fine) and is skipped without it; it runs offline against `mmgpt serve` in this process."""
+model on it equal to eval_vqa.py's. The second test needs lmms-eval (`pip install lmms-eval "filelock<4"`, in an
+environment of its own: the other extras need filelock 4 and protobuf 7) and is skipped without it; it runs offline
+against `mmgpt serve` in this process."""
 from __future__ import annotations
 
 import json
