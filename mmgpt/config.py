@@ -287,6 +287,7 @@ class ModelConfig:
     # versions of mmgpt that predate them (model_dict)
     UNWRITTEN_DEFAULTS: ClassVar[dict[str, Any]] = {
         "max_images": 1, "image_encoder.tiling": {"rows": 0, "cols": 0}, "image_encoder.pixel_shuffle": 1,
+        "fusion.image_prefix": False,
     }
 
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
