@@ -205,7 +205,10 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     predictions = [generate_answers(model, examples, batch_size=args.batch_size, accelerator=accelerator, seed=seed,
                                     generation_config=config) for config in configs]
     # every rank has the gathered answers: leave the process group now, since a rank that exits while gloo's
-    # threads still run aborts ("terminate called without an active exception") and fails the launch
+    # threads still run aborts ("terminate called without an active exception") and fails the launch. The barrier
+    # first: a rank that has its gathered answers may still be sending its own, and tearing gloo down then aborts
+    # the other rank (seen once in CI)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     info = {
         "model": str(model_name),

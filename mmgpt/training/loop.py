@@ -713,6 +713,8 @@ def finish(run: Run) -> dict:
             # the newest trained model of the main job, so answer() finds it without arguments
             remember_default_model(output_dir / "model")
     accelerator.log(metrics, step=state.step)
+    # as in the eval scripts: no rank tears gloo down while another may still be using it
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
