@@ -211,14 +211,12 @@ def explain(
                 maps = _grad_cam(grid[0], log_probs)
                 tokens = grid[0].shape[1]
             elif method == "generator attention":
-                # concat puts one image's tokens first in the prefix, several at their slots
-                positions = (torch.arange(tokens) if not several else
-                             model.fusion.image_token_positions(batch["attention_mask"], ImageLayout(
-                                 batch["image_mask"], batch["image_slots"], tokens, views))[0])
+                positions = _prefix_image_columns(model, batch, tokens, views, several)
                 layer_maps = normalise(generator[..., positions]).transpose(0, 1)  # (N, layers, views * Li)
                 maps = normalise(layer_maps.mean(dim=1))
             else:
-                image_columns = _prefix_image_columns(model, batch, tokens, views, several)
+                image_columns = (_prefix_image_columns(model, batch, tokens, views, several)
+                                 if model.config.fusion.image_prefix else None)
                 if image_columns is None:
                     layer_maps = _fusion_attention_maps(fusion_weights, generator, views * tokens)
                 else:
@@ -255,11 +253,9 @@ def _grad_cam(features: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
     return normalise(torch.stack(maps)) if maps else torch.zeros(0, features.shape[0] * features.shape[1])
 
 
-def _prefix_image_columns(model: MMGPT, batch: dict, tokens: int, views: int, several: bool
-                          ) -> torch.Tensor | None:
-    """Where the image tokens sit in the generator's prefix when the fusion keeps them there (image_prefix)."""
-    if not getattr(model.config.fusion, "image_prefix", False):
-        return None
+def _prefix_image_columns(model: MMGPT, batch: dict, tokens: int, views: int, several: bool) -> torch.Tensor:
+    """Where the image tokens sit in the generator's prefix, for a fusion that keeps them there (concat,
+    image_prefix): one image's first, several at their slots."""
     if not several:
         return torch.arange(tokens)
     return model.fusion.image_token_positions(batch["attention_mask"], ImageLayout(

@@ -210,8 +210,7 @@ def several_images_model(fusion: str, max_images: int = 2, rows: int = 0, cols: 
                          shuffle: int = 1) -> torch.nn.Module:
     from mmgpt.config import TilingConfig
 
-    config = tiny_config(fusion=fusion.split("+")[0])
-    config.fusion.image_prefix = fusion.endswith("+image_prefix")
+    config = tiny_config(fusion=fusion)
     config.max_images = max_images
     config.image_encoder.tiling = TilingConfig(rows=rows, cols=cols)
     config.image_encoder.pixel_shuffle = shuffle

@@ -26,9 +26,7 @@ QUESTIONS = 36
 def diverse_model(generator: str = "llama", seed: int = 0, **changes: Any) -> MMGPT:
     """A tiny model whose weights are spread out, so greedy answers differ from question to question; `changes`
     set model config fields (fusion, max_images, tiling, pixel_shuffle)."""
-    fusion = changes.pop("fusion", "cross_attention")
-    config = tiny_config(generator=generator, fusion=fusion.split("+")[0])
-    config.fusion.image_prefix = fusion.endswith("+image_prefix")
+    config = tiny_config(generator=generator, fusion=changes.pop("fusion", "cross_attention"))
     config.max_images = changes.pop("max_images", 1)
     config.image_encoder.tiling = TilingConfig(*changes.pop("tiling", (0, 0)))
     config.image_encoder.pixel_shuffle = changes.pop("pixel_shuffle", 1)

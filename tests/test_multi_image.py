@@ -28,9 +28,8 @@ PROMPTS = ["what color is the shape?", "is there a circle?", "how many shapes ar
 
 
 def several_images_model(fusion: str = "cross_attention", max_images: int = 3):
-    config = tiny_config(fusion=fusion.split("+")[0])
+    config = tiny_config(fusion=fusion)
     config.max_images = max_images
-    config.fusion.image_prefix = fusion.endswith("+image_prefix")
     return build(config).eval()
 
 

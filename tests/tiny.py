@@ -116,11 +116,13 @@ def tiny_config(
     generator: str = "llama",
     max_answer_length: int = 12,
 ) -> ModelConfig:
-    """A whole model of a few ten thousand parameters."""
+    """A whole model of a few ten thousand parameters; `fusion` may name options to turn on after a + each
+    ("cross_attention+image_prefix")."""
+    fusion, *options = fusion.split("+")
     return ModelConfig(
         text_encoder=text_encoder_config(text),
         image_encoder=image_encoder_config(image),
-        fusion=FusionConfig(type=fusion, dim=16, num_layers=1, num_heads=2),
+        fusion=FusionConfig(type=fusion, dim=16, num_layers=1, num_heads=2, **dict.fromkeys(options, True)),
         generator=generator_config(generator),
         max_answer_length=max_answer_length,
     )
