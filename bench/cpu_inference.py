@@ -313,17 +313,25 @@ def measure_overheads(models: dict[str, Any], image: str, n: int, repeats: int,
 MEMORY_SCRIPT = """
 import json, torch, psutil
 torch.set_num_threads(1)
-from mmgpt.inference import answer
-answer("{question}", "{image}", model="{folder}", device="cpu", max_new_tokens=8)
+{load}
 # VmHWM: this process's peak RSS (getrusage's ru_maxrss keeps the forking parent's peak across exec)
 peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({{"peak_rss_bytes": peak, "rss_after_answer_bytes": psutil.Process().memory_info().rss}}))
 """
 
 
+TORCH_LOAD = """from mmgpt.inference import answer
+answer({question!r}, {image!r}, model={folder!r}, device="cpu", max_new_tokens=8)"""
+# the export as measure_config wrote it, or the peer built from its config (random weights: nothing to load)
+EXTERNAL_LOAD = """from bench.cpu_paths import OnnxPath, SmolVLMPath
+model = OnnxPath(__import__("pathlib").Path({folder!r}), 1) if {folder!r} else SmolVLMPath({seed})
+model.answer([{question!r}], [{image!r}], batch_size=1, max_new_tokens=8)"""
+
+
 def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int = 0,
                    tiny: bool = False) -> dict[str, Any]:
-    """Each path saved as a model folder and answered once in a fresh process: its peak and steady RSS."""
+    """Each path answering once in a fresh process, from a saved folder (the ONNX paths: the export
+    measure_config wrote; smolvlm: built from its config): its peak and steady RSS."""
     from mmgpt.compress.quantize import quantize
 
     base = build(config, seed, tiny)
@@ -336,13 +344,18 @@ def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int =
 
     Image.new("RGB", (width, height), (200, 40, 40)).save(image)
     memory = {}
-    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in paths if p not in EXTERNAL_PATHS):
-        folder = fp32 if path == "fp32" else quantize(fp32, workdir / f"{config}-{path}", path)
-        script = MEMORY_SCRIPT.format(question=QUESTION, image=image, folder=folder)
+    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in paths if p != "smolvlm" or config == "gpu200m"):
+        if path in EXTERNAL_PATHS:
+            folder = str(workdir / config / path) if path != "smolvlm" else ""
+            load = EXTERNAL_LOAD.format(question=QUESTION, image=str(image), folder=folder, seed=seed)
+        else:
+            folder = fp32 if path == "fp32" else quantize(fp32, workdir / f"{config}-{path}", path)
+            load = TORCH_LOAD.format(question=QUESTION, image=str(image), folder=str(folder))
+        script = MEMORY_SCRIPT.format(load=load)
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                              cwd=common.REPO)
-        memory[path] = {**json.loads(out.stdout.strip().splitlines()[-1]),
-                        "folder_bytes": sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())}
+        memory[path] = {**json.loads(out.stdout.strip().splitlines()[-1]), "folder_bytes": sum(
+            f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) if folder else None}
         logger.info("%s %s: %s", config, path, memory[path])
     return memory
 
@@ -401,7 +414,38 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         if "overheads" in r:
             print(r["config"], json.dumps({k: round(v, 3) for k, v in r["overheads"]["ratios"].items()}))
     name = f"{NAME}-tiny" if args.tiny else NAME
-    return cli.write(NAME, name, device, args, {"cpu": cpu_model(), "results": results})
+    written = cli.write(NAME, name, device, args, {"cpu": cpu_model(), "results": results})
+    plot(results, Path(written["path"]).with_suffix(".png"))
+    return written
+
+
+def plot(results: list[dict[str, Any]], out: Path) -> None:
+    """Decode tokens/s of every path per config and batch size at the longest length, with the bandwidth bound."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(r, b) for r in results for b in sorted({p["batch_size"] for p in r["points"]})]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (r, batch) in zip(axes[0], panels):
+        longest = max(p["new_tokens"] for p in r["points"])
+        points = [p for p in r["points"] if p["batch_size"] == batch and p["new_tokens"] == longest]
+        names = [p["path"] for p in points]
+        ax.bar(names, [p["decode_tokens_per_s"] for p in points], color="tab:blue", label="measured")
+        ax.scatter(names, [p["bound_tokens_per_s"] for p in points], marker="_", s=300, color="tab:red",
+                   label="bandwidth bound")
+        ax.set_yscale("log")
+        ax.set_title(f"{r['config']}, batch {batch}, {longest} tokens", fontsize=10)
+        ax.set_ylabel("decode tokens/s")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    logger.info("wrote %s", out)
 
 
 def cpu_model() -> str:

@@ -193,7 +193,8 @@ def section_cpu_inference(data: dict[str, Any]) -> str:
             line += "; from a saved folder in a fresh process (peak RSS incl. loading / RSS after answering / " \
                     "folder): " + ", ".join(
                         f"{path} {common.human_bytes(m['peak_rss_bytes'])} / "
-                        f"{common.human_bytes(m['rss_after_answer_bytes'])} / {common.human_bytes(m['folder_bytes'])}"
+                        f"{common.human_bytes(m['rss_after_answer_bytes'])} / "
+                        f"{common.human_bytes(m['folder_bytes']) if m.get('folder_bytes') else 'built from config'}"
                         for path, m in r["memory"].items())
         text += line + "."
     return text

@@ -130,14 +130,19 @@ def test_cpu_inference_tiny(out_dir: Path, tmp_path: Path) -> None:
         fp32 = next(p for p in config["points"] if p["path"] == "fp32")
         assert int8["decode_bytes_per_step"] < 0.35 * fp32["decode_bytes_per_step"]  # int8 weights and head
         positive(config["overheads"]["ratios"], "fp32_kv_cache_speedup", "int8_answer_over_generate")
+    assert Path(result["path"]).with_suffix(".png").stat().st_size > 10_000  # the plot of every path
 
 
 @pytest.mark.slow
 def test_cpu_inference_onnx_paths_tiny(out_dir: Path, tmp_path: Path) -> None:
     result = cpu_inference.run(["--tiny", "--configs", "gpu200m", "--paths", "fp32", "onnx", "onnx-int8",
                                  "--batch-sizes", "1", "--new-tokens", "2", "3", "--repeats", "1", "--threads", "1",
-                                 "--no-overheads", "--workdir", str(tmp_path), "--out-dir", str(out_dir)])
+                                 "--no-overheads", "--memory", "--workdir", str(tmp_path), "--out-dir", str(out_dir)])
     points = read(result["path"])["results"][0]["points"]
+    memory = read(result["path"])["results"][0]["memory"]
+    assert set(memory) == {"fp32", "onnx", "onnx-int8"}  # every path's RSS answering from its folder
+    assert memory["onnx-int8"]["folder_bytes"] < memory["onnx"]["folder_bytes"]
+    assert all(m["peak_rss_bytes"] >= 0.95 * m["rss_after_answer_bytes"] > 0 for m in memory.values())
     assert [p["path"] for p in points[:3]] == ["fp32", "onnx", "onnx-int8"]
     for point in points:
         positive(point, "ttft_s", "decode_tokens_per_s", "decode_x_fp32", "total_x_fp32")

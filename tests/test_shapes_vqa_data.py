@@ -148,3 +148,20 @@ def test_multi_image_read_as_dataset(multi, monkeypatch):
     assert all(isinstance(e.image, list) and 2 <= len(e.image) <= 3 and all(Path(p).is_file() for p in e.image)
                for e in examples)
     assert examples[0].prompt == examples[0].meta["question"]  # the default template, no placeholders
+
+
+def test_multi_image_questions_combine_a_pool_of_images(multi):
+    # one image set per question let a model learn the answers to its few thousand sets instead of reading shapes:
+    # a split's questions draw from one pool, where every shape and colour is drawn equally often
+    for split in SPLITS:
+        recs = records(multi, split)
+        pool = sorted((multi[split].parent / "images" / split).iterdir())
+        assert len(pool) == max(len(shapes_vqa.COMBOS), len(recs))
+        uses = Counter(path for rec in recs for path in rec["images"])
+        assert sum(uses.values()) > len(pool) >= len(uses) and max(uses.values()) >= 2
+        for rec in recs:
+            for path, scene in zip(rec["images"], rec["meta"]["scenes"]):
+                (o,) = scene["shapes"]
+                assert Path(path).parent.name == split
+                assert (o["shape"], o["color"]) == shapes_vqa.COMBOS[int(Path(path).stem) % len(shapes_vqa.COMBOS)]
+        assert all(len(rec["images"]) == len(set(rec["images"])) for rec in recs if len(pool) >= 48)

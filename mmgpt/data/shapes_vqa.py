@@ -10,7 +10,8 @@
 Both are generated, seeded and cached like mmgpt.data.shapes: the same parameters give byte-identical files.
 Layout under ``root/{name}-v{version}-s{seed}-{size}px-{train}-{val}-{test}/``: ``{split}.jsonl`` (mmgpt's
 JSONL schema: ``images`` or ``image`` paths relative to the file, ``prompt`` = the question, ``answer``,
-``meta`` with the question type and what each image shows), ``images/{split}/{example:06d}-{image}.png``, ``meta.json``.
+``meta`` with the question type and what each image shows), ``images/{split}/`` (multi-image: the pool,
+``{image:06d}.png``; high-res: ``{example:06d}-0.png``), ``meta.json``.
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from PIL import Image
 
 from mmgpt.data.shapes import COLORS, LOCATIONS, NUMBERS, SPLITS, build_cached, check_params, render_scene
 
-VERSION = 1  # bump whenever scenes, drawing or questions change: it is part of the cache key
+# bump whenever scenes, drawing or questions change: it is part of the cache key
+VERSIONS = {"shapes-multi": 2, "shapes-highres": 1}
 EASY_SHAPES = ("circle", "rectangle", "triangle")  # easy-VQA's three shapes
+COMBOS = tuple((shape, color) for shape in EASY_SHAPES for color in sorted(COLORS))
+MAX_POOL = 8000  # a split's one-shape images; its questions combine them (many questions per image)
 ORDINALS = ("first", "second", "third")
 COUNT_WORDS = {0: "zero", **NUMBERS}
 HIGHRES_SHAPES = ("circle", "square", "triangle", "star")  # at ~3 px all look alike; at ~10 px each differs
@@ -94,19 +98,77 @@ def _highres_question(rng: random.Random, size: int) -> tuple[list[dict], str, s
     return shapes, f"what shape is {where}?", target["shape"], "shape_at"
 
 
+def _pool(rng: random.Random, size: int, count: int) -> list[dict[str, Any]]:
+    """`count` one-shape images for a split, every (shape, colour) of COMBOS drawn equally often."""
+    out = []
+    for i in range(count):
+        shape = _single_shape(rng, size)
+        shape["shape"], shape["color"] = COMBOS[i % len(COMBOS)]
+        out.append(shape)
+    return out
+
+
+def _pick(rng: random.Random, by_combo: dict[tuple, list[int]], wanted: list[dict]) -> list[int]:
+    """A pool image for each wanted (shape, colour), distinct within the question where the pool allows."""
+    picked: list[int] = []
+    for o in wanted:
+        choices = by_combo[(o["shape"], o["color"])]
+        free = [i for i in choices if i not in picked]
+        picked.append(rng.choice(free or choices))
+    return picked
+
+
+def _generate_multi(folder: Path, params: dict[str, Any]) -> None:
+    """Each split: a pool of one-shape images, then questions about 2-3 of them (held-out splits first)."""
+    size, name = params["image_size"], "shapes-multi"
+    lines: dict[str, list[str]] = {}
+    for split in ("test", "val", "train"):  # held-out splits first, so changing num_train leaves them alone
+        rng = random.Random(f"mmgpt-{name}-v{VERSIONS[name]}-{params['seed']}-{split}")
+        count = params[f"num_{split}"]
+        pool = _pool(rng, size, max(len(COMBOS), min(count, MAX_POOL)) if count else 0)
+        by_combo: dict[tuple, list[int]] = {}
+        for i, o in enumerate(pool):
+            by_combo.setdefault((o["shape"], o["color"]), []).append(i)
+        (folder / "images" / split).mkdir(parents=True)
+        for i, o in enumerate(pool):
+            render_scene({"background": "white", "striped": False, "shapes": [o]}, size, supersample=4).save(
+                folder / "images" / split / f"{i:06d}.png", format="PNG", compress_level=6)
+        lines[split] = []
+        for i in range(count):
+            wanted, question, answer, kind = _multi_question(rng, size)
+            shown = _pick(rng, by_combo, wanted)
+            scenes = [{"background": "white", "striped": False, "shapes": [pool[k]]} for k in shown]
+            record = {"id": f"{split}-{i}", "images": [f"images/{split}/{k:06d}.png" for k in shown],
+                      "prompt": question, "answer": answer, "task": "vqa",
+                      "meta": {"question": question, "question_type": kind,
+                               "answer_type": "yes/no" if answer in ("yes", "no") else "other", "scenes": scenes}}
+            lines[split].append(json.dumps(record, separators=(",", ":")))
+    for split in SPLITS:
+        (folder / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines[split]), encoding="utf-8")
+    _write_meta(folder, name, params)
+
+
+def _write_meta(folder: Path, name: str, params: dict[str, Any]) -> None:
+    """meta.json, written last: it marks the set complete."""
+    meta = {"generator": f"mmgpt.data.shapes_vqa.{name}", "version": VERSIONS[name], "params": params,
+            "images": {split: len(os.listdir(folder / "images" / split)) for split in SPLITS},
+            "pillow": Image.__version__}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+
+
 def _key(shapes: list[dict], question: str) -> tuple:
     """What an example shows and asks: splits never share one."""
     return question, tuple((o["shape"], o["color"], *o["center"], o["radius"]) for o in shapes)
 
 
-def _generate(folder: Path, name: str, params: dict[str, Any],
-              sample: Callable[[random.Random, int], tuple[list[dict], str, str, str]], several: bool) -> None:
-    size, taken = params["image_size"], set()
+def _generate_highres(folder: Path, params: dict[str, Any]) -> None:
+    """Each split: one large scene per question, no scene shared between splits (held-out splits first)."""
+    size, taken, name = params["image_size"], set(), "shapes-highres"
     records: dict[str, list[dict]] = {}
     for split in ("test", "val", "train"):  # held-out splits first, so changing num_train leaves them alone
-        rng, own, out = random.Random(f"mmgpt-{name}-v{VERSION}-{params['seed']}-{split}"), set(), []
+        rng, own, out = random.Random(f"mmgpt-{name}-v{VERSIONS[name]}-{params['seed']}-{split}"), set(), []
         while len(out) < params[f"num_{split}"]:
-            shapes, question, answer, kind = sample(rng, size)
+            shapes, question, answer, kind = _highres_question(rng, size)
             if _key(shapes, question) not in taken:  # an example seen in another split would leak into evaluation
                 own.add(_key(shapes, question))
                 out.append((shapes, question, answer, kind))
@@ -116,30 +178,24 @@ def _generate(folder: Path, name: str, params: dict[str, Any],
         (folder / "images" / split).mkdir(parents=True)
         lines = []
         for i, (shapes, question, answer, kind) in enumerate(records[split]):
-            scenes = [{"background": "white", "striped": False, "shapes": [o]} for o in shapes] if several else \
-                [{"background": "white", "striped": False, "shapes": shapes}]
-            paths = []
-            for k, scene in enumerate(scenes):  # named per split: a split's files do not depend on another's size
-                paths.append(f"images/{split}/{i:06d}-{k}.png")
-                # large scenes are drawn at 2x: their shapes are 10+ px wide, and 4x would take 4 times as long
-                render_scene(scene, size, supersample=2 if size > 128 else 4).save(
-                    folder / paths[-1], format="PNG", compress_level=6)
-            record = {"id": f"{split}-{i}", **({"images": paths} if several else {"image": paths[0]}),
+            scenes = [{"background": "white", "striped": False, "shapes": shapes}]
+            path = f"images/{split}/{i:06d}-0.png"  # named per split: a split's files do not depend on another's size
+            # large scenes are drawn at 2x: their shapes are 10+ px wide, and 4x would take 4 times as long
+            render_scene(scenes[0], size, supersample=2 if size > 128 else 4).save(
+                folder / path, format="PNG", compress_level=6)
+            record = {"id": f"{split}-{i}", "image": path,
                       "prompt": question, "answer": answer, "task": "vqa",
                       "meta": {"question": question, "question_type": kind,
                                "answer_type": "yes/no" if answer in ("yes", "no") else "other", "scenes": scenes}}
             lines.append(json.dumps(record, separators=(",", ":")))
         (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    meta = {"generator": f"mmgpt.data.shapes_vqa.{name}", "version": VERSION, "params": params,
-            "images": {split: len(os.listdir(folder / "images" / split)) for split in SPLITS},
-            "pillow": Image.__version__}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")  # last: marks complete
+    _write_meta(folder, name, params)
 
 
-def _build(name: str, root: str | Path, params: dict[str, Any], several: bool,
-           sample: Callable[[random.Random, int], tuple[list[dict], str, str, str]]) -> dict[str, Path]:
-    check_params(f"build_{name.replace('-', '_')}", params, {"image_size": 16})
-    folder = Path(root).expanduser() / (f"{name}-v{VERSION}-s{params['seed']}-{params['image_size']}px-"
+def _build(name: str, caller: str, root: str | Path, params: dict[str, Any],
+           generate: Callable[[Path, dict[str, Any]], None]) -> dict[str, Path]:
+    check_params(caller, params, {"image_size": 16})
+    folder = Path(root).expanduser() / (f"{name}-v{VERSIONS[name]}-s{params['seed']}-{params['image_size']}px-"
                                         f"{params['num_train']}-{params['num_val']}-{params['num_test']}")
 
     def files_ok(path: Path) -> bool:
@@ -147,17 +203,17 @@ def _build(name: str, root: str | Path, params: dict[str, Any], several: bool,
         return all((path / f"{s}.jsonl").is_file() and len(os.listdir(path / "images" / s)) == counts.get(s)
                    for s in SPLITS)
 
-    build_cached(folder, f"mmgpt.data.shapes_vqa.{name}", VERSION, params,
-                 lambda tmp: _generate(tmp, name, params, sample, several), files_ok)
+    build_cached(folder, f"mmgpt.data.shapes_vqa.{name}", VERSIONS[name], params,
+                 lambda tmp: generate(tmp, params), files_ok)
     return {split: folder / f"{split}.jsonl" for split in SPLITS}
 
 
-def build_multi_image_shapes(root: str | Path, seed: int = 0, num_train: int = 6000, num_val: int = 500,
+def build_multi_image_shapes(root: str | Path, seed: int = 0, num_train: int = 60000, num_val: int = 500,
                              num_test: int = 500, image_size: int = 64) -> dict[str, Path]:
     """Generate (once; cached under root) the multi-image shapes set; returns {split: {split}.jsonl path}."""
     params = {"seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
               "image_size": image_size}
-    return _build("shapes-multi", root, params, True, _multi_question)
+    return _build("shapes-multi", "build_multi_image_shapes", root, params, _generate_multi)
 
 
 def build_highres_shapes(root: str | Path, seed: int = 0, num_train: int = 6000, num_val: int = 500,
@@ -165,4 +221,4 @@ def build_highres_shapes(root: str | Path, seed: int = 0, num_train: int = 6000,
     """Generate (once; cached under root) the high-res shapes set; returns {split: {split}.jsonl path}."""
     params = {"seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
               "image_size": image_size}
-    return _build("shapes-highres", root, params, False, _highres_question)
+    return _build("shapes-highres", "build_highres_shapes", root, params, _generate_highres)
