@@ -162,7 +162,9 @@ def _linear(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     if module._forward_hooks or module._forward_pre_hooks:
         return module
     if type(module) is nn.Linear:
-        return functools.partial(functional.linear, weight=module.weight, bias=module.bias)
+        weight, bias = module.weight, module.bias
+        # positional: a tensor subclass's weight (torchao's int8) dispatches on the arguments' positions
+        return lambda x: functional.linear(x, weight, bias)
     if type(module) is Int8Linear and module._packed is not None:
         return functools.partial(linear_dynamic, packed=module._packed)
     return module

@@ -165,3 +165,15 @@ def test_multi_image_questions_combine_a_pool_of_images(multi):
                 assert Path(path).parent.name == split
                 assert (o["shape"], o["color"]) == shapes_vqa.COMBOS[int(Path(path).stem) % len(shapes_vqa.COMBOS)]
         assert all(len(rec["images"]) == len(set(rec["images"])) for rec in recs if len(pool) >= 48)
+
+
+def test_highres_training_asks_several_questions_of_each_scene(highres):
+    # one question per scene left 6,000 questions to learn position words and small shapes from; a held-out scene
+    # still gets one question, so the test set spans as many scenes as it has questions
+    for split in SPLITS:
+        by_image: dict[str, list[str]] = {}
+        for rec in records(highres, split):
+            by_image.setdefault(rec["image"], []).append(rec["prompt"])
+        per_scene = shapes_vqa.QUESTIONS_PER_SCENE[split]
+        assert all(len(set(asked)) == len(asked) <= per_scene for asked in by_image.values())
+        assert max(len(asked) for asked in by_image.values()) == per_scene

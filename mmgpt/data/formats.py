@@ -201,13 +201,14 @@ def built_in_vqa(spec: DatasetSpec, templates: PromptTemplates,
     if spec.split not in files:
         raise ValueError(f"{spec.format} dataset {spec.label!r}: field 'split' must be one of "
                          f"{sorted(files)}, got {spec.split!r}")
-    out = []
+    out, paths = [], {}  # a multi-image set's questions share a pool of images: each path is resolved once
     for _, where, record in jsonl_records(files[spec.split]):
         if spec.max_examples and len(out) >= spec.max_examples:
             break
         record = record_object(record, where)
         meta = record["meta"]
-        images = [local_path(p, files[spec.split].parent) for p in record.get("images", [record.get("image")])]
+        images = [paths.get(p) or paths.setdefault(p, local_path(p, files[spec.split].parent))
+                  for p in record.get("images", [record.get("image")])]
         out.append(Example(image=images[0] if "image" in record else images,
                            prompt=templates.vqa.format(question=meta["question"]), answer=record["answer"],
                            task="vqa", id=record["id"], source=spec.label,

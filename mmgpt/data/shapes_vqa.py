@@ -5,7 +5,8 @@
   "how many of the images show a triangle?") that no single image answers.
 * **high-res shapes**: large scenes (448 px by default) with a small shape in each of several cells of a
   3x3 grid, and questions about one shape by position ("what color is the shape in the top right corner?")
-  that a single view downscaled to an encoder's 64 px cannot resolve (a shape is then ~3 px wide).
+  that a single view downscaled to an encoder's 64 px cannot resolve (a shape is then ~3 px wide). Training
+  asks four questions of each scene (6,000 scenes for the default 24,000 questions), a held-out scene one.
 
 Both are generated, seeded and cached like mmgpt.data.shapes: the same parameters give byte-identical files.
 Layout under ``root/{name}-v{version}-s{seed}-{size}px-{train}-{val}-{test}/``: ``{split}.jsonl`` (mmgpt's
@@ -27,10 +28,13 @@ from PIL import Image
 from mmgpt.data.shapes import COLORS, LOCATIONS, NUMBERS, SPLITS, build_cached, check_params, render_scene
 
 # bump whenever scenes, drawing or questions change: it is part of the cache key
-VERSIONS = {"shapes-multi": 2, "shapes-highres": 1}
+VERSIONS = {"shapes-multi": 2, "shapes-highres": 2}
 EASY_SHAPES = ("circle", "rectangle", "triangle")  # easy-VQA's three shapes
 COMBOS = tuple((shape, color) for shape in EASY_SHAPES for color in sorted(COLORS))
 MAX_POOL = 8000  # a split's one-shape images; its questions combine them (many questions per image)
+# high-res: training asks about several shapes of each scene (as easy-VQA asks several questions of an image);
+# a held-out scene gets one, so the test set spans as many scenes as it has questions
+QUESTIONS_PER_SCENE = {"train": 4, "val": 1, "test": 1}
 ORDINALS = ("first", "second", "third")
 COUNT_WORDS = {0: "zero", **NUMBERS}
 HIGHRES_SHAPES = ("circle", "square", "triangle", "star")  # at ~3 px all look alike; at ~10 px each differs
@@ -82,20 +86,28 @@ def _multi_question(rng: random.Random, size: int) -> tuple[list[dict], str, str
     return shapes, f"how many of the images show {what}?", COUNT_WORDS[count], kind
 
 
-def _highres_question(rng: random.Random, size: int) -> tuple[list[dict], str, str, str]:
-    """A scene with a small shape in 5-9 cells of a 3x3 grid, and a question about one of them by position."""
+def _highres_scene(rng: random.Random, size: int) -> list[dict[str, Any]]:
+    """A large scene with a small shape in 5-9 cells of a 3x3 grid."""
     cells = rng.sample(sorted(LOCATIONS), rng.randint(5, 9))
     cell, radius = size / 3, 0.025 * size
     slack = (cell / 2 - radius * 1.2) * 0.8
-    shapes = [{"shape": rng.choice(HIGHRES_SHAPES), "color": rng.choice(sorted(COLORS)), "row": row, "col": col,
-               "center": [round((col + 0.5) * cell + rng.uniform(-slack, slack), 2),
-                          round((row + 0.5) * cell + rng.uniform(-slack, slack), 2)], "radius": round(radius, 2)}
-              for row, col in cells]
-    target = rng.choice(shapes)
-    where = LOCATIONS[(target["row"], target["col"])]
-    if rng.random() < 0.5:
-        return shapes, f"what color is the shape {where}?", target["color"], "color_at"
-    return shapes, f"what shape is {where}?", target["shape"], "shape_at"
+    return [{"shape": rng.choice(HIGHRES_SHAPES), "color": rng.choice(sorted(COLORS)), "row": row, "col": col,
+             "center": [round((col + 0.5) * cell + rng.uniform(-slack, slack), 2),
+                        round((row + 0.5) * cell + rng.uniform(-slack, slack), 2)], "radius": round(radius, 2)}
+            for row, col in cells]
+
+
+def _highres_questions(rng: random.Random, shapes: list[dict], count: int) -> list[tuple[str, str, str]]:
+    """Up to `count` distinct (question, answer, type) about single shapes of a scene, each by its position."""
+    asked = rng.sample([(o, kind) for o in shapes for kind in ("color_at", "shape_at")], min(count, 2 * len(shapes)))
+    out = []
+    for target, kind in asked:
+        where = LOCATIONS[(target["row"], target["col"])]
+        if kind == "color_at":
+            out.append((f"what color is the shape {where}?", target["color"], kind))
+        else:
+            out.append((f"what shape is {where}?", target["shape"], kind))
+    return out
 
 
 def _pool(rng: random.Random, size: int, count: int) -> list[dict[str, Any]]:
@@ -162,32 +174,36 @@ def _key(shapes: list[dict], question: str) -> tuple:
 
 
 def _generate_highres(folder: Path, params: dict[str, Any]) -> None:
-    """Each split: one large scene per question, no scene shared between splits (held-out splits first)."""
+    """Each split: large scenes, QUESTIONS_PER_SCENE questions about each, no scene shared between splits (held-out
+    splits first)."""
     size, taken, name = params["image_size"], set(), "shapes-highres"
-    records: dict[str, list[dict]] = {}
+    scenes: dict[str, list[tuple[list[dict], list[tuple[str, str, str]]]]] = {}
     for split in ("test", "val", "train"):  # held-out splits first, so changing num_train leaves them alone
-        rng, own, out = random.Random(f"mmgpt-{name}-v{VERSIONS[name]}-{params['seed']}-{split}"), set(), []
-        while len(out) < params[f"num_{split}"]:
-            shapes, question, answer, kind = _highres_question(rng, size)
-            if _key(shapes, question) not in taken:  # an example seen in another split would leak into evaluation
-                own.add(_key(shapes, question))
-                out.append((shapes, question, answer, kind))
-        taken |= own
-        records[split] = out
+        rng, out, count = random.Random(f"mmgpt-{name}-v{VERSIONS[name]}-{params['seed']}-{split}"), [], 0
+        while count < params[f"num_{split}"]:
+            shapes = _highres_scene(rng, size)
+            key = _key(shapes, "")
+            if key in taken:  # a scene seen in another split would leak into evaluation
+                continue
+            taken.add(key)
+            questions = _highres_questions(rng, shapes, min(QUESTIONS_PER_SCENE[split], params[f"num_{split}"] - count))
+            out.append((shapes, questions))
+            count += len(questions)
+        scenes[split] = out
     for split in SPLITS:
         (folder / "images" / split).mkdir(parents=True)
         lines = []
-        for i, (shapes, question, answer, kind) in enumerate(records[split]):
-            scenes = [{"background": "white", "striped": False, "shapes": shapes}]
+        for i, (shapes, questions) in enumerate(scenes[split]):
+            scene = [{"background": "white", "striped": False, "shapes": shapes}]
             path = f"images/{split}/{i:06d}-0.png"  # named per split: a split's files do not depend on another's size
             # large scenes are drawn at 2x: their shapes are 10+ px wide, and 4x would take 4 times as long
-            render_scene(scenes[0], size, supersample=2 if size > 128 else 4).save(
+            render_scene(scene[0], size, supersample=2 if size > 128 else 4).save(
                 folder / path, format="PNG", compress_level=6)
-            record = {"id": f"{split}-{i}", "image": path,
-                      "prompt": question, "answer": answer, "task": "vqa",
-                      "meta": {"question": question, "question_type": kind,
-                               "answer_type": "yes/no" if answer in ("yes", "no") else "other", "scenes": scenes}}
-            lines.append(json.dumps(record, separators=(",", ":")))
+            for question, answer, kind in questions:
+                record = {"id": f"{split}-{len(lines)}", "image": path, "prompt": question, "answer": answer,
+                          "task": "vqa", "meta": {"question": question, "question_type": kind,
+                                                  "answer_type": "other", "scenes": scene}}
+                lines.append(json.dumps(record, separators=(",", ":")))
         (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     _write_meta(folder, name, params)
 
@@ -216,7 +232,7 @@ def build_multi_image_shapes(root: str | Path, seed: int = 0, num_train: int = 6
     return _build("shapes-multi", "build_multi_image_shapes", root, params, _generate_multi)
 
 
-def build_highres_shapes(root: str | Path, seed: int = 0, num_train: int = 6000, num_val: int = 500,
+def build_highres_shapes(root: str | Path, seed: int = 0, num_train: int = 24000, num_val: int = 500,
                          num_test: int = 500, image_size: int = 448) -> dict[str, Path]:
     """Generate (once; cached under root) the high-res shapes set; returns {split: {split}.jsonl path}."""
     params = {"seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
