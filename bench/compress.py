@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 import torch
 
 from bench.common import REPO, print_table, setup_logging, write_results
+from mmgpt.runtime.manifest import is_export_folder
 
 logger = logging.getLogger("bench.compress")
 
@@ -118,7 +119,7 @@ def weight_bytes(folder: Path) -> int:
 
 def speed(folder: Path, images: list[str], questions: int) -> dict[str, Any]:
     """Parameters, load time and batch-1 / batch-32 latency per answer of a model folder or an export."""
-    onnx = (folder / "manifest.json").is_file()
+    onnx = is_export_folder(folder)
     start = time.perf_counter()
     if onnx:
         from mmgpt.runtime import OnnxVLM
@@ -175,7 +176,7 @@ def onnx_export(source: Path, out: Path, int8: bool = False) -> Path | None:
     except ImportError as e:
         logger.warning("no ONNX row: %s", e)
         return None
-    if not (out / "manifest.json").is_file():
+    if not is_export_folder(out):
         export_onnx(source, out, int8=int8)
     return out
 
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     images = [paths[i] for i in image_ids[: max(args.latency_questions, 32)]]
 
     def ready(folder: Path, make: Any) -> Path:
-        if not (folder / "config.json").is_file() and not (folder / "manifest.json").is_file():
+        if not (folder / "config.json").is_file() and not is_export_folder(folder):
             make()
         return folder
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("measuring %s / %s", model_name, row)
         entry.update(speed(folder, images, args.latency_questions))
         if metrics is None and not args.skip_eval:
-            metrics = evaluate_export(folder) if (folder / "manifest.json").is_file() else evaluate_folder(folder)
+            metrics = evaluate_export(folder) if is_export_folder(folder) else evaluate_folder(folder)
         entry.update(metrics or {})
         rows.append(entry)
     columns = [("model", "model", ""), ("row", "row", ""), ("params", "params", ",d"), ("bytes", "weight bytes", ",d"),

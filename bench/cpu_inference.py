@@ -70,6 +70,11 @@ NANOVLM_LOCAL = {"image_encoder": {"type": "timm", "name": "vit_base_patch16_sig
                  "generator_from": "gpu200m"}
 
 
+def config_paths(config: str, paths: Sequence[str]) -> list[str]:
+    """The paths `config` runs: the SmolVLM peer only with the gpu200m rows."""
+    return [p for p in paths if p != "smolvlm" or config == "gpu200m"]
+
+
 def build(config: str, seed: int = 0, tiny: bool = False) -> Any:
     """The named preset with random weights, built offline (`tiny`: every part shrunk, as bench --tiny does)."""
     from mmgpt.config import from_dict, load_yaml
@@ -233,7 +238,7 @@ def measure_config(config: str, paths: Sequence[str], batch_sizes: Sequence[int]
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
     Image.fromarray(pixels.numpy()).save(image)
-    paths = [p for p in paths if p != "smolvlm" or config == "gpu200m"]
+    paths = config_paths(config, paths)
     models = {path: convert(base, path, workdir / config, seed) for path in paths}
     bandwidth = read_bandwidth()
     logger.info("%s: %.1fM parameters, read bandwidth %.1f GB/s", config, info["params_total"] / 1e6, bandwidth / 1e9)
@@ -323,8 +328,9 @@ print(json.dumps({{"peak_rss_bytes": peak, "rss_after_answer_bytes": psutil.Proc
 TORCH_LOAD = """from mmgpt.inference import answer
 answer({question!r}, {image!r}, model={folder!r}, device="cpu", max_new_tokens=8)"""
 # the export as measure_config wrote it, or the peer built from its config (random weights: nothing to load)
-EXTERNAL_LOAD = """from bench.cpu_paths import OnnxPath, SmolVLMPath
-model = OnnxPath(__import__("pathlib").Path({folder!r}), 1) if {folder!r} else SmolVLMPath({seed})
+EXTERNAL_LOAD = """from pathlib import Path
+from bench.cpu_paths import OnnxPath, SmolVLMPath
+model = OnnxPath(Path({folder!r}), 1) if {folder!r} else SmolVLMPath({seed})
 model.answer([{question!r}], [{image!r}], batch_size=1, max_new_tokens=8)"""
 
 
@@ -344,7 +350,7 @@ def measure_memory(config: str, paths: Sequence[str], workdir: Path, seed: int =
 
     Image.new("RGB", (width, height), (200, 40, 40)).save(image)
     memory = {}
-    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in paths if p != "smolvlm" or config == "gpu200m"):
+    for path in dict.fromkeys(p.replace("fp32-hf", "fp32") for p in config_paths(config, paths)):
         if path in EXTERNAL_PATHS:
             folder = str(workdir / config / path) if path != "smolvlm" else ""
             load = EXTERNAL_LOAD.format(question=QUESTION, image=str(image), folder=folder, seed=seed)

@@ -141,19 +141,20 @@ def _generate_multi(folder: Path, params: dict[str, Any]) -> None:
         by_combo: dict[tuple, list[int]] = {}
         for i, o in enumerate(pool):
             by_combo.setdefault((o["shape"], o["color"]), []).append(i)
+        scenes = [{"background": "white", "striped": False, "shapes": [o]} for o in pool]
         (folder / "images" / split).mkdir(parents=True)
-        for i, o in enumerate(pool):
-            render_scene({"background": "white", "striped": False, "shapes": [o]}, size, supersample=4).save(
-                folder / "images" / split / f"{i:06d}.png", format="PNG", compress_level=6)
+        for i, scene in enumerate(scenes):
+            render_scene(scene, size, supersample=4).save(folder / "images" / split / f"{i:06d}.png", format="PNG",
+                                                          compress_level=6)
         lines[split] = []
         for i in range(count):
             wanted, question, answer, kind = _multi_question(rng, size)
             shown = _pick(rng, by_combo, wanted)
-            scenes = [{"background": "white", "striped": False, "shapes": [pool[k]]} for k in shown]
             record = {"id": f"{split}-{i}", "images": [f"images/{split}/{k:06d}.png" for k in shown],
                       "prompt": question, "answer": answer, "task": "vqa",
                       "meta": {"question": question, "question_type": kind,
-                               "answer_type": "yes/no" if answer in ("yes", "no") else "other", "scenes": scenes}}
+                               "answer_type": "yes/no" if answer in ("yes", "no") else "other",
+                               "scenes": [scenes[k] for k in shown]}}
             lines[split].append(json.dumps(record, separators=(",", ":")))
     for split in SPLITS:
         (folder / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines[split]), encoding="utf-8")
@@ -168,9 +169,9 @@ def _write_meta(folder: Path, name: str, params: dict[str, Any]) -> None:
     (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
 
-def _key(shapes: list[dict], question: str) -> tuple:
-    """What an example shows and asks: splits never share one."""
-    return question, tuple((o["shape"], o["color"], *o["center"], o["radius"]) for o in shapes)
+def _key(shapes: list[dict]) -> tuple:
+    """What a scene shows: splits never share one."""
+    return tuple((o["shape"], o["color"], *o["center"], o["radius"]) for o in shapes)
 
 
 def _generate_highres(folder: Path, params: dict[str, Any]) -> None:
@@ -182,7 +183,7 @@ def _generate_highres(folder: Path, params: dict[str, Any]) -> None:
         rng, out, count = random.Random(f"mmgpt-{name}-v{VERSIONS[name]}-{params['seed']}-{split}"), [], 0
         while count < params[f"num_{split}"]:
             shapes = _highres_scene(rng, size)
-            key = _key(shapes, "")
+            key = _key(shapes)
             if key in taken:  # a scene seen in another split would leak into evaluation
                 continue
             taken.add(key)
