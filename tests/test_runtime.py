@@ -19,7 +19,7 @@ from tiny import build, one_thread, tiny_config  # noqa: F401  (one_thread: auto
 
 from mmgpt import cli
 from mmgpt.encoders.timm_image import TimmTransform
-from mmgpt.export import ExportError, export_onnx, quantize_export
+from mmgpt.export import BLOCK_INT8, DYNAMIC_INT8, ExportError, export_onnx, quantize_export
 from mmgpt.inference import answer
 from mmgpt.runtime import ExportFolderError, OnnxVLM
 from mmgpt.runtime.image import ImageTransform
@@ -214,9 +214,12 @@ def test_int8_export_is_what_the_runtime_runs(exported: tuple, tmp_path: Path) -
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["dtype"] == "int8" and manifest["quantization"]["graphs"] == ["prefix", "decoder"]
     assert manifest["graphs"]["decoder"]["fp32_max_abs_diff_vs_eager"] <= 1e-4
-    for name, quantized in (("prefix.onnx", True), ("decoder.onnx", True), ("embed_tokens.onnx", False)):
+    assert manifest["quantization"]["methods"] == {"prefix": DYNAMIC_INT8, "decoder": BLOCK_INT8}
+    # the prefix's many rows per matmul quantise dynamically; the decoder's one row per token reads int8 blocks
+    for name, op in (("prefix.onnx", "DynamicQuantizeLinear"), ("decoder.onnx", "MatMulNBits"),
+                     ("embed_tokens.onnx", None)):
         ops = {node.op_type for node in onnx.load(str(folder / name)).graph.node}
-        assert ("DynamicQuantizeLinear" in ops) == quantized, name
+        assert {"DynamicQuantizeLinear", "MatMulNBits"} & ops == ({op} if op else set()), name
     assert sorted(p.name for p in folder.glob("*.onnx")) == ["decoder.onnx", "embed_tokens.onnx", "prefix.onnx"]
     # the same folder layout, so the runtime and answer() take it with no flag; int8 logits stay near fp32's
     int8, fp32 = OnnxVLM(folder), OnnxVLM(fp32_folder)
@@ -233,7 +236,8 @@ def test_int8_export_is_what_the_runtime_runs(exported: tuple, tmp_path: Path) -
                                   vlm.empty_past(6))
         logits.append(step)
     assert not np.array_equal(logits[0], logits[1])
-    assert np.abs(logits[0] - logits[1]).max() <= 0.05 * np.abs(logits[1]).max()
+    # one int8 scale per 128 weights, activations int8 per block too: 5% of the largest logit on random weights
+    assert np.abs(logits[0] - logits[1]).max() <= 0.1 * np.abs(logits[1]).max()
     assert answer(texts, images, model=folder) == int8.answer(texts, images)
     # an fp32 export quantised afterwards holds the same graphs; a quantised one is not quantised twice
     copy = tmp_path / "copy"

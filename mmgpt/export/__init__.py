@@ -61,7 +61,12 @@ TOLERANCE = 1e-4
 EXTERNAL_DATA_BYTES = 1_500_000_000
 # --int8: the graphs whose matmuls get int8 weights (embed_tokens is a row lookup: its bytes are not read per token)
 INT8_GRAPHS = ("prefix", "decoder")
-INT8_METHOD = "onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)"
+DYNAMIC_INT8 = "onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)"
+BLOCK_INT8 = "onnxruntime.quantization.MatMulNBitsQuantizer(bits=8, block_size=128, symmetric, accuracy_level=4)"
+# The decoder multiplies one row per token: MatMulNBits' int8 kernel streams its weights faster there (a 230M
+# model's batch-1 decode 1.26x DynamicQuantizeMatMul's). The prefix multiplies hundreds of rows at once, where
+# DynamicQuantizeMatMul is faster (its image encoder 0.59x MatMulNBits' time). bench/RESULTS.md has the runs.
+INT8_METHODS = {"prefix": DYNAMIC_INT8, "decoder": BLOCK_INT8}
 
 
 class ExportError(ValueError):
@@ -90,17 +95,17 @@ def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "aut
         mm.processor.save_pretrained(tmp)
         mm.generation_config.save_pretrained(tmp)
         inputs = _example_inputs(mm)
-        graphs = {}
+        graphs, methods = {}, {}
         for name, file, module, args, spec in _graph_specs(mm, inputs):
             used = _export_graph(module, args, tmp / file, spec, exporter, opset)
             difference = _check_graph(module, args, tmp / file, spec)
             graphs[name] = {"file": file, "exporter": used, "max_abs_diff": difference,
                             **{k: spec[k] for k in ("inputs", "outputs")}}
             if int8 and name in INT8_GRAPHS:
-                quantize_graph(tmp / file)
+                methods[name] = quantize_graph(tmp / file, INT8_METHODS[name])
                 graphs[name]["max_abs_diff_fp32"] = difference
                 graphs[name]["max_abs_diff"] = _check_graph(module, args, tmp / file, spec, tolerance=None)
-        manifest = _manifest(mm, source, graphs, generation, opset, inputs, int8)
+        manifest = _manifest(mm, source, graphs, generation, opset, inputs, methods)
         write_json(tmp / MANIFEST_NAME, manifest, indent=2)
     logger.info("exported %s to %s (%s)", source, out, ", ".join(f"{k}: {g['exporter']}" for k, g in graphs.items()))
     return out
@@ -277,28 +282,59 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def quantize_graph(path: Path) -> None:
-    """Replace the fp32 graph at `path` by one with int8 MatMul weights (one scale per output column) whose
-    activations are quantised at run time (onnxruntime's DynamicQuantizeMatMul on x86)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_graph(path: Path, method: str = DYNAMIC_INT8) -> str:
+    """Replace the fp32 graph at `path` by one with int8 MatMul weights -> the method used.
 
+    DYNAMIC_INT8: one scale per output column, activations quantised at run time (DynamicQuantizeMatMul on x86).
+    BLOCK_INT8: one scale per 128 weights of a column (MatMulNBits), activations quantised to int8 per block; an
+    onnxruntime without 8-bit MatMulNBits gets DYNAMIC_INT8 instead.
+    """
     quantized = path.with_suffix(".int8.onnx")
     fp32_data = external_data_locations(path)
     root = logging.getLogger()
-    # its advice to pre-process for static calibration does not apply to dynamic quantisation
+    # its advice to pre-process for static calibration does not apply to dynamic quantisation; the block
+    # quantiser logs a line per matmul
     advice = _DropMessage("consider to run pre-processing")
     root.addFilter(advice)
+    nbits_logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level = nbits_logger.level
+    nbits_logger.setLevel(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # int8 weights are a quarter of the fp32 bytes: below protobuf's limit for any graph exported here
-            quantize_dynamic(path, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
-                             weight_type=QuantType.QInt8)
+            if method == BLOCK_INT8 and not _quantize_blocks(path, quantized):
+                method = DYNAMIC_INT8
+            if method == DYNAMIC_INT8:
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                # int8 weights are a quarter of the fp32 bytes: below protobuf's limit for any graph exported here
+                quantize_dynamic(path, quantized, op_types_to_quantize=["MatMul", "Gemm"], per_channel=True,
+                                 weight_type=QuantType.QInt8)
     finally:
         root.removeFilter(advice)
+        nbits_logger.setLevel(level)
     quantized.replace(path)
     for location in fp32_data:
         (path.parent / location).unlink(missing_ok=True)
+    return method
+
+
+def _quantize_blocks(path: Path, out: Path) -> bool:
+    """BLOCK_INT8 of the graph at `path` written to `out`; False where this onnxruntime has no 8-bit MatMulNBits."""
+    import onnx
+
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+        config = DefaultWeightOnlyQuantConfig(block_size=128, is_symmetric=True, accuracy_level=4, bits=8)
+    except (ImportError, TypeError):  # bits= arrived with 8-bit support
+        return False
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+    return True
 
 
 def quantize_export(folder: str | Path) -> Path:
@@ -308,15 +344,15 @@ def quantize_export(folder: str | Path) -> Path:
     manifest = read_manifest(folder)
     if manifest.get("dtype", "float32") != "float32":
         raise ExportError(f"{folder} is already quantised (dtype {manifest['dtype']!r})")
-    for name in INT8_GRAPHS:
-        quantize_graph(folder / manifest["graphs"][name]["file"])
-    write_json(folder / MANIFEST_NAME, {**manifest, **_int8_record()}, indent=2)
+    methods = {name: quantize_graph(folder / manifest["graphs"][name]["file"], INT8_METHODS[name])
+               for name in INT8_GRAPHS}
+    write_json(folder / MANIFEST_NAME, {**manifest, **_int8_record(methods)}, indent=2)
     return folder
 
 
-def _int8_record() -> dict[str, Any]:
-    """The manifest entries of an int8 export."""
-    return {"dtype": "int8", "quantization": {"method": INT8_METHOD, "graphs": list(INT8_GRAPHS)}}
+def _int8_record(methods: dict[str, str]) -> dict[str, Any]:
+    """The manifest entries of an int8 export whose graphs were quantised by `methods` ({graph: method})."""
+    return {"dtype": "int8", "quantization": {"graphs": list(methods), "methods": methods}}
 
 
 def _dynamic_axes(spec: dict) -> dict[str, dict[int, str]]:
@@ -354,13 +390,13 @@ def _export_torchscript(module: torch.nn.Module, args: tuple, path: Path, spec: 
 
 
 def _manifest(mm: MMGPT, source: str, graphs: dict, generation: dict, opset: int,
-              inputs: dict[str, Any], int8: bool = False) -> dict[str, Any]:
-    """What the runtime needs besides the graphs, and how the folder was made."""
+              inputs: dict[str, Any], int8: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the runtime needs besides the graphs, and how the folder was made (int8: {graph: its method})."""
     tokenizer, text_tokenizer = mm.processor.tokenizer, mm.processor.text_tokenizer
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION if image_entries(mm) == 1 else IMAGE_SETS_VERSION,
         "opset": opset, "dtype": "float32",
-        **(_int8_record() if int8 else {}),
+        **(_int8_record(int8) if int8 else {}),
         "torch_version": torch.__version__,
         "source_model": source, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "graphs": {name: {"file": g["file"], "exporter": f"torch.onnx.export(dynamo={g['exporter'] == 'dynamo'})",
