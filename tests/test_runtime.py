@@ -249,6 +249,30 @@ def test_int8_export_is_what_the_runtime_runs(exported: tuple, tmp_path: Path) -
         quantize_export(copy)
 
 
+def test_an_onnxruntime_without_8bit_blocks_quantises_the_decoder_dynamically(
+        exported: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer
+
+    class FourBitOnly(matmul_nbits_quantizer.DefaultWeightOnlyQuantConfig):
+        """As onnxruntime's config before `bits` arrived (4-bit MatMulNBits only)."""
+
+        def __init__(self, block_size: int = 128, is_symmetric: bool = False, accuracy_level: int | None = None
+                     ) -> None:
+            super().__init__(block_size=block_size, is_symmetric=is_symmetric, accuracy_level=accuracy_level)
+
+    monkeypatch.setattr(matmul_nbits_quantizer, "DefaultWeightOnlyQuantConfig", FourBitOnly)
+    _, fp32_folder = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(fp32_folder, copy)
+    quantize_export(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    assert manifest["quantization"]["methods"] == {"prefix": DYNAMIC_INT8, "decoder": DYNAMIC_INT8}
+    ops = {node.op_type for node in onnx.load(str(copy / "decoder.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in ops and "MatMulNBits" not in ops
+    assert isinstance(OnnxVLM(copy).answer("what color is the shape?", Image.new("RGB", (32, 32))), str)
+
+
 def test_an_unknown_dtype_is_refused(exported: tuple, tmp_path: Path) -> None:
     _, folder = exported
     copy = tmp_path / "copy"
