@@ -64,8 +64,9 @@ INT8_GRAPHS = ("prefix", "decoder")
 DYNAMIC_INT8 = "onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)"
 BLOCK_INT8 = "onnxruntime.quantization.MatMulNBitsQuantizer(bits=8, block_size=128, symmetric, accuracy_level=4)"
 # The decoder multiplies one row per token: MatMulNBits' int8 kernel streams its weights faster there (a 230M
-# model's batch-1 decode 1.26x DynamicQuantizeMatMul's). The prefix multiplies hundreds of rows at once, where
-# DynamicQuantizeMatMul is faster (its image encoder 0.59x MatMulNBits' time). bench/RESULTS.md has the runs.
+# model's 64-token batch-1 answer in 0.79-0.82x DynamicQuantizeMatMul's time; even at batch 4, 1.13x at 8).
+# The prefix multiplies hundreds of rows at once, where DynamicQuantizeMatMul is faster (0.59x MatMulNBits'
+# time). bench/RESULTS.md has the runs.
 INT8_METHODS = {"prefix": DYNAMIC_INT8, "decoder": BLOCK_INT8}
 
 
@@ -440,8 +441,9 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt export") -> int:
                         help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
     parser.add_argument("--int8", action="store_true",
-                        help="quantise the prefix and decoder graphs to int8 weights (onnxruntime dynamic int8: "
-                             "the fastest on a CPU; the runtime needs no flag to run them)")
+                        help="quantise the prefix and decoder graphs to int8 weights (the prefix with "
+                             "onnxruntime's dynamic int8, the decoder in 8-bit MatMulNBits blocks: the fastest "
+                             "on a CPU at batch 1; the runtime needs no flag to run them)")
     add_overwrite_arg(parser, "onnx")
     args = parser.parse_args(argv)
     print(export_onnx(args.model, args.out, exporter=args.exporter, opset=args.opset, overwrite=args.overwrite,
