@@ -17,7 +17,7 @@ Two controls are always in the table: "blind" (the config's own fusion, trained 
 image replaced by one constant image: what the question alone gives, data.blind=true) and "prior" (the
 most frequent training answer of each question type). Each cell is the mean over seeds with its std and
 95% t-interval; one seed prints its value alone and says n=1. "p vs best" is a paired bootstrap over the
-VQA questions (pooled over the seeds both rows have) against the fusion of best mean exact match.
+seeds both rows have and the VQA questions against the fusion of best mean exact match.
 """
 from __future__ import annotations
 

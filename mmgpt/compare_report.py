@@ -349,8 +349,7 @@ def write_report(args: argparse.Namespace, records: list[dict[str, Any]], pendin
                "seeds (one seed: its value alone) with the 95% t-interval of the mean; s/step leaves out the "
                f"periodic evaluation; VQA is exact match (%); sets: {metric_sets(summary)}. Controls: blind = the "
                "config's fusion with every image one constant image, prior = the most frequent training answer "
-               "per question type. p vs best: paired bootstrap over questions (pooled over seeds) against the "
-               "best fusion.")
+               "per question type. p vs best: paired bootstrap over seeds and questions against the best fusion.")
     timing = ("Wall time of the finished runs: " + ", ".join(f"{phase} {sec:.1f} s" for phase, sec in wall.items())
               + " (setup: config, data, image checks and model before the first step; evaluation: periodic and "
               "final evaluation, saving and the per-question answers; a resumed run counts its last process only).")

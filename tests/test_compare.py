@@ -131,6 +131,19 @@ def test_paired_bootstrap_separates_a_real_gain_from_noise() -> None:
     assert paired_bootstrap(flipped, base) > 0.05  # 3 of 600 answers: not significant
 
 
+def test_paired_bootstrap_counts_the_spread_between_seeds() -> None:
+    rng = np.random.default_rng(0)
+    base = (rng.random((3, 2000)) < 0.85).astype(int)
+    other = base.copy()
+    for seed, lost in ((0, 120), (2, 40)):  # base 6 and 2 points better under seeds 0 and 2
+        other[seed, np.flatnonzero(other[seed] == 1)[:lost]] = 0
+    other[1, np.flatnonzero(other[1] == 0)[:40]] = 1  # and 2 points worse under seed 1
+    assert (base - other).mean(axis=1).tolist() == pytest.approx([0.06, -0.02, 0.02])
+    # the questions alone call a gap that flips sign between runs significant; with the seeds it is not
+    assert paired_bootstrap(base.reshape(1, -1), other.reshape(1, -1)) < 0.001
+    assert paired_bootstrap(base, other) > 0.1
+
+
 def test_table_has_controls_gain_interval_and_p_value() -> None:
     rng = np.random.default_rng(1)
     truth = rng.integers(0, 2, size=100)
