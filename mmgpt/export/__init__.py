@@ -62,7 +62,8 @@ EXTERNAL_DATA_BYTES = 1_500_000_000
 # --int8: the graphs whose matmuls get int8 weights (embed_tokens is a row lookup: its bytes are not read per token)
 INT8_GRAPHS = ("prefix", "decoder")
 DYNAMIC_INT8 = "onnxruntime.quantization.quantize_dynamic(per_channel=True, weight_type=QInt8)"
-BLOCK_INT8 = "onnxruntime.quantization.MatMulNBitsQuantizer(bits=8, block_size=128, symmetric, accuracy_level=4)"
+BLOCK_INT8 = ("onnxruntime.quantization.MatMulNBitsQuantizer(bits=8, block_size=128 or the narrowest matmul's "
+              "inputs, symmetric, accuracy_level=4)")
 # The decoder multiplies one row per token: MatMulNBits' int8 kernel streams its weights faster there (a 230M
 # model's 64-token batch-1 answer in 0.79-0.82x DynamicQuantizeMatMul's time; even at batch 4, 1.13x at 8).
 # The prefix multiplies hundreds of rows at once, where DynamicQuantizeMatMul is faster (0.59x MatMulNBits'
@@ -287,7 +288,7 @@ def quantize_graph(path: Path, method: str = DYNAMIC_INT8) -> str:
     """Replace the fp32 graph at `path` by one with int8 MatMul weights -> the method used.
 
     DYNAMIC_INT8: one scale per output column, activations quantised at run time (DynamicQuantizeMatMul on x86).
-    BLOCK_INT8: one scale per 128 weights of a column (MatMulNBits), activations quantised to int8 per block; an
+    BLOCK_INT8: one scale per 128 weights of a column (fewer in a narrow model; MatMulNBits), activations int8; an
     onnxruntime without 8-bit MatMulNBits gets DYNAMIC_INT8 instead.
     """
     quantized = path.with_suffix(".int8.onnx")
@@ -324,18 +325,30 @@ def _quantize_blocks(path: Path, out: Path) -> bool:
     """BLOCK_INT8 of the graph at `path` written to `out`; False where this onnxruntime has no 8-bit MatMulNBits."""
     import onnx
 
+    model = onnx.load(str(path))
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
             MatMulNBitsQuantizer,
         )
-        config = DefaultWeightOnlyQuantConfig(block_size=128, is_symmetric=True, accuracy_level=4, bits=8)
+        config = DefaultWeightOnlyQuantConfig(block_size=_block_size(model), is_symmetric=True, accuracy_level=4,
+                                              bits=8)
     except (ImportError, TypeError):  # bits= arrived with 8-bit support
         return False
-    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), algo_config=config)
+    quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
     return True
+
+
+def _block_size(model: Any) -> int:
+    """128, or for a model with a matmul of fewer inputs the largest power of two (>= 16) within them: a block
+    is padded to its full size, so 32 inputs in a block of 128 would read as many bytes as fp32 weights."""
+    weights = {init.name: init for init in model.graph.initializer}
+    inputs = [weights[node.input[1]].dims[0] for node in model.graph.node
+              if node.op_type == "MatMul" and node.input[1] in weights and len(weights[node.input[1]].dims) == 2]
+    smallest = max(1, min(inputs, default=128))
+    return max(16, min(128, 1 << (smallest.bit_length() - 1)))
 
 
 def quantize_export(folder: str | Path) -> Path:
