@@ -54,7 +54,7 @@ def paired_bootstrap(better: np.ndarray, other: np.ndarray, resamples: int = 10_
     for start in range(0, resamples, 500):  # (500, questions) floats at a time
         size = min(500, resamples - start)
         # a resample's weight of each seed: how often it was drawn
-        weights = np.stack([np.bincount(rng.integers(0, seeds, seeds), minlength=seeds) for _ in range(size)])
+        weights = (rng.integers(0, seeds, (size, seeds))[:, :, None] == np.arange(seeds)).sum(axis=1)
         per_question = weights @ diff / seeds
         picks = rng.integers(0, questions, size=(size, questions))
         means[start : start + size] = np.take_along_axis(per_question, picks, axis=1).mean(axis=1)

@@ -323,18 +323,21 @@ def quantize_graph(path: Path, method: str = DYNAMIC_INT8) -> str:
 
 def _quantize_blocks(path: Path, out: Path) -> bool:
     """BLOCK_INT8 of the graph at `path` written to `out`; False where this onnxruntime has no 8-bit MatMulNBits."""
+    import inspect
+
     import onnx
 
-    model = onnx.load(str(path))
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import (
             DefaultWeightOnlyQuantConfig,
             MatMulNBitsQuantizer,
         )
-        config = DefaultWeightOnlyQuantConfig(block_size=_block_size(model), is_symmetric=True, accuracy_level=4,
-                                              bits=8)
-    except (ImportError, TypeError):  # bits= arrived with 8-bit support
+    except ImportError:
         return False
+    if "bits" not in inspect.signature(DefaultWeightOnlyQuantConfig).parameters:  # arrived with 8-bit support
+        return False  # before the graph is read: the fallback reads it again
+    model = onnx.load(str(path))
+    config = DefaultWeightOnlyQuantConfig(block_size=_block_size(model), is_symmetric=True, accuracy_level=4, bits=8)
     quantizer = MatMulNBitsQuantizer(model, algo_config=config)
     quantizer.process()
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
