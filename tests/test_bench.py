@@ -242,3 +242,33 @@ def test_data_scale_set_is_generated_once_and_read_as_a_stream(tmp_path: Path) -
         # the answer is what the image shows: its colour is the shape's, or the shape is named
         if example.answer in data_scale.COLORS:
             assert data_scale.COLORS[example.answer] in {c for _, c in image.getcolors()}
+
+
+def test_targets_table_gives_each_target_the_newest_run_only() -> None:
+    def onnx_run(name: str, date: str, ratio: float) -> dict:
+        point = {"path": "onnx", "batch_size": 1, "new_tokens": 128, "total_x_fp32": ratio, "total_s": 5.0}
+        return {"_file": name, "benchmark": "cpu_inference", "args": {},
+                "env": {"device_name": "CPU X", "date": date},
+                "results": [{"config": "gpu200m", "points": [point]}]}
+
+    # the older run (met) sorts after the newer one (missed) by file name, as the real files did
+    results = [onnx_run("cpu_inference-b-cpu.json", "2026-12-06T21:00:00+00:00", 0.67),
+               onnx_run("cpu_inference-a-cpu.json", "2026-12-06T11:00:00+00:00", 0.54)]
+    rows = [line for line in make_results.targets_section(results).splitlines() if line.startswith("| ONNX runtime")]
+    assert len(rows) == 1
+    assert "0.67x" in rows[0] and "**missed**" in rows[0] and "`cpu_inference-b-cpu.json`, 2026-12-06" in rows[0]
+    assert "0.54x" not in rows[0] and "earlier runs: `cpu_inference-a-cpu.json` met" in rows[0]
+
+
+def test_targets_table_reads_the_230m_cache_and_answer_targets_from_cpu_inference() -> None:
+    ratios = {"fp32_kv_cache_speedup": 4.96, "int8_kv_cache_speedup": 5.25,
+              "fp32_answer_over_generate": 1.017, "int8_answer_over_generate": 0.917}
+    data = {"_file": "cpu_inference-cpu.json", "benchmark": "cpu_inference", "args": {},
+            "env": {"device_name": "CPU X", "date": "2026-12-06T20:00:00+00:00"},
+            "results": [{"config": "gpu200m", "points": [],
+                         "overheads": {"batch_size": 1, "new_tokens": 128, "ratios": ratios}}]}
+    lines = make_results.targets_section([data]).splitlines()
+    cache = next(line for line in lines if line.startswith("| KV cache >= 5x") and "230M" in line)
+    answer = next(line for line in lines if line.startswith("| answer() within 5%") and "230M" in line)
+    assert "fp32 4.96x, int8 5.25x" in cache and "**missed**" in cache
+    assert "fp32 1.017, int8 0.917" in answer and "**met**" in answer
