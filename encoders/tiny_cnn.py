@@ -26,7 +26,9 @@ class TinyCNN(nn.Module):
     """A stem and stride-2 stages: a 64 px image through a stride-2 stem and three stages gives a 4x4 grid.
 
     ``stem_stride=1`` keeps the stem at full resolution (shapes a few pixels wide keep their edges);
-    add a stage to keep the same grid.
+    add a stage to keep the same grid. ``stem_tokens=True`` joins the stem's output, average-pooled to the
+    token grid, to every token (``stem_width`` more channels): trained on one attribute first (shape), the
+    stages drop the others (colour) stage by stage and questions about them can no longer bring them back.
     """
 
     def __init__(
@@ -38,12 +40,14 @@ class TinyCNN(nn.Module):
         num_classes: int = 0,
         global_pool: str = "avg",
         drop_rate: float = 0.0,
+        stem_tokens: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.global_pool = global_pool
-        self.num_features = self.head_hidden_size = widths[-1]
+        self.stem_tokens = stem_tokens
+        self.num_features = self.head_hidden_size = widths[-1] + (stem_width if stem_tokens else 0)
         if stem_stride not in (1, 2):
             raise ValueError(f"TinyCNN: stem_stride must be 1 or 2, got {stem_stride!r}")
         self.stem = _conv_bn(in_chans, stem_width, stride=stem_stride)
@@ -53,7 +57,7 @@ class TinyCNN(nn.Module):
             prev = width
         self.stages = nn.Sequential(*stages)
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(prev, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def get_classifier(self) -> nn.Module:
         """The classification head (timm interface)."""
@@ -68,7 +72,11 @@ class TinyCNN(nn.Module):
         """(B, 3, H, W) -> feature map (B, C, H / (stem_stride * 2**len(widths)), W / ...)."""
         # oneDNN's (and cuDNN's) convolutions are faster on channels-last input: a default-model training
         # step's CNN forward and backward take 0.65x the time on CPU
-        return self.stages(self.stem(x.contiguous(memory_format=torch.channels_last)))
+        stem = self.stem(x.contiguous(memory_format=torch.channels_last))
+        features = self.stages(stem)
+        if not self.stem_tokens:
+            return features
+        return torch.cat([features, nn.functional.adaptive_avg_pool2d(stem, features.shape[-2:])], dim=1)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the feature map and classify (timm interface)."""

@@ -40,3 +40,18 @@ def test_fullres_variant_is_the_tiny_cnn_with_a_full_resolution_stem_and_one_mor
 def test_bad_stem_stride_is_an_error_naming_the_allowed_values() -> None:
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2, got 3"):
         timm.create_model("mmgpt_tiny_cnn", stem_stride=3)
+
+
+def test_stem_tokens_join_the_pooled_stem_to_each_token() -> None:
+    torch.manual_seed(0)
+    plain = timm.create_model("mmgpt_tiny_cnn_fullres").eval()
+    torch.manual_seed(0)
+    joined = timm.create_model("mmgpt_tiny_cnn_fullres", stem_tokens=True).eval()
+    image = torch.randn(2, 3, 64, 64)
+    features = joined.forward_features(image)
+    assert joined.num_features == 96 + 16 and features.shape == (2, 112, 4, 4)
+    assert torch.equal(features[:, :96], plain.forward_features(image))
+    # each token's extra channels are the mean of the stem's output over its 16 x 16 pixel cell
+    stem = joined.stem(image)
+    assert torch.allclose(features[:, 96:, 1, 2], stem[:, :, 16:32, 32:48].mean(dim=(2, 3)), atol=1e-6)
+    assert joined.forward(image).shape == (2, 112)
