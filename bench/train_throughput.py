@@ -53,7 +53,7 @@ def make_step(model: Any, forward: Callable[..., Any], optimizer: Any, scheduler
     def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         # the loop normalises by the supervised tokens of the global batch
         tokens = batch["answer_mask"][:, 1:].sum().to(torch.float32).clamp(min=1.0)
-        out = forward(**batch)
+        out = forward(**batch, split_lengths=True)
         accelerator.backward(out.loss_sum * accelerator.num_processes / tokens)
         if grad_clip > 0:
             accelerator.clip_grad_norm_(model.parameters(), grad_clip)

@@ -74,6 +74,30 @@ def unique_images(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return pixel_values[first], inverse
 
 
+def length_groups(text_mask: torch.Tensor, answer_mask: torch.Tensor,
+                  min_saving: float = 0.2) -> list[torch.Tensor] | None:
+    """The rows of a batch in two groups by answer length, or None when that saves under `min_saving` of the work.
+
+    Each group is padded to its own longest prompt and answer: a batch of one-word answers and long captions
+    then pays for caption length only on the captions' rows. Work is counted in padded positions.
+    """
+    rows = len(answer_mask)
+    if rows < 2:
+        return None
+    text, answer = text_mask.sum(dim=1), answer_mask.sum(dim=1)
+    order = torch.argsort(answer, stable=True)
+    text, answer = text[order], answer[order]
+    # cost of order[:k] and order[k:], k = 1 .. rows - 1, each padded to its own longest text and answer
+    head = torch.cummax(text, 0).values + torch.cummax(answer, 0).values
+    tail = (torch.cummax(text.flip(0), 0).values + torch.cummax(answer.flip(0), 0).values).flip(0)
+    k = torch.arange(1, rows, device=answer.device)
+    costs = k * head[:-1] + (rows - k) * tail[1:]
+    best = int(torch.argmin(costs))
+    if costs[best] > (1 - min_saving) * rows * (text.max() + answer.max()):
+        return None
+    return [order[: best + 1].sort().values, order[best + 1 :].sort().values]
+
+
 def _first_rows(inverse: torch.Tensor, count: int) -> torch.Tensor:
     """For each of `count` groups, the index of one row that belongs to it."""
     first = torch.empty(count, dtype=torch.long, device=inverse.device)
@@ -97,7 +121,8 @@ class MMGPTOutput:
     loss_sum: torch.Tensor  # sum over supervised tokens, for exact averaging across ranks/micro-batches
     num_tokens: torch.Tensor  # number of supervised tokens
     per_example_loss: torch.Tensor  # (B,) mean token loss of each example
-    logits: torch.Tensor  # (B, La - 1, vocab): prediction of answer token t+1 at position t
+    # (B, La - 1, vocab): prediction of answer token t+1 at position t; None when the batch was split by length
+    logits: torch.Tensor | None
 
 
 class MMGPT(nn.Module):
@@ -229,15 +254,26 @@ class MMGPT(nn.Module):
             encoded = self.encode_images(pixel_values.flatten(0, 1), share_images=False)
             image = encoded.unflatten(0, (batch, count)) * image_mask[:, :, None, None].to(encoded.dtype)
         else:
-            present = image_mask.bool()
-            # padding is never encoded
-            encoded = (self.encode_images(pixel_values[present], share_images) if image_features is None
-                       else image_features[present])
-            image = encoded.new_zeros(batch, count, *encoded.shape[1:])
-            image[present] = encoded
-        layout = ImageLayout(mask=image_mask, slots=image_slots, tokens_per_image=encoded.shape[1],
+            image = (self.image_set_features(pixel_values, image_mask, share_images) if image_features is None
+                     else image_features.masked_fill(~image_mask.bool()[:, :, None, None], 0))
+        layout = ImageLayout(mask=image_mask, slots=image_slots, tokens_per_image=image.shape[2],
                              views=self.config.image_encoder.tiling.views)
         return image.flatten(1, 2), layout
+
+    def image_set_features(self, pixel_values: torch.Tensor, image_mask: torch.Tensor | None = None,
+                           share_images: bool = True) -> torch.Tensor:
+        """Several images per prompt (B, K, 3, H, W) -> their tokens (B, K, Li, D), zeros where image_mask is 0.
+
+        Padding is never encoded; one image per prompt (B, 3, H, W) gives `encode_images`' (B, Li, D).
+        """
+        if pixel_values.dim() == 4:
+            return self.encode_images(pixel_values, share_images)
+        present = (torch.ones(pixel_values.shape[:2], dtype=torch.bool, device=pixel_values.device)
+                   if image_mask is None else image_mask.bool())
+        encoded = self.encode_images(pixel_values[present], share_images)
+        image = encoded.new_zeros(*present.shape, *encoded.shape[1:])
+        image[present] = encoded
+        return image
 
     def prefix_embeds(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
@@ -310,10 +346,43 @@ class MMGPT(nn.Module):
         answer_mask: torch.Tensor,
         image_mask: torch.Tensor | None = None,
         image_slots: torch.Tensor | None = None,
+        split_lengths: bool = False,
     ) -> MMGPTOutput:
-        """Teacher-forced answer loss; only answer tokens after bos are supervised (several images: fused_prefix)."""
+        """Teacher-forced answer loss; only answer tokens after bos are supervised (several images: fused_prefix).
+
+        `split_lengths`: where `length_groups` finds it worth it, the images are encoded together and the rest
+        runs once per group of answer lengths, each group padded to its own length. The loss and its gradient
+        are the same (up to rounding); `logits` is then None.
+        """
+        groups = length_groups(attention_mask, answer_mask) if split_lengths else None
+        if groups is None:
+            return self._answer_loss(input_ids, attention_mask, pixel_values, answer_ids, answer_mask,
+                                     image_mask=image_mask, image_slots=image_slots)
+        # one pass of the image encoder, so its batch-norm statistics are those of the whole batch
+        features = self.image_set_features(pixel_values, image_mask)
+        outs = []
+        for rows in groups:
+            text_length = int(attention_mask[rows].any(dim=0).nonzero().max()) + 1
+            answer_length = int(answer_mask[rows].any(dim=0).nonzero().max()) + 1
+            outs.append(self._answer_loss(
+                input_ids[rows, :text_length], attention_mask[rows, :text_length], None,
+                answer_ids[rows, :answer_length], answer_mask[rows, :answer_length], image_features=features[rows],
+                image_mask=None if image_mask is None else image_mask[rows],
+                image_slots=None if image_slots is None else image_slots[rows]))
+        loss_sum = sum(out.loss_sum for out in outs)
+        num_tokens = sum(out.num_tokens for out in outs)
+        per_example = torch.empty(len(answer_ids), device=answer_ids.device, dtype=outs[0].per_example_loss.dtype)
+        per_example[torch.cat(groups)] = torch.cat([out.per_example_loss for out in outs])
+        return MMGPTOutput(loss=loss_sum / num_tokens.clamp(min=1), loss_sum=loss_sum, num_tokens=num_tokens,
+                           per_example_loss=per_example, logits=None)
+
+    def _answer_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor | None,
+        answer_ids: torch.Tensor, answer_mask: torch.Tensor, image_features: torch.Tensor | None = None, *,
+        image_mask: torch.Tensor | None = None, image_slots: torch.Tensor | None = None,
+    ) -> MMGPTOutput:
         inputs = self.generator_inputs(input_ids, attention_mask, pixel_values, answer_ids, answer_mask,
-                                       image_mask=image_mask, image_slots=image_slots)
+                                       image_features, image_mask=image_mask, image_slots=image_slots)
         out = self.generator(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,

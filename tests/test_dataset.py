@@ -1,4 +1,4 @@
-"""mmgpt.data.dataset.GroupedBatches: one dataset per batch, questions about one image kept together."""
+"""mmgpt.data.dataset.GroupedBatches: one dataset per batch or mixed, questions about one image kept together."""
 from __future__ import annotations
 
 import pytest
@@ -52,3 +52,24 @@ def test_questions_about_one_image_sit_together(k: int) -> None:
 def test_questions_per_image_must_be_positive() -> None:
     with pytest.raises(ValueError, match="questions_per_image"):
         GroupedBatches(_mixture(), 8, questions_per_image=0)
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_mixed_batches_draw_from_every_dataset_in_the_mixture_proportions(k: int) -> None:
+    mixture = _mixture()
+    sampler = GroupedBatches(mixture, batch_size=16, seed=3, questions_per_image=k, mixed=True)
+    sampler.set_epoch(1)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 220 // 16
+    flat = [p for batch in batches for p in batch]
+    assert len(flat) == len(set(flat)) and all(len(batch) == 16 for batch in batches)
+    names = [[mixture.locate(p)[0] for p in batch] for batch in batches]
+    assert sum(len(set(n)) == 2 for n in names) >= len(batches) - 2
+    captions = sum(n.count("captions") for n in names) / len(flat)
+    assert 0.15 <= captions <= 0.35  # a quarter of the draws
+    again = GroupedBatches(_mixture(), batch_size=16, seed=3, questions_per_image=k, mixed=True)
+    again.set_epoch(1)
+    assert list(again) == batches
+    if k > 1:
+        vqa = [[x for x in _images(mixture, b) if x >= 0] for b in batches]
+        assert sum(len(set(v)) for v in vqa) < sum(len(v) for v in vqa) / 2

@@ -18,13 +18,14 @@ from tiny import (
     generator_config,
     make_batch,
     one_thread,  # noqa: F401 (autouse fixture)
+    random_images,
     select,
     tiny_config,
 )
 
 from mmgpt.config import ConfigError, ModelConfig
 from mmgpt.decoding import position_ids
-from mmgpt.model import MMGPT, pad_left
+from mmgpt.model import MMGPT, MMGPTOutput, length_groups, pad_left
 
 PROMPTS = ["what color?", "is there a small green triangle on the left?", "Describe the image."]
 ANSWERS = ["a big red circle next to a blue square", "no", "a small green triangle"]
@@ -399,3 +400,49 @@ def test_fused_prefix_without_sharing_images_is_the_prefix_before_padding() -> N
         each = pad_left(*model.fused_prefix(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                             share_images=False))
     torch.testing.assert_close(each, shared, atol=1e-6, rtol=0)
+
+
+SHORT_AND_LONG = ["no", "yes", "red", "a big red circle next to a blue square above a small green triangle", "2",
+                  "blue", "a small green triangle in the top left corner of the image"]
+
+
+def _loss_and_grads(model: MMGPT, batch: dict, split: bool) -> tuple[MMGPTOutput, list[torch.Tensor]]:
+    model.zero_grad()
+    out = model(**batch, split_lengths=split)
+    out.loss.backward()
+    return out, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "concat", "product", "cross_attention+image_prefix"])
+@pytest.mark.parametrize("several", [False, True])
+def test_a_batch_split_by_answer_length_gives_the_loss_and_gradients_of_one_pass(fusion: str, several: bool) -> None:
+    config = tiny_config(fusion=fusion, max_answer_length=24)
+    config.max_images = 3 if several else 1
+    # training mode: batch norm's statistics must come from the whole batch, as in one pass
+    model = build(config).train()
+    prompts = [PROMPTS[i % 3] for i in range(len(SHORT_AND_LONG))]
+    images = random_images(model, len(prompts))
+    if several:
+        images = [images[i : i + 1 + i % 3] for i in range(len(images))]
+    batch = model.processor(prompts, images, SHORT_AND_LONG)
+    assert length_groups(batch["attention_mask"], batch["answer_mask"]) is not None  # the split is taken
+    whole, whole_grads = _loss_and_grads(model, batch, split=False)
+    split, split_grads = _loss_and_grads(model, batch, split=True)
+    assert split.logits is None and int(split.num_tokens) == int(whole.num_tokens)
+    torch.testing.assert_close(split.loss_sum, whole.loss_sum, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(split.per_example_loss, whole.per_example_loss, rtol=1e-5, atol=1e-5)
+    assert len(split_grads) == len(whole_grads) > 0
+    for a, b in zip(split_grads, whole_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_length_groups_split_only_where_padding_costs() -> None:
+    mask = lambda lengths, width: (torch.arange(width) < torch.tensor(lengths)[:, None]).long()  # noqa: E731
+    text = mask([5] * 8, 5)
+    assert length_groups(text, mask([3, 3, 2, 3, 3, 3, 2, 3], 3)) is None
+    assert length_groups(text[:1], mask([30], 30)) is None
+    answers = mask([3, 30, 3, 3, 28, 3, 3, 3], 30)
+    groups = length_groups(text, answers)
+    assert [g.tolist() for g in groups] == [[0, 2, 3, 5, 6, 7], [1, 4]]
+    # one long answer among many is worth its own group; one short among long ones is not
+    assert length_groups(mask([5] * 16, 5), mask([30] * 15 + [3], 30)) is None

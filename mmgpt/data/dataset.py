@@ -202,21 +202,27 @@ def make_collate(processor: Any) -> Callable[[list[tuple[Example, list[str]]]], 
 
 
 class GroupedBatches(torch.utils.data.Sampler):
-    """Batches of mixture positions that all come from one dataset, in a seeded random order per epoch.
+    """Batches of mixture positions, in a seeded random order per epoch: each from one dataset, or (`mixed`) each
+    drawn from all of them in the mixture's proportions.
 
-    Short VQA answers are then never padded to caption length, which roughly halves the cost of
-    a mixed VQA + captioning run. With `questions_per_image` k > 1, up to k draws that share an
-    image are placed next to each other, so a batch holds fewer distinct images and the model
-    encodes each once (`unique_images`). Deterministic for (seed, epoch), identical on every process.
+    One dataset per batch means every optimizer step learns one task: in a mixture of VQA and captions, the
+    image encoder then learns whichever attribute the first task to be learnt needs and stops serving the others
+    (bench/RESULTS.md, "One attribute at a time"). Mixed batches avoid that; the model keeps their cost close
+    to one-dataset batches by splitting each batch by answer length (`MMGPT.forward`'s `split_lengths`).
+    With `questions_per_image` k > 1, up to k draws that share an image are placed next to each other, so a
+    batch holds fewer distinct images and the model encodes each once (`unique_images`). Deterministic for
+    (seed, epoch), identical on every process.
     """
 
-    def __init__(self, mixture: Any, batch_size: int, seed: int = 0, questions_per_image: int = 1) -> None:
+    def __init__(self, mixture: Any, batch_size: int, seed: int = 0, questions_per_image: int = 1,
+                 mixed: bool = False) -> None:
         if questions_per_image < 1:
             raise ValueError(f"data.questions_per_image must be >= 1, got {questions_per_image}")
         self.mixture = mixture
         self.batch_size = batch_size
         self.seed = seed
         self.questions_per_image = questions_per_image
+        self.mixed = mixed
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -224,14 +230,14 @@ class GroupedBatches(torch.utils.data.Sampler):
         self.epoch = epoch
         self.mixture.set_epoch(epoch)
 
-    def _by_image(self, dataset: int, positions: list[int], generator: torch.Generator) -> list[int]:
+    def _by_image(self, positions: list[int], generator: torch.Generator) -> list[int]:
         """Positions regrouped into runs of up to k that share an image, the runs in random order."""
-        _, index = self.mixture.order()
-        examples = self.mixture.datasets[dataset]
+        which, index = self.mixture.order()
         open_runs: dict[Any, list[int]] = {}
         runs = []
         for position in positions:
-            key = image_key(examples[int(index[position])].image)
+            dataset = int(which[position])
+            key = (dataset, image_key(self.mixture.datasets[dataset][int(index[position])].image))
             run = open_runs.setdefault(key, [])
             run.append(position)
             if len(run) == self.questions_per_image:
@@ -242,14 +248,18 @@ class GroupedBatches(torch.utils.data.Sampler):
     def _batches(self) -> list[list[int]]:
         which, _ = self.mixture.order()
         generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch)
+        # the mixture's positions are already in a random order of its datasets
+        groups = [list(range(len(which)))] if self.mixed else [
+            (which == d).nonzero().flatten().tolist() for d in range(len(self.mixture.datasets))]
         batches = []
-        for d in range(len(self.mixture.datasets)):
-            positions = (which == d).nonzero().flatten().tolist()
+        for positions in groups:
             if self.questions_per_image > 1:
-                positions = self._by_image(d, positions, generator)
-            # the last partial batch of each dataset is dropped, as drop_last would
+                positions = self._by_image(positions, generator)
+            # the last partial batch of each group is dropped, as drop_last would
             batches += [positions[i : i + self.batch_size] for i in range(0, len(positions) - self.batch_size + 1,
                                                                           self.batch_size)]
+        if self.mixed:
+            return batches
         order = torch.randperm(len(batches), generator=generator)
         return [batches[i] for i in order.tolist()]
 
@@ -258,4 +268,6 @@ class GroupedBatches(torch.utils.data.Sampler):
         return iter(self._batches())
 
     def __len__(self) -> int:
+        if self.mixed:
+            return sum(self.mixture.counts) // self.batch_size
         return sum(count // self.batch_size for count in self.mixture.counts)

@@ -327,7 +327,8 @@ def build_loader(cfg: TrainConfig, checked: list, processor: Any,
     # batches are formed at the global size and split across processes, so N processes see exactly
     # the batches one process would
     batch_sampler = GroupedBatches(mixture, cfg.batch_size * accelerator.num_processes, seed=cfg.seed,
-                                   questions_per_image=cfg.data.questions_per_image)
+                                   questions_per_image=cfg.data.questions_per_image,
+                                   mixed=cfg.data.mixed_batches)
     loader = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=make_collate(processor),
                         num_workers=cfg.data.num_workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=False)
@@ -521,7 +522,8 @@ def forward_backward(run: Run, micro: list[dict]) -> tuple[torch.Tensor, torch.T
     for i, batch in enumerate(micro):
         sync = i == len(micro) - 1
         with contextlib.nullcontext() if sync else accelerator.no_sync(run.model):
-            out = run.forward(**batch)
+            # a teacher's distillation loss reads the logits, which a batch split by answer length does not keep
+            out = run.forward(**batch, split_lengths=run.teacher is None)
             # with a teacher the objective is the distillation loss; the logged loss stays the answer CE
             loss_sum = out.loss_sum if run.teacher is None else distill_loss_sum(out, run.teacher, batch,
                                                                                  run.cfg.distill)
