@@ -24,6 +24,7 @@ from bench import (  # noqa: E402
     data_scale,
     generation,
     make_results,
+    mixed_batches,
     nanovlm_peer,
     train_throughput,
 )
@@ -164,6 +165,18 @@ def test_data_pipeline(out_dir: Path) -> None:
     positive(data["ratio"], "best_decode")
     positive(data["feature_cache"], "step_with_encoder_s", "step_with_cached_features_s", "speedup",
              "feature_bytes_per_image")
+
+
+def test_mixed_batches(out_dir: Path) -> None:
+    data_sets = ("data.train=[{format: easy_vqa, split: train, max_examples: 48, weight: 3.0}, "
+                 "{format: shapes_captions, split: train, max_examples: 16, weight: 1.0}]")
+    result = mixed_batches.run(["--steps", "1", "--warmup", "0", "--out-dir", str(out_dir), "batch_size=8",
+                                data_sets, "data.eval=[]", "cpu_threads=1"])
+    data = read(result["path"])
+    assert set(data["kinds"]) == {"one set per batch", "mixed, split by answer length", "mixed, one pass"}
+    for figures in data["kinds"].values():
+        positive(figures, "median_s", "ratio_to_one_set")
+    assert data["kinds"]["one set per batch"]["ratio_to_one_set"] == 1.0
 
 
 def test_nanovlm_peer_needs_a_checkout(tmp_path: Path) -> None:

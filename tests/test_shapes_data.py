@@ -214,3 +214,29 @@ def test_what_a_killed_generation_left_is_removed_by_the_next(tmp_path):
     files = build_shapes_captions(tmp_path, seed=0, **SMALL)
     assert all(f.is_file() for f in files.values())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, *others])
+
+
+def test_shapes_questions_ask_each_shape_its_shape_colour_and_place(built, monkeypatch):
+    from mmgpt.data.formats import read_dataset
+
+    monkeypatch.setattr(shapes, "build_shapes_captions", lambda root: built)
+    examples = read_dataset(DatasetSpec(format="shapes_questions", split="val"),
+                            PromptTemplates(vqa="Q: {question}"))
+    scenes = {img["file_name"]: img["scene"] for img in load(built, "val")["images"]}
+    assert len(examples) == 3 * sum(len(scene["shapes"]) for scene in scenes.values())
+    for example in examples:
+        assert Path(example.image).is_file() and example.prompt == "Q: " + example.meta["question"]
+        # worded apart from easy-VQA's questions, whose "rectangle" also names squares
+        assert not example.meta["question"].startswith(("what", "is there", "does", "how"))
+        scene = scenes[Path(example.image).name]
+        kind, question, answer = example.meta["question_type"], example.meta["question"], example.answer
+        if kind == "where":
+            # the shape of the colour the question names is where the answer says
+            target = next(o for o in scene["shapes"] if f" {o['color']} " in question)
+            assert answer == LOCATIONS[(target["row"], target["col"])]
+        else:
+            target = next(o for o in scene["shapes"] if LOCATIONS[(o["row"], o["col"])] in question)
+            assert answer == target["shape" if kind == "shape_at" else "color"]
+    assert {e.meta["question_type"] for e in examples} == {"shape_at", "colour_at", "where"}
+    with pytest.raises(ValueError, match="field 'split' must be one of"):
+        read_dataset(DatasetSpec(format="shapes_questions", split="dev"))

@@ -176,38 +176,64 @@ def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Ex
     return out
 
 
+def built_split(spec: DatasetSpec, build: Callable[[Path], dict[str, Path]], folder: str) -> Path:
+    """The file of `spec.split` of a built-in generated set, built (once) under spec.path or $MMGPT_CACHE/`folder`."""
+    root = Path(spec.path).expanduser() if spec.path else default_cache_root() / folder
+    files = build(root)
+    if spec.split not in files:
+        raise ValueError(f"{spec.format} dataset {spec.label!r}: field 'split' must be one of "
+                         f"{sorted(files)}, got {spec.split!r}")
+    return Path(files[spec.split])
+
+
 @register_format("shapes_captions")
 def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """Built-in synthetic shapes captions, generated on first use, read as COCO captions."""
     from mmgpt.data.shapes import build_shapes_captions
 
-    root = Path(spec.path).expanduser() if spec.path else default_cache_root() / "shapes"
-    files = build_shapes_captions(root)
-    if spec.split not in files:
-        raise ValueError(f"shapes_captions dataset {spec.label!r}: field 'split' must be one of "
-                         f"{sorted(files)}, got {spec.split!r}")
-    captions = Path(files[spec.split])
+    captions = built_split(spec, build_shapes_captions, "shapes")
     coco = replace(spec, format="coco_captions", path=str(captions),
                    images=str(captions.parent / "images" / spec.split),
                    annotations="", weight=1.0, name=spec.label, augment=[])
     return read_coco_captions(coco, templates)
 
 
+@register_format("shapes_questions")
+def read_shapes_questions(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
+    """Questions about each shape of the built-in shapes captions' scenes, by its position: its shape, its colour
+    and where it is; short answers about the captions' own images (their split)."""
+    from mmgpt.data.shapes import LOCATIONS, build_shapes_captions
+
+    captions = built_split(spec, build_shapes_captions, "shapes")
+    out = []
+    for image in _load_json(captions, "images", "annotations")["images"]:
+        path = str(captions.parent / "images" / spec.split / image["file_name"])
+        for o in image["scene"]["shapes"]:
+            where = LOCATIONS[(o["row"], o["col"])]
+            # worded unlike easy-VQA's questions, whose "rectangle" also names squares
+            for kind, question, answer in (("shape_at", f"name the shape {where}.", o["shape"]),
+                                           ("colour_at", f"name the colour of the shape {where}.", o["color"]),
+                                           ("where", f"say where the {o['color']} shape is.", where)):
+                out.append(Example(image=path, prompt=templates.vqa.format(question=question), answer=answer,
+                                   task="vqa", id=f"{image['id']}-{kind}-{o['row']}{o['col']}", source=spec.label,
+                                   meta={"question": question, "question_type": kind, "answer_type": "other",
+                                         "scene": image["scene"]}))
+                if spec.max_examples and len(out) >= spec.max_examples:
+                    return out
+    return out
+
+
 def built_in_vqa(spec: DatasetSpec, templates: PromptTemplates,
                  build: Callable[[Path], dict[str, Path]], folder: str) -> list[Example]:
     """A built-in generated VQA set (mmgpt.data.shapes_vqa): its split's JSONL, the vqa template applied."""
-    root = Path(spec.path).expanduser() if spec.path else default_cache_root() / folder
-    files = build(root)
-    if spec.split not in files:
-        raise ValueError(f"{spec.format} dataset {spec.label!r}: field 'split' must be one of "
-                         f"{sorted(files)}, got {spec.split!r}")
+    split_file = built_split(spec, build, folder)
     out, paths = [], {}  # a multi-image set's questions share a pool of images: each path is resolved once
-    for _, where, record in jsonl_records(files[spec.split]):
+    for _, where, record in jsonl_records(split_file):
         if spec.max_examples and len(out) >= spec.max_examples:
             break
         record = record_object(record, where)
         meta = record["meta"]
-        images = [paths.get(p) or paths.setdefault(p, local_path(p, files[spec.split].parent))
+        images = [paths.get(p) or paths.setdefault(p, local_path(p, split_file.parent))
                   for p in record.get("images", [record.get("image")])]
         out.append(Example(image=images[0] if "image" in record else images,
                            prompt=templates.vqa.format(question=meta["question"]), answer=record["answer"],

@@ -59,8 +59,8 @@ class DataConfig:
     # up to this many questions about one image sit together in a batch, and the image is encoded once
     # for all of them (1 = draws in random order)
     questions_per_image: int = 1
-    # each batch drawn from every training set in the mixture's proportions, not from one set at a time
-    mixed_batches: bool = False
+    # each batch drawn from every training set in the mixture's proportions; false: from one set at a time
+    mixed_batches: bool = True
     # examples per eval set during periodic evaluation (0 = all); the final evaluation uses all
     eval_max_examples: int = 1000
     # a control run: every image, in training and evaluation, is one constant grey image, so the model
