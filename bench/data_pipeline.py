@@ -131,7 +131,7 @@ class PrecomputedFeatures(nn.Module):
 def feature_cache_speedup(config: str, tiny: bool, batch_size: int | None, steps: int, device: torch.device,
                           seed: int = 0) -> dict[str, Any]:
     """Per-step time of training with a frozen image encoder run each step vs features computed once."""
-    from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
+    from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, fused_adamw, set_train_mode
 
     work = workloads.workload(config, tiny=tiny)
     work.model.image_encoder.freeze = True
@@ -139,7 +139,7 @@ def feature_cache_speedup(config: str, tiny: bool, batch_size: int | None, steps
     with train_throughput.fresh_accelerator(work.mixed_precision, device) as accelerator:
         model = workloads.build_model(work.model, seed=seed)
         frozen = apply_freezing(model)
-        optimizer = build_optimizer(model, work.optim, fused=True if device.type == "cuda" else None)
+        optimizer = build_optimizer(model, work.optim, fused=fused_adamw(device))
         scheduler = build_scheduler(optimizer, work.optim, total_steps=2 * steps + 10)
         prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         raw = accelerator.unwrap_model(prepared)

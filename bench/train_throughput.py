@@ -1,7 +1,7 @@
 """Training throughput: samples/s, tokens/s, step time, peak memory and MFU of real mmgpt training steps.
 
 Each step is the training loop's own (mmgpt/training/loop.py): an accelerate-prepared model and the
-optimizer from `build_optimizer` (fused AdamW on GPU) with the cosine schedule, `model(**batch)`,
+optimizer from `build_optimizer` (fused AdamW on CPU and GPU) with the cosine schedule, `model(**batch)`,
 backward of `loss_sum / supervised tokens` (the loop's normalisation, one process), gradient
 clipping, optimizer and scheduler step. Batches are made by the model's processor from random
 images and easy-VQA-like text and sit on the device, so data loading is not timed (see
@@ -71,7 +71,7 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
             count_flops: bool = True, seed: int = 0, image_autocast: str | None = None) -> dict[str, Any]:
     """Build the workload, take `warmup` + `steps` training steps, and return the figures of the timed ones."""
     from mmgpt.training.loop import image_autocast as image_autocast_on
-    from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, set_train_mode
+    from mmgpt.training.optim import apply_freezing, build_optimizer, build_scheduler, fused_adamw, set_train_mode
 
     device = device or common.resolve_device("auto")
     work = workloads.workload(config, fusion=fusion, tiny=tiny)
@@ -96,7 +96,7 @@ def measure(config: str = "default", fusion: str | None = None, tiny: bool = Fal
         logger.info("%s (fusion %s): %.1fM parameters, batch %d, precision %s, device %s", work.name,
                     work.model.fusion.type, info["params_total"] / 1e6, batch_size, precision, device)
         common.reset_peak_memory(device)
-        optimizer = build_optimizer(model, work.optim, fused=True if device.type == "cuda" else None)
+        optimizer = build_optimizer(model, work.optim, fused=fused_adamw(device))
         scheduler = build_scheduler(optimizer, work.optim, total_steps=warmup + steps + 100)
         prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
         raw = accelerator.unwrap_model(prepared)

@@ -120,7 +120,7 @@ class ImageEncoderConfig:
     # registry key in mmgpt.encoders.IMAGE_ENCODERS: "timm" or "hf"
     type: str = "timm"
     # timm model name, or hub name / local folder of a CLIP/SigLIP vision tower (type "hf")
-    name: str = "mmgpt_tiny_cnn_fullres"
+    name: str = "mmgpt_tiny_cnn_s2d"
     # timm: load hub weights; ignored for type "hf" (a name means pretrained there)
     pretrained: bool = False
     # timm: local weights file (.safetensors) instead of the hub

@@ -26,6 +26,7 @@ from bench import (  # noqa: E402
     make_results,
     mixed_batches,
     nanovlm_peer,
+    step_variants,
     train_throughput,
 )
 
@@ -177,6 +178,21 @@ def test_mixed_batches(out_dir: Path) -> None:
     for figures in data["kinds"].values():
         positive(figures, "median_s", "ratio_to_one_set")
     assert data["kinds"]["one set per batch"]["ratio_to_one_set"] == 1.0
+
+
+def test_step_variants_time_each_variant_on_the_same_batches(out_dir: Path) -> None:
+    data_sets = ("data.train=[{format: easy_vqa, split: train, max_examples: 48, weight: 3.0}, "
+                 "{format: shapes_captions, split: train, max_examples: 16, weight: 1.0}]")
+    result = step_variants.run(["--steps", "1", "--warmup", "0", "--out-dir", str(out_dir), "--common",
+                                "batch_size=8", data_sets, "data.eval=[]", "cpu_threads=1", "--variant", "s2d",
+                                "model.image_encoder.kwargs={stem: space_to_depth, stem_stride: 2, "
+                                "stem_width: 32, widths: [32, 64, 96]}"])
+    data = read(result["path"])
+    variants = data["variants"]
+    assert set(variants) == {"default", "s2d"} and variants["default"]["ratio_to_default"] == 1.0
+    positive(variants["s2d"], "median_s", "ratio_to_default")
+    # the variant's overrides reached its model: a wider first stage than the default's 16
+    assert variants["s2d"]["parameters"] != variants["default"]["parameters"]
 
 
 def test_nanovlm_peer_needs_a_checkout(tmp_path: Path) -> None:

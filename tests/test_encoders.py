@@ -199,11 +199,11 @@ def test_hf_vision_tower_config_errors_name_the_key() -> None:
 def test_hf_tower_from_kwargs_with_a_leftover_name_fails_before_any_download() -> None:
     # the default name is a timm model; switching only the type must not send it to the hub
     cfg = ImageEncoderConfig(type="hf", kwargs=hf_vision_kwargs("clip_vision_model"))
-    assert cfg.name == "mmgpt_tiny_cnn_fullres"
+    assert cfg.name == "mmgpt_tiny_cnn_s2d"
     with pytest.raises(ConfigError) as info:
         build_image_encoder(cfg)
     message = str(info.value)
-    assert "model.image_encoder.name 'mmgpt_tiny_cnn_fullres' is a timm model" in message and "to ''" in message
+    assert "model.image_encoder.name 'mmgpt_tiny_cnn_s2d' is a timm model" in message and "to ''" in message
 
 
 def test_missing_timm_weights_file_names_the_key(tmp_path: Path) -> None:

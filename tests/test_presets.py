@@ -42,9 +42,9 @@ def test_default_yaml_is_complete_and_equals_the_dataclass_defaults() -> None:
 def test_the_default_run_keeps_its_settings() -> None:
     config = to_dict(load_train_config("default"))
     expected = {
-        ("max_steps",): 2000, ("batch_size",): 128, ("eval_every",): 1000, ("save_every",): 1000,
+        ("max_steps",): 3000, ("batch_size",): 128, ("eval_every",): 1000, ("save_every",): 1000,
         ("optim", "ema_decay"): 0.999, ("model", "tokenizer", "lowercase"): True,
-        ("model", "image_encoder", "name"): "mmgpt_tiny_cnn_fullres",
+        ("model", "image_encoder", "name"): "mmgpt_tiny_cnn_s2d",
         ("model", "text_encoder", "max_length"): 32, ("model", "max_answer_length"): 32,
         ("model", "fusion", "num_layers"): 2, ("model", "fusion", "null_token"): True,
         ("model", "generator", "kwargs", "intermediate_size"): 384,
@@ -59,7 +59,7 @@ def test_the_default_run_keeps_its_settings() -> None:
         assert node == value, (".".join(path), node)
     train = config["data"]["train"]
     assert [(d["format"], d["weight"], d["augment"]) for d in train] == [
-        ("easy_vqa", 3.0, ["hflip"]), ("shapes_captions", 0.5, [])]
+        ("easy_vqa", 3.0, ["hflip"]), ("shapes_captions", 1.0, [])]
 
 
 def test_every_preset_parses_into_a_valid_config() -> None:

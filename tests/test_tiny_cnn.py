@@ -55,3 +55,36 @@ def test_stem_tokens_join_the_pooled_stem_to_each_token() -> None:
     stem = joined.stem(image)
     assert torch.allclose(features[:, 96:, 1, 2], stem[:, :, 16:32, 32:48].mean(dim=(2, 3)), atol=1e-6)
     assert joined.forward(image).shape == (2, 112)
+
+
+def test_space_to_depth_stem_folds_each_block_of_pixels_into_channels() -> None:
+    model = timm.create_model("mmgpt_tiny_cnn", stem="space_to_depth", stem_width=8).eval()
+    image = torch.randn(2, 3, 64, 64)
+    stem = model.stem(image)
+    assert stem.shape == (2, 8, 32, 32) and model.forward_features(image).shape == (2, 96, 4, 4)
+    # each of a 2 x 2 block's four pixels reaches the block's own position, not only its neighbours'
+    conv = model.stem[1]
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        changed = image.clone()
+        changed[:, :, 10 + dy, 20 + dx] += 1.0
+        before = conv(torch.nn.functional.pixel_unshuffle(image, 2))[:, :, 5, 10]
+        after = conv(torch.nn.functional.pixel_unshuffle(changed, 2))[:, :, 5, 10]
+        assert not torch.allclose(before, after)
+    assert torch.equal(stem, model.stem[2:](conv(torch.nn.functional.pixel_unshuffle(image, 2))))
+
+
+def test_unknown_stem_is_an_error_naming_the_allowed_values() -> None:
+    with pytest.raises(ValueError, match="stem must be 'conv' or 'space_to_depth', got 'patch'"):
+        timm.create_model("mmgpt_tiny_cnn", stem="patch")
+
+
+def test_s2d_variant_is_the_tiny_cnn_with_a_space_to_depth_stem() -> None:
+    torch.manual_seed(0)
+    variant = timm.create_model("mmgpt_tiny_cnn_s2d").eval()
+    torch.manual_seed(0)
+    spelled_out = timm.create_model("mmgpt_tiny_cnn", stem="space_to_depth", stem_width=32,
+                                    widths=(32, 64, 96)).eval()
+    image = torch.randn(2, 3, 64, 64)
+    assert variant.stem(image).shape == (2, 32, 32, 32)
+    assert torch.equal(variant.forward_features(image), spelled_out.forward_features(image))
+    assert variant.forward_features(image).shape == (2, 96, 4, 4)

@@ -87,6 +87,7 @@ from mmgpt.training.optim import (
     apply_freezing,
     build_optimizer,
     build_scheduler,
+    fused_adamw,
     set_train_mode,
 )
 
@@ -400,7 +401,7 @@ def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
                     cfg.image_encoder_autocast)
     if cast := cast_frozen(model, frozen, cfg.frozen_dtype):
         logger.info("frozen parts in bf16: %s", ", ".join(cast))
-    optimizer = build_optimizer(model, cfg.optim, fused=True if torch.cuda.is_available() else None)
+    optimizer = build_optimizer(model, cfg.optim, fused=fused_adamw(accelerator.device))
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.max_steps)
     # FSDP shards the model in place; evaluation and saving need its structure whole
     template = copy.deepcopy(model) if accelerator.distributed_type == DistributedType.FSDP else None
