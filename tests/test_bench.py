@@ -184,15 +184,14 @@ def test_step_variants_time_each_variant_on_the_same_batches(out_dir: Path) -> N
     data_sets = ("data.train=[{format: easy_vqa, split: train, max_examples: 48, weight: 3.0}, "
                  "{format: shapes_captions, split: train, max_examples: 16, weight: 1.0}]")
     result = step_variants.run(["--steps", "1", "--warmup", "0", "--out-dir", str(out_dir), "--common",
-                                "batch_size=8", data_sets, "data.eval=[]", "cpu_threads=1", "--variant", "s2d",
-                                "model.image_encoder.kwargs={stem: space_to_depth, stem_stride: 2, "
-                                "stem_width: 32, widths: [32, 64, 96]}"])
+                                "batch_size=8", data_sets, "data.eval=[]", "cpu_threads=1", "--variant", "fullres",
+                                "model.image_encoder.name=mmgpt_tiny_cnn_fullres"])
     data = read(result["path"])
     variants = data["variants"]
-    assert set(variants) == {"default", "s2d"} and variants["default"]["ratio_to_default"] == 1.0
-    positive(variants["s2d"], "median_s", "ratio_to_default")
-    # the variant's overrides reached its model: a wider first stage than the default's 16
-    assert variants["s2d"]["parameters"] != variants["default"]["parameters"]
+    assert set(variants) == {"default", "fullres"} and variants["default"]["ratio_to_default"] == 1.0
+    positive(variants["fullres"], "median_s", "ratio_to_default")
+    # the variant's overrides reached its model: another CNN, with another parameter count
+    assert variants["fullres"]["parameters"] != variants["default"]["parameters"]
 
 
 def test_nanovlm_peer_needs_a_checkout(tmp_path: Path) -> None:
