@@ -50,7 +50,9 @@ def test_another_spinning_process_counts_and_this_ones_work_does_not() -> None:
     after = cpu_jiffies()
     hz = os.sysconf("SC_CLK_TCK")
     assert (after[1] - before[1]) / hz >= 0.9
-    assert after[0] - before[0] >= after[1] - before[1]
+    # /proc/stat is read just before /proc/self/stat, and each counts its own ticks: the process's total may
+    # run a few ticks ahead of the machine's (149 against 150 in one CI run), never by more
+    assert after[0] - before[0] >= after[1] - before[1] - 3
 
 
 def simulate(watch: ThreadWatch, seconds_per_threads: list[dict[int, float]], steps_each: int) -> list[int]:
