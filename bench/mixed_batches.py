@@ -22,6 +22,7 @@ if __package__ in (None, ""):
 import torch
 
 from bench import common
+from bench.step_variants import loader_batch, train_step
 
 logger = logging.getLogger("bench.mixed_batches")
 
@@ -41,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Time the three kinds of step; returns {path, kinds}."""
     from mmgpt.data.dataset import GroupedBatches, make_collate
-    from mmgpt.training.loop import build_run, forward_backward
+    from mmgpt.training.loop import build_run
     from mmgpt.training.loop import parse_args as train_args
 
     args = parse_args(argv)
@@ -59,14 +60,11 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         streams = {name: iter(sampler) for name, sampler in samplers.items()}
 
         def step(name: str) -> None:
-            batch = collate([data[p] for p in next(streams[name])])
-            for key in ("bad_images", "images_read"):
-                batch.pop(key)
-            if name == "mixed, one pass":
-                out = run_.model(**batch)
-                out.loss.backward()
-            else:
-                forward_backward(run_, [batch])
+            batch = loader_batch(data, collate, next(streams[name]))
+            if name != "mixed, one pass":
+                train_step(run_, batch)
+                return
+            run_.model(**batch).loss.backward()
             run_.optimizer.step()
             run_.optimizer.zero_grad()
 

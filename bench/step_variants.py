@@ -44,12 +44,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def loader_batch(data: Any, collate: Any, positions: list[int]) -> dict[str, Any]:
+    """The batch the training loader makes of `positions`, without its bad-image counts (not model inputs)."""
+    batch = collate([data[p] for p in positions])
+    return {k: v for k, v in batch.items() if k not in ("bad_images", "images_read")}
+
+
+def train_step(run_: Any, batch: dict[str, Any]) -> None:
+    """One optimizer step of the training loop on `batch` (one micro-batch)."""
+    from mmgpt.training.loop import forward_backward
+
+    forward_backward(run_, [batch])
+    run_.optimizer.step()
+    run_.optimizer.zero_grad()
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Time a step of the main job and of each variant; returns {path, variants}."""
     from accelerate.state import AcceleratorState
 
     from mmgpt.data.dataset import GroupedBatches, make_collate
-    from mmgpt.training.loop import build_run, forward_backward
+    from mmgpt.training.loop import build_run
     from mmgpt.training.loop import parse_args as train_args
 
     args = parse_args(argv)
@@ -72,12 +87,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
         def step(name: str) -> None:
             if name == BASE:  # a new batch each round, which every variant then takes
-                batch = collate([data[p] for p in next(batches)])
-                current.update({k: v for k, v in batch.items() if k not in ("bad_images", "images_read")})
-            run_ = runs[name]
-            forward_backward(run_, [dict(current)])
-            run_.optimizer.step()
-            run_.optimizer.zero_grad()
+                current.update(loader_batch(data, collate, next(batches)))
+            train_step(runs[name], dict(current))
 
         timings = common.time_interleaved({name: (lambda n=name: step(n)) for name in variants}, device,
                                           warmup=args.warmup, repeats=args.steps)

@@ -168,11 +168,14 @@ def test_data_pipeline(out_dir: Path) -> None:
              "feature_bytes_per_image")
 
 
+# the main job's two training sets, a few examples of each: mixed batches draw from both
+TWO_SETS = ("data.train=[{format: easy_vqa, split: train, max_examples: 48, weight: 3.0}, "
+            "{format: shapes_captions, split: train, max_examples: 16, weight: 1.0}]")
+
+
 def test_mixed_batches(out_dir: Path) -> None:
-    data_sets = ("data.train=[{format: easy_vqa, split: train, max_examples: 48, weight: 3.0}, "
-                 "{format: shapes_captions, split: train, max_examples: 16, weight: 1.0}]")
     result = mixed_batches.run(["--steps", "1", "--warmup", "0", "--out-dir", str(out_dir), "batch_size=8",
-                                data_sets, "data.eval=[]", "cpu_threads=1"])
+                                TWO_SETS, "data.eval=[]", "cpu_threads=1"])
     data = read(result["path"])
     assert set(data["kinds"]) == {"one set per batch", "mixed, split by answer length", "mixed, one pass"}
     for figures in data["kinds"].values():
@@ -181,10 +184,8 @@ def test_mixed_batches(out_dir: Path) -> None:
 
 
 def test_step_variants_time_each_variant_on_the_same_batches(out_dir: Path) -> None:
-    data_sets = ("data.train=[{format: easy_vqa, split: train, max_examples: 48, weight: 3.0}, "
-                 "{format: shapes_captions, split: train, max_examples: 16, weight: 1.0}]")
     result = step_variants.run(["--steps", "1", "--warmup", "0", "--out-dir", str(out_dir), "--common",
-                                "batch_size=8", data_sets, "data.eval=[]", "cpu_threads=1", "--variant", "fullres",
+                                "batch_size=8", TWO_SETS, "data.eval=[]", "cpu_threads=1", "--variant", "fullres",
                                 "model.image_encoder.name=mmgpt_tiny_cnn_fullres"])
     data = read(result["path"])
     variants = data["variants"]
