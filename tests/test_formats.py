@@ -270,6 +270,7 @@ def test_shapes_captions_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     calls = []
     fake = types.ModuleType("mmgpt.data.shapes")
     fake.build_shapes_captions = lambda root, **kw: calls.append(root) or {"train": path}
+    fake.build_held_out_scenes = lambda root, **kw: calls.append(root) or path
     monkeypatch.setitem(sys.modules, "mmgpt.data.shapes", fake)
     monkeypatch.setenv("MMGPT_CACHE", str(tmp_path / "cache"))
     examples = read_dataset(DatasetSpec(format="shapes_captions", split="train"))

@@ -240,3 +240,30 @@ def test_shapes_questions_ask_each_shape_its_shape_colour_and_place(built, monke
     assert {e.meta["question_type"] for e in examples} == {"shape_at", "colour_at", "where"}
     with pytest.raises(ValueError, match="field 'split' must be one of"):
         read_dataset(DatasetSpec(format="shapes_questions", split="dev"))
+
+
+def test_held_out_scenes_are_new_sized_per_count_and_read_as_a_split(tmp_path, monkeypatch):
+    from mmgpt.data.formats import read_dataset
+    from mmgpt.data.shapes import BUILT_IN_COUNTS, _sample_splits, build_held_out_scenes
+
+    path = build_held_out_scenes(tmp_path, seed=3, per_count=4)
+    data = json.loads(path.read_text())
+    scenes = [img["scene"] for img in data["images"]]
+    assert [len(scene["shapes"]) for scene in scenes] == [1] * 4 + [2] * 4 + [3] * 4
+    built_in = {scene_key(s) for split in _sample_splits(0, BUILT_IN_COUNTS, 64).values() for s in split}
+    keys = {scene_key(scene) for scene in scenes}
+    assert len(keys) == 12 and not keys & built_in  # none shows what a built-in scene shows
+    assert len(os.listdir(path.parent / "images" / "held_out")) == 12
+    written = path.stat().st_mtime_ns
+    assert build_held_out_scenes(tmp_path, seed=3, per_count=4) == path and path.stat().st_mtime_ns == written
+    assert build_held_out_scenes(tmp_path, seed=4, per_count=4) != path
+    # the shapes_captions format reads it as split held_out, references and scene records included
+    monkeypatch.setenv("MMGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(shapes, "build_held_out_scenes", lambda root: path)
+    examples = read_dataset(DatasetSpec(format="shapes_captions", split="held_out"), PromptTemplates())
+    assert len({e.meta["image_id"] for e in examples}) == 12 and all("scene" in e.meta for e in examples)
+    with pytest.raises(ValueError, match=r"'held_out', 'test', 'train', 'val'\], got 'dev'"):
+        read_dataset(DatasetSpec(format="shapes_captions", split="dev",
+                                 path=str(tmp_path / "small")), PromptTemplates())
+    with pytest.raises(ValueError, match="per_count must be <= 3000"):
+        build_held_out_scenes(tmp_path, per_count=3001)

@@ -5,7 +5,8 @@ Formats (`DatasetSpec.format`):
 * ``easy_vqa`` - the installed `easy-vqa` package; split ``train`` or ``test``; path/images unused.
 * ``coco_captions`` - official ``captions_*.json`` (path) + image folder (images); one Example per caption.
 * ``shapes_captions`` - built-in synthetic captions (mmgpt.data.shapes); path = cache root folder
-  (default ``$MMGPT_CACHE/shapes`` or ``~/.cache/mmgpt/shapes``); split train/val/test.
+  (default ``$MMGPT_CACHE/shapes`` or ``~/.cache/mmgpt/shapes``); split train/val/test, or held_out: 300 new
+  scenes each of one, two and three shapes that no split shows (for caption facts).
 * ``multi_image_shapes`` - built-in synthetic VQA with 2-3 one-shape images per question about the set
   (mmgpt.data.shapes_vqa); path = cache root folder (default as shapes_captions); split train/val/test.
 * ``highres_shapes`` - built-in synthetic VQA on 448 px scenes of small shapes, asked about by position
@@ -176,22 +177,28 @@ def read_coco_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Ex
     return out
 
 
-def built_split(spec: DatasetSpec, build: Callable[[Path], dict[str, Path]], folder: str) -> Path:
-    """The file of `spec.split` of a built-in generated set, built (once) under spec.path or $MMGPT_CACHE/`folder`."""
+def built_split(spec: DatasetSpec, build: Callable[[Path], dict[str, Path]], folder: str,
+                other_splits: dict[str, Callable[[Path], Path]] | None = None) -> Path:
+    """The file of `spec.split` of a built-in generated set, built (once) under spec.path or $MMGPT_CACHE/`folder`.
+
+    `other_splits`: splits built on their own ({name: build(root) -> file}), only when asked for.
+    """
     root = Path(spec.path).expanduser() if spec.path else default_cache_root() / folder
+    if other_splits and spec.split in other_splits:
+        return Path(other_splits[spec.split](root))
     files = build(root)
     if spec.split not in files:
         raise ValueError(f"{spec.format} dataset {spec.label!r}: field 'split' must be one of "
-                         f"{sorted(files)}, got {spec.split!r}")
+                         f"{sorted([*files, *(other_splits or {})])}, got {spec.split!r}")
     return Path(files[spec.split])
 
 
 @register_format("shapes_captions")
 def read_shapes_captions(spec: DatasetSpec, templates: PromptTemplates) -> list[Example]:
     """Built-in synthetic shapes captions, generated on first use, read as COCO captions."""
-    from mmgpt.data.shapes import build_shapes_captions
+    from mmgpt.data.shapes import build_held_out_scenes, build_shapes_captions
 
-    captions = built_split(spec, build_shapes_captions, "shapes")
+    captions = built_split(spec, build_shapes_captions, "shapes", {"held_out": build_held_out_scenes})
     coco = replace(spec, format="coco_captions", path=str(captions),
                    images=str(captions.parent / "images" / spec.split),
                    annotations="", weight=1.0, name=spec.label, augment=[])

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 VERSION = 1  # bump whenever scenes, drawing or captions change: it is part of the cache key
 SPLITS = ("train", "val", "test")
+BUILT_IN_COUNTS = {"train": 4000, "val": 500, "test": 500}  # scenes per split of the built-in set
 COLORS = {"red": (220, 30, 30), "orange": (245, 140, 20), "yellow": (235, 205, 20), "green": (30, 160, 50),
           "blue": (30, 70, 220), "purple": (130, 50, 180), "brown": (120, 70, 30), "black": (20, 20, 20)}
 BACKGROUNDS = {"white": (250, 250, 250), "cream": (245, 238, 215), "light gray": (215, 215, 215)}
@@ -36,6 +37,7 @@ LOCATIONS = {(0, 0): "in the top left corner", (0, 1): "at the top", (0, 2): "in
              (1, 0): "on the left", (1, 1): "in the center", (1, 2): "on the right",
              (2, 0): "in the bottom left corner", (2, 1): "at the bottom", (2, 2): "in the bottom right corner"}
 NUMBERS = {1: "one", 2: "two", 3: "three"}
+MAX_HELD_OUT = 3000  # scenes of each number of shapes in build_held_out_scenes
 _SUPERSAMPLE = 4  # draw larger and box-downsample: smooth edges, exact colours inside shapes
 
 
@@ -160,6 +162,25 @@ def _sample_splits(seed: int, counts: dict[str, int], image_size: int) -> dict[s
     return scenes
 
 
+def _write_split(folder: Path, split: str, scenes: list[dict], size: int, rng: random.Random, image_id: int,
+                 params: dict[str, Any]) -> int:
+    """Render `scenes` into images/{split}/ and write captions_{split}.json; returns the last image id used."""
+    (folder / "images" / split).mkdir(parents=True)
+    images, annotations = [], []
+    for scene in scenes:
+        image_id += 1
+        name = f"{image_id:06d}.png"
+        render_scene(scene, size).save(folder / "images" / split / name, format="PNG", compress_level=6)
+        images.append({"id": image_id, "file_name": name, "width": size, "height": size, "scene": scene})
+        for caption in describe_scene(scene, rng):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
+    info = {"description": f"mmgpt synthetic shapes captions, {split} split", "version": str(VERSION),
+            "contributor": "mmgpt.data.shapes", **params}
+    data = {"info": info, "licenses": [], "images": images, "annotations": annotations}
+    write_json(folder / f"captions_{split}.json", data, indent=1, newline=True)
+    return image_id
+
+
 def _generate(folder: Path, params: dict[str, Any]) -> None:
     size = params["image_size"]
     counts = {split: params[f"num_{split}"] for split in SPLITS}
@@ -167,19 +188,7 @@ def _generate(folder: Path, params: dict[str, Any]) -> None:
     image_id = 0
     for split in SPLITS:
         rng = random.Random(f"mmgpt-shapes-v{VERSION}-{params['seed']}-{split}-captions")
-        (folder / "images" / split).mkdir(parents=True)
-        images, annotations = [], []
-        for scene in scenes[split]:
-            image_id += 1
-            name = f"{image_id:06d}.png"
-            render_scene(scene, size).save(folder / "images" / split / name, format="PNG", compress_level=6)
-            images.append({"id": image_id, "file_name": name, "width": size, "height": size, "scene": scene})
-            for caption in describe_scene(scene, rng):
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "caption": caption})
-        info = {"description": f"mmgpt synthetic shapes captions, {split} split", "version": str(VERSION),
-                "contributor": "mmgpt.data.shapes", **params}
-        data = {"info": info, "licenses": [], "images": images, "annotations": annotations}
-        write_json(folder / f"captions_{split}.json", data, indent=1, newline=True)
+        image_id = _write_split(folder, split, scenes[split], size, rng, image_id, params)
     meta = {"generator": "mmgpt.data.shapes", "version": VERSION, "params": params, "counts": counts,
             "pillow": Image.__version__}
     write_json(folder / "meta.json", meta, indent=1, newline=True)  # last: marks complete
@@ -232,8 +241,9 @@ def build_cached(folder: Path, generator: str, version: int, params: dict[str, A
             generate(tmp)
 
 
-def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000, num_val: int = 500,
-                          num_test: int = 500, image_size: int = 64) -> dict[str, Path]:
+def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = BUILT_IN_COUNTS["train"],
+                          num_val: int = BUILT_IN_COUNTS["val"], num_test: int = BUILT_IN_COUNTS["test"],
+                          image_size: int = 64) -> dict[str, Path]:
     """Generate (once; cached under root) the shapes captions set; returns {split: captions_{split}.json path}."""
     params = {"seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
               "image_size": image_size}
@@ -246,3 +256,48 @@ def build_shapes_captions(root: str | Path, seed: int = 0, num_train: int = 4000
 
     build_cached(folder, "mmgpt.data.shapes", VERSION, params, lambda tmp: _generate(tmp, params), files_ok)
     return {split: folder / f"captions_{split}.json" for split in SPLITS}
+
+
+def _held_out_scenes(seed: int, per_count: int, image_size: int) -> list[dict]:
+    """`per_count` scenes of one, two and three shapes (in that order), none with the key of a built-in scene."""
+    builtin = _sample_splits(0, BUILT_IN_COUNTS, image_size)  # build_shapes_captions' defaults
+    taken = {scene_key(scene) for split in builtin.values() for scene in split}
+    rng = random.Random(f"mmgpt-shapes-v{VERSION}-held-out-{seed}")
+    groups: dict[int, list[dict]] = {1: [], 2: [], 3: []}
+    while any(len(group) < per_count for group in groups.values()):
+        scene = sample_scene(rng, image_size)
+        group = groups[len(scene["shapes"])]
+        if len(group) < per_count and scene_key(scene) not in taken:
+            taken.add(scene_key(scene))
+            group.append(scene)
+    return [scene for n in (1, 2, 3) for scene in groups[n]]
+
+
+def build_held_out_scenes(root: str | Path, seed: int = 1, per_count: int = 300, image_size: int = 64) -> Path:
+    """Generate (once; cached under root) new scenes for checking captions -> their COCO captions JSON.
+
+    `per_count` scenes each of one, two and three shapes, with five reference captions each, none showing what
+    a scene of the built-in shapes set (default parameters, every split) shows: unlike the test split (500 scenes,
+    145 of one shape) it is sized for per-fact accuracy, and a model trained on the built-in set has never seen
+    one. Images in ``images/held_out/`` beside the JSON.
+    """
+    params = {"seed": seed, "per_count": per_count, "image_size": image_size}
+    check_params("build_held_out_scenes", params, {"image_size": 16, "per_count": 1})
+    if per_count > MAX_HELD_OUT:  # one-shape scenes have 6,480 distinct keys; the built-in set takes ~1,500
+        raise ValueError(f"build_held_out_scenes: per_count must be <= {MAX_HELD_OUT}, got {per_count}")
+    folder = Path(root).expanduser() / f"shapes-held-out-v{VERSION}-s{seed}-{image_size}px-{per_count}"
+
+    def generate(tmp: Path) -> None:
+        scenes = _held_out_scenes(seed, per_count, image_size)
+        rng = random.Random(f"mmgpt-shapes-v{VERSION}-held-out-{seed}-captions")
+        _write_split(tmp, "held_out", scenes, image_size, rng, 0, params)
+        meta = {"generator": "mmgpt.data.shapes.held_out", "version": VERSION, "params": params,
+                "pillow": Image.__version__}
+        write_json(tmp / "meta.json", meta, indent=1, newline=True)  # last: marks complete
+
+    def files_ok(path: Path) -> bool:
+        return ((path / "captions_held_out.json").is_file()
+                and len(os.listdir(path / "images" / "held_out")) == 3 * per_count)
+
+    build_cached(folder, "mmgpt.data.shapes.held_out", VERSION, params, generate, files_ok)
+    return folder / "captions_held_out.json"

@@ -27,8 +27,9 @@ logger = logging.getLogger("mmgpt.eval_caption")
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", help="COCO captions JSON (default: built-in shapes test split)")
     parser.add_argument("--images", help="image folder of the annotations' file_name entries")
-    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
-                        help="built-in split (default test)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test", "held_out"],
+                        help="built-in split (default test; held_out: 300 new scenes each of one, two and three "
+                             "shapes that no split shows, for caption facts)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="score a --results file that captions only some of the annotated images (default: refuse)")
 
