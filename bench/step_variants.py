@@ -1,13 +1,15 @@
 """Training step time of the main job against variants of its config, side by side in one process.
 
 Each variant is a run of train.py's config with its own overrides, built by the training loop itself
-(model, optimizer, bf16 autocast policy). All take the same batches, drawn by the first variant's loader data
-as the loop draws them (mixed batches, split by answer length), round-robin, so load from other processes
-hits each alike. A variant may change the model (its image encoder, its widths) but not the data.
+(model, optimizer, bf16 autocast policy). Variants with the same data settings take the same batches, drawn
+as the loop draws them (mixed batches, split by answer length); one that changes them (e.g.
+`data.questions_per_image=2`) draws its own from the same seed. They run round-robin, so load from other
+processes hits each alike.
 
     python -m bench.step_variants                                   # the default against its CNN in fp32
     python -m bench.step_variants --variant "fp32 CNN" image_encoder_autocast=no \\
         --variant "stride-2 CNN" model.image_encoder.name=mmgpt_tiny_cnn --steps 20
+    python -m bench.step_variants --variant "2 questions per image" data.questions_per_image=2
     python -m bench.step_variants --common batch_size=8 --steps 2   # overrides every variant shares
 """
 from __future__ import annotations
@@ -79,16 +81,25 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             # prepared model keeps its own autocast)
             AcceleratorState._reset_state(True)
             runs[name] = build_run(cfg, train_ns)
-        first = runs[BASE]
-        mixture, data = first.batch_sampler.mixture, first.loader.dataset
-        collate = make_collate(first.raw_model.processor)
-        batches = iter(GroupedBatches(mixture, first.cfg.batch_size, seed=first.cfg.seed, mixed=True))
-        current: dict[str, Any] = {}
+        # variants with the same data settings take the same batches: the first of them draws a new one each round
+        streams: dict[str, Any] = {}
+        drawer: dict[str, str] = {}
+        for name, run_ in runs.items():
+            key = repr(run_.cfg.data)
+            if key not in streams:
+                data = run_.loader.dataset
+                batches = iter(GroupedBatches(run_.batch_sampler.mixture, run_.cfg.batch_size, seed=run_.cfg.seed,
+                                              mixed=True, questions_per_image=run_.cfg.data.questions_per_image))
+                streams[key] = (data, make_collate(run_.raw_model.processor), batches, {})
+                drawer[key] = name
+        current = {name: streams[repr(run_.cfg.data)] for name, run_ in runs.items()}
 
         def step(name: str) -> None:
-            if name == BASE:  # a new batch each round, which every variant then takes
-                current.update(loader_batch(data, collate, next(batches)))
-            train_step(runs[name], dict(current))
+            data, collate, batches, batch = current[name]
+            if drawer[repr(runs[name].cfg.data)] == name:
+                batch.clear()
+                batch.update(loader_batch(data, collate, next(batches)))
+            train_step(runs[name], dict(batch))
 
         timings = common.time_interleaved({name: (lambda n=name: step(n)) for name in variants}, device,
                                           warmup=args.warmup, repeats=args.steps)
