@@ -174,6 +174,24 @@ def test_least_recently_used_entries_go_when_the_cache_is_full(tmp_path: Path, p
     assert len(_entries(tmp_path / "cache")) == 2 and not first.exists()
 
 
+def test_an_entry_pruned_by_another_process_while_read_is_still_used(tmp_path: Path, processor, images: list[Path],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import mmgpt.data.pixel_cache as pixel_cache
+
+    cache = PixelCache.for_processor(processor, tmp_path / "cache")
+    cold = _check(processor, images, cache)
+    (entry,) = _entries(tmp_path / "cache")
+    checksum = pixel_cache._checksum
+
+    def pruned_meanwhile(*args):  # runs once the entry is read: another run's prune deletes it right then
+        entry.unlink(missing_ok=True)
+        return checksum(*args)
+
+    monkeypatch.setattr(pixel_cache, "_checksum", pruned_meanwhile)
+    _no_decoding(monkeypatch)
+    assert _same(cold, _check(processor, images, cache))  # the pixels read are sound: used, not a crash
+
+
 def test_a_run_with_warm_caches_trains_byte_identical_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv("MMGPT_CACHE", str(tmp_path / "mmgpt-cache"))

@@ -197,7 +197,10 @@ class PixelCache:
         except (OSError, SafetensorError, ValueError, KeyError, TypeError, AttributeError) as e:
             logger.warning("image cache %s is damaged (%s: %s); rebuilding it", path, type(e).__name__, e)
             return None
-        os.utime(path)  # most recently used: pruned last
+        # most recently used: pruned last. Another run's prune may have deleted it since it was read: the pixels
+        # read are checked and sound, so they are used
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path)
         rows = iter(pixels.unbind(0))
         return [None if i in bad else next(rows) for i in range(count)], bad
 
