@@ -96,6 +96,37 @@ def threads_beside(threads: int, others: float | None) -> int:
     return max(1, min(threads, available_cores() - round(others)))
 
 
+class SlowdownNotice:
+    """Warns once when a CPU run's steps take `slowdown` times its fastest: another process holds a core.
+
+    For runs whose thread count stays fixed (the default, follow_cpu_load off). Their OpenMP threads wait on the
+    busy core at every operation: a 2-thread run beside a 1-thread training run on 2 cores went from 1.97 to 0.1
+    steps/s, and nothing said why.
+    """
+
+    def __init__(self, threads: int, window: int = 8, slowdown: float = 3.0) -> None:
+        self.threads, self.window, self.slowdown = threads, window, slowdown
+        self.recent: list[float] = []
+        self.fastest: float | None = None  # median of the fastest window of steps
+        self.warned = False
+
+    def step_done(self, seconds: float) -> None:
+        """Record a step's wall time; warns the first time a window of steps is `slowdown` times the fastest."""
+        self.recent = (self.recent + [seconds])[-self.window:]
+        if len(self.recent) < self.window:
+            return
+        median = sorted(self.recent)[self.window // 2]
+        if self.fastest is None or median < self.fastest:
+            self.fastest = median
+        elif median > self.slowdown * self.fastest and not self.warned:
+            self.warned = True
+            logger.warning(
+                "training steps take %.1fx this run's fastest: another process is using the cores, and the %d "
+                "CPU threads wait for it at every operation. cpu_threads=1 or follow_cpu_load=true train faster "
+                "beside it; the thread count changes how the CPU rounds, so the weights a seed gives change too",
+                median / self.fastest, self.threads)
+
+
 class ThreadWatch:
     """Moves a CPU training run to one thread when another process starts competing for its cores, and back.
 

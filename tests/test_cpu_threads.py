@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_train import make_jsonl, tiny_config
 
-from mmgpt.devices import ThreadWatch, busy_cores_of_others, cpu_jiffies, threads_beside
+from mmgpt.devices import SlowdownNotice, ThreadWatch, busy_cores_of_others, cpu_jiffies, threads_beside
 from mmgpt.training import loop
 
 
@@ -88,6 +88,19 @@ def test_a_run_started_beside_a_neighbour_returns_to_all_threads() -> None:
     assert used[:200] == [1] * 200 and used[-100:] == [2] * 100
 
 
+def test_a_fixed_thread_count_says_once_why_its_steps_crawl(caplog: pytest.LogCaptureFixture) -> None:
+    notice = SlowdownNotice(2)
+    jitter = [1.0, 1.4, 1.05, 1.1, 0.95, 1.2, 1.0]  # a quiet run's steps vary, and its first steps are slower
+    with caplog.at_level("WARNING", logger="mmgpt.devices"):
+        for i in range(400):
+            notice.step_done((3.0 if i < 3 else 0.2) * jitter[i % 7])
+        assert not caplog.records
+        for i in range(400):  # a neighbour arrives: steps take 5x as long
+            notice.step_done(1.0 * jitter[i % 7])
+    assert len(caplog.records) == 1 and "cpu_threads=1" in caplog.records[0].getMessage()
+    assert "another process" in caplog.records[0].getMessage()
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_jsonl(tmp_path_factory.mktemp("data"))
@@ -118,6 +131,26 @@ def test_by_default_the_load_never_changes_the_threads(tmp_path: Path, data: Pat
     loop.run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2, save_every=2))])
     assert torch.get_num_threads() == 2
     assert json.loads((out / "checkpoints" / "step_2" / "trainer_state.json").read_text())["cpu_threads"] == 0
+
+
+def test_a_default_run_watches_its_steps_for_a_neighbour(tmp_path: Path, data: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+
+    class Recording(SlowdownNotice):
+        def step_done(self, seconds: float) -> None:
+            seen.append(seconds)
+            super().step_done(seconds)
+
+    monkeypatch.setattr(loop, "SlowdownNotice", Recording)
+    torch.set_num_threads(2)
+    loop.run_training(["--config", str(tiny_config(tmp_path, data, tmp_path / "a", max_steps=3, save_every=0))])
+    assert len(seen) == 3 and all(s > 0 for s in seen)
+    # follow_cpu_load acts on a neighbour itself instead
+    seen.clear()
+    loop.run_training(["--config", str(tiny_config(tmp_path, data, tmp_path / "b", max_steps=3, save_every=0,
+                                                   follow_cpu_load=True))])
+    assert not seen
 
 
 def test_a_set_thread_count_is_never_changed(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:

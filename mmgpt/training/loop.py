@@ -41,6 +41,7 @@ from mmgpt.data.mixture import Mixture
 from mmgpt.data.pixel_cache import PixelCache
 from mmgpt.data.streaming import BatchImages, StreamingMixture, first_examples
 from mmgpt.devices import (
+    SlowdownNotice,
     ThreadWatch,
     busy_cores_of_others,
     cpu_jiffies,
@@ -590,6 +591,9 @@ def train(run: Run) -> bool:
     # the bar closes on an error too, so the error message starts on a line of its own
     first_step = state.step + 1
     watch = choose_cpu_threads(run)
+    # a fixed thread count on a CPU a neighbour now shares: say why steps crawl, once
+    notice = (SlowdownNotice(torch.get_num_threads()) if watch is None and accelerator.device.type == "cpu"
+              and torch.get_num_threads() > 1 else None)
     with StopRequest() as stop, bar:
         while state.step < cfg.max_steps:
             step_start = time.perf_counter()
@@ -609,6 +613,8 @@ def train(run: Run) -> bool:
             state.step += 1
             window.steps += 1
             bar.update(1)
+            if notice is not None:
+                notice.step_done(time.perf_counter() - step_start)
             if watch is not None:
                 threads = watch.step_done(time.perf_counter() - step_start)
                 if threads is not None:
