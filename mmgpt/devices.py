@@ -110,6 +110,15 @@ class SlowdownNotice:
         self.fastest: float | None = None  # median of the fastest window of steps
         self.warned = False
 
+    def started_beside(self, others: float | None) -> None:
+        """Warn now if other processes kept `others` cores busy during start-up (no fast steps to compare with)."""
+        if threads_beside(self.threads, others) < self.threads and not self.warned:
+            self.warned = True
+            logger.warning(
+                "other processes kept %.1f cores busy during start-up, and the %d CPU threads wait for them at "
+                "every operation. cpu_threads=1 or follow_cpu_load=true train faster beside them; the thread count "
+                "changes how the CPU rounds, so the weights a seed gives change too", others, self.threads)
+
     def step_done(self, seconds: float) -> None:
         """Record a step's wall time; warns the first time a window of steps is `slowdown` times the fastest."""
         self.recent = (self.recent + [seconds])[-self.window:]

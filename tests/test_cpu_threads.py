@@ -153,6 +153,21 @@ def test_a_default_run_watches_its_steps_for_a_neighbour(tmp_path: Path, data: P
     assert not seen
 
 
+@pytest.mark.parametrize("others", [0.0, 1.0])
+def test_a_default_run_started_beside_a_busy_process_says_so(tmp_path: Path, data: Path, others: float,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(loop, "busy_cores_of_others", lambda start, seconds: others)
+    monkeypatch.setattr("mmgpt.devices.available_cores", lambda: 2)
+    torch.set_num_threads(2)
+    with caplog.at_level("WARNING", logger="mmgpt.devices"):
+        loop.run_training(["--config", str(tiny_config(tmp_path, data, tmp_path / "run", max_steps=2,
+                                                       save_every=0))])
+    warned = [r for r in caplog.records if "busy during start-up" in r.getMessage()]
+    assert len(warned) == (1 if others else 0)
+    assert torch.get_num_threads() == 2  # said, not acted on: the default keeps its threads
+
+
 def test_a_set_thread_count_is_never_changed(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(loop, "threads_beside", lambda threads, others: 1)
     out = tmp_path / "run"

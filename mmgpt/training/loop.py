@@ -353,7 +353,7 @@ def build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
 
 def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     accelerator = start_accelerator(cfg)
-    load_start = (cpu_jiffies(), time.monotonic()) if cfg.follow_cpu_load else None
+    load_start = (cpu_jiffies(), time.monotonic())  # other processes' load during start-up (threads)
     resume_dir = prepare_output_dir(cfg, args, accelerator)
     if resume_dir is not None:
         check_checkpoint(accelerator, resume_dir)
@@ -591,9 +591,11 @@ def train(run: Run) -> bool:
     # the bar closes on an error too, so the error message starts on a line of its own
     first_step = state.step + 1
     watch = choose_cpu_threads(run)
-    # a fixed thread count on a CPU a neighbour now shares: say why steps crawl, once
+    # a fixed thread count on a CPU a neighbour shares: say why steps crawl, once
     notice = (SlowdownNotice(torch.get_num_threads()) if watch is None and accelerator.device.type == "cpu"
               and torch.get_num_threads() > 1 else None)
+    if notice is not None and run.load_start is not None:
+        notice.started_beside(busy_cores_of_others(run.load_start[0], time.monotonic() - run.load_start[1]))
     with StopRequest() as stop, bar:
         while state.step < cfg.max_steps:
             step_start = time.perf_counter()
