@@ -586,16 +586,16 @@ def train(run: Run) -> bool:
     cfg, state, accelerator = run.cfg, run.state, run.accelerator
     batches = batch_stream(run)
     window = LossWindow.on(accelerator.device)
-    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="training")
-    set_train_mode(run.raw_model, run.frozen)
-    # the bar closes on an error too, so the error message starts on a line of its own
-    first_step = state.step + 1
     watch = choose_cpu_threads(run)
     # a fixed thread count on a CPU a neighbour shares: say why steps crawl, once
     notice = (SlowdownNotice(torch.get_num_threads()) if watch is None and accelerator.device.type == "cpu"
               and torch.get_num_threads() > 1 else None)
     if notice is not None and run.load_start is not None:
         notice.started_beside(busy_cores_of_others(run.load_start[0], time.monotonic() - run.load_start[1]))
+    bar = tqdm(total=cfg.max_steps, initial=state.step, disable=not accelerator.is_main_process, desc="training")
+    set_train_mode(run.raw_model, run.frozen)
+    # the bar closes on an error too, so the error message starts on a line of its own
+    first_step = state.step + 1
     with StopRequest() as stop, bar:
         while state.step < cfg.max_steps:
             step_start = time.perf_counter()
