@@ -65,7 +65,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Time a step of the main job and of each variant; returns {path, variants}."""
     from accelerate.state import AcceleratorState
 
-    from mmgpt.data.dataset import GroupedBatches, make_collate
     from mmgpt.training.loop import build_run
     from mmgpt.training.loop import parse_args as train_args
 
@@ -81,22 +80,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             # prepared model keeps its own autocast)
             AcceleratorState._reset_state(True)
             runs[name] = build_run(cfg, train_ns)
-        # variants with the same data settings take the same batches: the first of them draws a new one each round
-        streams: dict[str, Any] = {}
-        drawer: dict[str, str] = {}
+        # variants with the same data settings take the same batches: the first of them draws a new one each round,
+        # from its run's own sampler and collate, as the training loader would
+        streams: dict[str, tuple] = {}
+        plan: dict[str, tuple[tuple, bool]] = {}
         for name, run_ in runs.items():
             key = repr(run_.cfg.data)
-            if key not in streams:
-                data = run_.loader.dataset
-                batches = iter(GroupedBatches(run_.batch_sampler.mixture, run_.cfg.batch_size, seed=run_.cfg.seed,
-                                              mixed=True, questions_per_image=run_.cfg.data.questions_per_image))
-                streams[key] = (data, make_collate(run_.raw_model.processor), batches, {})
-                drawer[key] = name
-        current = {name: streams[repr(run_.cfg.data)] for name, run_ in runs.items()}
+            draws = key not in streams
+            if draws:
+                streams[key] = (run_.loader.dataset, run_.loader.collate_fn, iter(run_.batch_sampler), {})
+            plan[name] = (streams[key], draws)
 
         def step(name: str) -> None:
-            data, collate, batches, batch = current[name]
-            if drawer[repr(runs[name].cfg.data)] == name:
+            (data, collate, batches, batch), draws = plan[name]
+            if draws:
                 batch.clear()
                 batch.update(loader_batch(data, collate, next(batches)))
             train_step(runs[name], dict(batch))

@@ -96,6 +96,13 @@ def threads_beside(threads: int, others: float | None) -> int:
     return max(1, min(threads, available_cores() - round(others)))
 
 
+def window_median(recent: list[float], seconds: float, window: int) -> float | None:
+    """Add a step's `seconds` to `recent` (kept to the last `window`) -> their median once it is full, else None."""
+    recent.append(seconds)
+    del recent[:-window]
+    return sorted(recent)[window // 2] if len(recent) == window else None
+
+
 class SlowdownNotice:
     """Warns once when a CPU run's steps take `slowdown` times its fastest: another process holds a core.
 
@@ -121,10 +128,9 @@ class SlowdownNotice:
 
     def step_done(self, seconds: float) -> None:
         """Record a step's wall time; warns the first time a window of steps is `slowdown` times the fastest."""
-        self.recent = (self.recent + [seconds])[-self.window:]
-        if len(self.recent) < self.window:
+        median = window_median(self.recent, seconds, self.window)
+        if median is None:
             return
-        median = sorted(self.recent)[self.window // 2]
         if self.fastest is None or median < self.fastest:
             self.fastest = median
         elif median > self.slowdown * self.fastest and not self.warned:
@@ -155,10 +161,9 @@ class ThreadWatch:
 
     def step_done(self, seconds: float) -> int | None:
         """Record a step's wall time -> the thread count to change to now, or None to keep the current one."""
-        self.recent = (self.recent + [seconds])[-self.window:]
-        if len(self.recent) < self.window:
+        median = window_median(self.recent, seconds, self.window)
+        if median is None:
             return None
-        median = sorted(self.recent)[self.window // 2]
         if self.current == self.full and self.one_thread is None:
             if self.fastest is not None and median > self.slowdown * self.fastest:
                 return self._change(1, f"a step takes {median / self.fastest:.1f}x the fastest with "

@@ -615,17 +615,18 @@ def train(run: Run) -> bool:
             state.step += 1
             window.steps += 1
             bar.update(1)
+            seconds = time.perf_counter() - step_start
             if notice is not None:
-                notice.step_done(time.perf_counter() - step_start)
+                notice.step_done(seconds)
             if watch is not None:
-                threads = watch.step_done(time.perf_counter() - step_start)
+                threads = watch.step_done(seconds)
                 if threads is not None:
                     torch.set_num_threads(threads)
                     state.cpu_threads = threads
 
             step = state.step
             if step == first_step:
-                took, since_start = time.perf_counter() - step_start, seconds_since_start()
+                took, since_start = seconds, seconds_since_start()
                 logger.info("first step after %.1f s (start-up %.1f s, the step itself %.1f s)", since_start,
                             since_start - took, took)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
