@@ -403,3 +403,78 @@ def test_server_batch_encodes_each_distinct_image_once(tiles):
     assert calls == [len({v.numpy().tobytes() for v in views})] and len(views) == 2 * (3 if tiles else 1)
     for images, sink in zip(sets, events):
         assert sink[-1].choices[0].text == answer("same color?", images=images, model=model, max_new_tokens=4)
+
+
+def test_eval_vqa_scores_a_multi_image_jsonl_set_by_question_type(tmp_path):
+    from mmgpt.eval import vqa as eval_vqa
+
+    model = several_images_model()
+    model.save_pretrained(tmp_path / "m")
+    names = write_images(tmp_path, 3)
+    lines = [{"images": names[:2], "prompt": "same color?", "answer": "no", "meta": {"question_type": "same"}},
+             {"images": names, "prompt": "how many are red?", "answer": "two", "meta": {"question_type": "count"}},
+             {"images": names[1:], "prompt": "which is red?", "answer": "first", "meta": {"question_type": "which"}}]
+    (tmp_path / "e.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = tmp_path / "eval.json"
+    record = eval_vqa.evaluate_vqa(["--model", str(tmp_path / "m"),
+                                    "--dataset", f"{{format: jsonl, path: {tmp_path}/e.jsonl}}", "--out", str(out),
+                                    "--predictions", str(tmp_path / "p.json"), "--max-new-tokens", "3"])
+    predictions = [r["answer"] for r in json.loads((tmp_path / "p.json").read_text())]
+    assert predictions == [answer(line["prompt"], images=[str(tmp_path / n) for n in line["images"]],
+                                  model=str(tmp_path / "m"), max_new_tokens=3) for line in lines]
+    from mmgpt.eval.vqa_metrics import normalize_answer
+
+    hits = [normalize_answer(p) == normalize_answer(line["answer"]) for p, line in zip(predictions, lines)]
+    metrics = record["metrics"]
+    assert metrics["exact_match"] == pytest.approx(100.0 * sum(hits) / 3)
+    assert metrics["exact_match_per_question_type"] == {
+        line["meta"]["question_type"]: 100.0 * hit for line, hit in zip(lines, hits)}
+    assert set(metrics["perQuestionType"]) == {"same", "count", "which"}
+    assert json.loads(out.read_text())["questions"].startswith("{format: jsonl")
+
+
+def test_eval_vqa_dataset_errors(tmp_path):
+    from mmgpt.eval import vqa as eval_vqa
+
+    with pytest.raises(SystemExit):  # the whole set comes from --dataset
+        eval_vqa.evaluate_vqa(["--dataset", "{format: easy_vqa}", "--split", "train",
+                               "--out", str(tmp_path / "o.json")])
+    with pytest.raises(ConfigError, match=r"unknown config key '--dataset.splt'"):
+        eval_vqa.dataset_spec("{format: easy_vqa, splt: test}")
+    with pytest.raises(ConfigError, match="YAML mapping"):
+        eval_vqa.dataset_spec("[1, 2]")
+    assert eval_vqa.dataset_spec("{format: easy_vqa}", max_examples=5) == DatasetSpec(
+        format="easy_vqa", split="test", max_examples=5)
+    names = write_images(tmp_path, 2)
+    caption = {"image": names[0], "task": "caption", "prompt": "", "answer": "a red square"}
+    (tmp_path / "c.jsonl").write_text(json.dumps(caption) + "\n")
+    args = eval_vqa.argparse.Namespace(dataset=f"{{format: jsonl, path: {tmp_path}/c.jsonl}}", max_examples=0,
+                                       lmms_task=None)
+    with pytest.raises(ValueError, match="caption examples; eval_vqa.py scores questions"):
+        eval_vqa.read_examples(args)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"images": names, "prompt": "same?", "answer": "no"}) + "\n")
+    args.dataset, args.lmms_task = f"{{format: jsonl, path: {tmp_path}/m.jsonl}}", str(tmp_path / "task")
+    with pytest.raises(ValueError, match="--lmms-task writes one image per question"):
+        eval_vqa.read_examples(args)
+
+
+def test_exact_match_shows_what_the_2017_scorer_misses_on_single_number_word_answers(caplog):
+    from mmgpt.data.example import Example
+    from mmgpt.eval.vqa import exact_match, official_files
+    from mmgpt.eval.vqa_metrics import vqa_score
+
+    examples = [Example(image="x.png", prompt="how many?", answer="two", id=1, meta={"question_type": "count"}),
+                Example(image="x.png", prompt="colour?", answer="red", id=2, meta={"question_type": "colour"})]
+    questions, annotations, _ = official_files(examples)
+    results = [{"question_id": 1, "answer": "two"}, {"question_id": 2, "answer": "Red."}]
+    # the official 2017 scorer normalises the answer ("two" -> "2") but not ten agreeing references
+    assert vqa_score(questions, annotations, results)["perQuestionType"] == {"count": 0.0, "colour": 100.0}
+    assert vqa_score(questions, annotations, results, version="2021")["perQuestionType"]["count"] == 100.0
+    with caplog.at_level("WARNING", logger="mmgpt.eval_vqa"):
+        scores = exact_match(annotations, results)
+    assert scores == {"exact_match": 100.0, "exact_match_per_question_type": {"colour": 100.0, "count": 100.0}}
+    assert "1 questions have a single reference answer" in caplog.text and "'two' -> '2'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mmgpt.eval_vqa"):
+        assert exact_match(annotations, [{"question_id": 1, "answer": "3"}], version="2021")["exact_match"] == 0.0
+    assert not caplog.text

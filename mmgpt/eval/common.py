@@ -36,7 +36,9 @@ def package_versions() -> dict[str, str]:
 
 
 def _thumbnail(image: Any, size: int = 128) -> str:
-    """An <img> tag with the image embedded as base64 PNG, or a note when it cannot be read."""
+    """An <img> tag with the image embedded as base64 PNG, or a note when it cannot be read; one per image of a list."""
+    if isinstance(image, (list, tuple)):
+        return "".join(_thumbnail(one, size // 2 if len(image) > 1 else size) for one in image)
     try:
         from mmgpt.images import load_image
 

@@ -2,6 +2,9 @@
 
 Run a model (easy-VQA test by default, or any VQA v2-format set):
     python eval_vqa.py [--model DIR] [--questions Q.json --annotations A.json --images DIR]
+Or any question set train.py reads, several images per question included (a data entry of a config):
+    python eval_vqa.py --dataset '{format: multi_image_shapes, split: test}'
+    python eval_vqa.py --dataset '{format: jsonl, path: my_data/test.jsonl}'
 Write the evaluated questions as an lmms-eval task folder too (mmgpt.eval.lmms_task), to score them there:
     python eval_vqa.py --model DIR --lmms-task tasks/mmgpt_vqa
 Score an existing results file, no model needed:
@@ -13,15 +16,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from typing import Any
+
+import yaml
 
 from mmgpt.config import PromptTemplates
 from mmgpt.data.example import Example
+from mmgpt.data.spec import DatasetSpec
 from mmgpt.eval.common import default_outputs, finish_evaluation, package_versions, parse_evaluation_args
-from mmgpt.eval.vqa_metrics import VERSIONS, official_header
+from mmgpt.eval.vqa_metrics import VERSIONS, normalize_answer, official_header
 from mmgpt.saving import write_json
 
 logger = logging.getLogger("mmgpt.eval_vqa")
+# question types the summary lists; a set with more (easy-VQA: 11, VQA v2: 65) has them in the JSON and the report
+MAX_TYPES_SHOWN = 8
 
 
 def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
@@ -46,11 +55,67 @@ def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
     return official_header(questions=questions), official_header(annotations=annotations), ids
 
 
-def read_examples(args: argparse.Namespace, templates: PromptTemplates | None = None) -> list[Example]:
-    """The evaluation set: VQA v2 files when given, else the built-in easy-VQA split (prompts by `templates`)."""
-    from mmgpt.data.formats import read_dataset
-    from mmgpt.data.spec import DatasetSpec
+def dataset_spec(text: str, max_examples: int = 0) -> DatasetSpec:
+    """--dataset's text (a data entry of a config, as YAML) -> its DatasetSpec; ConfigError naming a bad field."""
+    from mmgpt.config import ConfigError, check_config_size, from_dict, parse_yaml
 
+    try:
+        entry = parse_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--dataset must be a YAML mapping like '{{format: jsonl, path: test.jsonl}}': {e}") from e
+    check_config_size(entry, "--dataset")
+    if not isinstance(entry, dict):
+        raise ConfigError(f"--dataset must be a YAML mapping like '{{format: jsonl, path: test.jsonl}}', got {text!r}")
+    if max_examples and "max_examples" not in entry:
+        entry = {**entry, "max_examples": max_examples}
+    if "split" not in entry:  # DatasetSpec's own default is a training split
+        entry = {**entry, "split": "test"}
+    return from_dict(DatasetSpec, entry, prefix="--dataset")
+
+
+def exact_match(annotations: dict, results: list[dict], version: str = "2017") -> dict[str, Any]:
+    """Exact match of each answer with its question's most common reference, both normalised as the official
+    scorer normalises answers: overall and per question type, 0-100.
+
+    The official 2017 scorer normalises the prediction only when all ten references agree (every converted
+    single-answer set): a reference such as "two" or "Red" then matches no answer at all, which exact match shows.
+    """
+    answers = {r["question_id"]: normalize_answer(str(r["answer"])) for r in results}
+    hits: dict[str, list[bool]] = {}
+    changed = []
+    for a in annotations["annotations"]:
+        if a["question_id"] not in answers:
+            continue
+        reference = a.get("multiple_choice_answer") or Counter(x["answer"] for x in a["answers"]).most_common(1)[0][0]
+        if len({x["answer"] for x in a["answers"]}) == 1 and normalize_answer(reference) != reference.strip():
+            changed.append(reference)
+        hits.setdefault(a.get("question_type", ""), []).append(answers[a["question_id"]] == normalize_answer(reference))
+    if changed and version == "2017":
+        logger.warning("%d questions have a single reference answer that the official normalisation changes (e.g. "
+                       "%r -> %r): the official 2017 scorer counts every answer to them wrong; see exact_match",
+                       len(changed), changed[0], normalize_answer(changed[0]))
+    every = [h for group in hits.values() for h in group]
+    return {"exact_match": 100.0 * sum(every) / max(len(every), 1),
+            "exact_match_per_question_type": {k: 100.0 * sum(v) / len(v) for k, v in sorted(hits.items())}}
+
+
+def read_examples(args: argparse.Namespace, templates: PromptTemplates | None = None) -> list[Example]:
+    """The evaluation set: --dataset, VQA v2 files, or the built-in easy-VQA split (prompts by `templates`)."""
+    from mmgpt.data.formats import read_dataset
+
+    if args.dataset:
+        spec = dataset_spec(args.dataset, args.max_examples)
+        examples = list(read_dataset(spec, templates))
+        kinds = sorted({e.task for e in examples} - {"vqa"})
+        if kinds:
+            raise ValueError(f"--dataset {spec.label!r} holds {', '.join(kinds)} examples; eval_vqa.py scores "
+                             "questions (captions: eval_caption.py)")
+        if not examples:
+            raise ValueError(f"--dataset {spec.label!r} holds no questions")
+        if args.lmms_task and any(isinstance(e.image, (list, tuple)) for e in examples):
+            raise ValueError(f"--lmms-task writes one image per question; --dataset {spec.label!r} asks about several "
+                             "images at once")
+        return examples
     if args.questions:
         spec = DatasetSpec(format="vqa_v2", path=args.questions, annotations=args.annotations or "",
                            images=args.images or "", max_examples=args.max_examples, name="vqa")
@@ -76,10 +141,14 @@ def explained(args: argparse.Namespace, examples: list[Example]) -> str:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", metavar="SPEC",
+                        help="evaluate any question set train.py reads: a config's data entry as YAML, e.g. "
+                             "'{format: jsonl, path: test.jsonl}' or '{format: multi_image_shapes, split: test}' "
+                             "(split defaults to test); several images per question are fine")
     parser.add_argument("--questions", help="official VQA questions JSON (default: easy-VQA)")
     parser.add_argument("--annotations", help="official VQA annotations JSON")
     parser.add_argument("--images", help="image folder of a VQA v2 set (COCO_<subtype>_<id>.jpg names)")
-    parser.add_argument("--split", default="test", choices=["train", "test"], help="easy-VQA split (default test)")
+    parser.add_argument("--split", default=None, choices=["train", "test"], help="easy-VQA split (default test)")
     parser.add_argument("--metric-version", default="2017", choices=VERSIONS,
                         help="official evaluator version: 2017 (VQA v2 challenge server, LAVIS; default) or 2021 "
                              "(GT-Vision-Lab/VQA after its 2021 change)")
@@ -101,6 +170,10 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
         _add_arguments)
     if args.closed_set and args.results:
         parser.error("--closed-set runs a model; it cannot score a --results file")
+    if args.dataset and (args.questions or args.annotations or args.images or args.split or args.results):
+        parser.error("--dataset names the whole set: leave out --questions, --annotations, --images, --split and "
+                     "--results")
+    args.split = args.split or "test"
     if args.lmms_task and args.results:
         parser.error("--lmms-task writes the questions a model run answers; it cannot come from a --results file")
     if args.lmms_task:
@@ -161,8 +234,9 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
         return {}
     scores = vqa_score(questions, annotations, results, version=args.metric_version)
     per_question = scores.pop("perQuestion")
+    scores.update(exact_match(annotations, results, args.metric_version))
     record = {"metrics": scores, "num_questions": len(results), "metric_version": args.metric_version, **info,
-              "questions": args.questions or f"easy-vqa {args.split}", "versions": package_versions()}
+              "questions": args.dataset or args.questions or f"easy-vqa {args.split}", "versions": package_versions()}
     side_by_side: dict[str, dict[str, Any]] = {}
     if args.closed_set:
         closed_results = [{"question_id": r["question_id"], "answer": p} for r, p in zip(results, closed[0])]
@@ -187,12 +261,20 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
              "prediction": answers[qid], "score": per_question.get(qid, 0.0) / 100.0}
             for a in annotations["annotations"] if (qid := a["question_id"]) in answers]
     summary = [f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions",
-               *(f"  {answer_type:>10}: {value:.2f}" for answer_type, value in sorted(scores["perAnswerType"].items()))]
+               *(f"  {answer_type:>10}: {value:.2f}" for answer_type, value in sorted(scores["perAnswerType"].items())),
+               f"exact match {scores['exact_match']:.2f} (both answers normalised as the official scorer normalises "
+               "answers)"]
+    # question types, where the set names a few
+    by_type = {kind: f"{value:.2f} VQA accuracy, {scores['exact_match_per_question_type'][kind]:.2f} exact match"
+               for kind, value in sorted(scores["perQuestionType"].items()) if kind}
+    if 1 < len(by_type) <= MAX_TYPES_SHOWN:
+        summary += ["by question type:", *(f"  {kind:>20}: {value}" for kind, value in by_type.items())]
     if args.closed_set:
         summary.append(f"closed-set VQA accuracy {record['closed_set']['metrics']['overall']:.2f} "
                        f"(answers limited to the {len(choices)} answers of these questions)")
     return finish_evaluation(out, report, record, "VQA evaluation", {"overall": scores["overall"]}, rows,
-                             {"Per answer type": dict(sorted(scores["perAnswerType"].items())), **side_by_side,
+                             {"Per answer type": dict(sorted(scores["perAnswerType"].items())),
+                              **({"Per question type": by_type} if len(by_type) > 1 else {}), **side_by_side,
                               "Run": info}, summary, extra_html=lambda: explained(args, examples))
 
 
