@@ -103,6 +103,10 @@ def window_median(recent: list[float], seconds: float, window: int) -> float | N
     return sorted(recent)[window // 2] if len(recent) == window else None
 
 
+SLOWDOWN_ADVICE = ("cpu_threads=1 or follow_cpu_load=true train faster beside other busy processes; the thread "
+                   "count changes how the CPU rounds, so the weights a seed gives change too")
+
+
 class SlowdownNotice:
     """Warns once when a CPU run's steps take `slowdown` times its fastest: another process holds a core.
 
@@ -123,8 +127,7 @@ class SlowdownNotice:
             self.warned = True
             logger.warning(
                 "other processes kept %.1f cores busy during start-up, and the %d CPU threads wait for them at "
-                "every operation. cpu_threads=1 or follow_cpu_load=true train faster beside them; the thread count "
-                "changes how the CPU rounds, so the weights a seed gives change too", others, self.threads)
+                "every operation. %s", others, self.threads, SLOWDOWN_ADVICE)
 
     def step_done(self, seconds: float) -> None:
         """Record a step's wall time; warns the first time a window of steps is `slowdown` times the fastest."""
@@ -137,9 +140,7 @@ class SlowdownNotice:
             self.warned = True
             logger.warning(
                 "training steps take %.1fx this run's fastest: another process is using the cores, and the %d "
-                "CPU threads wait for it at every operation. cpu_threads=1 or follow_cpu_load=true train faster "
-                "beside it; the thread count changes how the CPU rounds, so the weights a seed gives change too",
-                median / self.fastest, self.threads)
+                "CPU threads wait for it at every operation. %s", median / self.fastest, self.threads, SLOWDOWN_ADVICE)
 
 
 class ThreadWatch:

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from mmgpt.config import PromptTemplates
+from mmgpt.config import ConfigError, PromptTemplates, check_config_size, from_dict, parse_yaml
 from mmgpt.data.example import Example
 from mmgpt.data.spec import DatasetSpec
 from mmgpt.eval.common import default_outputs, finish_evaluation, package_versions, parse_evaluation_args
@@ -57,8 +57,6 @@ def official_files(examples: list[Example]) -> tuple[dict, dict, list[Any]]:
 
 def dataset_spec(text: str, max_examples: int = 0) -> DatasetSpec:
     """--dataset's text (a data entry of a config, as YAML) -> its DatasetSpec; ConfigError naming a bad field."""
-    from mmgpt.config import ConfigError, check_config_size, from_dict, parse_yaml
-
     try:
         entry = parse_yaml(text)
     except yaml.YAMLError as e:
@@ -87,9 +85,10 @@ def exact_match(annotations: dict, results: list[dict], version: str = "2017") -
         if a["question_id"] not in answers:
             continue
         reference = a.get("multiple_choice_answer") or Counter(x["answer"] for x in a["answers"]).most_common(1)[0][0]
-        if len({x["answer"] for x in a["answers"]}) == 1 and normalize_answer(reference) != reference.strip():
+        normalised = normalize_answer(reference)
+        if len({x["answer"] for x in a["answers"]}) == 1 and normalised != reference.strip():
             changed.append(reference)
-        hits.setdefault(a.get("question_type", ""), []).append(answers[a["question_id"]] == normalize_answer(reference))
+        hits.setdefault(a.get("question_type", ""), []).append(answers[a["question_id"]] == normalised)
     if changed and version == "2017":
         logger.warning("%d questions have a single reference answer that the official normalisation changes (e.g. "
                        "%r -> %r): the official 2017 scorer counts every answer to them wrong; see exact_match",
