@@ -80,12 +80,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             # prepared model keeps its own autocast)
             AcceleratorState._reset_state(True)
             runs[name] = build_run(cfg, train_ns)
-        # variants with the same data settings take the same batches: the first of them draws a new one each round,
-        # from its run's own sampler and collate, as the training loader would
+        # variants with the same data settings and batch size take the same batches: the first of them draws a new
+        # one each round, from its run's own sampler and collate, as the training loader would
         streams: dict[str, tuple] = {}
+        rows: dict[str, int] = {}
         plan: dict[str, tuple[tuple, bool]] = {}
         for name, run_ in runs.items():
-            key = repr(run_.cfg.data)
+            key = repr((run_.cfg.data, run_.cfg.batch_size, run_.cfg.seed))
             draws = key not in streams
             if draws:
                 streams[key] = (run_.loader.dataset, run_.loader.collate_fn, iter(run_.batch_sampler), {})
@@ -96,6 +97,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
             if draws:
                 batch.clear()
                 batch.update(loader_batch(data, collate, next(batches)))
+            rows[name] = len(batch["input_ids"])
             train_step(runs[name], dict(batch))
 
         timings = common.time_interleaved({name: (lambda n=name: step(n)) for name in variants}, device,
@@ -103,7 +105,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         params = {name: sum(p.numel() for p in r.raw_model.parameters()) for name, r in runs.items()}
     base = timings[BASE].median_s
     results = {name: {**t.summary(), "ratio_to_default": t.median_s / base, "overrides": variants[name],
-                      "parameters": params[name]} for name, t in timings.items()}
+                      "parameters": params[name], "batch_rows": rows[name]} for name, t in timings.items()}
     for name, figures in results.items():
         logger.info("%-24s %7.1f ms  %.2fx", name, 1000 * figures["median_s"], figures["ratio_to_default"])
     path = common.write_results(NAME, device, {"common": args.common, "variants": results}, args.out_dir)

@@ -187,10 +187,12 @@ def test_step_variants_time_each_variant_on_the_same_batches(out_dir: Path) -> N
     result = step_variants.run(["--steps", "1", "--warmup", "0", "--out-dir", str(out_dir), "--common",
                                 "batch_size=8", TWO_SETS, "data.eval=[]", "cpu_threads=1", "--variant", "fullres",
                                 "model.image_encoder.name=mmgpt_tiny_cnn_fullres", "--variant", "k2",
-                                "data.questions_per_image=2"])
+                                "data.questions_per_image=2", "--variant", "b4", "batch_size=4"])
     data = read(result["path"])
     variants = data["variants"]
-    assert set(variants) == {"default", "fullres", "k2"} and variants["default"]["ratio_to_default"] == 1.0
+    assert set(variants) == {"default", "fullres", "k2", "b4"} and variants["default"]["ratio_to_default"] == 1.0
+    # a variant with another batch size times batches of its own size, not the default's
+    assert variants["b4"]["batch_rows"] == 4 and variants["default"]["batch_rows"] == 8
     positive(variants["fullres"], "median_s", "ratio_to_default")
     positive(variants["k2"], "median_s", "ratio_to_default")
     # the variant's overrides reached its model: another CNN, with another parameter count
