@@ -32,6 +32,9 @@ class TinyCNN(nn.Module):
     ``stem_tokens=True`` joins the stem's output, average-pooled to the token grid, to every token
     (``stem_width`` more channels): trained on one attribute first (shape), the stages drop the others
     (colour) stage by stage and questions about them can no longer bring them back.
+    ``global_tokens=True`` joins the feature map's mean over the image to every token (``widths[-1]`` more
+    channels): what the whole image shows, wherever its shape lies, in every token, so attention over several
+    images can match a question ("which image shows a circle?") to an image by any of its tokens.
     """
 
     def __init__(
@@ -45,13 +48,16 @@ class TinyCNN(nn.Module):
         drop_rate: float = 0.0,
         stem_tokens: bool = False,
         stem: str = "conv",
+        global_tokens: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.stem_tokens = stem_tokens
-        self.num_features = self.head_hidden_size = widths[-1] + (stem_width if stem_tokens else 0)
+        self.global_tokens = global_tokens
+        self.num_features = self.head_hidden_size = (widths[-1] * (2 if global_tokens else 1)
+                                                     + (stem_width if stem_tokens else 0))
         if stem_stride not in (1, 2):
             raise ValueError(f"TinyCNN: stem_stride must be 1 or 2, got {stem_stride!r}")
         if stem == "conv":
@@ -84,9 +90,12 @@ class TinyCNN(nn.Module):
         # step's CNN forward and backward take 0.65x the time on CPU
         stem = self.stem(x.contiguous(memory_format=torch.channels_last))
         features = self.stages(stem)
-        if not self.stem_tokens:
-            return features
-        return torch.cat([features, nn.functional.adaptive_avg_pool2d(stem, features.shape[-2:])], dim=1)
+        parts = [features]
+        if self.global_tokens:
+            parts.append(features.mean(dim=(2, 3), keepdim=True).expand_as(features))
+        if self.stem_tokens:
+            parts.append(nn.functional.adaptive_avg_pool2d(stem, features.shape[-2:]))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else features
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool the feature map and classify (timm interface)."""

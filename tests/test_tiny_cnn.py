@@ -57,6 +57,21 @@ def test_stem_tokens_join_the_pooled_stem_to_each_token() -> None:
     assert joined.forward(image).shape == (2, 112)
 
 
+def test_global_tokens_join_the_image_mean_to_each_token() -> None:
+    torch.manual_seed(0)
+    plain = timm.create_model("mmgpt_tiny_cnn_fullres").eval()
+    torch.manual_seed(0)
+    joined = timm.create_model("mmgpt_tiny_cnn_fullres", global_tokens=True).eval()
+    image = torch.randn(2, 3, 64, 64)
+    features, own = joined.forward_features(image), plain.forward_features(image)
+    assert joined.num_features == 192 and features.shape == (2, 192, 4, 4)
+    assert torch.equal(features[:, :96], own)
+    # every token carries the same extra channels: its image's mean feature, which differs between images
+    for row, col in ((0, 0), (1, 2), (3, 3)):
+        assert torch.allclose(features[:, 96:, row, col], own.mean(dim=(2, 3)), atol=1e-6)
+    assert not torch.allclose(features[0, 96:, 0, 0], features[1, 96:, 0, 0])
+
+
 def test_space_to_depth_stem_folds_each_block_of_pixels_into_channels() -> None:
     model = timm.create_model("mmgpt_tiny_cnn", stem="space_to_depth", stem_width=8).eval()
     image = torch.randn(2, 3, 64, 64)
