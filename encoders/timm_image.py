@@ -39,14 +39,21 @@ class TimmImageEncoder(ImageEncoder):
                 "model.image_encoder.kwargs.checkpoint_path is not supported: put a .safetensors file in "
                 "model.image_encoder.weights instead"
             )
-        pretrained = load_weights and (cfg.pretrained or bool(cfg.weights))
-        if load_weights and cfg.weights:
-            weights = Path(cfg.weights).expanduser()
+        weights = Path(cfg.weights).expanduser() if load_weights and cfg.weights else None
+        from_model = weights is not None and weights.is_dir()
+        pretrained = load_weights and (cfg.pretrained or weights is not None) and not from_model
+        if weights is not None and not from_model:
             if not weights.is_file():
                 raise ConfigError(f"model.image_encoder.weights: file not found: {weights}")
             # timm loads a local file through the same path as hub weights, without pickle for .safetensors
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)
+        if from_model:
+            try:
+                self.model.load_state_dict(saved_image_encoder(weights, cfg.name))
+            except RuntimeError as e:
+                raise ConfigError(f"model.image_encoder.weights: the image encoder in {weights} does not fit the one "
+                                  f"configured here (do model.image_encoder.kwargs differ?): {e}") from None
         self.num_prefix_tokens = 0 if cfg.keep_prefix_tokens else int(getattr(self.model, "num_prefix_tokens", 0))
         self.data_config = resolve_data_config({}, model=self.model)
         if "img_size" in kwargs:
@@ -71,6 +78,24 @@ class TimmImageEncoder(ImageEncoder):
     def image_transform(self) -> TimmTransform:
         """timm's deterministic eval transform for this model's data config."""
         return TimmTransform(self.data_config)
+
+
+def saved_image_encoder(folder: Path, name: str) -> dict[str, torch.Tensor]:
+    """The timm image encoder's weights in a saved mmgpt model folder, checked to be a `name` model."""
+    from safetensors.torch import load_file
+
+    what = f"model.image_encoder.weights: {folder}"
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ConfigError(f"{what} is a folder but not a saved mmgpt model (needs config.json and model.safetensors)")
+    saved = load_json(folder / "config.json").get("model", {}).get("image_encoder", {})
+    if saved.get("type", "timm") != "timm" or saved.get("name") != name:
+        raise ConfigError(f"{what} holds a {saved.get('type')} image encoder '{saved.get('name')}', not the timm "
+                          f"model '{name}' that model.image_encoder.name asks for")
+    prefix = "image_encoder.model."
+    state = {k[len(prefix):]: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith(prefix)}
+    if not state:
+        raise ConfigError(f"{what}: its model.safetensors has no image encoder weights (a quantised or LoRA model?)")
+    return state
 
 
 @register_transform("timm")

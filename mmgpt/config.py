@@ -123,7 +123,8 @@ class ImageEncoderConfig:
     name: str = "mmgpt_tiny_cnn_s2d"
     # timm: load hub weights; ignored for type "hf" (a name means pretrained there)
     pretrained: bool = False
-    # timm: local weights file (.safetensors) instead of the hub
+    # timm: local weights file (.safetensors) instead of the hub, or a saved mmgpt model folder whose image
+    # encoder (the same timm model) to start from
     weights: str = ""
     # timm create_model overrides, or a from-scratch transformers vision config (type "hf")
     kwargs: dict = field(default_factory=dict)

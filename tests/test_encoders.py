@@ -255,3 +255,26 @@ def test_an_image_transform_missing_save_or_load_cannot_be_built() -> None:
     for missing in members:
         with pytest.raises(TypeError, match=f"abstract.*{missing}"):
             _subclass(ImageTransform, {k: v for k, v in members.items() if k != missing})()
+
+
+def test_timm_weights_from_a_saved_model_folder(tmp_path: Path) -> None:
+    model = build(tiny_config())
+    with torch.no_grad():  # away from a fresh build's values, so a copy and a new init differ
+        for tensor in model.image_encoder.model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.rand_like(tensor))
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    encoder = build_image_encoder(image_encoder_config("cnn", weights=str(folder)))
+    saved = model.image_encoder.model.state_dict()
+    loaded = encoder.model.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)  # running statistics too
+
+    with pytest.raises(ConfigError, match=r"holds a timm image encoder 'mmgpt_tiny_cnn', not the timm model "
+                                          r"'mmgpt_tiny_cnn_s2d'"):
+        build_image_encoder(ImageEncoderConfig(type="timm", name="mmgpt_tiny_cnn_s2d", weights=str(folder)))
+    with pytest.raises(ConfigError, match="does not fit the one configured here"):
+        build_image_encoder(image_encoder_config("cnn", weights=str(folder), kwargs={"widths": [8, 16]}))
+    with pytest.raises(ConfigError, match="is a folder but not a saved mmgpt model"):
+        build_image_encoder(image_encoder_config("cnn", weights=str(tmp_path)))
