@@ -88,9 +88,10 @@ def saved_image_encoder(folder: Path, name: str) -> dict[str, torch.Tensor]:
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise ConfigError(f"{what} is a folder but not a saved mmgpt model (needs config.json and model.safetensors)")
     saved = load_json(folder / "config.json").get("model", {}).get("image_encoder", {})
-    if saved.get("type", "timm") != "timm" or saved.get("name") != name:
-        raise ConfigError(f"{what} holds a {saved.get('type')} image encoder '{saved.get('name')}', not the timm "
-                          f"model '{name}' that model.image_encoder.name asks for")
+    kind = saved.get("type", "timm")
+    if kind != "timm" or saved.get("name") != name:
+        raise ConfigError(f"{what} holds a {kind} image encoder '{saved.get('name')}', not the timm model '{name}' "
+                          "that model.image_encoder.name asks for")
     prefix = "image_encoder.model."
     state = {k[len(prefix):]: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith(prefix)}
     if not state:
