@@ -82,20 +82,27 @@ class TimmImageEncoder(ImageEncoder):
 
 def saved_image_encoder(folder: Path, name: str) -> dict[str, torch.Tensor]:
     """The timm image encoder's weights in a saved mmgpt model folder, checked to be a `name` model."""
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
+    # mmgpt.model_folder's file names; that module builds encoders, so this one cannot import it
+    config_name, weights_name = "config.json", "model.safetensors"
     what = f"model.image_encoder.weights: {folder}"
-    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-        raise ConfigError(f"{what} is a folder but not a saved mmgpt model (needs config.json and model.safetensors)")
-    saved = load_json(folder / "config.json").get("model", {}).get("image_encoder", {})
+    if not (folder / config_name).is_file() or not (folder / weights_name).is_file():
+        raise ConfigError(f"{what} is a folder but not a saved mmgpt model (needs {config_name} and {weights_name})")
+    saved = load_json(folder / config_name).get("model", {}).get("image_encoder", {})
     kind = saved.get("type", "timm")
     if kind != "timm" or saved.get("name") != name:
         raise ConfigError(f"{what} holds a {kind} image encoder '{saved.get('name')}', not the timm model '{name}' "
                           "that model.image_encoder.name asks for")
     prefix = "image_encoder.model."
-    state = {k[len(prefix):]: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith(prefix)}
+    try:
+        # only the image encoder's tensors are read, not the generator's
+        with safe_open(str(folder / weights_name), framework="pt") as f:
+            state = {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{what}: {weights_name} is not a complete safetensors file ({e})") from e
     if not state:
-        raise ConfigError(f"{what}: its model.safetensors has no image encoder weights (a quantised or LoRA model?)")
+        raise ConfigError(f"{what}: its {weights_name} has no image encoder weights (a quantised or LoRA model?)")
     return state
 
 

@@ -42,11 +42,16 @@ def test_bad_stem_stride_is_an_error_naming_the_allowed_values() -> None:
         timm.create_model("mmgpt_tiny_cnn", stem_stride=3)
 
 
-def test_stem_tokens_join_the_pooled_stem_to_each_token() -> None:
+def _with_and_without(**option: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """mmgpt_tiny_cnn_fullres from the same seed, without and with `option`: the same weights either way."""
     torch.manual_seed(0)
     plain = timm.create_model("mmgpt_tiny_cnn_fullres").eval()
     torch.manual_seed(0)
-    joined = timm.create_model("mmgpt_tiny_cnn_fullres", stem_tokens=True).eval()
+    return plain, timm.create_model("mmgpt_tiny_cnn_fullres", **option).eval()
+
+
+def test_stem_tokens_join_the_pooled_stem_to_each_token() -> None:
+    plain, joined = _with_and_without(stem_tokens=True)
     image = torch.randn(2, 3, 64, 64)
     features = joined.forward_features(image)
     assert joined.num_features == 96 + 16 and features.shape == (2, 112, 4, 4)
@@ -58,10 +63,7 @@ def test_stem_tokens_join_the_pooled_stem_to_each_token() -> None:
 
 
 def test_global_tokens_join_the_image_mean_to_each_token() -> None:
-    torch.manual_seed(0)
-    plain = timm.create_model("mmgpt_tiny_cnn_fullres").eval()
-    torch.manual_seed(0)
-    joined = timm.create_model("mmgpt_tiny_cnn_fullres", global_tokens=True).eval()
+    plain, joined = _with_and_without(global_tokens=True)
     image = torch.randn(2, 3, 64, 64)
     features, own = joined.forward_features(image), plain.forward_features(image)
     assert joined.num_features == 192 and features.shape == (2, 192, 4, 4)
