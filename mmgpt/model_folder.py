@@ -32,6 +32,7 @@ from mmgpt.hf_models import HUB_PREFIX
 from mmgpt.model_card import write_model_card
 from mmgpt.outputs import writing_output_folder
 from mmgpt.processor import Processor
+from mmgpt.runtime.manifest import is_export_folder
 from mmgpt.saving import existing_copy, write_json
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,12 @@ def resolve_model_path(name: str | Path) -> Path:
             f"model folder not found: {path} (a model on the Hugging Face hub is named {HUB_PREFIX}org/name)"
         )
     if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
+        if is_export_folder(path):
+            raise FileNotFoundError(
+                f"{path} is an ONNX export (mmgpt export), not a torch model folder: answer(model=...), "
+                "`mmgpt answer`, `mmgpt caption` and mmgpt.runtime.OnnxVLM run it; for this, use the model folder "
+                "it was exported from (or an `mmgpt quantize` folder of it)"
+            )
         raise FileNotFoundError(f"{path} is not an mmgpt model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     return path
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from mmgpt.saving import folder_lock, replacing_folder, write_json
+from mmgpt.saving import aside_path, folder_lock, replacing_folder, write_json
 
 MARKER_NAME = ".mmgpt-output.json"
 FORMAT_PREFIX = "mmgpt-"
@@ -121,6 +121,12 @@ def check_output_folder(folder: str | Path, kind: str, overwrite: bool = False, 
         raise OutputExists(f"{folder} is a file, not a folder: mmgpt writes a folder there and never replaces a file "
                            "(even with --overwrite); choose another path, or move the file away")
     if not folder.is_dir() or not any(folder.iterdir()):
+        aside = aside_path(folder)
+        # a save killed between its two renames left the earlier output aside, where readers still find it
+        if aside.is_dir() and output_kind(aside) is not None and not (overwrite or reuse):
+            raise OutputExists(f"{aside} holds the earlier output of {folder} (a save was stopped before it "
+                               "finished, and readers still load it from there): replace it with --overwrite, "
+                               "or choose another path")
         return
     found = output_kind(folder)
     if found is None:

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
@@ -13,10 +15,12 @@ from tiny import TEXTS, build, one_thread, tiny_config  # noqa: F401  (one_threa
 
 import mmgpt.export
 from mmgpt import cli
+from mmgpt.compress.quantize import quantize
 from mmgpt.config import TilingConfig
 from mmgpt.export import ExportError, export_onnx
 from mmgpt.inference import answer, question_prompts, stream_answer
 from mmgpt.model import MMGPT
+from mmgpt.outputs import OutputExists
 from mmgpt.runtime import OnnxVLM
 
 TOLERANCE = 1e-4
@@ -180,6 +184,14 @@ def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture,
     # an mmgpt folder of another kind is refused, even with --overwrite
     assert cli.main(["export", str(tmp_path / "model"), str(tmp_path / "model"), "--overwrite"]) == 2
     assert "is an mmgpt model folder, not an mmgpt ONNX export" in capsys.readouterr().err
+    # the manifest records the opset the graphs import
+    assert json.loads((out / "manifest.json").read_text())["opset"] == next(
+        e.version for e in onnx.load(str(out / "decoder.onnx"), load_external_data=False).opset_import
+        if e.domain == "")
+    # commands that need the torch model say what an export is and what runs it
+    assert cli.main(["serve", "--model", str(out), "--port", "0"]) == 2
+    assert f"{out} is an ONNX export (mmgpt export), not a torch model folder: answer(model=...)" in \
+        capsys.readouterr().err
 
 
 def test_export_never_replaces_a_file_or_a_folder_it_did_not_write(tmp_path: Path,
@@ -212,7 +224,17 @@ def test_parts_the_runtime_cannot_reproduce_are_refused(tmp_path: Path) -> None:
         export_onnx(model, tmp_path / "beams")
     with pytest.raises(ValueError, match="exporter must be one of auto, dynamo, torchscript"):
         export_onnx(model, tmp_path / "x", exporter="tflite")
-    assert not (tmp_path / "clip").exists() and not (tmp_path / "beams").exists()
+    # an opset the exporters cannot write is refused before any work, not recorded as if it were used
+    for opset in (5, 99):
+        with pytest.raises(ExportError, match=rf"opset must be in \[18, \d+\], got {opset}"):
+            export_onnx(model, tmp_path / "x", opset=opset)
+    # a quantised folder's int8 kernels do not trace: refused up front, naming the fp32 source to export
+    build(tiny_config()).save_pretrained(tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "q8")
+    with pytest.raises(ExportError, match=r"q8 is quantised \(int8, mmgpt quantize\) .*export the fp32 model "
+                                          r"it came from \(.*fp32\), with --int8"):
+        export_onnx(tmp_path / "q8", tmp_path / "x")
+    assert not any((tmp_path / name).exists() for name in ("clip", "beams", "x"))
 
 
 @pytest.mark.slow
@@ -261,8 +283,27 @@ def test_tiled_export_reproduces_the_tiles_and_answers_equal_eager(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_one_image_export_refuses_a_list_of_images(exported: tuple[MMGPT, Path]) -> None:
-    _, folder = exported
+def test_an_export_left_aside_by_a_killed_export_still_answers(exported: tuple[MMGPT, Path], tmp_path: Path) -> None:
+    model, folder = exported
+    # killed between `onnx -> .onnx.old` and `temp -> onnx`: only the aside copy remains
+    shutil.copytree(folder, tmp_path / ".onnx.old")
+    texts, images = questions_and_images(3, seed=2)
+    expected = answer(texts, images, model=model)
+    assert OnnxVLM(tmp_path / "onnx").answer(texts, images) == expected
+    assert answer(texts, images, model=tmp_path / "onnx") == expected
+    # and a new export there replaces it only with --overwrite
+    with pytest.raises(OutputExists, match=r"\.onnx\.old holds the earlier output"):
+        export_onnx(model, tmp_path / "onnx")
+
+
+@pytest.mark.slow
+def test_one_image_export_takes_a_list_of_one_image_and_refuses_more(exported: tuple[MMGPT, Path]) -> None:
+    model, folder = exported
     texts, images = questions_and_images(2)
-    with pytest.raises(ValueError, match="takes one image per prompt .*model.max_images 1"):
-        OnnxVLM(folder).answer(texts[0], [images])
+    vlm = OnnxVLM(folder)
+    # as the eager model takes images=[a]
+    assert vlm.answer(texts[0], [images[0]]) == vlm.answer(texts[0], images[0]) == answer(
+        texts[0], images=[images[0]], model=model)
+    assert vlm.answer(texts, [[images[0]], (images[1],)]) == answer(texts, images, model=model)
+    with pytest.raises(ValueError, match="takes one image per prompt, got a prompt with 2 images .*model.max_images 1"):
+        vlm.answer(texts[0], [images])

@@ -197,3 +197,21 @@ def test_a_kill_before_the_temp_marker_is_removed_leaves_a_loadable_model_that_s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
     assert not (folder / saving.TEMP_MARKER).exists()
     assert mark_of(MMGPT.from_pretrained(folder)) == 3.0
+
+
+def test_a_command_treats_an_output_left_aside_by_a_crash_as_the_earlier_output(tmp_path: Path) -> None:
+    from mmgpt.compress.quantize import quantize
+    from mmgpt.outputs import OutputExists
+
+    build(tiny_config()).eval().save_pretrained(tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "q8")
+    # killed between `q8 -> .q8.old` and `temp -> q8`: readers load the aside copy...
+    os.replace(tmp_path / "q8", tmp_path / ".q8.old")
+    before = {p.name: p.read_bytes() for p in (tmp_path / ".q8.old").iterdir() if p.is_file()}
+    assert MMGPT.from_pretrained(tmp_path / "q8").config.max_images == 1
+    # ...so a new output there replaces it only with --overwrite, as it would replace q8 itself
+    with pytest.raises(OutputExists, match=r"\.q8\.old holds the earlier output of .*q8 .*--overwrite"):
+        quantize(tmp_path / "fp32", tmp_path / "q8")
+    assert {p.name: p.read_bytes() for p in (tmp_path / ".q8.old").iterdir() if p.is_file()} == before
+    quantize(tmp_path / "fp32", tmp_path / "q8", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "q8"]

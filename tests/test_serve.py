@@ -274,6 +274,13 @@ def bad_requests() -> list[tuple[str, dict[str, Any] | bytes, int, str]]:
         ("ends with assistant", {**good, "messages": [*good["messages"], {"role": "assistant", "content": "x"}]},
          400, "last message"),
         ("wrong model", {**good, "model": "gpt-4o"}, 404, "gpt-4o"),
+        # wrong JSON types are refused, not coerced (max_tokens true was decoded as 1 token)
+        ("max_tokens true", {**good, "max_tokens": True}, 422, "valid integer"),
+        ("max_tokens as text", {**good, "max_tokens": "5"}, 422, "valid integer"),
+        ("stream as text", {**good, "stream": "yes"}, 422, "valid boolean"),
+        ("image in a system message", {**good, "messages": [{"role": "system", "content": [part[1]]},
+                                                            {"role": "user", "content": QUESTION}]}, 400,
+         "image_url parts go in user messages, not in a system message"),
         ("body too large", {**good, "padding": "x" * 600_000}, 413, "limit"),
     ]
 
@@ -288,6 +295,17 @@ def test_bad_requests_get_their_status_and_the_server_keeps_serving(server: str,
     assert word.lower() in error["message"].lower(), error
     assert httpx.get(f"{server}/health").json()["status"] == "ok"
     assert post(server, {"model": NAME, "messages": user(QUESTION, png((5, 5, 5)))}).status_code == 200
+
+
+def test_n_over_max_batch_size_is_400_and_n_within_it_is_answered(model: MMGPT) -> None:
+    with running_server(model, max_wait_ms=1, max_batch_size=2) as url:
+        body = {"model": NAME, "messages": user(QUESTION, png((7, 8, 9))), "temperature": 1.0, "seed": 3}
+        response = post(url, {**body, "n": 3})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == ("n=3 is more than the 2 rows this server decodes together "
+                                                       "(--max-batch-size)")
+        assert response.json()["error"]["param"] == "n"
+        assert len(post(url, {**body, "n": 2}).json()["choices"]) == 2
 
 
 def test_client_errors_through_openai(server: str) -> None:
@@ -467,9 +485,21 @@ def test_jpeg_webp_and_gif_images(server: str, model: MMGPT, kind: str) -> None:
     assert reply.choices[0].message.content == answer(QUESTION, buffer.getvalue(), model=model)  # first frame
 
 
+def test_a_data_url_scheme_in_capitals_is_read(server: str, model: MMGPT) -> None:
+    image = png((90, 20, 200), box=5)
+    url = "DATA:image/PNG;BASE64," + base64.b64encode(image).decode()
+    messages = [{"role": "user", "content": [{"type": "text", "text": QUESTION},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
+    reply = client(server).chat.completions.create(model=NAME, messages=messages)
+    assert reply.choices[0].message.content == answer(QUESTION, image, model=model)
+
+
 def test_allowed_image_urls_still_refuse_private_addresses(model: MMGPT) -> None:
     with running_server(model, allow_image_urls=True) as url:
-        for address in (f"{url}/static/playground.css", "http://10.0.0.1/x.png", "http://[::1]/x.png"):
+        # IPv6 forms that reach 127.0.0.1 or 169.254.169.254 through a gateway (NAT64, 6to4, IPv4-compatible)
+        embedded = ("http://[64:ff9b::7f00:1]/x.png", "http://[64:ff9b::a9fe:a9fe]/x.png",
+                    "http://[2002:7f00:1::]/x.png", "http://[::127.0.0.1]/x.png")
+        for address in (f"{url}/static/playground.css", "http://10.0.0.1/x.png", "http://[::1]/x.png", *embedded):
             body = {"model": NAME, "messages": [{"role": "user", "content": [
                 {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": address}}]}]}
             response = post(url, body)

@@ -34,6 +34,7 @@ import torch
 from mmgpt.decoding import position_ids
 from mmgpt.model import MMGPT
 from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
+from mmgpt.ranges import check_range
 from mmgpt.runtime.image import check_transform_config
 from mmgpt.runtime.manifest import (
     DECODER_GRAPH,
@@ -87,9 +88,12 @@ def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "aut
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    check_range("opset", opset, f"[{OPSET}, {_newest_opset()}]", integer=True, error=ExportError)
     out = Path(out).expanduser()
     check_output_folder(out, "onnx", overwrite=overwrite)  # before the slow part
     source = str(model) if not isinstance(model, MMGPT) else "<in-memory MMGPT>"
+    if not isinstance(model, MMGPT):
+        _check_not_quantized(model)
     mm = model if isinstance(model, MMGPT) else MMGPT.from_pretrained(model, device="cpu")
     mm = mm.float().eval()
     generation = _check_exportable(mm)
@@ -107,10 +111,43 @@ def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "aut
                 methods[name] = quantize_graph(tmp / file, INT8_METHODS[name])
                 graphs[name]["max_abs_diff_fp32"] = difference
                 graphs[name]["max_abs_diff"] = _check_graph(module, args, tmp / file, spec, tolerance=None)
-        manifest = _manifest(mm, source, graphs, generation, opset, inputs, methods)
+        # what the graphs declare: an exporter may write another opset than the one asked for
+        manifest = _manifest(mm, source, graphs, generation, _graph_opset(tmp / DECODER_GRAPH), inputs, methods)
         write_json(tmp / MANIFEST_NAME, manifest, indent=2)
     logger.info("exported %s to %s (%s)", source, out, ", ".join(f"{k}: {g['exporter']}" for k, g in graphs.items()))
     return out
+
+
+def _newest_opset() -> int:
+    """The newest ONNX opset the installed onnx package knows."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def _graph_opset(path: Path) -> int:
+    """The default-domain opset a written graph imports."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False)
+    return next(int(entry.version) for entry in graph.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def _check_not_quantized(model: str | Path) -> None:
+    """ExportError for a folder `mmgpt quantize` wrote: its int8 kernels do not trace into ONNX."""
+    from mmgpt.compress import is_quantized
+    from mmgpt.model_folder import resolve_model_path
+
+    config = resolve_model_path(model) / "config.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # loading the folder reports what is wrong with it
+    if isinstance(data, dict) and is_quantized(data):
+        method = data["compression"]["method"]
+        raise ExportError(f"{model} is quantised ({method}, mmgpt quantize) and cannot be exported; export the fp32 "
+                          f"model it came from ({data['compression'].get('source', 'its source')}), with --int8 for "
+                          "int8 graphs")
 
 
 def _check_exportable(mm: MMGPT) -> dict[str, Any]:
@@ -455,7 +492,8 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt export") -> int:
     parser.add_argument("--format", default="onnx", choices=FORMATS, help="export format (default: onnx)")
     parser.add_argument("--exporter", default="auto", choices=EXPORTERS,
                         help="torch.onnx exporter: dynamo, torchscript, or auto (dynamo, falling back to torchscript)")
-    parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default: {OPSET})")
+    parser.add_argument("--opset", type=int, default=OPSET,
+                        help=f"ONNX opset, {OPSET} or newer (default: {OPSET}; the manifest records the graphs' own)")
     parser.add_argument("--int8", action="store_true",
                         help="quantise the prefix and decoder graphs to int8 weights (the prefix with "
                              "onnxruntime's dynamic int8, the decoder in 8-bit MatMulNBits blocks: the fastest "

@@ -29,6 +29,7 @@ from mmgpt.runtime.manifest import (
     ExportFolderError,
     is_export_folder,
     read_manifest,
+    saved_export_folder,
 )
 from mmgpt.truncation import tail_token_ids
 
@@ -53,7 +54,7 @@ class OnnxVLM:
         import onnxruntime
         from tokenizers import Tokenizer
 
-        self.folder = Path(folder).expanduser()
+        self.folder = saved_export_folder(folder)
         self.manifest = manifest = read_manifest(self.folder)
         try:
             self.tokenizer = Tokenizer.from_file(str(self.folder / manifest["files"]["tokenizer"]))
@@ -239,9 +240,14 @@ class OnnxVLM:
         """
         single = isinstance(text, str)
         texts, images = ([text], [image]) if single else (list(text), list(image))
-        if self.entries is None and any(isinstance(i, (list, tuple)) for i in images):
-            raise ValueError(f"{self.folder}: this export takes one image per prompt (it was exported from a model "
-                             "with model.max_images 1)")
+        if self.entries is None:
+            # a list of one image is that image, as the eager model takes it
+            images = [i[0] if isinstance(i, (list, tuple)) and len(i) == 1 else i for i in images]
+            if any(isinstance(i, (list, tuple)) for i in images):
+                counts = sorted({len(i) for i in images if isinstance(i, (list, tuple))})
+                raise ValueError(f"{self.folder}: this export takes one image per prompt, got a prompt with "
+                                 f"{' or '.join(map(str, counts))} images (it was exported from a model with "
+                                 "model.max_images 1)")
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("text must be a str or a list of str")
         if len(texts) != len(images):

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mmgpt.saving import existing_copy
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = "mmgpt-onnx"
 FORMAT_VERSION = 1
@@ -30,13 +32,20 @@ class ExportFolderError(ValueError):
 
 
 def is_export_folder(folder: str | Path) -> bool:
-    """Whether `folder` holds an export's manifest.json (a saved torch model has config.json instead)."""
-    return (Path(folder).expanduser() / MANIFEST_NAME).is_file()
+    """Whether `folder` (or the copy a killed save left aside) holds an export's manifest.json (a saved torch
+    model has config.json instead)."""
+    return (saved_export_folder(folder) / MANIFEST_NAME).is_file()
+
+
+def saved_export_folder(folder: str | Path) -> Path:
+    """`folder`, or its aside copy `.NAME.old` when an export was killed between its two renames (mmgpt.saving)."""
+    folder = Path(folder).expanduser()
+    return existing_copy(folder, lambda f: (f / MANIFEST_NAME).is_file()) or folder
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:
     """The checked manifest of an exported folder, else ExportFolderError naming what is wrong."""
-    folder = Path(folder).expanduser()
+    folder = saved_export_folder(folder)
     path = folder / MANIFEST_NAME
     if not path.is_file():
         raise ExportFolderError(

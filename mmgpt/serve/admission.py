@@ -136,6 +136,10 @@ async def admit(model: MMGPT, settings: ServerSettings, worker: Worker, limits: 
     if chat.model != settings.model_name:
         raise APIError(404, f"model {chat.model!r} does not exist; this server serves {settings.model_name!r}",
                        param="model", code="model_not_found")
+    if chat.n > settings.max_batch_size:
+        # a request's choices are decoded together, in one batch
+        raise APIError(400, f"n={chat.n} is more than the {settings.max_batch_size} rows this server decodes "
+                            "together (--max-batch-size)", param="n")
     stops = chat.stop_strings()
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()

@@ -85,6 +85,10 @@ def conversation(model: MMGPT, messages: Sequence[Message], max_images: int = 1)
     images: list[tuple[str, str]] = []
     for i, message in enumerate(messages):
         text, found = _parts(message, i)
+        if found and message.role != "user":
+            # as OpenAI's API: a system or assistant message carries no image (it would be used without its text)
+            raise APIError(400, f"messages[{i}]: image_url parts go in user messages, not in a {message.role} message",
+                           param=found[0][1])
         images.extend(found)
         if message.role not in prompts.ROLES:
             logger.info("messages[%d]: the model's prompt format has no %r role; that message is left out",

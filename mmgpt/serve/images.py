@@ -28,7 +28,7 @@ class FetchLimits:
 
 def image_bytes(url: str, limits: FetchLimits, param: str) -> bytes:
     """The bytes an image_url names; a bad URL, base64 or fetch is an APIError(400) naming `param`."""
-    if url.startswith("data:"):
+    if url[:5].lower() == "data:":  # URL schemes are case-insensitive (RFC 3986)
         return _data_url(url, param)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
@@ -43,7 +43,7 @@ def image_bytes(url: str, limits: FetchLimits, param: str) -> bytes:
 
 def _data_url(url: str, param: str) -> bytes:
     header, comma, payload = url.partition(",")
-    if not comma or not header.endswith(";base64"):
+    if not comma or not header.lower().endswith(";base64"):
         raise APIError(400, f"{param}: a data URL must read data:image/png;base64,<data>", param=param)
     media_type = header[len("data:"):-len(";base64")].lower()
     if media_type not in DATA_TYPES:
@@ -58,6 +58,20 @@ def _data_url(url: str, param: str) -> bytes:
     return data
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052's well-known prefix: the last 32 bits are an IPv4 address
+
+
+def _embedded_ipv4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address reaches through a gateway (IPv4-mapped, 6to4, NAT64, IPv4-compatible),
+    which must be public too."""
+    if ip.version == 4:
+        return []
+    found = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip in NAT64 or int(ip) >> 32 == 0:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
+
+
 def _resolve(host: str, port: int, param: str) -> str:
     """The one address an image is fetched from: `host` resolved once, refused unless every address is public.
 
@@ -69,7 +83,7 @@ def _resolve(host: str, port: int, param: str) -> str:
         raise APIError(400, f"{param}: cannot resolve image host {host!r} ({e})", param=param) from None
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
-        if not ip.is_global or ip.is_multicast:
+        if not all(a.is_global and not a.is_multicast for a in (ip, *_embedded_ipv4(ip))):
             raise APIError(400, f"{param}: image host {host!r} resolves to a non-public address ({ip})", param=param)
     if not addresses:
         raise APIError(400, f"{param}: image host {host!r} has no address", param=param)

@@ -25,7 +25,7 @@ class APIError(Exception):
 class Message(BaseModel):
     """One chat message; `content` parts are checked in mmgpt.serve.conversation, with messages naming the part."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     role: Literal["system", "user", "assistant"]
     content: str | list[Any] | None = None
@@ -34,22 +34,26 @@ class Message(BaseModel):
 class StreamOptions(BaseModel):
     """`stream_options`: only include_usage is used."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
 
 
 class ChatCompletionRequest(BaseModel):
-    """POST /v1/chat/completions; fields OpenAI defines that mmgpt does not use are kept and logged, not refused."""
+    """POST /v1/chat/completions; fields OpenAI defines that mmgpt does not use are kept and logged, not refused.
 
-    model_config = ConfigDict(extra="allow")
+    Types are strict, as OpenAI's API checks them: `"max_tokens": true` or `"5"`, `"stream": "yes"` get 422, not a
+    guess at what was meant.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     n: int = Field(default=1, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
