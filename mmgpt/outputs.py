@@ -54,6 +54,11 @@ def _is_legacy_export(folder: Path) -> bool:
     return manifest is not None and manifest.get("format") == f"{FORMAT_PREFIX}onnx"
 
 
+# keys every config.yaml a run has written holds (train.py writes the whole resolved config)
+RESOLVED_RUN_KEYS = frozenset({"output_dir", "seed", "batch_size", "max_steps", "model", "data", "optim"})
+RESOLVED_MODEL_KEYS = frozenset({"text_encoder", "image_encoder", "fusion", "projector", "generator", "tokenizer"})
+
+
 def _is_legacy_run(folder: Path) -> bool:
     # a checkpoint's trainer_state.json records the run id; a run killed before its first checkpoint has only its
     # config.yaml, which names its own output_dir
@@ -67,7 +72,10 @@ def _is_legacy_run(folder: Path) -> bool:
         config = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
         return False
-    return isinstance(config, dict) and "output_dir" in config and isinstance(config.get("model"), dict)
+    # the config a run writes is resolved: every section, no `base:`. A user's own config kept in the folder (with
+    # output_dir pointing there) names only what it changes, so the folder stays the user's
+    return (isinstance(config, dict) and "base" not in config and RESOLVED_RUN_KEYS <= set(config)
+            and isinstance(config.get("model"), dict) and RESOLVED_MODEL_KEYS <= set(config["model"]))
 
 
 def _is_legacy_comparison(folder: Path) -> bool:

@@ -228,3 +228,17 @@ def test_naming_a_generator_drops_the_defaults_from_scratch_kwargs(tmp_path: Pat
     # set on purpose, they are changes to the named model's config and stay
     assert GeneratorConfig(name="org/some-lm", kwargs={"rope_theta": 5e5}).kwargs == {"rope_theta": 5e5}
     assert GeneratorConfig().kwargs["hidden_size"] == 128
+
+
+def test_command_line_paths_and_output_dir_mean_the_same_from_any_folder(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    cfg = load_train_config("default", ["data.train=[{format: jsonl, path: my_data/train.jsonl}]",
+                                        "output_dir=~/runs/x"])
+    # saved in config.yaml as absolute: a resume from another folder reads the same file, not its own my_data/
+    assert cfg.data.train[0].path == str(tmp_path / "my_data" / "train.jsonl")
+    # one folder for the whole run, not a literal ./~ beside a model in $HOME
+    assert cfg.output_dir == str(tmp_path / "home" / "runs" / "x")
+    with pytest.raises(ConfigError, match="output_dir must name a folder, got an empty string"):
+        load_train_config("default", ["output_dir="])

@@ -105,6 +105,33 @@ def test_an_output_dir_mmgpt_did_not_write_is_refused_even_with_overwrite(tmp_pa
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_a_users_own_config_next_to_their_files_never_makes_the_folder_a_run(tmp_path: Path, data: Path) -> None:
+    # the user keeps their config in the folder it trains into: a config.yaml naming output_dir and a model
+    out = tmp_path / "project"
+    (out / "model").mkdir(parents=True)
+    (out / "checkpoints").mkdir()
+    (out / "model" / "weights.bin").write_text("mine")
+    (out / "checkpoints" / "important.txt").write_text("mine")
+    (out / "metrics.json").write_text('{"mine": 1}')
+    mine = f"# my settings\nbase: {tiny_config(tmp_path, data, tmp_path / 'elsewhere', max_steps=2)}\n" \
+           f"output_dir: {out}\nmodel:\n  fusion: {{type: product}}\n"
+    (out / "config.yaml").write_text(mine)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(FileExistsError, match=f"{out} is a folder that mmgpt did not write"):
+            run_training(["--config", str(out / "config.yaml"), *extra])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a run folder whose model/ or checkpoints/ holds what no run writes keeps them under --overwrite as well
+    run = tmp_path / "run"
+    run_training(["--config", str(tiny_config(tmp_path, data, run, max_steps=2, save_every=0))])
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "important.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"checkpoints is not what a run writes there .* never deletes it"):
+        run_training(["--config", str(tiny_config(tmp_path, data, run, max_steps=2, save_every=0)), "--overwrite"])
+    assert (run / "checkpoints" / "important.txt").read_text() == "mine"
+    assert MMGPT.from_pretrained(run / "model").num_parameters() > 0
+
+
 def test_a_run_folder_from_before_markers_is_still_resumed_and_guarded(tmp_path: Path, data: Path) -> None:
     out = tmp_path / "run"
     assert run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=4, save_every=2,

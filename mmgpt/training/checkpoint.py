@@ -132,6 +132,12 @@ def _is_model_output(folder: Path) -> bool:
     return output_kind(folder) == "model"
 
 
+def _only_checkpoints(folder: Path) -> bool:
+    """Whether `folder` holds nothing but checkpoints of a run and what writing them leaves behind."""
+    return all(p.name.startswith(".") or re.fullmatch(r"step_\d+", p.name) and (p / STATE_NAME).is_file()
+               for p in folder.iterdir())
+
+
 def _step_of(path: Path) -> int:
     return int(re.search(r"step_(\d+)", path.name).group(1))
 
@@ -211,6 +217,12 @@ def clear_run(output_dir: str | Path) -> list[Path]:
     """Delete what an earlier run wrote into output_dir (RUN_OUTPUTS and the model's leftovers); returns what went."""
     output_dir = Path(output_dir)
     check_aside(output_dir / "model", _is_model_output)
+    # the folders are deleted whole: each must be what a run writes there, whatever else the folder holds
+    for name, is_ours in (("model", _is_model_output), ("checkpoints", _only_checkpoints)):
+        path = output_dir / name
+        if path.is_dir() and any(path.iterdir()) and not is_ours(path):
+            raise FileExistsError(f"{path} is not what a run writes there (mmgpt did not write it): --overwrite "
+                                  "never deletes it; move it away, or train into another output_dir")
     removed = []
     for path in [output_dir / name for name in RUN_OUTPUTS] + [aside_path(output_dir / "model")]:
         if path.is_dir() and not path.is_symlink():

@@ -312,6 +312,14 @@ def prompt_templates(name_or_path: str | Path) -> PromptTemplates:
 def config_from_data(data: dict, overrides: list[str] | None = None) -> TrainConfig:
     """A resolved config mapping with `key=value` overrides, as a validated TrainConfig."""
     data = apply_overrides(data, list(overrides or []), defaults=to_dict(TrainConfig()), cls=TrainConfig)
+    # a dataset path given on the command line is relative to where the command ran (a file's, to the file): made
+    # absolute now, the saved config.yaml and a resume from another folder read the same files
+    data = _anchor_data_paths(data, Path.cwd())
+    if isinstance(data.get("output_dir"), str):
+        if not data["output_dir"].strip():
+            raise ConfigError("output_dir must name a folder, got an empty string")
+        # every part of a run (its files, checkpoints and model) goes to one folder, ~ expanded once for all
+        data["output_dir"] = str(Path(data["output_dir"]).expanduser())
     if data.get("init_from"):
         data = _model_from_folder(data, list(overrides or []))
     return from_dict(TrainConfig, data)
