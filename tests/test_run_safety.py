@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import os
 import random
@@ -124,7 +125,7 @@ def test_a_users_own_config_next_to_their_files_never_makes_the_folder_a_run(tmp
     # a run folder whose model/ or checkpoints/ holds what no run writes keeps them under --overwrite as well
     run = tmp_path / "run"
     run_training(["--config", str(tiny_config(tmp_path, data, run, max_steps=2, save_every=0))])
-    (run / "checkpoints").mkdir()
+    (run / "checkpoints").mkdir(exist_ok=True)
     (run / "checkpoints" / "important.txt").write_text("mine")
     with pytest.raises(FileExistsError, match=r"checkpoints is not what a run writes there .* never deletes it"):
         run_training(["--config", str(tiny_config(tmp_path, data, run, max_steps=2, save_every=0)), "--overwrite"])
@@ -423,3 +424,17 @@ def test_a_users_folders_named_like_leftovers_survive_checkpoints_and_overwrite(
         with pytest.raises(FileExistsError, match=r"\.model\.old .*did not write.* move it"):
             run_training(["--config", str(tiny_config(tmp_path, data, out, max_steps=2)), *extra])
     assert (out / ".model.old" / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_killed_during_its_final_evaluation_resumes_there(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    config = str(tiny_config(tmp_path, data, out, max_steps=3, save_every=0))
+    first = run_training(["--config", config])
+    # the last step is kept even with save_every 0...
+    assert [p.name for p in checkpoint_dirs(out)] == ["step_3"]
+    # ...so a kill during the final evaluation (no model, no metrics yet) loses nothing: the resume evaluates again
+    shutil.rmtree(out / "model")
+    (out / "metrics.json").unlink()
+    again = run_training(["--config", config, "--resume", "latest"])
+    assert again["step"] == 3 and again["metrics"] == first["metrics"]
+    assert MMGPT.from_pretrained(out / "model").num_parameters() > 0

@@ -213,11 +213,19 @@ def test_bad_images_are_skipped_and_counted(tmp_path: Path, data: Path) -> None:
     assert (out / "model" / "model.safetensors").is_file()
 
 
-def test_too_many_bad_images_fail_with_a_clear_message(tmp_path: Path, data: Path) -> None:
+def test_too_many_bad_images_fail_with_a_clear_message(tmp_path: Path, data: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
     mixed, _ = _with_bad_images(tmp_path, data)
     config = tiny_config(tmp_path, mixed, tmp_path / "strict", max_steps=2)
     with pytest.raises(TooManyBadImages, match=r"max_bad_fraction=0\.01"):
         run_training(["--config", str(config)])
+    # bad input, so the command says it in one line with status 2, not a traceback
+    from mmgpt.cli import main as cli
+
+    assert cli(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("mmgpt train: error: ") and "max_bad_fraction=0.01" in err[-1], err[-3:]
+    assert not any("Traceback" in line for line in err)
 
 
 def test_bad_config_key_names_the_key(tmp_path: Path, data: Path) -> None:

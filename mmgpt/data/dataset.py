@@ -19,8 +19,8 @@ from mmgpt.data.pixel_cache import PixelCache
 logger = logging.getLogger(__name__)
 
 
-class TooManyBadImages(RuntimeError):
-    """More of the training images are unusable than data.max_bad_fraction allows."""
+class TooManyBadImages(ValueError):
+    """More of the training images are unusable than data.max_bad_fraction allows (bad input: one line, status 2)."""
 
 
 def image_key(image: Any) -> Any:

@@ -637,7 +637,8 @@ def train(run: Run) -> bool:
             # every step, so a signal's checkpoint follows within one step (the launcher may already
             # have returned the prompt); a plain bool on one process, one all-reduce on several
             stop_now = _any_rank(accelerator, stop.requested) or step == cfg.stop_at_step
-            if (cfg.save_every and step % cfg.save_every == 0) or stop_now:
+            # the last step is always kept: a run stopped during its final evaluation resumes there, not from scratch
+            if (cfg.save_every and step % cfg.save_every == 0) or stop_now or step == cfg.max_steps:
                 if run.template is not None:
                     broadcast_buffers(run.raw_model)
                 check_weights(run.raw_model, step, run.output_dir)
