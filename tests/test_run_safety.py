@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import math
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
