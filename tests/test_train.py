@@ -148,7 +148,8 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path: Pa
 @pytest.mark.parametrize(("ema_decay", "autocast"), [(0.0, "no"), (0.9, "auto")], ids=["weights", "ema_bf16"])
 def test_interrupted_run_resumes_exactly(tmp_path: Path, data: Path, ema_decay: float, autocast: str) -> None:
     # the second case is the default's setting: EMA on, image encoder under bf16 autocast where native
-    knobs = {"optim.ema_decay": ema_decay, "image_encoder_autocast": autocast}
+    # log lines every 3 steps: the stop at step 4 falls inside a window, whose loss the checkpoint must carry
+    knobs = {"optim.ema_decay": ema_decay, "image_encoder_autocast": autocast, "log_every": 3}
     full = tmp_path / "full"
     run_training(["--config", str(tiny_config(tmp_path, data, full, max_steps=9, **knobs))])
     resumed = tmp_path / "resumed"

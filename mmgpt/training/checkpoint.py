@@ -74,6 +74,9 @@ class TrainState:
     # the CPU threads mmgpt chose for this run (cpu_threads: 0) at its first step, kept by a resumed run because
     # a thread count can change how a CPU rounds; 0 = not chosen
     cpu_threads: int = 0
+    # the training loss and answer tokens summed (over processes) since the last log line, and its steps: a resumed
+    # run's next log line then averages the same steps as an uninterrupted run's
+    loss_window: list = field(default_factory=lambda: [0.0, 0.0, 0])
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object written as trainer_state.json."""

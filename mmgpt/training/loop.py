@@ -586,6 +586,10 @@ def train(run: Run) -> bool:
     cfg, state, accelerator = run.cfg, run.state, run.accelerator
     batches = batch_stream(run)
     window = LossWindow.on(accelerator.device)
+    if accelerator.is_main_process:  # a resumed run's unlogged steps, summed over processes: counted once
+        window.loss += state.loss_window[0]
+        window.tokens += state.loss_window[1]
+        window.steps = int(state.loss_window[2])
     watch = choose_cpu_threads(run)
     # a fixed thread count on a CPU a neighbour shares: say why steps crawl, once
     notice = (SlowdownNotice(torch.get_num_threads()) if watch is None and accelerator.device.type == "cpu"
@@ -644,6 +648,8 @@ def train(run: Run) -> bool:
                 check_weights(run.raw_model, step, run.output_dir)
                 if run.stream is not None:
                     state.data_state = gather_object([run.stream_position])
+                totals = accelerator.reduce(torch.stack([window.loss, window.tokens]), reduction="sum")
+                state.loss_window = [float(totals[0]), float(totals[1]), window.steps]
                 save_checkpoint(accelerator, run.output_dir, step, state.to_dict(), cfg.keep_checkpoints,
                                 write_extra=run.ema.save if run.ema is not None else None)
             if stop_now:
