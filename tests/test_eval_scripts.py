@@ -241,3 +241,18 @@ def test_vqa_closed_set_reports_open_and_closed_accuracy_side_by_side(tmp_path: 
     with pytest.raises(SystemExit):
         eval_vqa.evaluate_vqa(["--results", "r.json", "--questions", "q.json", "--annotations", "a.json",
                                "--closed-set"])
+
+
+def test_a_bad_image_in_the_set_is_skipped_and_counted_not_fatal(tmp_path: Path, tiny_model: Path) -> None:
+    (tmp_path / "good.png").write_bytes(b"")
+    Image.new("RGB", (40, 40), (200, 20, 20)).save(tmp_path / "good.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    lines = [{"image": "good.png", "prompt": f"what color is it? {i}", "answer": "red"} for i in range(5)]
+    lines.append({"image": "corrupt.png", "prompt": "what color is it?", "answer": "red"})  # the last line
+    (tmp_path / "set.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    record = eval_vqa.evaluate_vqa(["--model", str(tiny_model), "--dataset",
+                                    f"{{format: jsonl, path: {tmp_path / 'set.jsonl'}}}", "--out",
+                                    str(tmp_path / "vqa.json")])
+    assert record["num_questions"] == 5
+    assert record["bad_images"].startswith("1 of 2 images skipped"), record["bad_images"]
+    assert json.loads((tmp_path / "vqa.json").read_text())["bad_images"] == record["bad_images"]

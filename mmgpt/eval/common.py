@@ -21,6 +21,8 @@ from mmgpt.outputs import check_output_file
 from mmgpt.ranges import check_range
 from mmgpt.saving import write_json, write_text_atomic
 
+logger = logging.getLogger(__name__)
+
 PACKAGES = ("mmgpt", "torch", "transformers", "timm", "accelerate", "tokenizers", "pillow")
 
 
@@ -200,6 +202,19 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     model_name = args.model or str(default_model_path())
     model = load_model(model_name, device=accelerator.device)
     examples = read(PromptTemplates.from_config(model.config))
+    bad_images = None
+    if isinstance(examples, list):
+        from mmgpt.data.dataset import check_images
+
+        # checked before any answer is generated: an image that cannot be read is skipped and counted, as in
+        # training's evaluation, not an error after minutes of work
+        examples, report = check_images(examples, model.processor.image_tensor, cache=False, max_bad_fraction=1.0,
+                                        progress=accelerator.is_main_process, name="evaluation set")
+        bad_images = report.summary()
+        if report.num_bad:
+            logger.warning("%s: %s", bad_images, "; ".join(f"{k}: {v}" for k, v in list(report.bad.items())[:5]))
+        if not examples:
+            raise ValueError(f"no question of the evaluation set has a usable image ({bad_images})")
     decodings = [{**options, **variant} for variant in (variants(examples) if variants else [{}])]
     for decoding in decodings:
         check_decoding_options(decoding)
@@ -217,6 +232,7 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
         "prompt_template": {"vqa": model.config.vqa_template, "caption": model.config.caption_prompt},
         "decoding": {**set_values(configs[0]), "seed": seed},  # the effective generation config
         "processes": accelerator.num_processes,
+        **({"bad_images": bad_images} if bad_images is not None else {}),
     }
     return examples, predictions, info, accelerator
 
