@@ -438,3 +438,19 @@ def test_a_run_killed_during_its_final_evaluation_resumes_there(tmp_path: Path, 
     again = run_training(["--config", config, "--resume", "latest"])
     assert again["step"] == 3 and again["metrics"] == first["metrics"]
     assert MMGPT.from_pretrained(out / "model").num_parameters() > 0
+
+
+def test_a_damaged_checkpoint_is_named_with_the_earlier_one_to_resume(tmp_path: Path, data: Path) -> None:
+    out = tmp_path / "run"
+    config = str(tiny_config(tmp_path, data, out, max_steps=6, save_every=2, stop_at_step=4))
+    assert run_training(["--config", config]) == {"stopped_at_step": 4}
+    step_2, step_4 = checkpoint_dirs(out)
+    optimizer = next(p for p in step_4.iterdir() if p.name.startswith("optimizer"))
+    optimizer.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=rf"checkpoint {step_4} cannot be loaded, it is damaged .*"
+                                         rf"--resume {step_2}"):
+        run_training(["--config", config, "--resume", "latest"])
+    state = json.loads((step_2 / STATE_NAME).read_text())
+    (step_2 / STATE_NAME).write_text(json.dumps({**state, "step": "x"}))
+    with pytest.raises(ValueError, match=r"trainer_state.json has step='x', not counts"):
+        run_training(["--config", config, "--resume", str(step_2)])

@@ -58,9 +58,11 @@ from mmgpt.outputs import write_marker
 from mmgpt.saving import write_json
 from mmgpt.tokenizer import cached_train_tokenizer
 from mmgpt.training.checkpoint import (
+    STATE_NAME,
     StopRequest,
     TrainState,
     check_output_dir,
+    checkpoint_dirs,
     clear_run,
     resolve_resume,
     save_checkpoint,
@@ -263,6 +265,24 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
     return resume_dir
 
 
+def load_checkpoint(accelerator: Accelerator, checkpoint: Path, default_job: bool) -> TrainState:
+    """Load a checkpoint's weights, optimizer and data state into the prepared run -> its TrainState; a damaged
+    checkpoint is a ValueError naming it and the earlier checkpoints to resume from instead."""
+    try:
+        accelerator.load_state(str(checkpoint))
+        state = TrainState.resume(checkpoint, default_job=default_job)
+        fields = {"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
+        wrong = [k for k, v in fields.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+        if wrong:
+            raise ValueError(f"{STATE_NAME} has {', '.join(f'{k}={fields[k]!r}' for k in wrong)}, not counts")
+    except Exception as e:  # torch, safetensors and pickle each raise their own kinds for a damaged file
+        earlier = [p for p in checkpoint_dirs(checkpoint.parent.parent) if p != checkpoint]
+        hint = f"; resume an earlier one: --resume {earlier[-1]}" if earlier else ""
+        raise ValueError(f"checkpoint {checkpoint} cannot be loaded, it is damaged ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:300]}){hint}") from e
+    return state
+
+
 def read_splits(specs: list, templates: PromptTemplates, blind: bool = False) -> list[tuple[str, list]]:
     """Read every dataset spec -> [(name, examples)]; `blind` (data.blind) gives every example one constant image."""
     return [(spec.label, blinded(examples) if blind else examples)
@@ -418,8 +438,7 @@ def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
 
     state = TrainState(default_job=is_default_job(cfg))
     if resume_dir is not None:
-        accelerator.load_state(str(resume_dir))
-        state = TrainState.resume(resume_dir, default_job=state.default_job)
+        state = load_checkpoint(accelerator, resume_dir, state.default_job)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state.step,
                     state.epoch, state.batches_in_epoch)
         if stream is not None:
