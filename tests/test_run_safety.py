@@ -450,6 +450,11 @@ def test_a_damaged_checkpoint_is_named_with_the_earlier_one_to_resume(tmp_path: 
     with pytest.raises(ValueError, match=rf"checkpoint {step_4} cannot be loaded, it is damaged .*"
                                          rf"--resume {step_2}"):
         run_training(["--config", config, "--resume", "latest"])
+    # a resume below the step reached is refused before the run folder's config.yaml changes
+    saved = (out / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=rf"max_steps=3 is below step 4, where {step_4} already is"):
+        run_training(["--config", config, "--resume", "latest", "max_steps=3"])
+    assert (out / "config.yaml").read_text() == saved
     state = json.loads((step_2 / STATE_NAME).read_text())
     (step_2 / STATE_NAME).write_text(json.dumps({**state, "step": "x"}))
     with pytest.raises(ValueError, match=r"trainer_state.json has step='x', not counts"):

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import json
 import logging
 import math
 import time
@@ -32,7 +33,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from mmgpt import lora
-from mmgpt.config import PromptTemplates, to_dict
+from mmgpt.config import ConfigError, PromptTemplates, to_dict
 from mmgpt.data.dataset import GroupedBatches, RobustImages, TooManyBadImages, check_images, make_collate
 from mmgpt.data.example import blinded
 from mmgpt.data.formats import read_dataset
@@ -251,6 +252,12 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
     resume_dir = resolve_resume(args.resume, output_dir) if args.resume else None
     # every rank checks before any rank writes, so all of them agree
     check_output_dir(output_dir, resuming=resume_dir is not None, overwrite=args.overwrite)
+    if resume_dir is not None:
+        reached = _saved_step(resume_dir)
+        if reached is not None and reached > cfg.max_steps:
+            # before config.yaml is written: the run folder keeps describing the run it holds
+            raise ConfigError(f"max_steps={cfg.max_steps} is below step {reached}, where {resume_dir} already is: "
+                              f"resume with max_steps >= {reached}, or train a new run into another output_dir")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and args.overwrite:
         for path in clear_run(output_dir):
@@ -263,6 +270,15 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
     logger.info("run folder %s, %d process(es), device %s", output_dir, accelerator.num_processes, accelerator.device)
     warn_if_one_process_launched(accelerator.num_processes, "train.py")
     return resume_dir
+
+
+def _saved_step(checkpoint: Path) -> int | None:
+    """The step a checkpoint's trainer_state.json records, or None where it cannot be read (loading says why)."""
+    try:
+        step = json.loads((checkpoint / STATE_NAME).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, default_job: bool) -> TrainState:
