@@ -148,6 +148,13 @@ def check_output_folder(folder: str | Path, kind: str, overwrite: bool = False, 
                            "or choose another path")
 
 
+def check_not_source(out: str | Path, source: str | Path) -> None:
+    """Raise OutputExists when `out` is the folder a command reads (`source`): replacing it would lose the input."""
+    if Path(out).expanduser().resolve() == Path(source).expanduser().resolve():
+        raise OutputExists(f"{out} is the model this command reads: it never replaces its own input (even with "
+                           "--overwrite); write the result to another folder")
+
+
 def check_output_file(path: str | Path, overwrite: bool = False) -> None:
     """Raise OutputExists unless the file `path` may be written: absent, or an existing file with `overwrite`.
 

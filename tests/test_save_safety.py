@@ -215,3 +215,17 @@ def test_a_command_treats_an_output_left_aside_by_a_crash_as_the_earlier_output(
     assert {p.name: p.read_bytes() for p in (tmp_path / ".q8.old").iterdir() if p.is_file()} == before
     quantize(tmp_path / "fp32", tmp_path / "q8", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fp32", "q8"]
+
+
+def test_quantize_and_prune_never_replace_their_own_input(tmp_path: Path) -> None:
+    from mmgpt.compress.prune import prune
+    from mmgpt.compress.quantize import quantize
+    from mmgpt.outputs import OutputExists
+
+    build(tiny_config()).eval().save_pretrained(tmp_path / "fp32")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "fp32").iterdir() if p.is_file()}
+    with pytest.raises(OutputExists, match="fp32 is the model this command reads: it never replaces its own input"):
+        quantize(tmp_path / "fp32", tmp_path / "fp32", overwrite=True)
+    with pytest.raises(OutputExists, match="the model this command reads"):
+        prune(tmp_path / "fp32", tmp_path / "." / "fp32", 0.5, overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fp32").iterdir() if p.is_file()} == before

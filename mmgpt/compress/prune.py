@@ -104,11 +104,12 @@ def prune(source: str | Path, out: str | Path, amount: float = 0.5, parts: tuple
     """Prune the model in `source` and save the smaller model to `out` (replacing a model there: `overwrite`)."""
     from mmgpt.model import MMGPT
     from mmgpt.model_folder import CONFIG_NAME, resolve_model_path
-    from mmgpt.outputs import check_output_folder
+    from mmgpt.outputs import check_not_source, check_output_folder
 
     check_amount(amount)
     check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
     source_path = resolve_model_path(source)
+    check_not_source(out, source_path)
     data = json.loads((source_path / CONFIG_NAME).read_text())
     if is_quantized(data):
         raise ValueError(f"{source_path} is quantised; prune the fp32 model it came from, then quantise")

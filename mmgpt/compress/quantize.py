@@ -41,10 +41,11 @@ def quantize(source: str | Path, out: str | Path, method: str = DEFAULT_QUANTIZA
     """Quantise the model in `source` and save it to `out` (an earlier model there: `overwrite`) -> `out`."""
     from mmgpt.model import MMGPT
     from mmgpt.model_card import card_datasets
-    from mmgpt.outputs import check_output_folder
+    from mmgpt.outputs import check_not_source, check_output_folder
 
     check_output_folder(out, "model", overwrite=overwrite)  # before the slow part
     source_path = resolve_model_path(source)
+    check_not_source(out, source_path)
     if method not in METHODS:
         raise ValueError(f"unknown quantisation method {method!r}; available: {', '.join(METHODS)}")
     model = MMGPT.from_pretrained(source_path)
