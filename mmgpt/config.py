@@ -319,7 +319,27 @@ def _type_name(tp: Any) -> str:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with YAML 1.2's booleans: only true/false; yes/no/on/off stay text (`mixed_precision: no` is "no")."""
+    """YAML with YAML 1.2's booleans: only true/false; yes/no/on/off stay text (`mixed_precision: no` is "no").
+
+    A key given twice in one mapping is an error (YAML 1.2 forbids it; PyYAML keeps the last silently, so a
+    setting typed twice would quietly lose one of them).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        """A mapping node -> dict, refusing a key it holds twice."""
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` merges a mapping its own keys may override
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the base constructor reports an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 # PyYAML follows YAML 1.1, where an unquoted no/off/yes/on is a boolean: `mixed_precision=no` became False

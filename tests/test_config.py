@@ -242,3 +242,15 @@ def test_command_line_paths_and_output_dir_mean_the_same_from_any_folder(tmp_pat
     assert cfg.output_dir == str(tmp_path / "home" / "runs" / "x")
     with pytest.raises(ConfigError, match="output_dir must name a folder, got an empty string"):
         load_train_config("default", ["output_dir="])
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text("base: default\noptim:\n  lr: 1.0e-3\n  weight_decay: 0.0\n  lr: 5.0e-4\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml is not valid YAML: key 'lr' appears twice in one mapping "
+                                          r"\(line 5\)"):
+        load_train_config(str(path))
+    # a merge key's mapping may still be overridden by the mapping's own keys
+    path.write_text("base: default\nx: &d {lr: 1.0e-3}\noptim:\n  <<: *d\n  lr: 5.0e-4\n")
+    with pytest.raises(ConfigError, match="unknown config key 'x'"):
+        load_train_config(str(path))

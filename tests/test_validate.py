@@ -135,6 +135,12 @@ def test_cli_exit_codes(tmp_path: Path, images: dict[str, str], capsys: pytest.C
     assert "malformed.jsonl line 1: missing field 'prompt'" in out
     assert "malformed.jsonl line 2: invalid JSON (Unterminated string starting at column 33)" in out
     assert "id='line3': " in out and "missing.png does not exist" in out
+    # a folder where an image should be is named as such, not as missing
+    (tmp_path / "album.png").mkdir()
+    folder = tmp_path / "folder.jsonl"
+    folder.write_text(json.dumps({"image": "album.png", "prompt": "What color?", "answer": "green"}) + "\n")
+    assert main(["--format", "jsonl", "--path", str(folder)]) == 1
+    assert "album.png is a folder, not an image file" in capsys.readouterr().out
 
     # a dataset that cannot be read at all: status 2 and one line, named like every mmgpt error
     assert main(["--format", "jsonl", "--path", str(tmp_path / "absent.jsonl")]) == 2

@@ -100,6 +100,8 @@ def _check_image(image: object) -> tuple[str, str] | None:
     """(problem kind, reason) for one image, or None when it loads."""
     from mmgpt.images import ImageError, load_image
 
+    if isinstance(image, (str, Path)) and Path(image).expanduser().is_dir():
+        return "corrupt_image", f"{image} is a folder, not an image file"
     if isinstance(image, (str, Path)) and not Path(image).expanduser().is_file():
         return "missing_image", f"{image} does not exist"
     try:
