@@ -243,7 +243,8 @@ def test_vqa_closed_set_reports_open_and_closed_accuracy_side_by_side(tmp_path: 
                                "--closed-set"])
 
 
-def test_a_bad_image_in_the_set_is_skipped_and_counted_not_fatal(tmp_path: Path, tiny_model: Path) -> None:
+def test_a_bad_image_in_the_set_is_skipped_and_counted_not_fatal(tmp_path: Path, tiny_model: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
     (tmp_path / "good.png").write_bytes(b"")
     Image.new("RGB", (40, 40), (200, 20, 20)).save(tmp_path / "good.png")
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -256,3 +257,6 @@ def test_a_bad_image_in_the_set_is_skipped_and_counted_not_fatal(tmp_path: Path,
     assert record["num_questions"] == 5
     assert record["bad_images"].startswith("1 of 2 images skipped"), record["bad_images"]
     assert json.loads((tmp_path / "vqa.json").read_text())["bad_images"] == record["bad_images"]
+    # questions without an answer type print no unnamed per-type line
+    printed = capsys.readouterr().out.splitlines()
+    assert printed and not [line for line in printed if line.strip().startswith(":")], printed

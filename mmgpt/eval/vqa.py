@@ -260,7 +260,9 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
              "prediction": answers[qid], "score": per_question.get(qid, 0.0) / 100.0}
             for a in annotations["annotations"] if (qid := a["question_id"]) in answers]
     summary = [f"VQA accuracy {scores['overall']:.2f} on {len(results)} questions",
-               *(f"  {answer_type:>10}: {value:.2f}" for answer_type, value in sorted(scores["perAnswerType"].items())),
+               # a set whose questions name no answer type has one unnamed type: nothing to break down
+               *(f"  {answer_type:>10}: {value:.2f}" for answer_type, value in sorted(scores["perAnswerType"].items())
+                 if answer_type),
                f"exact match {scores['exact_match']:.2f} (both answers normalised as the official scorer normalises "
                "answers)"]
     # question types, where the set names a few
@@ -272,7 +274,7 @@ def evaluate_vqa(argv: list[str] | None = None, prog: str | None = None) -> dict
         summary.append(f"closed-set VQA accuracy {record['closed_set']['metrics']['overall']:.2f} "
                        f"(answers limited to the {len(choices)} answers of these questions)")
     return finish_evaluation(out, report, record, "VQA evaluation", {"overall": scores["overall"]}, rows,
-                             {"Per answer type": dict(sorted(scores["perAnswerType"].items())),
+                             {"Per answer type": {k: v for k, v in sorted(scores["perAnswerType"].items()) if k},
                               **({"Per question type": by_type} if len(by_type) > 1 else {}), **side_by_side,
                               "Run": info}, summary, extra_html=lambda: explained(args, examples))
 
