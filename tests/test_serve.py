@@ -505,6 +505,13 @@ def test_allowed_image_urls_still_refuse_private_addresses(model: MMGPT) -> None
             response = post(url, body)
             assert response.status_code == 400
             assert "non-public address" in response.json()["error"]["message"]
+        # no host: named as such, not as a redirect (nothing was fetched)
+        body = {"model": NAME, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": "http:///x.png"}}]}]}
+        response = post(url, body)
+        assert response.status_code == 400
+        assert "image URL without an http(s) scheme and host name: 'http:///x.png'" in \
+            response.json()["error"]["message"]
 
 
 def _concurrently(url: str, bodies: list[bytes]) -> list[httpx.Response]:

@@ -108,11 +108,12 @@ def _too_large(limits: FetchLimits, param: str) -> APIError:
     return APIError(400, f"{param}: the image is over {limits.max_bytes} bytes", param=param)
 
 
-def _get(url: str, limits: FetchLimits, param: str) -> tuple[int, str | None, bytes]:
+def _get(url: str, limits: FetchLimits, param: str, redirected: bool = False) -> tuple[int, str | None, bytes]:
     """One GET of `url` at its checked address -> (status, Location header, body of at most max_bytes + 1)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise APIError(400, f"{param}: image redirected to a non-http(s) URL {url[:80]!r}", param=param)
+        what = "image redirected to a URL" if redirected else "image URL"
+        raise APIError(400, f"{param}: {what} without an http(s) scheme and host name: {url[:80]!r}", param=param)
     tls = parts.scheme.lower() == "https"
     try:
         port = parts.port
@@ -151,8 +152,8 @@ def _get(url: str, limits: FetchLimits, param: str) -> tuple[int, str | None, by
 
 
 def _fetch(url: str, limits: FetchLimits, param: str) -> bytes:
-    for _ in range(MAX_REDIRECTS + 1):
-        status, location, data = _get(url, limits, param)
+    for hop in range(MAX_REDIRECTS + 1):
+        status, location, data = _get(url, limits, param, redirected=hop > 0)
         if status in (301, 302, 303, 307, 308) and location:
             url = urllib.parse.urljoin(url, location)  # each target is resolved and checked in turn
             continue
