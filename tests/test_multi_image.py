@@ -478,3 +478,16 @@ def test_exact_match_shows_what_the_2017_scorer_misses_on_single_number_word_ans
     with caplog.at_level("WARNING", logger="mmgpt.eval_vqa"):
         assert exact_match(annotations, [{"question_id": 1, "answer": "3"}], version="2021")["exact_match"] == 0.0
     assert not caplog.text
+
+
+def test_training_names_an_example_with_more_images_than_max_images_before_it_starts() -> None:
+    from mmgpt.config import ConfigError
+    from mmgpt.data.example import Example
+    from mmgpt.training.loop import check_image_counts
+
+    examples = [Example(image="a.png", prompt="q", answer="x", id="line1"),
+                Example(image=["a.png", "b.png"], prompt="q", answer="x", id="line2")]
+    check_image_counts([("mine", examples)], max_images=2)
+    with pytest.raises(ConfigError, match=r"dataset 'mine': example 'line2' has 2 images, more than "
+                                          r"model.max_images=1; raise model.max_images"):
+        check_image_counts([("mine", examples)], max_images=1)
