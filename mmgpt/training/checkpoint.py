@@ -84,14 +84,22 @@ class TrainState:
 
     @classmethod
     def resume(cls, checkpoint: Path, default_job: bool) -> TrainState:
-        """The state saved in `checkpoint`; `default_job` says whether the resumed run's config is the main job."""
+        """The state saved in `checkpoint`; `default_job` says whether the resumed run's config is the main job.
+
+        ValueError when its step, epoch or batch position is not a count.
+        """
         saved = json.loads((checkpoint / STATE_NAME).read_text())
         # checkpoints from before run ids have none: the resumed run stays id-less, and rotates them along
         saved.setdefault("run_id", None)
         # a run that was the main job only in part (other settings before the resume) is not the main job
         saved["default_job"] = saved.get("default_job", False) and default_job
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in names})
+        state = cls(**{key: value for key, value in saved.items() if key in names})
+        counts = {"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
+        wrong = [k for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+        if wrong:
+            raise ValueError(f"{STATE_NAME} has {', '.join(f'{k}={counts[k]!r}' for k in wrong)}, not counts")
+        return state
 
 
 # a repeated stop signal sooner than this after the first is the same request

@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import copy
 import gc
-import json
 import logging
 import math
 import time
@@ -59,7 +58,6 @@ from mmgpt.outputs import write_marker
 from mmgpt.saving import write_json
 from mmgpt.tokenizer import cached_train_tokenizer
 from mmgpt.training.checkpoint import (
-    STATE_NAME,
     StopRequest,
     TrainState,
     check_output_dir,
@@ -275,10 +273,9 @@ def prepare_output_dir(cfg: TrainConfig, args: argparse.Namespace, accelerator: 
 def _saved_step(checkpoint: Path) -> int | None:
     """The step a checkpoint's trainer_state.json records, or None where it cannot be read (loading says why)."""
     try:
-        step = json.loads((checkpoint / STATE_NAME).read_text()).get("step")
-    except (OSError, ValueError, AttributeError):
+        return TrainState.resume(checkpoint, default_job=False).step
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
-    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def load_checkpoint(accelerator: Accelerator, checkpoint: Path, default_job: bool) -> TrainState:
@@ -287,10 +284,6 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, default_job: boo
     try:
         accelerator.load_state(str(checkpoint))
         state = TrainState.resume(checkpoint, default_job=default_job)
-        fields = {"step": state.step, "epoch": state.epoch, "batches_in_epoch": state.batches_in_epoch}
-        wrong = [k for k, v in fields.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
-        if wrong:
-            raise ValueError(f"{STATE_NAME} has {', '.join(f'{k}={fields[k]!r}' for k in wrong)}, not counts")
     except Exception as e:  # torch, safetensors and pickle each raise their own kinds for a damaged file
         earlier = [p for p in checkpoint_dirs(checkpoint.parent.parent) if p != checkpoint]
         hint = f"; resume an earlier one: --resume {earlier[-1]}" if earlier else ""
