@@ -272,8 +272,8 @@ def resolve_model_path(name: str | Path) -> Path:
         if is_export_folder(path):
             raise FileNotFoundError(
                 f"{path} is an ONNX export (mmgpt export), not a torch model folder: answer(model=...), "
-                "`mmgpt answer`, `mmgpt caption` and mmgpt.runtime.OnnxVLM run it; for this, use the model folder "
-                "it was exported from (or an `mmgpt quantize` folder of it)"
+                "`mmgpt answer`, `mmgpt caption`, `mmgpt serve` and mmgpt.runtime.OnnxVLM run it; for this, use the "
+                "model folder it was exported from (or an `mmgpt quantize` folder of it)"
             )
         raise FileNotFoundError(f"{path} is not an mmgpt model folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
     return path

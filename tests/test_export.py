@@ -189,9 +189,10 @@ def test_cli_export_then_answer(tmp_path: Path, capsys: pytest.CaptureFixture,
         e.version for e in onnx.load(str(out / "decoder.onnx"), load_external_data=False).opset_import
         if e.domain == "")
     # commands that need the torch model say what an export is and what runs it
-    assert cli.main(["serve", "--model", str(out), "--port", "0"]) == 2
+    assert cli.main(["quantize", str(out), str(tmp_path / "int8")]) == 2
     assert f"{out} is an ONNX export (mmgpt export), not a torch model folder: answer(model=...)" in \
         capsys.readouterr().err
+    assert not (tmp_path / "int8").exists()
 
 
 def test_export_never_replaces_a_file_or_a_folder_it_did_not_write(tmp_path: Path,

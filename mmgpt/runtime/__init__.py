@@ -12,7 +12,7 @@ decoding is greedy with the KV cache kept as numpy arrays.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ from mmgpt.runtime.manifest import (
 from mmgpt.truncation import tail_token_ids
 
 logger = logging.getLogger(__name__)
+
+ChooseTokens = Callable[[np.ndarray, np.ndarray], np.ndarray]
+StopRows = Callable[[np.ndarray], np.ndarray]
 
 __all__ = ["ExportFolderError", "OnnxVLM", "is_export_folder"]
 
@@ -191,39 +194,85 @@ class OnnxVLM:
                                                   **dict(zip(self.past_names, past))})
         return outputs[0][:, -1], outputs[1:]
 
+    def _first_step(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray,
+                    limit: int, image_mask: np.ndarray | None, image_slots: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """The prefix and bos through the decoder, `limit` answer tokens checked against the positions
+        -> (logits of the first answer token (B, vocab), the attention mask so far, the cache)."""
+        prefix, prefix_mask = self.prefix(input_ids, attention_mask, pixel_values, image_mask, image_slots)
+        check_answer_length(limit, int(prefix_mask.sum(1).max()), self.max_positions)
+        batch = input_ids.shape[0]
+        bos = np.full((batch, 1), self.tokens["bos_token_id"], dtype=np.int64)
+        mask = np.concatenate([prefix_mask.astype(np.int64), np.ones((batch, 1), dtype=np.int64)], axis=1)
+        logits, past = self.decode_step(np.concatenate([prefix, self.embed(bos)], axis=1), mask,
+                                        self.empty_past(batch))
+        return logits, mask, past
+
     def generate(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray,
                  max_new_tokens: int | None = None, image_mask: np.ndarray | None = None,
-                 image_slots: np.ndarray | None = None) -> np.ndarray:
-        """Greedy decoding with the KV cache -> new token ids (B, N), pad after eos, as MMGPT.generate."""
+                 image_slots: np.ndarray | None = None, choose: ChooseTokens | None = None,
+                 stop: StopRows | None = None) -> np.ndarray:
+        """Greedy decoding with the KV cache -> new token ids (B, N), pad after eos, as MMGPT.generate.
+
+        `choose(tokens so far (B, t), logits (B, vocab)) -> (B,)` picks each step's tokens instead of the
+        argmax (a sampler, a constraint); `stop(tokens so far (B, t)) -> (B,) bool` ends rows besides eos.
+        """
         limit = self.generation["max_new_tokens"] if max_new_tokens is None else max_new_tokens
         batch = input_ids.shape[0]
         if limit == 0:
             return np.zeros((batch, 0), dtype=np.int64)
-        prefix, prefix_mask = self.prefix(input_ids, attention_mask, pixel_values, image_mask, image_slots)
-        check_answer_length(limit, int(prefix_mask.sum(1).max()), self.max_positions)
-        bos = np.full((batch, 1), self.tokens["bos_token_id"], dtype=np.int64)
-        inputs_embeds = np.concatenate([prefix, self.embed(bos)], axis=1)
-        mask = np.concatenate([prefix_mask.astype(np.int64), np.ones((batch, 1), dtype=np.int64)], axis=1)
+        logits, mask, past = self._first_step(input_ids, attention_mask, pixel_values, limit, image_mask,
+                                              image_slots)
         eos = np.asarray(self.generation["eos_token_id"], dtype=np.int64)
         pad = self.generation["pad_token_id"]
         finished = np.zeros(batch, dtype=bool)
-        past, tokens = self.empty_past(batch), []
-        for _ in range(limit):
-            logits, past = self.decode_step(inputs_embeds, mask, past)
-            next_tokens = np.where(finished, pad, logits.argmax(axis=-1)).astype(np.int64)
-            tokens.append(next_tokens)
-            finished |= np.isin(next_tokens, eos)
+        tokens = np.zeros((batch, 0), dtype=np.int64)
+        for step in range(limit):
+            if step:
+                logits, past = self.decode_step(self.embed(tokens[:, -1:]), mask, past)
+            picked = logits.argmax(axis=-1) if choose is None else np.asarray(choose(tokens, logits))
+            tokens = np.concatenate([tokens, np.where(finished, pad, picked).astype(np.int64)[:, None]], axis=1)
+            finished |= np.isin(tokens[:, -1], eos)
+            if stop is not None:
+                finished |= np.asarray(stop(tokens), dtype=bool)
             if finished.all():
                 break
-            inputs_embeds = self.embed(next_tokens[:, None])
             mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
-        return np.stack(tokens, axis=1)
+        return tokens
 
-    def decode(self, token_ids: np.ndarray) -> list[str]:
-        """Generated ids (B, N) -> answer strings, stopping at eos, as Processor.decode."""
+    def choice_log_probs(self, input_ids: np.ndarray, attention_mask: np.ndarray, pixel_values: np.ndarray,
+                         choices: Sequence[Sequence[int]], image_mask: np.ndarray | None = None,
+                         image_slots: np.ndarray | None = None) -> np.ndarray:
+        """The log-probability of each answer (token ids, eos included) after each prompt -> (B, C): the score
+        an exact search over the answers ranks them by (a beam search with one beam per answer prefix)."""
+        width = max(len(ids) for ids in choices)
+        logits, mask, past = self._first_step(input_ids, attention_mask, pixel_values, width, image_mask,
+                                              image_slots)
+        batch, count = input_ids.shape[0], len(choices)
+        targets = np.zeros((count, width), dtype=np.int64)
+        valid = np.zeros((count, width), dtype=bool)
+        for c, ids in enumerate(choices):
+            targets[c, : len(ids)], valid[c, : len(ids)] = ids, True
+        # row b * C + c: answer c after prompt b, its tokens fed one step at a time on the prompt's cache
+        targets, valid = np.tile(targets, (batch, 1)), np.tile(valid, (batch, 1))
+        logits, mask = np.repeat(logits, count, axis=0), np.repeat(mask, count, axis=0)
+        past = [np.repeat(p, count, axis=0) for p in past]
+        total = np.zeros(batch * count)
+        for step in range(width):
+            if step:
+                mask = np.concatenate([mask, np.ones((len(mask), 1), dtype=np.int64)], axis=1)
+                logits, past = self.decode_step(self.embed(targets[:, step - 1 : step]), mask, past)
+            scores = logits.astype(np.float64)
+            top = scores.max(-1, keepdims=True)
+            log_probs = scores - top - np.log(np.exp(scores - top).sum(-1, keepdims=True))
+            total += np.where(valid[:, step], log_probs[np.arange(len(total)), targets[:, step]], 0.0)
+        return total.reshape(batch, count)
+
+    def decode(self, token_ids: np.ndarray | Sequence[Sequence[int]]) -> list[str]:
+        """Generated ids (B, N), or lists of them, -> answer strings, stopping at eos, as Processor.decode."""
         eos = self.tokens["eos_token_id"]
         texts = []
-        for ids in token_ids.tolist():
+        for ids in token_ids.tolist() if isinstance(token_ids, np.ndarray) else map(list, token_ids):
             if eos in ids:
                 ids = ids[: ids.index(eos)]
             text = self.tokenizer.decode(ids, skip_special_tokens=True)

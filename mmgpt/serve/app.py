@@ -32,18 +32,21 @@ ROUTES = (
 
 
 def create_app(model: Any, settings: ServerSettings) -> Any:
-    """A FastAPI app serving `model` (an MMGPT) on the OpenAI Chat Completions protocol."""
+    """A FastAPI app serving `model` (an MMGPT, or an `mmgpt export` folder's mmgpt.serve.exported.ExportedModel) on
+    the OpenAI Chat Completions protocol."""
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
 
+    from mmgpt.serve.exported import ExportedModel, ExportWorker
     from mmgpt.serve.handlers import Handlers
     from mmgpt.serve.metrics import Metrics, RequestCounter
     from mmgpt.serve.worker import Worker
 
     images_per_prompt(settings, model.config.max_images)  # a setting the model cannot serve stops it here
     metrics = Metrics()
-    worker = Worker(model, metrics, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
-                    settings.image_cache_mb)
+    worker_class = ExportWorker if isinstance(model, ExportedModel) else Worker
+    worker = worker_class(model, metrics, settings.max_batch_size, settings.max_wait_ms, settings.max_queue,
+                          settings.image_cache_mb)
     model.prefix_length(1)  # reads the image encoder's token count once, before requests share the model
     handlers = Handlers(model, settings, worker, metrics, str(STATIC / "playground.html"))
 

@@ -41,7 +41,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Serve a model on the OpenAI Chat Completions API "
                                                             "(POST /v1/chat/completions), with a playground at /.")
     parser.add_argument("--model", default=None,
-                        help="model folder, or hf://org/name (default: $MMGPT_MODEL or the main job's)")
+                        help="model folder, `mmgpt quantize` folder, `mmgpt export` folder (run by onnxruntime), or "
+                             "hf://org/name (default: $MMGPT_MODEL or the main job's)")
     parser.add_argument("--model-name", default=None,
                         help="the model id clients send (default: the folder's name; NAME for runs/NAME/model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -128,14 +129,14 @@ def serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise OSError(f"serving needs FastAPI and uvicorn (Python >= 3.11): pip install 'mmgpt[serve]' ({e})") from e
-    from mmgpt.inference import default_model_path, load_model
+    from mmgpt.inference import default_model_path
+    from mmgpt.serve.exported import serving_model
 
     model_path = args.model if args.model is not None else default_model_path()
     if args.ray:
         return serve_on_ray(str(model_path), args.device, settings_from(args, model_path), args.host, args.port,
                             args.num_replicas)
-    model = load_model(model_path, args.device)
-    model.eval()
+    model = serving_model(model_path, args.device)
     settings = settings_from(args, model_path)
     app = create_app(model, settings)
     # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a clean exit 0

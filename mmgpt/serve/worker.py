@@ -169,7 +169,7 @@ class Worker:
         self.model, self.metrics = model, metrics
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.image_cache = ImageCache(int(image_cache_mb * 2**20), metrics)
-        self.device = next(model.parameters()).device
+        self.device = self._model_device()
         self._pending: list[Job] = []
         # arrival times of requests still being read and preprocessed (not yet submitted)
         self._arriving: dict[int, float] = {}
@@ -177,6 +177,10 @@ class Worker:
         self._stopping = False
         self._alone = False  # the last batch held one request: a lone next one does not wait for company
         self._thread = threading.Thread(target=self._run, name="mmgpt-serve-worker", daemon=True)
+
+    def _model_device(self) -> torch.device:
+        """Where the model's inputs go."""
+        return next(self.model.parameters()).device
 
     def start(self) -> None:
         """Start decoding in the background."""
@@ -336,7 +340,7 @@ class Worker:
             steps.first_step()
         images = self._encode_images(jobs, rows)
         with seeded_decoding(config, seed, self.device) as (decoding, extra):
-            tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], None,
+            tokens = self.model.generate(batch["input_ids"], batch["attention_mask"], images.pop("pixel_values", None),
                                          generation_config=decoding, **images, **watch, **extra)
         if choices:
             steps.count(tokens)
