@@ -266,6 +266,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, nargs="+", default=[0],
                         help="with --configs: new tokens per answer, one comparison each (0: the model's default)")
     parser.add_argument("--server-args", default="", help="with --configs: extra `mmgpt serve` options")
+    parser.add_argument("--exports", nargs="+", default=[], choices=["onnx", "onnx-int8"],
+                        help="with --configs: also serve each model's `mmgpt export` (fp32, --int8) in the same "
+                             "round-robin")
     parser.add_argument("--baseline-tree", default=None,
                         help="with --configs: also serve from this source tree (e.g. a checkout of main), "
                              "in the same round-robin")
@@ -324,6 +327,13 @@ def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str,
             if args.baseline_tree:
                 servers["baseline server"] = start_server(str(Path(folder) / config), "batching", args.threads,
                                                           tuple(args.server_args.split()), args.baseline_tree)
+            for kind in args.exports:
+                from mmgpt.export import export_onnx
+
+                exported = export_onnx(Path(folder) / config, Path(folder) / f"{config}-{kind}",
+                                       int8=kind == "onnx-int8")
+                servers[f"{kind} server"] = start_server(str(exported), "batching", args.threads,
+                                                         tuple(args.server_args.split()))
             urls = {name: url for name, (_, url) in servers.items()}
             try:
                 for max_tokens in args.max_tokens:

@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_RUN_MODEL = Path("runs") / "default" / "model"
 _POINTER = Path(os.environ.get("MMGPT_CACHE", Path.home() / ".cache" / "mmgpt")) / "default_model.txt"
 _CACHE: dict[tuple[str, str], MMGPT] = {}
-_EXPORTS: dict[str, Any] = {}  # mmgpt.runtime.OnnxVLM of each exported folder used
+# mmgpt.runtime.OnnxVLM of each exported folder used (mmgpt.exported_model.ExportedModel once asked to sample or choose)
+_EXPORTS: dict[str, Any] = {}
 
 
 def remember_default_model(path: str | Path) -> None:
@@ -112,22 +113,50 @@ def _export_folder(model: Any) -> str | os.PathLike | None:
 
 def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], batch_size: int,
                       device: str | torch.device | None, generation_config: GenerationConfig | None,
-                      options: dict[str, Any]) -> list[str]:
-    """answer() through mmgpt.runtime: greedy on the CPU, max_new_tokens the only decoding option it takes."""
+                      options: dict[str, Any], seed: int | None = None) -> list[str]:
+    """answer() through mmgpt.runtime on the CPU: greedy by the runtime alone (no torch needed); sampling and
+    answer_choices through mmgpt.exported_model with torch's logits processors."""
     from mmgpt.runtime import OnnxVLM
 
     if device is not None and str(device) != "cpu":
         raise ValueError(f"device {device!r}: an exported ONNX model ({folder}) runs on the cpu only")
     given = {**(set_values(generation_config) if generation_config is not None else {}),
              **{k: v for k, v in options.items() if v is not None}}
-    unsupported = sorted(set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"})
-    if unsupported:
-        raise ValueError(f"{', '.join(unsupported)}: an exported ONNX model ({folder}) decodes greedily and takes "
-                         "only max_new_tokens; use the saved torch model for other decoding options")
     key = str(Path(folder).expanduser().resolve())
+    if set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}:
+        try:
+            from mmgpt.exported_model import ExportedModel
+        except ImportError as e:
+            raise ValueError(f"{', '.join(sorted(given))}: without torch an exported ONNX model ({folder}) decodes "
+                             f"greedily and takes only max_new_tokens; sampling and answer_choices need torch "
+                             f"({e})") from None
+        if not isinstance(_EXPORTS.get(key), ExportedModel):
+            _EXPORTS[key] = ExportedModel(folder)
+        return _decoded_by_export(_EXPORTS[key], texts, images, batch_size, generation_config, options, seed)
     if key not in _EXPORTS:
         _EXPORTS[key] = OnnxVLM(folder)
-    return _EXPORTS[key].answer(texts, images, batch_size=batch_size, max_new_tokens=given.get("max_new_tokens"))
+    vlm = _EXPORTS[key] if isinstance(_EXPORTS[key], OnnxVLM) else _EXPORTS[key].vlm
+    return vlm.answer(texts, images, batch_size=batch_size, max_new_tokens=given.get("max_new_tokens"))
+
+
+def _decoded_by_export(model: Any, texts: list[str], images: list[Any], batch_size: int,
+                       generation_config: GenerationConfig | None, options: dict[str, Any],
+                       seed: int | None) -> list[str]:
+    """answer() on an mmgpt.exported_model.ExportedModel, decoding as on a torch model (seeded sampling, choices)."""
+    from mmgpt.sampling import seeded_decoding
+
+    config, _ = resolve_generation_config(model.generation_config, generation_config, **options)
+    answers: list[str] = []
+    with seeded_decoding(config, seed, "cpu") as (decoding, extra):
+        for start in range(0, len(texts), batch_size):
+            chunk = images[start : start + batch_size]
+            batch = model.processor.encode_prompts(question_prompts(model, texts[start : start + batch_size]))
+            pixels = model.pixel_inputs([[model.processor.image_tensor(image) for image in model.image_list(item)]
+                                         for item in chunk])
+            tokens = model.generate(batch["input_ids"], batch["attention_mask"], pixels.pop("pixel_values"),
+                                    generation_config=decoding, **pixels, **extra)
+            answers.extend(model.processor.decode(tokens))
+    return answers
 
 
 def check_text(text: Any, name: str) -> str:
@@ -229,7 +258,8 @@ def answer(
     """
     texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
-        answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs)
+        answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs,
+                                    seed)
         return answers[0] if single else answers
     mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing
@@ -265,7 +295,7 @@ def stream_answer(
     texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
         # the runtime decodes a whole batch at once: the answer comes as one piece
-        piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs)[0]
+        piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs, seed)[0]
         return iter([piece] if piece else [])
     mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing

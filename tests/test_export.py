@@ -144,8 +144,20 @@ def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path], monkeypatch: py
     assert "".join(stream_answer(texts[1], images[1], model=folder)) == answer(texts[1], images[1], model=model)
     monkeypatch.setenv("MMGPT_MODEL", str(folder))
     assert answer(texts[2], images[2]) == answer(texts[2], images[2], model=model)
-    with pytest.raises(ValueError, match="num_beams: an exported ONNX model .* decodes greedily"):
+    with pytest.raises(ValueError, match="num_beams=2: an exported ONNX model .* decodes greedily or by sampling"):
         answer(texts[0], images[0], model=folder, num_beams=2)
+    with pytest.raises(ValueError, match="repetition_penalty: an exported ONNX model"):
+        answer(texts[0], images[0], model=folder, repetition_penalty=1.2)
+    # sampling (seeded) and answer choices decode as the torch model does
+    words = ["red", "blue", "green", "yes", "no"]
+    for options in ({"temperature": 1.0, "seed": 5}, {"temperature": 0.7, "top_p": 0.8, "seed": 1},
+                    {"answer_choices": words}, {"answer_choices": words, "temperature": 1.0, "seed": 2}):
+        expected = answer(texts, images, model=model, **options)
+        assert answer(texts, images, model=folder, **options) == expected, options
+        if "answer_choices" in options:
+            assert set(expected) <= set(words)
+    sampled = [answer(texts[0], images[0], model=folder, temperature=1.0, seed=s, max_new_tokens=4) for s in range(6)]
+    assert len(set(sampled)) > 1  # the seed does change the draws
     with pytest.raises(ValueError, match="runs on the cpu only"):
         answer(texts[0], images[0], model=folder, device="cuda")
 

@@ -16,9 +16,10 @@ from test_serve import NAME, QUESTION, client, data_url, model_dir, png, running
 from tiny import one_thread  # noqa: F401 - an autouse fixture
 
 from mmgpt.export import export_onnx
+from mmgpt.exported_model import ExportedModel
 from mmgpt.inference import answer, load_model
 from mmgpt.runtime import OnnxVLM
-from mmgpt.serve.exported import ExportedModel, serving_model
+from mmgpt.serve.exported import serving_model
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,8 @@ def create_app(model: Any, settings: ServerSettings) -> Any:
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
 
-    from mmgpt.serve.exported import ExportedModel, ExportWorker
+    from mmgpt.exported_model import ExportedModel
+    from mmgpt.serve.exported import ExportWorker
     from mmgpt.serve.handlers import Handlers
     from mmgpt.serve.metrics import Metrics, RequestCounter
     from mmgpt.serve.worker import Worker
