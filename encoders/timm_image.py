@@ -44,7 +44,9 @@ class TimmImageEncoder(ImageEncoder):
         pretrained = load_weights and (cfg.pretrained or weights is not None) and not from_model
         if weights is not None and not from_model:
             if not weights.is_file():
-                raise ConfigError(f"model.image_encoder.weights: file not found: {weights}")
+                where = "" if weights.is_absolute() else f" (relative to the working folder {Path.cwd()})"
+                raise ConfigError(f"model.image_encoder.weights: no .safetensors file or saved model folder at "
+                                  f"{weights}{where}")
             # timm loads a local file through the same path as hub weights, without pickle for .safetensors
             kwargs["pretrained_cfg_overlay"] = {"file": str(weights)}
         self.model = timm.create_model(cfg.name, pretrained=pretrained, num_classes=0, **kwargs)

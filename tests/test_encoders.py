@@ -206,10 +206,15 @@ def test_hf_tower_from_kwargs_with_a_leftover_name_fails_before_any_download() -
     assert "model.image_encoder.name 'mmgpt_tiny_cnn_s2d' is a timm model" in message and "to ''" in message
 
 
-def test_missing_timm_weights_file_names_the_key(tmp_path: Path) -> None:
+def test_missing_timm_weights_file_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = image_encoder_config("cnn", weights=str(tmp_path / "nope.safetensors"))
-    with pytest.raises(ConfigError, match=r"model\.image_encoder\.weights: file not found"):
+    with pytest.raises(ConfigError, match=r"model\.image_encoder\.weights: no \.safetensors file or saved model "
+                                          rf"folder at {tmp_path}/nope.safetensors$"):
         build_image_encoder(cfg)
+    # a relative path is read from the working folder, which the message names
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"at runs/default/model \(relative to the working folder {tmp_path}\)"):
+        build_image_encoder(image_encoder_config("cnn", weights="runs/default/model"))
 
 
 def test_build_text_encoder_rejects_unknown_type_before_building() -> None:

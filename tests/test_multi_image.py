@@ -491,3 +491,22 @@ def test_training_names_an_example_with_more_images_than_max_images_before_it_st
     with pytest.raises(ConfigError, match=r"dataset 'mine': example 'line2' has 2 images, more than "
                                           r"model.max_images=1; raise model.max_images"):
         check_image_counts([("mine", examples)], max_images=1)
+
+
+def test_the_pretrained_preset_starts_from_the_main_jobs_cnn_frozen(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmgpt.training.config import load_train_config
+    from mmgpt.training.optim import apply_freezing
+
+    stage_one = build(load_train_config("default").model, seed=4)
+    stage_one.save_pretrained(tmp_path / "runs" / "default" / "model")
+    monkeypatch.chdir(tmp_path)  # the preset names runs/default/model, as the main job writes it
+    config = load_train_config("multi_image_shapes_pretrained")
+    assert (config.output_dir, config.model.max_images) == ("runs/multi_image_shapes_pretrained", 3)
+    stage_two = build(config.model, seed=5)
+    apply_freezing(stage_two)
+    expected = stage_one.image_encoder.state_dict()
+    loaded = stage_two.image_encoder.state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
+    assert not any(p.requires_grad for p in stage_two.image_encoder.parameters())
+    assert all(p.requires_grad for p in stage_two.fusion.parameters())
