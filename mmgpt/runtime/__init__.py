@@ -7,7 +7,9 @@
 Nothing here imports torch or transformers: prompts come from mmgpt.prompts, token limits from
 mmgpt.truncation, image loading from mmgpt.images, the image transform is timm's eval transform redone
 in numpy (mmgpt.runtime.image), tiles are cut by mmgpt.images.tile_views as the Processor cuts them, and
-decoding is greedy with the KV cache kept as numpy arrays.
+decoding is greedy with the KV cache kept as numpy arrays. `generate` also takes a caller's token picker and
+row stopper (mmgpt.exported_model passes torch's seeded sampler, answer choices and stop strings through them),
+and `choice_log_probs` scores fixed answers.
 """
 from __future__ import annotations
 
