@@ -483,14 +483,27 @@ def test_exact_match_shows_what_the_2017_scorer_misses_on_single_number_word_ans
 def test_training_names_an_example_with_more_images_than_max_images_before_it_starts() -> None:
     from mmgpt.config import ConfigError
     from mmgpt.data.example import Example
-    from mmgpt.training.loop import check_image_counts
+    from mmgpt.training.loop import check_examples
 
     examples = [Example(image="a.png", prompt="q", answer="x", id="line1"),
                 Example(image=["a.png", "b.png"], prompt="q", answer="x", id="line2")]
-    check_image_counts([("mine", examples)], max_images=2)
+    check_examples([("mine", examples)], max_images=2)
     with pytest.raises(ConfigError, match=r"dataset 'mine': example 'line2' has 2 images, more than "
                                           r"model.max_images=1; raise model.max_images"):
-        check_image_counts([("mine", examples)], max_images=1)
+        check_examples([("mine", examples)], max_images=1)
+
+
+def test_training_warns_of_examples_with_an_empty_answer(caplog: pytest.LogCaptureFixture) -> None:
+    from mmgpt.data.example import Example
+    from mmgpt.training.loop import check_examples
+
+    examples = [Example(image="a.png", prompt="q", answer=answer, id=f"line{i}")
+                for i, answer in enumerate(["x", "", "y", " \n"], start=1)]
+    with caplog.at_level("WARNING", logger="mmgpt.train"):
+        check_examples([("mine", examples), ("fine", examples[:1])], max_images=1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "dataset 'mine': 2 of 4 examples have an empty answer (first: 'line2'); they are kept and teach the model "
+        "to answer nothing (`mmgpt validate` lists them)"]
 
 
 def test_the_pretrained_preset_starts_from_the_main_jobs_cnn_frozen(tmp_path: Path,

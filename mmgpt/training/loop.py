@@ -292,16 +292,24 @@ def load_checkpoint(accelerator: Accelerator, checkpoint: Path, default_job: boo
     return state
 
 
-def check_image_counts(splits: list[tuple[str, Any]], max_images: int) -> None:
-    """ConfigError naming the first example (set and id) with more images than model.max_images, before training."""
+def check_examples(splits: list[tuple[str, Any]], max_images: int) -> None:
+    """ConfigError naming the first example (set and id) with more images than model.max_images, before training;
+    a warning for each set with examples whose answer is empty (they train the model to answer nothing)."""
     for name, examples in splits:
         if not isinstance(examples, list):
             continue  # a streamed set is checked as its batches are made
+        empty = []
         for example in examples:
             count = len(example.image) if isinstance(example.image, (list, tuple)) else 1
             if count > max_images:
                 raise ConfigError(f"dataset {name!r}: example {example.id!r} has {count} images, more than "
                                   f"model.max_images={max_images}; raise model.max_images or leave the example out")
+            if isinstance(example.answer, str) and not example.answer.strip():
+                empty.append(example.id)
+        if empty:
+            logger.warning("dataset %r: %d of %d examples have an empty answer (first: %r); they are kept and teach "
+                           "the model to answer nothing (`mmgpt validate` lists them)", name, len(empty),
+                           len(examples), empty[0])
 
 
 def read_splits(specs: list, templates: PromptTemplates, blind: bool = False) -> list[tuple[str, list]]:
@@ -402,7 +410,7 @@ def _build_run(cfg: TrainConfig, args: argparse.Namespace) -> Run:
     templates = PromptTemplates.from_config(cfg.model)
     train_sets = read_splits(cfg.data.train, templates, cfg.data.blind)
     eval_sets = read_splits(cfg.data.eval, templates, cfg.data.blind)
-    check_image_counts(train_sets + eval_sets, cfg.model.max_images)
+    check_examples(train_sets + eval_sets, cfg.model.max_images)
     model = build_model(cfg, train_sets, accelerator, resume_dir)
     processor = model.processor
     frozen = apply_freezing(model)
