@@ -75,6 +75,35 @@ class ExportProcessor:
         """Generated ids (B, N) -> answers, stopping at eos."""
         return self.vlm.decode(token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids)
 
+    def pixel_inputs(self, rows: Sequence[Sequence[torch.Tensor]]) -> dict[str, np.ndarray]:
+        """Each row's images (views (3, H, W) or (V, 3, H, W)) as the prefix graph takes them: pixel_values
+        (B, 3, H, W) for a one-image export, else (B, K, 3, H, W) with image_mask and image_slots (B, K)."""
+        if self.vlm.entries is None:
+            return {"pixel_values": np.stack([images[0].numpy() for images in rows]).astype(np.float32)}
+        transform = self.vlm.image_transform
+        pixel_values = np.zeros((len(rows), self.vlm.entries, 3, transform.height, transform.width), np.float32)
+        image_mask = np.zeros((len(rows), self.vlm.entries), dtype=np.int64)
+        for i, images in enumerate(rows):
+            views = np.concatenate([image.reshape(-1, *image.shape[-3:]).numpy() for image in images])
+            pixel_values[i, : len(views)], image_mask[i, : len(views)] = views, 1
+        return {"pixel_values": pixel_values, "image_mask": image_mask, "image_slots": np.zeros_like(image_mask)}
+
+    def __call__(self, prompts: Sequence[str], images: Sequence[ImageInput | Sequence[ImageInput]]
+                 ) -> dict[str, torch.Tensor]:
+        """A batch as the Processor makes one for generation: prompts (already templated) and each prompt's image
+        or list of images -> input_ids, attention_mask, pixel_values (and image_mask, image_slots)."""
+        batch = self.encode_prompts(prompts)
+        rows = [[self.image_tensor(image) for image in self.image_list(item)] for item in images]
+        return {**batch, **{k: torch.from_numpy(v) for k, v in self.pixel_inputs(rows).items()}}
+
+    def image_list(self, item: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        """One prompt's images: a list of them, or one image; more than the export reads is a ValueError."""
+        images = list(item) if isinstance(item, (list, tuple)) else [item]
+        if not 1 <= len(images) <= self.vlm.max_images:
+            raise ValueError(f"a prompt has {len(images)} images; this export ({self.vlm.folder}) reads 1 to "
+                             f"{self.vlm.max_images} per prompt (model.max_images)")
+        return images
+
 
 class ExportedModel:
     """An exported folder served: what mmgpt.serve reads of an MMGPT (config, processor, generation config,
@@ -98,32 +127,23 @@ class ExportedModel:
         self.device = torch.device("cpu")
         self._positions: dict[tuple[int, int], int] = {}
 
+    training = False  # an export only answers: eval() and train() switch nothing
+
     def eval(self) -> ExportedModel:
         """Nothing to switch: an export is for inference only."""
         return self
 
+    def train(self, mode: bool = True) -> ExportedModel:
+        """Nothing to switch (callers restore the mode they found, which is eval)."""
+        return self
+
+    def generate_batch(self, batch: dict[str, Any], **generate_kwargs: Any) -> torch.Tensor:
+        """generate() on a processor batch (ExportProcessor.__call__)."""
+        return self.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                             image_mask=batch.get("image_mask"), image_slots=batch.get("image_slots"),
+                             **generate_kwargs)
+
     # ---- inputs ----
-    def image_list(self, item: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
-        """One prompt's images: a list of them, or one image; more than the export reads is a ValueError."""
-        images = list(item) if isinstance(item, (list, tuple)) else [item]
-        if not 1 <= len(images) <= self.vlm.max_images:
-            raise ValueError(f"a prompt has {len(images)} images; this export ({self.folder}) reads 1 to "
-                             f"{self.vlm.max_images} per prompt (model.max_images)")
-        return images
-
-    def pixel_inputs(self, rows: Sequence[Sequence[torch.Tensor]]) -> dict[str, np.ndarray]:
-        """Each row's images (views (3, H, W) or (V, 3, H, W)) as the prefix graph takes them: pixel_values
-        (B, 3, H, W) for a one-image export, else (B, K, 3, H, W) with image_mask and image_slots (B, K)."""
-        if self.vlm.entries is None:
-            return {"pixel_values": np.stack([images[0].numpy() for images in rows]).astype(np.float32)}
-        transform = self.vlm.image_transform
-        pixel_values = np.zeros((len(rows), self.vlm.entries, 3, transform.height, transform.width), np.float32)
-        image_mask = np.zeros((len(rows), self.vlm.entries), dtype=np.int64)
-        for i, images in enumerate(rows):
-            views = np.concatenate([image.reshape(-1, *image.shape[-3:]).numpy() for image in images])
-            pixel_values[i, : len(views)], image_mask[i, : len(views)] = views, 1
-        return {"pixel_values": pixel_values, "image_mask": image_mask, "image_slots": np.zeros_like(image_mask)}
-
     def prefix_length(self, text_tokens: int, num_images: int = 1) -> int:
         """Positions the prefix of `text_tokens` prompt tokens and `num_images` images takes.
 
@@ -144,14 +164,14 @@ class ExportedModel:
             blank = [torch.zeros(views, 3, transform.height, transform.width) if views > 1 else
                      torch.zeros(3, transform.height, transform.width)] * num_images
             ids = np.full((1, text_tokens), vlm.tokens["bos_token_id"], dtype=np.int64)
-            _, mask = vlm.prefix(ids, np.ones_like(ids), **self.pixel_inputs([blank]))
+            _, mask = vlm.prefix(ids, np.ones_like(ids), **self.processor.pixel_inputs([blank]))
             self._positions[key] = int(mask.sum())
         return self._positions[key]
 
     # ---- decoding ----
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: np.ndarray,
-                 generation_config: GenerationConfig | None = None, image_mask: np.ndarray | None = None,
-                 image_slots: np.ndarray | None = None, **generate_kwargs: Any) -> torch.Tensor:
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: np.ndarray | torch.Tensor,
+                 generation_config: GenerationConfig | None = None, image_mask: np.ndarray | torch.Tensor | None = None,
+                 image_slots: np.ndarray | torch.Tensor | None = None, **generate_kwargs: Any) -> torch.Tensor:
         """New token ids (B, N) as MMGPT.generate decodes them: greedy, or drawn by the logits processors given
         (mmgpt.sampling.seeded_decoding), `answer_choices` exactly; rows end at eos or the stopping criteria."""
         config, kwargs = resolve_generation_config(self.generation_config, generation_config, **generate_kwargs)
@@ -166,7 +186,8 @@ class ExportedModel:
             raise ValueError(f"{', '.join(refused)}: an exported ONNX model ({self.folder}) decodes greedily or by "
                              "sampling (temperature, top_p, top_k), with stop strings and answer choices")
         ids, mask = input_ids.numpy(), attention_mask.numpy()
-        images = {"pixel_values": pixel_values, "image_mask": image_mask, "image_slots": image_slots}
+        images = {name: value.numpy() if isinstance(value, torch.Tensor) else value for name, value in
+                  (("pixel_values", pixel_values), ("image_mask", image_mask), ("image_slots", image_slots))}
         choices = getattr(config, ANSWER_CHOICES, None)
         if choices:
             sequences = choice_token_ids(choices, self.processor.tokenizer)
@@ -196,3 +217,17 @@ class ExportedModel:
         for row, choice in enumerate(best):
             tokens[row, : len(sequences[choice])] = sequences[choice]
         return torch.from_numpy(tokens)
+
+
+def load_model_or_export(path: str | Path, device: str | torch.device | None = None) -> Any:
+    """An ExportedModel for an `mmgpt export` folder (CPU only; as many onnxruntime threads as torch uses), else the
+    MMGPT that mmgpt.inference.load_model reads: what `mmgpt serve` and the eval scripts run."""
+    from mmgpt.inference import load_model
+    from mmgpt.runtime.manifest import is_export_folder
+
+    if not str(path).startswith("hf://") and is_export_folder(path):
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"device {device}: an exported ONNX model ({path}) runs on the cpu only")
+        # OMP_NUM_THREADS (or the cores) sets torch's threads: the same setting then serves onnxruntime
+        return ExportedModel(path, threads=torch.get_num_threads())
+    return load_model(path, device).eval()

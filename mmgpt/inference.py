@@ -149,13 +149,9 @@ def _decoded_by_export(model: Any, texts: list[str], images: list[Any], batch_si
     answers: list[str] = []
     with seeded_decoding(config, seed, "cpu") as (decoding, extra):
         for start in range(0, len(texts), batch_size):
-            chunk = images[start : start + batch_size]
-            batch = model.processor.encode_prompts(question_prompts(model, texts[start : start + batch_size]))
-            pixels = model.pixel_inputs([[model.processor.image_tensor(image) for image in model.image_list(item)]
-                                         for item in chunk])
-            tokens = model.generate(batch["input_ids"], batch["attention_mask"], pixels.pop("pixel_values"),
-                                    generation_config=decoding, **pixels, **extra)
-            answers.extend(model.processor.decode(tokens))
+            batch = model.processor(question_prompts(model, texts[start : start + batch_size]),
+                                    images[start : start + batch_size])
+            answers.extend(model.processor.decode(model.generate_batch(batch, generation_config=decoding, **extra)))
     return answers
 
 

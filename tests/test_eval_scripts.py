@@ -135,20 +135,44 @@ def test_vqa_runs_a_model_on_easy_vqa(tmp_path: Path, tiny_model: Path) -> None:
 
 
 def test_caption_runs_a_model_on_a_coco_folder(tmp_path: Path, tiny_model: Path) -> None:
-    (tmp_path / "images").mkdir()
-    images, annotations = [], []
-    for i in range(3):
-        Image.new("RGB", (64, 64), (40 * i, 100, 200)).save(tmp_path / "images" / f"{i}.png")
-        images.append({"id": i, "file_name": f"{i}.png"})
-        annotations += [{"id": 10 * i + k, "image_id": i, "caption": f"caption {k} of image {i}"} for k in range(5)]
-    (tmp_path / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     out = tmp_path / "cap.json"
-    record = eval_caption.evaluate_captions(["--model", str(tiny_model), "--annotations",
-                                             str(tmp_path / "captions.json"),
-                                "--images", str(tmp_path / "images"), "--out", str(out)])
+    record = eval_caption.evaluate_captions(["--model", str(tiny_model), *coco_folder(tmp_path), "--out", str(out)])
     assert record["num_images"] == 3
     assert "CIDEr" in record["metrics"]
     assert "data:image/png;base64" in (tmp_path / "cap.html").read_text()
+
+
+def coco_folder(folder: Path) -> list[str]:
+    """Three images with five captions each in COCO's layout -> eval_caption.py's --annotations/--images options."""
+    (folder / "images").mkdir()
+    images, annotations = [], []
+    for i in range(3):
+        Image.new("RGB", (64, 64), (40 * i, 100, 200)).save(folder / "images" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png"})
+        annotations += [{"id": 10 * i + k, "image_id": i, "caption": f"caption {k} of image {i}"} for k in range(5)]
+    (folder / "captions.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    return ["--annotations", str(folder / "captions.json"), "--images", str(folder / "images")]
+
+
+@pytest.mark.slow
+def test_the_eval_scripts_score_an_export_as_its_model(tmp_path: Path, tiny_model: Path) -> None:
+    from mmgpt.export import export_onnx
+
+    exported = export_onnx(tiny_model, tmp_path / "onnx")
+    coco = coco_folder(tmp_path)
+    records, answers = {}, {}
+    for name, folder in (("torch", tiny_model), ("onnx", exported)):
+        records[name] = eval_vqa.evaluate_vqa(["--model", str(folder), "--max-examples", "16", "--closed-set",
+                                               "--out", str(tmp_path / f"{name}.json"),
+                                               "--predictions", str(tmp_path / f"{name}-answers.json")])
+        answers[name] = json.loads((tmp_path / f"{name}-answers.json").read_text())
+        records[f"{name} captions"] = eval_caption.evaluate_captions(
+            ["--model", str(folder), *coco, "--out", str(tmp_path / f"{name}-captions.json")])
+    assert answers["onnx"] == answers["torch"] and len(answers["onnx"]) == 16
+    assert records["onnx"]["metrics"] == records["torch"]["metrics"]
+    assert records["onnx"]["closed_set"] == records["torch"]["closed_set"]
+    assert records["onnx captions"]["metrics"] == records["torch captions"]["metrics"]
+    assert records["onnx"]["model"] == str(exported)
 
 
 @pytest.mark.slow

@@ -16,10 +16,9 @@ from test_serve import NAME, QUESTION, client, data_url, model_dir, png, running
 from tiny import one_thread  # noqa: F401 - an autouse fixture
 
 from mmgpt.export import export_onnx
-from mmgpt.exported_model import ExportedModel
+from mmgpt.exported_model import ExportedModel, load_model_or_export
 from mmgpt.inference import answer, load_model
 from mmgpt.runtime import OnnxVLM
-from mmgpt.serve.exported import serving_model
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def exported(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def servers(model_dir: Path, exported: Path) -> Iterator[tuple[str, str]]:  # noqa: F811
     """(the torch model's server, its export's server), with the same settings."""
     with running_server(load_model(model_dir, "cpu"), max_wait_ms=20) as eager, \
-            running_server(serving_model(exported, None), max_wait_ms=20) as onnx:
+            running_server(load_model_or_export(exported, None), max_wait_ms=20) as onnx:
         yield eager, onnx
 
 
@@ -98,7 +97,7 @@ def test_an_export_answers_4xx_and_keeps_serving(servers: tuple[str, str]) -> No
 def test_options_the_runtime_cannot_reproduce_are_refused_by_name(exported: Path) -> None:
     model = ExportedModel(exported)
     batch = model.processor.encode_prompts(["what?"])
-    pixels = model.pixel_inputs([[model.processor.image_tensor(png((1, 2, 3)))]])["pixel_values"]
+    pixels = model.processor.pixel_inputs([[model.processor.image_tensor(png((1, 2, 3)))]])["pixel_values"]
     for options, named in (({"repetition_penalty": 1.3}, "repetition_penalty"), ({"num_beams": 2}, "num_beams=2"),
                            ({"do_sample": True}, "do_sample without a seeded sampler")):
         with pytest.raises(ValueError, match=f"{named}.*an exported ONNX model"):
@@ -106,9 +105,9 @@ def test_options_the_runtime_cannot_reproduce_are_refused_by_name(exported: Path
 
 
 def test_serve_takes_an_export_on_the_cpu_only(exported: Path) -> None:
-    with pytest.raises(ValueError, match="runs on the cpu only"):
-        serving_model(exported, "cuda")
-    assert isinstance(serving_model(exported, "cpu"), ExportedModel)
+    with pytest.raises(ValueError, match="device cuda: an exported ONNX model .* runs on the cpu only"):
+        load_model_or_export(exported, "cuda")
+    assert isinstance(load_model_or_export(exported, "cpu"), ExportedModel)
 
 
 def pngs(count: int, seed: int) -> list[bytes]:
@@ -152,7 +151,7 @@ def test_several_images_and_tiles_served_from_an_export(tmp_path: Path, changes:
 def test_an_int8_export_is_served_as_the_runtime_answers(model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
     folder = export_onnx(model_dir, tmp_path / "int8", int8=True)
     runtime = OnnxVLM(folder)
-    with running_server(serving_model(folder, "cpu")) as onnx:
+    with running_server(load_model_or_export(folder, "cpu")) as onnx:
         for colour in ((200, 30, 30), (30, 30, 200), (10, 200, 90)):
             got = reply(onnx, messages=user(QUESTION, png(colour)), temperature=0)
             assert got["choices"][0]["message"]["content"] == runtime.answer(QUESTION, png(colour))

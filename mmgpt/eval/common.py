@@ -189,7 +189,8 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     )
     from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
     from mmgpt.eval.runner import generate_answers
-    from mmgpt.inference import default_model_path, load_model
+    from mmgpt.exported_model import load_model_or_export
+    from mmgpt.inference import default_model_path
 
     options = decoding_from_args(args)
     seed = check_seed(options.pop("seed"))
@@ -200,7 +201,8 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     if accelerator.device.type == "cpu":
         set_cpu_threads()
     model_name = args.model or str(default_model_path())
-    model = load_model(model_name, device=accelerator.device)
+    # an `mmgpt export` folder is evaluated through onnxruntime, on the CPU
+    model = load_model_or_export(model_name, device=accelerator.device)
     examples = read(PromptTemplates.from_config(model.config))
     bad_images = None
     if isinstance(examples, list):

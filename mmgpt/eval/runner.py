@@ -35,6 +35,12 @@ def _gather(local: list[Any], accelerator: Any) -> list[Any]:
     return gather_object(local)
 
 
+def model_device(model: Any) -> torch.device:
+    """Where a model's inputs go: an MMGPT's parameters' device, or an export's (mmgpt.exported_model) own."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
 @torch.no_grad()
 def generate_answers(
     model: Any,
@@ -53,7 +59,7 @@ def generate_answers(
     """
     config, _ = resolve_generation_config(model.generation_config, generation_config, **generate_kwargs)
     processor = model.processor
-    device = next(model.parameters()).device
+    device = model_device(model)
     answers: list[str] = []
     show = progress and (accelerator is None or accelerator.is_main_process)
     if seed is not None and accelerator is not None:

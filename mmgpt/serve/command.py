@@ -129,14 +129,14 @@ def serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise OSError(f"serving needs FastAPI and uvicorn (Python >= 3.11): pip install 'mmgpt[serve]' ({e})") from e
+    from mmgpt.exported_model import load_model_or_export
     from mmgpt.inference import default_model_path
-    from mmgpt.serve.exported import serving_model
 
     model_path = args.model if args.model is not None else default_model_path()
     if args.ray:
         return serve_on_ray(str(model_path), args.device, settings_from(args, model_path), args.host, args.port,
                             args.num_replicas)
-    model = serving_model(model_path, args.device)
+    model = load_model_or_export(model_path, args.device)
     settings = settings_from(args, model_path)
     app = create_app(model, settings)
     # uvicorn re-raises the signal it stopped on once it is done; this handler makes that a clean exit 0

@@ -20,9 +20,9 @@ def ray_application(model_path: str, device: str | None, settings: Any, num_repl
     @serve.ingress()
     class MMGPTReplica:
         def __init__(self, model_path: str, device: str | None, settings: Any) -> None:
-            from mmgpt.serve.exported import serving_model
+            from mmgpt.exported_model import load_model_or_export
 
-            self.model = serving_model(model_path, device)
+            self.model = load_model_or_export(model_path, device)
             self.settings = settings
 
         def __serve_build_asgi_app__(self) -> Any:  # noqa: N807 - Ray Serve's hook name
