@@ -2,6 +2,7 @@
 does (answers, finish reasons, usage, streaming, stops, choices, seeded sampling, several images), on 127.0.0.1."""
 from __future__ import annotations
 
+import concurrent.futures
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_export import diverse_model
-from test_serve import NAME, QUESTION, client, data_url, model_dir, png, running_server, user  # noqa: F401
+from test_serve import NAME, QUESTION, client, data_url, metric, model_dir, png, running_server, user  # noqa: F401
 from tiny import one_thread  # noqa: F401 - an autouse fixture
 
 from mmgpt.export import export_onnx
@@ -80,6 +81,24 @@ def test_an_export_streams_as_its_torch_model(servers: tuple[str, str], model_di
     assert sum(bool(p) for p in pieces) >= 2  # it did stream, piece by piece
     assert (pieces, usage) == streamed(eager, messages=user(QUESTION, png((30, 160, 30))))
     assert "".join(pieces) == answer(QUESTION, png((30, 160, 30)), model=load_model(model_dir, "cpu"))
+
+
+def test_concurrent_requests_batched_on_an_export_answer_as_one_at_a_time(model_dir: Path,  # noqa: F811
+                                                                          exported: Path) -> None:
+    asks = [(q, png(c, box=b)) for q, c, b in zip(
+        [QUESTION, "is there a circle?", "how many shapes are there?", ""] * 3,
+        [(200, 30, 30), (30, 200, 30), (30, 30, 200)] * 4, [0] * 4 + [5] * 4 + [11] * 4)]
+    expected = [answer(q, image, model=load_model(model_dir, "cpu")) for q, image in asks]
+    with running_server(load_model_or_export(exported, "cpu"), max_wait_ms=100, max_batch_size=12) as url:
+        def ask(i: int) -> str:
+            return client(url).chat.completions.create(model=NAME, messages=user(*asks[i]), temperature=0)\
+                .choices[0].message.content
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            got = list(pool.map(ask, range(12)))
+        batches = metric(url, "mmgpt_batch_size_count")[""]
+    assert got == expected
+    assert batches < 12  # some batch held several requests (prompts of different lengths, left-padded)
 
 
 def test_an_export_answers_4xx_and_keeps_serving(servers: tuple[str, str]) -> None:
