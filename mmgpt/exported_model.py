@@ -218,16 +218,3 @@ class ExportedModel:
             tokens[row, : len(sequences[choice])] = sequences[choice]
         return torch.from_numpy(tokens)
 
-
-def load_model_or_export(path: str | Path, device: str | torch.device | None = None) -> Any:
-    """An ExportedModel for an `mmgpt export` folder (CPU only; as many onnxruntime threads as torch uses), else the
-    MMGPT that mmgpt.inference.load_model reads: what `mmgpt serve` and the eval scripts run."""
-    from mmgpt.inference import load_model
-    from mmgpt.runtime.manifest import is_export_folder
-
-    if not str(path).startswith("hf://") and is_export_folder(path):
-        if device is not None and str(device) != "cpu":
-            raise ValueError(f"device {device}: an exported ONNX model ({path}) runs on the cpu only")
-        # OMP_NUM_THREADS (or the cores) sets torch's threads: the same setting then serves onnxruntime
-        return ExportedModel(path, threads=torch.get_num_threads())
-    return load_model(path, device).eval()

@@ -90,6 +90,23 @@ def load_model(model: str | Path | MMGPT | None = None, device: str | torch.devi
     return _CACHE[key]
 
 
+def load_model_or_export(path: str | Path, device: str | torch.device | None = None) -> Any:
+    """An mmgpt.exported_model.ExportedModel for an `mmgpt export` folder (CPU only; as many onnxruntime threads
+    as torch uses), else the MMGPT that load_model reads: what `mmgpt serve` and the eval scripts run."""
+    import torch
+
+    from mmgpt.runtime.manifest import is_export_folder
+
+    if not str(path).startswith("hf://") and is_export_folder(path):
+        from mmgpt.exported_model import ExportedModel
+
+        if device is not None and str(device) != "cpu":
+            raise ValueError(f"device {device}: an exported ONNX model ({path}) runs on the cpu only")
+        # OMP_NUM_THREADS (or the cores) sets torch's threads: the same setting then serves onnxruntime
+        return ExportedModel(path, threads=torch.get_num_threads())
+    return load_model(path, device).eval()
+
+
 def _cpu_only(path: str) -> bool:
     """Whether `path` is a local model folder whose quantised layers run on the CPU only (mmgpt quantize int8)."""
     from mmgpt.compress import runs_on_cpu_only

@@ -17,8 +17,8 @@ from test_serve import NAME, QUESTION, client, data_url, metric, model_dir, png,
 from tiny import one_thread  # noqa: F401 - an autouse fixture
 
 from mmgpt.export import export_onnx
-from mmgpt.exported_model import ExportedModel, load_model_or_export
-from mmgpt.inference import answer, load_model
+from mmgpt.exported_model import ExportedModel
+from mmgpt.inference import answer, load_model, load_model_or_export
 from mmgpt.runtime import OnnxVLM
 
 

@@ -189,8 +189,7 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     )
     from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
     from mmgpt.eval.runner import generate_answers
-    from mmgpt.exported_model import load_model_or_export
-    from mmgpt.inference import default_model_path
+    from mmgpt.inference import default_model_path, load_model_or_export
 
     options = decoding_from_args(args)
     seed = check_seed(options.pop("seed"))

@@ -129,8 +129,7 @@ def serve(args: argparse.Namespace) -> int:
         import uvicorn
     except ImportError as e:
         raise OSError(f"serving needs FastAPI and uvicorn (Python >= 3.11): pip install 'mmgpt[serve]' ({e})") from e
-    from mmgpt.exported_model import load_model_or_export
-    from mmgpt.inference import default_model_path
+    from mmgpt.inference import default_model_path, load_model_or_export
 
     model_path = args.model if args.model is not None else default_model_path()
     if args.ray:

@@ -20,7 +20,7 @@ def ray_application(model_path: str, device: str | None, settings: Any, num_repl
     @serve.ingress()
     class MMGPTReplica:
         def __init__(self, model_path: str, device: str | None, settings: Any) -> None:
-            from mmgpt.exported_model import load_model_or_export
+            from mmgpt.inference import load_model_or_export
 
             self.model = load_model_or_export(model_path, device)
             self.settings = settings
