@@ -140,11 +140,11 @@ def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], b
     given = {**(set_values(generation_config) if generation_config is not None else {}),
              **{k: v for k, v in options.items() if v is not None}}
     key = str(Path(folder).expanduser().resolve())
-    if set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}:
+    if beyond_greedy := sorted(set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}):
         try:
             from mmgpt.exported_model import ExportedModel
         except ImportError as e:
-            raise ValueError(f"{', '.join(sorted(given))}: without torch an exported ONNX model ({folder}) decodes "
+            raise ValueError(f"{', '.join(beyond_greedy)}: without torch an exported ONNX model ({folder}) decodes "
                              f"greedily and takes only max_new_tokens; sampling and answer_choices need torch "
                              f"({e})") from None
         if not isinstance(_EXPORTS.get(key), ExportedModel):

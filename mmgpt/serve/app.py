@@ -32,7 +32,7 @@ ROUTES = (
 
 
 def create_app(model: Any, settings: ServerSettings) -> Any:
-    """A FastAPI app serving `model` (an MMGPT, or an `mmgpt export` folder's mmgpt.serve.exported.ExportedModel) on
+    """A FastAPI app serving `model` (an MMGPT, or an `mmgpt export` folder's mmgpt.exported_model.ExportedModel) on
     the OpenAI Chat Completions protocol."""
     from fastapi import FastAPI
     from fastapi.staticfiles import StaticFiles
