@@ -109,16 +109,21 @@ DECODING_OPTIONS: dict[str, DecodingOption] = {
 
 
 def _answer_choices(name: str, value: Any) -> list[str]:
-    from mmgpt.constrained import check_answer_choices  # imports transformers and torch: only when used
-
+    try:
+        from mmgpt.constrained import check_answer_choices  # imports transformers and torch: only when used
+    except ImportError:  # the torch-free runtime install: what runs an export there refuses the option by name
+        return list(value)
     return list(check_answer_choices(name, value))
 
 
 @functools.cache
 def generation_fields() -> frozenset[str]:
-    """The names of transformers.GenerationConfig's fields, and mmgpt's own decoding options (answer_choices)."""
-    from transformers import GenerationConfig
-
+    """The names of transformers.GenerationConfig's fields, and mmgpt's own decoding options (answer_choices);
+    without transformers (the runtime install), mmgpt's own only."""
+    try:
+        from transformers import GenerationConfig
+    except ImportError:
+        return frozenset(DECODING_OPTIONS)
     return frozenset(GenerationConfig().to_dict()) | frozenset(DECODING_OPTIONS)
 
 

@@ -72,6 +72,23 @@ def test_runtime_answers_in_a_process_without_torch(exported: tuple, tmp_path: P
     answers = json.loads(result.stdout)
     assert answers == answer(texts, paths, model=model)
     assert len(set(answers)) == 3
+    # answer() takes an export there too; sampling needs torch's logits processors, and says so
+    sampling = BLOCK_TORCH + """
+from mmgpt.inference import answer
+print(answer(sys.argv[2], sys.argv[3], model=sys.argv[1]))
+for options in ({"temperature": 1.0, "seed": 0}, {"answer_choices": ["red", "blue"]}):
+    try:
+        answer(sys.argv[2], sys.argv[3], model=sys.argv[1], **options)
+    except ValueError as e:
+        print(e)
+"""
+    result = subprocess.run([sys.executable, "-c", sampling, str(folder), texts[0], paths[0]], capture_output=True,
+                            text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    greedy, *refusals = result.stdout.splitlines()
+    assert greedy == answers[0]
+    assert [line.split(":")[0] for line in refusals] == ["temperature", "answer_choices"]
+    assert all(f": without torch an exported ONNX model ({folder}) decodes greedily" in line for line in refusals)
     # the blocker does block: the torch-backed Processor cannot be imported there
     blocked = subprocess.run([sys.executable, "-c", BLOCK_TORCH + "import mmgpt.processor"], capture_output=True,
                              text=True, cwd=REPO, timeout=60)
