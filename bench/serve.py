@@ -252,7 +252,7 @@ def baseline_round_robin(url: str, mm: Any, asks: list[tuple[str, bytes]],
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = cli.new_parser(__doc__)
-    parser.add_argument("--model", default="runs/default/model", help="saved model folder")
+    parser.add_argument("--model", default="runs/default/model", help="saved model folder, or an `mmgpt export` folder")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=96, help="requests per concurrency level (c=1: a third)")
     parser.add_argument("--warmup", type=int, default=8, help="untimed requests per server")
@@ -361,8 +361,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.configs:
         return concurrency_one(args, device)
     from mmgpt.inference import load_model
+    from mmgpt.runtime.manifest import is_export_folder
 
-    mm = load_model(args.model, "cpu")
+    # an export's baseline is answer() on the folder itself (mmgpt.runtime), as the server runs it
+    mm = args.model if is_export_folder(args.model) else load_model(args.model, "cpu")
     runs: dict[str, list[dict[str, Any]]] = {}
     baseline: dict[str, Any] = {}
     server_side: dict[str, dict[str, float]] = {}
