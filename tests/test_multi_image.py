@@ -506,16 +506,21 @@ def test_training_warns_of_examples_with_an_empty_answer(caplog: pytest.LogCaptu
         "to answer nothing (`mmgpt validate` lists them)"]
 
 
-def test_the_pretrained_preset_starts_from_the_main_jobs_cnn_frozen(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("preset, max_images, tiling", [("multi_image_shapes_pretrained", 3, (0, 0)),
+                                                         ("highres_shapes_pretrained", 1, (0, 0)),
+                                                         ("highres_shapes_tiles_pretrained", 1, (3, 3))])
+def test_the_pretrained_presets_start_from_the_main_jobs_cnn_frozen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    preset: str, max_images: int,
+                                                                    tiling: tuple[int, int]) -> None:
     from mmgpt.training.config import load_train_config
     from mmgpt.training.optim import apply_freezing
 
     stage_one = build(load_train_config("default").model, seed=4)
     stage_one.save_pretrained(tmp_path / "runs" / "default" / "model")
-    monkeypatch.chdir(tmp_path)  # the preset names runs/default/model, as the main job writes it
-    config = load_train_config("multi_image_shapes_pretrained")
-    assert (config.output_dir, config.model.max_images) == ("runs/multi_image_shapes_pretrained", 3)
+    monkeypatch.chdir(tmp_path)  # the presets name runs/default/model, as the main job writes it
+    config = load_train_config(preset)
+    assert config.output_dir == f"runs/{preset}"
+    assert (config.model.max_images, tuple(vars(config.model.image_encoder.tiling).values())) == (max_images, tiling)
     stage_two = build(config.model, seed=5)
     apply_freezing(stage_two)
     expected = stage_one.image_encoder.state_dict()

@@ -63,9 +63,10 @@ def test_the_default_run_keeps_its_settings() -> None:
 
 
 def test_every_preset_parses_into_a_valid_config() -> None:
-    assert presets() == ["default", "gpu200m", "highres_shapes", "highres_shapes_tiles", "llava", "llava_lora",
-                         "multi_image_shapes", "multi_image_shapes_pretrained", "nanovlm222m", "nanovlm222m_sft",
-                         "nanovlm222m_tiles", "qwen2", "qwen2_lora"]
+    assert presets() == ["default", "gpu200m", "highres_shapes", "highres_shapes_pretrained", "highres_shapes_tiles",
+                         "highres_shapes_tiles_pretrained", "llava", "llava_lora", "multi_image_shapes",
+                         "multi_image_shapes_pretrained", "nanovlm222m", "nanovlm222m_sft", "nanovlm222m_tiles",
+                         "qwen2", "qwen2_lora"]
     stage_two = {"llava_lora": "llava", "nanovlm222m_sft": "nanovlm222m", "qwen2_lora": "qwen2"}
     for name in presets():
         # a second stage starts from the first stage's model, which a fresh clone does not have yet
