@@ -190,6 +190,7 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     from mmgpt.devices import cpu_processes, set_cpu_threads, warn_if_one_process_launched
     from mmgpt.eval.runner import generate_answers
     from mmgpt.inference import default_model_path, load_model_or_export
+    from mmgpt.runtime.manifest import is_export_folder
 
     options = decoding_from_args(args)
     seed = check_seed(options.pop("seed"))
@@ -200,8 +201,8 @@ def generate_for_eval(args: argparse.Namespace, read: Callable[[PromptTemplates]
     if accelerator.device.type == "cpu":
         set_cpu_threads()
     model_name = args.model or str(default_model_path())
-    # an `mmgpt export` folder is evaluated through onnxruntime, on the CPU
-    model = load_model_or_export(model_name, device=accelerator.device)
+    # an `mmgpt export` folder is evaluated through onnxruntime, on the CPU whatever device the processes have
+    model = load_model_or_export(model_name, device=None if is_export_folder(model_name) else accelerator.device)
     examples = read(PromptTemplates.from_config(model.config))
     bad_images = None
     if isinstance(examples, list):
