@@ -326,7 +326,8 @@ def stream_answer(
     if config.max_new_tokens == 0:
         return iter(())
     # generate checks this too, but in the streaming thread: here it is raised at the call
-    images_asked = batch["pixel_values"].shape[1] if batch["pixel_values"].dim() == 5 else 1
+    # counted from the request: with tiling one image is several views (pixel_values (1, V, 3, H, W))
+    images_asked = len(images[0]) if isinstance(images[0], (list, tuple)) else 1
     check_answer_length(config.max_new_tokens, mm.prefix_length(int(batch["attention_mask"].sum()), images_asked),
                         mm.max_positions)
     return _stream(mm, batch, config, seed)

@@ -232,6 +232,24 @@ def test_pixel_shuffle_cuts_tokens_keeps_every_value():
     assert model.prefix_length(5) == 3 * 4 + 5
 
 
+def test_stream_answer_counts_a_tiled_image_once_in_its_length_check():
+    from mmgpt.inference import stream_answer
+
+    config = tiny_config(fusion="concat")  # the prefix holds every view's tokens
+    config.image_encoder.tiling = TilingConfig(2, 2)
+    config.generator.kwargs["max_position_embeddings"] = 512
+    model = build(config).eval()
+    image = Image.new("RGB", (50, 50), (200, 30, 30))
+    batch = model.processor([model.config.caption_prompt], [image])
+    with torch.no_grad():
+        positions = int(prefix(model, batch)[1].sum())
+    longest = model.max_positions - positions
+    assert "".join(stream_answer("", image, model=model, max_new_tokens=longest)) == \
+        answer("", image, model=model, max_new_tokens=longest)
+    with pytest.raises(ValueError, match=f"max_new_tokens={longest + 1} is over this model's limit of {longest}"):
+        stream_answer("", image, model=model, max_new_tokens=longest + 1)
+
+
 def test_tiling_config_errors():
     with pytest.raises(ConfigError, match="rows and cols"):
         TilingConfig(rows=2, cols=0)
