@@ -173,10 +173,12 @@ class ExportedModel:
                  generation_config: GenerationConfig | None = None, image_mask: np.ndarray | torch.Tensor | None = None,
                  image_slots: np.ndarray | torch.Tensor | None = None, **generate_kwargs: Any) -> torch.Tensor:
         """New token ids (B, N) as MMGPT.generate decodes them: greedy, or drawn by the logits processors given
-        (mmgpt.sampling.seeded_decoding), `answer_choices` exactly; rows end at eos or the stopping criteria."""
+        (mmgpt.sampling.seeded_decoding), `answer_choices` exactly; rows end at eos or the stopping criteria; a
+        `streamer` (transformers' TextIteratorStreamer) gets each step's tokens."""
         config, kwargs = resolve_generation_config(self.generation_config, generation_config, **generate_kwargs)
         processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
         stopping = StoppingCriteriaList(kwargs.pop("stopping_criteria", None) or [])
+        streamer = kwargs.pop("streamer", None)  # transformers' streamer protocol: put(new tokens), then end()
         refused = sorted(set(set_values(config)) - DECODES) + sorted(kwargs)
         if config.do_sample:  # the server hands its sampling to a seeded sampler among the logits processors
             refused.append("do_sample without a seeded sampler")
@@ -192,7 +194,11 @@ class ExportedModel:
         if choices:
             sequences = choice_token_ids(choices, self.processor.tokenizer)
             if not processors:  # greedy: the most probable choice, as the torch model's exact beam search finds
-                return self._best_choices(ids, mask, images, sequences)
+                tokens = self._best_choices(ids, mask, images, sequences)
+                if streamer is not None:
+                    streamer.put(tokens)
+                    streamer.end()
+                return tokens
             config = copy.deepcopy(config)
             config.max_new_tokens = max(len(s) for s in sequences)
             processors = LogitsProcessorList([AnswerChoicesLogitsProcessor(sequences, self.vlm.tokens["eos_token_id"]),
@@ -203,10 +209,17 @@ class ExportedModel:
             return scores.argmax(-1).numpy()
 
         def stop(tokens: np.ndarray) -> np.ndarray:
-            return stopping(torch.from_numpy(tokens), None).numpy()
+            if streamer is not None:
+                streamer.put(torch.from_numpy(tokens[:, -1]))
+            return stopping(torch.from_numpy(tokens), None).numpy() if stopping else np.zeros(len(tokens), bool)
 
-        tokens = self.vlm.generate(ids, mask, max_new_tokens=config.max_new_tokens,
-                                   choose=choose if processors else None, stop=stop if stopping else None, **images)
+        try:
+            tokens = self.vlm.generate(ids, mask, max_new_tokens=config.max_new_tokens,
+                                       choose=choose if processors else None,
+                                       stop=stop if stopping or streamer is not None else None, **images)
+        finally:
+            if streamer is not None:
+                streamer.end()
         return torch.from_numpy(tokens)
 
     def _best_choices(self, ids: np.ndarray, mask: np.ndarray, images: dict[str, Any],

@@ -141,19 +141,28 @@ def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], b
              **{k: v for k, v in options.items() if v is not None}}
     key = str(Path(folder).expanduser().resolve())
     if beyond_greedy := sorted(set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}):
-        try:
-            from mmgpt.exported_model import ExportedModel
-        except ImportError as e:
+        if (model := _export_model(folder, device)) is None:
             raise ValueError(f"{', '.join(beyond_greedy)}: without torch an exported ONNX model ({folder}) decodes "
-                             f"greedily and takes only max_new_tokens; sampling and answer_choices need torch "
-                             f"({e})") from None
-        if not isinstance(_EXPORTS.get(key), ExportedModel):
-            _EXPORTS[key] = ExportedModel(folder)
-        return _decoded_by_export(_EXPORTS[key], texts, images, batch_size, generation_config, options, seed)
+                             "greedily and takes only max_new_tokens; sampling and answer_choices need torch")
+        return _decoded_by_export(model, texts, images, batch_size, generation_config, options, seed)
     if key not in _EXPORTS:
         _EXPORTS[key] = OnnxVLM(folder)
     vlm = _EXPORTS[key] if isinstance(_EXPORTS[key], OnnxVLM) else _EXPORTS[key].vlm
     return vlm.answer(texts, images, batch_size=batch_size, max_new_tokens=given.get("max_new_tokens"))
+
+
+def _export_model(folder: str | Path, device: str | torch.device | None) -> Any:
+    """The mmgpt.exported_model.ExportedModel of an exported folder (kept for the next call), or None without torch."""
+    try:
+        from mmgpt.exported_model import ExportedModel
+    except ImportError:
+        return None
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"device {device!r}: an exported ONNX model ({folder}) runs on the cpu only")
+    key = str(Path(folder).expanduser().resolve())
+    if not isinstance(_EXPORTS.get(key), ExportedModel):
+        _EXPORTS[key] = ExportedModel(folder)
+    return _EXPORTS[key]
 
 
 def _decoded_by_export(model: Any, texts: list[str], images: list[Any], batch_size: int,
@@ -242,8 +251,11 @@ def question_prompts(model: MMGPT, texts: Sequence[str]) -> list[str]:
 
 def question_batch(model: MMGPT, texts: Sequence[str], images: Sequence[Any]) -> dict[str, torch.Tensor]:
     """The processor batch of questions (through the model's templates) about images, on the model's device."""
+    import torch
+
     batch = model.processor(question_prompts(model, texts), images)
-    device = next(model.parameters()).device
+    device = getattr(model, "device", None)  # an export's own (mmgpt.exported_model); an MMGPT's parameters'
+    device = device if isinstance(device, torch.device) else next(model.parameters()).device
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -307,10 +319,12 @@ def stream_answer(
         raise TypeError(f"stream_answer takes one text (a str) and one image, got text of type {type(text).__name__}")
     texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
-        # the runtime decodes a whole batch at once: the answer comes as one piece
-        piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs, seed)[0]
-        return iter([piece] if piece else [])
-    mm = _load_quietly(model, device)
+        mm = _export_model(exported, device)
+        if mm is None:  # no torch: the runtime decodes the whole answer, which comes as one piece
+            piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs, seed)[0]
+            return iter([piece] if piece else [])
+    else:
+        mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing
     from mmgpt.constrained import ANSWER_CHOICES
     from mmgpt.sampling import seeded_decoding
@@ -352,9 +366,17 @@ def _stream(mm: MMGPT, batch: dict[str, torch.Tensor], config: GenerationConfig,
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    # the pieces join to answer()'s text, which is stripped: whitespace is held back until text follows it
+    started, held = False, ""
     for piece in streamer:
-        if piece:
-            yield piece
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        text = held + piece
+        body = text.rstrip()
+        held = text[len(body):]
+        if body:
+            yield body
     thread.join()
     if errors:
         raise errors[0]

@@ -141,7 +141,12 @@ def test_answer_api_runs_an_export(exported: tuple[MMGPT, Path], monkeypatch: py
     assert answer(texts[0], images[0], model=folder, max_new_tokens=2) == \
         answer(texts[0], images[0], model=model, max_new_tokens=2)
     assert answer(texts[0], images[0], model=folder, max_new_tokens=0) == ""
-    assert "".join(stream_answer(texts[1], images[1], model=folder)) == answer(texts[1], images[1], model=model)
+    # streamed piece by piece, as the torch model streams
+    pieces = list(stream_answer(texts[1], images[1], model=folder))
+    assert len(pieces) > 1 and pieces == list(stream_answer(texts[1], images[1], model=model))
+    assert "".join(pieces) == answer(texts[1], images[1], model=model)
+    assert list(stream_answer(texts[1], images[1], model=folder, temperature=1.0, seed=4)) == \
+        list(stream_answer(texts[1], images[1], model=model, temperature=1.0, seed=4))
     monkeypatch.setenv("MMGPT_MODEL", str(folder))
     assert answer(texts[2], images[2]) == answer(texts[2], images[2], model=model)
     with pytest.raises(ValueError, match="num_beams=2: an exported ONNX model .* decodes greedily or by sampling"):
