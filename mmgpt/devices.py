@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -193,3 +194,9 @@ class ThreadWatch:
             logger.info("CPU threads %d -> %d: %s", self.current, threads, why)
         self.current, self.since, self.recent = threads, 0, []
         return threads
+
+
+def model_device(model: Any) -> torch.device:
+    """Where a model's inputs go: an MMGPT's parameters' device, or an export's own (mmgpt.exported_model)."""
+    device = getattr(model, "device", None)
+    return device if isinstance(device, torch.device) else next(model.parameters()).device

@@ -80,13 +80,8 @@ class ExportProcessor:
         (B, 3, H, W) for a one-image export, else (B, K, 3, H, W) with image_mask and image_slots (B, K)."""
         if self.vlm.entries is None:
             return {"pixel_values": np.stack([images[0].numpy() for images in rows]).astype(np.float32)}
-        transform = self.vlm.image_transform
-        pixel_values = np.zeros((len(rows), self.vlm.entries, 3, transform.height, transform.width), np.float32)
-        image_mask = np.zeros((len(rows), self.vlm.entries), dtype=np.int64)
-        for i, images in enumerate(rows):
-            views = np.concatenate([image.reshape(-1, *image.shape[-3:]).numpy() for image in images])
-            pixel_values[i, : len(views)], image_mask[i, : len(views)] = views, 1
-        return {"pixel_values": pixel_values, "image_mask": image_mask, "image_slots": np.zeros_like(image_mask)}
+        return self.vlm.image_set_inputs([np.concatenate([image.reshape(-1, *image.shape[-3:]).numpy()
+                                                          for image in images]) for images in rows])
 
     def __call__(self, prompts: Sequence[str], images: Sequence[ImageInput | Sequence[ImageInput]]
                  ) -> dict[str, torch.Tensor]:

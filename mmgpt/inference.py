@@ -37,7 +37,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_RUN_MODEL = Path("runs") / "default" / "model"
 _POINTER = Path(os.environ.get("MMGPT_CACHE", Path.home() / ".cache" / "mmgpt")) / "default_model.txt"
 _CACHE: dict[tuple[str, str], MMGPT] = {}
-# mmgpt.runtime.OnnxVLM of each exported folder used (mmgpt.exported_model.ExportedModel once asked to sample or choose)
+# mmgpt.runtime.OnnxVLM of each exported folder used (mmgpt.exported_model.ExportedModel once asked to sample,
+# choose or stream)
 _EXPORTS: dict[str, Any] = {}
 
 
@@ -100,8 +101,7 @@ def load_model_or_export(path: str | Path, device: str | torch.device | None = N
     if not str(path).startswith("hf://") and is_export_folder(path):
         from mmgpt.exported_model import ExportedModel
 
-        if device is not None and str(device) != "cpu":
-            raise ValueError(f"device {device}: an exported ONNX model ({path}) runs on the cpu only")
+        _check_export_device(path, device)
         # OMP_NUM_THREADS (or the cores) sets torch's threads: the same setting then serves onnxruntime
         return ExportedModel(path, threads=torch.get_num_threads())
     return load_model(path, device).eval()
@@ -128,57 +128,51 @@ def _export_folder(model: Any) -> str | os.PathLike | None:
     return model if exported else None
 
 
-def _exported_answers(folder: str | Path, texts: list[str], images: list[Any], batch_size: int,
-                      device: str | torch.device | None, generation_config: GenerationConfig | None,
-                      options: dict[str, Any], seed: int | None = None) -> list[str]:
-    """answer() through mmgpt.runtime on the CPU: greedy by the runtime alone (no torch needed); sampling and
-    answer_choices through mmgpt.exported_model with torch's logits processors."""
+def _check_export_device(folder: str | os.PathLike, device: str | torch.device | None) -> None:
+    """ValueError unless `device` is None or the cpu: where an exported folder runs."""
+    if device is not None and str(device) != "cpu":
+        raise ValueError(f"device {device}: an exported ONNX model ({folder}) runs on the cpu only")
+
+
+def _decoding_given(generation_config: GenerationConfig | None, options: dict[str, Any]) -> dict[str, Any]:
+    """The decoding options a call sets: its generation_config's set fields, then its keywords."""
+    return {**(set_values(generation_config) if generation_config is not None else {}),
+            **{k: v for k, v in options.items() if v is not None}}
+
+
+def _beyond_greedy(given: dict[str, Any]) -> list[str]:
+    """The options of `given` that mmgpt.runtime's greedy loop does not take alone (sampling, choices, ...)."""
+    return sorted(set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"})
+
+
+def _runtime_answers(folder: str | os.PathLike, texts: list[str], images: list[Any], batch_size: int,
+                     given: dict[str, Any]) -> list[str]:
+    """answer() greedy by mmgpt.runtime alone (no torch needed); `given` (_decoding_given) sets at most
+    max_new_tokens."""
     from mmgpt.runtime import OnnxVLM
 
-    if device is not None and str(device) != "cpu":
-        raise ValueError(f"device {device!r}: an exported ONNX model ({folder}) runs on the cpu only")
-    given = {**(set_values(generation_config) if generation_config is not None else {}),
-             **{k: v for k, v in options.items() if v is not None}}
     key = str(Path(folder).expanduser().resolve())
-    if beyond_greedy := sorted(set(given) - {"max_new_tokens", "bos_token_id", "eos_token_id", "pad_token_id"}):
-        if (model := _export_model(folder, device)) is None:
-            raise ValueError(f"{', '.join(beyond_greedy)}: without torch an exported ONNX model ({folder}) decodes "
-                             "greedily and takes only max_new_tokens; sampling and answer_choices need torch")
-        return _decoded_by_export(model, texts, images, batch_size, generation_config, options, seed)
     if key not in _EXPORTS:
         _EXPORTS[key] = OnnxVLM(folder)
     vlm = _EXPORTS[key] if isinstance(_EXPORTS[key], OnnxVLM) else _EXPORTS[key].vlm
     return vlm.answer(texts, images, batch_size=batch_size, max_new_tokens=given.get("max_new_tokens"))
 
 
-def _export_model(folder: str | Path, device: str | torch.device | None) -> Any:
-    """The mmgpt.exported_model.ExportedModel of an exported folder (kept for the next call), or None without torch."""
+def _export_model(folder: str | os.PathLike, beyond_greedy: list[str]) -> Any:
+    """The mmgpt.exported_model.ExportedModel of an exported folder (kept for the next call); without torch None,
+    or a ValueError naming `beyond_greedy`, the options only it decodes."""
     try:
         from mmgpt.exported_model import ExportedModel
     except ImportError:
+        if beyond_greedy:
+            raise ValueError(f"{', '.join(beyond_greedy)}: without torch an exported ONNX model ({folder}) decodes "
+                             "greedily and takes only max_new_tokens; sampling and answer_choices need torch"
+                             ) from None
         return None
-    if device is not None and str(device) != "cpu":
-        raise ValueError(f"device {device!r}: an exported ONNX model ({folder}) runs on the cpu only")
     key = str(Path(folder).expanduser().resolve())
     if not isinstance(_EXPORTS.get(key), ExportedModel):
         _EXPORTS[key] = ExportedModel(folder)
     return _EXPORTS[key]
-
-
-def _decoded_by_export(model: Any, texts: list[str], images: list[Any], batch_size: int,
-                       generation_config: GenerationConfig | None, options: dict[str, Any],
-                       seed: int | None) -> list[str]:
-    """answer() on an mmgpt.exported_model.ExportedModel, decoding as on a torch model (seeded sampling, choices)."""
-    from mmgpt.sampling import seeded_decoding
-
-    config, _ = resolve_generation_config(model.generation_config, generation_config, **options)
-    answers: list[str] = []
-    with seeded_decoding(config, seed, "cpu") as (decoding, extra):
-        for start in range(0, len(texts), batch_size):
-            batch = model.processor(question_prompts(model, texts[start : start + batch_size]),
-                                    images[start : start + batch_size])
-            answers.extend(model.processor.decode(model.generate_batch(batch, generation_config=decoding, **extra)))
-    return answers
 
 
 def check_text(text: Any, name: str) -> str:
@@ -251,11 +245,10 @@ def question_prompts(model: MMGPT, texts: Sequence[str]) -> list[str]:
 
 def question_batch(model: MMGPT, texts: Sequence[str], images: Sequence[Any]) -> dict[str, torch.Tensor]:
     """The processor batch of questions (through the model's templates) about images, on the model's device."""
-    import torch
+    from mmgpt.devices import model_device
 
     batch = model.processor(question_prompts(model, texts), images)
-    device = getattr(model, "device", None)  # an export's own (mmgpt.exported_model); an MMGPT's parameters'
-    device = device if isinstance(device, torch.device) else next(model.parameters()).device
+    device = model_device(model)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -283,16 +276,21 @@ def answer(
     """
     texts, images, single, seed = _check_request(text, image, batch_size, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
-        answers = _exported_answers(exported, texts, images, batch_size, device, generation_config, generate_kwargs,
-                                    seed)
-        return answers[0] if single else answers
-    mm = _load_quietly(model, device)
+        _check_export_device(exported, device)
+        given = _decoding_given(generation_config, generate_kwargs)
+        if not (beyond_greedy := _beyond_greedy(given)):
+            answers = _runtime_answers(exported, texts, images, batch_size, given)
+            return answers[0] if single else answers
+        mm = _export_model(exported, beyond_greedy)  # sampling, choices: torch's logits processors on its graphs
+    else:
+        mm = _load_quietly(model, device)
     # torch: after the load, which says so when it is missing
+    from mmgpt.devices import model_device
     from mmgpt.sampling import seeded_decoding
 
     config, _ = resolve_generation_config(mm.generation_config, generation_config, **generate_kwargs)
     answers: list[str] = []
-    with seeded_decoding(config, seed, next(mm.parameters()).device) as (decoding, extra):
+    with seeded_decoding(config, seed, model_device(mm)) as (decoding, extra):
         for start in range(0, len(texts), batch_size):
             batch = question_batch(mm, texts[start : start + batch_size], images[start : start + batch_size])
             tokens = mm.generate_batch(batch, generation_config=decoding, **extra)
@@ -319,9 +317,11 @@ def stream_answer(
         raise TypeError(f"stream_answer takes one text (a str) and one image, got text of type {type(text).__name__}")
     texts, images, _, seed = _check_request(text, image, 1, seed, generate_kwargs, images)
     if (exported := _export_folder(model)) is not None:
-        mm = _export_model(exported, device)
+        _check_export_device(exported, device)
+        given = _decoding_given(generation_config, generate_kwargs)
+        mm = _export_model(exported, _beyond_greedy(given))
         if mm is None:  # no torch: the runtime decodes the whole answer, which comes as one piece
-            piece = _exported_answers(exported, texts, images, 1, device, generation_config, generate_kwargs, seed)[0]
+            piece = _runtime_answers(exported, texts, images, 1, given)[0]
             return iter([piece] if piece else [])
     else:
         mm = _load_quietly(model, device)

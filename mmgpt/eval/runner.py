@@ -13,6 +13,7 @@ from transformers import GenerationConfig
 
 from mmgpt.data.example import Example
 from mmgpt.decoding import resolve_generation_config
+from mmgpt.devices import model_device
 from mmgpt.sampling import seeded_decoding
 
 logger = logging.getLogger(__name__)
@@ -33,12 +34,6 @@ def _gather(local: list[Any], accelerator: Any) -> list[Any]:
     if accelerator is None or accelerator.num_processes == 1:
         return local
     return gather_object(local)
-
-
-def model_device(model: Any) -> torch.device:
-    """Where a model's inputs go: an MMGPT's parameters' device, or an export's (mmgpt.exported_model) own."""
-    device = getattr(model, "device", None)
-    return device if isinstance(device, torch.device) else next(model.parameters()).device
 
 
 @torch.no_grad()

@@ -144,19 +144,23 @@ class OnnxVLM:
     def encode_image_sets(self, image_sets: Sequence[Sequence[ImageInput]]) -> dict[str, np.ndarray]:
         """Lists of images, one per prompt, all before the prompt's text -> pixel_values (B, K, 3, H, W),
         image_mask (B, K), image_slots (B, K), K the export's fixed count (max_images x views), padding zeros."""
-        views = 1 + self.tiling[0] * self.tiling[1]
-        pixel_values = np.zeros((len(image_sets), self.entries, 3, self.image_transform.height,
-                                 self.image_transform.width), dtype=np.float32)
-        image_mask = np.zeros((len(image_sets), self.entries), dtype=np.int64)
         for i, images in enumerate(image_sets):
             if not images:
                 raise ValueError(f"example {i} has an empty list of images")
             if len(images) > self.max_images:
                 raise ValueError(f"a prompt has {len(images)} images, more than this model's "
                                  f"model.max_images={self.max_images}")
-            row = [view for image in images for view in self.image_views(image)]
-            pixel_values[i, : len(row)] = row
-            image_mask[i, : len(images) * views] = 1
+        return self.image_set_inputs([[view for image in images for view in self.image_views(image)]
+                                      for images in image_sets])
+
+    def image_set_inputs(self, rows: Sequence[Sequence[np.ndarray]]) -> dict[str, np.ndarray]:
+        """Each prompt's views (3, H, W), its images' in order -> pixel_values (B, K, 3, H, W), image_mask and
+        image_slots (B, K): every row padded to the export's K entries with masked zeros."""
+        pixel_values = np.zeros((len(rows), self.entries, 3, self.image_transform.height,
+                                 self.image_transform.width), dtype=np.float32)
+        image_mask = np.zeros((len(rows), self.entries), dtype=np.int64)
+        for i, row in enumerate(rows):
+            pixel_values[i, : len(row)], image_mask[i, : len(row)] = row, 1
         return {"pixel_values": pixel_values, "image_mask": image_mask,
                 "image_slots": np.zeros_like(image_mask)}
 

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
-from mmgpt.exported_model import ExportedModel
-from mmgpt.serve.metrics import Metrics
 from mmgpt.serve.worker import Job, Worker, _Row
 
 
 class ExportWorker(Worker):
     """The server's worker around an ExportedModel: each row's images go to the prefix graph as pixels."""
-
-    def __init__(self, model: ExportedModel, metrics: Metrics, *args: Any, **kwargs: Any) -> None:
-        super().__init__(model, metrics, *args, **kwargs)  # type: ignore[arg-type]
-
-    def _model_device(self) -> torch.device:
-        return torch.device("cpu")
 
     def _encode_images(self, jobs: list[Job], rows: list[_Row]) -> dict[str, Any]:
         return self.model.processor.pixel_inputs([row.job.images for row in rows])  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from mmgpt.constrained import ANSWER_CHOICES
 from mmgpt.decoding import set_values
+from mmgpt.devices import model_device
 from mmgpt.model import MMGPT
 from mmgpt.sampling import seeded_decoding
 from mmgpt.serve.events import Choice, Delta, Done, Event, Failed, First
@@ -169,7 +170,7 @@ class Worker:
         self.model, self.metrics = model, metrics
         self.max_batch_size, self.max_wait, self.max_queue = max_batch_size, max_wait_ms / 1000, max_queue
         self.image_cache = ImageCache(int(image_cache_mb * 2**20), metrics)
-        self.device = self._model_device()
+        self.device = model_device(model)
         self._pending: list[Job] = []
         # arrival times of requests still being read and preprocessed (not yet submitted)
         self._arriving: dict[int, float] = {}
@@ -177,10 +178,6 @@ class Worker:
         self._stopping = False
         self._alone = False  # the last batch held one request: a lone next one does not wait for company
         self._thread = threading.Thread(target=self._run, name="mmgpt-serve-worker", daemon=True)
-
-    def _model_device(self) -> torch.device:
-        """Where the model's inputs go."""
-        return next(self.model.parameters()).device
 
     def start(self) -> None:
         """Start decoding in the background."""
