@@ -331,20 +331,26 @@ def _cpu_point(data: dict[str, Any], path: str) -> dict[str, Any] | None:
 
 
 def target_int8_decode(data: dict[str, Any]) -> Verdict | None:
-    """int8 batch-1 decode >= 3x fp32 eager (static decoding where measured, else Hugging Face generate), ~230M."""
-    int8 = _cpu_point(data, "int8")
+    """int8 batch-1 decode >= 3x fp32 eager (static decoding where measured, else Hugging Face generate) with a
+    time to first token no longer than fp32's, ~230M: the faster int8-weight path (torch int8 or the int8
+    export, which answer(model=...) and mmgpt serve run alike), the other one named beside it."""
     fp32 = _cpu_point(data, "fp32") or _cpu_point(data, "fp32-hf")
-    if int8 is None or fp32 is None or data.get("args", {}).get("tiny"):  # --tiny checks the code path only
+    paths = [p for p in (_cpu_point(data, "int8"), _cpu_point(data, "onnx-int8")) if p is not None]
+    if not paths or fp32 is None or data.get("args", {}).get("tiny"):  # --tiny checks the code path only
         return None
-    ratio = int8["decode_tokens_per_s"] / fp32["decode_tokens_per_s"]
-    value = (f"{ratio:.2f}x {fp32['path']} ({int8['decode_tokens_per_s']:.1f} vs {fp32['decode_tokens_per_s']:.1f} "
-             f"tokens/s); time to first token {int8['ttft_s'] / fp32['ttft_s']:.2f}x fp32's")
-    if ratio >= 3:
+    best, *other = sorted(paths, key=lambda p: -p["decode_tokens_per_s"])
+    ratio = best["decode_tokens_per_s"] / fp32["decode_tokens_per_s"]
+    prefill = best["ttft_s"] / fp32["ttft_s"]
+    value = (f"{ratio:.2f}x {fp32['path']} with {best['path']} ({best['decode_tokens_per_s']:.1f} vs "
+             f"{fp32['decode_tokens_per_s']:.1f} tokens/s); time to first token {prefill:.2f}x fp32's"
+             + "".join(f"; {p['path']} {p['decode_tokens_per_s'] / fp32['decode_tokens_per_s']:.2f}x" for p in other))
+    if ratio >= 3 and prefill <= 1:
         return Verdict(value, met=True)
     return Verdict(value, met=False, reason=(
-        f"int8 reaches {100 * int8['share_of_bound']:.0f}% of its bandwidth bound: each step still runs ~20 small "
-        "torch ops per layer (4 int8 matmuls, each quantising its input), and the M=1 int8 kernel does not stream "
-        "the weights at the measured read bandwidth; the ONNX int8 export decodes faster"))
+        "the first token takes longer than fp32's" if ratio >= 3 else
+        f"{best['path']} reaches {100 * best['share_of_bound']:.0f}% of its bandwidth bound: each step still runs "
+        "small ops besides the int8 weight reads, and the M=1 int8 kernel does not stream the weights at the "
+        "measured read bandwidth"))
 
 
 def target_onnx_latency(data: dict[str, Any]) -> Verdict | None:
@@ -432,7 +438,7 @@ TARGETS: list[tuple[str, str, Callable[[dict[str, Any]], Verdict | None], str]] 
      "needs `python -m bench.generation` with batch sizes 1 and 32"),
     ("answer() within 5% of a bare generate (the 1M default)", "generation", target_answer,
      "needs `python -m bench.generation`"),
-    ("int8 batch-1 decode >= 3x fp32 eager on the ~230M config (CPU)", "cpu_inference", target_int8_decode,
+    ("int8-weight batch-1 decode >= 3x fp32 eager on the ~230M config (CPU)", "cpu_inference", target_int8_decode,
      "needs `python -m bench.cpu_inference`"),
     ("KV cache >= 5x over no cache at 128 new tokens on the ~230M config (CPU, batch 1)", "cpu_inference",
      target_cache_230m, "needs `python -m bench.cpu_inference` without --no-overheads"),

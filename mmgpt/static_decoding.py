@@ -45,14 +45,20 @@ def _set_fields(config: GenerationConfig) -> set[str]:
     return {name for name, value in config.to_diff_dict().items() if value not in (None, False, 0)}
 
 
-def supports(generator: nn.Module, config: GenerationConfig, generate_kwargs: dict[str, Any]) -> bool:
-    """Whether `generate` here decodes like Hugging Face `generate` would with these settings."""
+def llama_family(generator: nn.Module) -> bool:
+    """Whether the generator's decoder layers are exactly those of ARCHITECTURES (what a hand-written step
+    computes: silu MLP, full attention, rotary embedding, one tensor-parallel slice)."""
     model_config = generator.config
     body = getattr(generator, "model", None)
-    if (model_config.model_type not in ARCHITECTURES or generator.training or body is None
-            or not hasattr(body, "rotary_emb") or getattr(model_config, "hidden_act", "silu") != "silu"
-            or getattr(model_config, "use_sliding_window", False)
-            or (getattr(model_config, "pretraining_tp", 1) or 1) != 1):
+    return (model_config.model_type in ARCHITECTURES and body is not None and hasattr(body, "rotary_emb")
+            and getattr(model_config, "hidden_act", "silu") == "silu"
+            and not getattr(model_config, "use_sliding_window", False)
+            and (getattr(model_config, "pretraining_tp", 1) or 1) == 1)
+
+
+def supports(generator: nn.Module, config: GenerationConfig, generate_kwargs: dict[str, Any]) -> bool:
+    """Whether `generate` here decodes like Hugging Face `generate` would with these settings."""
+    if generator.training or not llama_family(generator):
         return False
     if config.do_sample or (config.num_beams or 1) != 1 or not config.max_new_tokens:
         return False

@@ -305,3 +305,21 @@ def test_targets_table_reads_the_230m_cache_and_answer_targets_from_cpu_inferenc
     answer = next(line for line in lines if line.startswith("| answer() within 5%") and "230M" in line)
     assert "fp32 4.96x, int8 5.25x" in cache and "**missed**" in cache
     assert "fp32 1.017, int8 0.917" in answer and "**met**" in answer
+
+
+def test_int8_decode_target_takes_the_faster_int8_path_and_needs_prefill_no_slower() -> None:
+    def point(path: str, tokens_per_s: float, ttft: float) -> dict:
+        return {"path": path, "batch_size": 1, "new_tokens": 128, "decode_tokens_per_s": tokens_per_s,
+                "ttft_s": ttft, "share_of_bound": 0.5}
+
+    def verdict(*points: dict) -> make_results.Verdict:
+        return make_results.target_int8_decode({"args": {}, "results": [{"config": "gpu200m",
+                                                                         "points": list(points)}]})
+
+    fp32 = point("fp32", 20.0, 0.6)
+    met = verdict(fp32, point("int8", 40.0, 0.3), point("onnx-int8", 62.0, 0.2))
+    assert met.met and met.value.startswith("3.10x fp32 with onnx-int8") and "int8 2.00x" in met.value
+    missed = verdict(fp32, point("int8", 40.0, 0.3), point("onnx-int8", 55.0, 0.2))
+    assert not missed.met and missed.value.startswith("2.75x fp32 with onnx-int8")
+    assert not verdict(fp32, point("onnx-int8", 70.0, 0.7)).met  # a slower first token does not count
+    assert verdict(fp32, point("int8", 61.0, 0.3)).met

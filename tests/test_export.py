@@ -11,13 +11,15 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from tiny import TEXTS, build, one_thread, tiny_config  # noqa: F401  (one_thread: autouse fixture)
+from tiny import TEXTS, build, generator_config, one_thread, tiny_config  # noqa: F401  (one_thread: autouse)
 
+import mmgpt.decoding
 import mmgpt.export
 from mmgpt import cli
 from mmgpt.compress.quantize import quantize
 from mmgpt.config import TilingConfig
 from mmgpt.export import ExportError, export_onnx
+from mmgpt.export.graphs import DecoderGraph, FusedDecoderGraph, fuses
 from mmgpt.inference import answer, question_prompts, stream_answer
 from mmgpt.model import MMGPT
 from mmgpt.outputs import OutputExists
@@ -35,12 +37,16 @@ def diverse_model(generator: str = "llama", seed: int = 0, **changes: Any) -> MM
     config.image_encoder.tiling = TilingConfig(*changes.pop("tiling", (0, 0)))
     config.image_encoder.pixel_shuffle = changes.pop("pixel_shuffle", 1)
     assert not changes, changes
-    model = build(config, seed=seed).eval()
+    return _spread(build(config, seed=seed).eval(), seed)
+
+
+def _spread(model: MMGPT, seed: int = 0) -> MMGPT:
+    """`model` in eval mode with its weights spread out by noise from `seed`."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+    return model.eval()
 
 
 def questions_and_images(n: int, seed: int = 0) -> tuple[list[str], list[Image.Image]]:
@@ -67,8 +73,12 @@ def test_manifest_names_the_graphs_and_their_check(exported: tuple[MMGPT, Path])
     model, folder = exported
     manifest = json.loads((folder / "manifest.json").read_text())
     assert (manifest["format"], manifest["format_version"], manifest["opset"], manifest["dtype"]) == \
-        ("mmgpt-onnx", 1, 18, "float32")
+        ("mmgpt-onnx", 1, 23, "float32")
     assert set(manifest["graphs"]) == {"prefix", "embed_tokens", "decoder"}
+    # the llama decoder is written with ONNX's fused ops, which arrived in opset 23; the rest at the default 18
+    assert {name: graph["opset"] for name, graph in manifest["graphs"].items()} == {
+        "prefix": 18, "embed_tokens": 18, "decoder": 23}
+    assert manifest["graphs"]["decoder"]["fused"] is True
     for graph in manifest["graphs"].values():
         assert graph["exporter"] == "torch.onnx.export(dynamo=True)"
         assert graph["max_abs_diff_vs_eager"] <= TOLERANCE
@@ -80,6 +90,82 @@ def test_manifest_names_the_graphs_and_their_check(exported: tuple[MMGPT, Path])
     assert manifest["generation"]["max_new_tokens"] == model.config.max_answer_length
     for name in ("tokenizer/tokenizer.json", "image_transform/transform.json", "generation_config.json"):
         assert (folder / name).is_file()
+
+
+# a Llama with 2 layers, 4 query heads sharing 2 key/value heads, and YaRN rotary (its tables are scaled)
+YARN_LLAMA = {"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                                  "original_max_position_embeddings": 16}}
+
+
+@pytest.mark.parametrize("generator, changes", [("llama", {}), ("qwen2", {}), ("llama", YARN_LLAMA)],
+                         ids=["llama", "qwen2-biases", "llama-gqa-yarn"])
+def test_fused_decoder_graph_computes_the_plain_graphs_step(generator: str, changes: dict) -> None:
+    config = tiny_config(generator=generator)
+    config.generator = generator_config(generator, **changes)
+    model = _spread(build(config))
+    assert fuses(model.generator)
+    plain, fused = DecoderGraph(model).eval(), FusedDecoderGraph(model).eval()
+    config = model.generator.config
+    kv, head_dim = config.num_key_value_heads, config.hidden_size // config.num_attention_heads
+    g = torch.Generator().manual_seed(0)
+    # a first step (empty past) of left-padded prompts, then a step of two tokens after a past of three
+    for past_length, length in ((0, 5), (3, 2)):
+        mask = torch.ones(3, past_length + length, dtype=torch.long)
+        mask[1, :2] = 0
+        mask[2, :4] = 0
+        past = tuple(torch.randn(3, kv, past_length, head_dim, generator=g)
+                     for _ in range(2 * config.num_hidden_layers))
+        args = (torch.randn(3, length, config.hidden_size, generator=g), mask,
+                mmgpt.decoding.position_ids(mask)[:, past_length:], past)
+        with torch.no_grad():
+            expected, got = plain(*args), fused(*args)
+        assert torch.allclose(got[0], expected[0], atol=1e-5), (got[0] - expected[0]).abs().max()
+        valid = mask.bool()[:, None, :, None]  # keys and values at padded positions are never read
+        for a, b in zip(got[1:], expected[1:]):
+            assert a.shape == b.shape and torch.isfinite(a).all()
+            assert ((a - b).abs() * valid).max() <= 1e-5
+
+
+def test_a_dynamic_rotary_or_another_architecture_keeps_the_plain_decoder() -> None:
+    config = tiny_config()
+    config.generator = generator_config("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                                                                  "factor": 2.0})
+    assert not fuses(build(config).generator)  # its tables depend on the sequence length
+    assert not fuses(build(tiny_config(generator="gpt2")).generator)
+    assert fuses(build(tiny_config()).generator)
+
+
+@pytest.mark.slow
+def test_fused_decoder_export_is_smaller_and_answers_as_the_plain_one(
+        exported: tuple[MMGPT, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    model, folder = exported
+    plain = export_onnx(model, tmp_path / "plain", fused_decoder=False)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    assert manifest["opset"] == 18 and manifest["graphs"]["decoder"]["fused"] is False
+
+    def ops(export: Path) -> list[str]:
+        return [node.op_type for node in onnx.load(str(export / "decoder.onnx")).graph.node]
+
+    assert {"Attention", "RotaryEmbedding", "RMSNormalization"} <= set(ops(folder))
+    assert not {"Attention", "RotaryEmbedding", "RMSNormalization"} & set(ops(plain))
+    assert len(ops(folder)) * 3 < len(ops(plain))
+    texts, images = questions_and_images(QUESTIONS, seed=5)
+    fused_answers = OnnxVLM(folder).answer(texts, images, batch_size=8)
+    assert len(set(fused_answers)) > QUESTIONS // 2
+    assert OnnxVLM(plain).answer(texts, images, batch_size=8) == fused_answers
+    # where the fused graph cannot be written or run (an older onnxruntime), the plain one is, with a warning
+    def fail(self: FusedDecoderGraph, *args: Any) -> None:
+        raise RuntimeError("Attention is not a registered function/op")
+
+    monkeypatch.setattr(FusedDecoderGraph, "forward", fail)
+    fallback = export_onnx(model, tmp_path / "fallback")
+    manifest = json.loads((fallback / "manifest.json").read_text())
+    assert manifest["graphs"]["decoder"]["fused"] is False and manifest["graphs"]["decoder"]["opset"] == 18
+    assert "the fused decoder graph (opset 23) cannot be used here" in caplog.text
+    assert sorted(p.name for p in fallback.iterdir()) == sorted(p.name for p in plain.iterdir())
+    assert OnnxVLM(fallback).answer(texts[:8], images[:8]) == fused_answers[:8]
 
 
 @pytest.mark.slow

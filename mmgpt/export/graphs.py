@@ -8,16 +8,28 @@
                    past_key_i / past_value_i (B, kv_heads, P, head_dim) for each layer i
                    -> logits (B, 1, vocab) of the last position,
                       present_key_i / present_value_i (B, kv_heads, P + L, head_dim)
+
+A Llama-family generator (mmgpt.static_decoding.llama_family) exported at opset 23 or newer gets
+FusedDecoderGraph: the same inputs, outputs and numbers in ~17 nodes a layer (ONNX RMSNormalization,
+RotaryEmbedding and Attention with the cache concatenated inside) instead of the ~80 that tracing Hugging Face's
+modules gives; at one token a step those small nodes took as long as the int8 weight reads.
 """
 from __future__ import annotations
 
 import inspect
 
 import torch
+import torch.nn.functional as functional
 from torch import nn
 from transformers import DynamicCache
 
 from mmgpt.model import MMGPT
+from mmgpt.static_decoding import llama_family
+
+# what ONNX RMSNormalization, RotaryEmbedding and Attention arrived in
+FUSED_DECODER_OPSET = 23
+# rotary types whose tables depend on the position alone (dynamic and longrope rescale by the sequence length)
+FIXED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 class PrefixGraph(nn.Module):
@@ -84,3 +96,65 @@ class DecoderGraph(nn.Module):
         for layer in getattr(out, self.cache_argument).layers:
             presents += [layer.keys, layer.values]
         return (out.logits, *presents)
+
+
+def fuses(generator: nn.Module) -> bool:
+    """Whether FusedDecoderGraph computes this generator's step."""
+    rotary = getattr(getattr(generator, "model", None), "rotary_emb", None)
+    return llama_family(generator) and getattr(rotary, "rope_type", "default") in FIXED_ROPE_TYPES
+
+
+class FusedDecoderGraph(nn.Module):
+    """DecoderGraph of a Llama-family generator (`fuses`) with ONNX's fused ops (opset 23): the same inputs,
+    outputs and numbers as DecoderGraph, which the export checks it against.
+
+    The rotary tables are computed once for every position by the generator's own rotary module; the
+    attention mask adds float32's lowest value, not -inf, so that a query that sees only padding (left-padded
+    rows of a first step) averages instead of giving NaN that its cached keys would carry into later steps.
+    """
+
+    def __init__(self, model: MMGPT) -> None:
+        super().__init__()
+        generator = self.generator = model.generator
+        config = generator.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = generator.model.layers[0].self_attn.head_dim
+        positions = torch.arange(config.max_position_embeddings)[None]
+        weight = generator.get_input_embeddings().weight
+        cos, sin = generator.model.rotary_emb(torch.zeros(1, 1, self.head_dim, dtype=weight.dtype), positions)
+        half = self.head_dim // 2  # Hugging Face's tables repeat their first half
+        self.register_buffer("cos", cos[0, :, :half].contiguous(), persistent=False)
+        self.register_buffer("sin", sin[0, :, :half].contiguous(), persistent=False)
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+        past: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        """(B, L, width), (B, P + L), (B, L), 2 * layers x (B, kv, P, hd) -> logits (B, 1, V), 2 * layers presents."""
+        length, total = inputs_embeds.shape[1], attention_mask.shape[1]
+        keys = torch.arange(total, device=inputs_embeds.device)
+        queries = torch.arange(length, device=inputs_embeds.device) + (total - length)
+        allowed = (keys[None, None, :] <= queries[None, :, None]) & attention_mask.bool()[:, None, :]
+        mask = torch.where(allowed, 0.0, torch.finfo(inputs_embeds.dtype).min).to(inputs_embeds.dtype)[:, None]
+        x, presents = inputs_embeds, []
+        for index, layer in enumerate(self.generator.model.layers):
+            attention, mlp = layer.self_attn, layer.mlp
+            h = _rms_norm(x, layer.input_layernorm)
+            q = torch.onnx.ops.rotary_embedding(attention.q_proj(h), self.cos, self.sin, position_ids,
+                                                num_heads=self.heads)
+            k = torch.onnx.ops.rotary_embedding(attention.k_proj(h), self.cos, self.sin, position_ids,
+                                                num_heads=self.kv_heads)
+            out, present_key, present_value, _ = torch.onnx.ops.attention(
+                q, k, attention.v_proj(h), mask, past[2 * index], past[2 * index + 1],
+                q_num_heads=self.heads, kv_num_heads=self.kv_heads, scale=attention.scaling)
+            presents += [present_key, present_value]
+            x = x + attention.o_proj(out)
+            h = _rms_norm(x, layer.post_attention_layernorm)
+            x = x + mlp.down_proj(functional.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        # only the last position's logits are used: the next token
+        return (self.generator.lm_head(_rms_norm(x[:, -1:], self.generator.model.norm)), *presents)
+
+
+def _rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+    """A Llama RMSNorm module applied as one op (ONNX RMSNormalization)."""
+    return functional.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
