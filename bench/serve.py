@@ -28,6 +28,7 @@ import logging
 import os
 import random
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -210,6 +211,15 @@ def gil_profile(path: str) -> dict[str, Any]:
             "top_self": [{"function": k, "share": v / max(total, 1)} for k, v in top]}
 
 
+def _stop_with_parent() -> None:
+    """In a server's process before it starts (Linux): SIGTERM it when the bench's process ends, however it ends
+    (a SIGKILL runs no cleanup), so a stopped bench leaves no server behind."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def start_server(model: str, mode: str, threads: int | None, extra: tuple[str, ...] = (),
                  source_tree: str | None = None) -> tuple[subprocess.Popen, str]:
     """`python -m mmgpt.serve` on a free port (mmgpt imported from `source_tree` if given) -> (process, URL)."""
@@ -221,7 +231,8 @@ def start_server(model: str, mode: str, threads: int | None, extra: tuple[str, .
     process = subprocess.Popen([sys.executable, "-m", "mmgpt.serve", "--model", model, "--model-name", "bench",
                                 "--port", str(port), "--device", "cpu", *MODES[mode], *extra], env=env,
                                cwd=source_tree,  # `python -m` puts the working folder first on sys.path
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -357,6 +368,8 @@ def concurrency_one(args: argparse.Namespace, device: torch.device) -> dict[str,
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    # SIGTERM ends the bench through its cleanup (servers stopped, temporary models deleted), as Ctrl-C does
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     device = cli.setup(args)
     if args.configs:
         return concurrency_one(args, device)

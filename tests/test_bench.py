@@ -323,3 +323,37 @@ def test_int8_decode_target_takes_the_faster_int8_path_and_needs_prefill_no_slow
     assert not missed.met and missed.value.startswith("2.75x fp32 with onnx-int8")
     assert not verdict(fp32, point("onnx-int8", 70.0, 0.7)).met  # a slower first token does not count
     assert verdict(fp32, point("int8", 61.0, 0.3)).met
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (an exited child that no one reaped yet is a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the server follows its bench through Linux's PR_SET_PDEATHSIG")
+def test_a_killed_bench_leaves_no_server_running(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from tiny import build, tiny_config
+
+    build(tiny_config()).save_pretrained(tmp_path / "model")
+    script = (f"import sys, time; sys.path.insert(0, {str(REPO)!r})\n"
+              "from bench.serve import start_server\n"
+              f"process, url = start_server({str(tmp_path / 'model')!r}, 'batching', 1)\n"
+              "print(process.pid, flush=True)\n"
+              "time.sleep(300)\n")
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server = int(bench.stdout.readline())  # start_server gives up after 120 s, and then this reads ''
+        assert _running(server)
+    finally:
+        bench.kill()  # SIGKILL: no cleanup runs in the bench
+        bench.wait()
+    deadline = time.monotonic() + 30
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server)

@@ -118,14 +118,12 @@ def export_onnx(model: str | Path | MMGPT, out: str | Path, exporter: str = "aut
         inputs = _example_inputs(mm)
         graphs, methods = {}, {}
         for name, file, module, args, spec in _graph_specs(mm, inputs):
-            fused = fused_decoder and name == "decoder" and exporter != "torchscript" and fuses(mm.generator)
-            difference = (_fused_decoder(mm, module, args, tmp / file, spec, max(opset, FUSED_DECODER_OPSET))
-                          if fused else None)
+            difference = None
+            if name == "decoder" and fused_decoder and exporter != "torchscript" and fuses(mm.generator):
+                difference = _fused_decoder(mm, module, args, tmp / file, spec, max(opset, FUSED_DECODER_OPSET))
             fused = difference is not None
-            if fused:
-                used = "dynamo"
-            else:
-                used = _export_graph(module, args, tmp / file, spec, exporter, opset)
+            used = "dynamo" if fused else _export_graph(module, args, tmp / file, spec, exporter, opset)
+            if not fused:
                 difference = _check_graph(module, args, tmp / file, spec)
             graphs[name] = {"file": file, "exporter": used, "max_abs_diff": difference,
                             "opset": _graph_opset(tmp / file), **{k: spec[k] for k in ("inputs", "outputs")},
