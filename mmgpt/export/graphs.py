@@ -100,8 +100,12 @@ class DecoderGraph(nn.Module):
 
 def fuses(generator: nn.Module) -> bool:
     """Whether FusedDecoderGraph computes this generator's step."""
-    rotary = getattr(getattr(generator, "model", None), "rotary_emb", None)
-    return llama_family(generator) and getattr(rotary, "rope_type", "default") in FIXED_ROPE_TYPES
+    if not llama_family(generator):
+        return False
+    rotary, head_dim = generator.model.rotary_emb, generator.model.layers[0].self_attn.head_dim
+    # ONNX RotaryEmbedding here rotates whole heads: a partial rotary (a narrower table) keeps the plain graph
+    return (getattr(rotary, "rope_type", "default") in FIXED_ROPE_TYPES
+            and 2 * getattr(rotary, "inv_freq", torch.empty(0)).numel() == head_dim)
 
 
 class FusedDecoderGraph(nn.Module):
