@@ -15,6 +15,7 @@ from tiny import TEXTS, build, generator_config, one_thread, tiny_config  # noqa
 
 import mmgpt.decoding
 import mmgpt.export
+import mmgpt.runtime
 from mmgpt import cli
 from mmgpt.compress.quantize import quantize
 from mmgpt.config import TilingConfig
@@ -173,6 +174,25 @@ def test_fused_decoder_export_is_smaller_and_answers_as_the_plain_one(
     manifest = json.loads((tmp_path / "fallback" / "manifest.json").read_text())
     assert manifest["graphs"]["decoder"]["fused"] is False
     assert not any(path.name.startswith("decoder.onnx") for path in (tmp_path / "fallback").iterdir())
+
+
+@pytest.mark.slow
+def test_an_onnxruntime_without_the_fused_ops_says_what_to_do(exported: tuple[MMGPT, Path],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession
+
+    def old_runtime(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path.endswith("decoder.onnx"):  # onnxruntime 1.22's own words
+            raise RuntimeError("Opset 23 is under development and support for this is limited.")
+        return session(path, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", old_runtime)
+    with pytest.raises(mmgpt.runtime.ExportFolderError,
+                       match=r"its decoder uses opset 23 ops, which onnxruntime 1\.23 or newer runs, this is .*"
+                             r"`mmgpt export --no-fused-decoder` writes a decoder that older versions run"):
+        OnnxVLM(exported[1])
 
 
 @pytest.mark.slow

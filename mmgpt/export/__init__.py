@@ -46,6 +46,7 @@ from mmgpt.export.graphs import (
 from mmgpt.model import MMGPT
 from mmgpt.outputs import add_overwrite_arg, check_output_folder, writing_output_folder
 from mmgpt.ranges import check_range
+from mmgpt.runtime import FUSED_DECODER_RUNTIME
 from mmgpt.runtime.image import check_transform_config
 from mmgpt.runtime.manifest import (
     DECODER_GRAPH,
@@ -536,8 +537,8 @@ def main(argv: list[str] | None = None, prog: str = "mmgpt export") -> int:
                              "the manifest records each graph's own)")
     parser.add_argument("--fused-decoder", action=argparse.BooleanOptionalAction, default=True,
                         help=f"write a Llama-family decoder with ONNX's fused attention, rotary and RMSNorm ops "
-                             f"(opset {FUSED_DECODER_OPSET}, onnxruntime 1.23 or newer; default): ~0.85x the plain "
-                             "graph's decoding time, ~0.8x with --int8")
+                             f"(opset {FUSED_DECODER_OPSET}, onnxruntime {FUSED_DECODER_RUNTIME} or newer; default): "
+                             "~0.85x the plain graph's decoding time, ~0.8x with --int8")
     parser.add_argument("--int8", action="store_true",
                         help="quantise the prefix and decoder graphs to int8 weights (the prefix with "
                              "onnxruntime's dynamic int8, the decoder in 8-bit MatMulNBits blocks: the fastest "

@@ -37,6 +37,9 @@ from mmgpt.truncation import tail_token_ids
 
 logger = logging.getLogger(__name__)
 
+# the oldest onnxruntime that runs a fused decoder graph (mmgpt.export.graphs.FusedDecoderGraph; 1.22 refuses opset 23)
+FUSED_DECODER_RUNTIME = "1.23"
+
 ChooseTokens = Callable[[np.ndarray, np.ndarray], np.ndarray]
 StopRows = Callable[[np.ndarray], np.ndarray]
 
@@ -85,7 +88,12 @@ class OnnxVLM:
                 for name in (PREFIX_GRAPH, EMBED_GRAPH, DECODER_GRAPH)
             )
         except Exception as e:  # onnxruntime's errors are its own classes, not OSError/ValueError
-            raise ExportFolderError(f"onnxruntime cannot load the graphs in {self.folder}: {e}") from e
+            hint = ""
+            if manifest["graphs"].get("decoder", {}).get("fused"):
+                hint = (f" (its decoder uses opset {manifest['graphs']['decoder'].get('opset', 23)} ops, which "
+                        f"onnxruntime {FUSED_DECODER_RUNTIME} or newer runs, this is {onnxruntime.__version__}; "
+                        "`mmgpt export --no-fused-decoder` writes a decoder that older versions run)")
+            raise ExportFolderError(f"onnxruntime cannot load the graphs in {self.folder}{hint}: {e}") from e
         decoder = manifest["decoder"]
         self.num_layers, self.kv_heads, self.head_dim = (decoder["num_layers"], decoder["num_key_value_heads"],
                                                          decoder["head_dim"])
