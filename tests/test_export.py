@@ -128,12 +128,14 @@ def test_fused_decoder_graph_computes_the_plain_graphs_step(generator: str, chan
             assert ((a - b).abs() * valid).max() <= 1e-5
 
 
-def test_a_dynamic_rotary_or_another_architecture_keeps_the_plain_decoder() -> None:
+def test_a_dynamic_rotary_huge_tables_or_another_architecture_keep_the_plain_decoder() -> None:
     config = tiny_config()
     config.generator = generator_config("llama", rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
                                                                   "factor": 2.0})
     assert not fuses(build(config).generator)  # its tables depend on the sequence length
     assert not fuses(build(tiny_config(generator="gpt2")).generator)
+    config.generator = generator_config("llama", max_position_embeddings=2**22)  # cos and sin for 4M positions: 256 MB
+    assert not fuses(build(config).generator)
     assert fuses(build(tiny_config()).generator)
 
 

@@ -9,7 +9,7 @@
                    -> logits (B, 1, vocab) of the last position,
                       present_key_i / present_value_i (B, kv_heads, P + L, head_dim)
 
-A Llama-family generator (`fuses`) gets FusedDecoderGraph unless the export is asked for the plain one, at
+A Llama-family generator (`fuses`) gets FusedDecoderGraph unless the export is asked for the plain one or its rotary tables would pass 64 MB, at
 opset 23 or newer: the same inputs, outputs and numbers in ~17 nodes a layer (ONNX RMSNormalization,
 RotaryEmbedding and Attention with the cache concatenated inside) instead of the ~80 that tracing Hugging Face's
 modules gives; at one token a step those small nodes took as long as the int8 weight reads.
@@ -30,6 +30,9 @@ from mmgpt.static_decoding import llama_family
 FUSED_DECODER_OPSET = 23
 # rotary types whose tables depend on the position alone (dynamic and longrope rescale by the sequence length)
 FIXED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+# the fused graph holds cos and sin for every position; a generator with more positions than fit in this keeps
+# the plain graph (131,072 positions of 64-wide heads take 32 MB)
+MAX_ROTARY_TABLE_BYTES = 64 * 2**20
 
 
 class PrefixGraph(nn.Module):
@@ -105,7 +108,8 @@ def fuses(generator: nn.Module) -> bool:
     rotary, head_dim = generator.model.rotary_emb, generator.model.layers[0].self_attn.head_dim
     # ONNX RotaryEmbedding here rotates whole heads: a partial rotary (a narrower table) keeps the plain graph
     return (getattr(rotary, "rope_type", "default") in FIXED_ROPE_TYPES
-            and 2 * getattr(rotary, "inv_freq", torch.empty(0)).numel() == head_dim)
+            and 2 * getattr(rotary, "inv_freq", torch.empty(0)).numel() == head_dim
+            and generator.config.max_position_embeddings * head_dim * 4 <= MAX_ROTARY_TABLE_BYTES)
 
 
 class FusedDecoderGraph(nn.Module):
