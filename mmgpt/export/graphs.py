@@ -9,10 +9,10 @@
                    -> logits (B, 1, vocab) of the last position,
                       present_key_i / present_value_i (B, kv_heads, P + L, head_dim)
 
-A Llama-family generator (`fuses`) gets FusedDecoderGraph unless the export is asked for the plain one or its rotary tables would pass 64 MB, at
-opset 23 or newer: the same inputs, outputs and numbers in ~17 nodes a layer (ONNX RMSNormalization,
-RotaryEmbedding and Attention with the cache concatenated inside) instead of the ~80 that tracing Hugging Face's
-modules gives; at one token a step those small nodes took as long as the int8 weight reads.
+A Llama-family generator (`fuses`: not for rotary tables over 64 MB) gets FusedDecoderGraph unless the export is
+asked for the plain one, at opset 23 or newer: the same inputs, outputs and numbers in ~17 nodes a layer (ONNX
+RMSNormalization, RotaryEmbedding and Attention with the cache concatenated inside) instead of the ~80 that tracing
+Hugging Face's modules gives; at one token a step those small nodes took as long as the int8 weight reads.
 """
 from __future__ import annotations
 
