@@ -88,9 +88,9 @@ class OnnxVLM:
                 for name in (PREFIX_GRAPH, EMBED_GRAPH, DECODER_GRAPH)
             )
         except Exception as e:  # onnxruntime's errors are its own classes, not OSError/ValueError
-            hint = ""
-            if manifest["graphs"].get("decoder", {}).get("fused"):
-                hint = (f" (its decoder uses opset {manifest['graphs']['decoder'].get('opset', 23)} ops, which "
+            hint, decoder = "", manifest["graphs"].get("decoder", {})
+            if decoder.get("fused"):  # written with its "opset", by the same exports
+                hint = (f" (its decoder uses opset {decoder['opset']} ops, which "
                         f"onnxruntime {FUSED_DECODER_RUNTIME} or newer runs, this is {onnxruntime.__version__}; "
                         "`mmgpt export --no-fused-decoder` writes a decoder that older versions run)")
             raise ExportFolderError(f"onnxruntime cannot load the graphs in {self.folder}{hint}: {e}") from e
